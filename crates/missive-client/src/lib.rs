@@ -1,0 +1,2 @@
+//! Missive client library.
+#![forbid(unsafe_code)]

@@ -1,0 +1,4 @@
+//! `missive`: the Missive command-line client.
+#![forbid(unsafe_code)]
+
+fn main() {}

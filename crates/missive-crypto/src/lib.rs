@@ -1,0 +1,2 @@
+//! Sans-I/O protocol core of Missive.
+#![forbid(unsafe_code)]

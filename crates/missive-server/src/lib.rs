@@ -1,0 +1,2 @@
+//! The Missive relay.
+#![forbid(unsafe_code)]

@@ -1,0 +1,4 @@
+//! `missive-server`: the Missive relay.
+#![forbid(unsafe_code)]
+
+fn main() {}
