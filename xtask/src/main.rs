@@ -55,7 +55,14 @@ fn bench(args: &[String]) -> Result<(), String> {
 }
 
 fn demo() -> Result<(), String> {
-    cargo(&["build", "--release", "--bin", "missive-server", "--bin", "missive"])?;
+    cargo(&[
+        "build",
+        "--release",
+        "--bin",
+        "missive-server",
+        "--bin",
+        "missive",
+    ])?;
     let status = Command::new("bash")
         .arg("scripts/demo.sh")
         .status()

@@ -34,7 +34,10 @@ mod tests {
         let set = prost_types_lite::decode(FILE_DESCRIPTOR_SET);
         for name in SERVICE_NAMES {
             let short = name.trim_start_matches("missive.v1.");
-            assert!(set.contains(&short.to_owned()), "{name} missing from descriptor set");
+            assert!(
+                set.contains(&short.to_owned()),
+                "{name} missing from descriptor set"
+            );
         }
     }
 
