@@ -1,0 +1,386 @@
+//! `missive-bench`: drives simulated devices with real crypto sessions over
+//! real gRPC/TLS against `missive-server` (started here, or `--server URL`),
+//! and optionally the same call pattern against a bare tonic service
+//! (`--baseline`), so the relay's cost is a ratio measured in the same run.
+#![forbid(unsafe_code)]
+
+mod baseline;
+mod driver;
+mod nodes;
+mod procstat;
+mod stats;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use rand::Rng as _;
+use tonic::transport::Certificate;
+
+use driver::{Device, Mode, Workload};
+use nodes::Node;
+use stats::RunResult;
+
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Target a running server instead of starting node(s) here.
+    #[arg(long)]
+    server: Option<String>,
+    /// CA certificate (PEM) for --server.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Simulated devices (even: device 2k talks with 2k+1).
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Messages each device sends.
+    #[arg(long, default_value_t = 500)]
+    messages: usize,
+    /// Text bytes per message (at least 32).
+    #[arg(long, default_value_t = 200)]
+    payload: usize,
+    /// Sends in flight per device.
+    #[arg(long, default_value_t = 16)]
+    window: usize,
+    /// Offered load in messages per second, all devices together (open loop);
+    /// without it every device sends as fast as its window allows.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Storage for the nodes started here (default: a temporary SQLite file).
+    #[arg(long)]
+    database: Option<String>,
+    /// NATS URL for the nodes started here (needed for --nodes > 1 to be live).
+    #[arg(long)]
+    nats: Option<String>,
+    /// Number of server nodes to start; devices are spread over them.
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
+    /// Extra argument passed to every node started here (repeatable).
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    server_args: Vec<String>,
+    /// Also measure a bare tonic service with the same call pattern.
+    #[arg(long)]
+    baseline: bool,
+    /// Connection-scale mode: hold this many idle devices, each with its own
+    /// connection and open receive stream, and report memory per connection.
+    #[arg(long)]
+    idle: Option<usize>,
+    /// Give up waiting for deliveries after this many seconds.
+    #[arg(long, default_value_t = 120)]
+    deadline_secs: u64,
+    /// Print one JSON object as the last line.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// (internal) Serve the bare baseline service.
+    #[command(hide = true)]
+    BaselineServer {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        cert: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("missive-bench: could not start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("missive-bench: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Where the devices connect, and the nodes to measure and stop.
+struct Target {
+    urls: Vec<String>,
+    ca: Certificate,
+    nodes: Vec<Node>,
+    /// Certificate and key of node 0, reused by the baseline.
+    tls: Option<(PathBuf, PathBuf)>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+async fn start_target(args: &Args) -> anyhow::Result<Target> {
+    if let Some(url) = &args.server {
+        let ca_path = args.ca.as_ref().context("--server needs --ca PEM")?;
+        let ca =
+            std::fs::read(ca_path).with_context(|| format!("reading {}", ca_path.display()))?;
+        return Ok(Target {
+            urls: vec![url.clone()],
+            ca: Certificate::from_pem(ca),
+            nodes: Vec::new(),
+            tls: None,
+            _dir: None,
+        });
+    }
+    let dir = tempfile::tempdir()?;
+    let program = nodes::sibling_binary("missive-server")?;
+    let node0 = dir.path().join("node0");
+    let database = match &args.database {
+        Some(url) => url.clone(),
+        None => format!("sqlite://{}/server.db", node0.display()),
+    };
+    let mut started = Vec::new();
+    for k in 0..args.nodes.max(1) {
+        let data_dir = dir.path().join(format!("node{k}"));
+        std::fs::create_dir_all(&data_dir)?;
+        let mut node_args = vec![
+            "serve".to_owned(),
+            "--listen".to_owned(),
+            "127.0.0.1:0".to_owned(),
+            "--data-dir".to_owned(),
+            data_dir.display().to_string(),
+            "--database".to_owned(),
+            database.clone(),
+        ];
+        if k > 0 {
+            node_args.extend([
+                "--tls-cert".to_owned(),
+                node0.join("server.pem").display().to_string(),
+                "--tls-key".to_owned(),
+                node0.join("server.key").display().to_string(),
+            ]);
+        }
+        if let Some(nats) = &args.nats {
+            node_args.extend(["--nats".to_owned(), nats.clone()]);
+        }
+        node_args.extend(args.server_args.iter().cloned());
+        started.push(Node::spawn(&program, &node_args).await?);
+    }
+    let ca = std::fs::read(node0.join("ca.pem")).context("node 0 wrote no ca.pem")?;
+    Ok(Target {
+        urls: started.iter().map(|n| n.url.clone()).collect(),
+        ca: Certificate::from_pem(ca),
+        nodes: started,
+        tls: Some((node0.join("server.pem"), node0.join("server.key"))),
+        _dir: Some(dir),
+    })
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(Command::BaselineServer { listen, cert, key }) = &args.command {
+        return baseline::serve(*listen, cert, key).await;
+    }
+    if args.clients < 2 || !args.clients.is_multiple_of(2) {
+        bail!("--clients must be an even number of at least 2");
+    }
+    if args.payload < 32 {
+        bail!("--payload must be at least 32 bytes");
+    }
+    let target = start_target(&args).await?;
+    let outcome = match args.idle {
+        Some(count) => idle(&args, &target, count).await,
+        None => load(&args, &target).await,
+    };
+    for node in target.nodes {
+        node.stop().await;
+    }
+    outcome
+}
+
+/// Registers (relay) or connects (baseline) `count` devices, `parallel` at a time.
+async fn make_devices(
+    mode: Mode,
+    urls: &[String],
+    ca: &Certificate,
+    count: usize,
+) -> anyhow::Result<Vec<Arc<Device>>> {
+    let run_tag: u32 = rand::thread_rng().gen_range(0..1_000_000);
+    let mut devices = Vec::with_capacity(count);
+    let parallel = 32;
+    for chunk_start in (0..count).step_by(parallel) {
+        let mut tasks = Vec::new();
+        for i in chunk_start..(chunk_start + parallel).min(count) {
+            let url = urls[i % urls.len()].clone();
+            let ca = ca.clone();
+            let name = format!("b{run_tag:06}-{i}");
+            tasks.push(tokio::spawn(async move {
+                match mode {
+                    Mode::Relay => Device::register(&url, &ca, name).await,
+                    Mode::Baseline => Device::baseline(&url, &ca, name).await,
+                }
+            }));
+        }
+        for task in tasks {
+            devices.push(Arc::new(task.await??));
+        }
+    }
+    Ok(devices)
+}
+
+fn workload(args: &Args) -> Workload {
+    Workload {
+        messages: args.messages,
+        payload: args.payload,
+        window: args.window.max(1),
+        rate: args.rate,
+        deadline: Duration::from_secs(args.deadline_secs),
+    }
+}
+
+async fn measure(
+    mode: Mode,
+    urls: &[String],
+    ca: &Certificate,
+    args: &Args,
+) -> anyhow::Result<RunResult> {
+    let setup = Instant::now();
+    let devices = make_devices(mode, urls, ca, args.clients).await?;
+    let mut pairs = Vec::new();
+    for pair in devices.chunks(2) {
+        let (a, b) = (Arc::clone(&pair[0]), Arc::clone(&pair[1]));
+        pairs.push(tokio::spawn(async move { driver::pair_up(&a, &b).await }));
+    }
+    for pair in pairs {
+        pair.await??;
+    }
+    eprintln!(
+        "{mode:?}: {} devices registered and paired in {:.1} s",
+        devices.len(),
+        setup.elapsed().as_secs_f64()
+    );
+    driver::run(devices, &workload(args)).await
+}
+
+async fn load(args: &Args, target: &Target) -> anyhow::Result<()> {
+    let mut relay = measure(Mode::Relay, &target.urls, &target.ca, args).await?;
+    relay.server_cpu_seconds = target.nodes.iter().map(Node::cpu_seconds).sum();
+    relay.server_peak_rss_mib = target.nodes.iter().map(Node::peak_rss_mib).sum();
+
+    let mut baseline = None;
+    if args.baseline {
+        let (cert, key) = target
+            .tls
+            .clone()
+            .context("--baseline needs the nodes started by missive-bench (no --server)")?;
+        let exe = std::env::current_exe()?;
+        let node = Node::spawn(
+            &exe,
+            &[
+                "baseline-server".to_owned(),
+                "--listen".to_owned(),
+                "127.0.0.1:0".to_owned(),
+                "--cert".to_owned(),
+                cert.display().to_string(),
+                "--key".to_owned(),
+                key.display().to_string(),
+            ],
+        )
+        .await?;
+        let mut result = measure(
+            Mode::Baseline,
+            std::slice::from_ref(&node.url),
+            &target.ca,
+            args,
+        )
+        .await?;
+        result.server_cpu_seconds = node.cpu_seconds();
+        result.server_peak_rss_mib = node.peak_rss_mib();
+        node.stop().await;
+        baseline = Some(result);
+    }
+
+    let (p50, p95, p99) = relay.percentiles();
+    println!(
+        "relay:    {} delivered, {} lost, {} duplicated, {:.0} msg/s, p50 {p50:.2} ms, p95 {p95:.2} ms, p99 {p99:.2} ms, server CPU {:.1} s, peak RSS {:.1} MiB",
+        relay.delivered,
+        relay.lost(),
+        relay.duplicated,
+        relay.msgs_per_sec(),
+        relay.server_cpu_seconds,
+        relay.server_peak_rss_mib
+    );
+    let mut json = serde_json::json!({
+        "delivered": relay.delivered,
+        "lost": relay.lost(),
+        "duplicated": relay.duplicated,
+        "msgs_per_sec": relay.msgs_per_sec().round(),
+        "latency_ms": {"p50": p50, "p95": p95, "p99": p99},
+        "server_rss_mib": (relay.server_peak_rss_mib * 10.0).round() / 10.0,
+        "server_cpu_seconds": (relay.server_cpu_seconds * 10.0).round() / 10.0,
+        "clients": args.clients,
+        "messages_per_client": args.messages,
+        "payload": args.payload,
+        "nodes": target.urls.len(),
+    });
+    if let Some(mut base) = baseline {
+        let (b50, _, b99) = base.percentiles();
+        println!(
+            "baseline: {} delivered, {:.0} msg/s, p50 {b50:.2} ms, p99 {b99:.2} ms, relay/baseline {:.0} %",
+            base.delivered,
+            base.msgs_per_sec(),
+            100.0 * relay.msgs_per_sec() / base.msgs_per_sec().max(1.0)
+        );
+        json["baseline_msgs_per_sec"] = serde_json::json!(base.msgs_per_sec().round());
+    }
+    if args.json {
+        println!("{json}");
+    }
+    if relay.lost() > 0 || relay.duplicated > 0 {
+        bail!(
+            "{} lost and {} duplicated messages",
+            relay.lost(),
+            relay.duplicated
+        );
+    }
+    Ok(())
+}
+
+async fn idle(args: &Args, target: &Target, count: usize) -> anyhow::Result<()> {
+    let node = target
+        .nodes
+        .first()
+        .context("--idle measures a node started by missive-bench (no --server)")?;
+    let before = procstat::rss_mib(node.pid()).unwrap_or(0.0);
+    let started = Instant::now();
+    let devices = make_devices(Mode::Relay, &target.urls, &target.ca, count).await?;
+    let registered = procstat::rss_mib(node.pid()).unwrap_or(0.0);
+    let mut streams = Vec::with_capacity(count);
+    for device in &devices {
+        streams.push(device.hold_stream().await?);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = procstat::rss_mib(node.pid()).unwrap_or(0.0);
+    let per_device_kib = (after - before) * 1024.0 / count as f64;
+    let per_stream_kib = (after - registered) * 1024.0 / count as f64;
+    println!(
+        "{count} idle devices connected in {:.1} s: server RSS {before:.1} -> {after:.1} MiB ({per_device_kib:.1} KiB per device, {per_stream_kib:.1} KiB per open stream)",
+        started.elapsed().as_secs_f64()
+    );
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "idle_devices": count,
+                "server_rss_mib": (after * 10.0).round() / 10.0,
+                "server_rss_before_mib": (before * 10.0).round() / 10.0,
+                "kib_per_device": (per_device_kib * 10.0).round() / 10.0,
+            })
+        );
+    }
+    drop(streams);
+    Ok(())
+}
