@@ -74,17 +74,21 @@ fn dh_decrypt(
     primitives::x25519(secret, public).map_err(|_| DecryptError::NonContributory)
 }
 
-/// AEAD associated data: `sender (128) || recipient (128) || header (41) || caller AD`.
+/// AEAD associated data: `sender (128) || recipient (128) || [PQXDH header (1262), prekey
+/// messages only] || ratchet header (41) || caller AD`.
 fn aead_ad(
     sender: &PublicIdentity,
     recipient: &PublicIdentity,
+    prekey_header: &[u8],
     header: &[u8; NORMAL_HEADER_LEN],
     associated_data: &[u8],
 ) -> Vec<u8> {
-    let mut ad =
-        Vec::with_capacity(2 * PUBLIC_IDENTITY_LEN + NORMAL_HEADER_LEN + associated_data.len());
+    let mut ad = Vec::with_capacity(
+        2 * PUBLIC_IDENTITY_LEN + prekey_header.len() + NORMAL_HEADER_LEN + associated_data.len(),
+    );
     ad.extend_from_slice(&sender.to_array());
     ad.extend_from_slice(&recipient.to_array());
+    ad.extend_from_slice(prekey_header);
     ad.extend_from_slice(header);
     ad.extend_from_slice(associated_data);
     ad
@@ -209,7 +213,8 @@ impl Session {
             pending_prekey: None,
             base_key: message.base_key,
         };
-        let plaintext = session.decrypt_normal(&message.message, associated_data)?;
+        let plaintext =
+            session.decrypt_normal(&message.message, &message.header, associated_data)?;
         Ok((session, plaintext))
     }
 
@@ -245,11 +250,11 @@ impl Session {
         let header = NormalMessage::encode_header(our_public, counter, self.previous_counter);
         let cipher = chain.message_key().expand();
         let next_chain = chain.next();
-        let ad = aead_ad(&self.local, &self.remote, &header, associated_data);
+        let prefix = self.pending_prekey.as_deref().unwrap_or_default();
+        let ad = aead_ad(&self.local, &self.remote, prefix, &header, associated_data);
         let ciphertext = primitives::aead_seal(&cipher.key, &cipher.nonce, plaintext, &ad)
             .map_err(|_| EncryptError::TooLarge)?;
 
-        let prefix = self.pending_prekey.as_deref().unwrap_or_default();
         let mut bytes = Vec::with_capacity(prefix.len() + NORMAL_HEADER_LEN + ciphertext.len());
         bytes.extend_from_slice(prefix);
         bytes.extend_from_slice(&header);
@@ -276,8 +281,8 @@ impl Session {
         message: &[u8],
         associated_data: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, DecryptError> {
-        let normal = match message_kind(message)? {
-            MessageKind::Normal => NormalMessage::parse(message)?,
+        let (normal, prekey_header) = match message_kind(message)? {
+            MessageKind::Normal => (NormalMessage::parse(message)?, Vec::new()),
             MessageKind::Prekey => {
                 let prekey = PrekeyMessage::parse(message)?;
                 if prekey.sender != self.remote {
@@ -286,11 +291,11 @@ impl Session {
                 if !primitives::ct_eq(&prekey.base_key, &self.base_key) {
                     return Err(DecryptError::SessionMismatch);
                 }
-                prekey.message
+                (prekey.message, prekey.header)
             }
         };
         let mut copy = self.clone();
-        let plaintext = copy.decrypt_normal(&normal, associated_data)?;
+        let plaintext = copy.decrypt_normal(&normal, &prekey_header, associated_data)?;
         *self = copy;
         Ok(plaintext)
     }
@@ -299,6 +304,7 @@ impl Session {
     fn decrypt_normal(
         &mut self,
         message: &NormalMessage,
+        prekey_header: &[u8],
         associated_data: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, DecryptError> {
         let position = self
@@ -324,7 +330,13 @@ impl Session {
             self.take_receiving_key(message.counter)?
         };
         let cipher = key.expand();
-        let ad = aead_ad(&self.remote, &self.local, &message.header, associated_data);
+        let ad = aead_ad(
+            &self.remote,
+            &self.local,
+            prekey_header,
+            &message.header,
+            associated_data,
+        );
         let plaintext = primitives::aead_open(&cipher.key, &cipher.nonce, &message.ciphertext, &ad)
             .map_err(|_| DecryptError::AuthenticationFailed)?;
         // The peer answered: it has the session, the PQXDH header is no longer needed.

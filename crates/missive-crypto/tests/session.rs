@@ -166,6 +166,22 @@ fn tampering_is_detected_and_leaves_session_unchanged() {
 }
 
 #[test]
+fn tampered_prekey_message_on_existing_session_is_rejected() {
+    let mut r = rng(60);
+    let (mut a, mut b) = established(&mut r, true);
+    let m = a.encrypt(&mut r, b"second", b"ad").unwrap();
+    assert_eq!(m.kind, MessageKind::Prekey);
+    let before = b.to_bytes();
+    for i in 0..m.bytes.len() {
+        let mut bad = m.bytes.clone();
+        bad[i] ^= 0x04;
+        assert!(b.decrypt(&bad, b"ad").is_err(), "byte {i}");
+        assert_eq!(b.to_bytes(), before, "byte {i}");
+    }
+    assert_eq!(&b.decrypt(&m.bytes, b"ad").unwrap()[..], b"second");
+}
+
+#[test]
 fn truncated_input_is_rejected() {
     let mut r = rng(7);
     let (mut a, b) = established(&mut r, true);
