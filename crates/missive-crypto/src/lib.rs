@@ -9,8 +9,6 @@
 //! `docs/PROTOCOL.md`; the bounds live in [`consts`].
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
-// Phase 1: session internals are declared but not yet wired; removed in phase 2.
-#![allow(dead_code)]
 
 pub mod consts;
 mod encoding;

@@ -271,6 +271,11 @@ pub fn kem_encode_public(key: &KemEncapsulationKey) -> Vec<u8> {
     key.as_bytes().to_vec()
 }
 
+/// The expanded FIPS 203 encoding of a decapsulation key (for known-answer tests).
+pub fn kem_encode_secret(key: &KemDecapsulationKey) -> Zeroizing<Vec<u8>> {
+    Zeroizing::new(key.as_bytes().to_vec())
+}
+
 /// ML-KEM-768 decapsulation; rejects ciphertexts of the wrong length.
 pub fn kem_decapsulate(
     key: &KemDecapsulationKey,
