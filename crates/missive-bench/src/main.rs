@@ -167,6 +167,10 @@ async fn start_target(args: &Args) -> anyhow::Result<Target> {
         if let Some(nats) = &args.nats {
             node_args.extend(["--nats".to_owned(), nats.clone()]);
         }
+        if !args.server_args.iter().any(|a| a.starts_with("--log")) {
+            // Per-request info logs would cost the node CPU the bench is measuring.
+            node_args.extend(["--log".to_owned(), "warn".to_owned()]);
+        }
         node_args.extend(args.server_args.iter().cloned());
         started.push(Node::spawn(&program, &node_args).await?);
     }
