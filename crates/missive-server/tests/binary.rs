@@ -13,7 +13,11 @@ use common::*;
 const BIN: &str = env!("CARGO_BIN_EXE_missive-server");
 
 fn cli(args: &[&str]) -> std::process::Output {
-    Command::new(BIN).args(args).env_remove("MISSIVE_DATABASE_URL").output().unwrap()
+    Command::new(BIN)
+        .args(args)
+        .env_remove("MISSIVE_DATABASE_URL")
+        .output()
+        .unwrap()
 }
 
 #[tokio::test]
@@ -41,12 +45,18 @@ async fn the_binary_serves_exports_and_shuts_down_on_sigterm() {
         .strip_prefix("missive-server listening on ")
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .to_owned();
-    assert!(url.starts_with("https://127.0.0.1:") && !url.ends_with(":0"), "{url}");
+    assert!(
+        url.starts_with("https://127.0.0.1:") && !url.ends_with(":0"),
+        "{url}"
+    );
 
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(data.join("server.key")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(data.join("server.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600, "server.key is not private");
     }
     let channel = connect(&url, &data.join("ca.pem")).await;
@@ -55,7 +65,11 @@ async fn the_binary_serves_exports_and_shuts_down_on_sigterm() {
 
     // export-account while the server runs.
     let out = cli(&["export-account", "Alice", "--data-dir", data_arg]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["username"], "alice");
     assert_eq!(json["devices"][0]["one_time_prekeys"], 3);
@@ -68,14 +82,22 @@ async fn the_binary_serves_exports_and_shuts_down_on_sigterm() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no account named"));
     let out = cli(&["reports", "list", "--json", "--data-dir", data_arg]);
     assert!(out.status.success());
-    assert_eq!(serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(), serde_json::json!([]));
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(),
+        serde_json::json!([])
+    );
     let out = cli(&["reports", "show", "7", "--data-dir", data_arg]);
     assert!(!out.status.success());
 
     // SIGTERM: graceful shutdown, exit 0.
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
-    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
     assert!(exit.success(), "{exit:?}");
 
     // Restart reuses the CA.
@@ -99,7 +121,10 @@ async fn the_binary_serves_exports_and_shuts_down_on_sigterm() {
     .await
     .unwrap()
     .unwrap();
-    assert!(line.starts_with("missive-server listening on https://"), "{line}");
+    assert!(
+        line.starts_with("missive-server listening on https://"),
+        "{line}"
+    );
     assert_eq!(std::fs::read(data.join("ca.pem")).unwrap(), ca_before);
     child.kill().unwrap();
     child.wait().unwrap();
@@ -119,7 +144,15 @@ fn bad_input_gives_a_sentence_and_a_failure_exit() {
     assert!(!out.status.success());
     let out = cli(&["--help"]);
     let help = String::from_utf8_lossy(&out.stdout);
-    for flag in ["--listen", "--data-dir", "--database", "--tls-cert", "MISSIVE_LISTEN", "MISSIVE_DATA_DIR", "MISSIVE_DATABASE_URL"] {
+    for flag in [
+        "--listen",
+        "--data-dir",
+        "--database",
+        "--tls-cert",
+        "MISSIVE_LISTEN",
+        "MISSIVE_DATA_DIR",
+        "MISSIVE_DATABASE_URL",
+    ] {
         assert!(help.contains(flag), "--help does not document {flag}");
     }
 }

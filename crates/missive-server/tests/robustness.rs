@@ -54,14 +54,27 @@ impl Decoder for RawCodec {
     }
 }
 
-async fn raw(channel: &Channel, path: &'static str, body: Vec<u8>, token: Option<&[u8]>) -> Result<Vec<u8>, Status> {
+async fn raw(
+    channel: &Channel,
+    path: &'static str,
+    body: Vec<u8>,
+    token: Option<&[u8]>,
+) -> Result<Vec<u8>, Status> {
     let mut grpc = tonic::client::Grpc::new(channel.clone()).max_encoding_message_size(usize::MAX);
-    grpc.ready().await.map_err(|e| Status::unknown(e.to_string()))?;
+    grpc.ready()
+        .await
+        .map_err(|e| Status::unknown(e.to_string()))?;
     let request = match token {
         Some(t) => authed(t, body),
         None => tonic::Request::new(body),
     };
-    grpc.unary(request, http::uri::PathAndQuery::from_static(path), RawCodec).await.map(|r| r.into_inner())
+    grpc.unary(
+        request,
+        http::uri::PathAndQuery::from_static(path),
+        RawCodec,
+    )
+    .await
+    .map(|r| r.into_inner())
 }
 
 const CHALLENGE: &str = "/missive.v1.AccountService/GetChallenge";
@@ -73,7 +86,11 @@ async fn hostile_requests_get_invalid_argument_or_resource_exhausted_never_inter
     let server = start(dir.path()).await;
     let channel = channel(&server).await;
     let alice = register(&channel, "alice", 0, 0).await;
-    let valid = GetChallengeRequest { username: "alice".into(), purpose: ChallengePurpose::Login as i32 }.encode_to_vec();
+    let valid = GetChallengeRequest {
+        username: "alice".into(),
+        purpose: ChallengePurpose::Login as i32,
+    }
+    .encode_to_vec();
 
     let mut nested_groups = vec![0x7b_u8; 300]; // field 15, start-group, nested 300 deep
     nested_groups.extend(std::iter::repeat_n(0x7c_u8, 300));
@@ -87,19 +104,77 @@ async fn hostile_requests_get_invalid_argument_or_resource_exhausted_never_inter
     prost::encoding::encode_varint(len as u64, &mut unknown_huge);
     unknown_huge.extend(vec![0u8; len]);
 
-    let cases: Vec<(&str, &'static str, Vec<u8>, Option<&[u8]>, Code)> = vec![
-        ("garbage", CHALLENGE, vec![0xff; 12], None, Code::InvalidArgument),
-        ("truncated length", CHALLENGE, vec![0x0a, 0x20, b'a'], None, Code::InvalidArgument),
-        ("wrong wire type", CHALLENGE, vec![0x08, 0x01], None, Code::InvalidArgument),
-        ("string not UTF-8", CHALLENGE, vec![0x0a, 0x03, 0xff, 0xfe, 0xfd], None, Code::InvalidArgument),
-        ("nested groups", CHALLENGE, nested_groups, None, Code::InvalidArgument),
-        ("unknown fields, within limits, are ignored", CHALLENGE, unknown_small, None, Code::Ok),
-        ("unknown fields beyond the size limit", CHALLENGE, unknown_huge, None, Code::ResourceExhausted),
-        ("send beyond the size limit", SEND, vec![0u8; 2 * 1024 * 1024], Some(&alice.token), Code::ResourceExhausted),
-        ("garbage send", SEND, vec![0xff; 64], Some(&alice.token), Code::InvalidArgument),
+    type Case<'a> = (&'a str, &'static str, Vec<u8>, Option<&'a [u8]>, Code);
+    let cases: Vec<Case<'_>> = vec![
+        (
+            "garbage",
+            CHALLENGE,
+            vec![0xff; 12],
+            None,
+            Code::InvalidArgument,
+        ),
+        (
+            "truncated length",
+            CHALLENGE,
+            vec![0x0a, 0x20, b'a'],
+            None,
+            Code::InvalidArgument,
+        ),
+        (
+            "wrong wire type",
+            CHALLENGE,
+            vec![0x08, 0x01],
+            None,
+            Code::InvalidArgument,
+        ),
+        (
+            "string not UTF-8",
+            CHALLENGE,
+            vec![0x0a, 0x03, 0xff, 0xfe, 0xfd],
+            None,
+            Code::InvalidArgument,
+        ),
+        (
+            "nested groups",
+            CHALLENGE,
+            nested_groups,
+            None,
+            Code::InvalidArgument,
+        ),
+        (
+            "unknown fields, within limits, are ignored",
+            CHALLENGE,
+            unknown_small,
+            None,
+            Code::Ok,
+        ),
+        (
+            "unknown fields beyond the size limit",
+            CHALLENGE,
+            unknown_huge,
+            None,
+            Code::ResourceExhausted,
+        ),
+        (
+            "send beyond the size limit",
+            SEND,
+            vec![0u8; 2 * 1024 * 1024],
+            Some(&alice.token),
+            Code::ResourceExhausted,
+        ),
+        (
+            "garbage send",
+            SEND,
+            vec![0xff; 64],
+            Some(&alice.token),
+            Code::InvalidArgument,
+        ),
     ];
     for (what, path, body, token, expected) in cases {
-        let code = raw(&channel, path, body, token).await.err().map_or(Code::Ok, |s| s.code());
+        let code = raw(&channel, path, body, token)
+            .await
+            .err()
+            .map_or(Code::Ok, |s| s.code());
         assert_eq!(code, expected, "{what}");
     }
     // The connection still serves.
@@ -132,11 +207,21 @@ impl tower::Service<http::Request<tonic::body::Body>> for PanicService {
 #[tokio::test]
 async fn a_panicking_handler_does_not_take_the_connection_down() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start_with(dir.path(), Box::new(|routes| routes.add_service(PanicService))).await;
+    let server = start_with(
+        dir.path(),
+        Box::new(|routes| routes.add_service(PanicService)),
+    )
+    .await;
     let channel = channel(&server).await;
-    let valid = GetChallengeRequest { username: "alice".into(), purpose: ChallengePurpose::Login as i32 }.encode_to_vec();
+    let valid = GetChallengeRequest {
+        username: "alice".into(),
+        purpose: ChallengePurpose::Login as i32,
+    }
+    .encode_to_vec();
     for _ in 0..3 {
-        let status = raw(&channel, "/missive.test.Panic/Boom", vec![], None).await.unwrap_err();
+        let status = raw(&channel, "/missive.test.Panic/Boom", vec![], None)
+            .await
+            .unwrap_err();
         assert_eq!(status.code(), Code::Internal);
         // Same channel, same HTTP/2 connection: still serving.
         assert!(raw(&channel, CHALLENGE, valid.clone(), None).await.is_ok());
@@ -150,12 +235,21 @@ async fn a_panicking_handler_does_not_take_the_connection_down() {
 async fn rate_limits_answer_resource_exhausted_with_a_sentence() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(dir.path());
-    let mut rates = missive_server::ratelimit::RateLimits::default();
-    rates.account_per_ip = missive_server::ratelimit::Rate { per_second: 1, burst: 3 };
+    let rates = missive_server::ratelimit::RateLimits {
+        account_per_ip: missive_server::ratelimit::Rate {
+            per_second: 1,
+            burst: 3,
+        },
+        ..Default::default()
+    };
     config.rate_limits = Some(rates);
     let server = missive_server::start(config).await.unwrap();
     let channel = channel(&server).await;
-    let valid = GetChallengeRequest { username: "alice".into(), purpose: ChallengePurpose::Login as i32 }.encode_to_vec();
+    let valid = GetChallengeRequest {
+        username: "alice".into(),
+        purpose: ChallengePurpose::Login as i32,
+    }
+    .encode_to_vec();
     let mut refused = None;
     for _ in 0..10 {
         if let Err(status) = raw(&channel, CHALLENGE, valid.clone(), None).await {
@@ -165,6 +259,10 @@ async fn rate_limits_answer_resource_exhausted_with_a_sentence() {
     }
     let status = refused.expect("no rate limit hit after 10 rapid challenges");
     assert_eq!(status.code(), Code::ResourceExhausted);
-    assert!(status.message().contains("too many requests"), "{}", status.message());
+    assert!(
+        status.message().contains("too many requests"),
+        "{}",
+        status.message()
+    );
     server.shutdown().await.unwrap();
 }

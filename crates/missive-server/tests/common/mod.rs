@@ -1,6 +1,12 @@
 //! Helpers shared by the integration tests: a real node over real TLS on
 //! 127.0.0.1, and a client that registers with real keys.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code, unreachable_pub)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    dead_code,
+    unreachable_pub
+)]
 
 use std::path::{Path, PathBuf};
 
@@ -10,14 +16,14 @@ use missive_proto::v1::key_service_client::KeyServiceClient;
 use missive_proto::v1::message_service_client::MessageServiceClient;
 use missive_proto::v1::report_service_client::ReportServiceClient;
 use missive_proto::v1::{
-    ChallengePurpose, GetChallengeRequest, KemPrekey, LoginRequest, OneTimePrekey,
-    PublicIdentity, RegisterRequest, SignedPrekey,
+    ChallengePurpose, GetChallengeRequest, KemPrekey, LoginRequest, OneTimePrekey, PublicIdentity,
+    RegisterRequest, SignedPrekey,
 };
 use missive_server::{Config, RouteHook, RunningServer};
 use rand::rngs::OsRng;
+use tonic::Request;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
-use tonic::Request;
 
 /// A config for a test node in `dir`, on a free port.
 pub fn config(dir: &Path) -> Config {
@@ -31,7 +37,9 @@ pub async fn start(dir: &Path) -> RunningServer {
 }
 
 pub async fn start_with(dir: &Path, hook: RouteHook) -> RunningServer {
-    missive_server::start_with(config(dir), Some(hook)).await.unwrap()
+    missive_server::start_with(config(dir), Some(hook))
+        .await
+        .unwrap()
 }
 
 /// A TLS channel trusting the node's generated CA.
@@ -39,7 +47,11 @@ pub async fn connect(url: &str, ca: &Path) -> Channel {
     let ca = std::fs::read(ca).unwrap();
     Channel::from_shared(url.to_owned())
         .unwrap()
-        .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)).domain_name("localhost"))
+        .tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(ca))
+                .domain_name("localhost"),
+        )
         .unwrap()
         .connect()
         .await
@@ -69,22 +81,36 @@ pub fn wire_identity(identity: &IdentityKeyPair) -> PublicIdentity {
 
 pub fn signed_prekey(identity: &IdentityKeyPair, id: u32) -> SignedPrekey {
     let public = SignedPrekeyPair::generate(&mut OsRng, id, identity).public();
-    SignedPrekey { id, public_key: public.public_key.to_vec(), signature: public.signature.to_vec() }
+    SignedPrekey {
+        id,
+        public_key: public.public_key.to_vec(),
+        signature: public.signature.to_vec(),
+    }
 }
 
 pub fn kem_prekey(identity: &IdentityKeyPair, id: u32) -> KemPrekey {
     let public = KemPrekeyPair::generate(&mut OsRng, id, identity).public();
-    KemPrekey { id, public_key: public.public_key.clone(), signature: public.signature.to_vec() }
+    KemPrekey {
+        id,
+        public_key: public.public_key.clone(),
+        signature: public.signature.to_vec(),
+    }
 }
 
 pub fn one_time_prekey(id: u32) -> OneTimePrekey {
     let public = OneTimePrekeyPair::generate(&mut OsRng, id).public();
-    OneTimePrekey { id, public_key: public.public_key.to_vec() }
+    OneTimePrekey {
+        id,
+        public_key: public.public_key.to_vec(),
+    }
 }
 
 pub async fn challenge(channel: &Channel, username: &str, purpose: ChallengePurpose) -> Vec<u8> {
     AccountServiceClient::new(channel.clone())
-        .get_challenge(GetChallengeRequest { username: username.into(), purpose: purpose as i32 })
+        .get_challenge(GetChallengeRequest {
+            username: username.into(),
+            purpose: purpose as i32,
+        })
         .await
         .unwrap()
         .into_inner()
@@ -101,8 +127,11 @@ pub async fn registration(
 ) -> RegisterRequest {
     let challenge = challenge(channel, username, ChallengePurpose::Register).await;
     let registration_id = 1234;
-    let signature =
-        identity.sign(&missive_crypto::transcript::registration(&challenge, username, registration_id));
+    let signature = identity.sign(&missive_crypto::transcript::registration(
+        &challenge,
+        username,
+        registration_id,
+    ));
     RegisterRequest {
         username: username.into(),
         challenge,
@@ -120,7 +149,11 @@ pub async fn register(channel: &Channel, username: &str, one_time: u32, kem: u32
     let identity = IdentityKeyPair::generate(&mut OsRng);
     let request = registration(channel, username, &identity, one_time, kem).await;
     let registration_id = request.registration_id;
-    let response = AccountServiceClient::new(channel.clone()).register(request).await.unwrap().into_inner();
+    let response = AccountServiceClient::new(channel.clone())
+        .register(request)
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(response.device_id, 1);
     User {
         username: username.into(),
@@ -134,7 +167,11 @@ pub async fn register(channel: &Channel, username: &str, one_time: u32, kem: u32
 /// A fresh token through challenge-response login.
 pub async fn login(user: &User) -> Vec<u8> {
     let challenge = challenge(&user.channel, &user.username, ChallengePurpose::Login).await;
-    let signature = user.identity.sign(&missive_crypto::transcript::login(&challenge, &user.username, 1));
+    let signature = user.identity.sign(&missive_crypto::transcript::login(
+        &challenge,
+        &user.username,
+        1,
+    ));
     AccountServiceClient::new(user.channel.clone())
         .login(LoginRequest {
             username: user.username.clone(),
