@@ -820,6 +820,66 @@ async fn franking_reports_verify_and_tampered_ones_are_refused_and_exports_stay_
         !serde_json::to_string(&doc).unwrap().contains("bob"),
         "the report names the reporter"
     );
+
+    // The moderator's view, from the real binary while the server runs.
+    let data = dir.path().to_str().unwrap();
+    let bin = env!("CARGO_BIN_EXE_missive-server");
+    let out = std::process::Command::new(bin)
+        .args(["reports", "list", "--json", "--data-dir", data])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list[0]["id"], id);
+    assert_eq!(list[0]["text"], text);
+    assert_eq!(list[0]["sender"], "alice");
+    assert_eq!(list[0]["reporter"], "bob");
+    assert_eq!(list[0]["verified"], true);
+    let out = std::process::Command::new(bin)
+        .args(["reports", "show", &id.to_string(), "--data-dir", data])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && shown.contains(text) && shown.contains("spam"),
+        "{shown}"
+    );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn concurrent_sends_share_commits_and_each_is_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let channel = channel(&server).await;
+    let alice = std::sync::Arc::new(register(&channel, "alice", 0, 0).await);
+    let bob = std::sync::Arc::new(register(&channel, "bob", 0, 0).await);
+    let shared = StorageKey::generate(&mut OsRng);
+    let sealed: Vec<_> = (0..200)
+        .map(|i| std::sync::Arc::new(seal(&shared, &format!("message {i}"))))
+        .collect();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, message) in sealed.iter().enumerate() {
+        let (alice, bob, message) = (alice.clone(), bob.clone(), message.clone());
+        tasks.spawn(async move {
+            send(&alice, &bob, &message).await.unwrap();
+            if i % 10 == 0 {
+                send(&alice, &bob, &message).await.unwrap(); // a retry
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    let got = pending(&bob).await;
+    assert_eq!(got.len(), 200);
+    let ids: std::collections::HashSet<_> = got.iter().map(|e| e.message_id.clone()).collect();
+    assert_eq!(ids.len(), 200);
+    assert!(got.windows(2).all(|w| w[0].id < w[1].id));
     server.shutdown().await.unwrap();
 }
 
