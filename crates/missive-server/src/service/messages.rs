@@ -310,7 +310,20 @@ async fn deliver(state: Arc<State>, principal: Principal, outbox: Outbox) {
                     subscription = None;
                 }
             }
-            _ = catch_up.tick() => {}
+            _ = catch_up.tick() => {
+                // A deleted account's streams end (ids are never reused, so
+                // nothing would be delivered, but the stream should not linger).
+                match state.storage.account_identity(device.account).await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        let _ = outbox
+                            .send(Err(ApiError::Unauthenticated("the account was deleted").into()))
+                            .await;
+                        return;
+                    }
+                    Err(error) => tracing::warn!(%error, "account check failed"),
+                }
+            }
         }
         if !drain(&state, device, &mut last, &outbox).await {
             return;
