@@ -963,3 +963,109 @@ async fn reflection_lists_the_api_in_v1_and_v1alpha() {
     );
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn deleting_an_account_removes_its_keys_and_mail_and_frees_the_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let channel = channel(&server).await;
+    let alice = register(&channel, "alice", 5, 5).await;
+    let bob = register(&channel, "bob", 0, 0).await;
+    let shared = StorageKey::generate(&mut OsRng);
+    send(&bob, &alice, &seal(&shared, "for the old alice"))
+        .await
+        .unwrap();
+
+    alice
+        .accounts()
+        .delete_account(alice.req(DeleteAccountRequest {}))
+        .await
+        .unwrap();
+    let refused = alice
+        .keys()
+        .get_prekey_count(alice.req(GetPrekeyCountRequest {}))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Code::Unauthenticated,
+        "the old token still works"
+    );
+    let gone = bob
+        .keys()
+        .get_bundles(bob.req(GetBundlesRequest {
+            username: "alice".into(),
+            device_id: 0,
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound);
+    assert_eq!(
+        send(&bob, &alice, &seal(&shared, "hello?"))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+
+    // The name is free again: a new identity, an empty mailbox.
+    let new_alice = register(&channel, "alice", 1, 1).await;
+    assert_ne!(
+        wire_identity(&new_alice.identity).signing_key,
+        wire_identity(&alice.identity).signing_key
+    );
+    assert!(
+        pending(&new_alice).await.is_empty(),
+        "the new account inherited old mail"
+    );
+    let bundles = bob
+        .keys()
+        .get_bundles(bob.req(GetBundlesRequest {
+            username: "alice".into(),
+            device_id: 0,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        bundles.bundles[0].identity.as_ref().unwrap().signing_key,
+        wire_identity(&new_alice.identity).signing_key
+    );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn undelivered_envelopes_expire_after_the_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let channel = channel(&server).await;
+    let alice = register(&channel, "alice", 0, 0).await;
+    let mut bob = register(&channel, "bob", 0, 0).await;
+    send(
+        &alice,
+        &bob,
+        &seal(&StorageKey::generate(&mut OsRng), "old news"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(pending(&bob).await.len(), 1);
+    server.shutdown().await.unwrap();
+
+    // Restart with a retention shorter than the envelope's age; the purge
+    // runs at start and then periodically.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut config = config(dir.path());
+    config.retention = Duration::from_millis(10);
+    let server = missive_server::start(config).await.unwrap();
+    bob.channel = common::channel(&server).await;
+    let mut left = usize::MAX;
+    for _ in 0..50 {
+        left = pending(&bob).await.len();
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, 0, "the expired envelope is still pending");
+    server.shutdown().await.unwrap();
+}
