@@ -1069,3 +1069,36 @@ async fn undelivered_envelopes_expire_after_the_retention() {
     assert_eq!(left, 0, "the expired envelope is still pending");
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn operator_certificates_are_used_instead_of_the_development_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (cert_path, key_path) = (dir.path().join("op.pem"), dir.path().join("op.key"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+
+    let mut only_cert = config(&dir.path().join("a"));
+    only_cert.tls_cert = Some(cert_path.clone());
+    assert!(
+        missive_server::start(only_cert).await.is_err(),
+        "a certificate without its key was accepted"
+    );
+
+    let mut config = config(&dir.path().join("data"));
+    config.tls_cert = Some(cert_path.clone());
+    config.tls_key = Some(key_path);
+    let server = missive_server::start(config).await.unwrap();
+    assert!(server.ca_path().is_none());
+    assert!(
+        !dir.path().join("data").join("ca.pem").exists(),
+        "a development CA was generated anyway"
+    );
+    let channel = connect(&server.url(), &cert_path).await;
+    register(&channel, "alice", 0, 0).await;
+    server.shutdown().await.unwrap();
+}
