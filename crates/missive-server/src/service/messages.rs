@@ -298,7 +298,14 @@ async fn deliver(state: Arc<State>, principal: Principal, outbox: Outbox) {
             return;
         }
         tokio::select! {
-            _ = shutdown.changed() => continue,
+            changed = shutdown.changed() => {
+                // A dropped sender means the node is gone: end like a shutdown.
+                if changed.is_err() {
+                    let _ = outbox.send(Err(ApiError::ShuttingDown.into())).await;
+                    return;
+                }
+                continue;
+            }
             () = outbox.closed() => return,
             woken = async {
                 match subscription.as_mut() {
