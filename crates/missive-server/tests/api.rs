@@ -694,6 +694,17 @@ async fn plaintext_never_reaches_the_data_directory() {
     send(&alice, &bob, &sealed).await.unwrap();
     let received = pending(&bob).await;
     assert_eq!(received.len(), 1);
+    // A second message, acknowledged: its ciphertext must be gone from disk.
+    let acked = seal(&StorageKey::generate(&mut OsRng), "read and forgotten");
+    send(&alice, &bob, &acked).await.unwrap();
+    let both = pending(&bob).await;
+    let acked_id = both.iter().find(|e| e.message_id == acked.id).unwrap().id;
+    bob.messages()
+        .acknowledge(bob.req(AcknowledgeRequest {
+            envelope_ids: vec![acked_id],
+        }))
+        .await
+        .unwrap();
     server.shutdown().await.unwrap();
 
     let stored = all_bytes(dir.path());
@@ -710,6 +721,10 @@ async fn plaintext_never_reaches_the_data_directory() {
     assert!(
         !contains(&stored, sealed.key.as_bytes()),
         "franking key found in the data directory"
+    );
+    assert!(
+        !contains(&stored, &acked.ciphertext[..64]),
+        "an acknowledged envelope is still on disk"
     );
 }
 
