@@ -104,8 +104,7 @@ impl Session {
     ) -> Result<Session, SessionError> {
         let identity = &theirs.identity;
         identity.verify_signed_prekey(&theirs.signed_prekey)?;
-        identity.verify_kem_prekey(&theirs.kem_prekey)?;
-        let kem_key = theirs.kem_prekey.check_key()?;
+        let kem_key = identity.verify_kem_prekey_key(&theirs.kem_prekey)?;
         let spk = theirs.signed_prekey.public_key;
 
         let base = StaticSecret::random_from_rng(&mut *rng);
@@ -202,7 +201,10 @@ impl Session {
             local: ours.public().clone(),
             remote: sender.clone(),
             root: sk,
-            our_ratchet: RatchetKeyPair::from_secret(Box::new(signed_prekey.secret().clone())),
+            our_ratchet: RatchetKeyPair::from_parts(
+                Box::new(signed_prekey.secret().clone()),
+                signed_prekey.public_key(),
+            ),
             sending: None,
             sending_counter: 0,
             previous_counter: 0,
@@ -248,8 +250,8 @@ impl Session {
         let counter = self.sending_counter;
         let next_counter = counter.checked_add(1).ok_or(EncryptError::ChainExhausted)?;
         let header = NormalMessage::encode_header(our_public, counter, self.previous_counter);
-        let cipher = chain.message_key().expand();
-        let next_chain = chain.next();
+        let (message_key, next_chain) = chain.step();
+        let cipher = message_key.expand();
         let prefix = self.pending_prekey.as_deref().unwrap_or_default();
         let ad = aead_ad(&self.local, &self.remote, prefix, &header, associated_data);
         let ciphertext = primitives::aead_seal(&cipher.key, &cipher.nonce, plaintext, &ad)
@@ -383,12 +385,13 @@ impl Session {
             });
         }
         while chain.next < until {
+            let (key, next) = chain.chain.step();
             self.skipped.push_back(SkippedKey {
                 ratchet_key: chain.ratchet_key,
                 counter: chain.next,
-                key: chain.chain.message_key(),
+                key,
             });
-            chain.chain = chain.chain.next();
+            chain.chain = next;
             chain.next += 1;
         }
         while self.skipped.len() > MAX_SKIPPED_KEYS {
@@ -406,8 +409,8 @@ impl Session {
             return Err(DecryptError::Replay);
         }
         self.skip_to(&mut chain, counter)?;
-        let key = chain.chain.message_key();
-        chain.chain = chain.chain.next();
+        let (key, next) = chain.chain.step();
+        chain.chain = next;
         chain.next = counter.checked_add(1).ok_or(DecryptError::Replay)?;
         self.receiving = Some(chain);
         Ok(key)
