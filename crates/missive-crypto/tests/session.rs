@@ -530,3 +530,28 @@ fn chain_exhaustion_is_an_error_not_a_panic() {
     );
     assert_eq!(s.to_bytes(), before);
 }
+
+#[test]
+fn gap_bound_applies_to_the_previous_chain_too() {
+    let mut r = rng(19);
+    let (mut a, mut b) = conversing(&mut r);
+    let m0 = a.encrypt(&mut r, b"m0", b"").unwrap().bytes;
+    b.decrypt(&m0, b"").unwrap();
+    // Alice sends more than the gap on this chain; none arrives.
+    for _ in 0..=MAX_MESSAGE_GAP + 1 {
+        a.encrypt(&mut r, b"lost", b"").unwrap();
+    }
+    let reply = b.encrypt(&mut r, b"reply to m0", b"").unwrap().bytes;
+    a.decrypt(&reply, b"").unwrap();
+    // Alice's next chain announces previous_counter = 2003; Bob would skip 2002.
+    let next = a.encrypt(&mut r, b"new chain", b"").unwrap().bytes;
+    let before = b.to_bytes();
+    assert_eq!(
+        b.decrypt(&next, b"").err(),
+        Some(DecryptError::GapTooLarge {
+            gap: u64::from(MAX_MESSAGE_GAP) + 2,
+            max: MAX_MESSAGE_GAP
+        })
+    );
+    assert_eq!(b.to_bytes(), before);
+}
