@@ -555,3 +555,31 @@ fn gap_bound_applies_to_the_previous_chain_too() {
     );
     assert_eq!(b.to_bytes(), before);
 }
+
+#[test]
+fn public_types_are_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Session>();
+    assert_send_sync::<IdentityKeyPair>();
+    assert_send_sync::<SignedPrekeyPair>();
+    assert_send_sync::<KemPrekeyPair>();
+    assert_send_sync::<OneTimePrekeyPair>();
+    assert_send_sync::<PrekeyMessage>();
+    assert_send_sync::<StorageKey>();
+    assert_send_sync::<franking::FrankingKey>();
+}
+
+#[test]
+fn session_debug_is_pinned() {
+    let mut r = rng(20);
+    let (a, b) = conversing(&mut r);
+    let expected = format!(
+        "Session {{ local: Fingerprint({}), remote: Fingerprint({}), sending_ready: false, \
+         sending_counter: 0, previous_counter: 1, receiving_next: Some(1), skipped_keys: 0, \
+         awaiting_reply: false }}",
+        a.local_identity().fingerprint(),
+        a.remote_identity().fingerprint()
+    );
+    assert_eq!(format!("{a:?}"), expected);
+    assert!(format!("{b:?}").contains("sending_ready: true"));
+}
