@@ -583,3 +583,22 @@ fn session_debug_is_pinned() {
     assert_eq!(format!("{a:?}"), expected);
     assert!(format!("{b:?}").contains("sending_ready: true"));
 }
+
+#[test]
+fn message_debug_shows_no_ciphertext() {
+    let mut r = rng(21);
+    let alice = Party::new(&mut r);
+    let bob = Party::new(&mut r);
+    let mut s = Session::initiate(&mut r, &alice.identity, &bob.bundle(true)).unwrap();
+    let m = s.encrypt(&mut r, b"x", b"").unwrap();
+    let debug = format!("{m:?}");
+    assert_eq!(
+        debug,
+        format!("OutgoingMessage {{ kind: Prekey, len: {} }}", m.bytes.len())
+    );
+    let parsed = PrekeyMessage::parse(&m.bytes).unwrap();
+    let debug = format!("{parsed:?}");
+    assert!(debug.contains(&alice.identity.public().fingerprint().to_string()));
+    assert!(!debug.contains(&hex::encode(&m.bytes[m.bytes.len() - 16..])));
+    assert!(!debug.contains(&format!("{:?}", &m.bytes[1300..1304])));
+}
