@@ -134,5 +134,57 @@ fn symmetric(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, establishment, symmetric);
+/// The primitives' own cost on this machine: the floor for the figures above.
+fn primitives(c: &mut Criterion) {
+    use missive_crypto::primitives as p;
+    let mut rng = ChaCha20Rng::seed_from_u64(3);
+    let secret = x25519_dalek::StaticSecret::random_from_rng(&mut rng);
+    let peer = p::x25519_public(&x25519_dalek::StaticSecret::random_from_rng(&mut rng));
+    c.bench_function("primitive/X25519 agreement", |bench| {
+        bench.iter(|| black_box(p::x25519(&secret, black_box(&peer)).unwrap()))
+    });
+    c.bench_function("primitive/X25519 key generation", |bench| {
+        bench.iter(|| {
+            let s = x25519_dalek::StaticSecret::random_from_rng(&mut rng);
+            black_box(p::x25519_public(&s))
+        })
+    });
+    let id = IdentityKeyPair::generate(&mut rng);
+    let sig = id.sign(b"message");
+    let public = id.public().signing_key();
+    c.bench_function("primitive/Ed25519 verify (strict)", |bench| {
+        bench.iter(|| p::ed25519_verify(&public, black_box(b"message"), &sig).unwrap())
+    });
+    let kem = KemPrekeyPair::generate(&mut rng, 1, &id)
+        .public()
+        .public_key;
+    c.bench_function(
+        "primitive/ML-KEM-768 encapsulate (with key check)",
+        |bench| {
+            bench.iter(|| {
+                let ek = p::kem_encapsulation_key(black_box(&kem)).unwrap();
+                black_box(p::kem_encapsulate(&ek, &mut rng).unwrap())
+            })
+        },
+    );
+    let (dk, dk_ek) = p::kem_keypair_from_seed(&[5u8; 64]);
+    let (ct, _) = p::kem_encapsulate(&dk_ek, &mut rng).unwrap();
+    c.bench_function("primitive/ML-KEM-768 decapsulate", |bench| {
+        bench.iter(|| black_box(p::kem_decapsulate(&dk, black_box(&ct)).unwrap()))
+    });
+    let key = [1u8; 32];
+    let nonce = [2u8; 12];
+    let ad = [3u8; 297 + 32];
+    c.bench_function(
+        "primitive/ChaCha20-Poly1305 seal+open 100 B (329 B AD)",
+        |bench| {
+            bench.iter(|| {
+                let ct = p::aead_seal(&key, &nonce, black_box(&[0x42u8; 100]), &ad).unwrap();
+                black_box(p::aead_open(&key, &nonce, &ct, &ad).unwrap())
+            })
+        },
+    );
+}
+
+criterion_group!(benches, establishment, symmetric, primitives);
 criterion_main!(benches);

@@ -29,11 +29,6 @@ mod storage;
 pub mod transcript;
 mod wire;
 
-#[doc(hidden)]
-pub fn wire_normal_parse(data: &[u8]) -> bool {
-    wire::NormalMessage::parse(data).is_ok()
-}
-
 pub use error::{DecodeError, DecryptError, EncryptError, KeyError, SessionError, StateError};
 pub use identity::{Fingerprint, IdentityKeyPair, PublicIdentity};
 pub use prekeys::{

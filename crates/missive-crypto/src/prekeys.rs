@@ -155,6 +155,10 @@ impl SignedPrekeyPair {
         &self.secret
     }
 
+    pub(crate) fn public_key(&self) -> [u8; 32] {
+        self.public.public_key
+    }
+
     /// `0x01 || u32 id || secret (32) || signature (64)`.
     pub fn to_secret_bytes(&self) -> Zeroizing<Vec<u8>> {
         let mut out = Zeroizing::new(Vec::with_capacity(Self::SECRET_LEN));

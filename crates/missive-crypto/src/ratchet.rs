@@ -67,20 +67,11 @@ impl RootKey {
 }
 
 impl ChainKey {
-    /// `MK = HMAC(CK, 0x01)`.
-    pub(crate) fn message_key(&self) -> MessageKey {
-        MessageKey::from_array(primitives::hmac_sha256(
-            self.as_bytes(),
-            &[&[MESSAGE_KEY_SEED]],
-        ))
-    }
-
-    /// `CK' = HMAC(CK, 0x02)`.
-    pub(crate) fn next(&self) -> ChainKey {
-        ChainKey::from_array(primitives::hmac_sha256(
-            self.as_bytes(),
-            &[&[CHAIN_KEY_SEED]],
-        ))
+    /// `(HMAC(CK, 0x01), HMAC(CK, 0x02))` with one HMAC key schedule.
+    pub(crate) fn step(&self) -> (MessageKey, ChainKey) {
+        let [mk, ck] =
+            primitives::hmac_sha256_two(self.as_bytes(), &[MESSAGE_KEY_SEED], &[CHAIN_KEY_SEED]);
+        (MessageKey::from_array(mk), ChainKey::from_array(ck))
     }
 }
 
@@ -121,6 +112,11 @@ impl RatchetKeyPair {
         Self { secret, public }
     }
 
+    /// From a secret whose public key is already known (a signed prekey).
+    pub(crate) fn from_parts(secret: Box<StaticSecret>, public: [u8; 32]) -> Self {
+        Self { secret, public }
+    }
+
     pub(crate) fn public(&self) -> &[u8; 32] {
         &self.public
     }
@@ -143,15 +139,15 @@ mod tests {
         primitives::hkdf_sha256(&[1u8; 32], &[2u8; 32], ROOT_KDF_INFO, &mut okm).unwrap();
         assert_eq!(r2.as_bytes(), &okm[..32]);
         assert_eq!(c.as_bytes(), &okm[32..]);
+        let (mk, next) = c.step();
         assert_eq!(
-            c.message_key().as_bytes(),
+            mk.as_bytes(),
             &primitives::hmac_sha256(c.as_bytes(), &[&[1]])
         );
         assert_eq!(
-            c.next().as_bytes(),
+            next.as_bytes(),
             &primitives::hmac_sha256(c.as_bytes(), &[&[2]])
         );
-        let mk = c.message_key();
         let cipher = mk.expand();
         let mut okm = [0u8; 44];
         primitives::hkdf_sha256(&[0u8; 32], mk.as_bytes(), MESSAGE_KEY_INFO, &mut okm).unwrap();

@@ -104,8 +104,7 @@ impl Session {
     ) -> Result<Session, SessionError> {
         let identity = &theirs.identity;
         identity.verify_signed_prekey(&theirs.signed_prekey)?;
-        identity.verify_kem_prekey(&theirs.kem_prekey)?;
-        let kem_key = theirs.kem_prekey.check_key()?;
+        let kem_key = identity.verify_kem_prekey_key(&theirs.kem_prekey)?;
         let spk = theirs.signed_prekey.public_key;
 
         let base = StaticSecret::random_from_rng(&mut *rng);
@@ -202,7 +201,10 @@ impl Session {
             local: ours.public().clone(),
             remote: sender.clone(),
             root: sk,
-            our_ratchet: RatchetKeyPair::from_secret(Box::new(signed_prekey.secret().clone())),
+            our_ratchet: RatchetKeyPair::from_parts(
+                Box::new(signed_prekey.secret().clone()),
+                signed_prekey.public_key(),
+            ),
             sending: None,
             sending_counter: 0,
             previous_counter: 0,
@@ -248,8 +250,8 @@ impl Session {
         let counter = self.sending_counter;
         let next_counter = counter.checked_add(1).ok_or(EncryptError::ChainExhausted)?;
         let header = NormalMessage::encode_header(our_public, counter, self.previous_counter);
-        let cipher = chain.message_key().expand();
-        let next_chain = chain.next();
+        let (message_key, next_chain) = chain.step();
+        let cipher = message_key.expand();
         let prefix = self.pending_prekey.as_deref().unwrap_or_default();
         let ad = aead_ad(&self.local, &self.remote, prefix, &header, associated_data);
         let ciphertext = primitives::aead_seal(&cipher.key, &cipher.nonce, plaintext, &ad)
@@ -383,12 +385,13 @@ impl Session {
             });
         }
         while chain.next < until {
+            let (key, next) = chain.chain.step();
             self.skipped.push_back(SkippedKey {
                 ratchet_key: chain.ratchet_key,
                 counter: chain.next,
-                key: chain.chain.message_key(),
+                key,
             });
-            chain.chain = chain.chain.next();
+            chain.chain = next;
             chain.next += 1;
         }
         while self.skipped.len() > MAX_SKIPPED_KEYS {
@@ -406,8 +409,8 @@ impl Session {
             return Err(DecryptError::Replay);
         }
         self.skip_to(&mut chain, counter)?;
-        let key = chain.chain.message_key();
-        chain.chain = chain.chain.next();
+        let (key, next) = chain.chain.step();
+        chain.chain = next;
         chain.next = counter.checked_add(1).ok_or(DecryptError::Replay)?;
         self.receiving = Some(chain);
         Ok(key)
@@ -602,5 +605,90 @@ impl fmt::Debug for Session {
             .field("skipped_keys", &skipped.len())
             .field("awaiting_reply", &pending_prekey.is_some())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::SeedableRng;
+
+    fn pair(rng: &mut ChaCha20Rng) -> (Session, Session) {
+        let alice = IdentityKeyPair::generate(rng);
+        let bob = IdentityKeyPair::generate(rng);
+        let spk = SignedPrekeyPair::generate(rng, 1, &bob);
+        let kem = KemPrekeyPair::generate(rng, 2, &bob);
+        let bundle = PrekeyBundle {
+            identity: bob.public().clone(),
+            signed_prekey: spk.public(),
+            kem_prekey: kem.public(),
+            one_time_prekey: None,
+        };
+        let mut a = Session::initiate(rng, &alice, &bundle).unwrap();
+        let m = a.encrypt(rng, b"x", b"").unwrap();
+        let message = PrekeyMessage::parse(&m.bytes).unwrap();
+        let (b, _) = Session::accept(&bob, &spk, &kem, None, &message, b"").unwrap();
+        (a, b)
+    }
+
+    #[test]
+    fn encrypt_errors_leave_the_session_unchanged() {
+        let mut rng = ChaCha20Rng::seed_from_u64(1);
+        let (_, b) = pair(&mut rng);
+        // Bob's sending ratchet step is pending; a low-order peer key is refused.
+        let mut bad = b.clone();
+        bad.remote_ratchet = Some([0u8; 32]);
+        let before = bad.to_bytes();
+        assert_eq!(
+            bad.encrypt(&mut rng, b"x", b"").err(),
+            Some(EncryptError::NonContributory)
+        );
+        assert_eq!(bad.to_bytes(), before);
+        // No peer ratchet key at all (not loadable from bytes, but handled).
+        let mut bad = b.clone();
+        bad.remote_ratchet = None;
+        assert_eq!(
+            bad.encrypt(&mut rng, b"x", b"").err(),
+            Some(EncryptError::NotReady)
+        );
+        assert_eq!(
+            Session::from_bytes(&bad.to_bytes()).err(),
+            Some(StateError::Malformed(
+                "neither a sending chain nor a peer ratchet key"
+            ))
+        );
+    }
+
+    #[test]
+    fn ratchet_public_key_is_cached_and_reused_within_a_chain() {
+        let mut rng = ChaCha20Rng::seed_from_u64(2);
+        let (mut a, _) = pair(&mut rng);
+        let key = *a.our_ratchet.public();
+        let m1 = a.encrypt(&mut rng, b"1", b"").unwrap().bytes;
+        let m2 = a.encrypt(&mut rng, b"2", b"").unwrap().bytes;
+        let h1 = NormalMessage::parse(&m1[crate::wire::PREKEY_HEADER_LEN..]).unwrap();
+        let h2 = NormalMessage::parse(&m2[crate::wire::PREKEY_HEADER_LEN..]).unwrap();
+        assert_eq!((h1.ratchet_key, h2.ratchet_key), (key, key));
+        assert_eq!((h1.counter, h2.counter), (1, 2));
+    }
+
+    #[test]
+    fn skipped_keys_are_bounded_in_state() {
+        let mut rng = ChaCha20Rng::seed_from_u64(3);
+        let (mut a, mut b) = pair(&mut rng);
+        let reply = b.encrypt(&mut rng, b"r", b"").unwrap().bytes;
+        a.decrypt(&reply, b"").unwrap();
+        for _ in 0..3 {
+            let mut last = Vec::new();
+            for _ in 0..=MAX_MESSAGE_GAP {
+                last = a.encrypt(&mut rng, b"m", b"").unwrap().bytes;
+            }
+            b.decrypt(&last, b"").unwrap();
+            assert!(b.skipped.len() <= MAX_SKIPPED_KEYS);
+        }
+        assert_eq!(b.skipped.len(), MAX_SKIPPED_KEYS);
+        Session::from_bytes(&b.to_bytes()).unwrap();
     }
 }
