@@ -20,6 +20,9 @@ async fn existing_mode_refuses_a_missing_database() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("none.db").display());
     let error = storage::open(&url, OpenMode::Existing).await.err().unwrap();
-    assert!(matches!(error, storage::StorageError::NoDatabase), "{error:?}");
+    assert!(
+        matches!(error, storage::StorageError::NoDatabase),
+        "{error:?}"
+    );
     assert!(!dir.path().join("none.db").exists());
 }

@@ -47,8 +47,12 @@ struct Unregister {
 
 impl Drop for Unregister {
     fn drop(&mut self) {
-        let Some(inner) = self.inner.upgrade() else { return };
-        let Ok(mut streams) = inner.streams.lock() else { return };
+        let Some(inner) = self.inner.upgrade() else {
+            return;
+        };
+        let Ok(mut streams) = inner.streams.lock() else {
+            return;
+        };
         if let Some(list) = streams.get_mut(&self.device) {
             list.retain(|(id, _)| *id != self.id);
             if list.is_empty() {
