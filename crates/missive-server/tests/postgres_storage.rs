@@ -9,8 +9,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use missive_server::storage::{
-    self, DeviceAddress, KemPrekeyRecord, NewAccount, NewEnvelope, OpenMode, SendItem,
-    SendOutcome, SignedPrekeyRecord, Storage, StorageError, suite,
+    self, DeviceAddress, KemPrekeyRecord, NewAccount, NewEnvelope, OpenMode, SendItem, SendOutcome,
+    SignedPrekeyRecord, Storage, StorageError, suite,
 };
 
 #[tokio::test]
@@ -22,7 +22,9 @@ async fn postgres_backend_passes_the_storage_suite() {
     suite::run_all(store.as_ref()).await;
     store.close().await;
     // The schema survives a reopen without migrations.
-    let reopened = storage::open(&schema.url(), OpenMode::Existing).await.unwrap();
+    let reopened = storage::open(&schema.url(), OpenMode::Existing)
+        .await
+        .unwrap();
     assert!(reopened.export_account("suite-r2").await.unwrap().is_some());
     reopened.close().await;
     drop(schema);
@@ -140,16 +142,13 @@ async fn concurrent_writers_on_two_pools_keep_per_device_commit_order() {
         }
     };
     let deadline = std::time::Duration::from_secs(120);
-    let ((), (), seen) = tokio::time::timeout(
-        deadline,
-        async {
-            tokio::join!(
-                writer(Arc::clone(&node_a), 1),
-                writer(Arc::clone(&node_b), 2),
-                reader
-            )
-        },
-    )
+    let ((), (), seen) = tokio::time::timeout(deadline, async {
+        tokio::join!(
+            writer(Arc::clone(&node_a), 1),
+            writer(Arc::clone(&node_b), 2),
+            reader
+        )
+    })
     .await
     .expect("the reader missed an envelope (an id became visible after a larger one)");
     assert_eq!(seen, 2 * PER_WRITER as usize);

@@ -167,15 +167,19 @@ struct Unregister {
 
 impl Drop for Unregister {
     fn drop(&mut self) {
-        let Some(inner) = self.inner.upgrade() else { return };
-        let Ok(mut devices) = inner.devices.lock() else { return };
+        let Some(inner) = self.inner.upgrade() else {
+            return;
+        };
+        let Ok(mut devices) = inner.devices.lock() else {
+            return;
+        };
         if let Some(local) = devices.get_mut(&self.device) {
             local.streams.retain(|(id, _)| *id != self.id);
-            if local.streams.is_empty() {
-                if let Some(local) = devices.remove(&self.device) {
-                    // Dropping the NATS subscriber unsubscribes.
-                    local.listener.abort();
-                }
+            if local.streams.is_empty()
+                && let Some(local) = devices.remove(&self.device)
+            {
+                // Dropping the NATS subscriber unsubscribes.
+                local.listener.abort();
             }
         }
     }

@@ -126,7 +126,10 @@ impl PostgresStorage {
 }
 
 /// Locks a device row for the rest of the transaction; `false` if it is gone.
-async fn lock_device(tx: &mut Transaction<'static, Postgres>, device: DeviceAddress) -> Result<bool> {
+async fn lock_device(
+    tx: &mut Transaction<'static, Postgres>,
+    device: DeviceAddress,
+) -> Result<bool> {
     let found: Option<i64> = sqlx::query_scalar(
         "SELECT device_id FROM devices WHERE account_id = $1 AND device_id = $2 FOR UPDATE",
     )
@@ -687,7 +690,12 @@ impl Storage for PostgresStorage {
         .map_err(map_err)?;
         let mut pending: HashMap<(i64, i64), i64> = pending_rows
             .iter()
-            .map(|r| Ok(((get(r, "account_id")?, get(r, "device_id")?), get(r, "pending")?)))
+            .map(|r| {
+                Ok((
+                    (get(r, "account_id")?, get(r, "device_id")?),
+                    get(r, "pending")?,
+                ))
+            })
             .collect::<Result<_>>()?;
 
         // 3. Envelopes already stored under the batch's idempotency keys.
@@ -695,7 +703,8 @@ impl Storage for PostgresStorage {
         for item in batch {
             for envelope in &item.envelopes {
                 keys.recipient_account.push(item.recipient);
-                keys.recipient_device.push(i64::from(envelope.recipient_device));
+                keys.recipient_device
+                    .push(i64::from(envelope.recipient_device));
                 keys.sender.push(item.sender.clone());
                 keys.sender_device.push(i64::from(item.sender_device));
                 keys.message_id.push(item.message_id.clone());

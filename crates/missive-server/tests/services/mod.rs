@@ -1,7 +1,13 @@
 //! External services for tests: PostgreSQL (`MISSIVE_TEST_DATABASE_URL`)
 //! and NATS (`MISSIVE_TEST_NATS_URL`). Without the variable a test prints
 //! "skipped: …" and returns, unless `MISSIVE_REQUIRE_SERVICES=1`, when it fails.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -62,7 +68,6 @@ impl PgSchema {
         let separator = if self.base.contains('?') { '&' } else { '?' };
         format!("{}{separator}options[search_path]={}", self.base, self.name)
     }
-
 }
 
 impl Drop for PgSchema {
