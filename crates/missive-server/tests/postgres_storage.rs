@@ -141,7 +141,7 @@ async fn concurrent_writers_on_two_pools_keep_per_device_commit_order() {
             seen.len()
         }
     };
-    let deadline = std::time::Duration::from_secs(120);
+    let deadline = std::time::Duration::from_secs(60);
     let ((), (), seen) = tokio::time::timeout(deadline, async {
         tokio::join!(
             writer(Arc::clone(&node_a), 1),

@@ -11,7 +11,7 @@
 //! NATS comes back every local stream is woken to re-read the store.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -39,6 +39,8 @@ struct Local {
 struct Inner {
     next_id: AtomicU64,
     devices: Mutex<HashMap<DeviceAddress, Local>>,
+    /// Set by the first `Connected` event; later ones are reconnections.
+    connected_once: AtomicBool,
 }
 
 impl Inner {
@@ -111,10 +113,11 @@ impl NatsFanOut {
                 async move {
                     match event {
                         async_nats::Event::Connected => {
-                            // Wake-ups published while we were away are lost:
-                            // every local stream re-reads the store.
-                            tracing::info!("NATS connected; catching up all local streams");
-                            if let Some(inner) = weak.upgrade() {
+                            let Some(inner) = weak.upgrade() else { return };
+                            if inner.connected_once.swap(true, Ordering::AcqRel) {
+                                // Wake-ups published while we were away are
+                                // lost: every local stream re-reads the store.
+                                tracing::info!("NATS reconnected; catching up all local streams");
                                 inner.wake_all();
                             }
                         }
