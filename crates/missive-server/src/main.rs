@@ -61,9 +61,10 @@ struct Cli {
     /// NATS server.
     #[arg(long, env = "MISSIVE_NATS_PREFIX", default_value = missive_server::fanout::nats::DEFAULT_SUBJECT_PREFIX, global = true)]
     nats_prefix: String,
-    /// Log filter (tracing EnvFilter syntax), logs go to stderr.
-    #[arg(long, env = "MISSIVE_LOG", default_value = "info", global = true)]
-    log: String,
+    /// Log filter (tracing EnvFilter syntax, e.g. "info" or "missive_server=debug");
+    /// logs go to stderr. Falls back to RUST_LOG, then "info".
+    #[arg(long, env = "MISSIVE_LOG", global = true)]
+    log: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -105,8 +106,11 @@ enum ReportsCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = match &cli.log {
+        Some(directives) => tracing_subscriber::EnvFilter::try_new(directives).ok(),
+        None => tracing_subscriber::EnvFilter::try_from_default_env().ok(),
+    }
+    .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

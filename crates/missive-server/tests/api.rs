@@ -694,6 +694,17 @@ async fn plaintext_never_reaches_the_data_directory() {
     send(&alice, &bob, &sealed).await.unwrap();
     let received = pending(&bob).await;
     assert_eq!(received.len(), 1);
+    // A second message, acknowledged: its ciphertext must be gone from disk.
+    let acked = seal(&StorageKey::generate(&mut OsRng), "read and forgotten");
+    send(&alice, &bob, &acked).await.unwrap();
+    let both = pending(&bob).await;
+    let acked_id = both.iter().find(|e| e.message_id == acked.id).unwrap().id;
+    bob.messages()
+        .acknowledge(bob.req(AcknowledgeRequest {
+            envelope_ids: vec![acked_id],
+        }))
+        .await
+        .unwrap();
     server.shutdown().await.unwrap();
 
     let stored = all_bytes(dir.path());
@@ -710,6 +721,10 @@ async fn plaintext_never_reaches_the_data_directory() {
     assert!(
         !contains(&stored, sealed.key.as_bytes()),
         "franking key found in the data directory"
+    );
+    assert!(
+        !contains(&stored, &acked.ciphertext[..64]),
+        "an acknowledged envelope is still on disk"
     );
 }
 
@@ -820,6 +835,66 @@ async fn franking_reports_verify_and_tampered_ones_are_refused_and_exports_stay_
         !serde_json::to_string(&doc).unwrap().contains("bob"),
         "the report names the reporter"
     );
+
+    // The moderator's view, from the real binary while the server runs.
+    let data = dir.path().to_str().unwrap();
+    let bin = env!("CARGO_BIN_EXE_missive-server");
+    let out = std::process::Command::new(bin)
+        .args(["reports", "list", "--json", "--data-dir", data])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list[0]["id"], id);
+    assert_eq!(list[0]["text"], text);
+    assert_eq!(list[0]["sender"], "alice");
+    assert_eq!(list[0]["reporter"], "bob");
+    assert_eq!(list[0]["verified"], true);
+    let out = std::process::Command::new(bin)
+        .args(["reports", "show", &id.to_string(), "--data-dir", data])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && shown.contains(text) && shown.contains("spam"),
+        "{shown}"
+    );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn concurrent_sends_share_commits_and_each_is_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let channel = channel(&server).await;
+    let alice = std::sync::Arc::new(register(&channel, "alice", 0, 0).await);
+    let bob = std::sync::Arc::new(register(&channel, "bob", 0, 0).await);
+    let shared = StorageKey::generate(&mut OsRng);
+    let sealed: Vec<_> = (0..200)
+        .map(|i| std::sync::Arc::new(seal(&shared, &format!("message {i}"))))
+        .collect();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, message) in sealed.iter().enumerate() {
+        let (alice, bob, message) = (alice.clone(), bob.clone(), message.clone());
+        tasks.spawn(async move {
+            send(&alice, &bob, &message).await.unwrap();
+            if i % 10 == 0 {
+                send(&alice, &bob, &message).await.unwrap(); // a retry
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    let got = pending(&bob).await;
+    assert_eq!(got.len(), 200);
+    let ids: std::collections::HashSet<_> = got.iter().map(|e| e.message_id.clone()).collect();
+    assert_eq!(ids.len(), 200);
+    assert!(got.windows(2).all(|w| w[0].id < w[1].id));
     server.shutdown().await.unwrap();
 }
 
@@ -901,5 +976,144 @@ async fn reflection_lists_the_api_in_v1_and_v1alpha() {
             .iter()
             .any(|s| s.name == "missive.v1.MessageService")
     );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn deleting_an_account_removes_its_keys_and_mail_and_frees_the_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let channel = channel(&server).await;
+    let alice = register(&channel, "alice", 5, 5).await;
+    let bob = register(&channel, "bob", 0, 0).await;
+    let shared = StorageKey::generate(&mut OsRng);
+    send(&bob, &alice, &seal(&shared, "for the old alice"))
+        .await
+        .unwrap();
+
+    alice
+        .accounts()
+        .delete_account(alice.req(DeleteAccountRequest {}))
+        .await
+        .unwrap();
+    let refused = alice
+        .keys()
+        .get_prekey_count(alice.req(GetPrekeyCountRequest {}))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Code::Unauthenticated,
+        "the old token still works"
+    );
+    let gone = bob
+        .keys()
+        .get_bundles(bob.req(GetBundlesRequest {
+            username: "alice".into(),
+            device_id: 0,
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound);
+    assert_eq!(
+        send(&bob, &alice, &seal(&shared, "hello?"))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+
+    // The name is free again: a new identity, an empty mailbox.
+    let new_alice = register(&channel, "alice", 1, 1).await;
+    assert_ne!(
+        wire_identity(&new_alice.identity).signing_key,
+        wire_identity(&alice.identity).signing_key
+    );
+    assert!(
+        pending(&new_alice).await.is_empty(),
+        "the new account inherited old mail"
+    );
+    let bundles = bob
+        .keys()
+        .get_bundles(bob.req(GetBundlesRequest {
+            username: "alice".into(),
+            device_id: 0,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        bundles.bundles[0].identity.as_ref().unwrap().signing_key,
+        wire_identity(&new_alice.identity).signing_key
+    );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn undelivered_envelopes_expire_after_the_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let channel = channel(&server).await;
+    let alice = register(&channel, "alice", 0, 0).await;
+    let mut bob = register(&channel, "bob", 0, 0).await;
+    send(
+        &alice,
+        &bob,
+        &seal(&StorageKey::generate(&mut OsRng), "old news"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(pending(&bob).await.len(), 1);
+    server.shutdown().await.unwrap();
+
+    // Restart with a retention shorter than the envelope's age; the purge
+    // runs at start and then periodically.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut config = config(dir.path());
+    config.retention = Duration::from_millis(10);
+    let server = missive_server::start(config).await.unwrap();
+    bob.channel = common::channel(&server).await;
+    let mut left = usize::MAX;
+    for _ in 0..50 {
+        left = pending(&bob).await.len();
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, 0, "the expired envelope is still pending");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn operator_certificates_are_used_instead_of_the_development_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (cert_path, key_path) = (dir.path().join("op.pem"), dir.path().join("op.key"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+
+    let mut only_cert = config(&dir.path().join("a"));
+    only_cert.tls_cert = Some(cert_path.clone());
+    assert!(
+        missive_server::start(only_cert).await.is_err(),
+        "a certificate without its key was accepted"
+    );
+
+    let mut config = config(&dir.path().join("data"));
+    config.tls_cert = Some(cert_path.clone());
+    config.tls_key = Some(key_path);
+    let server = missive_server::start(config).await.unwrap();
+    assert!(server.ca_path().is_none());
+    assert!(
+        !dir.path().join("data").join("ca.pem").exists(),
+        "a development CA was generated anyway"
+    );
+    let channel = connect(&server.url(), &cert_path).await;
+    register(&channel, "alice", 0, 0).await;
     server.shutdown().await.unwrap();
 }

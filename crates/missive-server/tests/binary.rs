@@ -156,3 +156,95 @@ fn bad_input_gives_a_sentence_and_a_failure_exit() {
         assert!(help.contains(flag), "--help does not document {flag}");
     }
 }
+
+#[tokio::test]
+async fn logs_never_contain_tokens_keys_ciphertext_or_plaintext() {
+    use base64::Engine;
+    use missive_proto::v1::{EnvelopeType, OutgoingEnvelope, SendRequest};
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let log = dir.path().join("server.log");
+    let mut child = Command::new(BIN)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ])
+        .env(
+            "MISSIVE_LOG",
+            "trace,h2=info,hyper=info,rustls=info,tower=info",
+        )
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    let url = line
+        .trim_end()
+        .strip_prefix("missive-server listening on ")
+        .unwrap()
+        .to_owned();
+    let channel = connect(&url, &data.join("ca.pem")).await;
+    let alice = register(&channel, "alice", 2, 2).await;
+    let bob = register(&channel, "bob", 0, 0).await;
+    let ciphertext: Vec<u8> = (0..64u8)
+        .map(|i| i.wrapping_mul(37).wrapping_add(11))
+        .collect();
+    alice
+        .messages()
+        .send(alice.req(SendRequest {
+            recipient: "bob".into(),
+            message_id: vec![5; 16],
+            envelopes: vec![OutgoingEnvelope {
+                device_id: 1,
+                registration_id: bob.registration_id,
+                r#type: EnvelopeType::Message as i32,
+                content: ciphertext.clone(),
+                franking_commitment: vec![9; 32],
+            }],
+        }))
+        .await
+        .unwrap();
+    let token = login(&alice).await;
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains("account registered"),
+        "the log was not captured: {logged}"
+    );
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    for (what, secret) in [
+        ("alice's first token", b64.encode(&alice.token)),
+        ("alice's login token", b64.encode(&token)),
+        ("bob's token", b64.encode(&bob.token)),
+        ("ciphertext (hex)", hex::encode(&ciphertext)),
+        ("ciphertext (base64)", b64.encode(&ciphertext)),
+        (
+            "identity key (hex)",
+            hex::encode(wire_identity(&alice.identity).signing_key),
+        ),
+        ("token bytes (debug)", format!("{:?}", &alice.token[..8])),
+        (
+            "ciphertext bytes (debug)",
+            format!("{:?}", &ciphertext[..8]),
+        ),
+    ] {
+        assert!(!logged.contains(&secret), "{what} appears in the log");
+    }
+}

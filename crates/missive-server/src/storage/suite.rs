@@ -394,6 +394,18 @@ pub async fn envelopes(store: &dyn Storage) {
             .len(),
         1
     );
+    // The quota follows acknowledgements and purges: one pending, limit two.
+    let outcomes = store
+        .store_envelopes(&[send("alice", bob, 7, 17, 2), send("alice", bob, 8, 18, 2)])
+        .await
+        .unwrap();
+    assert_eq!(
+        outcomes[0],
+        SendOutcome::Stored {
+            server_timestamp_ms: 17
+        }
+    );
+    assert_eq!(outcomes[1], SendOutcome::MailboxFull { device: 1 });
 }
 
 /// Reports, the server secret and the export.
