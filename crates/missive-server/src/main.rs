@@ -53,6 +53,14 @@ struct Cli {
     /// Turn off per-IP and per-account rate limits (benchmarks only).
     #[arg(long, env = "MISSIVE_DISABLE_RATE_LIMITS", global = true)]
     disable_rate_limits: bool,
+    /// NATS URL (e.g. nats://127.0.0.1:4222) for waking receive streams
+    /// across nodes; without it streams are woken in-process (one node).
+    #[arg(long, env = "MISSIVE_NATS_URL", global = true)]
+    nats: Option<String>,
+    /// First subject token(s) of NATS wake-ups, so deployments can share a
+    /// NATS server.
+    #[arg(long, env = "MISSIVE_NATS_PREFIX", default_value = missive_server::fanout::nats::DEFAULT_SUBJECT_PREFIX, global = true)]
+    nats_prefix: String,
     /// Log filter (tracing EnvFilter syntax, e.g. "info" or "missive_server=debug");
     /// logs go to stderr. Falls back to RUST_LOG, then "info".
     #[arg(long, env = "MISSIVE_LOG", global = true)]
@@ -212,6 +220,8 @@ async fn serve(cli: &Cli) -> anyhow::Result<()> {
         mailbox_limit: cli.mailbox_limit,
         rate_limits: (!cli.disable_rate_limits).then(Default::default),
         request_timeout: missive_server::limits::REQUEST_TIMEOUT,
+        nats_url: cli.nats.clone(),
+        nats_subject_prefix: cli.nats_prefix.clone(),
     };
     let server = missive_server::start(config).await?;
     print(&format!("missive-server listening on {}", server.url()))?;

@@ -20,6 +20,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::fanout::FanOut;
 use crate::fanout::memory::MemoryFanOut;
+use crate::fanout::nats::NatsFanOut;
 use crate::limits;
 use crate::ratelimit::{Limiters, RateLimits};
 use crate::service::State;
@@ -54,6 +55,11 @@ pub struct Config {
     pub rate_limits: Option<RateLimits>,
     /// Unary call timeout.
     pub request_timeout: Duration,
+    /// NATS URL for fan-out between nodes; `None` wakes streams in-process
+    /// (a single node).
+    pub nats_url: Option<String>,
+    /// First token(s) of the NATS wake-up subjects.
+    pub nats_subject_prefix: String,
 }
 
 impl Config {
@@ -69,6 +75,8 @@ impl Config {
             mailbox_limit: limits::DEFAULT_MAILBOX_LIMIT,
             rate_limits: Some(RateLimits::default()),
             request_timeout: limits::REQUEST_TIMEOUT,
+            nats_url: None,
+            nats_subject_prefix: crate::fanout::nats::DEFAULT_SUBJECT_PREFIX.to_owned(),
         }
     }
 
@@ -117,6 +125,9 @@ pub enum ServerError {
     /// The stored franking key is malformed.
     #[error("the stored franking key is malformed")]
     FrankingKey,
+    /// The fan-out backend (NATS) cannot be reached or configured.
+    #[error(transparent)]
+    FanOut(#[from] crate::fanout::FanOutError),
 }
 
 /// A running node. Dropping it shuts the node down as
@@ -173,7 +184,8 @@ impl RunningServer {
 /// services this way; production passes none).
 pub type RouteHook = Box<dyn FnOnce(Routes) -> Routes + Send>;
 
-/// Starts a node with the built-in storage and in-process fan-out.
+/// Starts a node with the storage named by the database URL and the
+/// fan-out named by `nats_url` (in-process without one).
 pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     start_with(config, None).await
 }
@@ -188,7 +200,11 @@ pub async fn start_with(
         source,
     })?;
     let storage = storage::open(&config.database_url(), OpenMode::Serve).await?;
-    start_on(config, storage, Arc::new(MemoryFanOut::new()), hook).await
+    let fanout: Arc<dyn FanOut> = match &config.nats_url {
+        Some(url) => Arc::new(NatsFanOut::connect(url, &config.nats_subject_prefix).await?),
+        None => Arc::new(MemoryFanOut::new()),
+    };
+    start_on(config, storage, fanout, hook).await
 }
 
 /// Starts a node over a given store and fan-out (how other backends plug in).

@@ -3,10 +3,12 @@
 //! a receive stream re-reads it, so a lost wake-up only delays delivery until
 //! the next periodic catch-up ([`crate::limits::CATCH_UP_INTERVAL`]).
 //!
-//! One module per backend: [`memory`] (single node). A NATS backend publishes
-//! `publish()` to a subject per device and feeds `Subscription`s from it.
+//! One module per backend: [`memory`] (single node) and [`nats`] (several
+//! nodes: `publish()` goes to a NATS subject per device, which feeds the
+//! `Subscription`s of whichever node holds the device's stream).
 
 pub mod memory;
+pub mod nats;
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;

@@ -11,6 +11,7 @@
 //!
 //! The backend-independent test suite is [`suite`]; every backend runs it.
 
+pub mod postgres;
 pub mod sqlite;
 #[doc(hidden)]
 pub mod suite;
@@ -461,14 +462,16 @@ pub enum OpenMode {
 
 /// Opens the backend named by `url`.
 ///
-/// `sqlite://PATH` is built in; other schemes are refused with a sentence
-/// (a PostgreSQL backend registers here).
+/// `sqlite://PATH` and `postgres://…` (or `postgresql://…`) are built in;
+/// other schemes are refused with a sentence.
 pub async fn open(url: &str, mode: OpenMode) -> Result<Arc<dyn Storage>> {
     if url.starts_with("sqlite:") {
         Ok(Arc::new(sqlite::SqliteStorage::open(url, mode).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::PostgresStorage::open(url, mode).await?))
     } else {
         Err(StorageError::Backend(format!(
-            "unsupported database URL scheme in {:?}; this build supports sqlite://PATH",
+            "unsupported database URL scheme in {:?}; this build supports sqlite://PATH and postgres://…",
             redact_url(url)
         )))
     }

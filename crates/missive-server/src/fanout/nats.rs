@@ -1,0 +1,277 @@
+//! Fan-out between nodes through NATS.
+//!
+//! After a send commits, the node publishes an empty wake-up on one subject
+//! per recipient device, `PREFIX.wake.ACCOUNT_ID.DEVICE_ID` (numeric ids,
+//! never usernames). A node subscribes to a device's subject while it holds at
+//! least one receive stream for that device, and unsubscribes when the last
+//! one closes, so NATS interest follows the connected devices.
+//!
+//! The database stays the source of truth: wake-ups carry no data, a lost
+//! one is healed by the streams' periodic catch-up, and when the connection to
+//! NATS comes back every local stream is woken to re-read the store.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::{FanOut, FanOutError, Subscription};
+use crate::storage::{DeviceAddress, redact_url};
+
+/// Default first subject token.
+pub const DEFAULT_SUBJECT_PREFIX: &str = "missive";
+
+/// How long the first connection may take before the node refuses to start.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Local streams of one device and the NATS subscription feeding them.
+struct Local {
+    streams: Vec<(u64, mpsc::Sender<()>)>,
+    listener: JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct Inner {
+    next_id: AtomicU64,
+    devices: Mutex<HashMap<DeviceAddress, Local>>,
+    /// Set by the first `Connected` event; later ones are reconnections.
+    connected_once: AtomicBool,
+}
+
+impl Inner {
+    fn wake(&self, device: DeviceAddress) {
+        let Ok(devices) = self.devices.lock() else {
+            return;
+        };
+        if let Some(local) = devices.get(&device) {
+            for (_, sender) in &local.streams {
+                // Full means a wake-up is already pending: coalesce.
+                let _ = sender.try_send(());
+            }
+        }
+    }
+
+    fn wake_all(&self) {
+        let Ok(devices) = self.devices.lock() else {
+            return;
+        };
+        for local in devices.values() {
+            for (_, sender) in &local.streams {
+                let _ = sender.try_send(());
+            }
+        }
+    }
+}
+
+/// Wakes receive streams on every node through a NATS server or cluster.
+pub struct NatsFanOut {
+    client: async_nats::Client,
+    prefix: String,
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for NatsFanOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsFanOut")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+fn valid_prefix(prefix: &str) -> bool {
+    !prefix.is_empty()
+        && prefix.split('.').all(|token| {
+            !token.is_empty()
+                && token
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        })
+}
+
+impl NatsFanOut {
+    /// Connects to `url` (e.g. `nats://127.0.0.1:4222`, several separated by
+    /// commas). Wake-up subjects start with `prefix` (dot-separated tokens of
+    /// `A-Za-z0-9_-`), so several deployments can share one NATS.
+    pub async fn connect(url: &str, prefix: &str) -> Result<Self, FanOutError> {
+        if !valid_prefix(prefix) {
+            return Err(FanOutError::Unavailable(format!(
+                "invalid NATS subject prefix {prefix:?}: use dot-separated tokens of letters, digits, '_' and '-'"
+            )));
+        }
+        let inner = Arc::new(Inner::default());
+        let weak = Arc::downgrade(&inner);
+        let client = async_nats::ConnectOptions::new()
+            .name("missive-server")
+            .connection_timeout(CONNECT_TIMEOUT)
+            .event_callback(move |event| {
+                let weak = weak.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Connected => {
+                            let Some(inner) = weak.upgrade() else { return };
+                            if inner.connected_once.swap(true, Ordering::AcqRel) {
+                                // Wake-ups published while we were away are
+                                // lost: every local stream re-reads the store.
+                                tracing::info!("NATS reconnected; catching up all local streams");
+                                inner.wake_all();
+                            }
+                        }
+                        async_nats::Event::Disconnected => {
+                            tracing::warn!("NATS disconnected; streams rely on periodic catch-up");
+                        }
+                        other => tracing::info!(event = %other, "NATS event"),
+                    }
+                }
+            })
+            .connect(url)
+            .await
+            .map_err(|e| {
+                FanOutError::Unavailable(format!(
+                    "cannot connect to NATS at {}: {e}",
+                    redact_url(url)
+                ))
+            })?;
+        Ok(Self {
+            client,
+            prefix: prefix.to_owned(),
+            inner,
+        })
+    }
+
+    /// The wake-up subject of a device.
+    pub fn subject(&self, device: DeviceAddress) -> String {
+        format!("{}.wake.{}.{}", self.prefix, device.account, device.device)
+    }
+
+    /// Devices this node currently listens for (one NATS subscription each).
+    pub fn subscribed_devices(&self) -> usize {
+        self.inner.devices.lock().map(|d| d.len()).unwrap_or(0)
+    }
+
+    /// Waits until everything published so far reached the NATS server.
+    pub async fn flush(&self) -> Result<(), FanOutError> {
+        self.client
+            .flush()
+            .await
+            .map_err(|e| FanOutError::Unavailable(format!("NATS flush failed: {e}")))
+    }
+}
+
+struct Unregister {
+    inner: Weak<Inner>,
+    device: DeviceAddress,
+    id: u64,
+}
+
+impl Drop for Unregister {
+    fn drop(&mut self) {
+        let Some(inner) = self.inner.upgrade() else {
+            return;
+        };
+        let Ok(mut devices) = inner.devices.lock() else {
+            return;
+        };
+        if let Some(local) = devices.get_mut(&self.device) {
+            local.streams.retain(|(id, _)| *id != self.id);
+            if local.streams.is_empty()
+                && let Some(local) = devices.remove(&self.device)
+            {
+                // Dropping the NATS subscriber unsubscribes.
+                local.listener.abort();
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl FanOut for NatsFanOut {
+    async fn publish(&self, devices: &[DeviceAddress]) {
+        for device in devices {
+            // Streams on this node need no round trip through NATS.
+            self.inner.wake(*device);
+            if let Err(error) = self.client.publish(self.subject(*device), "".into()).await {
+                tracing::warn!(%error, "NATS publish failed; the recipient catches up periodically");
+            }
+        }
+    }
+
+    async fn subscribe(&self, device: DeviceAddress) -> Result<Subscription, FanOutError> {
+        let (sender, receiver) = mpsc::channel(1);
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let guard = Unregister {
+            inner: Arc::downgrade(&self.inner),
+            device,
+            id,
+        };
+        let poisoned = || FanOutError::Unavailable("registry poisoned".into());
+        {
+            let mut devices = self.inner.devices.lock().map_err(|_| poisoned())?;
+            if let Some(local) = devices.get_mut(&device) {
+                local.streams.push((id, sender));
+                return Ok(Subscription::new(receiver, Box::new(guard)));
+            }
+        }
+        // First stream for this device on this node: listen on its subject.
+        let mut subscriber = self
+            .client
+            .subscribe(self.subject(device))
+            .await
+            .map_err(|e| FanOutError::Unavailable(format!("NATS subscribe failed: {e}")))?;
+        let weak = Arc::downgrade(&self.inner);
+        let mut devices = self.inner.devices.lock().map_err(|_| poisoned())?;
+        match devices.get_mut(&device) {
+            // Another stream of the device subscribed meanwhile: use its
+            // listener; ours unsubscribes when dropped.
+            Some(local) => local.streams.push((id, sender)),
+            None => {
+                let listener = tokio::spawn(async move {
+                    while subscriber.next().await.is_some() {
+                        match weak.upgrade() {
+                            Some(inner) => inner.wake(device),
+                            None => return,
+                        }
+                    }
+                });
+                devices.insert(
+                    device,
+                    Local {
+                        streams: vec![(id, sender)],
+                        listener,
+                    },
+                );
+            }
+        }
+        drop(devices);
+        Ok(Subscription::new(receiver, Box::new(guard)))
+    }
+}
+
+impl Drop for NatsFanOut {
+    fn drop(&mut self) {
+        if let Ok(mut devices) = self.inner.devices.lock() {
+            for (_, local) in devices.drain() {
+                local.listener.abort();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn prefixes_are_plain_subject_tokens() {
+        assert!(valid_prefix("missive"));
+        assert!(valid_prefix("prod-eu.missive_1"));
+        for bad in ["", ".", "a..b", "a.*", "a.>", "a b", "a.", "ü"] {
+            assert!(!valid_prefix(bad), "{bad:?} accepted");
+        }
+    }
+}

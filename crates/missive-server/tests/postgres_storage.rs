@@ -1,0 +1,158 @@
+//! The shared storage suite against the PostgreSQL backend. Each test runs
+//! in a schema of its own (so tests run in parallel) on the database named by
+//! `MISSIVE_TEST_DATABASE_URL`, and drops it afterwards.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod services;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use missive_server::storage::{
+    self, DeviceAddress, KemPrekeyRecord, NewAccount, NewEnvelope, OpenMode, SendItem, SendOutcome,
+    SignedPrekeyRecord, Storage, StorageError, suite,
+};
+
+#[tokio::test]
+async fn postgres_backend_passes_the_storage_suite() {
+    let Some(schema) = services::PgSchema::create("suite").await else {
+        return;
+    };
+    let store = storage::open(&schema.url(), OpenMode::Serve).await.unwrap();
+    suite::run_all(store.as_ref()).await;
+    store.close().await;
+    // The schema survives a reopen without migrations.
+    let reopened = storage::open(&schema.url(), OpenMode::Existing)
+        .await
+        .unwrap();
+    assert!(reopened.export_account("suite-r2").await.unwrap().is_some());
+    reopened.close().await;
+    drop(schema);
+}
+
+#[tokio::test]
+async fn existing_mode_refuses_an_empty_schema() {
+    let Some(schema) = services::PgSchema::create("empty").await else {
+        return;
+    };
+    let error = storage::open(&schema.url(), OpenMode::Existing)
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(error, StorageError::NoDatabase), "{error:?}");
+    drop(schema);
+}
+
+#[tokio::test]
+async fn migrations_are_idempotent_for_nodes_starting_together() {
+    let Some(schema) = services::PgSchema::create("migrate").await else {
+        return;
+    };
+    let url = schema.url();
+    let (a, b) = tokio::join!(
+        storage::open(&url, OpenMode::Serve),
+        storage::open(&url, OpenMode::Serve)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    // Both nodes agree on the server secret whoever wrote it first.
+    let (x, y) = tokio::join!(
+        a.server_secret("franking", &[1; 32]),
+        b.server_secret("franking", &[2; 32])
+    );
+    assert_eq!(x.unwrap(), y.unwrap());
+    a.close().await;
+    b.close().await;
+    drop(schema);
+}
+
+fn account(username: &str) -> NewAccount {
+    NewAccount {
+        username: username.to_owned(),
+        identity: vec![7; 128],
+        registration_id: 1,
+        signed_prekey: SignedPrekeyRecord {
+            id: 1,
+            public_key: vec![1; 32],
+            signature: vec![2; 64],
+        },
+        last_resort_kem_prekey: KemPrekeyRecord {
+            id: 1,
+            public_key: vec![3; 1184],
+            signature: vec![4; 64],
+        },
+        one_time_prekeys: Vec::new(),
+        one_time_kem_prekeys: Vec::new(),
+        today: 1,
+    }
+}
+
+/// Two "nodes" (two pools) write to one device concurrently while a reader
+/// resumes after the last id it saw, exactly like a receive stream: it must
+/// see every envelope, i.e. ids become visible in increasing order.
+#[tokio::test]
+async fn concurrent_writers_on_two_pools_keep_per_device_commit_order() {
+    let Some(schema) = services::PgSchema::create("order").await else {
+        return;
+    };
+    let url = schema.url();
+    let node_a = storage::open(&url, OpenMode::Serve).await.unwrap();
+    let node_b = storage::open(&url, OpenMode::Serve).await.unwrap();
+    let bob = node_a.create_account(&account("bob")).await.unwrap();
+    let device = DeviceAddress {
+        account: bob,
+        device: 1,
+    };
+    const PER_WRITER: u32 = 150;
+    let writer = |store: Arc<dyn Storage>, tag: u8| async move {
+        for n in 0..PER_WRITER {
+            let mut message_id = vec![tag];
+            message_id.extend_from_slice(&n.to_be_bytes());
+            let item = SendItem {
+                sender: format!("writer{tag}"),
+                sender_device: 1,
+                recipient: bob,
+                message_id,
+                server_timestamp_ms: u64::from(n),
+                envelopes: vec![NewEnvelope {
+                    recipient_device: 1,
+                    kind: 1,
+                    content: vec![tag; 8],
+                    franking_commitment: vec![0; 32],
+                    franking_tag: vec![0; 32],
+                }],
+                mailbox_limit: 10_000,
+            };
+            let outcome = store.store_envelopes(&[item]).await.unwrap();
+            assert!(matches!(outcome[0], SendOutcome::Stored { .. }));
+        }
+    };
+    let reader = {
+        let store = Arc::clone(&node_b);
+        async move {
+            let mut last = 0;
+            let mut seen = HashSet::new();
+            while seen.len() < 2 * PER_WRITER as usize {
+                for envelope in store.pending_envelopes(device, last, 50).await.unwrap() {
+                    last = last.max(envelope.id);
+                    assert!(seen.insert(envelope.id), "delivered twice");
+                }
+                tokio::task::yield_now().await;
+            }
+            seen.len()
+        }
+    };
+    let deadline = std::time::Duration::from_secs(60);
+    let ((), (), seen) = tokio::time::timeout(deadline, async {
+        tokio::join!(
+            writer(Arc::clone(&node_a), 1),
+            writer(Arc::clone(&node_b), 2),
+            reader
+        )
+    })
+    .await
+    .expect("the reader missed an envelope (an id became visible after a larger one)");
+    assert_eq!(seen, 2 * PER_WRITER as usize);
+    node_a.close().await;
+    node_b.close().await;
+    drop(schema);
+}
