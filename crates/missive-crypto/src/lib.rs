@@ -1,2 +1,48 @@
 //! Sans-I/O protocol core of Missive.
+//!
+//! Identities, prekeys, PQXDH, the Double Ratchet, message franking, safety
+//! numbers and sealing of stored state. Nothing here performs I/O, reads a
+//! clock or owns a random number generator: randomness is always a parameter,
+//! so tests, vectors and fuzzers are deterministic.
+//!
+//! The exact byte layouts and key derivations are specified in
+//! `docs/PROTOCOL.md`; the bounds live in [`consts`].
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
+// Phase 1: session internals are declared but not yet wired; removed in phase 2.
+#![allow(dead_code)]
+
+pub mod consts;
+mod encoding;
+mod error;
+pub mod franking;
+#[doc(hidden)]
+pub mod fuzzing;
+mod identity;
+mod pqxdh;
+mod prekeys;
+#[doc(hidden)]
+pub mod primitives;
+mod ratchet;
+mod safety;
+mod session;
+mod state;
+mod storage;
+pub mod transcript;
+mod wire;
+
+#[doc(hidden)]
+pub fn wire_normal_parse(data: &[u8]) -> bool {
+    wire::NormalMessage::parse(data).is_ok()
+}
+
+pub use error::{DecodeError, DecryptError, EncryptError, KeyError, SessionError, StateError};
+pub use identity::{Fingerprint, IdentityKeyPair, PublicIdentity};
+pub use prekeys::{
+    KEM_CIPHERTEXT_LEN, KEM_PUBLIC_KEY_LEN, KemPrekeyPair, KemPrekeyPublic, OneTimePrekeyPair,
+    OneTimePrekeyPublic, PrekeyBundle, SignedPrekeyPair, SignedPrekeyPublic,
+};
+pub use safety::{SAFETY_NUMBER_ITERATIONS, SafetyNumber, safety_number};
+pub use session::Session;
+pub use storage::{SEAL_OVERHEAD, StorageKey, open, seal};
+pub use wire::{MessageKind, OutgoingMessage, PrekeyMessage, message_kind};

@@ -1,0 +1,87 @@
+//! Length-prefixed encoding shared by every MAC, signature and transcript input.
+//!
+//! A field is its length as a big-endian `u64` followed by its bytes; fixed-size
+//! integers are written big-endian without a prefix. See docs/PROTOCOL.md,
+//! "Conventions".
+
+/// Appends `bytes` as a length-prefixed field.
+pub(crate) fn put_field(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// Appends a big-endian `u32`.
+pub(crate) fn put_u32(out: &mut Vec<u8>, value: u32) {
+    out.extend_from_slice(&value.to_be_bytes());
+}
+
+/// Appends a big-endian `u64`.
+pub(crate) fn put_u64(out: &mut Vec<u8>, value: u64) {
+    out.extend_from_slice(&value.to_be_bytes());
+}
+
+/// A cursor over a byte slice that never panics.
+pub(crate) struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    pub(crate) fn new(bytes: &'a [u8]) -> Self {
+        Self { bytes }
+    }
+
+    /// Takes exactly `n` bytes, or `None` when fewer remain.
+    pub(crate) fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.bytes.len() < n {
+            return None;
+        }
+        let (head, tail) = self.bytes.split_at(n);
+        self.bytes = tail;
+        Some(head)
+    }
+
+    pub(crate) fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
+        self.take(N).and_then(|b| b.try_into().ok())
+    }
+
+    pub(crate) fn u8(&mut self) -> Option<u8> {
+        self.array::<1>().map(|[b]| b)
+    }
+
+    pub(crate) fn u32(&mut self) -> Option<u32> {
+        self.array::<4>().map(u32::from_be_bytes)
+    }
+
+    /// Everything not yet read.
+    pub(crate) fn rest(self) -> &'a [u8] {
+        self.bytes
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn field_is_length_prefixed() {
+        let mut out = Vec::new();
+        put_field(&mut out, b"ab");
+        put_u32(&mut out, 7);
+        assert_eq!(out, [0, 0, 0, 0, 0, 0, 0, 2, b'a', b'b', 0, 0, 0, 7]);
+    }
+
+    #[test]
+    fn reader_stops_at_end() {
+        let mut r = Reader::new(&[1, 2, 3]);
+        assert_eq!(r.u8(), Some(1));
+        assert_eq!(r.u32(), None);
+        assert_eq!(r.array::<2>(), Some([2, 3]));
+        assert!(r.is_empty());
+        assert_eq!(r.take(1), None);
+    }
+}

@@ -1,0 +1,133 @@
+//! Per-operation error types.
+
+use thiserror::Error;
+
+/// A key, public identity or signature was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// A key or signature had the wrong size.
+    #[error("{what} must be {expected} bytes, got {actual}")]
+    InvalidLength {
+        /// What was being read.
+        what: &'static str,
+        /// The required length.
+        expected: usize,
+        /// The length received.
+        actual: usize,
+    },
+    /// The bytes are not a valid public key of the expected kind.
+    #[error("{0} is not a valid public key")]
+    InvalidPublicKey(&'static str),
+    /// A signature did not verify.
+    #[error(
+        "signature does not verify: the key or message was altered, or signed by another identity"
+    )]
+    BadSignature,
+    /// Stored secret key bytes have a format version this build does not know.
+    #[error("unsupported secret key format version {0}; was it written by a newer Missive?")]
+    UnsupportedVersion(u8),
+}
+
+/// A protocol message could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The message is empty.
+    #[error("message is empty")]
+    Empty,
+    /// The first byte names no known message type or version.
+    #[error("unknown message type 0x{0:02x}; the sender may run a newer Missive")]
+    UnknownType(u8),
+    /// The message ended before a field was complete.
+    #[error("message is truncated in {0}")]
+    Truncated(&'static str),
+    /// A field has a value the format forbids.
+    #[error("malformed message: {0}")]
+    Malformed(&'static str),
+    /// A key carried in the message is invalid.
+    #[error("message carries an invalid key: {0}")]
+    Key(#[from] KeyError),
+}
+
+/// Starting a session from a prekey bundle failed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// A prekey signature or key in the bundle is invalid; do not use this bundle.
+    #[error("prekey bundle rejected: {0}")]
+    Key(#[from] KeyError),
+    /// An X25519 agreement gave a low-order (all-zero) result: a peer key is malicious.
+    #[error("key agreement rejected: a public key in the bundle has low order")]
+    NonContributory,
+}
+
+/// Encrypting a message failed; the session is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum EncryptError {
+    /// The sending chain reached 2^32 - 1 messages; a reply is needed to ratchet.
+    #[error("sending chain exhausted; wait for a reply from the peer")]
+    ChainExhausted,
+    /// The peer's ratchet key gave a low-order (all-zero) X25519 result.
+    #[error("the peer's ratchet key has low order")]
+    NonContributory,
+    /// The plaintext is larger than the AEAD can process.
+    #[error("plaintext too large to encrypt")]
+    TooLarge,
+}
+
+/// Decrypting a message failed; the session is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum DecryptError {
+    /// The message could not be parsed.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The ciphertext, header or associated data was altered, or it is for another session.
+    #[error(
+        "message authentication failed: altered in transit, wrong associated data or not for this session"
+    )]
+    AuthenticationFailed,
+    /// The message was already decrypted (or its key was discarded after the bound).
+    #[error("message already received (replay), or its key was discarded")]
+    Replay,
+    /// The message is further ahead in its chain than the gap allowed.
+    #[error("message skips {gap} messages, more than the allowed {max}")]
+    GapTooLarge {
+        /// How many message keys would have to be skipped.
+        gap: u64,
+        /// The bound, [`crate::consts::MAX_MESSAGE_GAP`].
+        max: u32,
+    },
+    /// An X25519 agreement gave a low-order (all-zero) result.
+    #[error("key agreement rejected: the sender's key has low order")]
+    NonContributory,
+    /// The private prekeys supplied do not match the ids named in the message.
+    #[error("prekeys do not match the message: {0}")]
+    PrekeyMismatch(&'static str),
+    /// The message names a sender identity other than this session's peer.
+    #[error("message comes from a different identity than this session's peer")]
+    IdentityMismatch,
+    /// A prekey message that starts another session; accept it as a new session.
+    #[error("prekey message belongs to a different session; accept it as a new session")]
+    SessionMismatch,
+}
+
+/// Stored state could not be restored.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum StateError {
+    /// The stored bytes end too early.
+    #[error("stored state is truncated")]
+    Truncated,
+    /// The stored bytes use a format version this build does not know.
+    #[error("stored state has unsupported format version {0}; was it written by a newer Missive?")]
+    UnsupportedVersion(u32),
+    /// Sealed state does not authenticate: wrong key, wrong associated data or tampered.
+    #[error("stored state does not authenticate: wrong storage key or the data was altered")]
+    AuthenticationFailed,
+    /// The state decodes but is not internally consistent.
+    #[error("stored state is malformed: {0}")]
+    Malformed(&'static str),
+}

@@ -1,0 +1,337 @@
+//! The only place Missive touches the primitive crates.
+//!
+//! Every other module calls these wrappers, and the known-answer tests
+//! (Wycheproof, RFC 7748 / 8439 / 5869) run through them too, so what is tested
+//! is what is used. Not a stable API.
+
+use chacha20poly1305::aead::{Aead, Payload};
+use chacha20poly1305::{ChaCha20Poly1305, KeyInit};
+use hkdf::Hkdf;
+use hmac::{Hmac, Mac};
+use ml_kem::kem::{Decapsulate, DecapsulationKey, Encapsulate, EncapsulationKey};
+use ml_kem::{EncapsulateDeterministic, EncodedSizeUser, KemCore, MlKem768, MlKem768Params};
+use rand_core::{CryptoRng, RngCore};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+use thiserror::Error;
+use x25519_dalek::{PublicKey, StaticSecret};
+use zeroize::Zeroizing;
+
+/// Length of X25519 keys and shared secrets.
+pub const X25519_LEN: usize = 32;
+/// ChaCha20-Poly1305 key length.
+pub const AEAD_KEY_LEN: usize = 32;
+/// ChaCha20-Poly1305 nonce length.
+pub const AEAD_NONCE_LEN: usize = 12;
+/// Poly1305 tag length.
+pub const AEAD_TAG_LEN: usize = 16;
+/// ML-KEM-768 encapsulation key length.
+pub const KEM_EK_LEN: usize = 1184;
+/// ML-KEM-768 ciphertext length.
+pub const KEM_CT_LEN: usize = 1088;
+/// ML-KEM-768 seed (d || z) length.
+pub const KEM_SEED_LEN: usize = 64;
+
+/// ML-KEM-768 decapsulation key.
+pub type KemDecapsulationKey = DecapsulationKey<MlKem768Params>;
+/// ML-KEM-768 encapsulation key.
+pub type KemEncapsulationKey = EncapsulationKey<MlKem768Params>;
+
+/// A primitive rejected its input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum PrimitiveError {
+    /// X25519 produced the all-zero output: the public key has low order.
+    #[error("X25519 result is all zero (low-order public key)")]
+    NonContributory,
+    /// AEAD authentication failed.
+    #[error("AEAD authentication failed")]
+    Aead,
+    /// An input had an unusable length.
+    #[error("invalid input length")]
+    Length,
+    /// A signature or public key did not verify.
+    #[error("signature does not verify")]
+    Signature,
+    /// An ML-KEM key or ciphertext is malformed.
+    #[error("invalid ML-KEM input")]
+    Kem,
+}
+
+/// X25519 with the secret's clamped scalar; rejects non-contributory results.
+pub fn x25519(
+    secret: &StaticSecret,
+    public: &[u8; X25519_LEN],
+) -> Result<Zeroizing<[u8; X25519_LEN]>, PrimitiveError> {
+    let shared = secret.diffie_hellman(&PublicKey::from(*public));
+    if !shared.was_contributory() {
+        return Err(PrimitiveError::NonContributory);
+    }
+    Ok(Zeroizing::new(shared.to_bytes()))
+}
+
+/// X25519 from raw scalar bytes (RFC 7748 `X25519(k, u)`), rejecting non-contributory results.
+pub fn x25519_raw(
+    scalar: &[u8; X25519_LEN],
+    public: &[u8; X25519_LEN],
+) -> Result<Zeroizing<[u8; X25519_LEN]>, PrimitiveError> {
+    let secret = StaticSecret::from(*scalar);
+    x25519(&secret, public)
+}
+
+/// The X25519 public key of a secret.
+pub fn x25519_public(secret: &StaticSecret) -> [u8; X25519_LEN] {
+    PublicKey::from(secret).to_bytes()
+}
+
+/// ChaCha20-Poly1305 (RFC 8439) encryption; returns ciphertext || tag.
+pub fn aead_seal(
+    key: &[u8; AEAD_KEY_LEN],
+    nonce: &[u8; AEAD_NONCE_LEN],
+    plaintext: &[u8],
+    associated_data: &[u8],
+) -> Result<Vec<u8>, PrimitiveError> {
+    let cipher = ChaCha20Poly1305::new(key.into());
+    cipher
+        .encrypt(
+            nonce.into(),
+            Payload {
+                msg: plaintext,
+                aad: associated_data,
+            },
+        )
+        .map_err(|_| PrimitiveError::Length)
+}
+
+/// ChaCha20-Poly1305 (RFC 8439) decryption of ciphertext || tag.
+pub fn aead_open(
+    key: &[u8; AEAD_KEY_LEN],
+    nonce: &[u8; AEAD_NONCE_LEN],
+    ciphertext: &[u8],
+    associated_data: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, PrimitiveError> {
+    let cipher = ChaCha20Poly1305::new(key.into());
+    cipher
+        .decrypt(
+            nonce.into(),
+            Payload {
+                msg: ciphertext,
+                aad: associated_data,
+            },
+        )
+        .map(Zeroizing::new)
+        .map_err(|_| PrimitiveError::Aead)
+}
+
+/// XChaCha20-Poly1305 encryption (24-byte nonce), used only for stored state.
+pub fn xaead_seal(
+    key: &[u8; AEAD_KEY_LEN],
+    nonce: &[u8; 24],
+    plaintext: &[u8],
+    associated_data: &[u8],
+) -> Result<Vec<u8>, PrimitiveError> {
+    let cipher = chacha20poly1305::XChaCha20Poly1305::new(key.into());
+    cipher
+        .encrypt(
+            nonce.into(),
+            Payload {
+                msg: plaintext,
+                aad: associated_data,
+            },
+        )
+        .map_err(|_| PrimitiveError::Length)
+}
+
+/// XChaCha20-Poly1305 decryption (24-byte nonce), used only for stored state.
+pub fn xaead_open(
+    key: &[u8; AEAD_KEY_LEN],
+    nonce: &[u8; 24],
+    ciphertext: &[u8],
+    associated_data: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, PrimitiveError> {
+    let cipher = chacha20poly1305::XChaCha20Poly1305::new(key.into());
+    cipher
+        .decrypt(
+            nonce.into(),
+            Payload {
+                msg: ciphertext,
+                aad: associated_data,
+            },
+        )
+        .map(Zeroizing::new)
+        .map_err(|_| PrimitiveError::Aead)
+}
+
+/// HKDF-SHA256 (RFC 5869) extract-and-expand into `okm`.
+pub fn hkdf_sha256(
+    salt: &[u8],
+    ikm: &[u8],
+    info: &[u8],
+    okm: &mut [u8],
+) -> Result<(), PrimitiveError> {
+    Hkdf::<Sha256>::new(Some(salt), ikm)
+        .expand(info, okm)
+        .map_err(|_| PrimitiveError::Length)
+}
+
+/// HMAC-SHA256 (RFC 2104) over the concatenation of `parts`.
+pub fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    // HMAC accepts keys of any length, so this cannot fail.
+    let mut mac = match <Hmac<Sha256> as Mac>::new_from_slice(key) {
+        Ok(mac) => mac,
+        Err(_) => unreachable_hmac(),
+    };
+    for part in parts {
+        mac.update(part);
+    }
+    mac.finalize().into_bytes().into()
+}
+
+#[cold]
+fn unreachable_hmac() -> Hmac<Sha256> {
+    // `new_from_slice` only fails for fixed-size-key MACs; HMAC hashes long keys.
+    // Fall back to an empty key rather than panic; never reached.
+    <Hmac<Sha256> as KeyInit>::new(&Default::default())
+}
+
+/// Constant-time equality of two byte strings (false when lengths differ).
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && bool::from(a.ct_eq(b))
+}
+
+/// SHA-256.
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    Sha256::digest(data).into()
+}
+
+/// Strict Ed25519 verification (RFC 8032, rejecting small-order keys and
+/// non-canonical encodings, as `ed25519-dalek`'s `verify_strict`).
+pub fn ed25519_verify(
+    public_key: &[u8],
+    message: &[u8],
+    signature: &[u8],
+) -> Result<(), PrimitiveError> {
+    let public_key: [u8; 32] = public_key.try_into().map_err(|_| PrimitiveError::Length)?;
+    let signature: [u8; 64] = signature.try_into().map_err(|_| PrimitiveError::Length)?;
+    let key = ed25519_dalek::VerifyingKey::from_bytes(&public_key)
+        .map_err(|_| PrimitiveError::Signature)?;
+    key.verify_strict(message, &ed25519_dalek::Signature::from_bytes(&signature))
+        .map_err(|_| PrimitiveError::Signature)
+}
+
+/// Parses an ML-KEM-768 encapsulation key, with the FIPS 203 §7.2 modulus check.
+pub fn kem_encapsulation_key(bytes: &[u8]) -> Result<KemEncapsulationKey, PrimitiveError> {
+    let encoded: &ml_kem::Encoded<KemEncapsulationKey> =
+        bytes.try_into().map_err(|_| PrimitiveError::Length)?;
+    let key = KemEncapsulationKey::from_bytes(encoded);
+    // ByteDecode_12 reduces mod q, so a key with a coefficient >= q re-encodes differently.
+    if key.as_bytes().as_slice() != bytes {
+        return Err(PrimitiveError::Kem);
+    }
+    Ok(key)
+}
+
+/// ML-KEM-768 encapsulation with fresh randomness.
+pub fn kem_encapsulate<R: CryptoRng + RngCore>(
+    key: &KemEncapsulationKey,
+    rng: &mut R,
+) -> Result<(Vec<u8>, Zeroizing<[u8; 32]>), PrimitiveError> {
+    let (ct, ss) = key.encapsulate(rng).map_err(|()| PrimitiveError::Kem)?;
+    Ok((ct.to_vec(), Zeroizing::new(ss.into())))
+}
+
+/// ML-KEM-768 encapsulation with explicit randomness `m` (for known-answer tests).
+pub fn kem_encapsulate_deterministic(
+    key: &KemEncapsulationKey,
+    m: &[u8; 32],
+) -> Result<(Vec<u8>, Zeroizing<[u8; 32]>), PrimitiveError> {
+    let (ct, ss) = key
+        .encapsulate_deterministic(&(*m).into())
+        .map_err(|()| PrimitiveError::Kem)?;
+    Ok((ct.to_vec(), Zeroizing::new(ss.into())))
+}
+
+/// ML-KEM-768 key generation from the 64-byte seed d || z (FIPS 203 `ML-KEM.KeyGen_internal`).
+pub fn kem_keypair_from_seed(
+    seed: &[u8; KEM_SEED_LEN],
+) -> (Box<KemDecapsulationKey>, KemEncapsulationKey) {
+    let mut d = [0u8; 32];
+    let mut z = [0u8; 32];
+    d.copy_from_slice(&seed[..32]);
+    z.copy_from_slice(&seed[32..]);
+    let (dk, ek) = MlKem768::generate_deterministic(&d.into(), &z.into());
+    zeroize::Zeroize::zeroize(&mut d);
+    zeroize::Zeroize::zeroize(&mut z);
+    (Box::new(dk), ek)
+}
+
+/// The encoded form of an ML-KEM-768 encapsulation key.
+pub fn kem_encode_public(key: &KemEncapsulationKey) -> Vec<u8> {
+    key.as_bytes().to_vec()
+}
+
+/// ML-KEM-768 decapsulation; rejects ciphertexts of the wrong length.
+pub fn kem_decapsulate(
+    key: &KemDecapsulationKey,
+    ciphertext: &[u8],
+) -> Result<Zeroizing<[u8; 32]>, PrimitiveError> {
+    let ct: &ml_kem::Ciphertext<MlKem768> =
+        ciphertext.try_into().map_err(|_| PrimitiveError::Length)?;
+    let ss = key.decapsulate(ct).map_err(|()| PrimitiveError::Kem)?;
+    Ok(Zeroizing::new(ss.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn x25519_rejects_zero_point() {
+        let secret = StaticSecret::from([7u8; 32]);
+        assert_eq!(
+            x25519(&secret, &[0u8; 32]),
+            Err(PrimitiveError::NonContributory)
+        );
+    }
+
+    #[test]
+    fn aead_round_trip_and_tamper() {
+        let key = [1u8; 32];
+        let nonce = [2u8; 12];
+        let ct = aead_seal(&key, &nonce, b"hello", b"ad").unwrap();
+        assert_eq!(&aead_open(&key, &nonce, &ct, b"ad").unwrap()[..], b"hello");
+        assert_eq!(
+            aead_open(&key, &nonce, &ct, b"ae"),
+            Err(PrimitiveError::Aead)
+        );
+    }
+
+    #[test]
+    fn kem_rejects_bad_lengths() {
+        assert!(matches!(
+            kem_encapsulation_key(&[0u8; 10]),
+            Err(PrimitiveError::Length)
+        ));
+        let (dk, _) = kem_keypair_from_seed(&[3u8; 64]);
+        assert!(matches!(
+            kem_decapsulate(&dk, &[0u8; 5]),
+            Err(PrimitiveError::Length)
+        ));
+    }
+
+    #[test]
+    fn kem_modulus_check() {
+        let (_, ek) = kem_keypair_from_seed(&[3u8; 64]);
+        let mut bytes = kem_encode_public(&ek);
+        assert!(kem_encapsulation_key(&bytes).is_ok());
+        // First coefficient := 0xfff >= q.
+        bytes[0] = 0xff;
+        bytes[1] |= 0x0f;
+        assert_eq!(
+            kem_encapsulation_key(&bytes).err(),
+            Some(PrimitiveError::Kem)
+        );
+    }
+}
