@@ -84,7 +84,9 @@ pub enum ClientError {
     )]
     UnknownContact(String),
     /// No message with that id in the local history.
-    #[error("no received message with id {0} in your history. `missive history USERNAME --json` lists ids.")]
+    #[error(
+        "no received message with id {0} in your history. `missive history USERNAME --json` lists ids."
+    )]
     UnknownMessage(String),
     /// The message is too long.
     #[error("the message is {0} bytes long; the limit is {max} bytes.", max = crate::limits::MAX_TEXT_BYTES)]
