@@ -221,10 +221,27 @@ fn write_new_private(path: &Path, bytes: &[u8]) -> Result<()> {
         .map_err(|e| ClientError::io(format!("cannot write {}", path.display()), e))
 }
 
+/// Where the storage key comes from.
+pub enum KeySource {
+    /// A random key in `HOME/storage.key` (0600).
+    KeyFile,
+    /// Argon2id of a passphrase with a random salt in `HOME/passphrase.salt`.
+    Passphrase(Zeroizing<String>),
+}
+
+impl KeySource {
+    /// `Passphrase` when `MISSIVE_PASSPHRASE` is set, else `KeyFile`.
+    pub fn from_env() -> Self {
+        match std::env::var(PASSPHRASE_ENV) {
+            Ok(p) => KeySource::Passphrase(Zeroizing::new(p)),
+            Err(_) => KeySource::KeyFile,
+        }
+    }
+}
+
 /// Loads or creates the storage key for `home`.
-fn storage_key(home: &Path, fresh: bool) -> Result<(StorageKey, PathBuf)> {
-    if let Ok(pass) = std::env::var(PASSPHRASE_ENV) {
-        let pass = Zeroizing::new(pass);
+fn storage_key(home: &Path, fresh: bool, source: &KeySource) -> Result<(StorageKey, PathBuf)> {
+    if let KeySource::Passphrase(pass) = source {
         let salt_path = home.join(SALT_FILE);
         if fresh && !salt_path.exists() {
             let mut salt = [0u8; 16];
@@ -261,8 +278,14 @@ impl Store {
         home.join(DB_FILE).exists()
     }
 
-    /// Opens the store in `home`, creating it (and its key) if `create`.
+    /// Opens the store in `home`, creating it (and its key) if `create`,
+    /// with the key source named by the environment.
     pub fn open(home: &Path, create: bool) -> Result<Self> {
+        Self::open_with(home, create, &KeySource::from_env())
+    }
+
+    /// Opens the store in `home` with an explicit key source.
+    pub fn open_with(home: &Path, create: bool, source: &KeySource) -> Result<Self> {
         let path = home.join(DB_FILE);
         let exists = path.exists();
         if !exists && !create {
@@ -271,7 +294,7 @@ impl Store {
         if !exists {
             ensure_private_dir(home)?;
         }
-        let (key, key_path) = storage_key(home, !exists)?;
+        let (key, key_path) = storage_key(home, !exists, source)?;
         let conn = Connection::open(&path).map_err(|e| ClientError::store(&path, e))?;
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
             .map_err(|e| ClientError::io(format!("cannot restrict {}", path.display()), e))?;
