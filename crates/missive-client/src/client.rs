@@ -143,6 +143,31 @@ pub fn rfc3339(ms: u64) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
+/// Decodes a decrypted payload and checks its franking commitment
+/// (docs/PROTOCOL.md, "Franking"). A message whose commitment does not match
+/// its text is refused: what a recipient sees is always reportable.
+pub fn check_content(
+    plaintext: &[u8],
+    message_id: &[u8],
+    commitment: &[u8],
+) -> std::result::Result<(v1::TextMessage, FrankingKey), String> {
+    let content =
+        v1::Content::decode(plaintext).map_err(|_| "its content is malformed".to_owned())?;
+    let Some(v1::content::Body::Text(text)) = content.body else {
+        return Err("it holds no text (unsupported content)".into());
+    };
+    let franking_key = FrankingKey::from_bytes(&content.franking_key)
+        .map_err(|_| "it carries no valid franking key".to_owned())?;
+    if !franking::verify_commitment(&franking_key, message_id, text.body.as_bytes(), commitment) {
+        return Err("its franking commitment does not match its text".into());
+    }
+    Ok((text, franking_key))
+}
+
+/// Test hook: when `1`, `send` commits to a different text than it encrypts,
+/// as a malicious sender would (end-to-end test of the recipient's check).
+pub const FORGE_COMMITMENT_ENV: &str = "MISSIVE_TEST_FORGE_COMMITMENT";
+
 /// A registered account on this machine.
 pub struct Client {
     home: PathBuf,
@@ -612,7 +637,11 @@ impl Client {
         let mut message_id = [0u8; 16];
         OsRng.fill_bytes(&mut message_id);
         let franking_key = FrankingKey::generate(&mut OsRng);
-        let commitment = franking::commit(&franking_key, &message_id, text.as_bytes());
+        let commitment = if std::env::var(FORGE_COMMITMENT_ENV).as_deref() == Ok("1") {
+            franking::commit(&franking_key, &message_id, b"not the text that was sent")
+        } else {
+            franking::commit(&franking_key, &message_id, text.as_bytes())
+        };
         let sent_at_ms = now_ms();
         let content = Zeroizing::new(
             v1::Content {
@@ -883,21 +912,7 @@ impl Client {
                 .map_err(|e| e.to_string())?;
             (r, pt)
         };
-        let content = v1::Content::decode(plaintext.as_slice())
-            .map_err(|_| "its content is malformed".to_owned())?;
-        let Some(v1::content::Body::Text(text)) = content.body else {
-            return Err("it holds no text (unsupported content)".into());
-        };
-        let franking_key = FrankingKey::from_bytes(&content.franking_key)
-            .map_err(|_| "it carries no valid franking key".to_owned())?;
-        if !franking::verify_commitment(
-            &franking_key,
-            &env.message_id,
-            text.body.as_bytes(),
-            commitment,
-        ) {
-            return Err("its franking commitment does not match its text".into());
-        }
+        let (text, franking_key) = check_content(&plaintext, &env.message_id, commitment)?;
         let sealed = SealedMessage {
             text: text.body.clone(),
             franking_key: hex::encode(franking_key.as_bytes()),
