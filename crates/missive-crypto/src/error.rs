@@ -75,6 +75,9 @@ pub enum EncryptError {
     /// The plaintext is larger than the AEAD can process.
     #[error("plaintext too large to encrypt")]
     TooLarge,
+    /// The session has no peer ratchet key to send to (a corrupt or foreign state).
+    #[error("session cannot send yet: it has not received the peer's ratchet key")]
+    NotReady,
 }
 
 /// Decrypting a message failed; the session is unchanged.

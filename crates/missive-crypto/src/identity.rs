@@ -229,8 +229,17 @@ impl PublicIdentity {
 
     /// Verifies an ML-KEM prekey's signature and that its key is well formed.
     pub fn verify_kem_prekey(&self, prekey: &KemPrekeyPublic) -> Result<(), KeyError> {
-        prekey.check_key()?;
-        self.verify(&prekey.signature_input(), &prekey.signature)
+        self.verify_kem_prekey_key(prekey).map(drop)
+    }
+
+    /// [`Self::verify_kem_prekey`], returning the parsed key.
+    pub(crate) fn verify_kem_prekey_key(
+        &self,
+        prekey: &KemPrekeyPublic,
+    ) -> Result<primitives::KemEncapsulationKey, KeyError> {
+        let key = prekey.check_key()?;
+        self.verify(&prekey.signature_input(), &prekey.signature)?;
+        Ok(key)
     }
 }
 

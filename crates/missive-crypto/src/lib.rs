@@ -9,8 +9,6 @@
 //! `docs/PROTOCOL.md`; the bounds live in [`consts`].
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
-// Phase 1: session internals are declared but not yet wired; removed in phase 2.
-#![allow(dead_code)]
 
 pub mod consts;
 mod encoding;
@@ -30,11 +28,6 @@ mod state;
 mod storage;
 pub mod transcript;
 mod wire;
-
-#[doc(hidden)]
-pub fn wire_normal_parse(data: &[u8]) -> bool {
-    wire::NormalMessage::parse(data).is_ok()
-}
 
 pub use error::{DecodeError, DecryptError, EncryptError, KeyError, SessionError, StateError};
 pub use identity::{Fingerprint, IdentityKeyPair, PublicIdentity};

@@ -9,7 +9,7 @@ use zeroize::Zeroizing;
 
 use crate::encoding::{Reader, put_field, put_u32};
 use crate::error::KeyError;
-use crate::identity::{IdentityKeyPair, PublicIdentity, fixed};
+use crate::identity::{IdentityKeyPair, PublicIdentity};
 use crate::primitives::{self, KemDecapsulationKey, KemEncapsulationKey};
 
 /// ML-KEM-768 encapsulation key length.
@@ -153,6 +153,10 @@ impl SignedPrekeyPair {
 
     pub(crate) fn secret(&self) -> &StaticSecret {
         &self.secret
+    }
+
+    pub(crate) fn public_key(&self) -> [u8; 32] {
+        self.public.public_key
     }
 
     /// `0x01 || u32 id || secret (32) || signature (64)`.
@@ -362,11 +366,6 @@ impl fmt::Debug for OneTimePrekeyPair {
             .field("public", public)
             .finish_non_exhaustive()
     }
-}
-
-/// Parses a 32-byte X25519 public key field.
-pub(crate) fn x25519_key(bytes: &[u8], what: &'static str) -> Result<[u8; 32], KeyError> {
-    fixed(bytes, what)
 }
 
 #[cfg(test)]

@@ -187,6 +187,22 @@ pub fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
     mac.finalize().into_bytes().into()
 }
 
+/// `[HMAC-SHA256(key, a), HMAC-SHA256(key, b)]`, sharing the key schedule.
+pub fn hmac_sha256_two(key: &[u8], a: &[u8], b: &[u8]) -> [[u8; 32]; 2] {
+    let keyed = match <Hmac<Sha256> as Mac>::new_from_slice(key) {
+        Ok(mac) => mac,
+        Err(_) => unreachable_hmac(),
+    };
+    let mut first = keyed.clone();
+    first.update(a);
+    let mut second = keyed;
+    second.update(b);
+    [
+        first.finalize().into_bytes().into(),
+        second.finalize().into_bytes().into(),
+    ]
+}
+
 #[cold]
 fn unreachable_hmac() -> Hmac<Sha256> {
     // `new_from_slice` only fails for fixed-size-key MACs; HMAC hashes long keys.
@@ -269,6 +285,11 @@ pub fn kem_keypair_from_seed(
 /// The encoded form of an ML-KEM-768 encapsulation key.
 pub fn kem_encode_public(key: &KemEncapsulationKey) -> Vec<u8> {
     key.as_bytes().to_vec()
+}
+
+/// The expanded FIPS 203 encoding of a decapsulation key (for known-answer tests).
+pub fn kem_encode_secret(key: &KemDecapsulationKey) -> Zeroizing<Vec<u8>> {
+    Zeroizing::new(key.as_bytes().to_vec())
 }
 
 /// ML-KEM-768 decapsulation; rejects ciphertexts of the wrong length.

@@ -1,38 +1,159 @@
-//! Sessions: PQXDH establishment plus the Double Ratchet.
-//! (Phase 1 placeholder: signatures are final; bodies land in phase 2.)
+//! Sessions: PQXDH establishment plus the Double Ratchet
+//! (docs/PROTOCOL.md, "PQXDH", "Double Ratchet", "Session state").
+
+use std::collections::VecDeque;
 
 use core::fmt;
 
+use prost::Message as _;
 use rand_core::{CryptoRng, RngCore};
+use x25519_dalek::StaticSecret;
 use zeroize::Zeroizing;
 
+use crate::consts::{MAX_MESSAGE_GAP, MAX_PREVIOUS_RATCHET_KEYS, MAX_SKIPPED_KEYS};
 use crate::error::{DecryptError, EncryptError, SessionError, StateError};
-use crate::identity::{IdentityKeyPair, PublicIdentity};
+use crate::identity::{IdentityKeyPair, PUBLIC_IDENTITY_LEN, PublicIdentity};
+use crate::pqxdh;
 use crate::prekeys::{KemPrekeyPair, OneTimePrekeyPair, PrekeyBundle, SignedPrekeyPair};
+use crate::primitives;
+use crate::ratchet::{ChainKey, MessageKey, RatchetKeyPair, RootKey};
+use crate::state::{ReceivingChainPickle, SESSION_STATE_VERSION, SessionPickle, SkippedKeyPickle};
 use crate::storage::{self, StorageKey};
-use crate::wire::{OutgoingMessage, PrekeyMessage};
+use crate::wire::{
+    MessageKind, NORMAL_HEADER_LEN, NormalMessage, OutgoingMessage, PrekeyMessage, message_kind,
+};
 
 const SESSION_SEAL_AD: &[u8] = b"Missive session state";
 
+#[derive(Clone)]
+struct ReceivingChain {
+    ratchet_key: [u8; 32],
+    chain: ChainKey,
+    next: u32,
+}
+
+#[derive(Clone)]
+struct SkippedKey {
+    ratchet_key: [u8; 32],
+    counter: u32,
+    key: MessageKey,
+}
+
 /// A Double Ratchet session with one peer device.
+///
+/// `Clone` lets callers decrypt on a copy; `Debug` prints fingerprints and
+/// counters, never key material.
 #[derive(Clone)]
 pub struct Session {
     local: PublicIdentity,
     remote: PublicIdentity,
+    root: RootKey,
+    our_ratchet: RatchetKeyPair,
+    sending: Option<ChainKey>,
+    sending_counter: u32,
+    previous_counter: u32,
+    remote_ratchet: Option<[u8; 32]>,
+    receiving: Option<ReceivingChain>,
+    previous_ratchet_keys: VecDeque<[u8; 32]>,
+    skipped: VecDeque<SkippedKey>,
+    pending_prekey: Option<Vec<u8>>,
+    base_key: [u8; 32],
+}
+
+fn dh_session(
+    secret: &StaticSecret,
+    public: &[u8; 32],
+) -> Result<Zeroizing<[u8; 32]>, SessionError> {
+    primitives::x25519(secret, public).map_err(|_| SessionError::NonContributory)
+}
+
+fn dh_decrypt(
+    secret: &StaticSecret,
+    public: &[u8; 32],
+) -> Result<Zeroizing<[u8; 32]>, DecryptError> {
+    primitives::x25519(secret, public).map_err(|_| DecryptError::NonContributory)
+}
+
+/// AEAD associated data: `sender (128) || recipient (128) || [PQXDH header (1262), prekey
+/// messages only] || ratchet header (41) || caller AD`.
+fn aead_ad(
+    sender: &PublicIdentity,
+    recipient: &PublicIdentity,
+    prekey_header: &[u8],
+    header: &[u8; NORMAL_HEADER_LEN],
+    associated_data: &[u8],
+) -> Vec<u8> {
+    let mut ad = Vec::with_capacity(
+        2 * PUBLIC_IDENTITY_LEN + prekey_header.len() + NORMAL_HEADER_LEN + associated_data.len(),
+    );
+    ad.extend_from_slice(&sender.to_array());
+    ad.extend_from_slice(&recipient.to_array());
+    ad.extend_from_slice(prekey_header);
+    ad.extend_from_slice(header);
+    ad.extend_from_slice(associated_data);
+    ad
 }
 
 impl Session {
-    /// Initiator: verifies the bundle's signatures and runs PQXDH.
+    /// Initiator: verifies the bundle's signatures and runs PQXDH. Until the first
+    /// reply arrives, every [`Self::encrypt`] yields [`MessageKind::Prekey`].
     pub fn initiate<R: CryptoRng + RngCore>(
         rng: &mut R,
         ours: &IdentityKeyPair,
         theirs: &PrekeyBundle,
     ) -> Result<Session, SessionError> {
-        let _ = (rng, ours, theirs);
-        Err(SessionError::NonContributory)
+        let identity = &theirs.identity;
+        identity.verify_signed_prekey(&theirs.signed_prekey)?;
+        let kem_key = identity.verify_kem_prekey_key(&theirs.kem_prekey)?;
+        let spk = theirs.signed_prekey.public_key;
+
+        let base = StaticSecret::random_from_rng(&mut *rng);
+        let base_key = primitives::x25519_public(&base);
+        let dh1 = dh_session(ours.agreement_secret(), &spk)?;
+        let dh2 = dh_session(&base, &identity.agreement_key())?;
+        let dh3 = dh_session(&base, &spk)?;
+        let dh4 = match &theirs.one_time_prekey {
+            Some(otk) => Some(dh_session(&base, &otk.public_key)?),
+            None => None,
+        };
+        let (kem_ciphertext, kem_secret) =
+            primitives::kem_encapsulate(&kem_key, rng).map_err(|_| {
+                SessionError::Key(crate::KeyError::InvalidPublicKey("ML-KEM-768 public key"))
+            })?;
+        let sk = pqxdh::derive_secret(&dh1, &dh2, &dh3, dh4.as_deref(), &kem_secret);
+
+        // First sending ratchet step against the signed prekey (Double Ratchet §3.3).
+        let our_ratchet = RatchetKeyPair::generate(rng);
+        let dh = dh_session(our_ratchet.secret(), &spk)?;
+        let (root, sending) = sk.step(&dh);
+        let header = PrekeyMessage::encode_header(
+            ours.public(),
+            &base_key,
+            theirs.signed_prekey.id,
+            theirs.kem_prekey.id,
+            theirs.one_time_prekey.as_ref().map(|k| k.id),
+            &kem_ciphertext,
+        );
+        Ok(Session {
+            local: ours.public().clone(),
+            remote: identity.clone(),
+            root,
+            our_ratchet,
+            sending: Some(sending),
+            sending_counter: 0,
+            previous_counter: 0,
+            remote_ratchet: Some(spk),
+            receiving: None,
+            previous_ratchet_keys: VecDeque::new(),
+            skipped: VecDeque::new(),
+            pending_prekey: Some(header),
+            base_key,
+        })
     }
 
-    /// Responder: runs PQXDH with the private prekeys named in `message` and decrypts it.
+    /// Responder: runs PQXDH with the private prekeys named in `message` and
+    /// decrypts the message it carries. The caller looks the prekeys up by the
+    /// ids in `message` (and deletes a one-time prekey once the session is stored).
     pub fn accept(
         ours: &IdentityKeyPair,
         signed_prekey: &SignedPrekeyPair,
@@ -41,36 +162,258 @@ impl Session {
         message: &PrekeyMessage,
         associated_data: &[u8],
     ) -> Result<(Session, Zeroizing<Vec<u8>>), DecryptError> {
-        let _ = (
-            ours,
-            signed_prekey,
-            kem_prekey,
-            one_time_prekey,
-            message,
-            associated_data,
-        );
-        Err(DecryptError::AuthenticationFailed)
+        if message.signed_prekey_id != signed_prekey.id() {
+            return Err(DecryptError::PrekeyMismatch("signed prekey id differs"));
+        }
+        if message.kem_prekey_id != kem_prekey.id() {
+            return Err(DecryptError::PrekeyMismatch("KEM prekey id differs"));
+        }
+        match (message.one_time_prekey_id, one_time_prekey) {
+            (None, None) => {}
+            (Some(id), Some(otk)) if id == otk.id() => {}
+            (Some(_), Some(_)) => {
+                return Err(DecryptError::PrekeyMismatch("one-time prekey id differs"));
+            }
+            (Some(_), None) => {
+                return Err(DecryptError::PrekeyMismatch(
+                    "the message used a one-time prekey that was not supplied",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(DecryptError::PrekeyMismatch(
+                    "a one-time prekey was supplied but the message used none",
+                ));
+            }
+        }
+        let sender = &message.sender;
+        let dh1 = dh_decrypt(signed_prekey.secret(), &sender.agreement_key())?;
+        let dh2 = dh_decrypt(ours.agreement_secret(), &message.base_key)?;
+        let dh3 = dh_decrypt(signed_prekey.secret(), &message.base_key)?;
+        let dh4 = match one_time_prekey {
+            Some(otk) => Some(dh_decrypt(otk.secret(), &message.base_key)?),
+            None => None,
+        };
+        let kem_secret =
+            primitives::kem_decapsulate(kem_prekey.decapsulation_key(), &message.kem_ciphertext)
+                .map_err(|_| DecryptError::AuthenticationFailed)?;
+        let sk = pqxdh::derive_secret(&dh1, &dh2, &dh3, dh4.as_deref(), &kem_secret);
+        let mut session = Session {
+            local: ours.public().clone(),
+            remote: sender.clone(),
+            root: sk,
+            our_ratchet: RatchetKeyPair::from_parts(
+                Box::new(signed_prekey.secret().clone()),
+                signed_prekey.public_key(),
+            ),
+            sending: None,
+            sending_counter: 0,
+            previous_counter: 0,
+            remote_ratchet: None,
+            receiving: None,
+            previous_ratchet_keys: VecDeque::new(),
+            skipped: VecDeque::new(),
+            pending_prekey: None,
+            base_key: message.base_key,
+        };
+        let plaintext =
+            session.decrypt_normal(&message.message, &message.header, associated_data)?;
+        Ok((session, plaintext))
     }
 
-    /// Encrypts `plaintext`, binding `associated_data` into the AEAD.
+    /// Encrypts `plaintext`, binding `associated_data` (Missive passes the franking
+    /// commitment) into the AEAD with both identities and the header. On error the
+    /// session is unchanged.
     pub fn encrypt<R: CryptoRng + RngCore>(
         &mut self,
         rng: &mut R,
         plaintext: &[u8],
         associated_data: &[u8],
     ) -> Result<OutgoingMessage, EncryptError> {
-        let _ = (rng, plaintext, associated_data);
-        Err(EncryptError::ChainExhausted)
+        // A pending sending ratchet step (after receiving a new ratchet key) happens
+        // here, where randomness is available; nothing is committed until the end.
+        let stepped: Option<(RatchetKeyPair, RootKey, ChainKey)> = match &self.sending {
+            Some(_) => None,
+            None => {
+                let remote = self.remote_ratchet.ok_or(EncryptError::NotReady)?;
+                let ratchet = RatchetKeyPair::generate(rng);
+                let dh = primitives::x25519(ratchet.secret(), &remote)
+                    .map_err(|_| EncryptError::NonContributory)?;
+                let (root, chain) = self.root.step(&dh);
+                Some((ratchet, root, chain))
+            }
+        };
+        let (chain, our_public) = match (&stepped, &self.sending) {
+            (Some((ratchet, _, chain)), _) => (chain, ratchet.public()),
+            (None, Some(chain)) => (chain, self.our_ratchet.public()),
+            (None, None) => return Err(EncryptError::NotReady),
+        };
+        let counter = self.sending_counter;
+        let next_counter = counter.checked_add(1).ok_or(EncryptError::ChainExhausted)?;
+        let header = NormalMessage::encode_header(our_public, counter, self.previous_counter);
+        let (message_key, next_chain) = chain.step();
+        let cipher = message_key.expand();
+        let prefix = self.pending_prekey.as_deref().unwrap_or_default();
+        let ad = aead_ad(&self.local, &self.remote, prefix, &header, associated_data);
+        let ciphertext = primitives::aead_seal(&cipher.key, &cipher.nonce, plaintext, &ad)
+            .map_err(|_| EncryptError::TooLarge)?;
+
+        let mut bytes = Vec::with_capacity(prefix.len() + NORMAL_HEADER_LEN + ciphertext.len());
+        bytes.extend_from_slice(prefix);
+        bytes.extend_from_slice(&header);
+        bytes.extend_from_slice(&ciphertext);
+        let kind = if self.pending_prekey.is_some() {
+            MessageKind::Prekey
+        } else {
+            MessageKind::Normal
+        };
+
+        if let Some((ratchet, root, _)) = stepped {
+            self.our_ratchet = ratchet;
+            self.root = root;
+        }
+        self.sending = Some(next_chain);
+        self.sending_counter = next_counter;
+        Ok(OutgoingMessage { kind, bytes })
     }
 
-    /// Decrypts a message of either kind; on error the session is unchanged.
+    /// Decrypts a message of either kind (a prekey message for this session too).
+    /// Decryption runs on a copy that replaces the session only on success.
     pub fn decrypt(
         &mut self,
         message: &[u8],
         associated_data: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, DecryptError> {
-        let _ = (message, associated_data);
-        Err(DecryptError::AuthenticationFailed)
+        let (normal, prekey_header) = match message_kind(message)? {
+            MessageKind::Normal => (NormalMessage::parse(message)?, Vec::new()),
+            MessageKind::Prekey => {
+                let prekey = PrekeyMessage::parse(message)?;
+                if prekey.sender != self.remote {
+                    return Err(DecryptError::IdentityMismatch);
+                }
+                if !primitives::ct_eq(&prekey.base_key, &self.base_key) {
+                    return Err(DecryptError::SessionMismatch);
+                }
+                (prekey.message, prekey.header)
+            }
+        };
+        let mut copy = self.clone();
+        let plaintext = copy.decrypt_normal(&normal, &prekey_header, associated_data)?;
+        *self = copy;
+        Ok(plaintext)
+    }
+
+    /// Decrypts in place; callers run it on a copy.
+    fn decrypt_normal(
+        &mut self,
+        message: &NormalMessage,
+        prekey_header: &[u8],
+        associated_data: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, DecryptError> {
+        let position = self
+            .skipped
+            .iter()
+            .position(|s| s.counter == message.counter && s.ratchet_key == message.ratchet_key);
+        let key = if let Some(position) = position {
+            match self.skipped.remove(position) {
+                Some(skipped) => skipped.key,
+                None => return Err(DecryptError::Replay),
+            }
+        } else {
+            let current = self
+                .receiving
+                .as_ref()
+                .is_some_and(|r| r.ratchet_key == message.ratchet_key);
+            if !current {
+                if self.previous_ratchet_keys.contains(&message.ratchet_key) {
+                    return Err(DecryptError::Replay);
+                }
+                self.receive_ratchet(message)?;
+            }
+            self.take_receiving_key(message.counter)?
+        };
+        let cipher = key.expand();
+        let ad = aead_ad(
+            &self.remote,
+            &self.local,
+            prekey_header,
+            &message.header,
+            associated_data,
+        );
+        let plaintext = primitives::aead_open(&cipher.key, &cipher.nonce, &message.ciphertext, &ad)
+            .map_err(|_| DecryptError::AuthenticationFailed)?;
+        // The peer answered: it has the session, the PQXDH header is no longer needed.
+        self.pending_prekey = None;
+        Ok(plaintext)
+    }
+
+    /// Skips the current receiving chain up to the header's previous counter, then
+    /// performs the receiving half of a DH ratchet step.
+    fn receive_ratchet(&mut self, message: &NormalMessage) -> Result<(), DecryptError> {
+        if let Some(mut old) = self.receiving.take() {
+            self.skip_to(&mut old, message.previous_counter)?;
+            self.previous_ratchet_keys.push_back(old.ratchet_key);
+            while self.previous_ratchet_keys.len() > MAX_PREVIOUS_RATCHET_KEYS {
+                self.previous_ratchet_keys.pop_front();
+            }
+        }
+        let dh = dh_decrypt(self.our_ratchet.secret(), &message.ratchet_key)?;
+        let (root, chain) = self.root.step(&dh);
+        self.root = root;
+        self.receiving = Some(ReceivingChain {
+            ratchet_key: message.ratchet_key,
+            chain,
+            next: 0,
+        });
+        self.remote_ratchet = Some(message.ratchet_key);
+        if self.sending.take().is_some() {
+            self.previous_counter = self.sending_counter;
+            self.sending_counter = 0;
+        }
+        Ok(())
+    }
+
+    /// Stores the keys of `chain` from its next counter up to (excluding) `until`.
+    fn skip_to(&mut self, chain: &mut ReceivingChain, until: u32) -> Result<(), DecryptError> {
+        if until <= chain.next {
+            return Ok(());
+        }
+        let gap = until - chain.next;
+        if gap > MAX_MESSAGE_GAP {
+            return Err(DecryptError::GapTooLarge {
+                gap: u64::from(gap),
+                max: MAX_MESSAGE_GAP,
+            });
+        }
+        while chain.next < until {
+            let (key, next) = chain.chain.step();
+            self.skipped.push_back(SkippedKey {
+                ratchet_key: chain.ratchet_key,
+                counter: chain.next,
+                key,
+            });
+            chain.chain = next;
+            chain.next += 1;
+        }
+        while self.skipped.len() > MAX_SKIPPED_KEYS {
+            self.skipped.pop_front();
+        }
+        Ok(())
+    }
+
+    /// Takes the message key for `counter` from the current receiving chain.
+    fn take_receiving_key(&mut self, counter: u32) -> Result<MessageKey, DecryptError> {
+        let Some(mut chain) = self.receiving.take() else {
+            return Err(DecryptError::AuthenticationFailed);
+        };
+        if counter < chain.next {
+            return Err(DecryptError::Replay);
+        }
+        self.skip_to(&mut chain, counter)?;
+        let (key, next) = chain.chain.step();
+        chain.chain = next;
+        chain.next = counter.checked_add(1).ok_or(DecryptError::Replay)?;
+        self.receiving = Some(chain);
+        Ok(key)
     }
 
     /// The peer's identity.
@@ -83,18 +426,146 @@ impl Session {
         &self.local
     }
 
-    /// Versioned serialisation of the whole state (secret: store it sealed).
+    /// Whether encrypt still yields prekey messages (no reply received yet).
+    pub fn is_awaiting_reply(&self) -> bool {
+        self.pending_prekey.is_some()
+    }
+
+    /// Versioned serialisation of the whole state. Contains secrets: store it sealed.
     pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
-        Zeroizing::new(Vec::new())
+        let mut pickle = SessionPickle {
+            version: SESSION_STATE_VERSION,
+            local_identity: self.local.to_bytes(),
+            remote_identity: self.remote.to_bytes(),
+            root_key: self.root.as_bytes().to_vec(),
+            our_ratchet_secret: self.our_ratchet.secret().as_bytes().to_vec(),
+            sending_chain_key: self.sending.as_ref().map(|c| c.as_bytes().to_vec()),
+            sending_counter: self.sending_counter,
+            previous_counter: self.previous_counter,
+            remote_ratchet_key: self.remote_ratchet.map(|k| k.to_vec()),
+            receiving: self.receiving.as_ref().map(|r| ReceivingChainPickle {
+                ratchet_key: r.ratchet_key.to_vec(),
+                chain_key: r.chain.as_bytes().to_vec(),
+                next_counter: r.next,
+            }),
+            previous_ratchet_keys: self
+                .previous_ratchet_keys
+                .iter()
+                .map(|k| k.to_vec())
+                .collect(),
+            skipped: self
+                .skipped
+                .iter()
+                .map(|s| SkippedKeyPickle {
+                    ratchet_key: s.ratchet_key.to_vec(),
+                    counter: s.counter,
+                    message_key: s.key.as_bytes().to_vec(),
+                })
+                .collect(),
+            pending_prekey: self.pending_prekey.clone(),
+            base_key: self.base_key.to_vec(),
+        };
+        let mut out = Zeroizing::new(Vec::with_capacity(pickle.encoded_len()));
+        pickle.encode_raw(&mut *out);
+        pickle.wipe();
+        out
     }
 
-    /// Restores a session written by [`Self::to_bytes`].
+    /// Restores a session written by [`Self::to_bytes`], checking every field.
     pub fn from_bytes(bytes: &[u8]) -> Result<Session, StateError> {
-        let _ = bytes;
-        Err(StateError::UnsupportedVersion(0))
+        let mut pickle = SessionPickle::decode(bytes)
+            .map_err(|_| StateError::Malformed("not a Missive session state"))?;
+        let session = Self::from_pickle(&pickle);
+        pickle.wipe();
+        session
     }
 
-    /// Authenticated encryption of [`Self::to_bytes`] under `key`.
+    fn from_pickle(p: &SessionPickle) -> Result<Session, StateError> {
+        fn key32(bytes: &[u8], what: &'static str) -> Result<[u8; 32], StateError> {
+            bytes.try_into().map_err(|_| StateError::Malformed(what))
+        }
+        match p.version {
+            SESSION_STATE_VERSION => {}
+            0 => return Err(StateError::Malformed("missing format version")),
+            other => return Err(StateError::UnsupportedVersion(other)),
+        }
+        let local = PublicIdentity::from_bytes(&p.local_identity)
+            .map_err(|_| StateError::Malformed("local identity"))?;
+        let remote = PublicIdentity::from_bytes(&p.remote_identity)
+            .map_err(|_| StateError::Malformed("remote identity"))?;
+        let root = RootKey::from_slice(&p.root_key).ok_or(StateError::Malformed("root key"))?;
+        let secret = Zeroizing::new(key32(&p.our_ratchet_secret, "ratchet key")?);
+        let our_ratchet = RatchetKeyPair::from_secret(Box::new(StaticSecret::from(*secret)));
+        let sending = match &p.sending_chain_key {
+            Some(k) => Some(ChainKey::from_slice(k).ok_or(StateError::Malformed("sending chain"))?),
+            None => None,
+        };
+        let remote_ratchet = match &p.remote_ratchet_key {
+            Some(k) => Some(key32(k, "remote ratchet key")?),
+            None => None,
+        };
+        if sending.is_none() && remote_ratchet.is_none() {
+            return Err(StateError::Malformed(
+                "neither a sending chain nor a peer ratchet key",
+            ));
+        }
+        let receiving = match &p.receiving {
+            Some(r) => Some(ReceivingChain {
+                ratchet_key: key32(&r.ratchet_key, "receiving ratchet key")?,
+                chain: ChainKey::from_slice(&r.chain_key)
+                    .ok_or(StateError::Malformed("receiving chain"))?,
+                next: r.next_counter,
+            }),
+            None => None,
+        };
+        if p.previous_ratchet_keys.len() > MAX_PREVIOUS_RATCHET_KEYS
+            || p.skipped.len() > MAX_SKIPPED_KEYS
+        {
+            return Err(StateError::Malformed(
+                "more stored keys than the bounds allow",
+            ));
+        }
+        let previous_ratchet_keys = p
+            .previous_ratchet_keys
+            .iter()
+            .map(|k| key32(k, "previous ratchet key"))
+            .collect::<Result<_, _>>()?;
+        let skipped = p
+            .skipped
+            .iter()
+            .map(|s| {
+                Ok(SkippedKey {
+                    ratchet_key: key32(&s.ratchet_key, "skipped key ratchet key")?,
+                    counter: s.counter,
+                    key: MessageKey::from_slice(&s.message_key)
+                        .ok_or(StateError::Malformed("skipped message key"))?,
+                })
+            })
+            .collect::<Result<_, StateError>>()?;
+        if let Some(header) = &p.pending_prekey
+            && header.len() != crate::wire::PREKEY_HEADER_LEN
+        {
+            return Err(StateError::Malformed("pending prekey header"));
+        }
+        Ok(Session {
+            local,
+            remote,
+            root,
+            our_ratchet,
+            sending,
+            sending_counter: p.sending_counter,
+            previous_counter: p.previous_counter,
+            remote_ratchet,
+            receiving,
+            previous_ratchet_keys,
+            skipped,
+            pending_prekey: p.pending_prekey.clone(),
+            base_key: key32(&p.base_key, "base key")?,
+        })
+    }
+
+    /// Authenticated encryption of [`Self::to_bytes`] under `key`
+    /// (associated data `"Missive session state"`).
     pub fn seal<R: CryptoRng + RngCore>(&self, rng: &mut R, key: &StorageKey) -> Vec<u8> {
         storage::seal(rng, key, &self.to_bytes(), SESSION_SEAL_AD)
     }
@@ -108,9 +579,31 @@ impl Session {
 
 impl fmt::Debug for Session {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Destructured so that a new field cannot be printed (or leak) by accident.
+        let Session {
+            local,
+            remote,
+            root: _,
+            our_ratchet: _,
+            sending,
+            sending_counter,
+            previous_counter,
+            remote_ratchet: _,
+            receiving,
+            previous_ratchet_keys: _,
+            skipped,
+            pending_prekey,
+            base_key: _,
+        } = self;
         f.debug_struct("Session")
-            .field("local", &self.local.fingerprint())
-            .field("remote", &self.remote.fingerprint())
-            .finish_non_exhaustive()
+            .field("local", &local.fingerprint())
+            .field("remote", &remote.fingerprint())
+            .field("sending_ready", &sending.is_some())
+            .field("sending_counter", sending_counter)
+            .field("previous_counter", previous_counter)
+            .field("receiving_next", &receiving.as_ref().map(|r| r.next))
+            .field("skipped_keys", &skipped.len())
+            .field("awaiting_reply", &pending_prekey.is_some())
+            .finish()
     }
 }

@@ -112,6 +112,8 @@ pub struct PrekeyMessage {
     pub(crate) kem_prekey_id: u32,
     pub(crate) one_time_prekey_id: Option<u32>,
     pub(crate) kem_ciphertext: Vec<u8>,
+    /// The raw PQXDH header, bound into the embedded message's AEAD.
+    pub(crate) header: Vec<u8>,
     pub(crate) message: NormalMessage,
 }
 
@@ -150,7 +152,12 @@ impl PrekeyMessage {
             .ok_or(DecodeError::Truncated("KEM ciphertext"))?
             .to_vec();
         let message = NormalMessage::parse(reader.rest())?;
+        let header = bytes
+            .get(..PREKEY_HEADER_LEN)
+            .ok_or(DecodeError::Truncated("prekey header"))?
+            .to_vec();
         Ok(Self {
+            header,
             sender,
             base_key,
             signed_prekey_id,

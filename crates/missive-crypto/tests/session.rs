@@ -1,0 +1,532 @@
+//! Session behaviour and every error path of establishment, encryption and decryption.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{Party, conversing, established, rng};
+use missive_crypto::consts::{MAX_MESSAGE_GAP, MAX_SKIPPED_KEYS};
+use missive_crypto::*;
+
+#[test]
+fn establishment_with_and_without_one_time_prekey() {
+    for with_one_time in [true, false] {
+        let mut r = rng(1);
+        let (mut a, mut b) = established(&mut r, with_one_time);
+        assert_eq!(a.remote_identity(), b.local_identity());
+        assert_eq!(b.remote_identity(), a.local_identity());
+        // Until Bob replies, Alice keeps sending prekey messages, which Bob's session accepts.
+        let second = a.encrypt(&mut r, b"second", b"").unwrap();
+        assert_eq!(second.kind, MessageKind::Prekey);
+        assert_eq!(&b.decrypt(&second.bytes, b"").unwrap()[..], b"second");
+        let reply = b.encrypt(&mut r, b"reply", b"").unwrap();
+        assert_eq!(reply.kind, MessageKind::Normal);
+        assert_eq!(&a.decrypt(&reply.bytes, b"").unwrap()[..], b"reply");
+        let third = a.encrypt(&mut r, b"third", b"").unwrap();
+        assert_eq!(third.kind, MessageKind::Normal);
+        assert_eq!(&b.decrypt(&third.bytes, b"").unwrap()[..], b"third");
+    }
+}
+
+#[test]
+fn prekey_message_exposes_ids() {
+    let mut r = rng(2);
+    let alice = Party::new(&mut r);
+    let bob = Party::new(&mut r);
+    let mut a = Session::initiate(&mut r, &alice.identity, &bob.bundle(true)).unwrap();
+    let m = a.encrypt(&mut r, b"x", b"").unwrap();
+    assert_eq!(message_kind(&m.bytes), Ok(MessageKind::Prekey));
+    let parsed = PrekeyMessage::parse(&m.bytes).unwrap();
+    assert_eq!(parsed.sender_identity(), alice.identity.public());
+    assert_eq!(parsed.signed_prekey_id(), 1);
+    assert_eq!(parsed.kem_prekey_id(), 2);
+    assert_eq!(parsed.one_time_prekey_id(), Some(3));
+    let mut a2 = Session::initiate(&mut r, &alice.identity, &bob.bundle(false)).unwrap();
+    let m2 = a2.encrypt(&mut r, b"x", b"").unwrap();
+    assert_eq!(
+        PrekeyMessage::parse(&m2.bytes)
+            .unwrap()
+            .one_time_prekey_id(),
+        None
+    );
+}
+
+#[test]
+fn long_conversation_with_ping_pong_and_bursts() {
+    let mut r = rng(3);
+    let (mut a, mut b) = conversing(&mut r);
+    for round in 0..20u32 {
+        let burst = 1 + round % 4;
+        for i in 0..burst {
+            let text = format!("a{round}-{i}");
+            let m = a.encrypt(&mut r, text.as_bytes(), b"").unwrap();
+            assert_eq!(&b.decrypt(&m.bytes, b"").unwrap()[..], text.as_bytes());
+        }
+        let text = format!("b{round}");
+        let m = b.encrypt(&mut r, text.as_bytes(), b"").unwrap();
+        assert_eq!(&a.decrypt(&m.bytes, b"").unwrap()[..], text.as_bytes());
+    }
+}
+
+#[test]
+fn bad_bundle_signatures_are_rejected() {
+    let mut r = rng(4);
+    let alice = Party::new(&mut r);
+    let bob = Party::new(&mut r);
+    let mallory = Party::new(&mut r);
+
+    let mut bundle = bob.bundle(true);
+    bundle.signed_prekey.signature[0] ^= 1;
+    assert_eq!(
+        Session::initiate(&mut r, &alice.identity, &bundle).err(),
+        Some(SessionError::Key(KeyError::BadSignature))
+    );
+    let mut bundle = bob.bundle(true);
+    bundle.kem_prekey.signature[5] ^= 1;
+    assert_eq!(
+        Session::initiate(&mut r, &alice.identity, &bundle).err(),
+        Some(SessionError::Key(KeyError::BadSignature))
+    );
+    // Keys signed by another identity.
+    let mut bundle = bob.bundle(true);
+    bundle.signed_prekey = mallory.signed_prekey.public();
+    assert!(Session::initiate(&mut r, &alice.identity, &bundle).is_err());
+    let mut bundle = bob.bundle(true);
+    bundle.kem_prekey = mallory.kem_prekey.public();
+    assert!(Session::initiate(&mut r, &alice.identity, &bundle).is_err());
+    let mut bundle = bob.bundle(true);
+    bundle.kem_prekey.public_key.truncate(100);
+    assert!(matches!(
+        Session::initiate(&mut r, &alice.identity, &bundle),
+        Err(SessionError::Key(KeyError::InvalidLength { .. }))
+    ));
+}
+
+#[test]
+fn low_order_keys_are_rejected() {
+    let mut r = rng(5);
+    let alice = Party::new(&mut r);
+    let bob = Party::new(&mut r);
+    // A low-order one-time prekey (unsigned, so an attacker can substitute it).
+    let mut bundle = bob.bundle(true);
+    bundle.one_time_prekey = Some(OneTimePrekeyPublic {
+        id: 3,
+        public_key: [0u8; 32],
+    });
+    assert_eq!(
+        Session::initiate(&mut r, &alice.identity, &bundle).err(),
+        Some(SessionError::NonContributory)
+    );
+    // A prekey message whose base key has low order (u = 1 has order 1... use 0).
+    let mut a = Session::initiate(&mut r, &alice.identity, &bob.bundle(false)).unwrap();
+    let mut m = a.encrypt(&mut r, b"x", b"").unwrap().bytes;
+    m[129..161].copy_from_slice(&[0u8; 32]);
+    assert_eq!(
+        bob.accept(&m, b"").err(),
+        Some(DecryptError::NonContributory)
+    );
+    // A normal message whose ratchet key has low order.
+    let (mut a, mut b) = conversing(&mut r);
+    let mut m = a.encrypt(&mut r, b"x", b"").unwrap().bytes;
+    let before = b.to_bytes();
+    m[1..33].copy_from_slice(&[0u8; 32]);
+    assert_eq!(
+        b.decrypt(&m, b"").err(),
+        Some(DecryptError::NonContributory)
+    );
+    assert_eq!(b.to_bytes(), before);
+}
+
+#[test]
+fn tampering_is_detected_and_leaves_session_unchanged() {
+    let mut r = rng(6);
+    let (mut a, mut b) = conversing(&mut r);
+    let m = a
+        .encrypt(&mut r, b"secret text", b"commitment")
+        .unwrap()
+        .bytes;
+    let before = b.to_bytes();
+    // Every single-bit flip in the header or ciphertext fails.
+    for i in 1..m.len() {
+        let mut bad = m.clone();
+        bad[i] ^= 0x01;
+        assert!(b.decrypt(&bad, b"commitment").is_err(), "byte {i}");
+        assert_eq!(b.to_bytes(), before, "byte {i}");
+    }
+    assert_eq!(
+        b.decrypt(&m, b"commitmenT").err(),
+        Some(DecryptError::AuthenticationFailed)
+    );
+    assert_eq!(
+        b.decrypt(&m, b"").err(),
+        Some(DecryptError::AuthenticationFailed)
+    );
+    assert_eq!(b.to_bytes(), before);
+    // The genuine message still decrypts afterwards.
+    assert_eq!(&b.decrypt(&m, b"commitment").unwrap()[..], b"secret text");
+}
+
+#[test]
+fn tampered_prekey_message_on_existing_session_is_rejected() {
+    let mut r = rng(60);
+    let (mut a, mut b) = established(&mut r, true);
+    let m = a.encrypt(&mut r, b"second", b"ad").unwrap();
+    assert_eq!(m.kind, MessageKind::Prekey);
+    let before = b.to_bytes();
+    for i in 0..m.bytes.len() {
+        let mut bad = m.bytes.clone();
+        bad[i] ^= 0x04;
+        assert!(b.decrypt(&bad, b"ad").is_err(), "byte {i}");
+        assert_eq!(b.to_bytes(), before, "byte {i}");
+    }
+    assert_eq!(&b.decrypt(&m.bytes, b"ad").unwrap()[..], b"second");
+}
+
+#[test]
+fn truncated_input_is_rejected() {
+    let mut r = rng(7);
+    let (mut a, b) = established(&mut r, true);
+    let prekey = a.encrypt(&mut r, b"x", b"").unwrap().bytes;
+    // The PQXDH header is 1262 bytes, the ratchet header 41, the tag 16.
+    for len in [0, 1, 100, 129, 200, 1261, 1262, 1300, 1262 + 41 + 15] {
+        assert!(b.clone().decrypt(&prekey[..len], b"").is_err(), "len {len}");
+        assert!(PrekeyMessage::parse(&prekey[..len]).is_err(), "len {len}");
+    }
+    // A shortened ciphertext parses but does not authenticate.
+    assert_eq!(
+        b.clone().decrypt(&prekey[..prekey.len() - 1], b"").err(),
+        Some(DecryptError::AuthenticationFailed)
+    );
+    let (mut a, mut b) = conversing(&mut r);
+    let m = a.encrypt(&mut r, b"x", b"").unwrap().bytes;
+    assert_eq!(
+        b.decrypt(&[], b"").err(),
+        Some(DecryptError::Decode(DecodeError::Empty))
+    );
+    assert!(matches!(
+        b.decrypt(&m[..40], b""),
+        Err(DecryptError::Decode(DecodeError::Truncated(_)))
+    ));
+    assert!(matches!(
+        b.decrypt(&m[..41 + 15], b""),
+        Err(DecryptError::Decode(DecodeError::Truncated(_)))
+    ));
+    assert_eq!(
+        b.decrypt(&[9, 1, 2], b"").err(),
+        Some(DecryptError::Decode(DecodeError::UnknownType(9)))
+    );
+}
+
+#[test]
+fn replay_has_its_own_error() {
+    let mut r = rng(8);
+    let (mut a, mut b) = conversing(&mut r);
+    let m1 = a.encrypt(&mut r, b"one", b"").unwrap().bytes;
+    let m2 = a.encrypt(&mut r, b"two", b"").unwrap().bytes;
+    assert_eq!(&b.decrypt(&m1, b"").unwrap()[..], b"one");
+    assert_eq!(b.decrypt(&m1, b"").err(), Some(DecryptError::Replay));
+    // Out of order: m2 first, then m1 from the skipped store, then both replays.
+    let m3 = a.encrypt(&mut r, b"three", b"").unwrap().bytes;
+    assert_eq!(&b.decrypt(&m3, b"").unwrap()[..], b"three");
+    assert_eq!(&b.decrypt(&m2, b"").unwrap()[..], b"two");
+    assert_eq!(b.decrypt(&m2, b"").err(), Some(DecryptError::Replay));
+    assert_eq!(b.decrypt(&m3, b"").err(), Some(DecryptError::Replay));
+    // Replay of a message from an older chain after a DH round trip.
+    let reply = b.encrypt(&mut r, b"r", b"").unwrap().bytes;
+    a.decrypt(&reply, b"").unwrap();
+    let m4 = a.encrypt(&mut r, b"four", b"").unwrap().bytes;
+    b.decrypt(&m4, b"").unwrap();
+    assert_eq!(b.decrypt(&m1, b"").err(), Some(DecryptError::Replay));
+    // A replayed first prekey message on the accepted session.
+    let (mut a, mut b) = established(&mut r, true);
+    let again = a.encrypt(&mut r, b"again", b"").unwrap().bytes;
+    b.decrypt(&again, b"").unwrap();
+    assert_eq!(b.decrypt(&again, b"").err(), Some(DecryptError::Replay));
+}
+
+#[test]
+fn gap_bound_is_enforced() {
+    let mut r = rng(9);
+    let (mut a, mut b) = conversing(&mut r);
+    let mut messages = Vec::new();
+    for _ in 0..=MAX_MESSAGE_GAP + 1 {
+        messages.push(a.encrypt(&mut r, b"m", b"").unwrap().bytes);
+    }
+    let before = b.to_bytes();
+    let last = messages.last().unwrap();
+    assert_eq!(
+        b.decrypt(last, b"").err(),
+        Some(DecryptError::GapTooLarge {
+            gap: u64::from(MAX_MESSAGE_GAP) + 1,
+            max: MAX_MESSAGE_GAP
+        })
+    );
+    assert_eq!(b.to_bytes(), before);
+    // Exactly at the bound works, and the skipped ones are all still readable.
+    let at_bound = &messages[MAX_MESSAGE_GAP as usize];
+    b.decrypt(at_bound, b"").unwrap();
+    for m in messages[..MAX_MESSAGE_GAP as usize].iter().rev().take(50) {
+        b.decrypt(m, b"").unwrap();
+    }
+    b.decrypt(last, b"").unwrap();
+}
+
+#[test]
+fn skipped_key_store_evicts_oldest() {
+    let mut r = rng(10);
+    let (mut a, mut b) = conversing(&mut r);
+    // Skip MAX_SKIPPED_KEYS + 10 keys over two chains, then check the oldest are gone.
+    let mut first_chain = Vec::new();
+    for _ in 0..20 {
+        first_chain.push(a.encrypt(&mut r, b"old", b"").unwrap().bytes);
+    }
+    // Deliver a message later in the chain: 20 keys skipped... then a round trip.
+    let trigger = a.encrypt(&mut r, b"t", b"").unwrap().bytes;
+    b.decrypt(&trigger, b"").unwrap();
+    let reply = b.encrypt(&mut r, b"r", b"").unwrap().bytes;
+    a.decrypt(&reply, b"").unwrap();
+    let mut second_chain = Vec::new();
+    for _ in 0..MAX_SKIPPED_KEYS {
+        second_chain.push(a.encrypt(&mut r, b"new", b"").unwrap().bytes);
+    }
+    let trigger = a.encrypt(&mut r, b"t2", b"").unwrap().bytes;
+    b.decrypt(&trigger, b"").unwrap();
+    // The 20 keys of the first chain were evicted: reported as replay (key gone).
+    assert_eq!(
+        b.decrypt(&first_chain[0], b"").err(),
+        Some(DecryptError::Replay)
+    );
+    assert_eq!(
+        b.decrypt(&first_chain[19], b"").err(),
+        Some(DecryptError::Replay)
+    );
+    // All keys of the second chain are still there.
+    assert_eq!(&b.decrypt(&second_chain[0], b"").unwrap()[..], b"new");
+    assert_eq!(
+        &b.decrypt(&second_chain[MAX_SKIPPED_KEYS - 1], b"").unwrap()[..],
+        b"new"
+    );
+}
+
+#[test]
+fn wrong_recipient_cannot_decrypt() {
+    let mut r = rng(11);
+    let (mut a, _b) = conversing(&mut r);
+    let (_c, mut d) = conversing(&mut r);
+    let m = a.encrypt(&mut r, b"for bob", b"").unwrap().bytes;
+    let before = d.to_bytes();
+    assert!(d.decrypt(&m, b"").is_err());
+    assert_eq!(d.to_bytes(), before);
+    // A prekey message accepted by the wrong party.
+    let alice = Party::new(&mut r);
+    let bob = Party::new(&mut r);
+    let carol = Party::new(&mut r);
+    let mut s = Session::initiate(&mut r, &alice.identity, &bob.bundle(false)).unwrap();
+    let m = s.encrypt(&mut r, b"x", b"").unwrap().bytes;
+    assert_eq!(
+        carol.accept(&m, b"").err(),
+        Some(DecryptError::AuthenticationFailed)
+    );
+}
+
+#[test]
+fn accept_checks_prekey_ids() {
+    let mut r = rng(12);
+    let alice = Party::new(&mut r);
+    let bob = Party::new(&mut r);
+    let mut s = Session::initiate(&mut r, &alice.identity, &bob.bundle(true)).unwrap();
+    let m = PrekeyMessage::parse(&s.encrypt(&mut r, b"x", b"").unwrap().bytes).unwrap();
+    let other_spk = SignedPrekeyPair::generate(&mut r, 9, &bob.identity);
+    let other_kem = KemPrekeyPair::generate(&mut r, 9, &bob.identity);
+    let other_otk = OneTimePrekeyPair::generate(&mut r, 9);
+    let id = &bob.identity;
+    let (spk, kem, otk) = (&bob.signed_prekey, &bob.kem_prekey, &bob.one_time_prekey);
+    let cases = [
+        Session::accept(id, &other_spk, kem, Some(otk), &m, b""),
+        Session::accept(id, spk, &other_kem, Some(otk), &m, b""),
+        Session::accept(id, spk, kem, Some(&other_otk), &m, b""),
+        Session::accept(id, spk, kem, None, &m, b""),
+    ];
+    for case in cases {
+        assert!(matches!(case, Err(DecryptError::PrekeyMismatch(_))));
+    }
+    let mut s = Session::initiate(&mut r, &alice.identity, &bob.bundle(false)).unwrap();
+    let m = PrekeyMessage::parse(&s.encrypt(&mut r, b"x", b"").unwrap().bytes).unwrap();
+    assert!(matches!(
+        Session::accept(id, spk, kem, Some(otk), &m, b""),
+        Err(DecryptError::PrekeyMismatch(_))
+    ));
+    // Same ids, different key material (e.g. a rotated signed prekey reusing an id).
+    let same_id_spk = SignedPrekeyPair::generate(&mut r, 1, &bob.identity);
+    assert_eq!(
+        Session::accept(id, &same_id_spk, kem, None, &m, b"").err(),
+        Some(DecryptError::AuthenticationFailed)
+    );
+    let same_id_kem = KemPrekeyPair::generate(&mut r, 2, &bob.identity);
+    assert_eq!(
+        Session::accept(id, spk, &same_id_kem, None, &m, b"").err(),
+        Some(DecryptError::AuthenticationFailed)
+    );
+}
+
+#[test]
+fn prekey_message_for_another_session_is_reported() {
+    let mut r = rng(13);
+    let alice = Party::new(&mut r);
+    let bob = Party::new(&mut r);
+    let mut s1 = Session::initiate(&mut r, &alice.identity, &bob.bundle(false)).unwrap();
+    let m1 = s1.encrypt(&mut r, b"one", b"").unwrap().bytes;
+    let (mut b, _) = bob.accept(&m1, b"").unwrap();
+    // Alice restarts (e.g. lost her state): a new PQXDH with a new base key.
+    let mut s2 = Session::initiate(&mut r, &alice.identity, &bob.bundle(false)).unwrap();
+    let m2 = s2.encrypt(&mut r, b"two", b"").unwrap().bytes;
+    assert_eq!(
+        b.decrypt(&m2, b"").err(),
+        Some(DecryptError::SessionMismatch)
+    );
+    // A prekey message from someone else.
+    let carol = Party::new(&mut r);
+    let mut s3 = Session::initiate(&mut r, &carol.identity, &bob.bundle(false)).unwrap();
+    let m3 = s3.encrypt(&mut r, b"three", b"").unwrap().bytes;
+    assert_eq!(
+        b.decrypt(&m3, b"").err(),
+        Some(DecryptError::IdentityMismatch)
+    );
+    // A message reflected back to its sender does not decrypt.
+    let mut a = s1.clone();
+    assert!(a.decrypt(&m1, b"").is_err());
+}
+
+#[test]
+fn tampered_sender_identity_in_prekey_message_is_rejected() {
+    let mut r = rng(14);
+    let alice = Party::new(&mut r);
+    let bob = Party::new(&mut r);
+    let mut s = Session::initiate(&mut r, &alice.identity, &bob.bundle(false)).unwrap();
+    let m = s.encrypt(&mut r, b"x", b"").unwrap().bytes;
+    let mut bad = m.clone();
+    bad[1 + 64] ^= 1; // identity binding signature
+    assert!(matches!(
+        PrekeyMessage::parse(&bad),
+        Err(DecodeError::Key(KeyError::BadSignature))
+    ));
+    // Substituting another valid identity fails authentication.
+    let mut bad = m.clone();
+    bad[1..129].copy_from_slice(&Party::new(&mut r).identity.public().to_bytes());
+    assert_eq!(
+        bob.accept(&bad, b"").err(),
+        Some(DecryptError::AuthenticationFailed)
+    );
+    // KEM ciphertext tampering fails authentication (implicit rejection).
+    let mut bad = m.clone();
+    bad[200] ^= 1;
+    assert_eq!(
+        bob.accept(&bad, b"").err(),
+        Some(DecryptError::AuthenticationFailed)
+    );
+    // Bad one-time flag.
+    let mut bad = m.clone();
+    bad[1 + 128 + 32 + 8] = 2;
+    assert!(matches!(
+        PrekeyMessage::parse(&bad),
+        Err(DecodeError::Malformed(_))
+    ));
+}
+
+#[test]
+fn state_round_trips_and_keeps_working() {
+    let mut r = rng(15);
+    let (a, mut b) = established(&mut r, true);
+    // Initiator state with a pending prekey header.
+    let mut a = Session::from_bytes(&a.to_bytes()).unwrap();
+    let m = a.encrypt(&mut r, b"after restore", b"").unwrap();
+    assert_eq!(m.kind, MessageKind::Prekey);
+    assert_eq!(&b.decrypt(&m.bytes, b"").unwrap()[..], b"after restore");
+    let skipped = a.encrypt(&mut r, b"skipped", b"").unwrap().bytes;
+    let m = a.encrypt(&mut r, b"later", b"").unwrap().bytes;
+    b.decrypt(&m, b"").unwrap();
+    let mut b = Session::from_bytes(&b.to_bytes()).unwrap();
+    assert_eq!(&b.decrypt(&skipped, b"").unwrap()[..], b"skipped");
+    let key = StorageKey::generate(&mut r);
+    let sealed = b.seal(&mut r, &key);
+    let mut b = Session::unseal(&key, &sealed).unwrap();
+    let reply = b.encrypt(&mut r, b"reply", b"").unwrap().bytes;
+    assert_eq!(&a.decrypt(&reply, b"").unwrap()[..], b"reply");
+    assert_eq!(
+        b.to_bytes(),
+        Session::from_bytes(&b.to_bytes()).unwrap().to_bytes()
+    );
+    // Sealing errors.
+    let other = StorageKey::generate(&mut r);
+    assert_eq!(
+        Session::unseal(&other, &sealed).err(),
+        Some(StateError::AuthenticationFailed)
+    );
+    let plain_sealed = missive_crypto::seal(&mut r, &key, &b.to_bytes(), b"other ad");
+    assert_eq!(
+        Session::unseal(&key, &plain_sealed).err(),
+        Some(StateError::AuthenticationFailed)
+    );
+}
+
+#[test]
+fn malformed_state_is_rejected() {
+    let mut r = rng(16);
+    let (a, _) = conversing(&mut r);
+    let bytes = a.to_bytes();
+    assert!(Session::from_bytes(&[]).is_err());
+    assert!(Session::from_bytes(&[0xff, 0xff, 0xff]).is_err());
+    for len in 0..bytes.len() {
+        // Truncations either fail cleanly or (at a field boundary) fail validation.
+        assert!(Session::from_bytes(&bytes[..len]).is_err(), "len {len}");
+    }
+    // Version 2 is refused with a clear error: field 1 (varint) = 2.
+    let mut v2 = vec![0x08, 0x02];
+    v2.extend_from_slice(&bytes[2..]);
+    assert_eq!(
+        Session::from_bytes(&v2).err(),
+        Some(StateError::UnsupportedVersion(2))
+    );
+    // An unknown field added by a later revision is skipped (field 99, varint 1).
+    let mut extended = bytes.to_vec();
+    extended.extend_from_slice(&[0x98, 0x06, 0x01]);
+    let restored = Session::from_bytes(&extended).unwrap();
+    assert_eq!(restored.to_bytes(), bytes);
+}
+
+#[test]
+fn debug_prints_no_key_material() {
+    let mut r = rng(17);
+    let (a, _) = conversing(&mut r);
+    let debug = format!("{a:?}");
+    assert!(debug.contains(&a.local_identity().fingerprint().to_string()));
+    let state = a.to_bytes();
+    // No 4-byte window of the secret state appears in hex or as a byte list.
+    let hex_debug = debug.to_lowercase();
+    for window in state.windows(8).step_by(8) {
+        assert!(!hex_debug.contains(&hex::encode(window)));
+    }
+    assert!(!debug.contains("root"));
+    assert!(!debug.contains("chain_key"));
+}
+
+#[test]
+fn chain_exhaustion_is_an_error_not_a_panic() {
+    // Build a state whose sending counter is at the maximum by editing the
+    // serialised form (field 7, varint).
+    let mut r = rng(18);
+    let (a, _) = conversing(&mut r);
+    let bytes = a.to_bytes();
+    let mut restored = Session::from_bytes(&bytes).unwrap();
+    restored.encrypt(&mut r, b"x", b"").unwrap();
+    let _ = restored;
+    // Re-encode with u32::MAX as the counter: tag 7 varint = 0x38.
+    let mut edited = bytes.to_vec();
+    edited.extend_from_slice(&[0x38, 0xff, 0xff, 0xff, 0xff, 0x0f]);
+    let mut s = Session::from_bytes(&edited).unwrap();
+    let before = s.to_bytes();
+    assert_eq!(
+        s.encrypt(&mut r, b"x", b"").err(),
+        Some(EncryptError::ChainExhausted)
+    );
+    assert_eq!(s.to_bytes(), before);
+}
