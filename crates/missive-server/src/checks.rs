@@ -1,0 +1,245 @@
+//! Key and signature checks, delegated to `missive-crypto` (the server never
+//! implements a primitive). Every key is verified before it is stored.
+
+use missive_crypto::franking::{self, FrankingKey, ServerFrankingKey};
+use missive_crypto::{KEM_PUBLIC_KEY_LEN, KemPrekeyPublic, PublicIdentity, SignedPrekeyPublic};
+use missive_proto::v1;
+
+use crate::error::{ApiError, ApiResult};
+use crate::storage::{KemPrekeyRecord, OneTimePrekeyRecord, SignedPrekeyRecord};
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::InvalidArgument(message.into())
+}
+
+fn array<const N: usize>(bytes: &[u8], what: &str) -> ApiResult<[u8; N]> {
+    bytes
+        .try_into()
+        .map_err(|_| invalid(format!("{what} must be {N} bytes, not {}", bytes.len())))
+}
+
+/// Parses and binds the identity (its agreement-key signature verifies).
+pub fn identity(identity: Option<&v1::PublicIdentity>) -> ApiResult<PublicIdentity> {
+    let identity = identity.ok_or_else(|| invalid("the identity is missing"))?;
+    PublicIdentity::from_parts(
+        &identity.signing_key,
+        &identity.agreement_key,
+        &identity.agreement_key_signature,
+    )
+    .map_err(|_| {
+        invalid("the identity keys are malformed or their binding signature does not verify")
+    })
+}
+
+/// A stored identity (`to_bytes()`).
+pub fn stored_identity(bytes: &[u8]) -> ApiResult<PublicIdentity> {
+    PublicIdentity::from_bytes(bytes).map_err(|_| {
+        ApiError::Storage(crate::storage::StorageError::Backend(
+            "stored identity does not parse".into(),
+        ))
+    })
+}
+
+/// Verifies the proof of possession over a registration transcript.
+pub fn registration(
+    identity: &PublicIdentity,
+    challenge: &[u8],
+    username: &str,
+    registration_id: u32,
+    signature: &[u8],
+) -> ApiResult<()> {
+    let transcript = missive_crypto::transcript::registration(challenge, username, registration_id);
+    identity
+        .verify(&transcript, signature)
+        .map_err(|_| ApiError::BadSignature)
+}
+
+/// Verifies the proof of possession over a login transcript.
+pub fn login(
+    identity: &PublicIdentity,
+    challenge: &[u8],
+    username: &str,
+    device_id: u32,
+    signature: &[u8],
+) -> ApiResult<()> {
+    let transcript = missive_crypto::transcript::login(challenge, username, device_id);
+    identity
+        .verify(&transcript, signature)
+        .map_err(|_| ApiError::BadSignature)
+}
+
+/// Checks a signed X25519 prekey's length and signature.
+pub fn signed_prekey(
+    identity: &PublicIdentity,
+    key: Option<&v1::SignedPrekey>,
+) -> ApiResult<SignedPrekeyRecord> {
+    let key = key.ok_or_else(|| invalid("the signed prekey is missing"))?;
+    let public = SignedPrekeyPublic {
+        id: key.id,
+        public_key: array(&key.public_key, "a signed prekey")?,
+        signature: array(&key.signature, "a prekey signature")?,
+    };
+    identity.verify_signed_prekey(&public).map_err(|_| {
+        invalid(format!(
+            "the signature of signed prekey {} does not verify",
+            key.id
+        ))
+    })?;
+    Ok(SignedPrekeyRecord {
+        id: key.id,
+        public_key: key.public_key.clone(),
+        signature: key.signature.clone(),
+    })
+}
+
+/// Checks an ML-KEM prekey's length and signature.
+pub fn kem_prekey(
+    identity: &PublicIdentity,
+    key: Option<&v1::KemPrekey>,
+) -> ApiResult<KemPrekeyRecord> {
+    let key = key.ok_or_else(|| invalid("the KEM prekey is missing"))?;
+    if key.public_key.len() != KEM_PUBLIC_KEY_LEN {
+        return Err(invalid(format!(
+            "KEM prekey {} must be {KEM_PUBLIC_KEY_LEN} bytes, not {}",
+            key.id,
+            key.public_key.len()
+        )));
+    }
+    let public = KemPrekeyPublic {
+        id: key.id,
+        public_key: key.public_key.clone(),
+        signature: array(&key.signature, "a prekey signature")?,
+    };
+    identity.verify_kem_prekey(&public).map_err(|_| {
+        invalid(format!(
+            "the signature of KEM prekey {} does not verify",
+            key.id
+        ))
+    })?;
+    Ok(KemPrekeyRecord {
+        id: key.id,
+        public_key: key.public_key.clone(),
+        signature: key.signature.clone(),
+    })
+}
+
+/// Checks a batch of one-time prekeys: bounded, well-formed, ids unique.
+pub fn one_time_prekeys(
+    identity: &PublicIdentity,
+    one_time: &[v1::OneTimePrekey],
+    kem: &[v1::KemPrekey],
+) -> ApiResult<(Vec<OneTimePrekeyRecord>, Vec<KemPrekeyRecord>)> {
+    let max = crate::limits::MAX_PREKEYS_PER_CALL;
+    if one_time.len() > max || kem.len() > max {
+        return Err(invalid(format!(
+            "at most {max} one-time prekeys of each kind per call"
+        )));
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut x25519 = Vec::with_capacity(one_time.len());
+    for key in one_time {
+        array::<32>(&key.public_key, "a one-time prekey")?;
+        if !seen.insert(key.id) {
+            return Err(invalid(format!(
+                "one-time prekey id {} is used twice",
+                key.id
+            )));
+        }
+        x25519.push(OneTimePrekeyRecord {
+            id: key.id,
+            public_key: key.public_key.clone(),
+        });
+    }
+    seen.clear();
+    let mut kems = Vec::with_capacity(kem.len());
+    for key in kem {
+        if !seen.insert(key.id) {
+            return Err(invalid(format!(
+                "one-time KEM prekey id {} is used twice",
+                key.id
+            )));
+        }
+        kems.push(kem_prekey(identity, Some(key))?);
+    }
+    Ok((x25519, kems))
+}
+
+/// Loads the server franking key.
+pub fn server_franking_key(bytes: &[u8]) -> ApiResult<ServerFrankingKey> {
+    ServerFrankingKey::from_bytes(bytes).map_err(|_| {
+        ApiError::Storage(crate::storage::StorageError::Backend(
+            "stored franking key is malformed".into(),
+        ))
+    })
+}
+
+/// A fresh random server franking key, as bytes to store.
+pub fn generate_server_franking_key() -> Vec<u8> {
+    ServerFrankingKey::generate(&mut rand::rngs::OsRng)
+        .as_bytes()
+        .to_vec()
+}
+
+/// The server tag for an accepted envelope.
+pub fn server_tag(
+    key: &ServerFrankingKey,
+    commitment: &[u8],
+    sender: &str,
+    recipient: &str,
+    server_timestamp_ms: u64,
+    message_id: &[u8],
+) -> [u8; 32] {
+    franking::server_tag(
+        key,
+        commitment,
+        sender,
+        recipient,
+        server_timestamp_ms,
+        message_id,
+    )
+}
+
+/// Verifies both MACs of a report: the sender's commitment over the
+/// plaintext, and the server's tag over commitment, sender, reporter (the
+/// recipient), timestamp and message id.
+#[allow(clippy::too_many_arguments)]
+pub fn report(
+    server_key: &ServerFrankingKey,
+    franking_key: &[u8],
+    commitment: &[u8],
+    tag: &[u8],
+    plaintext: &[u8],
+    sender: &str,
+    reporter: &str,
+    server_timestamp_ms: u64,
+    message_id: &[u8],
+) -> ApiResult<()> {
+    let key = FrankingKey::from_bytes(franking_key)
+        .map_err(|_| invalid("the franking key must be 32 bytes"))?;
+    if !franking::verify_commitment(&key, message_id, plaintext, commitment) {
+        return Err(invalid(
+            "the franking commitment does not match the reported text and key",
+        ));
+    }
+    if !franking::verify_server_tag(
+        server_key,
+        commitment,
+        sender,
+        reporter,
+        server_timestamp_ms,
+        message_id,
+        tag,
+    ) {
+        return Err(invalid(
+            "the server franking tag does not verify: the message was not delivered by this server as described",
+        ));
+    }
+    Ok(())
+}
+
+/// Lower-case hex fingerprint of a stored identity.
+pub fn fingerprint(identity: &[u8]) -> String {
+    PublicIdentity::from_bytes(identity)
+        .map(|id| id.fingerprint().to_string())
+        .unwrap_or_else(|_| "unparseable".into())
+}

@@ -1,0 +1,142 @@
+//! `export-account` and `reports list|show`: read-only views of the store,
+//! safe to run while the server runs (WAL lets a second process read).
+
+use serde::Serialize;
+
+use crate::storage::{AccountExport, ReportRecord};
+use crate::time::{iso_date, iso_timestamp};
+
+/// The `export-account` document (every field is explained in
+/// `docs/LAWFUL_ACCESS.md`).
+#[derive(Debug, Serialize)]
+pub struct ExportDocument {
+    /// Format version of this document.
+    pub format: &'static str,
+    /// The account's username.
+    pub username: String,
+    /// Day the account was created (UTC, `YYYY-MM-DD`).
+    pub created: String,
+    /// Last day the account logged in or opened its message stream.
+    pub last_seen_day: String,
+    /// SHA-256 fingerprint of the account's public identity keys.
+    pub identity_fingerprint: String,
+    /// Devices.
+    pub devices: Vec<ExportDevice>,
+    /// Envelopes waiting for delivery, all devices (a count: no content, no senders).
+    pub pending_envelopes: u64,
+    /// Reports other users filed about messages from this account, as the reporters disclosed them
+    /// (without naming the reporter).
+    pub reports_about_account: Vec<ExportReport>,
+    /// Number of reports this account filed (a count: no content, no names).
+    pub reports_filed: u64,
+}
+
+/// One device.
+#[derive(Debug, Serialize)]
+pub struct ExportDevice {
+    /// Device id.
+    pub device_id: u32,
+    /// Day the device registered.
+    pub registered: String,
+    /// SHA-256 fingerprint of the identity keys the device uses.
+    pub identity_fingerprint: String,
+    /// Envelopes waiting for this device (a count).
+    pub pending_envelopes: u64,
+    /// One-time X25519 prekeys left.
+    pub one_time_prekeys: u32,
+    /// One-time ML-KEM prekeys left.
+    pub one_time_kem_prekeys: u32,
+}
+
+/// A report about the account, as the reporter disclosed it.
+#[derive(Debug, Serialize)]
+pub struct ExportReport {
+    /// Report id.
+    pub report_id: u64,
+    /// When the report was filed.
+    pub reported_at: String,
+    /// When the server accepted the reported message.
+    pub message_sent_at: String,
+    /// The text the reporter disclosed (verified against the franking commitment).
+    pub text: String,
+    /// The reporter's reason.
+    pub reason: String,
+}
+
+/// Builds the export document.
+pub fn document(export: AccountExport) -> ExportDocument {
+    let fingerprint = crate::checks::fingerprint(&export.identity);
+    ExportDocument {
+        format: "missive-account-export-v1",
+        username: export.username,
+        created: iso_date(export.created_day),
+        last_seen_day: iso_date(export.last_seen_day),
+        identity_fingerprint: fingerprint.clone(),
+        pending_envelopes: export.devices.iter().map(|d| d.pending_envelopes).sum(),
+        devices: export
+            .devices
+            .into_iter()
+            .map(|d| ExportDevice {
+                device_id: d.device_id,
+                registered: iso_date(d.created_day),
+                identity_fingerprint: fingerprint.clone(),
+                pending_envelopes: d.pending_envelopes,
+                one_time_prekeys: d.prekeys.one_time,
+                one_time_kem_prekeys: d.prekeys.one_time_kem,
+            })
+            .collect(),
+        reports_about_account: export
+            .reports_against
+            .into_iter()
+            .map(|r| ExportReport {
+                report_id: r.id,
+                reported_at: iso_timestamp(r.created_at_ms),
+                message_sent_at: iso_timestamp(r.message_server_timestamp_ms),
+                text: r.text,
+                reason: r.reason,
+            })
+            .collect(),
+        reports_filed: export.reports_filed,
+    }
+}
+
+/// A report for a moderator, human-readable.
+pub fn report_text(report: &ReportRecord) -> String {
+    format!(
+        "report {id}\n  reporter:  {reporter}\n  sender:    {sender}\n  sent at:   {sent}\n  reported:  {reported}\n  verified:  {verified}\n  message:   {message}\n  reason:    {reason}\n  text:\n{text}\n",
+        id = report.id,
+        reporter = report.reporter,
+        sender = report.sender,
+        sent = iso_timestamp(report.message_server_timestamp_ms),
+        reported = iso_timestamp(report.created_at_ms),
+        verified = if report.verified {
+            "yes (commitment and server tag)"
+        } else {
+            "no"
+        },
+        message = report.message_id,
+        reason = report.reason,
+        text = report
+            .text
+            .lines()
+            .map(|l| format!("    {l}"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
+}
+
+/// One line per report.
+pub fn report_line(report: &ReportRecord) -> String {
+    let mut preview: String = report.text.chars().take(40).collect();
+    if preview.len() < report.text.len() {
+        preview.push('…');
+    }
+    format!(
+        "{}\t{}\t{} -> reported by {}\t{:?}",
+        report.id,
+        iso_timestamp(report.created_at_ms),
+        report.sender,
+        report.reporter,
+        preview.replace('\n', " ")
+    )
+}

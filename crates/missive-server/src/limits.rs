@@ -1,0 +1,75 @@
+//! Every bound the relay enforces, in one place (documented in
+//! `docs/PROTOCOL.md` and `docs/LAWFUL_ACCESS.md`).
+
+use std::time::Duration;
+
+/// Largest envelope ciphertext (Signal's cap): 96 KiB.
+pub const MAX_ENVELOPE_BYTES: usize = 96 * 1024;
+/// Envelopes per `Send` call (one per recipient device).
+pub const MAX_ENVELOPES_PER_SEND: usize = 16;
+/// Length of a sender-chosen message id.
+pub const MESSAGE_ID_LEN: usize = 16;
+/// Length of a franking commitment.
+pub const FRANKING_COMMITMENT_LEN: usize = 32;
+/// Envelope ids per `Acknowledge` call.
+pub const MAX_ACKS_PER_CALL: usize = 1000;
+/// One-time prekeys of each kind per upload (Signal allows 100).
+pub const MAX_PREKEYS_PER_CALL: usize = 100;
+/// One-time prekeys of each kind stored per device.
+pub const MAX_PREKEYS_STORED: u32 = 1000;
+/// Reported plaintext, bytes.
+pub const MAX_REPORT_PLAINTEXT_BYTES: usize = 65536;
+/// Report reason, characters.
+pub const MAX_REPORT_REASON_CHARS: usize = 1000;
+/// Registration ids are chosen in `1..=16380`.
+pub const MAX_REGISTRATION_ID: u32 = 16380;
+
+/// Largest decoded request of `MessageService`: 16 envelopes of 96 KiB plus framing.
+pub const MAX_MESSAGE_REQUEST_BYTES: usize =
+    MAX_ENVELOPES_PER_SEND * (MAX_ENVELOPE_BYTES + 512) + 4096;
+/// Largest decoded request of `AccountService` / `KeyService` (100 ML-KEM keys
+/// of 1184 bytes with signatures, 100 X25519 keys, identity and framing).
+pub const MAX_KEY_REQUEST_BYTES: usize = 256 * 1024;
+/// Largest decoded request of `ReportService`.
+pub const MAX_REPORT_REQUEST_BYTES: usize = 80 * 1024;
+/// Largest encoded response (one envelope with metadata, or 16 bundles).
+pub const MAX_RESPONSE_BYTES: usize = 512 * 1024;
+
+/// Challenge validity.
+pub const CHALLENGE_TTL: Duration = Duration::from_secs(120);
+/// Bearer token validity.
+pub const TOKEN_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+/// Default retention of undelivered envelopes.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+/// Default pending envelopes per device before `RESOURCE_EXHAUSTED`.
+pub const DEFAULT_MAILBOX_LIMIT: u32 = 10_000;
+
+/// HTTP/2 streams one connection may have open at once.
+pub const MAX_CONCURRENT_STREAMS: u32 = 128;
+/// Streams the server may reset for protocol errors before closing the connection.
+pub const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 256;
+/// Streams a client may reset before being accepted (rapid-reset defence).
+pub const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 64;
+/// HTTP/2 keep-alive ping interval and ack timeout.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// See [`KEEPALIVE_INTERVAL`].
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Oldest a connection may become before it is asked to reconnect.
+pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(6 * 60 * 60);
+/// Grace for in-flight calls after the connection age is reached.
+pub const MAX_CONNECTION_AGE_GRACE: Duration = Duration::from_secs(60);
+/// Time a unary call may take before `DEADLINE_EXCEEDED`/`CANCELLED`.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest HTTP/2 header list accepted.
+pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+
+/// Envelopes read from storage per page on a receive stream.
+pub const RECEIVE_PAGE: u32 = 128;
+/// Buffered items per receive stream.
+pub const RECEIVE_BUFFER: usize = 64;
+/// Receive streams poll storage at least this often even without a wake-up.
+pub const CATCH_UP_INTERVAL: Duration = Duration::from_secs(15);
+/// Concurrent sends committed in one transaction at most.
+pub const GROUP_COMMIT_MAX: usize = 512;
+/// How often expired envelopes, challenges and tokens are purged.
+pub const PURGE_INTERVAL: Duration = Duration::from_secs(60);

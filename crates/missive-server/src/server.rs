@@ -1,0 +1,368 @@
+//! Starting and stopping a node: the library API used by `main`, tests and
+//! benchmarks.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use missive_proto::v1::account_service_server::AccountServiceServer;
+use missive_proto::v1::key_service_server::KeyServiceServer;
+use missive_proto::v1::message_service_server::MessageServiceServer;
+use missive_proto::v1::report_service_server::ReportServiceServer;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tonic::service::Routes;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::fanout::FanOut;
+use crate::fanout::memory::MemoryFanOut;
+use crate::limits;
+use crate::ratelimit::{Limiters, RateLimits};
+use crate::service::State;
+use crate::service::account::AccountApi;
+use crate::service::keys::KeyApi;
+use crate::service::messages::{MessageApi, group_commit};
+use crate::service::reports::ReportApi;
+use crate::storage::{self, OpenMode, Storage, StorageError};
+use crate::tls::{self, TlsError};
+
+/// Name of the server franking key in the store.
+pub const FRANKING_SECRET: &str = "franking-server-key-v1";
+
+/// Everything a node needs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Listen address; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Data directory (development TLS material, default SQLite database).
+    pub data_dir: PathBuf,
+    /// Database URL; `None` means `sqlite://DATA_DIR/server.db`.
+    pub database_url: Option<String>,
+    /// Certificate chain PEM (with `tls_key`); `None` generates a development CA.
+    pub tls_cert: Option<PathBuf>,
+    /// Private key PEM.
+    pub tls_key: Option<PathBuf>,
+    /// Undelivered envelopes older than this are deleted.
+    pub retention: Duration,
+    /// Pending envelopes per device before `RESOURCE_EXHAUSTED`.
+    pub mailbox_limit: u32,
+    /// Rate limits; `None` disables them (benchmarks only).
+    pub rate_limits: Option<RateLimits>,
+    /// Unary call timeout.
+    pub request_timeout: Duration,
+}
+
+impl Config {
+    /// Defaults for `data_dir`, listening on `127.0.0.1:7443`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7443)),
+            data_dir: data_dir.into(),
+            database_url: None,
+            tls_cert: None,
+            tls_key: None,
+            retention: limits::DEFAULT_RETENTION,
+            mailbox_limit: limits::DEFAULT_MAILBOX_LIMIT,
+            rate_limits: Some(RateLimits::default()),
+            request_timeout: limits::REQUEST_TIMEOUT,
+        }
+    }
+
+    /// The effective database URL.
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| default_database_url(&self.data_dir))
+    }
+}
+
+/// `sqlite://DATA_DIR/server.db`.
+pub fn default_database_url(data_dir: &Path) -> String {
+    format!("sqlite://{}", data_dir.join("server.db").display())
+}
+
+/// Failures starting or running a node.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The data directory cannot be created.
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        /// Directory.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// TLS material.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The store.
+    #[error("cannot open the database: {0}")]
+    Storage(#[from] StorageError),
+    /// The listen address.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The TLS configuration or the HTTP/2 server failed.
+    #[error("transport error: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// The stored franking key is malformed.
+    #[error("the stored franking key is malformed")]
+    FrankingKey,
+}
+
+/// A running node.
+#[derive(Debug)]
+pub struct RunningServer {
+    local_addr: SocketAddr,
+    ca_path: Option<PathBuf>,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<Result<(), ServerError>>,
+}
+
+impl RunningServer {
+    /// The bound address (with the real port).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// `https://IP:PORT`.
+    pub fn url(&self) -> String {
+        format!("https://{}", self.local_addr)
+    }
+
+    /// The generated development CA, if the node uses one.
+    pub fn ca_path(&self) -> Option<&Path> {
+        self.ca_path.as_deref()
+    }
+
+    /// Starts a graceful shutdown: no new connections, receive streams end
+    /// with `UNAVAILABLE`, in-flight sends finish and the store is flushed.
+    pub fn trigger_shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    /// Triggers shutdown and waits until the node has stopped.
+    pub async fn shutdown(self) -> Result<(), ServerError> {
+        self.trigger_shutdown();
+        self.wait().await
+    }
+
+    /// Waits until the node stops (after [`Self::trigger_shutdown`]).
+    pub async fn wait(self) -> Result<(), ServerError> {
+        match self.task.await {
+            Ok(result) => result,
+            Err(join) => {
+                tracing::error!(%join, "server task failed");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Adds services to the router before it starts (tests mount diagnostic
+/// services this way; production passes none).
+pub type RouteHook = Box<dyn FnOnce(Routes) -> Routes + Send>;
+
+/// Starts a node with the built-in storage and in-process fan-out.
+pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
+    start_with(config, None).await
+}
+
+/// [`start`] with extra routes.
+pub async fn start_with(
+    config: Config,
+    hook: Option<RouteHook>,
+) -> Result<RunningServer, ServerError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let storage = storage::open(&config.database_url(), OpenMode::Serve).await?;
+    start_on(config, storage, Arc::new(MemoryFanOut::new()), hook).await
+}
+
+/// Starts a node over a given store and fan-out (how other backends plug in).
+pub async fn start_on(
+    config: Config,
+    storage: Arc<dyn Storage>,
+    fanout: Arc<dyn FanOut>,
+    hook: Option<RouteHook>,
+) -> Result<RunningServer, ServerError> {
+    let tls = tls::load_or_generate(
+        &config.data_dir,
+        config.tls_cert.as_deref(),
+        config.tls_key.as_deref(),
+    )?;
+    let franking = storage
+        .server_secret(
+            FRANKING_SECRET,
+            &crate::checks::generate_server_franking_key(),
+        )
+        .await?;
+    let franking_key =
+        crate::checks::server_franking_key(&franking).map_err(|_| ServerError::FrankingKey)?;
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (writer, jobs) = mpsc::channel(limits::GROUP_COMMIT_MAX * 4);
+    let writer_task = tokio::spawn(group_commit(Arc::clone(&storage), jobs));
+    let state = Arc::new(State {
+        storage: Arc::clone(&storage),
+        fanout,
+        limiters: config.rate_limits.map(Limiters::new),
+        franking_key,
+        writer,
+        retention: config.retention,
+        mailbox_limit: config.mailbox_limit,
+        shutdown: shutdown_rx.clone(),
+    });
+    let housekeeping = tokio::spawn(housekeeping(Arc::clone(&state), shutdown_rx.clone()));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<AccountServiceServer<AccountApi>>()
+        .await;
+    health.set_serving::<KeyServiceServer<KeyApi>>().await;
+    health
+        .set_serving::<MessageServiceServer<MessageApi>>()
+        .await;
+    health.set_serving::<ReportServiceServer<ReportApi>>().await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(missive_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServerError::Storage(StorageError::Backend(format!("reflection: {e}"))))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(missive_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| ServerError::Storage(StorageError::Backend(format!("reflection: {e}"))))?;
+
+    let mut routes = Routes::new(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(
+            AccountServiceServer::new(AccountApi::new(Arc::clone(&state)))
+                .max_decoding_message_size(limits::MAX_KEY_REQUEST_BYTES)
+                .max_encoding_message_size(limits::MAX_RESPONSE_BYTES),
+        )
+        .add_service(
+            KeyServiceServer::new(KeyApi::new(Arc::clone(&state)))
+                .max_decoding_message_size(limits::MAX_KEY_REQUEST_BYTES)
+                .max_encoding_message_size(limits::MAX_RESPONSE_BYTES),
+        )
+        .add_service(
+            MessageServiceServer::new(MessageApi::new(Arc::clone(&state)))
+                .max_decoding_message_size(limits::MAX_MESSAGE_REQUEST_BYTES)
+                .max_encoding_message_size(limits::MAX_RESPONSE_BYTES),
+        )
+        .add_service(
+            ReportServiceServer::new(ReportApi::new(Arc::clone(&state)))
+                .max_decoding_message_size(limits::MAX_REPORT_REQUEST_BYTES)
+                .max_encoding_message_size(limits::MAX_RESPONSE_BYTES),
+        );
+    if let Some(hook) = hook {
+        routes = hook(routes);
+    }
+    drop(state);
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| ServerError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(60)));
+
+    let router = Server::builder()
+        .tls_config(
+            ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert_pem, &*tls.key_pem)),
+        )?
+        .max_concurrent_streams(limits::MAX_CONCURRENT_STREAMS)
+        .http2_max_local_error_reset_streams(Some(limits::MAX_LOCAL_ERROR_RESET_STREAMS))
+        .http2_max_pending_accept_reset_streams(Some(limits::MAX_PENDING_ACCEPT_RESET_STREAMS))
+        .http2_keepalive_interval(Some(limits::KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(limits::KEEPALIVE_TIMEOUT))
+        .http2_max_header_list_size(limits::MAX_HEADER_LIST_BYTES)
+        .max_connection_age(limits::MAX_CONNECTION_AGE)
+        .max_connection_age_grace(limits::MAX_CONNECTION_AGE_GRACE)
+        .timeout(config.request_timeout)
+        .layer(CatchPanicLayer::custom(crate::layers::panic_response))
+        .layer(tower::util::MapResponseLayer::new(
+            crate::layers::rewrite_decode_errors::<tonic::body::Body>,
+        ))
+        .add_routes(routes);
+
+    let mut signal = shutdown_rx.clone();
+    let task = tokio::spawn(async move {
+        let served = router
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = signal.wait_for(|stop| *stop).await;
+            })
+            .await;
+        health
+            .set_not_serving::<MessageServiceServer<MessageApi>>()
+            .await;
+        let _ = housekeeping.await;
+        // Every State handle is gone once the router and streams are: the
+        // writer drains what was queued, then the store is flushed.
+        if tokio::time::timeout(Duration::from_secs(10), writer_task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("send writer still busy at shutdown");
+        }
+        storage.close().await;
+        tracing::info!("server stopped");
+        served.map_err(ServerError::from)
+    });
+    tracing::info!(%local_addr, "listening");
+    Ok(RunningServer {
+        local_addr,
+        ca_path: tls.ca_path,
+        shutdown: shutdown_tx,
+        task,
+    })
+}
+
+async fn housekeeping(state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(limits::PURGE_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = tick.tick() => {}
+        }
+        let now = crate::time::now_ms();
+        match state
+            .storage
+            .purge_expired(now, crate::time::sub(now, state.retention))
+            .await
+        {
+            Ok(purged) if purged.envelopes > 0 => {
+                tracing::info!(
+                    envelopes = purged.envelopes,
+                    "expired undelivered envelopes deleted"
+                );
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "purge failed"),
+        }
+        if let Some(limiters) = state.limiters() {
+            limiters.prune();
+        }
+    }
+}

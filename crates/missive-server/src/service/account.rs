@@ -1,0 +1,234 @@
+//! `AccountService`: challenges, registration with proof of possession,
+//! login, deletion.
+
+use std::sync::Arc;
+
+use missive_proto::v1::account_service_server::AccountService;
+use missive_proto::v1::{
+    ChallengePurpose as WirePurpose, DeleteAccountRequest, DeleteAccountResponse,
+    GetChallengeRequest, GetChallengeResponse, LoginRequest, LoginResponse, RegisterRequest,
+    RegisterResponse,
+};
+use rand::RngCore;
+use tonic::{Request, Response, Status};
+
+use super::{State, normalize_username, remote_ip};
+use crate::auth::Token;
+use crate::checks;
+use crate::error::{ApiError, ApiResult};
+use crate::limits::{CHALLENGE_TTL, MAX_REGISTRATION_ID, TOKEN_TTL};
+use crate::storage::{ChallengePurpose, DeviceAddress, NewAccount, StorageError};
+use crate::time;
+
+/// The account service.
+#[derive(Clone, Debug)]
+pub struct AccountApi {
+    state: Arc<State>,
+}
+
+impl AccountApi {
+    /// Over shared state.
+    pub fn new(state: Arc<State>) -> Self {
+        Self { state }
+    }
+
+    async fn issue_token(&self, device: DeviceAddress) -> ApiResult<LoginResponse> {
+        let token = Token::generate();
+        let now = time::now_ms();
+        let expires_at_ms = time::add(now, TOKEN_TTL);
+        self.state
+            .storage
+            .insert_token(&token.hash(), device, expires_at_ms, time::day_of(now))
+            .await?;
+        Ok(LoginResponse {
+            token: token.as_bytes().to_vec(),
+            expires_at_ms,
+        })
+    }
+
+    async fn register_inner(
+        &self,
+        request: Request<RegisterRequest>,
+    ) -> ApiResult<RegisterResponse> {
+        if let Some(limiters) = self.state.limiters() {
+            limiters.account_op(remote_ip(&request))?;
+        }
+        let request = request.into_inner();
+        let username = normalize_username(&request.username)?;
+        if !(1..=MAX_REGISTRATION_ID).contains(&request.registration_id) {
+            return Err(ApiError::InvalidArgument(format!(
+                "the registration id must be between 1 and {MAX_REGISTRATION_ID}"
+            )));
+        }
+        let identity = checks::identity(request.identity.as_ref())?;
+        let signed_prekey = checks::signed_prekey(&identity, request.signed_prekey.as_ref())?;
+        let last_resort = checks::kem_prekey(&identity, request.last_resort_kem_prekey.as_ref())?;
+        let (one_time, kem) = checks::one_time_prekeys(
+            &identity,
+            &request.one_time_prekeys,
+            &request.one_time_kem_prekeys,
+        )?;
+        // The challenge is consumed whatever happens next: no replay.
+        if !self
+            .state
+            .storage
+            .take_challenge(
+                &request.challenge,
+                &username,
+                ChallengePurpose::Register,
+                time::now_ms(),
+            )
+            .await?
+        {
+            return Err(ApiError::BadChallenge);
+        }
+        checks::registration(
+            &identity,
+            &request.challenge,
+            &username,
+            request.registration_id,
+            &request.signature,
+        )?;
+        let account = NewAccount {
+            username: username.clone(),
+            identity: identity.to_bytes(),
+            registration_id: request.registration_id,
+            signed_prekey,
+            last_resort_kem_prekey: last_resort,
+            one_time_prekeys: one_time,
+            one_time_kem_prekeys: kem,
+            today: time::day_of(time::now_ms()),
+        };
+        let account_id = match self.state.storage.create_account(&account).await {
+            Ok(id) => id,
+            Err(StorageError::Conflict) => return Err(ApiError::UsernameTaken(username)),
+            Err(other) => return Err(other.into()),
+        };
+        tracing::info!("account registered");
+        let session = self
+            .issue_token(DeviceAddress {
+                account: account_id,
+                device: 1,
+            })
+            .await?;
+        Ok(RegisterResponse {
+            device_id: 1,
+            session: Some(session),
+        })
+    }
+
+    async fn login_inner(&self, request: Request<LoginRequest>) -> ApiResult<LoginResponse> {
+        let ip = remote_ip(&request);
+        let request = request.into_inner();
+        let username = normalize_username(&request.username)?;
+        if let Some(limiters) = self.state.limiters() {
+            limiters.account_op(ip)?;
+            limiters.login(&username)?;
+        }
+        let fresh = self
+            .state
+            .storage
+            .take_challenge(
+                &request.challenge,
+                &username,
+                ChallengePurpose::Login,
+                time::now_ms(),
+            )
+            .await?;
+        if !fresh {
+            return Err(ApiError::BadChallenge);
+        }
+        let Some((account, identity)) = self
+            .state
+            .storage
+            .device_identity(&username, request.device_id)
+            .await?
+        else {
+            return Err(ApiError::Unauthenticated("no such username and device"));
+        };
+        let identity = checks::stored_identity(&identity)?;
+        checks::login(
+            &identity,
+            &request.challenge,
+            &username,
+            request.device_id,
+            &request.signature,
+        )
+        .map_err(|_| ApiError::Unauthenticated("the login signature does not verify"))?;
+        self.issue_token(DeviceAddress {
+            account,
+            device: request.device_id,
+        })
+        .await
+    }
+}
+
+#[tonic::async_trait]
+impl AccountService for AccountApi {
+    #[tracing::instrument(skip_all)]
+    async fn get_challenge(
+        &self,
+        request: Request<GetChallengeRequest>,
+    ) -> Result<Response<GetChallengeResponse>, Status> {
+        let result: ApiResult<_> = async {
+            if let Some(limiters) = self.state.limiters() {
+                limiters.account_op(remote_ip(&request))?;
+            }
+            let request = request.into_inner();
+            let username = normalize_username(&request.username)?;
+            let purpose = match WirePurpose::try_from(request.purpose) {
+                Ok(WirePurpose::Register) => ChallengePurpose::Register,
+                Ok(WirePurpose::Login) => ChallengePurpose::Login,
+                _ => {
+                    return Err(ApiError::InvalidArgument(
+                        "the challenge purpose must be REGISTER or LOGIN".into(),
+                    ));
+                }
+            };
+            let mut challenge = [0u8; 32];
+            rand::rngs::OsRng.fill_bytes(&mut challenge);
+            let expires_at_ms = time::add(time::now_ms(), CHALLENGE_TTL);
+            self.state
+                .storage
+                .put_challenge(&challenge, &username, purpose, expires_at_ms)
+                .await?;
+            Ok(GetChallengeResponse {
+                challenge: challenge.to_vec(),
+                expires_at_ms,
+            })
+        }
+        .await;
+        Ok(Response::new(result?))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn register(
+        &self,
+        request: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterResponse>, Status> {
+        Ok(Response::new(self.register_inner(request).await?))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn login(
+        &self,
+        request: Request<LoginRequest>,
+    ) -> Result<Response<LoginResponse>, Status> {
+        Ok(Response::new(self.login_inner(request).await?))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn delete_account(
+        &self,
+        request: Request<DeleteAccountRequest>,
+    ) -> Result<Response<DeleteAccountResponse>, Status> {
+        let principal = self.state.principal(&request).await?;
+        self.state
+            .storage
+            .delete_account(principal.address.account)
+            .await
+            .map_err(ApiError::from)?;
+        tracing::info!("account deleted");
+        Ok(Response::new(DeleteAccountResponse {}))
+    }
+}

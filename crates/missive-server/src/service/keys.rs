@@ -1,0 +1,183 @@
+//! `KeyService`: one-time prekey upload and counts, signed prekey rotation,
+//! bundle distribution.
+
+use std::sync::Arc;
+
+use missive_proto::v1::key_service_server::KeyService;
+use missive_proto::v1::{
+    GetBundlesRequest, GetBundlesResponse, GetPrekeyCountRequest, KemPrekey, OneTimePrekey,
+    PrekeyBundle, PrekeyCount, PublicIdentity, ReplaceSignedPrekeysRequest,
+    ReplaceSignedPrekeysResponse, SignedPrekey, UploadPrekeysRequest, UploadPrekeysResponse,
+};
+use tonic::{Request, Response, Status};
+
+use super::{State, normalize_username, remote_ip};
+use crate::checks;
+use crate::error::{ApiError, ApiResult};
+use crate::limits::MAX_PREKEYS_STORED;
+use crate::storage::{AccountId, PrekeyCounts, StorageError};
+
+/// The key service.
+#[derive(Clone, Debug)]
+pub struct KeyApi {
+    state: Arc<State>,
+}
+
+fn count(counts: PrekeyCounts) -> PrekeyCount {
+    PrekeyCount {
+        one_time_prekeys: counts.one_time,
+        one_time_kem_prekeys: counts.one_time_kem,
+    }
+}
+
+impl KeyApi {
+    /// Over shared state.
+    pub fn new(state: Arc<State>) -> Self {
+        Self { state }
+    }
+
+    async fn identity(&self, account: AccountId) -> ApiResult<missive_crypto::PublicIdentity> {
+        let bytes = self
+            .state
+            .storage
+            .account_identity(account)
+            .await?
+            .ok_or(ApiError::Unauthenticated("the account no longer exists"))?;
+        checks::stored_identity(&bytes)
+    }
+}
+
+#[tonic::async_trait]
+impl KeyService for KeyApi {
+    #[tracing::instrument(skip_all)]
+    async fn upload_prekeys(
+        &self,
+        request: Request<UploadPrekeysRequest>,
+    ) -> Result<Response<UploadPrekeysResponse>, Status> {
+        let principal = self.state.principal(&request).await?;
+        let request = request.into_inner();
+        let identity = self.identity(principal.address.account).await?;
+        let (one_time, kem) = checks::one_time_prekeys(
+            &identity,
+            &request.one_time_prekeys,
+            &request.one_time_kem_prekeys,
+        )?;
+        let counts = self
+            .state
+            .storage
+            .upload_prekeys(principal.address, &one_time, &kem, MAX_PREKEYS_STORED)
+            .await
+            .map_err(|e| match e {
+                StorageError::Conflict => ApiError::InvalidArgument(
+                    "a one-time prekey id is already in use on this device".into(),
+                ),
+                StorageError::QuotaExceeded => ApiError::ResourceExhausted(format!(
+                    "a device holds at most {MAX_PREKEYS_STORED} one-time prekeys of each kind"
+                )),
+                other => other.into(),
+            })?;
+        Ok(Response::new(UploadPrekeysResponse {
+            count: Some(count(counts)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn get_prekey_count(
+        &self,
+        request: Request<GetPrekeyCountRequest>,
+    ) -> Result<Response<PrekeyCount>, Status> {
+        let principal = self.state.principal(&request).await?;
+        let counts = self
+            .state
+            .storage
+            .prekey_counts(principal.address)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(count(counts)))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn replace_signed_prekeys(
+        &self,
+        request: Request<ReplaceSignedPrekeysRequest>,
+    ) -> Result<Response<ReplaceSignedPrekeysResponse>, Status> {
+        let principal = self.state.principal(&request).await?;
+        let request = request.into_inner();
+        let identity = self.identity(principal.address.account).await?;
+        let signed = request
+            .signed_prekey
+            .as_ref()
+            .map(|k| checks::signed_prekey(&identity, Some(k)))
+            .transpose()?;
+        let kem = request
+            .last_resort_kem_prekey
+            .as_ref()
+            .map(|k| checks::kem_prekey(&identity, Some(k)))
+            .transpose()?;
+        self.state
+            .storage
+            .replace_signed_prekeys(principal.address, signed.as_ref(), kem.as_ref())
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(ReplaceSignedPrekeysResponse {}))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn get_bundles(
+        &self,
+        request: Request<GetBundlesRequest>,
+    ) -> Result<Response<GetBundlesResponse>, Status> {
+        let principal = self.state.principal(&request).await?;
+        if let Some(limiters) = self.state.limiters() {
+            limiters.bundles(principal.address.account, remote_ip(&request))?;
+        }
+        let request = request.into_inner();
+        let username = normalize_username(&request.username)?;
+        let device = (request.device_id != 0).then_some(request.device_id);
+        let bundles = self
+            .state
+            .storage
+            .take_bundles(&username, device)
+            .await
+            .map_err(ApiError::from)?
+            .ok_or_else(|| ApiError::NotFound(format!("there is no user named {username:?}")))?;
+        if bundles.bundles.is_empty() {
+            return Err(ApiError::NotFound(format!(
+                "{username:?} has no device {}",
+                request.device_id
+            ))
+            .into());
+        }
+        let identity = checks::stored_identity(&bundles.identity)?;
+        let wire_identity = PublicIdentity {
+            signing_key: identity.signing_key().to_vec(),
+            agreement_key: identity.agreement_key().to_vec(),
+            agreement_key_signature: identity.agreement_key_signature().to_vec(),
+        };
+        let bundles = bundles
+            .bundles
+            .into_iter()
+            .map(|b| PrekeyBundle {
+                device_id: b.device_id,
+                registration_id: b.registration_id,
+                identity: Some(wire_identity.clone()),
+                signed_prekey: Some(SignedPrekey {
+                    id: b.signed_prekey.id,
+                    public_key: b.signed_prekey.public_key,
+                    signature: b.signed_prekey.signature,
+                }),
+                kem_prekey: Some(KemPrekey {
+                    id: b.kem_prekey.id,
+                    public_key: b.kem_prekey.public_key,
+                    signature: b.kem_prekey.signature,
+                }),
+                kem_prekey_is_last_resort: b.kem_prekey_is_last_resort,
+                one_time_prekey: b.one_time_prekey.map(|k| OneTimePrekey {
+                    id: k.id,
+                    public_key: k.public_key,
+                }),
+            })
+            .collect();
+        Ok(Response::new(GetBundlesResponse { username, bundles }))
+    }
+}

@@ -1,0 +1,369 @@
+//! `MessageService`: durable store-and-forward with group commit, streaming
+//! delivery and acknowledgement.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use missive_proto::v1::message_service_server::MessageService;
+use missive_proto::v1::receive_response::Item;
+use missive_proto::v1::{
+    AcknowledgeRequest, AcknowledgeResponse, DeviceMismatch, Envelope, EnvelopeType, QueueEmpty,
+    ReceiveRequest, ReceiveResponse, SendRequest, SendResponse,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::{State, normalize_username, remote_ip};
+use crate::checks;
+use crate::error::{ApiError, ApiResult};
+use crate::limits::{
+    CATCH_UP_INTERVAL, FRANKING_COMMITMENT_LEN, GROUP_COMMIT_MAX, MAX_ACKS_PER_CALL,
+    MAX_ENVELOPE_BYTES, MAX_ENVELOPES_PER_SEND, MESSAGE_ID_LEN, RECEIVE_BUFFER, RECEIVE_PAGE,
+};
+use crate::storage::{
+    DeviceAddress, NewEnvelope, Principal, SendItem, SendOutcome, Storage, StorageError,
+};
+use crate::time;
+
+/// One send waiting for the group-commit writer.
+#[derive(Debug)]
+pub struct WriteJob {
+    item: SendItem,
+    reply: oneshot::Sender<Result<SendOutcome, StorageError>>,
+}
+
+/// The group-commit writer: concurrent sends share one durable transaction.
+/// Ends when every sender handle is dropped.
+pub async fn group_commit(storage: Arc<dyn Storage>, mut jobs: mpsc::Receiver<WriteJob>) {
+    let mut batch = Vec::with_capacity(GROUP_COMMIT_MAX);
+    while jobs.recv_many(&mut batch, GROUP_COMMIT_MAX).await > 0 {
+        let (items, replies): (Vec<_>, Vec<_>) = batch.drain(..).map(|j| (j.item, j.reply)).unzip();
+        match storage.store_envelopes(&items).await {
+            Ok(outcomes) => {
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            Err(error) => {
+                for reply in replies {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// The message service.
+#[derive(Clone, Debug)]
+pub struct MessageApi {
+    state: Arc<State>,
+}
+
+type ReceiveStream = Pin<Box<dyn Stream<Item = Result<ReceiveResponse, Status>> + Send>>;
+
+impl MessageApi {
+    /// Over shared state.
+    pub fn new(state: Arc<State>) -> Self {
+        Self { state }
+    }
+
+    async fn send_inner(&self, request: Request<SendRequest>) -> ApiResult<SendResponse> {
+        let sender = self.state.principal(&request).await?;
+        if let Some(limiters) = self.state.limiters() {
+            limiters.send(sender.address.account, remote_ip(&request))?;
+        }
+        let request = request.into_inner();
+        let recipient = normalize_username(&request.recipient)?;
+        validate(&request)?;
+        let (recipient_account, devices) = self
+            .state
+            .storage
+            .devices(&recipient)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("there is no user named {recipient:?}")))?;
+        let current: BTreeMap<u32, u32> = devices
+            .iter()
+            .map(|d| (d.device_id, d.registration_id))
+            .collect();
+        let addressed: BTreeMap<u32, u32> = request
+            .envelopes
+            .iter()
+            .map(|e| (e.device_id, e.registration_id))
+            .collect();
+        let mismatch = DeviceMismatch {
+            missing_devices: current
+                .keys()
+                .filter(|d| !addressed.contains_key(d))
+                .copied()
+                .collect(),
+            extra_devices: addressed
+                .keys()
+                .filter(|d| !current.contains_key(d))
+                .copied()
+                .collect(),
+            stale_devices: addressed
+                .iter()
+                .filter(|(d, r)| current.get(d).is_some_and(|c| c != *r))
+                .map(|(d, _)| *d)
+                .collect(),
+        };
+        if !(mismatch.missing_devices.is_empty()
+            && mismatch.extra_devices.is_empty()
+            && mismatch.stale_devices.is_empty())
+        {
+            return Err(ApiError::DeviceMismatch(mismatch));
+        }
+        let server_timestamp_ms = time::now_ms();
+        let envelopes = request
+            .envelopes
+            .into_iter()
+            .map(|e| NewEnvelope {
+                recipient_device: e.device_id,
+                kind: e.r#type,
+                franking_tag: checks::server_tag(
+                    &self.state.franking_key,
+                    &e.franking_commitment,
+                    &sender.username,
+                    &recipient,
+                    server_timestamp_ms,
+                    &request.message_id,
+                )
+                .to_vec(),
+                content: e.content,
+                franking_commitment: e.franking_commitment,
+            })
+            .collect::<Vec<_>>();
+        let targets: Vec<DeviceAddress> = envelopes
+            .iter()
+            .map(|e| DeviceAddress {
+                account: recipient_account,
+                device: e.recipient_device,
+            })
+            .collect();
+        let (reply, answer) = oneshot::channel();
+        let job = WriteJob {
+            item: SendItem {
+                sender: sender.username.clone(),
+                sender_device: sender.address.device,
+                recipient: recipient_account,
+                message_id: request.message_id,
+                server_timestamp_ms,
+                envelopes,
+                mailbox_limit: self.state.mailbox_limit,
+            },
+            reply,
+        };
+        self.state
+            .writer
+            .send(job)
+            .await
+            .map_err(|_| ApiError::ShuttingDown)?;
+        match answer.await.map_err(|_| ApiError::ShuttingDown)?? {
+            SendOutcome::Stored {
+                server_timestamp_ms,
+            } => {
+                self.state.fanout.publish(&targets).await;
+                Ok(SendResponse {
+                    server_timestamp_ms,
+                })
+            }
+            SendOutcome::Duplicate {
+                server_timestamp_ms,
+            } => Ok(SendResponse {
+                server_timestamp_ms,
+            }),
+            SendOutcome::MailboxFull { device } => Err(ApiError::ResourceExhausted(format!(
+                "the mailbox of {recipient:?} device {device} is full; try again after they catch up"
+            ))),
+            SendOutcome::RecipientGone => Err(ApiError::NotFound(format!(
+                "there is no user named {recipient:?}"
+            ))),
+        }
+    }
+}
+
+fn validate(request: &SendRequest) -> ApiResult<()> {
+    let invalid = |m: String| Err(ApiError::InvalidArgument(m));
+    if request.message_id.len() != MESSAGE_ID_LEN {
+        return invalid(format!("the message id must be {MESSAGE_ID_LEN} bytes"));
+    }
+    if request.envelopes.is_empty() {
+        return invalid("a send needs at least one envelope".into());
+    }
+    if request.envelopes.len() > MAX_ENVELOPES_PER_SEND {
+        return invalid(format!(
+            "a send carries at most {MAX_ENVELOPES_PER_SEND} envelopes"
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    for envelope in &request.envelopes {
+        if !seen.insert(envelope.device_id) {
+            return invalid(format!("device {} is addressed twice", envelope.device_id));
+        }
+        if envelope.content.len() > MAX_ENVELOPE_BYTES {
+            return Err(ApiError::ResourceExhausted(format!(
+                "an envelope holds at most {MAX_ENVELOPE_BYTES} bytes, not {}",
+                envelope.content.len()
+            )));
+        }
+        if envelope.content.is_empty() {
+            return invalid("an envelope's content is empty".into());
+        }
+        if envelope.franking_commitment.len() != FRANKING_COMMITMENT_LEN {
+            return invalid(format!(
+                "the franking commitment must be {FRANKING_COMMITMENT_LEN} bytes"
+            ));
+        }
+        match EnvelopeType::try_from(envelope.r#type) {
+            Ok(EnvelopeType::PrekeyMessage | EnvelopeType::Message) => {}
+            _ => return invalid("the envelope type must be PREKEY_MESSAGE or MESSAGE".into()),
+        }
+    }
+    Ok(())
+}
+
+fn envelope(stored: crate::storage::StoredEnvelope) -> ReceiveResponse {
+    ReceiveResponse {
+        item: Some(Item::Envelope(Envelope {
+            id: stored.id,
+            sender: stored.sender,
+            sender_device: stored.sender_device,
+            r#type: stored.kind,
+            content: stored.content,
+            message_id: stored.message_id,
+            server_timestamp_ms: stored.server_timestamp_ms,
+            franking_commitment: stored.franking_commitment,
+            franking_tag: stored.franking_tag,
+        })),
+    }
+}
+
+type Outbox = mpsc::Sender<Result<ReceiveResponse, Status>>;
+
+/// Sends everything pending after `last`; `false` when the stream is over.
+async fn drain(state: &State, device: DeviceAddress, last: &mut u64, outbox: &Outbox) -> bool {
+    loop {
+        let page = match state
+            .storage
+            .pending_envelopes(device, *last, RECEIVE_PAGE)
+            .await
+        {
+            Ok(page) => page,
+            Err(error) => {
+                let _ = outbox.send(Err(ApiError::from(error).into())).await;
+                return false;
+            }
+        };
+        let full = page.len() >= RECEIVE_PAGE as usize;
+        for stored in page {
+            *last = (*last).max(stored.id);
+            if outbox.send(Ok(envelope(stored))).await.is_err() {
+                return false;
+            }
+        }
+        if !full {
+            return true;
+        }
+    }
+}
+
+async fn deliver(state: Arc<State>, principal: Principal, outbox: Outbox) {
+    let device = principal.address;
+    let mut shutdown = state.shutdown.clone();
+    let mut subscription = match state.fanout.subscribe(device).await {
+        Ok(s) => Some(s),
+        Err(error) => {
+            tracing::warn!(%error, "fan-out subscription failed; falling back to polling");
+            None
+        }
+    };
+    let mut last = 0;
+    if !drain(&state, device, &mut last, &outbox).await {
+        return;
+    }
+    let marker = ReceiveResponse {
+        item: Some(Item::QueueEmpty(QueueEmpty {})),
+    };
+    if outbox.send(Ok(marker)).await.is_err() {
+        return;
+    }
+    let mut catch_up = tokio::time::interval(CATCH_UP_INTERVAL);
+    catch_up.reset();
+    loop {
+        if *shutdown.borrow() {
+            let _ = outbox.send(Err(ApiError::ShuttingDown.into())).await;
+            return;
+        }
+        tokio::select! {
+            _ = shutdown.changed() => continue,
+            () = outbox.closed() => return,
+            woken = async {
+                match subscription.as_mut() {
+                    Some(s) => s.woken().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if !woken {
+                    subscription = None;
+                }
+            }
+            _ = catch_up.tick() => {}
+        }
+        if !drain(&state, device, &mut last, &outbox).await {
+            return;
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl MessageService for MessageApi {
+    #[tracing::instrument(skip_all)]
+    async fn send(&self, request: Request<SendRequest>) -> Result<Response<SendResponse>, Status> {
+        Ok(Response::new(self.send_inner(request).await?))
+    }
+
+    type ReceiveStream = ReceiveStream;
+
+    #[tracing::instrument(skip_all)]
+    async fn receive(
+        &self,
+        request: Request<ReceiveRequest>,
+    ) -> Result<Response<Self::ReceiveStream>, Status> {
+        let principal = self.state.principal(&request).await?;
+        if *self.state.shutdown.borrow() {
+            return Err(ApiError::ShuttingDown.into());
+        }
+        self.state
+            .storage
+            .touch_last_seen(principal.address.account, time::day_of(time::now_ms()))
+            .await
+            .map_err(ApiError::from)?;
+        let (outbox, inbox) = mpsc::channel(RECEIVE_BUFFER);
+        tokio::spawn(deliver(Arc::clone(&self.state), principal, outbox));
+        Ok(Response::new(Box::pin(ReceiverStream::new(inbox))))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn acknowledge(
+        &self,
+        request: Request<AcknowledgeRequest>,
+    ) -> Result<Response<AcknowledgeResponse>, Status> {
+        let principal = self.state.principal(&request).await?;
+        let ids = request.into_inner().envelope_ids;
+        if ids.len() > MAX_ACKS_PER_CALL {
+            return Err(ApiError::InvalidArgument(format!(
+                "at most {MAX_ACKS_PER_CALL} envelope ids per acknowledgement"
+            ))
+            .into());
+        }
+        self.state
+            .storage
+            .acknowledge(principal.address, &ids)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(AcknowledgeResponse {}))
+    }
+}

@@ -1,0 +1,487 @@
+//! Storage behind one object-safe trait, one module per backend.
+//!
+//! Services hold an `Arc<dyn Storage>` and never see SQL. A backend:
+//! - commits every write durably before returning (SQLite: WAL with
+//!   `synchronous=FULL`; PostgreSQL: synchronous commit);
+//! - assigns envelope ids that increase per recipient device **in commit
+//!   order** (receive streams resume "after the last id they delivered"; the
+//!   SQLite backend uses `AUTOINCREMENT` under its single writer, a PostgreSQL
+//!   backend must serialise inserts per device, e.g. by locking the device row);
+//! - maps its driver errors to [`StorageError`] in one function.
+//!
+//! The backend-independent test suite is [`suite`]; every backend runs it.
+
+pub mod sqlite;
+#[doc(hidden)]
+pub mod suite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+/// Database id of an account.
+pub type AccountId = i64;
+
+/// One device of one account: the unit of delivery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DeviceAddress {
+    /// The account.
+    pub account: AccountId,
+    /// Device id within the account (1 for the first device).
+    pub device: u32,
+}
+
+/// Who an authenticated call comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    /// The caller's device.
+    pub address: DeviceAddress,
+    /// The caller's username.
+    pub username: String,
+}
+
+/// What a challenge may be used for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChallengePurpose {
+    /// Registration.
+    Register,
+    /// Login.
+    Login,
+}
+
+impl ChallengePurpose {
+    /// Stored representation.
+    pub fn code(self) -> i64 {
+        match self {
+            Self::Register => 1,
+            Self::Login => 2,
+        }
+    }
+}
+
+/// A signed X25519 prekey as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedPrekeyRecord {
+    /// Client-chosen id.
+    pub id: u32,
+    /// 32 bytes.
+    pub public_key: Vec<u8>,
+    /// 64 bytes.
+    pub signature: Vec<u8>,
+}
+
+/// A signed ML-KEM prekey as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KemPrekeyRecord {
+    /// Client-chosen id.
+    pub id: u32,
+    /// 1184 bytes.
+    pub public_key: Vec<u8>,
+    /// 64 bytes.
+    pub signature: Vec<u8>,
+}
+
+/// A one-time X25519 prekey as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OneTimePrekeyRecord {
+    /// Client-chosen id.
+    pub id: u32,
+    /// 32 bytes.
+    pub public_key: Vec<u8>,
+}
+
+/// Everything a registration stores. Signatures are verified before.
+#[derive(Clone, Debug)]
+pub struct NewAccount {
+    /// Case-folded, validated username.
+    pub username: String,
+    /// `PublicIdentity::to_bytes()` (128 bytes).
+    pub identity: Vec<u8>,
+    /// Registration id of device 1.
+    pub registration_id: u32,
+    /// Signed prekey of device 1.
+    pub signed_prekey: SignedPrekeyRecord,
+    /// Last-resort KEM prekey of device 1.
+    pub last_resort_kem_prekey: KemPrekeyRecord,
+    /// One-time X25519 prekeys of device 1.
+    pub one_time_prekeys: Vec<OneTimePrekeyRecord>,
+    /// One-time KEM prekeys of device 1.
+    pub one_time_kem_prekeys: Vec<KemPrekeyRecord>,
+    /// Days since the Unix epoch (creation and last-seen day).
+    pub today: i64,
+}
+
+/// A device as senders must address it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceRecord {
+    /// Device id.
+    pub device_id: u32,
+    /// Current registration id.
+    pub registration_id: u32,
+}
+
+/// One device's bundle, with the one-time keys already consumed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BundleRecord {
+    /// Device id.
+    pub device_id: u32,
+    /// Registration id.
+    pub registration_id: u32,
+    /// Current signed prekey.
+    pub signed_prekey: SignedPrekeyRecord,
+    /// A one-time KEM prekey, else the last-resort one.
+    pub kem_prekey: KemPrekeyRecord,
+    /// Whether `kem_prekey` is the last-resort key.
+    pub kem_prekey_is_last_resort: bool,
+    /// A one-time X25519 prekey if one was left.
+    pub one_time_prekey: Option<OneTimePrekeyRecord>,
+}
+
+/// The answer to a bundle fetch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bundles {
+    /// `PublicIdentity::to_bytes()` of the account.
+    pub identity: Vec<u8>,
+    /// One per selected device.
+    pub bundles: Vec<BundleRecord>,
+}
+
+/// One-time prekeys left for a device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PrekeyCounts {
+    /// One-time X25519 prekeys.
+    pub one_time: u32,
+    /// One-time ML-KEM prekeys.
+    pub one_time_kem: u32,
+}
+
+/// One envelope to store for one recipient device.
+#[derive(Clone, Debug)]
+pub struct NewEnvelope {
+    /// Recipient device id.
+    pub recipient_device: u32,
+    /// `EnvelopeType` as its integer.
+    pub kind: i32,
+    /// Ciphertext.
+    pub content: Vec<u8>,
+    /// Franking commitment.
+    pub franking_commitment: Vec<u8>,
+    /// Server franking tag.
+    pub franking_tag: Vec<u8>,
+}
+
+/// One `Send` call, stored atomically (all its envelopes or none).
+#[derive(Clone, Debug)]
+pub struct SendItem {
+    /// Sender username (delivered in `Envelope.sender`).
+    pub sender: String,
+    /// Sender device.
+    pub sender_device: u32,
+    /// Recipient account.
+    pub recipient: AccountId,
+    /// Sender-chosen idempotency key.
+    pub message_id: Vec<u8>,
+    /// Timestamp the tags were computed with.
+    pub server_timestamp_ms: u64,
+    /// One per recipient device.
+    pub envelopes: Vec<NewEnvelope>,
+    /// Pending envelopes per device at which the mailbox is full.
+    pub mailbox_limit: u32,
+}
+
+/// Result of one [`SendItem`] inside a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendOutcome {
+    /// Stored now.
+    Stored {
+        /// The timestamp of the stored envelopes.
+        server_timestamp_ms: u64,
+    },
+    /// Already stored by an earlier call with the same message id; nothing new.
+    Duplicate {
+        /// The timestamp of the first call.
+        server_timestamp_ms: u64,
+    },
+    /// A recipient device's mailbox is full; nothing stored.
+    MailboxFull {
+        /// The full device.
+        device: u32,
+    },
+    /// The recipient account or device no longer exists; nothing stored.
+    RecipientGone,
+}
+
+/// A pending envelope as delivered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredEnvelope {
+    /// Server id, increasing per recipient device.
+    pub id: u64,
+    /// Sender username.
+    pub sender: String,
+    /// Sender device.
+    pub sender_device: u32,
+    /// `EnvelopeType`.
+    pub kind: i32,
+    /// Ciphertext.
+    pub content: Vec<u8>,
+    /// Sender's message id.
+    pub message_id: Vec<u8>,
+    /// Acceptance time.
+    pub server_timestamp_ms: u64,
+    /// Franking commitment.
+    pub franking_commitment: Vec<u8>,
+    /// Server franking tag.
+    pub franking_tag: Vec<u8>,
+}
+
+/// What a purge removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PurgeCounts {
+    /// Expired envelopes.
+    pub envelopes: u64,
+    /// Expired tokens and challenges.
+    pub credentials: u64,
+}
+
+/// A verified abuse report to store.
+#[derive(Clone, Debug)]
+pub struct NewReport {
+    /// Reporting username (the recipient of the message).
+    pub reporter: String,
+    /// Reported sender username.
+    pub sender: String,
+    /// Reported message id.
+    pub message_id: Vec<u8>,
+    /// Server timestamp of the reported message.
+    pub server_timestamp_ms: u64,
+    /// The reported text (verified against the commitment).
+    pub plaintext: String,
+    /// Reporter's reason.
+    pub reason: String,
+    /// When the report arrived.
+    pub created_at_ms: u64,
+}
+
+/// A stored report.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ReportRecord {
+    /// Report id.
+    pub id: u64,
+    /// Reporting username.
+    pub reporter: String,
+    /// Reported sender username.
+    pub sender: String,
+    /// Hex of the message id.
+    pub message_id: String,
+    /// Server timestamp of the reported message.
+    pub message_server_timestamp_ms: u64,
+    /// Reported text.
+    pub text: String,
+    /// Reporter's reason.
+    pub reason: String,
+    /// When the report arrived.
+    pub created_at_ms: u64,
+    /// Both MACs verified (only verified reports are stored).
+    pub verified: bool,
+}
+
+/// One device in an account export.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceExport {
+    /// Device id.
+    pub device_id: u32,
+    /// Day the device registered (days since the epoch).
+    pub created_day: i64,
+    /// Pending envelopes (a count only).
+    pub pending_envelopes: u64,
+    /// One-time prekeys left.
+    pub prekeys: PrekeyCounts,
+}
+
+/// Everything stored about an account (see `docs/LAWFUL_ACCESS.md`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccountExport {
+    /// Username.
+    pub username: String,
+    /// `PublicIdentity::to_bytes()`.
+    pub identity: Vec<u8>,
+    /// Creation day.
+    pub created_day: i64,
+    /// Last-seen day.
+    pub last_seen_day: i64,
+    /// Devices.
+    pub devices: Vec<DeviceExport>,
+    /// Reports naming the account as sender.
+    pub reports_against: Vec<ReportRecord>,
+    /// Number of reports the account filed.
+    pub reports_filed: u64,
+}
+
+/// Storage failures, backend-independent.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// A unique value already exists (username, prekey id).
+    #[error("the value already exists")]
+    Conflict,
+    /// A per-device quota would be exceeded.
+    #[error("the storage quota is exceeded")]
+    QuotaExceeded,
+    /// The row the write refers to does not exist.
+    #[error("the record does not exist")]
+    NotFound,
+    /// The database is not reachable or busy beyond its timeout.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    /// The database holds no Missive schema (read-only commands on a fresh path).
+    #[error("no Missive database at this location")]
+    NoDatabase,
+    /// Any other driver error.
+    #[error("database error: {0}")]
+    Backend(String),
+}
+
+/// Shorthand.
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// Everything the services need from a store.
+#[async_trait]
+pub trait Storage: Send + Sync + 'static {
+    /// Records a fresh single-use challenge.
+    async fn put_challenge(
+        &self,
+        challenge: &[u8],
+        username: &str,
+        purpose: ChallengePurpose,
+        expires_at_ms: u64,
+    ) -> Result<()>;
+    /// Deletes the challenge and says whether it existed for this username
+    /// and purpose and had not expired.
+    async fn take_challenge(
+        &self,
+        challenge: &[u8],
+        username: &str,
+        purpose: ChallengePurpose,
+        now_ms: u64,
+    ) -> Result<bool>;
+    /// Creates an account with device 1. [`StorageError::Conflict`] when the
+    /// username is taken.
+    async fn create_account(&self, account: &NewAccount) -> Result<AccountId>;
+    /// The account id and identity for a login.
+    async fn device_identity(
+        &self,
+        username: &str,
+        device_id: u32,
+    ) -> Result<Option<(AccountId, Vec<u8>)>>;
+    /// The identity of an account (to verify uploaded prekey signatures).
+    async fn account_identity(&self, account: AccountId) -> Result<Option<Vec<u8>>>;
+    /// Stores a token hash and marks the account seen today.
+    async fn insert_token(
+        &self,
+        token_hash: &[u8; 32],
+        device: DeviceAddress,
+        expires_at_ms: u64,
+        today: i64,
+    ) -> Result<()>;
+    /// The principal of an unexpired token hash.
+    async fn authenticate(&self, token_hash: &[u8; 32], now_ms: u64) -> Result<Option<Principal>>;
+    /// Marks the account seen on `today` (day granularity).
+    async fn touch_last_seen(&self, account: AccountId, today: i64) -> Result<()>;
+    /// Deletes the account, its devices, keys, tokens and pending envelopes.
+    async fn delete_account(&self, account: AccountId) -> Result<()>;
+
+    /// Adds one-time prekeys. [`StorageError::Conflict`] on a reused id,
+    /// [`StorageError::QuotaExceeded`] beyond `max_stored` of a kind; nothing
+    /// is stored in either case.
+    async fn upload_prekeys(
+        &self,
+        device: DeviceAddress,
+        one_time: &[OneTimePrekeyRecord],
+        kem: &[KemPrekeyRecord],
+        max_stored: u32,
+    ) -> Result<PrekeyCounts>;
+    /// One-time prekeys left.
+    async fn prekey_counts(&self, device: DeviceAddress) -> Result<PrekeyCounts>;
+    /// Replaces the signed prekey and/or last-resort KEM prekey.
+    async fn replace_signed_prekeys(
+        &self,
+        device: DeviceAddress,
+        signed_prekey: Option<&SignedPrekeyRecord>,
+        last_resort_kem_prekey: Option<&KemPrekeyRecord>,
+    ) -> Result<()>;
+    /// Bundles for every device (or one), atomically consuming at most one
+    /// one-time prekey of each kind per device. `None` for an unknown user.
+    async fn take_bundles(&self, username: &str, device_id: Option<u32>)
+    -> Result<Option<Bundles>>;
+
+    /// The account and its devices, for the device-list check.
+    async fn devices(&self, username: &str) -> Result<Option<(AccountId, Vec<DeviceRecord>)>>;
+    /// Stores a batch of sends in one durable transaction (group commit).
+    /// Returns one outcome per item, in order; an `Err` means nothing was stored.
+    async fn store_envelopes(&self, batch: &[SendItem]) -> Result<Vec<SendOutcome>>;
+    /// Pending envelopes of a device with id greater than `after_id`, oldest
+    /// first, at most `limit`.
+    async fn pending_envelopes(
+        &self,
+        device: DeviceAddress,
+        after_id: u64,
+        limit: u32,
+    ) -> Result<Vec<StoredEnvelope>>;
+    /// Deletes those of `ids` that are pending for `device`; returns how many.
+    async fn acknowledge(&self, device: DeviceAddress, ids: &[u64]) -> Result<u64>;
+    /// Deletes envelopes accepted before `envelope_cutoff_ms` and expired
+    /// tokens and challenges.
+    async fn purge_expired(&self, now_ms: u64, envelope_cutoff_ms: u64) -> Result<PurgeCounts>;
+
+    /// The secret stored under `name`, storing `candidate` first if none is.
+    async fn server_secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>>;
+
+    /// Stores a verified report; returns its id.
+    async fn insert_report(&self, report: &NewReport) -> Result<u64>;
+    /// Every report, oldest first.
+    async fn reports(&self) -> Result<Vec<ReportRecord>>;
+    /// One report.
+    async fn report(&self, id: u64) -> Result<Option<ReportRecord>>;
+
+    /// Everything stored about an account.
+    async fn export_account(&self, username: &str) -> Result<Option<AccountExport>>;
+
+    /// Flushes and closes the store (graceful shutdown).
+    async fn close(&self) {}
+}
+
+/// How a store is opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Create the database if missing and run migrations (`serve`).
+    Serve,
+    /// Open an existing database without changing its schema (CLI commands).
+    Existing,
+}
+
+/// Opens the backend named by `url`.
+///
+/// `sqlite://PATH` is built in; other schemes are refused with a sentence
+/// (a PostgreSQL backend registers here).
+pub async fn open(url: &str, mode: OpenMode) -> Result<Arc<dyn Storage>> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(sqlite::SqliteStorage::open(url, mode).await?))
+    } else {
+        Err(StorageError::Backend(format!(
+            "unsupported database URL scheme in {:?}; this build supports sqlite://PATH",
+            redact_url(url)
+        )))
+    }
+}
+
+/// A database URL without its password, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}://{}:***@{}", &url[..scheme_end], user, &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}

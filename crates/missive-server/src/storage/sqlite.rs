@@ -1,0 +1,890 @@
+//! The embedded default backend: SQLite through sqlx, WAL journal,
+//! `synchronous=FULL` (power-loss durable), migrations embedded in the binary.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+
+use super::{
+    AccountExport, AccountId, BundleRecord, Bundles, ChallengePurpose, DeviceAddress, DeviceExport,
+    DeviceRecord, KemPrekeyRecord, NewAccount, NewReport, OneTimePrekeyRecord, OpenMode,
+    PrekeyCounts, Principal, PurgeCounts, ReportRecord, Result, SendItem, SendOutcome,
+    SignedPrekeyRecord, Storage, StorageError, StoredEnvelope,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// SQLite store.
+#[derive(Clone, Debug)]
+pub struct SqliteStorage {
+    pool: SqlitePool,
+}
+
+/// The one place sqlx errors become [`StorageError`]s.
+fn map_err(error: sqlx::Error) -> StorageError {
+    match &error {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StorageError::Conflict,
+        sqlx::Error::Database(db) if db.is_foreign_key_violation() => StorageError::NotFound,
+        sqlx::Error::Database(db)
+            if matches!(db.code().as_deref(), Some("5") | Some("6") | Some("517")) =>
+        {
+            StorageError::Unavailable(db.message().to_owned())
+        }
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+            StorageError::Unavailable(error.to_string())
+        }
+        _ => StorageError::Backend(error.to_string()),
+    }
+}
+
+fn int(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn u32_of(value: i64) -> Result<u32> {
+    u32::try_from(value).map_err(|_| StorageError::Backend(format!("out-of-range value {value}")))
+}
+
+fn u64_of(value: i64) -> Result<u64> {
+    u64::try_from(value).map_err(|_| StorageError::Backend(format!("out-of-range value {value}")))
+}
+
+fn get<'r, T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>>(
+    row: &'r SqliteRow,
+    column: &str,
+) -> Result<T> {
+    row.try_get(column).map_err(map_err)
+}
+
+impl SqliteStorage {
+    /// Opens (and in [`OpenMode::Serve`] creates and migrates) the database at `url`.
+    pub async fn open(url: &str, mode: OpenMode) -> Result<Self> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StorageError::Backend(format!("invalid SQLite URL: {e}")))?
+            .create_if_missing(mode == OpenMode::Serve)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .min_connections(1)
+            .connect_with(options)
+            .await
+            .map_err(|e| match e {
+                sqlx::Error::Database(_) if mode == OpenMode::Existing => StorageError::NoDatabase,
+                other => map_err(other),
+            })?;
+        match mode {
+            OpenMode::Serve => MIGRATOR.run(&pool).await.map_err(|e| match e {
+                sqlx::migrate::MigrateError::Execute(inner) => map_err(inner),
+                other => StorageError::Backend(other.to_string()),
+            })?,
+            OpenMode::Existing => {
+                let present: Option<i64> = sqlx::query_scalar(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'accounts'",
+                )
+                .fetch_optional(&pool)
+                .await
+                .map_err(map_err)?;
+                if present.is_none() {
+                    return Err(StorageError::NoDatabase);
+                }
+            }
+        }
+        Ok(Self { pool })
+    }
+
+    async fn write(&self) -> Result<Transaction<'static, Sqlite>> {
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(map_err)
+    }
+}
+
+async fn counts(
+    tx: &mut Transaction<'static, Sqlite>,
+    device: DeviceAddress,
+) -> Result<PrekeyCounts> {
+    let one_time: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM one_time_prekeys WHERE account_id = ? AND device_id = ?",
+    )
+    .bind(device.account)
+    .bind(i64::from(device.device))
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(map_err)?;
+    let one_time_kem: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM one_time_kem_prekeys WHERE account_id = ? AND device_id = ?",
+    )
+    .bind(device.account)
+    .bind(i64::from(device.device))
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(map_err)?;
+    Ok(PrekeyCounts {
+        one_time: u32_of(one_time)?,
+        one_time_kem: u32_of(one_time_kem)?,
+    })
+}
+
+fn report_of(row: &SqliteRow) -> Result<ReportRecord> {
+    Ok(ReportRecord {
+        id: u64_of(get(row, "id")?)?,
+        reporter: get(row, "reporter")?,
+        sender: get(row, "sender")?,
+        message_id: hex::encode(get::<Vec<u8>>(row, "message_id")?),
+        message_server_timestamp_ms: u64_of(get(row, "message_server_timestamp_ms")?)?,
+        text: get(row, "plaintext")?,
+        reason: get(row, "reason")?,
+        created_at_ms: u64_of(get(row, "created_at_ms")?)?,
+        verified: get::<i64>(row, "verified")? != 0,
+    })
+}
+
+const REPORT_COLUMNS: &str = "id, reporter, sender, message_id, message_server_timestamp_ms, \
+                              plaintext, reason, created_at_ms, verified";
+
+#[async_trait]
+impl Storage for SqliteStorage {
+    #[tracing::instrument(skip_all)]
+    async fn put_challenge(
+        &self,
+        challenge: &[u8],
+        username: &str,
+        purpose: ChallengePurpose,
+        expires_at_ms: u64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO challenges (challenge, username, purpose, expires_at_ms) VALUES (?, ?, ?, ?)",
+        )
+        .bind(challenge)
+        .bind(username)
+        .bind(purpose.code())
+        .bind(int(expires_at_ms))
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn take_challenge(
+        &self,
+        challenge: &[u8],
+        username: &str,
+        purpose: ChallengePurpose,
+        now_ms: u64,
+    ) -> Result<bool> {
+        // Delete first: a challenge is consumed by its first use, right or wrong.
+        let mut tx = self.write().await?;
+        let row = sqlx::query(
+            "SELECT username, purpose, expires_at_ms FROM challenges WHERE challenge = ?",
+        )
+        .bind(challenge)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        sqlx::query("DELETE FROM challenges WHERE challenge = ?")
+            .bind(challenge)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        let Some(row) = row else { return Ok(false) };
+        Ok(get::<String>(&row, "username")? == username
+            && get::<i64>(&row, "purpose")? == purpose.code()
+            && get::<i64>(&row, "expires_at_ms")? > int(now_ms))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn create_account(&self, account: &NewAccount) -> Result<AccountId> {
+        let mut tx = self.write().await?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO accounts (username, identity, created_day, last_seen_day) \
+             VALUES (?, ?, ?, ?) RETURNING id",
+        )
+        .bind(&account.username)
+        .bind(&account.identity)
+        .bind(account.today)
+        .bind(account.today)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        sqlx::query(
+            "INSERT INTO devices (account_id, device_id, registration_id, created_day, \
+             signed_prekey_id, signed_prekey, signed_prekey_signature, \
+             kem_prekey_id, kem_prekey, kem_prekey_signature) VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(id)
+        .bind(i64::from(account.registration_id))
+        .bind(account.today)
+        .bind(i64::from(account.signed_prekey.id))
+        .bind(&account.signed_prekey.public_key)
+        .bind(&account.signed_prekey.signature)
+        .bind(i64::from(account.last_resort_kem_prekey.id))
+        .bind(&account.last_resort_kem_prekey.public_key)
+        .bind(&account.last_resort_kem_prekey.signature)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let device = DeviceAddress {
+            account: id,
+            device: 1,
+        };
+        insert_prekeys(
+            &mut tx,
+            device,
+            &account.one_time_prekeys,
+            &account.one_time_kem_prekeys,
+        )
+        .await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(id)
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn device_identity(
+        &self,
+        username: &str,
+        device_id: u32,
+    ) -> Result<Option<(AccountId, Vec<u8>)>> {
+        let row = sqlx::query(
+            "SELECT a.id AS id, a.identity AS identity FROM accounts a \
+             JOIN devices d ON d.account_id = a.id WHERE a.username = ? AND d.device_id = ?",
+        )
+        .bind(username)
+        .bind(i64::from(device_id))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err)?;
+        row.map(|r| Ok((get(&r, "id")?, get(&r, "identity")?)))
+            .transpose()
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn account_identity(&self, account: AccountId) -> Result<Option<Vec<u8>>> {
+        sqlx::query_scalar("SELECT identity FROM accounts WHERE id = ?")
+            .bind(account)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err)
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn insert_token(
+        &self,
+        token_hash: &[u8; 32],
+        device: DeviceAddress,
+        expires_at_ms: u64,
+        today: i64,
+    ) -> Result<()> {
+        let mut tx = self.write().await?;
+        sqlx::query(
+            "INSERT INTO tokens (token_hash, account_id, device_id, expires_at_ms) VALUES (?, ?, ?, ?)",
+        )
+        .bind(&token_hash[..])
+        .bind(device.account)
+        .bind(i64::from(device.device))
+        .bind(int(expires_at_ms))
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        sqlx::query("UPDATE accounts SET last_seen_day = ? WHERE id = ?")
+            .bind(today)
+            .bind(device.account)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn authenticate(&self, token_hash: &[u8; 32], now_ms: u64) -> Result<Option<Principal>> {
+        let row = sqlx::query(
+            "SELECT t.account_id AS account_id, t.device_id AS device_id, a.username AS username \
+             FROM tokens t JOIN accounts a ON a.id = t.account_id \
+             WHERE t.token_hash = ? AND t.expires_at_ms > ?",
+        )
+        .bind(&token_hash[..])
+        .bind(int(now_ms))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err)?;
+        row.map(|r| {
+            Ok(Principal {
+                address: DeviceAddress {
+                    account: get(&r, "account_id")?,
+                    device: u32_of(get(&r, "device_id")?)?,
+                },
+                username: get(&r, "username")?,
+            })
+        })
+        .transpose()
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn touch_last_seen(&self, account: AccountId, today: i64) -> Result<()> {
+        sqlx::query("UPDATE accounts SET last_seen_day = ? WHERE id = ? AND last_seen_day <> ?")
+            .bind(today)
+            .bind(account)
+            .bind(today)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn delete_account(&self, account: AccountId) -> Result<()> {
+        // Foreign keys cascade to devices, prekeys, tokens and envelopes.
+        let done = sqlx::query("DELETE FROM accounts WHERE id = ?")
+            .bind(account)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        if done.rows_affected() == 0 {
+            return Err(StorageError::NotFound);
+        }
+        Ok(())
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn upload_prekeys(
+        &self,
+        device: DeviceAddress,
+        one_time: &[OneTimePrekeyRecord],
+        kem: &[KemPrekeyRecord],
+        max_stored: u32,
+    ) -> Result<PrekeyCounts> {
+        let mut tx = self.write().await?;
+        let before = counts(&mut tx, device).await?;
+        if u64::from(before.one_time) + one_time.len() as u64 > u64::from(max_stored)
+            || u64::from(before.one_time_kem) + kem.len() as u64 > u64::from(max_stored)
+        {
+            return Err(StorageError::QuotaExceeded);
+        }
+        insert_prekeys(&mut tx, device, one_time, kem).await?;
+        let after = counts(&mut tx, device).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(after)
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn prekey_counts(&self, device: DeviceAddress) -> Result<PrekeyCounts> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let result = counts(&mut tx, device).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(result)
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn replace_signed_prekeys(
+        &self,
+        device: DeviceAddress,
+        signed_prekey: Option<&SignedPrekeyRecord>,
+        last_resort_kem_prekey: Option<&KemPrekeyRecord>,
+    ) -> Result<()> {
+        let mut tx = self.write().await?;
+        if let Some(key) = signed_prekey {
+            sqlx::query(
+                "UPDATE devices SET signed_prekey_id = ?, signed_prekey = ?, signed_prekey_signature = ? \
+                 WHERE account_id = ? AND device_id = ?",
+            )
+            .bind(i64::from(key.id))
+            .bind(&key.public_key)
+            .bind(&key.signature)
+            .bind(device.account)
+            .bind(i64::from(device.device))
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        }
+        if let Some(key) = last_resort_kem_prekey {
+            sqlx::query(
+                "UPDATE devices SET kem_prekey_id = ?, kem_prekey = ?, kem_prekey_signature = ? \
+                 WHERE account_id = ? AND device_id = ?",
+            )
+            .bind(i64::from(key.id))
+            .bind(&key.public_key)
+            .bind(&key.signature)
+            .bind(device.account)
+            .bind(i64::from(device.device))
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn take_bundles(
+        &self,
+        username: &str,
+        device_id: Option<u32>,
+    ) -> Result<Option<Bundles>> {
+        let mut tx = self.write().await?;
+        let Some(account) = sqlx::query("SELECT id, identity FROM accounts WHERE username = ?")
+            .bind(username)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(map_err)?
+        else {
+            return Ok(None);
+        };
+        let account_id: i64 = get(&account, "id")?;
+        let identity: Vec<u8> = get(&account, "identity")?;
+        let rows = sqlx::query(
+            "SELECT device_id, registration_id, signed_prekey_id, signed_prekey, signed_prekey_signature, \
+             kem_prekey_id, kem_prekey, kem_prekey_signature FROM devices \
+             WHERE account_id = ? AND (? IS NULL OR device_id = ?) ORDER BY device_id",
+        )
+        .bind(account_id)
+        .bind(device_id.map(i64::from))
+        .bind(device_id.map(i64::from))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let mut bundles = Vec::with_capacity(rows.len());
+        for row in rows {
+            let device = u32_of(get(&row, "device_id")?)?;
+            let one_time = sqlx::query(
+                "DELETE FROM one_time_prekeys WHERE rowid = (SELECT rowid FROM one_time_prekeys \
+                 WHERE account_id = ? AND device_id = ? ORDER BY key_id LIMIT 1) \
+                 RETURNING key_id, public_key",
+            )
+            .bind(account_id)
+            .bind(i64::from(device))
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(map_err)?;
+            let one_time_prekey = one_time
+                .map(|r| {
+                    Ok::<_, StorageError>(OneTimePrekeyRecord {
+                        id: u32_of(get(&r, "key_id")?)?,
+                        public_key: get(&r, "public_key")?,
+                    })
+                })
+                .transpose()?;
+            let kem = sqlx::query(
+                "DELETE FROM one_time_kem_prekeys WHERE rowid = (SELECT rowid FROM one_time_kem_prekeys \
+                 WHERE account_id = ? AND device_id = ? ORDER BY key_id LIMIT 1) \
+                 RETURNING key_id, public_key, signature",
+            )
+            .bind(account_id)
+            .bind(i64::from(device))
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(map_err)?;
+            let (kem_prekey, kem_prekey_is_last_resort) = match kem {
+                Some(r) => (
+                    KemPrekeyRecord {
+                        id: u32_of(get(&r, "key_id")?)?,
+                        public_key: get(&r, "public_key")?,
+                        signature: get(&r, "signature")?,
+                    },
+                    false,
+                ),
+                None => (
+                    KemPrekeyRecord {
+                        id: u32_of(get(&row, "kem_prekey_id")?)?,
+                        public_key: get(&row, "kem_prekey")?,
+                        signature: get(&row, "kem_prekey_signature")?,
+                    },
+                    true,
+                ),
+            };
+            bundles.push(BundleRecord {
+                device_id: device,
+                registration_id: u32_of(get(&row, "registration_id")?)?,
+                signed_prekey: SignedPrekeyRecord {
+                    id: u32_of(get(&row, "signed_prekey_id")?)?,
+                    public_key: get(&row, "signed_prekey")?,
+                    signature: get(&row, "signed_prekey_signature")?,
+                },
+                kem_prekey,
+                kem_prekey_is_last_resort,
+                one_time_prekey,
+            });
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(Some(Bundles { identity, bundles }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn devices(&self, username: &str) -> Result<Option<(AccountId, Vec<DeviceRecord>)>> {
+        let Some(account_id) =
+            sqlx::query_scalar::<_, i64>("SELECT id FROM accounts WHERE username = ?")
+                .bind(username)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(map_err)?
+        else {
+            return Ok(None);
+        };
+        let rows = sqlx::query(
+            "SELECT device_id, registration_id FROM devices WHERE account_id = ? ORDER BY device_id",
+        )
+        .bind(account_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        let devices = rows
+            .iter()
+            .map(|r| {
+                Ok(DeviceRecord {
+                    device_id: u32_of(get(r, "device_id")?)?,
+                    registration_id: u32_of(get(r, "registration_id")?)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some((account_id, devices)))
+    }
+
+    #[tracing::instrument(skip_all, fields(batch = batch.len()))]
+    async fn store_envelopes(&self, batch: &[SendItem]) -> Result<Vec<SendOutcome>> {
+        let mut tx = self.write().await?;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        'items: for item in batch {
+            // 1. Idempotency: a retry returns the first call's timestamp.
+            for envelope in &item.envelopes {
+                let existing: Option<i64> = sqlx::query_scalar(
+                    "SELECT server_timestamp_ms FROM envelopes WHERE recipient_account = ? \
+                     AND recipient_device = ? AND sender = ? AND sender_device = ? AND message_id = ?",
+                )
+                .bind(item.recipient)
+                .bind(i64::from(envelope.recipient_device))
+                .bind(&item.sender)
+                .bind(i64::from(item.sender_device))
+                .bind(&item.message_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(map_err)?;
+                if let Some(ts) = existing {
+                    outcomes.push(SendOutcome::Duplicate {
+                        server_timestamp_ms: u64_of(ts)?,
+                    });
+                    continue 'items;
+                }
+            }
+            // 2. Every device exists and has room.
+            for envelope in &item.envelopes {
+                let exists: Option<i64> = sqlx::query_scalar(
+                    "SELECT 1 FROM devices WHERE account_id = ? AND device_id = ?",
+                )
+                .bind(item.recipient)
+                .bind(i64::from(envelope.recipient_device))
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(map_err)?;
+                if exists.is_none() {
+                    outcomes.push(SendOutcome::RecipientGone);
+                    continue 'items;
+                }
+                let pending: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM (SELECT 1 FROM envelopes WHERE recipient_account = ? \
+                     AND recipient_device = ? LIMIT ?)",
+                )
+                .bind(item.recipient)
+                .bind(i64::from(envelope.recipient_device))
+                .bind(i64::from(item.mailbox_limit))
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(map_err)?;
+                if pending >= i64::from(item.mailbox_limit) {
+                    outcomes.push(SendOutcome::MailboxFull {
+                        device: envelope.recipient_device,
+                    });
+                    continue 'items;
+                }
+            }
+            // 3. Store them all.
+            for envelope in &item.envelopes {
+                sqlx::query(
+                    "INSERT INTO envelopes (recipient_account, recipient_device, sender, sender_device, \
+                     kind, content, message_id, server_timestamp_ms, franking_commitment, franking_tag) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(item.recipient)
+                .bind(i64::from(envelope.recipient_device))
+                .bind(&item.sender)
+                .bind(i64::from(item.sender_device))
+                .bind(i64::from(envelope.kind))
+                .bind(&envelope.content)
+                .bind(&item.message_id)
+                .bind(int(item.server_timestamp_ms))
+                .bind(&envelope.franking_commitment)
+                .bind(&envelope.franking_tag)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+            }
+            outcomes.push(SendOutcome::Stored {
+                server_timestamp_ms: item.server_timestamp_ms,
+            });
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(outcomes)
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn pending_envelopes(
+        &self,
+        device: DeviceAddress,
+        after_id: u64,
+        limit: u32,
+    ) -> Result<Vec<StoredEnvelope>> {
+        let rows = sqlx::query(
+            "SELECT id, sender, sender_device, kind, content, message_id, server_timestamp_ms, \
+             franking_commitment, franking_tag FROM envelopes \
+             WHERE recipient_account = ? AND recipient_device = ? AND id > ? ORDER BY id LIMIT ?",
+        )
+        .bind(device.account)
+        .bind(i64::from(device.device))
+        .bind(int(after_id))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok(StoredEnvelope {
+                    id: u64_of(get(r, "id")?)?,
+                    sender: get(r, "sender")?,
+                    sender_device: u32_of(get(r, "sender_device")?)?,
+                    kind: i32::try_from(get::<i64>(r, "kind")?).unwrap_or_default(),
+                    content: get(r, "content")?,
+                    message_id: get(r, "message_id")?,
+                    server_timestamp_ms: u64_of(get(r, "server_timestamp_ms")?)?,
+                    franking_commitment: get(r, "franking_commitment")?,
+                    franking_tag: get(r, "franking_tag")?,
+                })
+            })
+            .collect()
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn acknowledge(&self, device: DeviceAddress, ids: &[u64]) -> Result<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.write().await?;
+        let mut deleted = 0;
+        for id in ids {
+            deleted += sqlx::query(
+                "DELETE FROM envelopes WHERE id = ? AND recipient_account = ? AND recipient_device = ?",
+            )
+            .bind(int(*id))
+            .bind(device.account)
+            .bind(i64::from(device.device))
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?
+            .rows_affected();
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(deleted)
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn purge_expired(&self, now_ms: u64, envelope_cutoff_ms: u64) -> Result<PurgeCounts> {
+        let mut tx = self.write().await?;
+        let envelopes = sqlx::query("DELETE FROM envelopes WHERE server_timestamp_ms < ?")
+            .bind(int(envelope_cutoff_ms))
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?
+            .rows_affected();
+        let tokens = sqlx::query("DELETE FROM tokens WHERE expires_at_ms <= ?")
+            .bind(int(now_ms))
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?
+            .rows_affected();
+        let challenges = sqlx::query("DELETE FROM challenges WHERE expires_at_ms <= ?")
+            .bind(int(now_ms))
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?
+            .rows_affected();
+        tx.commit().await.map_err(map_err)?;
+        Ok(PurgeCounts {
+            envelopes,
+            credentials: tokens + challenges,
+        })
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn server_secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>> {
+        sqlx::query(
+            "INSERT INTO server_secrets (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(candidate)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        sqlx::query_scalar("SELECT value FROM server_secrets WHERE name = ?")
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(map_err)
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn insert_report(&self, report: &NewReport) -> Result<u64> {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO reports (reporter, sender, message_id, message_server_timestamp_ms, plaintext, \
+             reason, created_at_ms, verified) VALUES (?, ?, ?, ?, ?, ?, ?, 1) RETURNING id",
+        )
+        .bind(&report.reporter)
+        .bind(&report.sender)
+        .bind(&report.message_id)
+        .bind(int(report.server_timestamp_ms))
+        .bind(&report.plaintext)
+        .bind(&report.reason)
+        .bind(int(report.created_at_ms))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(map_err)?;
+        u64_of(id)
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn reports(&self) -> Result<Vec<ReportRecord>> {
+        let rows = sqlx::query(&format!("SELECT {REPORT_COLUMNS} FROM reports ORDER BY id"))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?;
+        rows.iter().map(report_of).collect()
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn report(&self, id: u64) -> Result<Option<ReportRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {REPORT_COLUMNS} FROM reports WHERE id = ?"
+        ))
+        .bind(int(id))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err)?;
+        row.as_ref().map(report_of).transpose()
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn export_account(&self, username: &str) -> Result<Option<AccountExport>> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let Some(account) = sqlx::query(
+            "SELECT id, username, identity, created_day, last_seen_day FROM accounts WHERE username = ?",
+        )
+        .bind(username)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(map_err)?
+        else {
+            return Ok(None);
+        };
+        let account_id: i64 = get(&account, "id")?;
+        let rows = sqlx::query(
+            "SELECT device_id, created_day FROM devices WHERE account_id = ? ORDER BY device_id",
+        )
+        .bind(account_id)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let mut devices = Vec::with_capacity(rows.len());
+        for row in rows {
+            let device = u32_of(get(&row, "device_id")?)?;
+            let address = DeviceAddress {
+                account: account_id,
+                device,
+            };
+            let pending: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM envelopes WHERE recipient_account = ? AND recipient_device = ?",
+            )
+            .bind(account_id)
+            .bind(i64::from(device))
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(map_err)?;
+            devices.push(DeviceExport {
+                device_id: device,
+                created_day: get(&row, "created_day")?,
+                pending_envelopes: u64_of(pending)?,
+                prekeys: counts(&mut tx, address).await?,
+            });
+        }
+        let reports_against = sqlx::query(&format!(
+            "SELECT {REPORT_COLUMNS} FROM reports WHERE sender = ? ORDER BY id"
+        ))
+        .bind(username)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(map_err)?
+        .iter()
+        .map(report_of)
+        .collect::<Result<Vec<_>>>()?;
+        let reports_filed: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM reports WHERE reporter = ?")
+                .bind(username)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(Some(AccountExport {
+            username: get(&account, "username")?,
+            identity: get(&account, "identity")?,
+            created_day: get(&account, "created_day")?,
+            last_seen_day: get(&account, "last_seen_day")?,
+            devices,
+            reports_against,
+            reports_filed: u64_of(reports_filed)?,
+        }))
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+async fn insert_prekeys(
+    tx: &mut Transaction<'static, Sqlite>,
+    device: DeviceAddress,
+    one_time: &[OneTimePrekeyRecord],
+    kem: &[KemPrekeyRecord],
+) -> Result<()> {
+    for key in one_time {
+        sqlx::query(
+            "INSERT INTO one_time_prekeys (account_id, device_id, key_id, public_key) VALUES (?, ?, ?, ?)",
+        )
+        .bind(device.account)
+        .bind(i64::from(device.device))
+        .bind(i64::from(key.id))
+        .bind(&key.public_key)
+        .execute(&mut **tx)
+        .await
+        .map_err(map_err)?;
+    }
+    for key in kem {
+        sqlx::query(
+            "INSERT INTO one_time_kem_prekeys (account_id, device_id, key_id, public_key, signature) \
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(device.account)
+        .bind(i64::from(device.device))
+        .bind(i64::from(key.id))
+        .bind(&key.public_key)
+        .bind(&key.signature)
+        .execute(&mut **tx)
+        .await
+        .map_err(map_err)?;
+    }
+    Ok(())
+}
