@@ -90,6 +90,27 @@ fn locate_and_build() -> Result<Binaries, HarnessError> {
         .ok_or_else(|| herr("no workspace root"))?
         .join("Cargo.toml");
     let mut cmd = Command::new(cargo);
+    // `cargo test` runs us with the e2e package's CARGO_PKG_*, CARGO_MANIFEST_*
+    // ... variables; rustc records env!() reads, so inheriting them would make
+    // the nested build think the binaries are stale and relink them each run.
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        if [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+            "CARGO_PRIMARY_",
+        ]
+        .iter()
+        .any(|p| k.starts_with(p))
+            || k == "CARGO_TARGET_TMPDIR"
+            || k == "OUT_DIR"
+            || k == "CARGO_RUSTC_CURRENT_DIR"
+        {
+            cmd.env_remove(&key);
+        }
+    }
     cmd.arg("build")
         .arg("--manifest-path")
         .arg(&manifest)
