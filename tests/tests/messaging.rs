@@ -319,6 +319,13 @@ fn genuine_message_can_be_reported() {
         .ok(&w.server, &["report", id, "--reason", "spam"])
         .unwrap();
     assert!(rep.stdout.contains("accepted"), "{rep:?}");
+    // The moderator sees the verified report with the reported text.
+    let list = w.server.admin(&["reports", "list", "--json"]).unwrap();
+    let list = String::from_utf8_lossy(&list.stdout).into_owned();
+    let reports: Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(reports.as_array().map(Vec::len), Some(1), "{list}");
+    assert!(list.contains("buy my fake watches"), "{list}");
+    assert!(list.contains("spam"), "{list}");
     // Only received messages can be reported; unknown ids are explained.
     let r = bob
         .run(&w.server, &["report", "00112233445566778899aabbccddeeff"])
@@ -396,4 +403,95 @@ fn forged_commitment_is_dropped_and_cannot_be_shown() {
     assert!(r.stderr.contains("franking commitment"), "{}", r.stderr);
     let h = bob.ok(&w.server, &["history", "alice"]).unwrap().stdout;
     assert!(!h.contains("never see this"), "{h}");
+}
+
+#[test]
+fn recv_wait_delivers_live_messages() {
+    let w = World::new();
+    let alice = w.user("alice");
+    let bob = w.user("bob");
+    // First contact so the live message travels on an established session.
+    alice.ok(&w.server, &["send", "bob", "before"]).unwrap();
+    let started = std::time::Instant::now();
+    let server_url = w.server.url().to_owned();
+    let ca = w.server.ca();
+    let home = bob.home.clone();
+    let listener = std::thread::spawn(move || {
+        std::process::Command::new(missive_e2e::binaries().unwrap().client)
+            .arg("--home")
+            .arg(home)
+            .args(["--server", &server_url, "--ca"])
+            .arg(ca)
+            .args(["recv", "--json", "--wait", "4"])
+            .output()
+            .unwrap()
+    });
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    alice.ok(&w.server, &["send", "bob", "live one"]).unwrap();
+    let out = listener.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let got: Vec<String> = stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(got, ["before", "live one"]);
+    assert!(started.elapsed() >= std::time::Duration::from_secs(4));
+}
+
+#[test]
+fn passphrase_protected_account_works_and_is_required() {
+    let w = World::new();
+    let alice = w.user("alice");
+    let carol = User::new(w.root.path(), "carol");
+    let pass = [("MISSIVE_PASSPHRASE", "correct horse battery staple")];
+    let r = carol
+        .run_with(&w.server, &["register", "carol"], &pass, None)
+        .unwrap();
+    assert!(r.ok(), "{r:?}");
+    assert!(!carol.home.join("storage.key").exists());
+    alice
+        .ok(&w.server, &["send", "carol", "for your eyes only"])
+        .unwrap();
+
+    let without = carol.run(&w.server, &["recv"]).unwrap();
+    assert_eq!(without.code, Some(1));
+    assert!(
+        without.stderr.contains("set MISSIVE_PASSPHRASE"),
+        "{}",
+        without.stderr
+    );
+    let wrong = carol
+        .run_with(
+            &w.server,
+            &["recv"],
+            &[("MISSIVE_PASSPHRASE", "wrong")],
+            None,
+        )
+        .unwrap();
+    assert_eq!(wrong.code, Some(1));
+    assert!(
+        wrong.stderr.contains("wrong MISSIVE_PASSPHRASE"),
+        "{}",
+        wrong.stderr
+    );
+
+    let r = carol
+        .run_with(&w.server, &["recv", "--json"], &pass, None)
+        .unwrap();
+    assert!(r.ok(), "{r:?}");
+    assert_eq!(texts(&r.json_lines().unwrap()), ["for your eyes only"]);
+    assert_eq!(
+        dir_contains(&carol.home, b"for your eyes only").unwrap(),
+        None
+    );
 }

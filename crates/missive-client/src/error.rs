@@ -107,6 +107,9 @@ pub enum ClientError {
         "cannot decrypt the local store: wrong MISSIVE_PASSPHRASE, or the key file {0} does not belong to this store"
     )]
     WrongKey(PathBuf),
+    /// The store is protected by a passphrase that was not given.
+    #[error("the account in {0} is protected by a passphrase: set MISSIVE_PASSPHRASE")]
+    PassphraseRequired(PathBuf),
     /// An I/O error on a local file.
     #[error("{what}: {source}")]
     Io {

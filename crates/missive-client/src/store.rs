@@ -257,6 +257,9 @@ fn storage_key(home: &Path, fresh: bool, source: &KeySource) -> Result<(StorageK
         return Ok((StorageKey::from_bytes(*out), salt_path));
     }
     let key_path = home.join(KEY_FILE);
+    if !key_path.exists() && home.join(SALT_FILE).exists() {
+        return Err(ClientError::PassphraseRequired(home.to_path_buf()));
+    }
     if fresh && !key_path.exists() {
         let key = StorageKey::generate(&mut OsRng);
         write_new_private(&key_path, key.as_bytes())?;
