@@ -1,0 +1,236 @@
+//! The one error type of the client: every variant reads as a sentence a
+//! person can act on. The CLI prints `Display` and exits non-zero; nothing in
+//! here ever prints key material, tokens, ciphertext or message text.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in a client operation.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// No TCP connection could be made to the server.
+    #[error(
+        "cannot reach the Missive server at {url}: {detail}. Is it running? Pass --server URL (or set MISSIVE_SERVER) if it lives elsewhere."
+    )]
+    ServerUnreachable {
+        /// The server URL tried.
+        url: String,
+        /// Short reason (connection refused, timed out, ...).
+        detail: String,
+    },
+    /// The TLS handshake failed because the server certificate is not trusted.
+    #[error(
+        "the server at {url} presented a certificate that is not trusted ({detail}). Pass the server's CA with --ca PEM (or MISSIVE_CA); a development server writes it to DATA_DIR/ca.pem."
+    )]
+    CertificateNotTrusted {
+        /// The server URL tried.
+        url: String,
+        /// Short reason from the TLS layer.
+        detail: String,
+    },
+    /// The CA file given with `--ca` could not be read.
+    #[error("cannot read the CA certificate {path}: {source}")]
+    CaFile {
+        /// Path given.
+        path: PathBuf,
+        /// I/O error.
+        source: std::io::Error,
+    },
+    /// The server URL is malformed.
+    #[error("the server address {0:?} is not a valid https:// URL")]
+    BadServerUrl(String),
+    /// The recipient or contact does not exist on the server.
+    #[error("there is no Missive user called {0:?} on this server. Check the spelling.")]
+    UnknownUser(String),
+    /// This home directory has no account yet.
+    #[error(
+        "no account in {0}. Run `missive register USERNAME` first (or pass --home / MISSIVE_HOME to use another account)."
+    )]
+    NotRegistered(PathBuf),
+    /// This home directory already holds an account.
+    #[error(
+        "{home} already holds the account {username:?}. Use another --home, or run `missive delete-account` first."
+    )]
+    AlreadyRegistered {
+        /// Home directory.
+        home: PathBuf,
+        /// The account it holds.
+        username: String,
+    },
+    /// The server refused the username.
+    #[error("the username {0:?} is already taken on this server. Pick another one.")]
+    UsernameTaken(String),
+    /// The username is not acceptable.
+    #[error(
+        "{0:?} is not a valid username: use 3 to 32 characters among a-z, 0-9, '.', '_' and '-'."
+    )]
+    BadUsername(String),
+    /// The server no longer knows this device (account deleted elsewhere, or server reset).
+    #[error(
+        "the server no longer accepts this account ({0}). If it was deleted, remove this home directory and register again."
+    )]
+    AccountRejected(String),
+    /// The contact's identity key differs from the pinned one.
+    #[error(
+        "the identity key of {username} has changed since you last talked (they reinstalled, or someone is intercepting). Nothing was sent. Compare safety numbers with `missive safety-number {username}` in person or over a trusted channel, then accept the new key with `missive trust {username}`."
+    )]
+    IdentityChanged {
+        /// The contact.
+        username: String,
+    },
+    /// No contact by that name in the local store.
+    #[error(
+        "you have no conversation with {0:?} yet. Send them a message first with `missive send {0} TEXT`."
+    )]
+    UnknownContact(String),
+    /// No message with that id in the local history.
+    #[error(
+        "no received message with id {0} in your history. `missive history USERNAME --json` lists ids."
+    )]
+    UnknownMessage(String),
+    /// The message is too long.
+    #[error("the message is {0} bytes long; the limit is {max} bytes.", max = crate::limits::MAX_TEXT_BYTES)]
+    MessageTooLong(usize),
+    /// The text read from stdin is not UTF-8.
+    #[error("the message text is not valid UTF-8")]
+    NotUtf8,
+    /// The local store could not be opened or written.
+    #[error("the local store in {path} could not be used: {detail}")]
+    Store {
+        /// Database path.
+        path: PathBuf,
+        /// What failed.
+        detail: String,
+    },
+    /// Local secret material failed to decrypt.
+    #[error(
+        "cannot decrypt the local store: wrong MISSIVE_PASSPHRASE, or the key file {0} does not belong to this store"
+    )]
+    WrongKey(PathBuf),
+    /// The store is protected by a passphrase that was not given.
+    #[error("the account in {0} is protected by a passphrase: set MISSIVE_PASSPHRASE")]
+    PassphraseRequired(PathBuf),
+    /// An I/O error on a local file.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The server answered with a status we can only pass on.
+    #[error("the server refused the request: {0}")]
+    Server(String),
+    /// The server is rate limiting us.
+    #[error("the server is busy or limiting requests ({0}). Try again in a moment.")]
+    RateLimited(String),
+    /// A server answer broke the protocol (malformed keys, bad signature, ...).
+    #[error("the server sent something invalid: {0}")]
+    Protocol(String),
+    /// A cryptographic operation failed locally.
+    #[error("a cryptographic operation failed: {0}")]
+    Crypto(String),
+    /// The terminal UI could not run.
+    #[error("the terminal chat could not run: {0}")]
+    Terminal(String),
+}
+
+/// Result alias.
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+impl ClientError {
+    /// Wraps a rusqlite error for the database at `path`.
+    pub(crate) fn store(path: &std::path::Path, err: impl std::fmt::Display) -> Self {
+        Self::Store {
+            path: path.to_path_buf(),
+            detail: err.to_string(),
+        }
+    }
+
+    /// Wraps an I/O error.
+    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io {
+            what: what.into(),
+            source,
+        }
+    }
+
+    /// Maps a gRPC status that no call-specific handling claimed.
+    pub(crate) fn from_status(status: &tonic::Status, url: &str) -> Self {
+        use tonic::Code;
+        let msg = status.message().to_owned();
+        match status.code() {
+            Code::Unavailable => {
+                let detail = if msg.is_empty() {
+                    "unavailable".to_owned()
+                } else {
+                    msg
+                };
+                classify_transport_text(url, &detail)
+            }
+            Code::Unauthenticated => Self::AccountRejected(msg),
+            Code::ResourceExhausted => Self::RateLimited(msg),
+            Code::DeadlineExceeded => Self::ServerUnreachable {
+                url: url.to_owned(),
+                detail: "the request timed out".to_owned(),
+            },
+            _ => Self::Server(if msg.is_empty() {
+                format!("{:?}", status.code())
+            } else {
+                msg
+            }),
+        }
+    }
+}
+
+/// Turns a transport-level failure description into the right variant.
+pub(crate) fn classify_transport_text(url: &str, detail: &str) -> ClientError {
+    let lower = detail.to_ascii_lowercase();
+    if lower.contains("certificate")
+        || lower.contains("unknownissuer")
+        || lower.contains("invalid peer")
+        || lower.contains("notvalidforname")
+        || lower.contains("tls")
+    {
+        ClientError::CertificateNotTrusted {
+            url: url.to_owned(),
+            detail: short_reason(detail),
+        }
+    } else {
+        ClientError::ServerUnreachable {
+            url: url.to_owned(),
+            detail: short_reason(detail),
+        }
+    }
+}
+
+/// The innermost, most specific part of an error description, kept short.
+fn short_reason(detail: &str) -> String {
+    let lower = detail.to_ascii_lowercase();
+    if lower.contains("connection refused") {
+        return "connection refused".to_owned();
+    }
+    if lower.contains("unknownissuer") {
+        return "unknown issuer".to_owned();
+    }
+    if lower.contains("timed out") {
+        return "timed out".to_owned();
+    }
+    let mut s: String = detail.chars().take(200).collect();
+    if s.is_empty() {
+        s = "unknown error".to_owned();
+    }
+    s
+}
+
+/// Describes an error together with its source chain, for classification.
+pub(crate) fn chain_text(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        cur = e.source();
+    }
+    out
+}

@@ -1,0 +1,54 @@
+//! The gRPC connection: TLS with the configured CA, and error classification.
+
+use std::path::{Path, PathBuf};
+
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+use crate::error::{ClientError, Result, chain_text, classify_transport_text};
+use crate::limits::CONNECT_TIMEOUT;
+
+/// Where and how to reach the server.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// `https://host:port`.
+    pub url: String,
+    /// PEM file of the CA to trust; `None` means the system roots.
+    pub ca: Option<PathBuf>,
+}
+
+impl ServerConfig {
+    /// The default CA file: `./missive-data/ca.pem` when it exists.
+    pub fn default_ca() -> Option<PathBuf> {
+        let p = Path::new("missive-data").join("ca.pem");
+        p.exists().then_some(p)
+    }
+}
+
+/// Opens a TLS channel to the server (connects eagerly so failures surface
+/// as one clear error here).
+pub async fn connect(config: &ServerConfig) -> Result<Channel> {
+    let url = config.url.trim_end_matches('/').to_owned();
+    if !url.starts_with("https://") {
+        return Err(ClientError::BadServerUrl(url));
+    }
+    let mut tls = ClientTlsConfig::new();
+    match &config.ca {
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|source| ClientError::CaFile {
+                path: path.clone(),
+                source,
+            })?;
+            tls = tls.ca_certificate(Certificate::from_pem(pem));
+        }
+        None => tls = tls.with_native_roots(),
+    }
+    let endpoint = Endpoint::from_shared(url.clone())
+        .map_err(|_| ClientError::BadServerUrl(url.clone()))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tls_config(tls)
+        .map_err(|e| classify_transport_text(&url, &chain_text(&e)))?;
+    endpoint
+        .connect()
+        .await
+        .map_err(|e| classify_transport_text(&url, &chain_text(&e)))
+}
