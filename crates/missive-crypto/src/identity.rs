@@ -51,6 +51,7 @@ impl IdentityKeyPair {
             .sign(&agreement_key_signature_input(&agreement_key))
             .to_bytes();
         let public = PublicIdentity {
+            verifying_key: signing.verifying_key(),
             signing_key: signing.verifying_key().to_bytes(),
             agreement_key,
             agreement_key_signature: signature,
@@ -133,6 +134,8 @@ impl fmt::Debug for IdentityKeyPair {
 /// A verified public identity: signing key, agreement key and the binding signature.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct PublicIdentity {
+    /// The decoded signing key, kept so verification does not decompress it again.
+    verifying_key: ed25519_dalek::VerifyingKey,
     signing_key: [u8; 32],
     agreement_key: [u8; 32],
     agreement_key_signature: [u8; 64],
@@ -149,15 +152,16 @@ impl PublicIdentity {
         let agreement_key: [u8; 32] = fixed(agreement_key, "identity agreement key")?;
         let agreement_key_signature: [u8; 64] =
             fixed(agreement_key_signature, "agreement key signature")?;
-        ed25519_dalek::VerifyingKey::from_bytes(&signing_key)
+        let verifying_key = primitives::ed25519_public_key(&signing_key)
             .map_err(|_| KeyError::InvalidPublicKey("identity signing key"))?;
-        primitives::ed25519_verify(
-            &signing_key,
+        primitives::ed25519_verify_with(
+            &verifying_key,
             &agreement_key_signature_input(&agreement_key),
             &agreement_key_signature,
         )
         .map_err(|_| KeyError::BadSignature)?;
         Ok(Self {
+            verifying_key,
             signing_key,
             agreement_key,
             agreement_key_signature,
@@ -218,7 +222,8 @@ impl PublicIdentity {
                 actual: signature.len(),
             });
         }
-        primitives::ed25519_verify(&self.signing_key, message, signature)
+        let signature: [u8; 64] = fixed(signature, "signature")?;
+        primitives::ed25519_verify_with(&self.verifying_key, message, &signature)
             .map_err(|_| KeyError::BadSignature)
     }
 

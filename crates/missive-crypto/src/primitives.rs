@@ -230,9 +230,24 @@ pub fn ed25519_verify(
 ) -> Result<(), PrimitiveError> {
     let public_key: [u8; 32] = public_key.try_into().map_err(|_| PrimitiveError::Length)?;
     let signature: [u8; 64] = signature.try_into().map_err(|_| PrimitiveError::Length)?;
-    let key = ed25519_dalek::VerifyingKey::from_bytes(&public_key)
-        .map_err(|_| PrimitiveError::Signature)?;
-    key.verify_strict(message, &ed25519_dalek::Signature::from_bytes(&signature))
+    let key = ed25519_public_key(&public_key)?;
+    ed25519_verify_with(&key, message, &signature)
+}
+
+/// Decodes (decompresses) an Ed25519 public key.
+pub fn ed25519_public_key(
+    public_key: &[u8; 32],
+) -> Result<ed25519_dalek::VerifyingKey, PrimitiveError> {
+    ed25519_dalek::VerifyingKey::from_bytes(public_key).map_err(|_| PrimitiveError::Signature)
+}
+
+/// Strict Ed25519 verification with an already decoded key.
+pub fn ed25519_verify_with(
+    key: &ed25519_dalek::VerifyingKey,
+    message: &[u8],
+    signature: &[u8; 64],
+) -> Result<(), PrimitiveError> {
+    key.verify_strict(message, &ed25519_dalek::Signature::from_bytes(signature))
         .map_err(|_| PrimitiveError::Signature)
 }
 

@@ -607,3 +607,88 @@ impl fmt::Debug for Session {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::SeedableRng;
+
+    fn pair(rng: &mut ChaCha20Rng) -> (Session, Session) {
+        let alice = IdentityKeyPair::generate(rng);
+        let bob = IdentityKeyPair::generate(rng);
+        let spk = SignedPrekeyPair::generate(rng, 1, &bob);
+        let kem = KemPrekeyPair::generate(rng, 2, &bob);
+        let bundle = PrekeyBundle {
+            identity: bob.public().clone(),
+            signed_prekey: spk.public(),
+            kem_prekey: kem.public(),
+            one_time_prekey: None,
+        };
+        let mut a = Session::initiate(rng, &alice, &bundle).unwrap();
+        let m = a.encrypt(rng, b"x", b"").unwrap();
+        let message = PrekeyMessage::parse(&m.bytes).unwrap();
+        let (b, _) = Session::accept(&bob, &spk, &kem, None, &message, b"").unwrap();
+        (a, b)
+    }
+
+    #[test]
+    fn encrypt_errors_leave_the_session_unchanged() {
+        let mut rng = ChaCha20Rng::seed_from_u64(1);
+        let (_, b) = pair(&mut rng);
+        // Bob's sending ratchet step is pending; a low-order peer key is refused.
+        let mut bad = b.clone();
+        bad.remote_ratchet = Some([0u8; 32]);
+        let before = bad.to_bytes();
+        assert_eq!(
+            bad.encrypt(&mut rng, b"x", b"").err(),
+            Some(EncryptError::NonContributory)
+        );
+        assert_eq!(bad.to_bytes(), before);
+        // No peer ratchet key at all (not loadable from bytes, but handled).
+        let mut bad = b.clone();
+        bad.remote_ratchet = None;
+        assert_eq!(
+            bad.encrypt(&mut rng, b"x", b"").err(),
+            Some(EncryptError::NotReady)
+        );
+        assert_eq!(
+            Session::from_bytes(&bad.to_bytes()).err(),
+            Some(StateError::Malformed(
+                "neither a sending chain nor a peer ratchet key"
+            ))
+        );
+    }
+
+    #[test]
+    fn ratchet_public_key_is_cached_and_reused_within_a_chain() {
+        let mut rng = ChaCha20Rng::seed_from_u64(2);
+        let (mut a, _) = pair(&mut rng);
+        let key = *a.our_ratchet.public();
+        let m1 = a.encrypt(&mut rng, b"1", b"").unwrap().bytes;
+        let m2 = a.encrypt(&mut rng, b"2", b"").unwrap().bytes;
+        let h1 = NormalMessage::parse(&m1[crate::wire::PREKEY_HEADER_LEN..]).unwrap();
+        let h2 = NormalMessage::parse(&m2[crate::wire::PREKEY_HEADER_LEN..]).unwrap();
+        assert_eq!((h1.ratchet_key, h2.ratchet_key), (key, key));
+        assert_eq!((h1.counter, h2.counter), (1, 2));
+    }
+
+    #[test]
+    fn skipped_keys_are_bounded_in_state() {
+        let mut rng = ChaCha20Rng::seed_from_u64(3);
+        let (mut a, mut b) = pair(&mut rng);
+        let reply = b.encrypt(&mut rng, b"r", b"").unwrap().bytes;
+        a.decrypt(&reply, b"").unwrap();
+        for _ in 0..3 {
+            let mut last = Vec::new();
+            for _ in 0..=MAX_MESSAGE_GAP {
+                last = a.encrypt(&mut rng, b"m", b"").unwrap().bytes;
+            }
+            b.decrypt(&last, b"").unwrap();
+            assert!(b.skipped.len() <= MAX_SKIPPED_KEYS);
+        }
+        assert_eq!(b.skipped.len(), MAX_SKIPPED_KEYS);
+        Session::from_bytes(&b.to_bytes()).unwrap();
+    }
+}

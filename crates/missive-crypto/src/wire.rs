@@ -7,6 +7,8 @@
 //!                || kem_ciphertext (1088) || normal
 //! ```
 
+use core::fmt;
+
 use crate::encoding::Reader;
 use crate::error::DecodeError;
 use crate::identity::{PUBLIC_IDENTITY_LEN, PublicIdentity};
@@ -31,13 +33,23 @@ pub enum MessageKind {
     Normal,
 }
 
-/// The result of [`crate::Session::encrypt`].
-#[derive(Clone, Debug)]
+/// The result of [`crate::Session::encrypt`]. `Debug` shows the kind and length only.
+#[derive(Clone)]
 pub struct OutgoingMessage {
     /// Whether the bytes carry a PQXDH header.
     pub kind: MessageKind,
     /// The message, ready for the envelope.
     pub bytes: Vec<u8>,
+}
+
+impl fmt::Debug for OutgoingMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Self { kind, bytes } = self;
+        f.debug_struct("OutgoingMessage")
+            .field("kind", kind)
+            .field("len", &bytes.len())
+            .finish()
+    }
 }
 
 /// The kind of a received message, from its type byte.
@@ -51,7 +63,7 @@ pub fn message_kind(bytes: &[u8]) -> Result<MessageKind, DecodeError> {
 }
 
 /// A parsed normal ratchet message.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub(crate) struct NormalMessage {
     pub(crate) header: [u8; NORMAL_HEADER_LEN],
     pub(crate) ratchet_key: [u8; 32],
@@ -104,7 +116,8 @@ impl NormalMessage {
 }
 
 /// A parsed PQXDH initial message: the PQXDH header plus the first ratchet message.
-#[derive(Clone, Debug)]
+/// `Debug` shows the sender's fingerprint and the prekey ids, no ciphertext.
+#[derive(Clone)]
 pub struct PrekeyMessage {
     pub(crate) sender: PublicIdentity,
     pub(crate) base_key: [u8; 32],
@@ -115,6 +128,17 @@ pub struct PrekeyMessage {
     /// The raw PQXDH header, bound into the embedded message's AEAD.
     pub(crate) header: Vec<u8>,
     pub(crate) message: NormalMessage,
+}
+
+impl fmt::Debug for PrekeyMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PrekeyMessage")
+            .field("sender", &self.sender.fingerprint())
+            .field("signed_prekey_id", &self.signed_prekey_id)
+            .field("kem_prekey_id", &self.kem_prekey_id)
+            .field("one_time_prekey_id", &self.one_time_prekey_id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PrekeyMessage {

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use missive_crypto::fuzzing::{self, FuzzRng};
+use proptest::prelude::*;
 
 fn dir(target: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -113,4 +114,32 @@ fn decrypt_corpus_replays() {
     }
     // The seeds reach the decryption path, not only the parsers.
     assert!(decrypted >= 4, "only {decrypted} seeds decrypted");
+}
+
+proptest! {
+    // A few hundred random inputs per run keep the fuzz entry points exercised in
+    // ordinary CI without a nightly toolchain.
+    #![proptest_config(ProptestConfig::with_cases(
+        std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64)
+    ))]
+
+    #[test]
+    fn random_bytes_never_panic(data in prop::collection::vec(any::<u8>(), 0..1500)) {
+        fuzzing::parse_messages(&data);
+        let _ = fuzzing::decrypt(&data);
+    }
+
+    #[test]
+    fn mutated_seeds_never_panic(seed in 0usize..8, edits in prop::collection::vec((any::<usize>(), any::<u8>()), 1..8)) {
+        let seeds = seeds();
+        let mut data = seeds[seed % seeds.len()].1.clone();
+        for (at, byte) in edits {
+            if !data.is_empty() {
+                let i = at % data.len();
+                data[i] = byte;
+            }
+        }
+        fuzzing::parse_messages(&data);
+        let _ = fuzzing::decrypt(&data);
+    }
 }

@@ -530,3 +530,75 @@ fn chain_exhaustion_is_an_error_not_a_panic() {
     );
     assert_eq!(s.to_bytes(), before);
 }
+
+#[test]
+fn gap_bound_applies_to_the_previous_chain_too() {
+    let mut r = rng(19);
+    let (mut a, mut b) = conversing(&mut r);
+    let m0 = a.encrypt(&mut r, b"m0", b"").unwrap().bytes;
+    b.decrypt(&m0, b"").unwrap();
+    // Alice sends more than the gap on this chain; none arrives.
+    for _ in 0..=MAX_MESSAGE_GAP + 1 {
+        a.encrypt(&mut r, b"lost", b"").unwrap();
+    }
+    let reply = b.encrypt(&mut r, b"reply to m0", b"").unwrap().bytes;
+    a.decrypt(&reply, b"").unwrap();
+    // Alice's next chain announces previous_counter = 2003; Bob would skip 2002.
+    let next = a.encrypt(&mut r, b"new chain", b"").unwrap().bytes;
+    let before = b.to_bytes();
+    assert_eq!(
+        b.decrypt(&next, b"").err(),
+        Some(DecryptError::GapTooLarge {
+            gap: u64::from(MAX_MESSAGE_GAP) + 2,
+            max: MAX_MESSAGE_GAP
+        })
+    );
+    assert_eq!(b.to_bytes(), before);
+}
+
+#[test]
+fn public_types_are_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Session>();
+    assert_send_sync::<IdentityKeyPair>();
+    assert_send_sync::<SignedPrekeyPair>();
+    assert_send_sync::<KemPrekeyPair>();
+    assert_send_sync::<OneTimePrekeyPair>();
+    assert_send_sync::<PrekeyMessage>();
+    assert_send_sync::<StorageKey>();
+    assert_send_sync::<franking::FrankingKey>();
+}
+
+#[test]
+fn session_debug_is_pinned() {
+    let mut r = rng(20);
+    let (a, b) = conversing(&mut r);
+    let expected = format!(
+        "Session {{ local: Fingerprint({}), remote: Fingerprint({}), sending_ready: false, \
+         sending_counter: 0, previous_counter: 1, receiving_next: Some(1), skipped_keys: 0, \
+         awaiting_reply: false }}",
+        a.local_identity().fingerprint(),
+        a.remote_identity().fingerprint()
+    );
+    assert_eq!(format!("{a:?}"), expected);
+    assert!(format!("{b:?}").contains("sending_ready: true"));
+}
+
+#[test]
+fn message_debug_shows_no_ciphertext() {
+    let mut r = rng(21);
+    let alice = Party::new(&mut r);
+    let bob = Party::new(&mut r);
+    let mut s = Session::initiate(&mut r, &alice.identity, &bob.bundle(true)).unwrap();
+    let m = s.encrypt(&mut r, b"x", b"").unwrap();
+    let debug = format!("{m:?}");
+    assert_eq!(
+        debug,
+        format!("OutgoingMessage {{ kind: Prekey, len: {} }}", m.bytes.len())
+    );
+    let parsed = PrekeyMessage::parse(&m.bytes).unwrap();
+    let debug = format!("{parsed:?}");
+    assert!(debug.contains(&alice.identity.public().fingerprint().to_string()));
+    assert!(!debug.contains(&hex::encode(&m.bytes[m.bytes.len() - 16..])));
+    assert!(!debug.contains(&format!("{:?}", &m.bytes[1300..1304])));
+}

@@ -53,9 +53,10 @@ struct Cli {
     /// Turn off per-IP and per-account rate limits (benchmarks only).
     #[arg(long, env = "MISSIVE_DISABLE_RATE_LIMITS", global = true)]
     disable_rate_limits: bool,
-    /// Log filter (tracing EnvFilter syntax), logs go to stderr.
-    #[arg(long, env = "MISSIVE_LOG", default_value = "info", global = true)]
-    log: String,
+    /// Log filter (tracing EnvFilter syntax, e.g. "info" or "missive_server=debug");
+    /// logs go to stderr. Falls back to RUST_LOG, then "info".
+    #[arg(long, env = "MISSIVE_LOG", global = true)]
+    log: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -97,8 +98,11 @@ enum ReportsCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = match &cli.log {
+        Some(directives) => tracing_subscriber::EnvFilter::try_new(directives).ok(),
+        None => tracing_subscriber::EnvFilter::try_from_default_env().ok(),
+    }
+    .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

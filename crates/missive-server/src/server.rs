@@ -119,7 +119,8 @@ pub enum ServerError {
     FrankingKey,
 }
 
-/// A running node.
+/// A running node. Dropping it shuts the node down as
+/// [`RunningServer::trigger_shutdown`] does (without waiting).
 #[derive(Debug)]
 pub struct RunningServer {
     local_addr: SocketAddr,

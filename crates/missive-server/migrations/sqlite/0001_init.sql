@@ -1,8 +1,9 @@
 -- Missive relay schema v1. Only what relaying needs: no plaintext, no IP
 -- addresses, no record of who wrote to whom once an envelope is acknowledged.
 
+-- AUTOINCREMENT: a deleted account's id is never given to a new account.
 CREATE TABLE accounts (
-    id            INTEGER PRIMARY KEY,
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
     username      TEXT    NOT NULL UNIQUE,
     identity      BLOB    NOT NULL,            -- PublicIdentity::to_bytes(), 128 bytes
     created_day   INTEGER NOT NULL,            -- days since the Unix epoch

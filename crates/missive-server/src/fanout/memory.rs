@@ -47,14 +47,16 @@ struct Unregister {
 
 impl Drop for Unregister {
     fn drop(&mut self) {
-        if let Some(inner) = self.inner.upgrade() {
-            if let Ok(mut streams) = inner.streams.lock() {
-                if let Some(list) = streams.get_mut(&self.device) {
-                    list.retain(|(id, _)| *id != self.id);
-                    if list.is_empty() {
-                        streams.remove(&self.device);
-                    }
-                }
+        let Some(inner) = self.inner.upgrade() else {
+            return;
+        };
+        let Ok(mut streams) = inner.streams.lock() else {
+            return;
+        };
+        if let Some(list) = streams.get_mut(&self.device) {
+            list.retain(|(id, _)| *id != self.id);
+            if list.is_empty() {
+                streams.remove(&self.device);
             }
         }
     }

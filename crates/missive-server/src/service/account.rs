@@ -82,10 +82,12 @@ impl AccountApi {
         {
             return Err(ApiError::BadChallenge);
         }
+        // The transcript carries the username as the client sent it (the
+        // challenge itself is bound to the case-folded name).
         checks::registration(
             &identity,
             &request.challenge,
-            &username,
+            &request.username,
             request.registration_id,
             &request.signature,
         )?;

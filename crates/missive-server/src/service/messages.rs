@@ -298,7 +298,14 @@ async fn deliver(state: Arc<State>, principal: Principal, outbox: Outbox) {
             return;
         }
         tokio::select! {
-            _ = shutdown.changed() => continue,
+            changed = shutdown.changed() => {
+                // A dropped sender means the node is gone: end like a shutdown.
+                if changed.is_err() {
+                    let _ = outbox.send(Err(ApiError::ShuttingDown.into())).await;
+                    return;
+                }
+                continue;
+            }
             () = outbox.closed() => return,
             woken = async {
                 match subscription.as_mut() {
@@ -310,7 +317,20 @@ async fn deliver(state: Arc<State>, principal: Principal, outbox: Outbox) {
                     subscription = None;
                 }
             }
-            _ = catch_up.tick() => {}
+            _ = catch_up.tick() => {
+                // A deleted account's streams end (ids are never reused, so
+                // nothing would be delivered, but the stream should not linger).
+                match state.storage.account_identity(device.account).await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        let _ = outbox
+                            .send(Err(ApiError::Unauthenticated("the account was deleted").into()))
+                            .await;
+                        return;
+                    }
+                    Err(error) => tracing::warn!(%error, "account check failed"),
+                }
+            }
         }
         if !drain(&state, device, &mut last, &outbox).await {
             return;

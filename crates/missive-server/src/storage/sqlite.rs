@@ -71,6 +71,9 @@ impl SqliteStorage {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
+            // Acknowledged envelopes are overwritten, not just unlinked: no
+            // forensic trace of who wrote to whom in free pages.
+            .pragma("secure_delete", "ON")
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
@@ -520,31 +523,28 @@ impl Storage for SqliteStorage {
 
     #[tracing::instrument(skip_all)]
     async fn devices(&self, username: &str) -> Result<Option<(AccountId, Vec<DeviceRecord>)>> {
-        let Some(account_id) =
-            sqlx::query_scalar::<_, i64>("SELECT id FROM accounts WHERE username = ?")
-                .bind(username)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(map_err)?
-        else {
-            return Ok(None);
-        };
         let rows = sqlx::query(
-            "SELECT device_id, registration_id FROM devices WHERE account_id = ? ORDER BY device_id",
+            "SELECT a.id AS id, d.device_id AS device_id, d.registration_id AS registration_id \
+             FROM accounts a LEFT JOIN devices d ON d.account_id = a.id \
+             WHERE a.username = ? ORDER BY d.device_id",
         )
-        .bind(account_id)
+        .bind(username)
         .fetch_all(&self.pool)
         .await
         .map_err(map_err)?;
-        let devices = rows
-            .iter()
-            .map(|r| {
-                Ok(DeviceRecord {
-                    device_id: u32_of(get(r, "device_id")?)?,
-                    registration_id: u32_of(get(r, "registration_id")?)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let account_id: i64 = get(first, "id")?;
+        let mut devices = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if let Some(device_id) = get::<Option<i64>>(row, "device_id")? {
+                devices.push(DeviceRecord {
+                    device_id: u32_of(device_id)?,
+                    registration_id: u32_of(get(row, "registration_id")?)?,
+                });
+            }
+        }
         Ok(Some((account_id, devices)))
     }
 
@@ -553,59 +553,43 @@ impl Storage for SqliteStorage {
         let mut tx = self.write().await?;
         let mut outcomes = Vec::with_capacity(batch.len());
         'items: for item in batch {
-            // 1. Idempotency: a retry returns the first call's timestamp.
+            // 1. One query per envelope: the device exists, the message is not
+            //    already stored (a retry answers the first timestamp), the
+            //    mailbox has room (counter kept by triggers).
             for envelope in &item.envelopes {
-                let existing: Option<i64> = sqlx::query_scalar(
-                    "SELECT server_timestamp_ms FROM envelopes WHERE recipient_account = ? \
-                     AND recipient_device = ? AND sender = ? AND sender_device = ? AND message_id = ?",
+                let row = sqlx::query(
+                    "SELECT d.pending_envelopes AS pending, \
+                     (SELECT e.server_timestamp_ms FROM envelopes e WHERE e.recipient_account = d.account_id \
+                      AND e.recipient_device = d.device_id AND e.sender = ? AND e.sender_device = ? \
+                      AND e.message_id = ?) AS existing \
+                     FROM devices d WHERE d.account_id = ? AND d.device_id = ?",
                 )
-                .bind(item.recipient)
-                .bind(i64::from(envelope.recipient_device))
                 .bind(&item.sender)
                 .bind(i64::from(item.sender_device))
                 .bind(&item.message_id)
+                .bind(item.recipient)
+                .bind(i64::from(envelope.recipient_device))
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(map_err)?;
-                if let Some(ts) = existing {
+                let Some(row) = row else {
+                    outcomes.push(SendOutcome::RecipientGone);
+                    continue 'items;
+                };
+                if let Some(ts) = get::<Option<i64>>(&row, "existing")? {
                     outcomes.push(SendOutcome::Duplicate {
                         server_timestamp_ms: u64_of(ts)?,
                     });
                     continue 'items;
                 }
-            }
-            // 2. Every device exists and has room.
-            for envelope in &item.envelopes {
-                let exists: Option<i64> = sqlx::query_scalar(
-                    "SELECT 1 FROM devices WHERE account_id = ? AND device_id = ?",
-                )
-                .bind(item.recipient)
-                .bind(i64::from(envelope.recipient_device))
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(map_err)?;
-                if exists.is_none() {
-                    outcomes.push(SendOutcome::RecipientGone);
-                    continue 'items;
-                }
-                let pending: i64 = sqlx::query_scalar(
-                    "SELECT COUNT(*) FROM (SELECT 1 FROM envelopes WHERE recipient_account = ? \
-                     AND recipient_device = ? LIMIT ?)",
-                )
-                .bind(item.recipient)
-                .bind(i64::from(envelope.recipient_device))
-                .bind(i64::from(item.mailbox_limit))
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(map_err)?;
-                if pending >= i64::from(item.mailbox_limit) {
+                if get::<i64>(&row, "pending")? >= i64::from(item.mailbox_limit) {
                     outcomes.push(SendOutcome::MailboxFull {
                         device: envelope.recipient_device,
                     });
                     continue 'items;
                 }
             }
-            // 3. Store them all.
+            // 2. Store them all.
             for envelope in &item.envelopes {
                 sqlx::query(
                     "INSERT INTO envelopes (recipient_account, recipient_device, sender, sender_device, \

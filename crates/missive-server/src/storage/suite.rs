@@ -1,2 +1,497 @@
 //! The backend-independent storage test suite. Every backend runs
-//! [`run_all`] on a fresh, empty store.
+//! [`run_all`] on a fresh, empty store; each check panics with a message on
+//! failure (it is test code, used from `tests/`).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use super::*;
+
+fn account(username: &str, one_time: u32, kem: u32) -> NewAccount {
+    NewAccount {
+        username: username.to_owned(),
+        identity: vec![7; 128],
+        registration_id: 42,
+        signed_prekey: SignedPrekeyRecord {
+            id: 1,
+            public_key: vec![1; 32],
+            signature: vec![2; 64],
+        },
+        last_resort_kem_prekey: KemPrekeyRecord {
+            id: 1000,
+            public_key: vec![3; 1184],
+            signature: vec![4; 64],
+        },
+        one_time_prekeys: (1..=one_time)
+            .map(|id| OneTimePrekeyRecord {
+                id,
+                public_key: vec![5; 32],
+            })
+            .collect(),
+        one_time_kem_prekeys: (1..=kem)
+            .map(|id| KemPrekeyRecord {
+                id,
+                public_key: vec![6; 1184],
+                signature: vec![8; 64],
+            })
+            .collect(),
+        today: 20_000,
+    }
+}
+
+fn send(sender: &str, recipient: AccountId, message_id: u8, ts: u64, limit: u32) -> SendItem {
+    SendItem {
+        sender: sender.to_owned(),
+        sender_device: 1,
+        recipient,
+        message_id: vec![message_id; 16],
+        server_timestamp_ms: ts,
+        envelopes: vec![NewEnvelope {
+            recipient_device: 1,
+            kind: 2,
+            content: vec![message_id; 100],
+            franking_commitment: vec![9; 32],
+            franking_tag: vec![10; 32],
+        }],
+        mailbox_limit: limit,
+    }
+}
+
+/// Runs every check on an empty store.
+pub async fn run_all(store: &dyn Storage) {
+    accounts_and_tokens(store).await;
+    challenges(store).await;
+    prekeys(store).await;
+    envelopes(store).await;
+    reports_secrets_and_export(store).await;
+    deletion(store).await;
+}
+
+/// Usernames are unique; tokens authenticate until they expire.
+pub async fn accounts_and_tokens(store: &dyn Storage) {
+    let id = store
+        .create_account(&account("suite-a", 0, 0))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.create_account(&account("suite-a", 0, 0)).await,
+        Err(StorageError::Conflict)
+    ));
+    let (found, identity) = store.device_identity("suite-a", 1).await.unwrap().unwrap();
+    assert_eq!((found, identity), (id, vec![7; 128]));
+    assert!(store.device_identity("suite-a", 2).await.unwrap().is_none());
+    let device = DeviceAddress {
+        account: id,
+        device: 1,
+    };
+    store
+        .insert_token(&[1; 32], device, 1_000, 20_001)
+        .await
+        .unwrap();
+    let principal = store.authenticate(&[1; 32], 999).await.unwrap().unwrap();
+    assert_eq!(
+        principal,
+        Principal {
+            address: device,
+            username: "suite-a".into()
+        }
+    );
+    assert!(
+        store.authenticate(&[1; 32], 1_000).await.unwrap().is_none(),
+        "expired token accepted"
+    );
+    assert!(
+        store.authenticate(&[2; 32], 0).await.unwrap().is_none(),
+        "unknown token accepted"
+    );
+    let purged = store.purge_expired(5_000, 0).await.unwrap();
+    assert!(purged.credentials >= 1);
+    let export = store.export_account("suite-a").await.unwrap().unwrap();
+    assert_eq!((export.created_day, export.last_seen_day), (20_000, 20_001));
+}
+
+/// Challenges are single-use and bound to username, purpose and time.
+pub async fn challenges(store: &dyn Storage) {
+    store
+        .put_challenge(b"c1", "suite-c", ChallengePurpose::Login, 100)
+        .await
+        .unwrap();
+    assert!(
+        !store
+            .take_challenge(b"c1", "suite-c", ChallengePurpose::Register, 50)
+            .await
+            .unwrap()
+    );
+    // The failed attempt consumed it.
+    assert!(
+        !store
+            .take_challenge(b"c1", "suite-c", ChallengePurpose::Login, 50)
+            .await
+            .unwrap()
+    );
+    store
+        .put_challenge(b"c2", "suite-c", ChallengePurpose::Login, 100)
+        .await
+        .unwrap();
+    assert!(
+        !store
+            .take_challenge(b"c2", "other", ChallengePurpose::Login, 50)
+            .await
+            .unwrap()
+    );
+    store
+        .put_challenge(b"c3", "suite-c", ChallengePurpose::Login, 100)
+        .await
+        .unwrap();
+    assert!(
+        !store
+            .take_challenge(b"c3", "suite-c", ChallengePurpose::Login, 100)
+            .await
+            .unwrap(),
+        "expired"
+    );
+    store
+        .put_challenge(b"c4", "suite-c", ChallengePurpose::Register, 100)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .take_challenge(b"c4", "suite-c", ChallengePurpose::Register, 99)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .take_challenge(b"c4", "suite-c", ChallengePurpose::Register, 99)
+            .await
+            .unwrap(),
+        "replay"
+    );
+}
+
+/// One-time prekeys go out once; the last-resort KEM key stays; quotas hold.
+pub async fn prekeys(store: &dyn Storage) {
+    let id = store
+        .create_account(&account("suite-p", 2, 1))
+        .await
+        .unwrap();
+    let device = DeviceAddress {
+        account: id,
+        device: 1,
+    };
+    assert_eq!(
+        store.prekey_counts(device).await.unwrap(),
+        PrekeyCounts {
+            one_time: 2,
+            one_time_kem: 1
+        }
+    );
+    let dup = [OneTimePrekeyRecord {
+        id: 1,
+        public_key: vec![0; 32],
+    }];
+    assert!(matches!(
+        store.upload_prekeys(device, &dup, &[], 1000).await,
+        Err(StorageError::Conflict)
+    ));
+    let many: Vec<_> = (10..20)
+        .map(|id| OneTimePrekeyRecord {
+            id,
+            public_key: vec![0; 32],
+        })
+        .collect();
+    assert!(matches!(
+        store.upload_prekeys(device, &many, &[], 5).await,
+        Err(StorageError::QuotaExceeded)
+    ));
+    assert_eq!(
+        store.prekey_counts(device).await.unwrap().one_time,
+        2,
+        "a refused upload stored keys"
+    );
+    let counts = store
+        .upload_prekeys(device, &many[..1], &[], 1000)
+        .await
+        .unwrap();
+    assert_eq!(counts.one_time, 3);
+
+    let mut seen = std::collections::HashSet::new();
+    for round in 0..4 {
+        let bundles = store.take_bundles("suite-p", None).await.unwrap().unwrap();
+        assert_eq!(bundles.bundles.len(), 1);
+        let bundle = &bundles.bundles[0];
+        assert_eq!(bundle.registration_id, 42);
+        if let Some(key) = &bundle.one_time_prekey {
+            assert!(
+                seen.insert(key.id),
+                "one-time prekey {} handed out twice",
+                key.id
+            );
+        } else {
+            assert_eq!(round, 3, "ran out of one-time prekeys early");
+        }
+        assert_eq!(bundle.kem_prekey_is_last_resort, round > 0);
+        if round > 0 {
+            assert_eq!(bundle.kem_prekey.id, 1000);
+        }
+    }
+    assert_eq!(
+        store.prekey_counts(device).await.unwrap(),
+        PrekeyCounts::default()
+    );
+    let new_spk = SignedPrekeyRecord {
+        id: 2,
+        public_key: vec![11; 32],
+        signature: vec![12; 64],
+    };
+    store
+        .replace_signed_prekeys(device, Some(&new_spk), None)
+        .await
+        .unwrap();
+    let bundles = store
+        .take_bundles("suite-p", Some(1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(bundles.bundles[0].signed_prekey, new_spk);
+    assert_eq!(bundles.bundles[0].kem_prekey.id, 1000);
+    assert!(
+        store
+            .take_bundles("suite-p", Some(9))
+            .await
+            .unwrap()
+            .unwrap()
+            .bundles
+            .is_empty()
+    );
+    assert!(store.take_bundles("nobody", None).await.unwrap().is_none());
+}
+
+/// Sends are idempotent, ordered, bounded, private to their recipient device.
+pub async fn envelopes(store: &dyn Storage) {
+    let bob = store
+        .create_account(&account("suite-bob", 0, 0))
+        .await
+        .unwrap();
+    let eve = store
+        .create_account(&account("suite-eve", 0, 0))
+        .await
+        .unwrap();
+    let bob_device = DeviceAddress {
+        account: bob,
+        device: 1,
+    };
+    let eve_device = DeviceAddress {
+        account: eve,
+        device: 1,
+    };
+    let outcomes = store
+        .store_envelopes(&[
+            send("alice", bob, 1, 10, 3),
+            send("alice", bob, 2, 11, 3),
+            send("alice", bob, 1, 12, 3),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        outcomes,
+        vec![
+            SendOutcome::Stored {
+                server_timestamp_ms: 10
+            },
+            SendOutcome::Stored {
+                server_timestamp_ms: 11
+            },
+            SendOutcome::Duplicate {
+                server_timestamp_ms: 10
+            },
+        ]
+    );
+    let retry = store
+        .store_envelopes(&[send("alice", bob, 2, 99, 3)])
+        .await
+        .unwrap();
+    assert_eq!(
+        retry,
+        vec![SendOutcome::Duplicate {
+            server_timestamp_ms: 11
+        }]
+    );
+    let full = store
+        .store_envelopes(&[send("alice", bob, 3, 13, 3), send("alice", bob, 4, 14, 3)])
+        .await
+        .unwrap();
+    assert_eq!(
+        full[0],
+        SendOutcome::Stored {
+            server_timestamp_ms: 13
+        }
+    );
+    assert_eq!(full[1], SendOutcome::MailboxFull { device: 1 });
+    let gone = store
+        .store_envelopes(&[send("alice", 987_654, 5, 15, 3)])
+        .await
+        .unwrap();
+    assert_eq!(gone, vec![SendOutcome::RecipientGone]);
+
+    let pending = store.pending_envelopes(bob_device, 0, 100).await.unwrap();
+    assert_eq!(pending.len(), 3);
+    assert!(
+        pending.windows(2).all(|w| w[0].id < w[1].id),
+        "not in order"
+    );
+    assert_eq!(pending[0].content, vec![1; 100]);
+    assert_eq!(pending[0].sender, "alice");
+    let page = store
+        .pending_envelopes(bob_device, pending[0].id, 1)
+        .await
+        .unwrap();
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].id, pending[1].id);
+    assert!(
+        store
+            .pending_envelopes(eve_device, 0, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let ids: Vec<u64> = pending.iter().map(|e| e.id).collect();
+    assert_eq!(
+        store.acknowledge(eve_device, &ids).await.unwrap(),
+        0,
+        "eve acknowledged bob's envelopes"
+    );
+    assert_eq!(
+        store
+            .pending_envelopes(bob_device, 0, 100)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    assert_eq!(store.acknowledge(bob_device, &ids[..1]).await.unwrap(), 1);
+    // A new envelope gets a fresh, larger id even after the newest was acknowledged.
+    store.acknowledge(bob_device, &ids[2..]).await.unwrap();
+    store
+        .store_envelopes(&[send("alice", bob, 6, 16, 3)])
+        .await
+        .unwrap();
+    let after = store
+        .pending_envelopes(bob_device, ids[2], 100)
+        .await
+        .unwrap();
+    assert_eq!(after.len(), 1, "an id was reused");
+
+    let purged = store.purge_expired(0, 12).await.unwrap();
+    assert_eq!(
+        purged.envelopes, 1,
+        "the envelope accepted at 11 is past retention"
+    );
+    assert_eq!(
+        store
+            .pending_envelopes(bob_device, 0, 100)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    // The quota follows acknowledgements and purges: one pending, limit two.
+    let outcomes = store
+        .store_envelopes(&[send("alice", bob, 7, 17, 2), send("alice", bob, 8, 18, 2)])
+        .await
+        .unwrap();
+    assert_eq!(
+        outcomes[0],
+        SendOutcome::Stored {
+            server_timestamp_ms: 17
+        }
+    );
+    assert_eq!(outcomes[1], SendOutcome::MailboxFull { device: 1 });
+}
+
+/// Reports, the server secret and the export.
+pub async fn reports_secrets_and_export(store: &dyn Storage) {
+    let first = store.server_secret("suite-secret", &[1; 32]).await.unwrap();
+    let second = store.server_secret("suite-secret", &[2; 32]).await.unwrap();
+    assert_eq!(
+        (first.clone(), second),
+        (vec![1; 32], vec![1; 32]),
+        "secret not stable"
+    );
+    let id = store
+        .insert_report(&NewReport {
+            reporter: "suite-r1".into(),
+            sender: "suite-r2".into(),
+            message_id: vec![3; 16],
+            server_timestamp_ms: 5,
+            plaintext: "reported words".into(),
+            reason: "spam".into(),
+            created_at_ms: 6,
+        })
+        .await
+        .unwrap();
+    let report = store.report(id).await.unwrap().unwrap();
+    assert_eq!(
+        (report.text.as_str(), report.verified),
+        ("reported words", true)
+    );
+    assert!(store.reports().await.unwrap().iter().any(|r| r.id == id));
+    assert!(store.report(id + 1000).await.unwrap().is_none());
+    store
+        .create_account(&account("suite-r2", 1, 2))
+        .await
+        .unwrap();
+    let export = store.export_account("suite-r2").await.unwrap().unwrap();
+    assert_eq!(export.devices.len(), 1);
+    assert_eq!(
+        export.devices[0].prekeys,
+        PrekeyCounts {
+            one_time: 1,
+            one_time_kem: 2
+        }
+    );
+    assert_eq!(export.reports_against.len(), 1);
+    assert_eq!(export.reports_filed, 0);
+    assert!(store.export_account("nobody").await.unwrap().is_none());
+}
+
+/// Deleting an account removes its keys, tokens and envelopes and frees the name.
+pub async fn deletion(store: &dyn Storage) {
+    let id = store
+        .create_account(&account("suite-d", 3, 3))
+        .await
+        .unwrap();
+    let device = DeviceAddress {
+        account: id,
+        device: 1,
+    };
+    store
+        .insert_token(&[9; 32], device, u64::MAX / 2, 1)
+        .await
+        .unwrap();
+    store
+        .store_envelopes(&[send("x", id, 1, 1, 10)])
+        .await
+        .unwrap();
+    store.delete_account(id).await.unwrap();
+    assert!(store.authenticate(&[9; 32], 0).await.unwrap().is_none());
+    assert!(
+        store
+            .pending_envelopes(device, 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.prekey_counts(device).await.unwrap(),
+        PrekeyCounts::default()
+    );
+    assert!(matches!(
+        store.delete_account(id).await,
+        Err(StorageError::NotFound)
+    ));
+    let again = store
+        .create_account(&account("suite-d", 0, 0))
+        .await
+        .unwrap();
+    assert_ne!(again, id);
+}
