@@ -90,6 +90,22 @@ async fn raw_account(channel: Channel, name: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token)
 }
 
+async fn signed_prekey_id(ch: Channel, token: &str, user: &str) -> u32 {
+    let mut req = tonic::Request::new(v1::GetBundlesRequest {
+        username: user.into(),
+        device_id: 0,
+    });
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let bundles = KeyServiceClient::new(ch)
+        .get_bundles(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .bundles;
+    bundles[0].signed_prekey.as_ref().unwrap().id
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn drained_one_time_prekeys_are_refilled() {
     let root = tempfile::tempdir().unwrap();
@@ -119,4 +135,48 @@ async fn drained_one_time_prekeys_are_refilled() {
     // Above the threshold nothing more is uploaded.
     bob.ok(&server, &["recv"]).unwrap();
     assert_eq!(one_time_left(&server, "bob"), 100);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn signed_prekey_rotation_keeps_old_and_new_first_contacts_working() {
+    let root = tempfile::tempdir().unwrap();
+    let server = Server::start(&root.path().join("data"), &root.path().join("log")).unwrap();
+    let bob = User::new(root.path(), "bob");
+    let alice = User::new(root.path(), "alice");
+    let dave = User::new(root.path(), "dave");
+    for u in [&bob, &alice, &dave] {
+        u.ok(&server, &["register", &u.name]).unwrap();
+    }
+    // In flight under the old signed prekey.
+    alice
+        .ok(&server, &["send", "bob", "sent before rotation"])
+        .unwrap();
+
+    let config = missive_client::ServerConfig {
+        url: server.url().to_owned(),
+        ca: Some(server.ca()),
+    };
+    let ch = channel(&server).await;
+    let token = raw_account(ch.clone(), "observer").await;
+    let spk_before = signed_prekey_id(ch.clone(), &token, "bob").await;
+    let mut client = missive_client::Client::open(&bob.home, config).unwrap();
+    client.rotate_signed_prekeys().await.unwrap();
+    drop(client);
+    let spk_after = signed_prekey_id(ch, &token, "bob").await;
+    assert_ne!(
+        spk_before, spk_after,
+        "the server still hands out the old signed prekey"
+    );
+
+    // A first contact after rotation uses the new signed prekey.
+    dave.ok(&server, &["send", "bob", "sent after rotation"])
+        .unwrap();
+    let r = bob.ok(&server, &["recv", "--json"]).unwrap();
+    let got: Vec<String> = r
+        .json_lines()
+        .unwrap()
+        .iter()
+        .map(|v| v["text"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(got, ["sent before rotation", "sent after rotation"]);
 }
