@@ -106,7 +106,7 @@ async fn signed_prekey_id(ch: Channel, token: &str, user: &str) -> u32 {
     bundles[0].signed_prekey.as_ref().unwrap().id
 }
 
-#[tokio::test(flavor = "current_thread")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn drained_one_time_prekeys_are_refilled() {
     let root = tempfile::tempdir().unwrap();
     let server = Server::start(&root.path().join("data"), &root.path().join("log")).unwrap();
@@ -137,7 +137,7 @@ async fn drained_one_time_prekeys_are_refilled() {
     assert_eq!(one_time_left(&server, "bob"), 100);
 }
 
-#[tokio::test(flavor = "current_thread")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn signed_prekey_rotation_keeps_old_and_new_first_contacts_working() {
     let root = tempfile::tempdir().unwrap();
     let server = Server::start(&root.path().join("data"), &root.path().join("log")).unwrap();
