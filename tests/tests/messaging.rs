@@ -495,3 +495,36 @@ fn passphrase_protected_account_works_and_is_required() {
         None
     );
 }
+
+#[test]
+fn recv_warns_when_a_contact_comes_back_with_a_new_identity() {
+    let w = World::new();
+    let alice = w.user("alice");
+    let bob = w.user("bob");
+    alice.ok(&w.server, &["send", "bob", "hi bob"]).unwrap();
+    bob.ok(&w.server, &["recv"]).unwrap();
+
+    bob.ok(&w.server, &["delete-account"]).unwrap();
+    bob.ok(&w.server, &["register", "bob"]).unwrap();
+    bob.ok(&w.server, &["send", "alice", "it's me, new phone"])
+        .unwrap();
+
+    let r = alice.ok(&w.server, &["recv", "--json"]).unwrap();
+    assert_eq!(texts(&r.json_lines().unwrap()), ["it's me, new phone"]);
+    assert!(
+        r.stderr.contains("identity key of bob has changed"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("missive trust bob"), "{}", r.stderr);
+    // Replying stays blocked until alice accepts the new key.
+    let refused = alice.run(&w.server, &["send", "bob", "prove it"]).unwrap();
+    assert_eq!(refused.code, Some(1));
+    assert!(refused.stderr.contains("identity key of bob has changed"));
+    alice.ok(&w.server, &["trust", "bob"]).unwrap();
+    alice
+        .ok(&w.server, &["send", "bob", "welcome back"])
+        .unwrap();
+    let r = bob.ok(&w.server, &["recv", "--json"]).unwrap();
+    assert_eq!(texts(&r.json_lines().unwrap()), ["welcome back"]);
+}

@@ -164,6 +164,32 @@ pub fn check_content(
     Ok((text, franking_key))
 }
 
+/// Why an envelope was not accepted.
+enum Refusal {
+    /// The envelope itself is bad: drop it (acknowledge, warn).
+    Drop(String),
+    /// A local failure (store): keep the envelope on the server for a retry.
+    Local(ClientError),
+}
+
+impl From<String> for Refusal {
+    fn from(s: String) -> Self {
+        Refusal::Drop(s)
+    }
+}
+
+impl From<&str> for Refusal {
+    fn from(s: &str) -> Self {
+        Refusal::Drop(s.to_owned())
+    }
+}
+
+impl From<ClientError> for Refusal {
+    fn from(e: ClientError) -> Self {
+        Refusal::Local(e)
+    }
+}
+
 /// Test hook: when `1`, `send` commits to a different text than it encrypts,
 /// as a malicious sender would (end-to-end test of the recipient's check).
 pub const FORGE_COMMITMENT_ENV: &str = "MISSIVE_TEST_FORGE_COMMITMENT";
@@ -820,7 +846,8 @@ impl Client {
                     });
                 }
             }
-            Err(reason) => {
+            Err(Refusal::Local(e)) => return Err(e),
+            Err(Refusal::Drop(reason)) => {
                 self.store.commit_incoming(&IncomingCommit {
                     sender: &sender,
                     sender_device: env.sender_device,
@@ -864,15 +891,13 @@ impl Client {
     fn decrypt_envelope(
         &self,
         env: &v1::Envelope,
-    ) -> std::result::Result<(SessionRow, SealedMessage, u64, Vec<(PrekeyKind, u32)>), String> {
+    ) -> std::result::Result<(SessionRow, SealedMessage, u64, Vec<(PrekeyKind, u32)>), Refusal>
+    {
         let commitment = env.franking_commitment.as_slice();
         if commitment.len() != franking::COMMITMENT_LEN {
             return Err("it carries no valid franking commitment".into());
         }
-        let existing = self
-            .store
-            .session(&env.sender, env.sender_device)
-            .map_err(|e| e.to_string())?;
+        let existing = self.store.session(&env.sender, env.sender_device)?;
         let mut consumed = Vec::new();
         let (row, plaintext) = if env.r#type == v1::EnvelopeType::PrekeyMessage as i32 {
             let msg = PrekeyMessage::parse(&env.content).map_err(|e| e.to_string())?;
@@ -928,29 +953,22 @@ impl Client {
         &self,
         msg: &PrekeyMessage,
         ad: &[u8],
-    ) -> std::result::Result<(Session, Zeroizing<Vec<u8>>, Vec<(PrekeyKind, u32)>), String> {
-        let e = |e: ClientError| e.to_string();
+    ) -> std::result::Result<(Session, Zeroizing<Vec<u8>>, Vec<(PrekeyKind, u32)>), Refusal> {
         let mut consumed = Vec::new();
         let spk_bytes = self
             .store
-            .get_prekey(PrekeyKind::Signed, msg.signed_prekey_id())
-            .map_err(e)?
+            .get_prekey(PrekeyKind::Signed, msg.signed_prekey_id())?
             .ok_or("it names a signed prekey we no longer have")?;
         let spk = SignedPrekeyPair::from_secret_bytes(&spk_bytes).map_err(|e| e.to_string())?;
         let kem_id = msg.kem_prekey_id();
-        let kem_bytes = match self
-            .store
-            .get_prekey(PrekeyKind::KemOneTime, kem_id)
-            .map_err(e)?
-        {
+        let kem_bytes = match self.store.get_prekey(PrekeyKind::KemOneTime, kem_id)? {
             Some(b) => {
                 consumed.push((PrekeyKind::KemOneTime, kem_id));
                 b
             }
             None => self
                 .store
-                .get_prekey(PrekeyKind::KemLastResort, kem_id)
-                .map_err(e)?
+                .get_prekey(PrekeyKind::KemLastResort, kem_id)?
                 .ok_or("it names a KEM prekey we no longer have (already used?)")?,
         };
         let kem = KemPrekeyPair::from_secret_bytes(&kem_bytes).map_err(|e| e.to_string())?;
@@ -958,8 +976,7 @@ impl Client {
             Some(id) => {
                 let b = self
                     .store
-                    .get_prekey(PrekeyKind::OneTime, id)
-                    .map_err(e)?
+                    .get_prekey(PrekeyKind::OneTime, id)?
                     .ok_or("it names a one-time prekey that was already used")?;
                 consumed.push((PrekeyKind::OneTime, id));
                 Some(OneTimePrekeyPair::from_secret_bytes(&b).map_err(|e| e.to_string())?)
