@@ -71,9 +71,13 @@ pub fn token_hash(metadata: &MetadataMap) -> ApiResult<[u8; 32]> {
 
 /// Resolves the caller of an authenticated call.
 pub async fn authenticate(storage: &dyn Storage, metadata: &MetadataMap) -> ApiResult<Principal> {
-    let hash = token_hash(metadata)?;
+    authenticate_hash(storage, &token_hash(metadata)?).await
+}
+
+/// Resolves a token hash against the store.
+pub async fn authenticate_hash(storage: &dyn Storage, hash: &[u8; 32]) -> ApiResult<Principal> {
     storage
-        .authenticate(&hash, crate::time::now_ms())
+        .authenticate(hash, crate::time::now_ms())
         .await?
         .ok_or(ApiError::Unauthenticated(
             "the bearer token is unknown or expired; log in again",

@@ -240,6 +240,7 @@ pub async fn start_on(
         retention: config.retention,
         mailbox_limit: config.mailbox_limit,
         shutdown: shutdown_rx.clone(),
+        caches: Default::default(),
     });
     let housekeeping = tokio::spawn(housekeeping(Arc::clone(&state), shutdown_rx.clone()));
 

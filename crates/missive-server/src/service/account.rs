@@ -230,6 +230,7 @@ impl AccountService for AccountApi {
             .delete_account(principal.address.account)
             .await
             .map_err(ApiError::from)?;
+        self.state.caches.forget_account(principal.address.account);
         tracing::info!("account deleted");
         Ok(Response::new(DeleteAccountResponse {}))
     }

@@ -16,6 +16,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::cache::Recipient;
 use super::{State, normalize_username, remote_ip};
 use crate::checks;
 use crate::error::{ApiError, ApiResult};
@@ -24,7 +25,8 @@ use crate::limits::{
     MAX_ENVELOPE_BYTES, MAX_ENVELOPES_PER_SEND, MESSAGE_ID_LEN, RECEIVE_BUFFER, RECEIVE_PAGE,
 };
 use crate::storage::{
-    DeviceAddress, NewEnvelope, Principal, SendItem, SendOutcome, Storage, StorageError,
+    DeviceAddress, DeviceRecord, NewEnvelope, Principal, SendItem, SendOutcome, Storage,
+    StorageError,
 };
 use crate::time;
 
@@ -78,44 +80,17 @@ impl MessageApi {
         let request = request.into_inner();
         let recipient = normalize_username(&request.recipient)?;
         validate(&request)?;
-        let (recipient_account, devices) = self
-            .state
-            .storage
-            .devices(&recipient)
-            .await?
-            .ok_or_else(|| ApiError::NotFound(format!("there is no user named {recipient:?}")))?;
-        let current: BTreeMap<u32, u32> = devices
-            .iter()
-            .map(|d| (d.device_id, d.registration_id))
-            .collect();
-        let addressed: BTreeMap<u32, u32> = request
-            .envelopes
-            .iter()
-            .map(|e| (e.device_id, e.registration_id))
-            .collect();
-        let mismatch = DeviceMismatch {
-            missing_devices: current
-                .keys()
-                .filter(|d| !addressed.contains_key(d))
-                .copied()
-                .collect(),
-            extra_devices: addressed
-                .keys()
-                .filter(|d| !current.contains_key(d))
-                .copied()
-                .collect(),
-            stale_devices: addressed
-                .iter()
-                .filter(|(d, r)| current.get(d).is_some_and(|c| c != *r))
-                .map(|(d, _)| *d)
-                .collect(),
+        // The device list comes from a short-lived cache (see `cache`); a
+        // mismatch is confirmed against the store before it is reported.
+        let mut fresh = false;
+        let recipient_account = loop {
+            let ((account, devices), cached) = self.recipient(&recipient, fresh).await?;
+            match mismatch(&devices, &request) {
+                None => break account,
+                Some(_) if cached => fresh = true,
+                Some(mismatch) => return Err(ApiError::DeviceMismatch(mismatch)),
+            }
         };
-        if !(mismatch.missing_devices.is_empty()
-            && mismatch.extra_devices.is_empty()
-            && mismatch.stale_devices.is_empty())
-        {
-            return Err(ApiError::DeviceMismatch(mismatch));
-        }
         let server_timestamp_ms = time::now_ms();
         let envelopes = request
             .envelopes
@@ -178,11 +153,67 @@ impl MessageApi {
             SendOutcome::MailboxFull { device } => Err(ApiError::ResourceExhausted(format!(
                 "the mailbox of {recipient:?} device {device} is full; try again after they catch up"
             ))),
-            SendOutcome::RecipientGone => Err(ApiError::NotFound(format!(
-                "there is no user named {recipient:?}"
-            ))),
+            SendOutcome::RecipientGone => {
+                self.state.caches.forget_recipient(&recipient);
+                Err(ApiError::NotFound(format!(
+                    "there is no user named {recipient:?}"
+                )))
+            }
         }
     }
+}
+
+impl MessageApi {
+    /// The recipient's account and devices, from the cache (`true`) unless
+    /// `fresh`.
+    async fn recipient(&self, username: &str, fresh: bool) -> ApiResult<(Recipient, bool)> {
+        if !fresh && let Some(found) = self.state.caches.recipient(username) {
+            return Ok((found, true));
+        }
+        let (account, devices) =
+            self.state.storage.devices(username).await?.ok_or_else(|| {
+                ApiError::NotFound(format!("there is no user named {username:?}"))
+            })?;
+        let found: Recipient = (account, devices.into());
+        self.state
+            .caches
+            .remember_recipient(username.to_owned(), found.clone());
+        Ok((found, false))
+    }
+}
+
+/// How the addressed devices differ from the recipient's current ones.
+fn mismatch(devices: &[DeviceRecord], request: &SendRequest) -> Option<DeviceMismatch> {
+    let current: BTreeMap<u32, u32> = devices
+        .iter()
+        .map(|d| (d.device_id, d.registration_id))
+        .collect();
+    let addressed: BTreeMap<u32, u32> = request
+        .envelopes
+        .iter()
+        .map(|e| (e.device_id, e.registration_id))
+        .collect();
+    let mismatch = DeviceMismatch {
+        missing_devices: current
+            .keys()
+            .filter(|d| !addressed.contains_key(d))
+            .copied()
+            .collect(),
+        extra_devices: addressed
+            .keys()
+            .filter(|d| !current.contains_key(d))
+            .copied()
+            .collect(),
+        stale_devices: addressed
+            .iter()
+            .filter(|(d, r)| current.get(d).is_some_and(|c| c != *r))
+            .map(|(d, _)| *d)
+            .collect(),
+    };
+    let same = mismatch.missing_devices.is_empty()
+        && mismatch.extra_devices.is_empty()
+        && mismatch.stale_devices.is_empty();
+    (!same).then_some(mismatch)
 }
 
 fn validate(request: &SendRequest) -> ApiResult<()> {

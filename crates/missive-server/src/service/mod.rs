@@ -3,6 +3,7 @@
 //! `crate::error` maps to statuses.
 
 pub mod account;
+pub mod cache;
 pub mod keys;
 pub mod messages;
 pub mod reports;
@@ -29,6 +30,7 @@ pub struct State {
     pub(crate) retention: Duration,
     pub(crate) mailbox_limit: u32,
     pub(crate) shutdown: watch::Receiver<bool>,
+    pub(crate) caches: cache::Caches,
 }
 
 impl std::fmt::Debug for State {
@@ -41,8 +43,17 @@ impl std::fmt::Debug for State {
 }
 
 impl State {
+    /// The caller of an authenticated call. A token the store confirmed less
+    /// than [`cache::AUTH_TTL`] ago is trusted without a query (see
+    /// [`cache`] for the bounds).
     pub(crate) async fn principal<T>(&self, request: &tonic::Request<T>) -> ApiResult<Principal> {
-        crate::auth::authenticate(self.storage.as_ref(), request.metadata()).await
+        let hash = crate::auth::token_hash(request.metadata())?;
+        if let Some(principal) = self.caches.principal(&hash) {
+            return Ok(principal);
+        }
+        let principal = crate::auth::authenticate_hash(self.storage.as_ref(), &hash).await?;
+        self.caches.remember_principal(hash, principal.clone());
+        Ok(principal)
     }
 
     pub(crate) fn limiters(&self) -> Option<&Limiters> {

@@ -1,6 +1,7 @@
 //! The embedded default backend: SQLite through sqlx, WAL journal,
 //! `synchronous=FULL` (power-loss durable), migrations embedded in the binary.
 
+use std::fmt::Write as _;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use sqlx::{Row, Sqlite, Transaction};
+use tokio::sync::{mpsc, oneshot};
 
 use super::{
     AccountExport, AccountId, BundleRecord, Bundles, ChallengePurpose, DeviceAddress, DeviceExport,
@@ -24,6 +26,62 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 #[derive(Clone, Debug)]
 pub struct SqliteStorage {
     pool: SqlitePool,
+    acks: mpsc::Sender<AckJob>,
+}
+
+/// Acknowledgements waiting for the ack writer.
+#[derive(Debug)]
+struct AckJob {
+    device: DeviceAddress,
+    /// The ids as a JSON array, for `json_each`.
+    ids: String,
+    reply: oneshot::Sender<Result<u64>>,
+}
+
+/// Most acknowledgement calls sharing one transaction.
+const ACK_BATCH_MAX: usize = 256;
+
+/// Group commit for acknowledgements: concurrent calls share one durable
+/// transaction (each answered only after the commit). Ends when every
+/// handle to the store is dropped.
+async fn ack_writer(pool: SqlitePool, mut jobs: mpsc::Receiver<AckJob>) {
+    let mut batch = Vec::with_capacity(ACK_BATCH_MAX);
+    while jobs.recv_many(&mut batch, ACK_BATCH_MAX).await > 0 {
+        match delete_acknowledged(&pool, &batch).await {
+            Ok(counts) => {
+                for (job, deleted) in batch.drain(..).zip(counts) {
+                    let _ = job.reply.send(Ok(deleted));
+                }
+            }
+            Err(error) => {
+                for job in batch.drain(..) {
+                    let _ = job.reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
+
+async fn delete_acknowledged(pool: &SqlitePool, batch: &[AckJob]) -> Result<Vec<u64>> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(map_err)?;
+    let mut counts = Vec::with_capacity(batch.len());
+    for job in batch {
+        // One statement per call, not per id: each statement is a round trip
+        // to sqlx's connection thread.
+        let done = sqlx::query(
+            "DELETE FROM envelopes WHERE recipient_account = ? AND recipient_device = ? \
+             AND id IN (SELECT value FROM json_each(?))",
+        )
+        .bind(job.device.account)
+        .bind(i64::from(job.device.device))
+        .bind(&job.ids)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        counts.push(done.rows_affected());
+    }
+    tx.commit().await.map_err(map_err)?;
+    Ok(counts)
 }
 
 /// The one place sqlx errors become [`StorageError`]s.
@@ -101,7 +159,9 @@ impl SqliteStorage {
                 }
             }
         }
-        Ok(Self { pool })
+        let (acks, jobs) = mpsc::channel(1024);
+        tokio::spawn(ack_writer(pool.clone(), jobs));
+        Ok(Self { pool, acks })
     }
 
     async fn write(&self) -> Result<Transaction<'static, Sqlite>> {
@@ -553,6 +613,39 @@ impl Storage for SqliteStorage {
         let mut tx = self.write().await?;
         let mut outcomes = Vec::with_capacity(batch.len());
         'items: for item in batch {
+            // A single-device send (the common case) is one statement: insert
+            // unless a duplicate, a full mailbox or a missing device; only
+            // when nothing is inserted does the check below say why.
+            if let [envelope] = item.envelopes.as_slice() {
+                let inserted = sqlx::query(
+                    "INSERT INTO envelopes (recipient_account, recipient_device, sender, sender_device, \
+                     kind, content, message_id, server_timestamp_ms, franking_commitment, franking_tag) \
+                     SELECT d.account_id, d.device_id, ?, ?, ?, ?, ?, ?, ?, ? FROM devices d \
+                     WHERE d.account_id = ? AND d.device_id = ? AND d.pending_envelopes < ? \
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(&item.sender)
+                .bind(i64::from(item.sender_device))
+                .bind(i64::from(envelope.kind))
+                .bind(&envelope.content)
+                .bind(&item.message_id)
+                .bind(int(item.server_timestamp_ms))
+                .bind(&envelope.franking_commitment)
+                .bind(&envelope.franking_tag)
+                .bind(item.recipient)
+                .bind(i64::from(envelope.recipient_device))
+                .bind(i64::from(item.mailbox_limit))
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?
+                .rows_affected();
+                if inserted == 1 {
+                    outcomes.push(SendOutcome::Stored {
+                        server_timestamp_ms: item.server_timestamp_ms,
+                    });
+                    continue 'items;
+                }
+            }
             // 1. One query per envelope: the device exists, the message is not
             //    already stored (a retry answers the first timestamp), the
             //    mailbox has room (counter kept by triggers).
@@ -659,22 +752,25 @@ impl Storage for SqliteStorage {
         if ids.is_empty() {
             return Ok(0);
         }
-        let mut tx = self.write().await?;
-        let mut deleted = 0;
-        for id in ids {
-            deleted += sqlx::query(
-                "DELETE FROM envelopes WHERE id = ? AND recipient_account = ? AND recipient_device = ?",
-            )
-            .bind(int(*id))
-            .bind(device.account)
-            .bind(i64::from(device.device))
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?
-            .rows_affected();
+        let mut list = String::with_capacity(ids.len() * 8 + 2);
+        list.push('[');
+        for (i, id) in ids.iter().enumerate() {
+            if i > 0 {
+                list.push(',');
+            }
+            // i64 range: larger ids match nothing, as before.
+            let _ = write!(list, "{}", int(*id));
         }
-        tx.commit().await.map_err(map_err)?;
-        Ok(deleted)
+        list.push(']');
+        let (reply, answer) = oneshot::channel();
+        let job = AckJob {
+            device,
+            ids: list,
+            reply,
+        };
+        let gone = || StorageError::Unavailable("the store is closing".into());
+        self.acks.send(job).await.map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
     }
 
     #[tracing::instrument(skip_all)]
