@@ -4,7 +4,7 @@
 //! (Wycheproof, RFC 7748 / 8439 / 5869) run through them too, so what is tested
 //! is what is used. Not a stable API.
 
-use chacha20poly1305::aead::{Aead, Payload};
+use chacha20poly1305::aead::{Aead, AeadInPlace, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, KeyInit};
 use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
@@ -15,7 +15,7 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use thiserror::Error;
 use x25519_dalek::{PublicKey, StaticSecret};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 /// Length of X25519 keys and shared secrets.
 pub const X25519_LEN: usize = 32;
@@ -91,16 +91,35 @@ pub fn aead_seal(
     plaintext: &[u8],
     associated_data: &[u8],
 ) -> Result<Vec<u8>, PrimitiveError> {
+    let mut out = Vec::with_capacity(plaintext.len() + AEAD_TAG_LEN);
+    aead_seal_append(key, nonce, plaintext, associated_data, &mut out)?;
+    Ok(out)
+}
+
+/// [`aead_seal`] appending `ciphertext || tag` to `out`, so a caller that frames
+/// the ciphertext behind a header encrypts in place instead of copying.
+pub fn aead_seal_append(
+    key: &[u8; AEAD_KEY_LEN],
+    nonce: &[u8; AEAD_NONCE_LEN],
+    plaintext: &[u8],
+    associated_data: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), PrimitiveError> {
     let cipher = ChaCha20Poly1305::new(key.into());
-    cipher
-        .encrypt(
-            nonce.into(),
-            Payload {
-                msg: plaintext,
-                aad: associated_data,
-            },
-        )
-        .map_err(|_| PrimitiveError::Length)
+    let start = out.len();
+    out.extend_from_slice(plaintext);
+    match cipher.encrypt_in_place_detached(nonce.into(), associated_data, &mut out[start..]) {
+        Ok(tag) => {
+            out.extend_from_slice(&tag);
+            Ok(())
+        }
+        Err(_) => {
+            // Too long for ChaCha20's block counter: leave no plaintext behind.
+            out[start..].zeroize();
+            out.truncate(start);
+            Err(PrimitiveError::Length)
+        }
+    }
 }
 
 /// ChaCha20-Poly1305 (RFC 8439) decryption of ciphertext || tag.

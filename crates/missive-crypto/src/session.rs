@@ -122,10 +122,12 @@ impl Session {
             })?;
         let sk = pqxdh::derive_secret(&dh1, &dh2, &dh3, dh4.as_deref(), &kem_secret);
 
-        // First sending ratchet step against the signed prekey (Double Ratchet §3.3).
-        let our_ratchet = RatchetKeyPair::generate(rng);
-        let dh = dh_session(our_ratchet.secret(), &spk)?;
-        let (root, sending) = sk.step(&dh);
+        // First sending ratchet step against the signed prekey (Double Ratchet §3.3)
+        // with the base key as Alice's first ratchet key: X25519(DHs, DHr) is then
+        // DH3, already computed, which saves a key generation and an agreement on
+        // each side (docs/PROTOCOL.md, "Double Ratchet", initialisation).
+        let (root, sending) = sk.step(&dh3);
+        let our_ratchet = RatchetKeyPair::from_parts(Box::new(base), base_key);
         let header = PrekeyMessage::encode_header(
             ours.public(),
             &base_key,
@@ -215,6 +217,20 @@ impl Session {
             pending_prekey: None,
             base_key: message.base_key,
         };
+        if primitives::ct_eq(&message.message.ratchet_key, &message.base_key) {
+            // Alice's first ratchet key is her base key, so the receiving half of
+            // the first DH ratchet step is KDF_RK(SK, DH3). A header carrying another
+            // ratchet key (a fresh one, as in Signal's specification) takes the
+            // general path in `decrypt_normal` instead.
+            let (root, chain) = session.root.step(&dh3);
+            session.root = root;
+            session.receiving = Some(ReceivingChain {
+                ratchet_key: message.base_key,
+                chain,
+                next: 0,
+            });
+            session.remote_ratchet = Some(message.base_key);
+        }
         let plaintext =
             session.decrypt_normal(&message.message, &message.header, associated_data)?;
         Ok((session, plaintext))
@@ -254,13 +270,13 @@ impl Session {
         let cipher = message_key.expand();
         let prefix = self.pending_prekey.as_deref().unwrap_or_default();
         let ad = aead_ad(&self.local, &self.remote, prefix, &header, associated_data);
-        let ciphertext = primitives::aead_seal(&cipher.key, &cipher.nonce, plaintext, &ad)
-            .map_err(|_| EncryptError::TooLarge)?;
-
-        let mut bytes = Vec::with_capacity(prefix.len() + NORMAL_HEADER_LEN + ciphertext.len());
+        let mut bytes = Vec::with_capacity(
+            prefix.len() + NORMAL_HEADER_LEN + plaintext.len() + primitives::AEAD_TAG_LEN,
+        );
         bytes.extend_from_slice(prefix);
         bytes.extend_from_slice(&header);
-        bytes.extend_from_slice(&ciphertext);
+        primitives::aead_seal_append(&cipher.key, &cipher.nonce, plaintext, &ad, &mut bytes)
+            .map_err(|_| EncryptError::TooLarge)?;
         let kind = if self.pending_prekey.is_some() {
             MessageKind::Prekey
         } else {
@@ -296,10 +312,51 @@ impl Session {
                 (prekey.message, prekey.header)
             }
         };
+        if let Some(plaintext) =
+            self.decrypt_next_in_chain(&normal, &prekey_header, associated_data)?
+        {
+            return Ok(plaintext);
+        }
         let mut copy = self.clone();
         let plaintext = copy.decrypt_normal(&normal, &prekey_header, associated_data)?;
         *self = copy;
         Ok(plaintext)
+    }
+
+    /// The common case without copying the whole state: the next message of the
+    /// current receiving chain (no skipped keys, no ratchet step). Derives the key
+    /// from the chain without advancing it and commits the chain step only once
+    /// the AEAD opened. `Ok(None)` means "not this case".
+    fn decrypt_next_in_chain(
+        &mut self,
+        message: &NormalMessage,
+        prekey_header: &[u8],
+        associated_data: &[u8],
+    ) -> Result<Option<Zeroizing<Vec<u8>>>, DecryptError> {
+        let Some(chain) = self.receiving.as_mut() else {
+            return Ok(None);
+        };
+        if chain.ratchet_key != message.ratchet_key || chain.next != message.counter {
+            return Ok(None);
+        }
+        let Some(next_counter) = chain.next.checked_add(1) else {
+            return Ok(None);
+        };
+        let (key, next_chain) = chain.chain.step();
+        let cipher = key.expand();
+        let ad = aead_ad(
+            &self.remote,
+            &self.local,
+            prekey_header,
+            &message.header,
+            associated_data,
+        );
+        let plaintext = primitives::aead_open(&cipher.key, &cipher.nonce, &message.ciphertext, &ad)
+            .map_err(|_| DecryptError::AuthenticationFailed)?;
+        chain.chain = next_chain;
+        chain.next = next_counter;
+        self.pending_prekey = None;
+        Ok(Some(plaintext))
     }
 
     /// Decrypts in place; callers run it on a copy.
