@@ -38,14 +38,36 @@ pub struct WriteJob {
     reply: oneshot::Sender<Result<SendOutcome, StorageError>>,
 }
 
+/// Stored envelopes to hand over and devices to wake, after one commit.
+type FanOutBatch = (Vec<(DeviceAddress, StoredEnvelope)>, Vec<DeviceAddress>);
+
+/// Committed batches waiting for the fan-out task at most; beyond, the
+/// writer waits.
+const FAN_OUT_QUEUE: usize = 64;
+
+/// Passes committed batches to the fan-out one after the other (so hand-offs
+/// keep commit order) without holding up the writer's next commit.
+async fn fan_out(fanout: Arc<dyn FanOut>, mut batches: mpsc::Receiver<FanOutBatch>) {
+    while let Some((handed, woken)) = batches.recv().await {
+        if !handed.is_empty() {
+            fanout.hand_off(handed).await;
+        }
+        if !woken.is_empty() {
+            fanout.publish(&woken).await;
+        }
+    }
+}
+
 /// The group-commit writer: concurrent sends share one durable transaction.
-/// After each commit it hands the stored envelopes to the fan-out, in commit
+/// After each commit it passes the stored envelopes to the fan-out, in commit
 /// order (see [`FanOut::hand_off`]). Ends when every sender handle is dropped.
 pub async fn group_commit(
     storage: Arc<dyn Storage>,
     fanout: Arc<dyn FanOut>,
     mut jobs: mpsc::Receiver<WriteJob>,
 ) {
+    let (committed, batches) = mpsc::channel(FAN_OUT_QUEUE);
+    let fan_out_task = tokio::spawn(fan_out(fanout, batches));
     let mut batch = Vec::with_capacity(GROUP_COMMIT_MAX);
     let mut items = Vec::with_capacity(GROUP_COMMIT_MAX);
     let mut replies = Vec::with_capacity(GROUP_COMMIT_MAX);
@@ -66,11 +88,10 @@ pub async fn group_commit(
                         stored(item, first_id, &mut handed, &mut woken);
                     }
                 }
-                if !handed.is_empty() {
-                    fanout.hand_off(handed).await;
-                }
-                if !woken.is_empty() {
-                    fanout.publish(&woken).await;
+                if (!handed.is_empty() || !woken.is_empty())
+                    && committed.send((handed, woken)).await.is_err()
+                {
+                    tracing::warn!("the fan-out task ended; streams rely on catch-up");
                 }
             }
             Err(error) => {
@@ -81,6 +102,8 @@ pub async fn group_commit(
             }
         }
     }
+    drop(committed);
+    let _ = fan_out_task.await;
 }
 
 /// The envelopes of one stored item, to hand over when their ids are known,
