@@ -72,7 +72,7 @@ async fn sqlite_reports_the_ids_of_stored_envelopes() {
         mailbox_limit: 10,
     };
     let answers = store
-        .store_envelopes_with_ids(&[item(1), item(2)])
+        .store_envelopes_with_ids(std::sync::Arc::new(vec![item(1), item(2)]))
         .await
         .unwrap();
     let device = DeviceAddress { account, device: 1 };

@@ -76,15 +76,24 @@ pub async fn group_commit(
             items.push(job.item);
             replies.push(job.reply);
         }
-        match storage.store_envelopes_with_ids(&items).await {
+        let shared = Arc::new(std::mem::take(&mut items));
+        let answer = storage.store_envelopes_with_ids(Arc::clone(&shared)).await;
+        // The store has dropped its reference; should it not have, the
+        // envelopes go out as wake-ups (streams re-read the store).
+        let (mut owned, first_ids) = match Arc::try_unwrap(shared) {
+            Ok(owned) => (owned, true),
+            Err(shared) => ((*shared).clone(), false),
+        };
+        match answer {
             Ok(outcomes) => {
-                let mut handed = Vec::with_capacity(items.len());
+                let mut handed = Vec::with_capacity(owned.len());
                 let mut woken = Vec::new();
                 for ((item, reply), (outcome, first_id)) in
-                    items.drain(..).zip(replies.drain(..)).zip(outcomes)
+                    owned.drain(..).zip(replies.drain(..)).zip(outcomes)
                 {
                     let _ = reply.send(Ok(outcome));
                     if let SendOutcome::Stored { .. } = outcome {
+                        let first_id = first_id.filter(|_| first_ids);
                         stored(item, first_id, &mut handed, &mut woken);
                     }
                 }
@@ -95,12 +104,13 @@ pub async fn group_commit(
                 }
             }
             Err(error) => {
-                items.clear();
+                owned.clear();
                 for reply in replies.drain(..) {
                     let _ = reply.send(Err(error.clone()));
                 }
             }
         }
+        items = owned;
     }
     drop(committed);
     let _ = fan_out_task.await;

@@ -424,12 +424,15 @@ pub trait Storage: Send + Sync + 'static {
     /// [`Storage::store_envelopes`], also returning for each stored item the
     /// id of its first envelope (the others follow consecutively, in
     /// `envelopes` order) when the backend knows it; `None` when it does not.
+    /// The batch is shared so a backend can work on it on another thread
+    /// without a copy; it drops its reference before answering, so the
+    /// caller can take the items back.
     async fn store_envelopes_with_ids(
         &self,
-        batch: &[SendItem],
+        batch: Arc<Vec<SendItem>>,
     ) -> Result<Vec<(SendOutcome, Option<u64>)>> {
         Ok(self
-            .store_envelopes(batch)
+            .store_envelopes(&batch)
             .await?
             .into_iter()
             .map(|outcome| (outcome, None))

@@ -2,6 +2,7 @@
 //! `synchronous=FULL` (power-loss durable), migrations embedded in the binary.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -567,7 +568,7 @@ impl Storage for SqliteStorage {
 
     async fn store_envelopes(&self, batch: &[SendItem]) -> Result<Vec<SendOutcome>> {
         Ok(self
-            .store_envelopes_with_ids(batch)
+            .store_envelopes_with_ids(Arc::new(batch.to_vec()))
             .await?
             .into_iter()
             .map(|(outcome, _)| outcome)
@@ -577,11 +578,11 @@ impl Storage for SqliteStorage {
     #[tracing::instrument(skip_all, fields(batch = batch.len()))]
     async fn store_envelopes_with_ids(
         &self,
-        batch: &[SendItem],
+        batch: Arc<Vec<SendItem>>,
     ) -> Result<Vec<(SendOutcome, Option<u64>)>> {
         let (reply, answer) = oneshot::channel();
         let job = sqlite_hot::Message::Job(sqlite_hot::Job::Store {
-            items: batch.to_vec(),
+            items: batch,
             reply,
         });
         self.hot.send(job).await.map_err(|_| closing())?;

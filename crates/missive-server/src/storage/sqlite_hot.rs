@@ -14,6 +14,7 @@
 //! timeout order it against the pool's other writers.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior, params};
@@ -57,7 +58,7 @@ pub(super) type StoreAnswer = Result<Vec<(SendOutcome, Option<u64>)>>;
 pub(super) enum Job {
     /// A group-committed batch of sends.
     Store {
-        items: Vec<SendItem>,
+        items: Arc<Vec<SendItem>>,
         reply: oneshot::Sender<StoreAnswer>,
     },
     /// One acknowledgement call.
@@ -176,7 +177,9 @@ fn commit(connection: &mut Connection, batch: &mut Vec<Job>) {
         Ok(done) => {
             for (job, done) in batch.drain(..).zip(done) {
                 match (job, done) {
-                    (Job::Store { reply, .. }, Done::Store(outcomes)) => {
+                    (Job::Store { items, reply }, Done::Store(outcomes)) => {
+                        // Ours is dropped first: the caller takes the items back.
+                        drop(items);
                         let _ = reply.send(Ok(outcomes));
                     }
                     (Job::Ack { reply, .. }, Done::Ack(count)) => {
@@ -198,7 +201,8 @@ fn commit(connection: &mut Connection, batch: &mut Vec<Job>) {
 
 fn fail(job: Job, error: &StorageError) {
     match job {
-        Job::Store { reply, .. } => {
+        Job::Store { items, reply } => {
+            drop(items);
             let _ = reply.send(Err(error.clone()));
         }
         Job::Ack { reply, .. } => {

@@ -514,12 +514,12 @@ pub async fn reported_ids(store: &dyn Storage) {
         ..two_devices.envelopes[0].clone()
     });
     let answers = store
-        .store_envelopes_with_ids(&[
+        .store_envelopes_with_ids(Arc::new(vec![
             send("alice", ivy, 1, 10, 10),
             send("alice", ivy, 2, 20, 10),
             send("alice", ivy, 1, 99, 10),
             two_devices,
-        ])
+        ]))
         .await
         .unwrap();
     assert_eq!(answers.len(), 4);
