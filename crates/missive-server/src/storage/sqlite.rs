@@ -1,5 +1,8 @@
 //! The embedded default backend: SQLite through sqlx, WAL journal,
 //! `synchronous=FULL` (power-loss durable), migrations embedded in the binary.
+//! Sends and acknowledgements bypass sqlx: they run on one dedicated thread
+//! with its own connection (`storage/sqlite_hot.rs`), which is therefore the
+//! only writer of envelopes (so `AUTOINCREMENT` ids follow commit order).
 
 use std::str::FromStr;
 use std::sync::Arc;
