@@ -346,12 +346,12 @@ impl Device {
         Ok(())
     }
 
+    /// Acknowledges on the relay and on the baseline alike, so both see the
+    /// same call pattern (send, stream, acknowledge).
     async fn acknowledge(&self, ids: Vec<u64>) -> anyhow::Result<()> {
-        if self.keys.is_some() {
-            self.messages()
-                .acknowledge(self.request(v1::AcknowledgeRequest { envelope_ids: ids }))
-                .await?;
-        }
+        self.messages()
+            .acknowledge(self.request(v1::AcknowledgeRequest { envelope_ids: ids }))
+            .await?;
         Ok(())
     }
 }

@@ -67,6 +67,11 @@ pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 pub const RECEIVE_PAGE: u32 = 128;
 /// Buffered items per receive stream.
 pub const RECEIVE_BUFFER: usize = 64;
+/// Envelopes handed over to one local receive stream and not yet taken; past
+/// this (or [`HANDOFF_MAX_BYTES`]) the stream re-reads the store instead.
+pub const HANDOFF_MAX_ENVELOPES: usize = 256;
+/// Content bytes handed over to one local receive stream and not yet taken.
+pub const HANDOFF_MAX_BYTES: usize = 512 * 1024;
 /// Receive streams poll storage at least this often even without a wake-up.
 pub const CATCH_UP_INTERVAL: Duration = Duration::from_secs(15);
 /// Concurrent sends committed in one transaction at most.

@@ -230,7 +230,11 @@ pub async fn start_on(
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (writer, jobs) = mpsc::channel(limits::GROUP_COMMIT_MAX * 4);
-    let writer_task = tokio::spawn(group_commit(Arc::clone(&storage), jobs));
+    let writer_task = tokio::spawn(group_commit(
+        Arc::clone(&storage),
+        Arc::clone(&fanout),
+        jobs,
+    ));
     let state = Arc::new(State {
         storage: Arc::clone(&storage),
         fanout,

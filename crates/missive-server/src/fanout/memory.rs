@@ -1,15 +1,20 @@
 //! In-process fan-out for a single node.
+//!
+//! With one node, its send writer is the only writer of envelopes, and it
+//! calls [`FanOut::hand_off`] after each commit in commit order: the
+//! envelopes go straight to the local streams, which need not re-read the
+//! store (ids increase in that order, so a stream skips nothing by resuming
+//! after the last id it was handed).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
 use async_trait::async_trait;
-use tokio::sync::mpsc;
 
-use super::{FanOut, FanOutError, Subscription};
-use crate::storage::DeviceAddress;
+use super::{FanOut, FanOutError, StreamHandle, Subscription, stream_channel};
+use crate::storage::{DeviceAddress, StoredEnvelope};
 
-type Registry = Mutex<HashMap<DeviceAddress, Vec<(u64, mpsc::Sender<()>)>>>;
+type Registry = Mutex<HashMap<DeviceAddress, Vec<(u64, StreamHandle)>>>;
 
 /// Wakes streams of this process through channels.
 #[derive(Debug, Default)]
@@ -69,32 +74,48 @@ impl FanOut for MemoryFanOut {
             return;
         };
         for device in devices {
-            for (_, sender) in streams.get(device).into_iter().flatten() {
-                // Full means a wake-up is already pending: coalesce.
-                let _ = sender.try_send(());
+            for (_, handle) in streams.get(device).into_iter().flatten() {
+                handle.wake();
+            }
+        }
+    }
+
+    async fn hand_off(&self, envelopes: Vec<(DeviceAddress, StoredEnvelope)>) {
+        let Ok(streams) = self.inner.streams.lock() else {
+            return;
+        };
+        for (device, envelope) in envelopes {
+            match streams.get(&device).map(Vec::as_slice) {
+                None | Some([]) => {}
+                Some([(_, only)]) => only.hand(envelope),
+                Some(several) => {
+                    for (_, handle) in several {
+                        handle.hand(envelope.clone());
+                    }
+                }
             }
         }
     }
 
     async fn subscribe(&self, device: DeviceAddress) -> Result<Subscription, FanOutError> {
-        let (sender, receiver) = mpsc::channel(1);
         let id = self
             .inner
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let guard = Unregister {
+            inner: Arc::downgrade(&self.inner),
+            device,
+            id,
+        };
+        let (handle, subscription) = stream_channel(Box::new(guard));
         self.inner
             .streams
             .lock()
             .map_err(|_| FanOutError::Unavailable("registry poisoned".into()))?
             .entry(device)
             .or_default()
-            .push((id, sender));
-        let guard = Unregister {
-            inner: Arc::downgrade(&self.inner),
-            device,
-            id,
-        };
-        Ok(Subscription::new(receiver, Box::new(guard)))
+            .push((id, handle));
+        Ok(subscription)
     }
 }
 
@@ -124,5 +145,65 @@ mod tests {
         assert_eq!(fanout.subscriptions(), 1);
         drop(sub_a);
         assert_eq!(fanout.subscriptions(), 0);
+    }
+
+    fn stored(id: u64, bytes: usize) -> StoredEnvelope {
+        StoredEnvelope {
+            id,
+            sender: "alice".into(),
+            sender_device: 1,
+            kind: 1,
+            content: vec![7; bytes],
+            message_id: vec![0; 16],
+            server_timestamp_ms: 1,
+            franking_commitment: vec![0; 32],
+            franking_tag: vec![0; 32],
+        }
+    }
+
+    #[tokio::test]
+    async fn hands_envelopes_over_in_order_and_asks_for_a_reread_past_the_bounds() {
+        use crate::limits::{HANDOFF_MAX_BYTES, HANDOFF_MAX_ENVELOPES};
+        let fanout = MemoryFanOut::new();
+        let a = DeviceAddress {
+            account: 1,
+            device: 1,
+        };
+        let b = DeviceAddress {
+            account: 1,
+            device: 2,
+        };
+        let mut first = fanout.subscribe(a).await.unwrap();
+        let second = fanout.subscribe(a).await.unwrap();
+        fanout
+            .hand_off(vec![
+                (a, stored(5, 10)),
+                (b, stored(6, 10)),
+                (a, stored(7, 10)),
+            ])
+            .await;
+        assert!(first.woken().await);
+        for sub in [&first, &second] {
+            let handed = sub.take();
+            assert!(!handed.reread);
+            let ids: Vec<u64> = handed.envelopes.iter().map(|e| e.id).collect();
+            assert_eq!(ids, [5, 7]);
+            assert!(sub.take().envelopes.is_empty());
+        }
+
+        // Too many envelopes: the queue is dropped for a re-read.
+        let many = (0..=HANDOFF_MAX_ENVELOPES as u64).map(|i| (a, stored(10 + i, 1)));
+        fanout.hand_off(many.collect()).await;
+        let handed = first.take();
+        assert!(handed.reread);
+        assert!(handed.envelopes.is_empty());
+        // Too many bytes, likewise.
+        fanout
+            .hand_off(vec![(a, stored(900, HANDOFF_MAX_BYTES / 2 + 1)); 2])
+            .await;
+        assert!(second.take().reread);
+        // A wake-up without data also asks for a re-read.
+        fanout.publish(&[a]).await;
+        assert!(first.take().reread);
     }
 }

@@ -1,7 +1,13 @@
 //! Fan-out: waking a device's open receive stream after its envelopes are
-//! committed. Wake-ups carry no data — the store stays the source of truth and
-//! a receive stream re-reads it, so a lost wake-up only delays delivery until
-//! the next periodic catch-up ([`crate::limits::CATCH_UP_INTERVAL`]).
+//! committed. The store stays the source of truth:
+//! - a *wake-up* carries no data: the stream re-reads the store after the last
+//!   id it delivered, so a lost wake-up only delays delivery until the next
+//!   periodic catch-up ([`crate::limits::CATCH_UP_INTERVAL`]);
+//! - a *hand-off* ([`FanOut::hand_off`]) carries the freshly committed
+//!   envelopes themselves, in commit order, to the streams on this node, which
+//!   then need no read. Only the single-node backend ([`memory`]) hands
+//!   envelopes over; a stream that falls behind (its hand-off queue is full)
+//!   is told to re-read the store instead.
 //!
 //! One module per backend: [`memory`] (single node) and [`nats`] (several
 //! nodes: `publish()` goes to a NATS subject per device, which feeds the
@@ -10,10 +16,13 @@
 pub mod memory;
 pub mod nats;
 
+use std::sync::{Arc, Mutex};
+
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
-use crate::storage::DeviceAddress;
+use crate::limits::{HANDOFF_MAX_BYTES, HANDOFF_MAX_ENVELOPES};
+use crate::storage::{DeviceAddress, StoredEnvelope};
 
 /// Fan-out failures.
 #[derive(Debug, thiserror::Error)]
@@ -33,11 +42,86 @@ pub trait FanOut: Send + Sync + 'static {
     /// Starts receiving wake-ups for one device; dropping the subscription
     /// ends it.
     async fn subscribe(&self, device: DeviceAddress) -> Result<Subscription, FanOutError>;
+    /// Called by the single send writer after each commit, in commit order,
+    /// with the envelopes it just stored. A backend whose streams can trust
+    /// that order (one node is the only writer) hands them over; the default
+    /// wakes the devices, so their streams re-read the store.
+    async fn hand_off(&self, envelopes: Vec<(DeviceAddress, StoredEnvelope)>) {
+        let devices: Vec<DeviceAddress> = envelopes.iter().map(|(d, _)| *d).collect();
+        self.publish(&devices).await;
+    }
+}
+
+/// What a stream has been handed since it last looked.
+#[derive(Debug, Default)]
+pub struct Handed {
+    /// The store must be re-read (a wake-up without data, or the queue
+    /// overflowed); `envelopes` may then be incomplete and can be ignored.
+    pub reread: bool,
+    /// Committed envelopes in commit order (ids increase).
+    pub envelopes: Vec<StoredEnvelope>,
+    bytes: usize,
+}
+
+/// The backend's end of one local stream: wakes it, or hands it envelopes.
+#[derive(Clone, Debug)]
+pub struct StreamHandle {
+    wake: mpsc::Sender<()>,
+    queue: Arc<Mutex<Handed>>,
+}
+
+impl StreamHandle {
+    /// A wake-up without data: the stream re-reads the store.
+    pub fn wake(&self) {
+        if let Ok(mut queue) = self.queue.lock() {
+            queue.reread = true;
+            queue.envelopes = Vec::new();
+            queue.bytes = 0;
+        }
+        // Full means a wake-up is already pending: coalesce.
+        let _ = self.wake.try_send(());
+    }
+
+    /// Hands over one committed envelope; past the queue bounds the stream
+    /// is told to re-read the store instead.
+    pub fn hand(&self, envelope: StoredEnvelope) {
+        if let Ok(mut queue) = self.queue.lock()
+            && !queue.reread
+        {
+            let bytes = queue.bytes + envelope.content.len();
+            if queue.envelopes.len() >= HANDOFF_MAX_ENVELOPES || bytes > HANDOFF_MAX_BYTES {
+                queue.reread = true;
+                queue.envelopes = Vec::new();
+                queue.bytes = 0;
+            } else {
+                queue.bytes = bytes;
+                queue.envelopes.push(envelope);
+            }
+        }
+        let _ = self.wake.try_send(());
+    }
+}
+
+/// A connected pair: the backend keeps the handle, the stream the subscription.
+pub fn stream_channel(guard: Box<dyn Send + Sync>) -> (StreamHandle, Subscription) {
+    let (wake, receiver) = mpsc::channel(1);
+    let queue = Arc::new(Mutex::new(Handed::default()));
+    let handle = StreamHandle {
+        wake,
+        queue: Arc::clone(&queue),
+    };
+    let subscription = Subscription {
+        receiver,
+        queue,
+        _guard: guard,
+    };
+    (handle, subscription)
 }
 
 /// Wake-ups for one device. Bursts coalesce into one wake-up.
 pub struct Subscription {
     receiver: mpsc::Receiver<()>,
+    queue: Arc<Mutex<Handed>>,
     _guard: Box<dyn Send + Sync>,
 }
 
@@ -48,17 +132,20 @@ impl std::fmt::Debug for Subscription {
 }
 
 impl Subscription {
-    /// A subscription fed by `receiver`; `guard` is dropped with it (to
-    /// unregister from the backend).
-    pub fn new(receiver: mpsc::Receiver<()>, guard: Box<dyn Send + Sync>) -> Self {
-        Self {
-            receiver,
-            _guard: guard,
-        }
-    }
-
     /// Waits for the next wake-up; `false` once the backend is gone.
     pub async fn woken(&mut self) -> bool {
         self.receiver.recv().await.is_some()
+    }
+
+    /// Takes what was handed over since the last call. A poisoned queue
+    /// asks for a re-read.
+    pub fn take(&self) -> Handed {
+        match self.queue.lock() {
+            Ok(mut queue) => std::mem::take(&mut *queue),
+            Err(_) => Handed {
+                reread: true,
+                ..Handed::default()
+            },
+        }
     }
 }

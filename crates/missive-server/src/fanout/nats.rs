@@ -9,6 +9,9 @@
 //! The database stays the source of truth: wake-ups carry no data, a lost
 //! one is healed by the streams' periodic catch-up, and when the connection to
 //! NATS comes back every local stream is woken to re-read the store.
+//! Envelopes are never handed to streams directly (the default
+//! [`FanOut::hand_off`] wakes them): with several nodes writing, no single node
+//! sees the commit order of a device's envelopes.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,10 +20,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::{FanOut, FanOutError, Subscription};
+use super::{FanOut, FanOutError, StreamHandle, Subscription, stream_channel};
 use crate::storage::{DeviceAddress, redact_url};
 
 /// Default first subject token.
@@ -31,7 +33,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Local streams of one device and the NATS subscription feeding them.
 struct Local {
-    streams: Vec<(u64, mpsc::Sender<()>)>,
+    streams: Vec<(u64, StreamHandle)>,
     listener: JoinHandle<()>,
 }
 
@@ -49,9 +51,8 @@ impl Inner {
             return;
         };
         if let Some(local) = devices.get(&device) {
-            for (_, sender) in &local.streams {
-                // Full means a wake-up is already pending: coalesce.
-                let _ = sender.try_send(());
+            for (_, handle) in &local.streams {
+                handle.wake();
             }
         }
     }
@@ -61,8 +62,8 @@ impl Inner {
             return;
         };
         for local in devices.values() {
-            for (_, sender) in &local.streams {
-                let _ = sender.try_send(());
+            for (_, handle) in &local.streams {
+                handle.wake();
             }
         }
     }
@@ -201,19 +202,19 @@ impl FanOut for NatsFanOut {
     }
 
     async fn subscribe(&self, device: DeviceAddress) -> Result<Subscription, FanOutError> {
-        let (sender, receiver) = mpsc::channel(1);
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let guard = Unregister {
             inner: Arc::downgrade(&self.inner),
             device,
             id,
         };
+        let (sender, subscription) = stream_channel(Box::new(guard));
         let poisoned = || FanOutError::Unavailable("registry poisoned".into());
         {
             let mut devices = self.inner.devices.lock().map_err(|_| poisoned())?;
             if let Some(local) = devices.get_mut(&device) {
                 local.streams.push((id, sender));
-                return Ok(Subscription::new(receiver, Box::new(guard)));
+                return Ok(subscription);
             }
         }
         // First stream for this device on this node: listen on its subject.
@@ -247,7 +248,7 @@ impl FanOut for NatsFanOut {
             }
         }
         drop(devices);
-        Ok(Subscription::new(receiver, Box::new(guard)))
+        Ok(subscription)
     }
 }
 

@@ -20,13 +20,14 @@ use super::cache::Recipient;
 use super::{State, normalize_username, remote_ip};
 use crate::checks;
 use crate::error::{ApiError, ApiResult};
+use crate::fanout::{FanOut, Subscription};
 use crate::limits::{
     CATCH_UP_INTERVAL, FRANKING_COMMITMENT_LEN, GROUP_COMMIT_MAX, MAX_ACKS_PER_CALL,
     MAX_ENVELOPE_BYTES, MAX_ENVELOPES_PER_SEND, MESSAGE_ID_LEN, RECEIVE_BUFFER, RECEIVE_PAGE,
 };
 use crate::storage::{
     DeviceAddress, DeviceRecord, NewEnvelope, Principal, SendItem, SendOutcome, Storage,
-    StorageError,
+    StorageError, StoredEnvelope,
 };
 use crate::time;
 
@@ -37,24 +38,131 @@ pub struct WriteJob {
     reply: oneshot::Sender<Result<SendOutcome, StorageError>>,
 }
 
+/// Stored envelopes to hand over and devices to wake, after one commit.
+type FanOutBatch = (Vec<(DeviceAddress, StoredEnvelope)>, Vec<DeviceAddress>);
+
+/// Committed batches waiting for the fan-out task at most; beyond, the
+/// writer waits.
+const FAN_OUT_QUEUE: usize = 64;
+
+/// Passes committed batches to the fan-out one after the other (so hand-offs
+/// keep commit order) without holding up the writer's next commit.
+async fn fan_out(fanout: Arc<dyn FanOut>, mut batches: mpsc::Receiver<FanOutBatch>) {
+    while let Some((handed, woken)) = batches.recv().await {
+        if !handed.is_empty() {
+            fanout.hand_off(handed).await;
+        }
+        if !woken.is_empty() {
+            fanout.publish(&woken).await;
+        }
+    }
+}
+
 /// The group-commit writer: concurrent sends share one durable transaction.
-/// Ends when every sender handle is dropped.
-pub async fn group_commit(storage: Arc<dyn Storage>, mut jobs: mpsc::Receiver<WriteJob>) {
+/// After each commit it passes the stored envelopes to the fan-out, in commit
+/// order (see [`FanOut::hand_off`]). Ends when every sender handle is dropped.
+pub async fn group_commit(
+    storage: Arc<dyn Storage>,
+    fanout: Arc<dyn FanOut>,
+    mut jobs: mpsc::Receiver<WriteJob>,
+) {
+    let (committed, batches) = mpsc::channel(FAN_OUT_QUEUE);
+    let fan_out_task = tokio::spawn(fan_out(fanout, batches));
     let mut batch = Vec::with_capacity(GROUP_COMMIT_MAX);
+    let mut items = Vec::with_capacity(GROUP_COMMIT_MAX);
+    let mut replies = Vec::with_capacity(GROUP_COMMIT_MAX);
     while jobs.recv_many(&mut batch, GROUP_COMMIT_MAX).await > 0 {
-        let (items, replies): (Vec<_>, Vec<_>) = batch.drain(..).map(|j| (j.item, j.reply)).unzip();
-        match storage.store_envelopes(&items).await {
+        for job in batch.drain(..) {
+            items.push(job.item);
+            replies.push(job.reply);
+        }
+        let shared = Arc::new(std::mem::take(&mut items));
+        let answer = storage.store_envelopes_with_ids(Arc::clone(&shared)).await;
+        // The store has dropped its reference; should it not have, the
+        // envelopes go out as wake-ups (streams re-read the store).
+        let (mut owned, first_ids) = match Arc::try_unwrap(shared) {
+            Ok(owned) => (owned, true),
+            Err(shared) => ((*shared).clone(), false),
+        };
+        match answer {
             Ok(outcomes) => {
-                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                let mut handed = Vec::with_capacity(owned.len());
+                let mut woken = Vec::new();
+                for ((item, reply), (outcome, first_id)) in
+                    owned.drain(..).zip(replies.drain(..)).zip(outcomes)
+                {
                     let _ = reply.send(Ok(outcome));
+                    if let SendOutcome::Stored { .. } = outcome {
+                        let first_id = first_id.filter(|_| first_ids);
+                        stored(item, first_id, &mut handed, &mut woken);
+                    }
+                }
+                if (!handed.is_empty() || !woken.is_empty())
+                    && committed.send((handed, woken)).await.is_err()
+                {
+                    tracing::warn!("the fan-out task ended; streams rely on catch-up");
                 }
             }
             Err(error) => {
-                for reply in replies {
+                owned.clear();
+                for reply in replies.drain(..) {
                     let _ = reply.send(Err(error.clone()));
                 }
             }
         }
+        items = owned;
+    }
+    drop(committed);
+    let _ = fan_out_task.await;
+}
+
+/// The envelopes of one stored item, to hand over when their ids are known,
+/// else their devices to wake.
+fn stored(
+    item: SendItem,
+    first_id: Option<u64>,
+    handed: &mut Vec<(DeviceAddress, StoredEnvelope)>,
+    woken: &mut Vec<DeviceAddress>,
+) {
+    let SendItem {
+        mut sender,
+        sender_device,
+        recipient,
+        mut message_id,
+        server_timestamp_ms,
+        envelopes,
+        ..
+    } = item;
+    let count = envelopes.len();
+    for (k, envelope) in envelopes.into_iter().enumerate() {
+        let device = DeviceAddress {
+            account: recipient,
+            device: envelope.recipient_device,
+        };
+        let Some(id) = first_id.and_then(|first| first.checked_add(k as u64)) else {
+            woken.push(device);
+            continue;
+        };
+        // The last envelope takes the item's sender and id instead of copies.
+        let (sender, message_id) = if k + 1 == count {
+            (std::mem::take(&mut sender), std::mem::take(&mut message_id))
+        } else {
+            (sender.clone(), message_id.clone())
+        };
+        handed.push((
+            device,
+            StoredEnvelope {
+                id,
+                sender,
+                sender_device,
+                kind: envelope.kind,
+                content: envelope.content,
+                message_id,
+                server_timestamp_ms,
+                franking_commitment: envelope.franking_commitment,
+                franking_tag: envelope.franking_tag,
+            },
+        ));
     }
 }
 
@@ -111,13 +219,6 @@ impl MessageApi {
                 franking_commitment: e.franking_commitment,
             })
             .collect::<Vec<_>>();
-        let targets: Vec<DeviceAddress> = envelopes
-            .iter()
-            .map(|e| DeviceAddress {
-                account: recipient_account,
-                device: e.recipient_device,
-            })
-            .collect();
         let (reply, answer) = oneshot::channel();
         let job = WriteJob {
             item: SendItem {
@@ -137,15 +238,11 @@ impl MessageApi {
             .await
             .map_err(|_| ApiError::ShuttingDown)?;
         match answer.await.map_err(|_| ApiError::ShuttingDown)?? {
+            // The writer already handed the envelopes to the fan-out.
             SendOutcome::Stored {
                 server_timestamp_ms,
-            } => {
-                self.state.fanout.publish(&targets).await;
-                Ok(SendResponse {
-                    server_timestamp_ms,
-                })
             }
-            SendOutcome::Duplicate {
+            | SendOutcome::Duplicate {
                 server_timestamp_ms,
             } => Ok(SendResponse {
                 server_timestamp_ms,
@@ -256,7 +353,7 @@ fn validate(request: &SendRequest) -> ApiResult<()> {
     Ok(())
 }
 
-fn envelope(stored: crate::storage::StoredEnvelope) -> ReceiveResponse {
+fn envelope(stored: StoredEnvelope) -> ReceiveResponse {
     ReceiveResponse {
         item: Some(Item::Envelope(Envelope {
             id: stored.id,
@@ -301,16 +398,33 @@ async fn drain(state: &State, device: DeviceAddress, last: &mut u64, outbox: &Ou
     }
 }
 
+/// Sends the envelopes handed over, skipping those at or below `last`;
+/// `false` when the stream is over.
+async fn send_handed(envelopes: Vec<StoredEnvelope>, last: &mut u64, outbox: &Outbox) -> bool {
+    for stored in envelopes {
+        if stored.id <= *last {
+            continue;
+        }
+        *last = stored.id;
+        if outbox.send(Ok(envelope(stored))).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
 async fn deliver(state: Arc<State>, principal: Principal, outbox: Outbox) {
     let device = principal.address;
     let mut shutdown = state.shutdown.clone();
-    let mut subscription = match state.fanout.subscribe(device).await {
+    let mut subscription: Option<Subscription> = match state.fanout.subscribe(device).await {
         Ok(s) => Some(s),
         Err(error) => {
             tracing::warn!(%error, "fan-out subscription failed; falling back to polling");
             None
         }
     };
+    // Subscribed first, then read: whatever is committed later is handed over
+    // or woken (and duplicates of what the read returned are skipped by id).
     let mut last = 0;
     if !drain(&state, device, &mut last, &outbox).await {
         return;
@@ -328,6 +442,7 @@ async fn deliver(state: Arc<State>, principal: Principal, outbox: Outbox) {
             let _ = outbox.send(Err(ApiError::ShuttingDown.into())).await;
             return;
         }
+        let mut reread = false;
         tokio::select! {
             changed = shutdown.changed() => {
                 // A dropped sender means the node is gone: end like a shutdown.
@@ -346,6 +461,7 @@ async fn deliver(state: Arc<State>, principal: Principal, outbox: Outbox) {
             } => {
                 if !woken {
                     subscription = None;
+                    reread = true;
                 }
             }
             _ = catch_up.tick() => {
@@ -361,9 +477,21 @@ async fn deliver(state: Arc<State>, principal: Principal, outbox: Outbox) {
                     }
                     Err(error) => tracing::warn!(%error, "account check failed"),
                 }
+                reread = true;
             }
         }
-        if !drain(&state, device, &mut last, &outbox).await {
+        // Taken before any read: everything handed was committed before the
+        // read starts, so a re-read covers it and it can be dropped.
+        let handed = subscription
+            .as_ref()
+            .map(Subscription::take)
+            .unwrap_or_default();
+        let delivered = if reread || handed.reread {
+            drain(&state, device, &mut last, &outbox).await
+        } else {
+            send_handed(handed.envelopes, &mut last, &outbox).await
+        };
+        if !delivered {
             return;
         }
     }

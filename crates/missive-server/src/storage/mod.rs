@@ -13,6 +13,7 @@
 
 pub mod postgres;
 pub mod sqlite;
+mod sqlite_hot;
 #[doc(hidden)]
 pub mod suite;
 
@@ -420,6 +421,23 @@ pub trait Storage: Send + Sync + 'static {
     /// Stores a batch of sends in one durable transaction (group commit).
     /// Returns one outcome per item, in order; an `Err` means nothing was stored.
     async fn store_envelopes(&self, batch: &[SendItem]) -> Result<Vec<SendOutcome>>;
+    /// [`Storage::store_envelopes`], also returning for each stored item the
+    /// id of its first envelope (the others follow consecutively, in
+    /// `envelopes` order) when the backend knows it; `None` when it does not.
+    /// The batch is shared so a backend can work on it on another thread
+    /// without a copy; it drops its reference before answering, so the
+    /// caller can take the items back.
+    async fn store_envelopes_with_ids(
+        &self,
+        batch: Arc<Vec<SendItem>>,
+    ) -> Result<Vec<(SendOutcome, Option<u64>)>> {
+        Ok(self
+            .store_envelopes(&batch)
+            .await?
+            .into_iter()
+            .map(|outcome| (outcome, None))
+            .collect())
+    }
     /// Pending envelopes of a device with id greater than `after_id`, oldest
     /// first, at most `limit`.
     async fn pending_envelopes(

@@ -1,8 +1,11 @@
 //! The embedded default backend: SQLite through sqlx, WAL journal,
 //! `synchronous=FULL` (power-loss durable), migrations embedded in the binary.
+//! Sends and acknowledgements bypass sqlx: they run on one dedicated thread
+//! with its own connection (`storage/sqlite_hot.rs`), which is therefore the
+//! only writer of envelopes (so `AUTOINCREMENT` ids follow commit order).
 
-use std::fmt::Write as _;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -13,6 +16,7 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
+use super::sqlite_hot;
 use super::{
     AccountExport, AccountId, BundleRecord, Bundles, ChallengePurpose, DeviceAddress, DeviceExport,
     DeviceRecord, KemPrekeyRecord, NewAccount, NewReport, OneTimePrekeyRecord, OpenMode,
@@ -26,62 +30,12 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 #[derive(Clone, Debug)]
 pub struct SqliteStorage {
     pool: SqlitePool,
-    acks: mpsc::Sender<AckJob>,
+    /// The message hot path (sends and acknowledgements), see [`sqlite_hot`].
+    hot: mpsc::Sender<sqlite_hot::Message>,
 }
 
-/// Acknowledgements waiting for the ack writer.
-#[derive(Debug)]
-struct AckJob {
-    device: DeviceAddress,
-    /// The ids as a JSON array, for `json_each`.
-    ids: String,
-    reply: oneshot::Sender<Result<u64>>,
-}
-
-/// Most acknowledgement calls sharing one transaction.
-const ACK_BATCH_MAX: usize = 256;
-
-/// Group commit for acknowledgements: concurrent calls share one durable
-/// transaction (each answered only after the commit). Ends when every
-/// handle to the store is dropped.
-async fn ack_writer(pool: SqlitePool, mut jobs: mpsc::Receiver<AckJob>) {
-    let mut batch = Vec::with_capacity(ACK_BATCH_MAX);
-    while jobs.recv_many(&mut batch, ACK_BATCH_MAX).await > 0 {
-        match delete_acknowledged(&pool, &batch).await {
-            Ok(counts) => {
-                for (job, deleted) in batch.drain(..).zip(counts) {
-                    let _ = job.reply.send(Ok(deleted));
-                }
-            }
-            Err(error) => {
-                for job in batch.drain(..) {
-                    let _ = job.reply.send(Err(error.clone()));
-                }
-            }
-        }
-    }
-}
-
-async fn delete_acknowledged(pool: &SqlitePool, batch: &[AckJob]) -> Result<Vec<u64>> {
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(map_err)?;
-    let mut counts = Vec::with_capacity(batch.len());
-    for job in batch {
-        // One statement per call, not per id: each statement is a round trip
-        // to sqlx's connection thread.
-        let done = sqlx::query(
-            "DELETE FROM envelopes WHERE recipient_account = ? AND recipient_device = ? \
-             AND id IN (SELECT value FROM json_each(?))",
-        )
-        .bind(job.device.account)
-        .bind(i64::from(job.device.device))
-        .bind(&job.ids)
-        .execute(&mut *tx)
-        .await
-        .map_err(map_err)?;
-        counts.push(done.rows_affected());
-    }
-    tx.commit().await.map_err(map_err)?;
-    Ok(counts)
+fn closing() -> StorageError {
+    StorageError::Unavailable("the store is closing".into())
 }
 
 /// The one place sqlx errors become [`StorageError`]s.
@@ -136,7 +90,7 @@ impl SqliteStorage {
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .min_connections(1)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(|e| match e {
                 sqlx::Error::Database(_) if mode == OpenMode::Existing => StorageError::NoDatabase,
@@ -159,9 +113,16 @@ impl SqliteStorage {
                 }
             }
         }
-        let (acks, jobs) = mpsc::channel(1024);
-        tokio::spawn(ack_writer(pool.clone(), jobs));
-        Ok(Self { pool, acks })
+        // The hot path opens the file a second time, which an in-memory
+        // database cannot be.
+        let file = options.get_filename();
+        if file.to_string_lossy().starts_with("file:sqlx-in-memory") {
+            return Err(StorageError::Backend(
+                "in-memory SQLite databases are not supported; give a file".into(),
+            ));
+        }
+        let hot = sqlite_hot::start(file)?;
+        Ok(Self { pool, hot })
     }
 
     async fn write(&self) -> Result<Transaction<'static, Sqlite>> {
@@ -608,107 +569,27 @@ impl Storage for SqliteStorage {
         Ok(Some((account_id, devices)))
     }
 
-    #[tracing::instrument(skip_all, fields(batch = batch.len()))]
     async fn store_envelopes(&self, batch: &[SendItem]) -> Result<Vec<SendOutcome>> {
-        let mut tx = self.write().await?;
-        let mut outcomes = Vec::with_capacity(batch.len());
-        'items: for item in batch {
-            // A single-device send (the common case) is one statement: insert
-            // unless a duplicate, a full mailbox or a missing device; only
-            // when nothing is inserted does the check below say why.
-            if let [envelope] = item.envelopes.as_slice() {
-                let inserted = sqlx::query(
-                    "INSERT INTO envelopes (recipient_account, recipient_device, sender, sender_device, \
-                     kind, content, message_id, server_timestamp_ms, franking_commitment, franking_tag) \
-                     SELECT d.account_id, d.device_id, ?, ?, ?, ?, ?, ?, ?, ? FROM devices d \
-                     WHERE d.account_id = ? AND d.device_id = ? AND d.pending_envelopes < ? \
-                     ON CONFLICT DO NOTHING",
-                )
-                .bind(&item.sender)
-                .bind(i64::from(item.sender_device))
-                .bind(i64::from(envelope.kind))
-                .bind(&envelope.content)
-                .bind(&item.message_id)
-                .bind(int(item.server_timestamp_ms))
-                .bind(&envelope.franking_commitment)
-                .bind(&envelope.franking_tag)
-                .bind(item.recipient)
-                .bind(i64::from(envelope.recipient_device))
-                .bind(i64::from(item.mailbox_limit))
-                .execute(&mut *tx)
-                .await
-                .map_err(map_err)?
-                .rows_affected();
-                if inserted == 1 {
-                    outcomes.push(SendOutcome::Stored {
-                        server_timestamp_ms: item.server_timestamp_ms,
-                    });
-                    continue 'items;
-                }
-            }
-            // 1. One query per envelope: the device exists, the message is not
-            //    already stored (a retry answers the first timestamp), the
-            //    mailbox has room (counter kept by triggers).
-            for envelope in &item.envelopes {
-                let row = sqlx::query(
-                    "SELECT d.pending_envelopes AS pending, \
-                     (SELECT e.server_timestamp_ms FROM envelopes e WHERE e.recipient_account = d.account_id \
-                      AND e.recipient_device = d.device_id AND e.sender = ? AND e.sender_device = ? \
-                      AND e.message_id = ?) AS existing \
-                     FROM devices d WHERE d.account_id = ? AND d.device_id = ?",
-                )
-                .bind(&item.sender)
-                .bind(i64::from(item.sender_device))
-                .bind(&item.message_id)
-                .bind(item.recipient)
-                .bind(i64::from(envelope.recipient_device))
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(map_err)?;
-                let Some(row) = row else {
-                    outcomes.push(SendOutcome::RecipientGone);
-                    continue 'items;
-                };
-                if let Some(ts) = get::<Option<i64>>(&row, "existing")? {
-                    outcomes.push(SendOutcome::Duplicate {
-                        server_timestamp_ms: u64_of(ts)?,
-                    });
-                    continue 'items;
-                }
-                if get::<i64>(&row, "pending")? >= i64::from(item.mailbox_limit) {
-                    outcomes.push(SendOutcome::MailboxFull {
-                        device: envelope.recipient_device,
-                    });
-                    continue 'items;
-                }
-            }
-            // 2. Store them all.
-            for envelope in &item.envelopes {
-                sqlx::query(
-                    "INSERT INTO envelopes (recipient_account, recipient_device, sender, sender_device, \
-                     kind, content, message_id, server_timestamp_ms, franking_commitment, franking_tag) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                )
-                .bind(item.recipient)
-                .bind(i64::from(envelope.recipient_device))
-                .bind(&item.sender)
-                .bind(i64::from(item.sender_device))
-                .bind(i64::from(envelope.kind))
-                .bind(&envelope.content)
-                .bind(&item.message_id)
-                .bind(int(item.server_timestamp_ms))
-                .bind(&envelope.franking_commitment)
-                .bind(&envelope.franking_tag)
-                .execute(&mut *tx)
-                .await
-                .map_err(map_err)?;
-            }
-            outcomes.push(SendOutcome::Stored {
-                server_timestamp_ms: item.server_timestamp_ms,
-            });
-        }
-        tx.commit().await.map_err(map_err)?;
-        Ok(outcomes)
+        Ok(self
+            .store_envelopes_with_ids(Arc::new(batch.to_vec()))
+            .await?
+            .into_iter()
+            .map(|(outcome, _)| outcome)
+            .collect())
+    }
+
+    #[tracing::instrument(skip_all, fields(batch = batch.len()))]
+    async fn store_envelopes_with_ids(
+        &self,
+        batch: Arc<Vec<SendItem>>,
+    ) -> Result<Vec<(SendOutcome, Option<u64>)>> {
+        let (reply, answer) = oneshot::channel();
+        let job = sqlite_hot::Message::Job(sqlite_hot::Job::Store {
+            items: batch,
+            reply,
+        });
+        self.hot.send(job).await.map_err(|_| closing())?;
+        answer.await.map_err(|_| closing())?
     }
 
     #[tracing::instrument(skip_all)]
@@ -752,25 +633,14 @@ impl Storage for SqliteStorage {
         if ids.is_empty() {
             return Ok(0);
         }
-        let mut list = String::with_capacity(ids.len() * 8 + 2);
-        list.push('[');
-        for (i, id) in ids.iter().enumerate() {
-            if i > 0 {
-                list.push(',');
-            }
-            // i64 range: larger ids match nothing, as before.
-            let _ = write!(list, "{}", int(*id));
-        }
-        list.push(']');
         let (reply, answer) = oneshot::channel();
-        let job = AckJob {
+        let job = sqlite_hot::Message::Job(sqlite_hot::Job::Ack {
             device,
-            ids: list,
+            ids: ids.to_vec(),
             reply,
-        };
-        let gone = || StorageError::Unavailable("the store is closing".into());
-        self.acks.send(job).await.map_err(|_| gone())?;
-        answer.await.map_err(|_| gone())?
+        });
+        self.hot.send(job).await.map_err(|_| closing())?;
+        answer.await.map_err(|_| closing())?
     }
 
     #[tracing::instrument(skip_all)]
@@ -930,6 +800,18 @@ impl Storage for SqliteStorage {
     }
 
     async fn close(&self) {
+        // The hot-path connection first, so the pool's last connection is the
+        // last one and checkpoints the WAL (with the pages of acknowledged
+        // envelopes) away.
+        let (reply, closed) = oneshot::channel();
+        if self
+            .hot
+            .send(sqlite_hot::Message::Close(reply))
+            .await
+            .is_ok()
+        {
+            let _ = closed.await;
+        }
         self.pool.close().await;
     }
 }

@@ -61,6 +61,7 @@ pub async fn run_all(store: &dyn Storage) {
     challenges(store).await;
     prekeys(store).await;
     envelopes(store).await;
+    reported_ids(store).await;
     reports_secrets_and_export(store).await;
     deletion(store).await;
 }
@@ -494,4 +495,53 @@ pub async fn deletion(store: &dyn Storage) {
         .await
         .unwrap();
     assert_ne!(again, id);
+}
+
+/// Ids reported by `store_envelopes_with_ids` (where a backend reports them)
+/// are the ids the envelopes are delivered with; items not stored report none.
+pub async fn reported_ids(store: &dyn Storage) {
+    let ivy = store
+        .create_account(&account("suite-ivy", 0, 0))
+        .await
+        .unwrap();
+    let device = DeviceAddress {
+        account: ivy,
+        device: 1,
+    };
+    let mut two_devices = send("alice", ivy, 3, 30, 10);
+    two_devices.envelopes.push(NewEnvelope {
+        recipient_device: 2,
+        ..two_devices.envelopes[0].clone()
+    });
+    let answers = store
+        .store_envelopes_with_ids(Arc::new(vec![
+            send("alice", ivy, 1, 10, 10),
+            send("alice", ivy, 2, 20, 10),
+            send("alice", ivy, 1, 99, 10),
+            two_devices,
+        ]))
+        .await
+        .unwrap();
+    assert_eq!(answers.len(), 4);
+    assert!(matches!(answers[0].0, SendOutcome::Stored { .. }));
+    assert!(matches!(answers[1].0, SendOutcome::Stored { .. }));
+    assert_eq!(
+        answers[2],
+        (
+            SendOutcome::Duplicate {
+                server_timestamp_ms: 10
+            },
+            None
+        )
+    );
+    // Ivy has no device 2: nothing of that send is stored.
+    assert_eq!(answers[3], (SendOutcome::RecipientGone, None));
+    let pending = store.pending_envelopes(device, 0, 10).await.unwrap();
+    let ids: Vec<u64> = pending.iter().map(|e| e.id).collect();
+    assert_eq!(ids.len(), 2);
+    for (answer, id) in answers.iter().zip(&ids) {
+        if let Some(reported) = answer.1 {
+            assert_eq!(reported, *id);
+        }
+    }
 }
