@@ -665,6 +665,19 @@ impl Storage for SqliteStorage {
             .map_err(map_err)?
             .rows_affected();
         tx.commit().await.map_err(map_err)?;
+        // `secure_delete` zeroes deleted rows in the database file, but the WAL
+        // still holds the page images written when acknowledged envelopes were
+        // stored (ciphertext, sender, recipient) until it is overwritten, which
+        // on a quiet server can take days. Checkpoint and truncate it here, so
+        // nothing acknowledged outlives one purge interval on disk. Busy (a
+        // reader on an old snapshot) just means "next interval".
+        let (busy,): (i64,) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(map_err)?;
+        if busy != 0 {
+            tracing::debug!("WAL checkpoint deferred: the database is busy");
+        }
         Ok(PurgeCounts {
             envelopes,
             credentials: tokens + challenges,
