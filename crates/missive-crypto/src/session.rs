@@ -94,6 +94,28 @@ fn aead_ad(
     ad
 }
 
+/// Opens `message` under its message key; the AD binds sender, recipient, the
+/// PQXDH header (prekey messages) and the ratchet header.
+fn open_message(
+    key: &MessageKey,
+    sender: &PublicIdentity,
+    recipient: &PublicIdentity,
+    message: &NormalMessage,
+    prekey_header: &[u8],
+    associated_data: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, DecryptError> {
+    let cipher = key.expand();
+    let ad = aead_ad(
+        sender,
+        recipient,
+        prekey_header,
+        &message.header,
+        associated_data,
+    );
+    primitives::aead_open(&cipher.key, &cipher.nonce, &message.ciphertext, &ad)
+        .map_err(|_| DecryptError::AuthenticationFailed)
+}
+
 impl Session {
     /// Initiator: verifies the bundle's signatures and runs PQXDH. Until the first
     /// reply arrives, every [`Self::encrypt`] yields [`MessageKind::Prekey`].
@@ -343,16 +365,14 @@ impl Session {
             return Ok(None);
         };
         let (key, next_chain) = chain.chain.step();
-        let cipher = key.expand();
-        let ad = aead_ad(
+        let plaintext = open_message(
+            &key,
             &self.remote,
             &self.local,
+            message,
             prekey_header,
-            &message.header,
             associated_data,
-        );
-        let plaintext = primitives::aead_open(&cipher.key, &cipher.nonce, &message.ciphertext, &ad)
-            .map_err(|_| DecryptError::AuthenticationFailed)?;
+        )?;
         chain.chain = next_chain;
         chain.next = next_counter;
         self.pending_prekey = None;
@@ -388,16 +408,14 @@ impl Session {
             }
             self.take_receiving_key(message.counter)?
         };
-        let cipher = key.expand();
-        let ad = aead_ad(
+        let plaintext = open_message(
+            &key,
             &self.remote,
             &self.local,
+            message,
             prekey_header,
-            &message.header,
             associated_data,
-        );
-        let plaintext = primitives::aead_open(&cipher.key, &cipher.nonce, &message.ciphertext, &ad)
-            .map_err(|_| DecryptError::AuthenticationFailed)?;
+        )?;
         // The peer answered: it has the session, the PQXDH header is no longer needed.
         self.pending_prekey = None;
         Ok(plaintext)

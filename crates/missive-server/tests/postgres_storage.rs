@@ -9,8 +9,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use missive_server::storage::{
-    self, DeviceAddress, KemPrekeyRecord, NewAccount, NewEnvelope, OpenMode, SendItem, SendOutcome,
-    SignedPrekeyRecord, Storage, StorageError, suite,
+    self, DeviceAddress, NewEnvelope, OpenMode, SendItem, SendOutcome, Storage, StorageError, suite,
 };
 
 #[tokio::test]
@@ -65,27 +64,6 @@ async fn migrations_are_idempotent_for_nodes_starting_together() {
     drop(schema);
 }
 
-fn account(username: &str) -> NewAccount {
-    NewAccount {
-        username: username.to_owned(),
-        identity: vec![7; 128],
-        registration_id: 1,
-        signed_prekey: SignedPrekeyRecord {
-            id: 1,
-            public_key: vec![1; 32],
-            signature: vec![2; 64],
-        },
-        last_resort_kem_prekey: KemPrekeyRecord {
-            id: 1,
-            public_key: vec![3; 1184],
-            signature: vec![4; 64],
-        },
-        one_time_prekeys: Vec::new(),
-        one_time_kem_prekeys: Vec::new(),
-        today: 1,
-    }
-}
-
 /// Two "nodes" (two pools) write to one device concurrently while a reader
 /// resumes after the last id it saw, exactly like a receive stream: it must
 /// see every envelope, i.e. ids become visible in increasing order.
@@ -97,7 +75,10 @@ async fn concurrent_writers_on_two_pools_keep_per_device_commit_order() {
     let url = schema.url();
     let node_a = storage::open(&url, OpenMode::Serve).await.unwrap();
     let node_b = storage::open(&url, OpenMode::Serve).await.unwrap();
-    let bob = node_a.create_account(&account("bob")).await.unwrap();
+    let bob = node_a
+        .create_account(&suite::account("bob", 0, 0))
+        .await
+        .unwrap();
     let device = DeviceAddress {
         account: bob,
         device: 1,

@@ -29,48 +29,16 @@ async fn existing_mode_refuses_a_missing_database() {
 
 #[tokio::test]
 async fn sqlite_reports_the_ids_of_stored_envelopes() {
-    use missive_server::storage::{DeviceAddress, KemPrekeyRecord, NewAccount};
-    use missive_server::storage::{NewEnvelope, SendItem, SendOutcome, SignedPrekeyRecord};
+    use missive_server::storage::{DeviceAddress, SendOutcome};
 
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("ids.db").display());
     let store = storage::open(&url, OpenMode::Serve).await.unwrap();
     let account = store
-        .create_account(&NewAccount {
-            username: "ids".into(),
-            identity: vec![7; 128],
-            registration_id: 1,
-            signed_prekey: SignedPrekeyRecord {
-                id: 1,
-                public_key: vec![1; 32],
-                signature: vec![2; 64],
-            },
-            last_resort_kem_prekey: KemPrekeyRecord {
-                id: 2,
-                public_key: vec![3; 1184],
-                signature: vec![4; 64],
-            },
-            one_time_prekeys: Vec::new(),
-            one_time_kem_prekeys: Vec::new(),
-            today: 1,
-        })
+        .create_account(&suite::account("ids", 0, 0))
         .await
         .unwrap();
-    let item = |id: u8| SendItem {
-        sender: "x".into(),
-        sender_device: 1,
-        recipient: account,
-        message_id: vec![id; 16],
-        server_timestamp_ms: 5,
-        envelopes: vec![NewEnvelope {
-            recipient_device: 1,
-            kind: 2,
-            content: vec![id; 10],
-            franking_commitment: vec![0; 32],
-            franking_tag: vec![0; 32],
-        }],
-        mailbox_limit: 10,
-    };
+    let item = |id: u8| suite::send("x", account, id, 5, 10);
     let answers = store
         .store_envelopes_with_ids(std::sync::Arc::new(vec![item(1), item(2)]))
         .await
@@ -98,31 +66,13 @@ async fn sqlite_reports_the_ids_of_stored_envelopes() {
 /// is still running (not only after a clean shutdown).
 #[tokio::test]
 async fn purge_leaves_no_acknowledged_envelope_in_the_wal() {
-    use missive_server::storage::{DeviceAddress, KemPrekeyRecord, NewAccount};
-    use missive_server::storage::{NewEnvelope, SendItem, SignedPrekeyRecord};
+    use missive_server::storage::DeviceAddress;
 
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("wal.db").display());
     let store = storage::open(&url, OpenMode::Serve).await.unwrap();
     let account = store
-        .create_account(&NewAccount {
-            username: "wal".into(),
-            identity: vec![7; 128],
-            registration_id: 1,
-            signed_prekey: SignedPrekeyRecord {
-                id: 1,
-                public_key: vec![1; 32],
-                signature: vec![2; 64],
-            },
-            last_resort_kem_prekey: KemPrekeyRecord {
-                id: 2,
-                public_key: vec![3; 1184],
-                signature: vec![4; 64],
-            },
-            one_time_prekeys: Vec::new(),
-            one_time_kem_prekeys: Vec::new(),
-            today: 1,
-        })
+        .create_account(&suite::account("wal", 0, 0))
         .await
         .unwrap();
     let secret: Vec<u8> = b"acknowledged ciphertext, gone after the purge"
@@ -131,24 +81,9 @@ async fn purge_leaves_no_acknowledged_envelope_in_the_wal() {
         .cycle()
         .take(300)
         .collect();
-    store
-        .store_envelopes(&[SendItem {
-            sender: "x".into(),
-            sender_device: 1,
-            recipient: account,
-            message_id: vec![9; 16],
-            server_timestamp_ms: 5,
-            envelopes: vec![NewEnvelope {
-                recipient_device: 1,
-                kind: 2,
-                content: secret.clone(),
-                franking_commitment: vec![0; 32],
-                franking_tag: vec![0; 32],
-            }],
-            mailbox_limit: 10,
-        }])
-        .await
-        .unwrap();
+    let mut item = suite::send("x", account, 9, 5, 10);
+    item.envelopes[0].content = secret.clone();
+    store.store_envelopes(&[item]).await.unwrap();
     let device = DeviceAddress { account, device: 1 };
     let pending = store.pending_envelopes(device, 0, 10).await.unwrap();
     assert_eq!(pending.len(), 1);

@@ -5,7 +5,9 @@
 
 use super::*;
 
-fn account(username: &str, one_time: u32, kem: u32) -> NewAccount {
+/// A registration with `one_time` X25519 and `kem` ML-KEM one-time prekeys
+/// (filler key bytes; storage does not check them).
+pub fn account(username: &str, one_time: u32, kem: u32) -> NewAccount {
     NewAccount {
         username: username.to_owned(),
         identity: vec![7; 128],
@@ -37,7 +39,8 @@ fn account(username: &str, one_time: u32, kem: u32) -> NewAccount {
     }
 }
 
-fn send(sender: &str, recipient: AccountId, message_id: u8, ts: u64, limit: u32) -> SendItem {
+/// One envelope for device 1 of `recipient`, 100 bytes of `message_id`.
+pub fn send(sender: &str, recipient: AccountId, message_id: u8, ts: u64, limit: u32) -> SendItem {
     SendItem {
         sender: sender.to_owned(),
         sender_device: 1,
