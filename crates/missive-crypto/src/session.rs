@@ -244,14 +244,7 @@ impl Session {
             // the first DH ratchet step is KDF_RK(SK, DH3). A header carrying another
             // ratchet key (a fresh one, as in Signal's specification) takes the
             // general path in `decrypt_normal` instead.
-            let (root, chain) = session.root.step(&dh3);
-            session.root = root;
-            session.receiving = Some(ReceivingChain {
-                ratchet_key: message.base_key,
-                chain,
-                next: 0,
-            });
-            session.remote_ratchet = Some(message.base_key);
+            session.start_receiving_chain(message.base_key, &dh3);
         }
         let plaintext =
             session.decrypt_normal(&message.message, &message.header, associated_data)?;
@@ -432,19 +425,26 @@ impl Session {
             }
         }
         let dh = dh_decrypt(self.our_ratchet.secret(), &message.ratchet_key)?;
-        let (root, chain) = self.root.step(&dh);
+        self.start_receiving_chain(message.ratchet_key, &dh);
+        Ok(())
+    }
+
+    /// The receiving half of a DH ratchet step once `X25519(DHs, ratchet_key)` is
+    /// known: `RK, CKr = KDF_RK(RK, dh)`, and the next `encrypt` starts a new
+    /// sending chain.
+    fn start_receiving_chain(&mut self, ratchet_key: [u8; 32], dh: &[u8; 32]) {
+        let (root, chain) = self.root.step(dh);
         self.root = root;
         self.receiving = Some(ReceivingChain {
-            ratchet_key: message.ratchet_key,
+            ratchet_key,
             chain,
             next: 0,
         });
-        self.remote_ratchet = Some(message.ratchet_key);
+        self.remote_ratchet = Some(ratchet_key);
         if self.sending.take().is_some() {
             self.previous_counter = self.sending_counter;
             self.sending_counter = 0;
         }
-        Ok(())
     }
 
     /// Stores the keys of `chain` from its next counter up to (excluding) `until`.
