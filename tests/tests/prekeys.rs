@@ -65,8 +65,6 @@ async fn raw_account(channel: Channel, name: &str) -> String {
             challenge,
             identity: Some(v1::PublicIdentity {
                 signing_key: id.signing_key().to_vec(),
-                agreement_key: id.agreement_key().to_vec(),
-                agreement_key_signature: id.agreement_key_signature().to_vec(),
             }),
             registration_id: 7,
             signed_prekey: Some(v1::SignedPrekey {

@@ -160,8 +160,6 @@ impl Device {
                 challenge,
                 identity: Some(v1::PublicIdentity {
                     signing_key: public.signing_key().to_vec(),
-                    agreement_key: public.agreement_key().to_vec(),
-                    agreement_key_signature: public.agreement_key_signature().to_vec(),
                 }),
                 registration_id,
                 signed_prekey: Some(v1::SignedPrekey {
@@ -371,12 +369,7 @@ fn bundle_from_wire(bundle: &v1::PrekeyBundle) -> anyhow::Result<PrekeyBundle> {
         .context("bundle without KEM prekey")?;
     let err = |e: missive_crypto::KeyError| anyhow!("{e}");
     Ok(PrekeyBundle {
-        identity: PublicIdentity::from_parts(
-            &identity.signing_key,
-            &identity.agreement_key,
-            &identity.agreement_key_signature,
-        )
-        .map_err(err)?,
+        identity: PublicIdentity::from_bytes(&identity.signing_key).map_err(err)?,
         signed_prekey: SignedPrekeyPublic {
             id: spk.id,
             public_key: spk.public_key.as_slice().try_into()?,

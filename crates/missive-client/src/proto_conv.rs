@@ -10,8 +10,6 @@ use crate::error::{ClientError, Result};
 pub(crate) fn identity(id: &PublicIdentity) -> v1::PublicIdentity {
     v1::PublicIdentity {
         signing_key: id.signing_key().to_vec(),
-        agreement_key: id.agreement_key().to_vec(),
-        agreement_key_signature: id.agreement_key_signature().to_vec(),
     }
 }
 
@@ -50,12 +48,8 @@ pub(crate) fn bundle(b: &v1::PrekeyBundle) -> Result<(u32, u32, PrekeyBundle)> {
         .identity
         .as_ref()
         .ok_or_else(|| ClientError::Protocol("bundle without identity".into()))?;
-    let identity = PublicIdentity::from_parts(
-        &id.signing_key,
-        &id.agreement_key,
-        &id.agreement_key_signature,
-    )
-    .map_err(|e| ClientError::Protocol(format!("identity in bundle: {e}")))?;
+    let identity = PublicIdentity::from_bytes(&id.signing_key)
+        .map_err(|e| ClientError::Protocol(format!("identity in bundle: {e}")))?;
     let spk = b
         .signed_prekey
         .as_ref()

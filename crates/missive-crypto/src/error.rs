@@ -27,6 +27,11 @@ pub enum KeyError {
     /// Stored secret key bytes have a format version this build does not know.
     #[error("unsupported secret key format version {0}; was it written by a newer Missive?")]
     UnsupportedVersion(u8),
+    /// A pre-release identity (separate X25519 key) that this build no longer reads.
+    #[error(
+        "this identity was saved by a pre-release Missive whose identity format is retired; register a new identity"
+    )]
+    RetiredIdentityFormat,
 }
 
 /// A protocol message could not be parsed.

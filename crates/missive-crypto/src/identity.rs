@@ -1,5 +1,5 @@
-//! Long-term identities: an Ed25519 signing key plus an X25519 agreement key
-//! signed by it (docs/PROTOCOL.md, "Identity").
+//! Long-term identities: one Ed25519 key, used for signatures as it is and for
+//! PQXDH through its standard X25519 form (docs/PROTOCOL.md, "Identity").
 
 use core::fmt;
 
@@ -8,31 +8,27 @@ use rand_core::{CryptoRng, RngCore};
 use x25519_dalek::StaticSecret;
 use zeroize::Zeroizing;
 
-use crate::encoding::{Reader, put_field};
+use crate::encoding::Reader;
 use crate::error::KeyError;
 use crate::prekeys::{KemPrekeyPublic, SignedPrekeyPublic};
 use crate::primitives;
 
-/// Label of the signature that binds the agreement key to the signing key.
-pub(crate) const AGREEMENT_KEY_LABEL: &[u8] = b"Missive identity agreement key v1";
-/// Format version of [`IdentityKeyPair::to_secret_bytes`].
+/// Format version of [`IdentityKeyPair::to_secret_bytes`]: the Ed25519 seed alone.
+const SECRET_FORMAT_V2: u8 = 2;
+/// The pre-release format that also held a separate X25519 secret; no longer read.
 const SECRET_FORMAT_V1: u8 = 1;
+/// Length of [`IdentityKeyPair::to_secret_bytes`].
+const SECRET_LEN: usize = 1 + 32;
 /// Length of [`PublicIdentity::to_bytes`].
-pub(crate) const PUBLIC_IDENTITY_LEN: usize = 128;
+pub(crate) const PUBLIC_IDENTITY_LEN: usize = 32;
 
-/// The bytes signed to bind an X25519 agreement key to an identity.
-pub(crate) fn agreement_key_signature_input(agreement_key: &[u8; 32]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(80);
-    put_field(&mut out, AGREEMENT_KEY_LABEL);
-    put_field(&mut out, agreement_key);
-    out
-}
-
-/// A long-term identity key pair: Ed25519 for signatures, X25519 for PQXDH.
+/// A long-term identity key pair: an Ed25519 key that signs, and whose X25519
+/// form (RFC 7748 birational map, libsodium's conversion) agrees keys in PQXDH.
 ///
 /// Both secrets are boxed and zeroized on drop; `Debug` shows only the fingerprint.
 pub struct IdentityKeyPair {
     signing: Box<SigningKey>,
+    /// Derived from `signing`, kept so each agreement does not hash the seed again.
     agreement: Box<StaticSecret>,
     public: PublicIdentity,
 }
@@ -40,21 +36,16 @@ pub struct IdentityKeyPair {
 impl IdentityKeyPair {
     /// Generates a fresh identity.
     pub fn generate<R: CryptoRng + RngCore>(rng: &mut R) -> Self {
-        let signing = Box::new(SigningKey::generate(rng));
-        let agreement = Box::new(StaticSecret::random_from_rng(&mut *rng));
-        Self::from_secrets(signing, agreement)
+        Self::from_signing(Box::new(SigningKey::generate(rng)))
     }
 
-    fn from_secrets(signing: Box<SigningKey>, agreement: Box<StaticSecret>) -> Self {
-        let agreement_key = primitives::x25519_public(&agreement);
-        let signature = signing
-            .sign(&agreement_key_signature_input(&agreement_key))
-            .to_bytes();
+    fn from_signing(signing: Box<SigningKey>) -> Self {
+        let agreement = Box::new(primitives::ed25519_to_x25519_secret(&signing));
+        let verifying_key = signing.verifying_key();
         let public = PublicIdentity {
-            verifying_key: signing.verifying_key(),
-            signing_key: signing.verifying_key().to_bytes(),
-            agreement_key,
-            agreement_key_signature: signature,
+            verifying_key,
+            signing_key: verifying_key.to_bytes(),
+            agreement_key: primitives::ed25519_to_x25519_public(&verifying_key),
         };
         Self {
             signing,
@@ -77,12 +68,11 @@ impl IdentityKeyPair {
         &self.agreement
     }
 
-    /// Serialises the secret keys: `0x01 || ed25519 seed (32) || x25519 secret (32)`.
+    /// Serialises the secret key: `0x02 || ed25519 seed (32)`.
     pub fn to_secret_bytes(&self) -> Zeroizing<Vec<u8>> {
-        let mut out = Zeroizing::new(Vec::with_capacity(65));
-        out.push(SECRET_FORMAT_V1);
+        let mut out = Zeroizing::new(Vec::with_capacity(SECRET_LEN));
+        out.push(SECRET_FORMAT_V2);
         out.extend_from_slice(self.signing.as_bytes());
-        out.extend_from_slice(self.agreement.as_bytes());
         out
     }
 
@@ -90,31 +80,26 @@ impl IdentityKeyPair {
     pub fn from_secret_bytes(bytes: &[u8]) -> Result<Self, KeyError> {
         let mut reader = Reader::new(bytes);
         match reader.u8() {
-            Some(SECRET_FORMAT_V1) => {}
+            Some(SECRET_FORMAT_V2) => {}
+            Some(SECRET_FORMAT_V1) => return Err(KeyError::RetiredIdentityFormat),
             Some(other) => return Err(KeyError::UnsupportedVersion(other)),
             None => {
                 return Err(KeyError::InvalidLength {
                     what: "identity secret",
-                    expected: 65,
+                    expected: SECRET_LEN,
                     actual: 0,
                 });
             }
         }
-        let (Some(seed), Some(agreement), true) = (
-            reader.array::<32>().map(Zeroizing::new),
-            reader.array::<32>().map(Zeroizing::new),
-            reader.is_empty(),
-        ) else {
+        let (Some(seed), true) = (reader.array::<32>().map(Zeroizing::new), reader.is_empty())
+        else {
             return Err(KeyError::InvalidLength {
                 what: "identity secret",
-                expected: 65,
+                expected: SECRET_LEN,
                 actual: bytes.len(),
             });
         };
-        Ok(Self::from_secrets(
-            Box::new(SigningKey::from_bytes(&seed)),
-            Box::new(StaticSecret::from(*agreement)),
-        ))
+        Ok(Self::from_signing(Box::new(SigningKey::from_bytes(&seed))))
     }
 }
 
@@ -131,40 +116,33 @@ impl fmt::Debug for IdentityKeyPair {
     }
 }
 
-/// A verified public identity: signing key, agreement key and the binding signature.
+/// A public identity: a canonical Ed25519 key of large order, and its X25519 form.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct PublicIdentity {
     /// The decoded signing key, kept so verification does not decompress it again.
     verifying_key: ed25519_dalek::VerifyingKey,
     signing_key: [u8; 32],
+    /// Derived from `signing_key`; never carried on the wire.
     agreement_key: [u8; 32],
-    agreement_key_signature: [u8; 64],
 }
 
 impl PublicIdentity {
-    /// Builds an identity from its parts, verifying the agreement-key signature first.
-    pub fn from_parts(
-        signing_key: &[u8],
-        agreement_key: &[u8],
-        agreement_key_signature: &[u8],
-    ) -> Result<Self, KeyError> {
-        let signing_key: [u8; 32] = fixed(signing_key, "identity signing key")?;
-        let agreement_key: [u8; 32] = fixed(agreement_key, "identity agreement key")?;
-        let agreement_key_signature: [u8; 64] =
-            fixed(agreement_key_signature, "agreement key signature")?;
+    /// Parses the 32-byte Ed25519 key of [`Self::to_bytes`]. Rejects encodings that
+    /// are not points, not canonical, or of small order (their X25519 form would
+    /// make every agreement non-contributory).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, KeyError> {
+        let signing_key: [u8; PUBLIC_IDENTITY_LEN] = fixed(bytes, "public identity")?;
         let verifying_key = primitives::ed25519_public_key(&signing_key)
-            .map_err(|_| KeyError::InvalidPublicKey("identity signing key"))?;
-        primitives::ed25519_verify_with(
-            &verifying_key,
-            &agreement_key_signature_input(&agreement_key),
-            &agreement_key_signature,
-        )
-        .map_err(|_| KeyError::BadSignature)?;
+            .map_err(|_| KeyError::InvalidPublicKey("identity key"))?;
+        if verifying_key.is_weak()
+            || verifying_key.to_edwards().compress().to_bytes() != signing_key
+        {
+            return Err(KeyError::InvalidPublicKey("identity key"));
+        }
         Ok(Self {
             verifying_key,
             signing_key,
-            agreement_key,
-            agreement_key_signature,
+            agreement_key: primitives::ed25519_to_x25519_public(&verifying_key),
         })
     }
 
@@ -173,39 +151,18 @@ impl PublicIdentity {
         self.signing_key
     }
 
-    /// X25519 public key.
+    /// X25519 form of the signing key, used in PQXDH.
     pub fn agreement_key(&self) -> [u8; 32] {
         self.agreement_key
     }
 
-    /// Signature by the signing key over the agreement key.
-    pub fn agreement_key_signature(&self) -> [u8; 64] {
-        self.agreement_key_signature
-    }
-
-    /// `signing_key (32) || agreement_key (32) || agreement_key_signature (64)`.
+    /// The Ed25519 public key, 32 bytes: the whole public identity.
     pub fn to_bytes(&self) -> Vec<u8> {
-        self.to_array().to_vec()
+        self.signing_key.to_vec()
     }
 
     pub(crate) fn to_array(&self) -> [u8; PUBLIC_IDENTITY_LEN] {
-        let mut out = [0u8; PUBLIC_IDENTITY_LEN];
-        out[..32].copy_from_slice(&self.signing_key);
-        out[32..64].copy_from_slice(&self.agreement_key);
-        out[64..].copy_from_slice(&self.agreement_key_signature);
-        out
-    }
-
-    /// Parses and verifies the 128-byte form of [`Self::to_bytes`].
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, KeyError> {
-        if bytes.len() != PUBLIC_IDENTITY_LEN {
-            return Err(KeyError::InvalidLength {
-                what: "public identity",
-                expected: PUBLIC_IDENTITY_LEN,
-                actual: bytes.len(),
-            });
-        }
-        Self::from_parts(&bytes[..32], &bytes[32..64], &bytes[64..])
+        self.signing_key
     }
 
     /// SHA-256 of [`Self::to_bytes`].
@@ -215,13 +172,6 @@ impl PublicIdentity {
 
     /// Verifies an Ed25519 signature by this identity (strict verification).
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> Result<(), KeyError> {
-        if signature.len() != 64 {
-            return Err(KeyError::InvalidLength {
-                what: "signature",
-                expected: 64,
-                actual: signature.len(),
-            });
-        }
         let signature: [u8; 64] = fixed(signature, "signature")?;
         primitives::ed25519_verify_with(&self.verifying_key, message, &signature)
             .map_err(|_| KeyError::BadSignature)
@@ -290,17 +240,48 @@ mod tests {
     fn public_identity_round_trips() {
         let id = identity(1);
         let bytes = id.public().to_bytes();
-        assert_eq!(bytes.len(), 128);
+        assert_eq!(bytes.len(), 32);
+        assert_eq!(bytes, id.public().signing_key());
         assert_eq!(&PublicIdentity::from_bytes(&bytes).unwrap(), id.public());
-        let p = id.public();
+    }
+
+    /// The X25519 form of the key is the one X25519 computes from the derived secret,
+    /// so both sides of an agreement use the same key.
+    #[test]
+    fn agreement_key_matches_the_agreement_secret() {
+        for seed in 0..16 {
+            let id = identity(seed);
+            assert_eq!(
+                primitives::x25519_public(id.agreement_secret()),
+                id.public().agreement_key()
+            );
+        }
+    }
+
+    /// libsodium's test of `crypto_sign_ed25519_{pk,sk}_to_curve25519`
+    /// (test/default/ed25519_convert.exp): the conversion is the standard one.
+    #[test]
+    fn conversion_matches_libsodium() {
+        let seed: [u8; 32] =
+            hex::decode("421151a459faeade3d247115f94aedae42318124095afabe4d1451a559faedee")
+                .unwrap()
+                .try_into()
+                .unwrap();
+        let mut secret = vec![SECRET_FORMAT_V2];
+        secret.extend_from_slice(&seed);
+        let id = IdentityKeyPair::from_secret_bytes(&secret).unwrap();
         assert_eq!(
-            &PublicIdentity::from_parts(
-                &p.signing_key(),
-                &p.agreement_key(),
-                &p.agreement_key_signature()
-            )
-            .unwrap(),
-            p
+            hex::encode(id.public().agreement_key()),
+            "f1814f0e8ff1043d8a44d25babff3cedcae6c22c3edaa48f857ae70de2baae50"
+        );
+        // libsodium prints the clamped scalar; x25519-dalek clamps when it multiplies.
+        let mut scalar = id.agreement_secret().to_bytes();
+        scalar[0] &= 248;
+        scalar[31] &= 127;
+        scalar[31] |= 64;
+        assert_eq!(
+            hex::encode(scalar),
+            "8052030376d47112be7f73ed7a019293dd12ad910b654455798b4667d73de166"
         );
     }
 
@@ -317,11 +298,11 @@ mod tests {
         let id = identity(3);
         let bytes = id.to_secret_bytes();
         assert_eq!(
-            IdentityKeyPair::from_secret_bytes(&bytes[..64]).err(),
+            IdentityKeyPair::from_secret_bytes(&bytes[..32]).err(),
             Some(KeyError::InvalidLength {
                 what: "identity secret",
-                expected: 65,
-                actual: 64
+                expected: 33,
+                actual: 32
             })
         );
         let mut long = bytes.to_vec();
@@ -330,11 +311,17 @@ mod tests {
             IdentityKeyPair::from_secret_bytes(&long),
             Err(KeyError::InvalidLength { .. })
         ));
-        let mut v2 = bytes.to_vec();
-        v2[0] = 2;
+        let mut v3 = bytes.to_vec();
+        v3[0] = 3;
         assert_eq!(
-            IdentityKeyPair::from_secret_bytes(&v2).err(),
-            Some(KeyError::UnsupportedVersion(2))
+            IdentityKeyPair::from_secret_bytes(&v3).err(),
+            Some(KeyError::UnsupportedVersion(3))
+        );
+        let mut v1 = vec![1u8];
+        v1.extend_from_slice(&[7u8; 64]);
+        assert_eq!(
+            IdentityKeyPair::from_secret_bytes(&v1).err(),
+            Some(KeyError::RetiredIdentityFormat)
         );
         assert!(matches!(
             IdentityKeyPair::from_secret_bytes(&[]),
@@ -343,40 +330,50 @@ mod tests {
     }
 
     #[test]
-    fn swapped_agreement_key_is_rejected() {
-        let a = identity(4);
-        let b = identity(5);
-        let err = PublicIdentity::from_parts(
-            &a.public().signing_key(),
-            &b.public().agreement_key(),
-            &a.public().agreement_key_signature(),
-        );
-        assert_eq!(err, Err(KeyError::BadSignature));
-        let mut bytes = a.public().to_bytes();
-        bytes[127] ^= 1;
-        assert_eq!(
-            PublicIdentity::from_bytes(&bytes),
-            Err(KeyError::BadSignature)
-        );
+    fn malformed_public_identities_are_rejected() {
+        let bytes = identity(4).public().to_bytes();
         assert!(matches!(
-            PublicIdentity::from_bytes(&bytes[..127]),
+            PublicIdentity::from_bytes(&bytes[..31]),
             Err(KeyError::InvalidLength { .. })
         ));
-        assert!(matches!(
-            PublicIdentity::from_parts(&[0u8; 31], &[0u8; 32], &[0u8; 64]),
-            Err(KeyError::InvalidLength { .. })
-        ));
+        // y = 2 does not decompress to a curve point.
+        let mut not_a_point = [0u8; 32];
+        not_a_point[0] = 2;
+        // The identity point (y = 1) has small order: every agreement with it is zero.
+        let mut identity_point = [0u8; 32];
+        identity_point[0] = 1;
+        for bad in [not_a_point, identity_point] {
+            assert_eq!(
+                PublicIdentity::from_bytes(&bad),
+                Err(KeyError::InvalidPublicKey("identity key")),
+                "{}",
+                hex::encode(bad)
+            );
+        }
     }
 
+    /// `y + p` (p = 2^255 - 19) encodes the same point as `y` for y < 19; only the
+    /// canonical form is an identity, so one key has one fingerprint.
     #[test]
-    fn invalid_signing_point_is_rejected() {
-        // y = 2 does not decompress to a curve point.
-        let mut key = [0u8; 32];
-        key[0] = 2;
-        assert_eq!(
-            PublicIdentity::from_parts(&key, &[9u8; 32], &[0u8; 64]),
-            Err(KeyError::InvalidPublicKey("identity signing key"))
-        );
+    fn non_canonical_encodings_are_rejected() {
+        let mut checked = 0;
+        for y in 3u8..19 {
+            let mut canonical = [0u8; 32];
+            canonical[0] = y;
+            if PublicIdentity::from_bytes(&canonical).is_err() {
+                continue; // not a point, or of small order
+            }
+            let mut non_canonical = [0xffu8; 32];
+            non_canonical[0] = 0xed + y;
+            non_canonical[31] = 0x7f;
+            assert_eq!(
+                PublicIdentity::from_bytes(&non_canonical),
+                Err(KeyError::InvalidPublicKey("identity key")),
+                "y = {y}"
+            );
+            checked += 1;
+        }
+        assert!(checked > 0, "no large-order point with a small y");
     }
 
     #[test]

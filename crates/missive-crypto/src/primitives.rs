@@ -260,6 +260,21 @@ pub fn ed25519_public_key(
     ed25519_dalek::VerifyingKey::from_bytes(public_key).map_err(|_| PrimitiveError::Signature)
 }
 
+/// The X25519 public key of an Ed25519 public key: the Montgomery u-coordinate
+/// of the same point, `u = (1 + y) / (1 - y)` (RFC 7748, section 4.1), as
+/// libsodium's `crypto_sign_ed25519_pk_to_curve25519`.
+pub fn ed25519_to_x25519_public(key: &ed25519_dalek::VerifyingKey) -> [u8; X25519_LEN] {
+    key.to_montgomery().to_bytes()
+}
+
+/// The X25519 secret of an Ed25519 signing key: the first half of
+/// `SHA-512(seed)`, which X25519 clamps to the same scalar Ed25519 signs with
+/// (RFC 8032, section 5.1.5), as libsodium's `crypto_sign_ed25519_sk_to_curve25519`.
+pub fn ed25519_to_x25519_secret(key: &ed25519_dalek::SigningKey) -> StaticSecret {
+    let scalar = Zeroizing::new(key.to_scalar_bytes());
+    StaticSecret::from(*scalar)
+}
+
 /// Strict Ed25519 verification with an already decoded key.
 pub fn ed25519_verify_with(
     key: &ed25519_dalek::VerifyingKey,

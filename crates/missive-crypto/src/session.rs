@@ -239,13 +239,9 @@ impl Session {
             pending_prekey: None,
             base_key: message.base_key,
         };
-        if primitives::ct_eq(&message.message.ratchet_key, &message.base_key) {
-            // Alice's first ratchet key is her base key, so the receiving half of
-            // the first DH ratchet step is KDF_RK(SK, DH3). A header carrying another
-            // ratchet key (a fresh one, as in Signal's specification) takes the
-            // general path in `decrypt_normal` instead.
-            session.start_receiving_chain(message.base_key, &dh3);
-        }
+        // Alice's first ratchet key is her base key (checked by `PrekeyMessage::parse`),
+        // so the receiving half of the first DH ratchet step is KDF_RK(SK, DH3).
+        session.start_receiving_chain(message.base_key, &dh3);
         let plaintext =
             session.decrypt_normal(&message.message, &message.header, associated_data)?;
         Ok((session, plaintext))

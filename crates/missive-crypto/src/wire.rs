@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! normal  = 0x01 || ratchet_key (32) || counter (u32) || previous_counter (u32) || aead (>= 16)
-//! prekey  = 0x02 || sender_identity (128) || base_key (32) || signed_prekey_id (u32)
+//! prekey  = 0x02 || sender_identity (32) || base_key (32) || signed_prekey_id (u32)
 //!                || kem_prekey_id (u32) || has_one_time (u8: 0|1) || one_time_prekey_id (u32, 0 if absent)
 //!                || kem_ciphertext (1088) || normal
 //! ```
@@ -142,7 +142,7 @@ impl fmt::Debug for PrekeyMessage {
 }
 
 impl PrekeyMessage {
-    /// Parses a prekey message, verifying the sender identity's binding signature.
+    /// Parses a prekey message, checking that the sender identity is a valid key.
     pub fn parse(bytes: &[u8]) -> Result<Self, DecodeError> {
         match message_kind(bytes)? {
             MessageKind::Prekey => {}
@@ -176,6 +176,11 @@ impl PrekeyMessage {
             .ok_or(DecodeError::Truncated("KEM ciphertext"))?
             .to_vec();
         let message = NormalMessage::parse(reader.rest())?;
+        if message.ratchet_key != base_key {
+            return Err(DecodeError::Malformed(
+                "the first ratchet key of a prekey message must be its base key",
+            ));
+        }
         let header = bytes
             .get(..PREKEY_HEADER_LEN)
             .ok_or(DecodeError::Truncated("prekey header"))?
@@ -213,7 +218,7 @@ impl PrekeyMessage {
         out
     }
 
-    /// The initiator's identity (its binding signature was verified by [`Self::parse`]).
+    /// The initiator's identity (checked by [`Self::parse`]).
     pub fn sender_identity(&self) -> &PublicIdentity {
         &self.sender
     }

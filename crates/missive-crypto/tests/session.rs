@@ -116,10 +116,11 @@ fn low_order_keys_are_rejected() {
         Session::initiate(&mut r, &alice.identity, &bundle).err(),
         Some(SessionError::NonContributory)
     );
-    // A prekey message whose base key has low order (u = 1 has order 1... use 0).
+    // A prekey message whose base key (and so its first ratchet key) has low order.
     let mut a = Session::initiate(&mut r, &alice.identity, &bob.bundle(false)).unwrap();
     let mut m = a.encrypt(&mut r, b"x", b"").unwrap().bytes;
-    m[129..161].copy_from_slice(&[0u8; 32]);
+    m[33..65].copy_from_slice(&[0u8; 32]);
+    m[1167..1199].copy_from_slice(&[0u8; 32]);
     assert_eq!(
         bob.accept(&m, b"").err(),
         Some(DecryptError::NonContributory)
@@ -186,8 +187,8 @@ fn truncated_input_is_rejected() {
     let mut r = rng(7);
     let (mut a, b) = established(&mut r, true);
     let prekey = a.encrypt(&mut r, b"x", b"").unwrap().bytes;
-    // The PQXDH header is 1262 bytes, the ratchet header 41, the tag 16.
-    for len in [0, 1, 100, 129, 200, 1261, 1262, 1300, 1262 + 41 + 15] {
+    // The PQXDH header is 1166 bytes, the ratchet header 41, the tag 16.
+    for len in [0, 1, 33, 100, 200, 1165, 1166, 1200, 1166 + 41 + 15] {
         assert!(b.clone().decrypt(&prekey[..len], b"").is_err(), "len {len}");
         assert!(PrekeyMessage::parse(&prekey[..len]).is_err(), "len {len}");
     }
@@ -403,15 +404,17 @@ fn tampered_sender_identity_in_prekey_message_is_rejected() {
     let bob = Party::new(&mut r);
     let mut s = Session::initiate(&mut r, &alice.identity, &bob.bundle(false)).unwrap();
     let m = s.encrypt(&mut r, b"x", b"").unwrap().bytes;
+    // y = 2 is not a curve point, so not an identity key.
     let mut bad = m.clone();
-    bad[1 + 64] ^= 1; // identity binding signature
-    assert!(matches!(
-        PrekeyMessage::parse(&bad),
-        Err(DecodeError::Key(KeyError::BadSignature))
-    ));
+    bad[1..33].copy_from_slice(&[0u8; 32]);
+    bad[1] = 2;
+    assert_eq!(
+        PrekeyMessage::parse(&bad).err(),
+        Some(DecodeError::Key(KeyError::InvalidPublicKey("identity key")))
+    );
     // Substituting another valid identity fails authentication.
     let mut bad = m.clone();
-    bad[1..129].copy_from_slice(&Party::new(&mut r).identity.public().to_bytes());
+    bad[1..33].copy_from_slice(&Party::new(&mut r).identity.public().to_bytes());
     assert_eq!(
         bob.accept(&bad, b"").err(),
         Some(DecryptError::AuthenticationFailed)
@@ -425,11 +428,21 @@ fn tampered_sender_identity_in_prekey_message_is_rejected() {
     );
     // Bad one-time flag.
     let mut bad = m.clone();
-    bad[1 + 128 + 32 + 8] = 2;
+    bad[1 + 32 + 32 + 8] = 2;
     assert!(matches!(
         PrekeyMessage::parse(&bad),
         Err(DecodeError::Malformed(_))
     ));
+    // The first ratchet key must be the base key (docs/PROTOCOL.md, initialisation).
+    let mut bad = m.clone();
+    let other_key = bob.identity.public().agreement_key();
+    bad[1167..1199].copy_from_slice(&other_key);
+    assert_eq!(
+        PrekeyMessage::parse(&bad).err(),
+        Some(DecodeError::Malformed(
+            "the first ratchet key of a prekey message must be its base key"
+        ))
+    );
 }
 
 #[test]
@@ -600,5 +613,5 @@ fn message_debug_shows_no_ciphertext() {
     let debug = format!("{parsed:?}");
     assert!(debug.contains(&alice.identity.public().fingerprint().to_string()));
     assert!(!debug.contains(&hex::encode(&m.bytes[m.bytes.len() - 16..])));
-    assert!(!debug.contains(&format!("{:?}", &m.bytes[1300..1304])));
+    assert!(!debug.contains(&format!("{:?}", &m.bytes[1207..1211])));
 }

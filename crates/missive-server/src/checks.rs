@@ -18,17 +18,11 @@ fn array<const N: usize>(bytes: &[u8], what: &str) -> ApiResult<[u8; N]> {
         .map_err(|_| invalid(format!("{what} must be {N} bytes, not {}", bytes.len())))
 }
 
-/// Parses and binds the identity (its agreement-key signature verifies).
+/// Parses the identity key (a canonical Ed25519 key of large order).
 pub fn identity(identity: Option<&v1::PublicIdentity>) -> ApiResult<PublicIdentity> {
     let identity = identity.ok_or_else(|| invalid("the identity is missing"))?;
-    PublicIdentity::from_parts(
-        &identity.signing_key,
-        &identity.agreement_key,
-        &identity.agreement_key_signature,
-    )
-    .map_err(|_| {
-        invalid("the identity keys are malformed or their binding signature does not verify")
-    })
+    PublicIdentity::from_bytes(&identity.signing_key)
+        .map_err(|e| invalid(format!("the identity key is malformed: {e}")))
 }
 
 /// A stored identity (`to_bytes()`).

@@ -392,12 +392,7 @@ async fn one_time_prekeys_are_handed_out_once_then_last_resort() {
     let channel = channel(&server).await;
     let alice = register(&channel, "alice", 3, 2).await;
     let bob = register(&channel, "bob", 0, 0).await;
-    let identity = PublicIdentity::from_parts(
-        &wire_identity(&alice.identity).signing_key,
-        &wire_identity(&alice.identity).agreement_key,
-        &wire_identity(&alice.identity).agreement_key_signature,
-    )
-    .unwrap();
+    let identity = PublicIdentity::from_bytes(&wire_identity(&alice.identity).signing_key).unwrap();
 
     let mut one_time_ids = std::collections::HashSet::new();
     let mut kem_ids = std::collections::HashSet::new();

@@ -151,8 +151,6 @@ impl KeyService for KeyApi {
         let identity = checks::stored_identity(&bundles.identity)?;
         let wire_identity = PublicIdentity {
             signing_key: identity.signing_key().to_vec(),
-            agreement_key: identity.agreement_key().to_vec(),
-            agreement_key_signature: identity.agreement_key_signature().to_vec(),
         };
         let bundles = bundles
             .bundles

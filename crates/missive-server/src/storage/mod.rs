@@ -97,7 +97,7 @@ pub struct OneTimePrekeyRecord {
 pub struct NewAccount {
     /// Case-folded, validated username.
     pub username: String,
-    /// `PublicIdentity::to_bytes()` (128 bytes).
+    /// `PublicIdentity::to_bytes()` (the 32-byte Ed25519 key).
     pub identity: Vec<u8>,
     /// Registration id of device 1.
     pub registration_id: u32,

@@ -10,7 +10,7 @@ use super::*;
 pub fn account(username: &str, one_time: u32, kem: u32) -> NewAccount {
     NewAccount {
         username: username.to_owned(),
-        identity: vec![7; 128],
+        identity: vec![7; 32],
         registration_id: 42,
         signed_prekey: SignedPrekeyRecord {
             id: 1,
@@ -80,7 +80,7 @@ pub async fn accounts_and_tokens(store: &dyn Storage) {
         Err(StorageError::Conflict)
     ));
     let (found, identity) = store.device_identity("suite-a", 1).await.unwrap().unwrap();
-    assert_eq!((found, identity), (id, vec![7; 128]));
+    assert_eq!((found, identity), (id, vec![7; 32]));
     assert!(store.device_identity("suite-a", 2).await.unwrap().is_none());
     let device = DeviceAddress {
         account: id,

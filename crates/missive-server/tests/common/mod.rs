@@ -74,8 +74,6 @@ pub fn wire_identity(identity: &IdentityKeyPair) -> PublicIdentity {
     let public = identity.public();
     PublicIdentity {
         signing_key: public.signing_key().to_vec(),
-        agreement_key: public.agreement_key().to_vec(),
-        agreement_key_signature: public.agreement_key_signature().to_vec(),
     }
 }
 
