@@ -79,7 +79,7 @@ struct Crypto {
 /// Envelope type, ciphertext, franking commitment and message id.
 type Sealed = (v1::EnvelopeType, Vec<u8>, Vec<u8>, Vec<u8>);
 
-/// One simulated device with its own connection.
+/// One simulated device, on a connection of its own or shared with others.
 pub(crate) struct Device {
     pub(crate) name: String,
     channel: Channel,
@@ -102,12 +102,7 @@ impl Device {
     }
 
     /// A baseline device: no account, named by a header.
-    pub(crate) async fn baseline(
-        url: &str,
-        ca: &Certificate,
-        name: String,
-    ) -> anyhow::Result<Self> {
-        let channel = connect(url, ca).await?;
+    pub(crate) fn baseline(channel: Channel, name: String) -> anyhow::Result<Self> {
         let value = MetadataValue::try_from(name.as_str())?;
         Ok(Device {
             name,
@@ -122,12 +117,7 @@ impl Device {
     }
 
     /// A relay device: generates its identity and prekeys and registers.
-    pub(crate) async fn register(
-        url: &str,
-        ca: &Certificate,
-        name: String,
-    ) -> anyhow::Result<Self> {
-        let channel = connect(url, ca).await?;
+    pub(crate) async fn register(channel: Channel, name: String) -> anyhow::Result<Self> {
         let mut rng = OsRng;
         let identity = IdentityKeyPair::generate(&mut rng);
         let signed = SignedPrekeyPair::generate(&mut rng, 1, &identity);

@@ -66,10 +66,14 @@ struct Args {
     /// Also measure a bare tonic service with the same call pattern.
     #[arg(long)]
     baseline: bool,
-    /// Connection-scale mode: hold this many idle devices, each with its own
-    /// connection and open receive stream, and report memory per connection.
+    /// Connection-scale mode: hold this many idle devices, each with an open
+    /// receive stream, and report the node's memory per device.
     #[arg(long)]
     idle: Option<usize>,
+    /// Devices sharing one HTTP/2 connection, as behind an HTTP/2 load balancer
+    /// that multiplexes (1 = a TCP connection per device, as a phone has).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    devices_per_connection: u16,
     /// Give up waiting for deliveries after this many seconds.
     #[arg(long, default_value_t = 120)]
     deadline_secs: u64,
@@ -206,25 +210,42 @@ async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// Registers (relay) or connects (baseline) `count` devices, `parallel` at a time.
+/// Creates `count` devices, `per_connection` to each connection; connections
+/// are spread over `urls` in turn.
 async fn make_devices(
     mode: Mode,
     urls: &[String],
     ca: &Certificate,
     count: usize,
+    per_connection: usize,
 ) -> anyhow::Result<Vec<Arc<Device>>> {
     let run_tag: u32 = rand::thread_rng().gen_range(0..1_000_000);
-    let mut devices = Vec::with_capacity(count);
     let parallel = 32;
+    let connection_count = count.div_ceil(per_connection);
+    let mut channels = Vec::with_capacity(connection_count);
+    for chunk_start in (0..connection_count).step_by(parallel) {
+        let mut tasks = Vec::new();
+        for c in chunk_start..(chunk_start + parallel).min(connection_count) {
+            let url = urls[c % urls.len()].clone();
+            let ca = ca.clone();
+            tasks.push(tokio::spawn(
+                async move { driver::connect(&url, &ca).await },
+            ));
+        }
+        for task in tasks {
+            channels.push(task.await??);
+        }
+    }
+    let mut devices = Vec::with_capacity(count);
     for chunk_start in (0..count).step_by(parallel) {
         let mut tasks = Vec::new();
         for i in chunk_start..(chunk_start + parallel).min(count) {
-            let url = urls[i % urls.len()].clone();
-            let ca = ca.clone();
+            let channel = channels[i / per_connection].clone();
             let name = format!("b{run_tag:06}-{i}");
             tasks.push(tokio::spawn(async move {
                 match mode {
-                    Mode::Relay => Device::register(&url, &ca, name).await,
-                    Mode::Baseline => Device::baseline(&url, &ca, name).await,
+                    Mode::Relay => Device::register(channel, name).await,
+                    Mode::Baseline => Device::baseline(channel, name),
                 }
             }));
         }
@@ -252,7 +273,14 @@ async fn measure(
     args: &Args,
 ) -> anyhow::Result<RunResult> {
     let setup = Instant::now();
-    let devices = make_devices(mode, urls, ca, args.clients).await?;
+    let devices = make_devices(
+        mode,
+        urls,
+        ca,
+        args.clients,
+        args.devices_per_connection.into(),
+    )
+    .await?;
     let mut pairs = Vec::new();
     for pair in devices.chunks(2) {
         let (a, b) = (Arc::clone(&pair[0]), Arc::clone(&pair[1]));
@@ -360,7 +388,9 @@ async fn idle(args: &Args, target: &Target, count: usize) -> anyhow::Result<()> 
         .context("--idle measures a node started by missive-bench (no --server)")?;
     let before = procstat::rss_mib(node.pid()).unwrap_or(0.0);
     let started = Instant::now();
-    let devices = make_devices(Mode::Relay, &target.urls, &target.ca, count).await?;
+    let per_connection = usize::from(args.devices_per_connection);
+    let devices =
+        make_devices(Mode::Relay, &target.urls, &target.ca, count, per_connection).await?;
     let registered = procstat::rss_mib(node.pid()).unwrap_or(0.0);
     let mut streams = Vec::with_capacity(count);
     for device in &devices {
@@ -371,7 +401,8 @@ async fn idle(args: &Args, target: &Target, count: usize) -> anyhow::Result<()> 
     let per_device_kib = (after - before) * 1024.0 / count as f64;
     let per_stream_kib = (after - registered) * 1024.0 / count as f64;
     println!(
-        "{count} idle devices connected in {:.1} s: server RSS {before:.1} -> {after:.1} MiB ({per_device_kib:.1} KiB per device, {per_stream_kib:.1} KiB per open stream)",
+        "{count} idle devices on {} connections, connected in {:.1} s: server RSS {before:.1} -> {after:.1} MiB ({per_device_kib:.1} KiB per device, {per_stream_kib:.1} KiB per open stream)",
+        count.div_ceil(per_connection),
         started.elapsed().as_secs_f64()
     );
     if args.json {
@@ -379,6 +410,7 @@ async fn idle(args: &Args, target: &Target, count: usize) -> anyhow::Result<()> 
             "{}",
             serde_json::json!({
                 "idle_devices": count,
+                "connections": count.div_ceil(per_connection),
                 "server_rss_mib": (after * 10.0).round() / 10.0,
                 "server_rss_before_mib": (before * 10.0).round() / 10.0,
                 "kib_per_device": (per_device_kib * 10.0).round() / 10.0,
