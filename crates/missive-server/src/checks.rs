@@ -22,7 +22,7 @@ fn array<const N: usize>(bytes: &[u8], what: &str) -> ApiResult<[u8; N]> {
 pub fn identity(identity: Option<&v1::PublicIdentity>) -> ApiResult<PublicIdentity> {
     let identity = identity.ok_or_else(|| invalid("the identity is missing"))?;
     PublicIdentity::from_bytes(&identity.signing_key)
-        .map_err(|e| invalid(format!("the identity key is malformed: {e}")))
+        .map_err(|e| invalid(format!("invalid identity: {e}")))
 }
 
 /// A stored identity (`to_bytes()`).
