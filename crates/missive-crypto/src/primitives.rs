@@ -271,7 +271,17 @@ pub fn ed25519_to_x25519_public(key: &ed25519_dalek::VerifyingKey) -> [u8; X2551
 /// `SHA-512(seed)`, which X25519 clamps to the same scalar Ed25519 signs with
 /// (RFC 8032, section 5.1.5), as libsodium's `crypto_sign_ed25519_sk_to_curve25519`.
 pub fn ed25519_to_x25519_secret(key: &ed25519_dalek::SigningKey) -> StaticSecret {
-    let scalar = Zeroizing::new(key.to_scalar_bytes());
+    use sha2::Digest;
+    // Hashed here rather than with `SigningKey::to_scalar_bytes`, which leaves the
+    // whole digest (its second half is the signing nonce prefix) on the stack.
+    let mut digest = Zeroizing::new([0u8; 64]);
+    sha2::Sha512::new()
+        .chain_update(key.as_bytes())
+        .finalize_into(sha2::digest::generic_array::GenericArray::from_mut_slice(
+            &mut digest[..],
+        ));
+    let mut scalar = Zeroizing::new([0u8; X25519_LEN]);
+    scalar.copy_from_slice(&digest[..X25519_LEN]);
     StaticSecret::from(*scalar)
 }
 

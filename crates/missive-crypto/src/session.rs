@@ -74,7 +74,7 @@ fn dh_decrypt(
     primitives::x25519(secret, public).map_err(|_| DecryptError::NonContributory)
 }
 
-/// AEAD associated data: `sender (128) || recipient (128) || [PQXDH header (1262), prekey
+/// AEAD associated data: `sender (32) || recipient (32) || [PQXDH header (1166), prekey
 /// messages only] || ratchet header (41) || caller AD`.
 fn aead_ad(
     sender: &PublicIdentity,

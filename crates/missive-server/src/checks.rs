@@ -28,9 +28,13 @@ pub fn identity(identity: Option<&v1::PublicIdentity>) -> ApiResult<PublicIdenti
 /// A stored identity (`to_bytes()`).
 pub fn stored_identity(bytes: &[u8]) -> ApiResult<PublicIdentity> {
     PublicIdentity::from_bytes(bytes).map_err(|_| {
-        ApiError::Storage(crate::storage::StorageError::Backend(
-            "stored identity does not parse".into(),
-        ))
+        // Identities of the two-key pre-release were 128 bytes (docs/PROTOCOL.md).
+        let why = if bytes.len() == 128 {
+            "stored identity is in a retired pre-release format; the account must register again"
+        } else {
+            "stored identity does not parse"
+        };
+        ApiError::Storage(crate::storage::StorageError::Backend(why.into()))
     })
 }
 
