@@ -22,6 +22,7 @@ use prost::Message as _;
 use rand::rngs::{OsRng, StdRng};
 use rand::{Rng as _, RngCore as _, SeedableRng as _};
 use tokio::sync::{Barrier, Semaphore, mpsc};
+use tokio::task::JoinSet;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Streaming};
@@ -483,7 +484,9 @@ pub(crate) async fn run(
         senders.push(tokio::spawn(async move {
             barrier.wait().await;
             let mut ticker = per_device_interval.map(tokio::time::interval);
-            let mut inflight = Vec::new();
+            // Finished sends are reaped as the loop goes, so a long run does not
+            // keep every completed task's memory until the end.
+            let mut inflight = JoinSet::new();
             for seq in 0..messages {
                 if let Some(t) = ticker.as_mut() {
                     t.tick().await;
@@ -494,13 +497,16 @@ pub(crate) async fn run(
                 let sealed = device.seal(text)?;
                 let device = Arc::clone(&device);
                 let partner = Arc::clone(&partner);
-                inflight.push(tokio::spawn(async move {
+                inflight.spawn(async move {
                     let _permit = permit;
                     device.deliver(&partner, sealed).await
-                }));
+                });
+                while let Some(done) = inflight.try_join_next() {
+                    done??;
+                }
             }
-            for handle in inflight {
-                handle.await??;
+            while let Some(done) = inflight.join_next().await {
+                done??;
             }
             Ok::<_, anyhow::Error>(())
         }));
