@@ -209,9 +209,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     outcome
 }
 
-/// Registers (relay) or connects (baseline) `count` devices, `parallel` at a time.
-/// Creates `count` devices, `per_connection` to each connection; connections
-/// are spread over `urls` in turn.
+/// Registers (relay) or names (baseline) `count` devices, `per_connection` to
+/// each connection; connections are spread over `urls` in turn.
 async fn make_devices(
     mode: Mode,
     urls: &[String],
@@ -220,40 +219,45 @@ async fn make_devices(
     per_connection: usize,
 ) -> anyhow::Result<Vec<Arc<Device>>> {
     let run_tag: u32 = rand::thread_rng().gen_range(0..1_000_000);
-    let parallel = 32;
-    let connection_count = count.div_ceil(per_connection);
-    let mut channels = Vec::with_capacity(connection_count);
-    for chunk_start in (0..connection_count).step_by(parallel) {
-        let mut tasks = Vec::new();
-        for c in chunk_start..(chunk_start + parallel).min(connection_count) {
-            let url = urls[c % urls.len()].clone();
-            let ca = ca.clone();
-            tasks.push(tokio::spawn(
-                async move { driver::connect(&url, &ca).await },
-            ));
+    let channels = in_parallel(count.div_ceil(per_connection), |c| {
+        let url = urls[c % urls.len()].clone();
+        let ca = ca.clone();
+        async move { driver::connect(&url, &ca).await }
+    })
+    .await?;
+    let devices = in_parallel(count, |i| {
+        let channel = channels[i / per_connection].clone();
+        let name = format!("b{run_tag:06}-{i}");
+        async move {
+            match mode {
+                Mode::Relay => Device::register(channel, name).await,
+                Mode::Baseline => Device::baseline(channel, name),
+            }
         }
+    })
+    .await?;
+    Ok(devices.into_iter().map(Arc::new).collect())
+}
+
+/// Runs `make(0..count)` as tasks, 32 at a time (enough to hide connection and
+/// registration latency without flooding the node), keeping the order.
+async fn in_parallel<T, F, Fut>(count: usize, mut make: F) -> anyhow::Result<Vec<T>>
+where
+    T: Send + 'static,
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>> + Send + 'static,
+{
+    const PARALLEL: usize = 32;
+    let mut out = Vec::with_capacity(count);
+    for chunk_start in (0..count).step_by(PARALLEL) {
+        let tasks: Vec<_> = (chunk_start..(chunk_start + PARALLEL).min(count))
+            .map(|i| tokio::spawn(make(i)))
+            .collect();
         for task in tasks {
-            channels.push(task.await??);
+            out.push(task.await??);
         }
     }
-    let mut devices = Vec::with_capacity(count);
-    for chunk_start in (0..count).step_by(parallel) {
-        let mut tasks = Vec::new();
-        for i in chunk_start..(chunk_start + parallel).min(count) {
-            let channel = channels[i / per_connection].clone();
-            let name = format!("b{run_tag:06}-{i}");
-            tasks.push(tokio::spawn(async move {
-                match mode {
-                    Mode::Relay => Device::register(channel, name).await,
-                    Mode::Baseline => Device::baseline(channel, name),
-                }
-            }));
-        }
-        for task in tasks {
-            devices.push(Arc::new(task.await??));
-        }
-    }
-    Ok(devices)
+    Ok(out)
 }
 
 fn workload(args: &Args) -> Workload {
