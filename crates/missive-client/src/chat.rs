@@ -101,13 +101,15 @@ impl ChatState {
     pub fn push(&mut self, e: &HistoryEntry) {
         let author = if e.outgoing {
             self.me.clone()
+        } else if e.quarantined {
+            format!("an unverified new key of {}", e.contact)
         } else {
             e.contact.clone()
         };
         self.lines.push(ChatLine {
             author: Some(author),
-            text: e.text.clone(),
-            at: rfc3339(e.sent_at_ms),
+            text: crate::display::sanitize_text(&e.text, "  "),
+            at: rfc3339(e.server_ts_ms),
             pending: false,
         });
     }
@@ -140,9 +142,16 @@ impl ChatState {
                 self.status = Some(format!("identity of {username} changed"));
             }
             RecvEvent::Dropped { sender, reason } => {
-                self.notice(&format!("dropped a message from {sender}: {reason}"));
+                self.notice(&format!(
+                    "dropped a message from {}: {}",
+                    crate::display::sanitize_line(sender),
+                    crate::display::sanitize_line(reason)
+                ));
             }
-            RecvEvent::Warning(w) => self.status = Some(w.clone()),
+            RecvEvent::RolledBack => self.notice(
+                "this store is older than its last use (restored from a backup?); sessions were archived and start afresh",
+            ),
+            RecvEvent::Warning(w) => self.status = Some(crate::display::sanitize_line(w)),
         }
     }
 

@@ -24,6 +24,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 use zeroize::Zeroizing;
 
+use crate::display::sanitize_line;
 use crate::error::{ClientError, Result};
 use crate::limits::{
     MAX_ACK_BATCH, MAX_TEXT_BYTES, ONE_TIME_PREKEY_REFILL_BELOW, ONE_TIME_PREKEY_TARGET,
@@ -33,8 +34,7 @@ use crate::limits::{
 use crate::net::{ServerConfig, connect};
 use crate::proto_conv;
 use crate::store::{
-    AcceptedIncoming, HistoryEntry, IncomingCommit, PrekeyKind, SealedMessage, SessionRow, Store,
-    now_ms,
+    Db, HistoryEntry, NewIncoming, PrekeyKind, SealedMessage, SessionRow, Slot, Store, now_ms,
 };
 
 /// Environment variable of the test hook that simulates a crash between the
@@ -63,11 +63,14 @@ const COUNTER_ONE_TIME: &str = "next_one_time_prekey_id";
 pub enum RecvEvent {
     /// A new message, stored, acknowledged, now shown.
     Message(HistoryEntry),
-    /// A contact's identity differs from the pinned one.
+    /// A contact's identity differs from the pinned one (said again for
+    /// every further different identity).
     IdentityChanged {
         /// The contact.
         username: String,
     },
+    /// The store was restored from an older copy; sessions start afresh.
+    RolledBack,
     /// An envelope that could not be accepted (and was acknowledged so it
     /// does not block the queue).
     Dropped {
@@ -137,15 +140,40 @@ pub fn normalize_username(name: &str) -> Result<String> {
     }
 }
 
-/// Formats ms since the epoch as RFC 3339 (UTC, milliseconds).
+/// The latest instant RFC 3339 can write: 9999-12-31T23:59:59.999Z.
+pub const MAX_RFC3339_MS: u64 = 253_402_300_799_999;
+
+/// How far ahead of the server's clock a sender's clock may claim to be.
+pub const MAX_CLOCK_AHEAD_MS: u64 = 10 * 60 * 1000;
+/// How far behind the server's clock a sender's clock may claim to be (the
+/// server keeps envelopes 30 days; a message can be written offline before).
+pub const MAX_CLOCK_BEHIND_MS: u64 = 60 * 24 * 3600 * 1000;
+
+/// Formats ms since the epoch as RFC 3339 (UTC, milliseconds). Total: times
+/// beyond year 9999 print as its last millisecond.
 pub fn rfc3339(ms: u64) -> String {
-    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms.min(MAX_RFC3339_MS));
     humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// Clamps a sender's claimed clock into the window around the server's
+/// acceptance time; returns the clamped value and whether it was outside.
+pub fn clamp_sender_clock(sender_ms: u64, server_ms: u64) -> (u64, bool) {
+    if server_ms == 0 {
+        let c = sender_ms.min(MAX_RFC3339_MS);
+        return (c, c != sender_ms);
+    }
+    let low = server_ms.saturating_sub(MAX_CLOCK_BEHIND_MS);
+    let high = server_ms.saturating_add(MAX_CLOCK_AHEAD_MS).min(MAX_RFC3339_MS);
+    let c = sender_ms.clamp(low, high.max(low));
+    (c, c != sender_ms)
 }
 
 /// Decodes a decrypted payload and checks its franking commitment
 /// (docs/PROTOCOL.md, "Franking"). A message whose commitment does not match
-/// its text is refused: what a recipient sees is always reportable.
+/// its text, or whose text is longer than a report may carry
+/// ([`franking::MAX_REPORTABLE_BYTES`], the bound the server checks), is
+/// refused: what a recipient sees is always reportable.
 pub fn check_content(
     plaintext: &[u8],
     message_id: &[u8],
@@ -156,6 +184,13 @@ pub fn check_content(
     let Some(v1::content::Body::Text(text)) = content.body else {
         return Err("it holds no text (unsupported content)".into());
     };
+    if text.body.len() > franking::MAX_REPORTABLE_BYTES {
+        return Err(format!(
+            "its text is {} bytes, longer than a report can carry ({} bytes), so it could not be reported",
+            text.body.len(),
+            franking::MAX_REPORTABLE_BYTES
+        ));
+    }
     let franking_key = FrankingKey::from_bytes(&content.franking_key)
         .map_err(|_| "it carries no valid franking key".to_owned())?;
     if !franking::verify_commitment(&franking_key, message_id, text.body.as_bytes(), commitment) {
@@ -241,7 +276,7 @@ impl Client {
             .and_then(|v| u32::try_from(v).ok())
             .ok_or_else(|| ClientError::NotRegistered(home.to_path_buf()))?;
         let secret = store
-            .get_secret(META_IDENTITY)?
+            .get_meta(META_IDENTITY)?
             .ok_or_else(|| ClientError::NotRegistered(home.to_path_buf()))?;
         let identity = IdentityKeyPair::from_secret_bytes(&secret).map_err(key_err)?;
         Ok(Client {
@@ -288,24 +323,35 @@ impl Client {
         let rng = &mut OsRng;
         let identity = IdentityKeyPair::generate(rng);
         let registration_id: u32 = rng.gen_range(1..=16380);
-        store.set_secret(META_IDENTITY, &identity.to_secret_bytes())?;
-        store.set_meta_u64(META_REGISTRATION_ID, u64::from(registration_id))?;
-
-        let spk_id = store.take_ids(COUNTER_SIGNED, 1)?;
-        let spk = SignedPrekeyPair::generate(rng, spk_id, &identity);
-        let kem_id = store.take_ids(COUNTER_KEM, 1)?;
-        let kem = KemPrekeyPair::generate(rng, kem_id, &identity);
-        store.put_prekey(PrekeyKind::Signed, spk_id, &spk.to_secret_bytes())?;
-        store.put_prekey(PrekeyKind::KemLastResort, kem_id, &kem.to_secret_bytes())?;
-        store.set_meta_u64(META_SIGNED_ID, u64::from(spk_id))?;
-        store.set_meta_u64(META_KEM_LAST_RESORT_ID, u64::from(kem_id))?;
-        store.set_meta_u64(META_ROTATED_AT, now_ms())?;
+        let (spk, kem) = store.write(|db| {
+            db.set_meta(META_IDENTITY, &identity.to_secret_bytes())?;
+            db.set_meta_u64(META_REGISTRATION_ID, u64::from(registration_id))?;
+            let spk_id = db.take_ids(COUNTER_SIGNED, 1)?;
+            let spk = SignedPrekeyPair::generate(&mut OsRng, spk_id, &identity);
+            let kem_id = db.take_ids(COUNTER_KEM, 1)?;
+            let kem = KemPrekeyPair::generate(&mut OsRng, kem_id, &identity);
+            db.put_prekey(PrekeyKind::Signed, spk_id, &spk.to_secret_bytes())?;
+            db.put_prekey(PrekeyKind::KemLastResort, kem_id, &kem.to_secret_bytes())?;
+            db.set_meta_u64(META_SIGNED_ID, u64::from(spk_id))?;
+            db.set_meta_u64(META_KEM_LAST_RESORT_ID, u64::from(kem_id))?;
+            db.set_meta_u64(META_ROTATED_AT, now_ms())?;
+            Ok((spk, kem))
+        })?;
         let (otks, kems) = generate_one_time(
             &mut store,
             &identity,
             ONE_TIME_PREKEY_TARGET,
             ONE_TIME_PREKEY_TARGET,
         )?;
+        if let Some(ca) = &server.ca {
+            // Later commands trust this CA without --ca, and never a file
+            // that happens to sit in the working directory.
+            let pem = std::fs::read(ca).map_err(|source| ClientError::CaFile {
+                path: ca.clone(),
+                source,
+            })?;
+            crate::store::replace_private(&home.join(crate::store::CA_FILE), &pem, true)?;
+        }
 
         let url = server.url.clone();
         let mut account = AccountServiceClient::new(channel.clone());
@@ -338,8 +384,10 @@ impl Client {
             .await
             .map_err(|s| register_status(&s, username, &url))?
             .into_inner();
-        store.set_meta(META_USERNAME, username.as_bytes())?;
-        store.set_meta_u64(META_DEVICE_ID, u64::from(resp.device_id))?;
+        store.write(|db| {
+            db.set_meta(META_USERNAME, username.as_bytes())?;
+            db.set_meta_u64(META_DEVICE_ID, u64::from(resp.device_id))
+        })?;
         let mut client = Client {
             home: home.to_path_buf(),
             server: server.clone(),
@@ -394,8 +442,10 @@ impl Client {
     fn remember_token(&mut self, token: &[u8], expires_at_ms: u64) -> Result<()> {
         let encoded =
             Zeroizing::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token));
-        self.store.set_secret(META_TOKEN, encoded.as_bytes())?;
-        self.store.set_meta_u64(META_TOKEN_EXPIRY, expires_at_ms)?;
+        self.store.write(|db| {
+            db.set_meta(META_TOKEN, encoded.as_bytes())?;
+            db.set_meta_u64(META_TOKEN_EXPIRY, expires_at_ms)
+        })?;
         self.token = Some((encoded, expires_at_ms));
         Ok(())
     }
@@ -413,7 +463,7 @@ impl Client {
             return Ok(t.clone());
         }
         if let (Some(t), Some(exp)) = (
-            self.store.get_secret(META_TOKEN)?,
+            self.store.get_meta(META_TOKEN)?,
             self.store.get_meta_u64(META_TOKEN_EXPIRY)?,
         ) && fresh(exp)
         {
@@ -495,34 +545,28 @@ impl Client {
 
     // ---- trust --------------------------------------------------------
 
-    /// Pins a first-seen identity, or refuses a changed one.
+    /// Pins a first-seen identity, or refuses a changed one (recording it).
     fn check_identity(&mut self, username: &str, identity: &PublicIdentity) -> Result<()> {
-        match self.store.contact(username)? {
-            None => self.store.pin_contact(username, identity),
-            Some(c) if c.changed_identity.is_some() => Err(ClientError::IdentityChanged {
-                username: username.to_owned(),
-            }),
-            Some(c) if &c.identity != identity => {
-                self.store.mark_identity_changed(username, identity)?;
-                Err(ClientError::IdentityChanged {
-                    username: username.to_owned(),
-                })
+        let changed = self.store.write(|db| match db.contact(username)? {
+            None => db.pin_contact(username, identity).map(|()| false),
+            Some(c) if &c.identity == identity && c.changed_identity.is_none() => Ok(false),
+            Some(c) if &c.identity == identity => Ok(true),
+            Some(_) => {
+                db.mark_identity_changed(username, identity)?;
+                Ok(true)
             }
-            Some(_) => Ok(()),
+        })?;
+        if changed {
+            return Err(ClientError::IdentityChanged {
+                username: username.to_owned(),
+            });
         }
+        Ok(())
     }
 
     /// Verification state of `username`.
     pub fn verification(&self, username: &str) -> Result<Option<Verification>> {
-        Ok(self.store.contact(username)?.map(|c| {
-            if c.changed_identity.is_some() {
-                Verification::Changed
-            } else if c.verified {
-                Verification::Verified
-            } else {
-                Verification::Unverified
-            }
-        }))
+        Ok(self.store.contact(username)?.map(|c| verification_of(&c)))
     }
 
     /// All contacts with their verification state and pinned fingerprint.
@@ -532,16 +576,23 @@ impl Client {
             .contacts()?
             .into_iter()
             .map(|c| {
-                let v = if c.changed_identity.is_some() {
-                    Verification::Changed
-                } else if c.verified {
-                    Verification::Verified
-                } else {
-                    Verification::Unverified
-                };
+                let v = verification_of(&c);
                 (c.username, v, c.identity.fingerprint().to_string())
             })
             .collect())
+    }
+
+    fn known_contact(&self, username: &str) -> Result<(String, crate::store::Contact)> {
+        let username = normalize_username(username)?;
+        let c = self
+            .store
+            .contact(&username)?
+            .ok_or_else(|| ClientError::UnknownContact(username.clone()))?;
+        Ok((username, c))
+    }
+
+    fn safety_number_with(&self, username: &str, theirs: &PublicIdentity) -> missive_crypto::SafetyNumber {
+        missive_crypto::safety_number(&self.username, self.identity.public(), username, theirs)
     }
 
     /// The safety number with `username` (fetching and pinning their
@@ -550,22 +601,21 @@ impl Client {
         let username = normalize_username(username)?;
         if self.store.contact(&username)?.is_none() {
             let rows = self.fetch_sessions(&username, 0).await?;
-            self.store.save_sessions(&username, &rows, &[])?;
+            self.store.write(|db| {
+                let existing = db.sessions(&username, Slot::Current)?;
+                let fresh: Vec<SessionRow> = rows
+                    .into_iter()
+                    .filter(|r| existing.iter().all(|e| e.device_id != r.device_id))
+                    .collect();
+                db.save_sessions(&username, &fresh, &[])
+            })?;
         }
-        let c = self
-            .store
-            .contact(&username)?
-            .ok_or_else(|| ClientError::UnknownContact(username.clone()))?;
+        let (username, c) = self.known_contact(&username)?;
         let (theirs, for_changed) = match &c.changed_identity {
             Some(changed) => (changed, true),
             None => (&c.identity, false),
         };
-        let sn = missive_crypto::safety_number(
-            &self.username,
-            self.identity.public(),
-            &username,
-            theirs,
-        );
+        let sn = self.safety_number_with(&username, theirs);
         Ok(SafetyNumberView {
             groups: sn.groups(),
             qr_payload: sn.qr_payload(),
@@ -574,33 +624,73 @@ impl Client {
         })
     }
 
-    /// Marks `username`'s pinned identity as verified.
-    pub fn verify(&mut self, username: &str) -> Result<()> {
-        let username = normalize_username(username)?;
-        let c = self
-            .store
-            .contact(&username)?
-            .ok_or_else(|| ClientError::UnknownContact(username.clone()))?;
+    /// Checks a safety number typed by the user against the one for `theirs`.
+    fn check_typed_number(&self, username: &str, theirs: &PublicIdentity, typed: &str) -> Result<()> {
+        let digits: String = typed.chars().filter(|c| !c.is_whitespace()).collect();
+        let expected: String = self.safety_number_with(username, theirs).groups().concat();
+        if digits.len() != expected.len() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(ClientError::SafetyNumberMismatch {
+                username: username.to_owned(),
+                detail: format!("a safety number has {} digits", expected.len()),
+            });
+        }
+        if !missive_crypto::primitives::ct_eq(digits.as_bytes(), expected.as_bytes()) {
+            return Err(ClientError::SafetyNumberMismatch {
+                username: username.to_owned(),
+                detail: "the key may have changed since you compared".to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Marks `username`'s pinned identity as verified, if `typed` is the
+    /// safety number of exactly that identity.
+    pub fn verify(&mut self, username: &str, typed: &str) -> Result<()> {
+        let (username, c) = self.known_contact(username)?;
         if c.changed_identity.is_some() {
             return Err(ClientError::IdentityChanged { username });
         }
-        self.store.set_verified(&username, true)
+        self.check_typed_number(&username, &c.identity, typed)?;
+        let pinned = c.identity;
+        self.store.write(|db| {
+            // Compare-and-set: the identity must still be the one compared.
+            match db.contact(&username)? {
+                Some(now) if now.identity == pinned && now.changed_identity.is_none() => {
+                    db.set_verified(&username, true)
+                }
+                _ => Err(ClientError::SafetyNumberMismatch {
+                    username: username.clone(),
+                    detail: "the key changed while verifying".to_owned(),
+                }),
+            }
+        })
     }
 
-    /// Accepts `username`'s changed identity. Returns false if nothing changed.
-    pub fn trust(&mut self, username: &str) -> Result<bool> {
-        let username = normalize_username(username)?;
-        let c = self
-            .store
-            .contact(&username)?
-            .ok_or_else(|| ClientError::UnknownContact(username.clone()))?;
-        match c.changed_identity {
-            Some(new) => {
-                self.store.accept_changed_identity(&username, &new)?;
-                Ok(true)
+    /// Accepts `username`'s changed identity if `typed` is its safety number.
+    /// Returns false if nothing changed.
+    pub fn trust(&mut self, username: &str, typed: &str) -> Result<bool> {
+        let (username, c) = self.known_contact(username)?;
+        let Some(new) = c.changed_identity else {
+            return Ok(false);
+        };
+        self.check_typed_number(&username, &new, typed)?;
+        self.store.write(|db| match db.contact(&username)? {
+            Some(now) if now.changed_identity.as_ref() == Some(&new) => {
+                db.accept_changed_identity(&username, &new).map(|()| true)
             }
-            None => Ok(false),
-        }
+            _ => Err(ClientError::SafetyNumberMismatch {
+                username: username.clone(),
+                detail: "the key changed again while trusting it".to_owned(),
+            }),
+        })
+    }
+
+    /// Discards `username`'s changed identity and its quarantined messages.
+    /// Returns false if there was none.
+    pub fn reject(&mut self, username: &str) -> Result<bool> {
+        let (username, _) = self.known_contact(username)?;
+        self.store
+            .write(|db| db.reject_changed_identity(&username))
     }
 
     // ---- sending ------------------------------------------------------
@@ -642,10 +732,21 @@ impl Client {
     }
 
     /// Encrypts `text` for every device of `recipient` and sends it.
+    ///
+    /// Each attempt loads, advances and stores the sessions in one write
+    /// transaction, so a second process on this home can never encrypt
+    /// under the same message key; the network call happens after the
+    /// commit (a crash then loses a message, never reuses a key).
     pub async fn send(&mut self, recipient: &str, text: &str) -> Result<Sent> {
         let recipient = normalize_username(recipient)?;
+        if text.trim().is_empty() {
+            return Err(ClientError::EmptyMessage);
+        }
         if text.len() > MAX_TEXT_BYTES {
             return Err(ClientError::MessageTooLong(text.len()));
+        }
+        if recipient == self.username {
+            return Err(ClientError::SendToSelf);
         }
         if let Some(c) = self.store.contact(&recipient)?
             && c.changed_identity.is_some()
@@ -654,10 +755,9 @@ impl Client {
                 username: recipient,
             });
         }
-        let mut sessions = self.store.sessions(&recipient)?;
-        if sessions.is_empty() {
-            sessions = self.fetch_sessions(&recipient, 0).await?;
-            self.store.save_sessions(&recipient, &sessions, &[])?;
+        let mut update = DeviceUpdate::default();
+        if self.store.sessions(&recipient)?.is_empty() {
+            update.add = self.fetch_sessions(&recipient, 0).await?;
         }
 
         let mut message_id = [0u8; 16];
@@ -681,26 +781,32 @@ impl Client {
         );
 
         for _attempt in 0..SEND_ATTEMPTS {
-            let mut envelopes = Vec::with_capacity(sessions.len());
-            for row in &mut sessions {
-                let out = row
-                    .session
-                    .encrypt(&mut OsRng, &content, &commitment)
-                    .map_err(key_err)?;
-                envelopes.push(v1::OutgoingEnvelope {
-                    device_id: row.device_id,
-                    registration_id: row.registration_id,
-                    r#type: match out.kind {
-                        MessageKind::Prekey => v1::EnvelopeType::PrekeyMessage,
-                        MessageKind::Normal => v1::EnvelopeType::Message,
-                    } as i32,
-                    content: out.bytes,
-                    franking_commitment: commitment.to_vec(),
-                });
-            }
-            // The advanced ratchet is stored before anything leaves, so a
-            // crash can never make us reuse a message key.
-            self.store.save_sessions(&recipient, &sessions, &[])?;
+            let envelopes = self.store.write(|db| {
+                let mut sessions = db.sessions(&recipient, Slot::Current)?;
+                update.apply(&mut sessions);
+                if sessions.is_empty() {
+                    return Err(ClientError::UnknownUser(recipient.clone()));
+                }
+                let mut envelopes = Vec::with_capacity(sessions.len());
+                for row in &mut sessions {
+                    let out = row
+                        .session
+                        .encrypt(&mut OsRng, &content, &commitment)
+                        .map_err(key_err)?;
+                    envelopes.push(v1::OutgoingEnvelope {
+                        device_id: row.device_id,
+                        registration_id: row.registration_id,
+                        r#type: match out.kind {
+                            MessageKind::Prekey => v1::EnvelopeType::PrekeyMessage,
+                            MessageKind::Normal => v1::EnvelopeType::Message,
+                        } as i32,
+                        content: out.bytes,
+                        franking_commitment: commitment.to_vec(),
+                    });
+                }
+                db.save_sessions(&recipient, &sessions, &update.remove)?;
+                Ok(envelopes)
+            })?;
 
             let channel = self.channel().await?;
             let req = self
@@ -723,13 +829,15 @@ impl Client {
                         tag: String::new(),
                         sender_device: self.device_id,
                     };
-                    self.store.add_outgoing(
-                        &recipient,
-                        &message_id,
-                        &sealed,
-                        sent_at_ms,
-                        server_timestamp_ms,
-                    )?;
+                    self.store.write(|db| {
+                        db.add_outgoing(
+                            &recipient,
+                            &message_id,
+                            sealed,
+                            sent_at_ms,
+                            server_timestamp_ms,
+                        )
+                    })?;
                     return Ok(Sent {
                         id: hex::encode(message_id),
                         server_timestamp_ms,
@@ -742,11 +850,10 @@ impl Client {
                     let mismatch = v1::DeviceMismatch::decode(s.details()).map_err(|_| {
                         ClientError::Protocol(format!(
                             "device list out of date but no details: {}",
-                            s.message()
+                            sanitize_line(s.message())
                         ))
                     })?;
-                    self.repair_devices(&recipient, &mut sessions, &mismatch)
-                        .await?;
+                    update = self.device_update(&recipient, &mismatch).await?;
                 }
                 Err(s) => return Err(self.authed_err(&s)),
             }
@@ -756,15 +863,13 @@ impl Client {
         )))
     }
 
-    /// Brings `sessions` in line with the server's view of the devices.
-    async fn repair_devices(
+    /// Fetches fresh sessions for the devices the server says we lack or
+    /// hold stale sessions for; applied inside the next send transaction.
+    async fn device_update(
         &mut self,
         recipient: &str,
-        sessions: &mut Vec<SessionRow>,
         mismatch: &v1::DeviceMismatch,
-    ) -> Result<()> {
-        let extra: Vec<u32> = mismatch.extra_devices.clone();
-        sessions.retain(|r| !extra.contains(&r.device_id));
+    ) -> Result<DeviceUpdate> {
         let mut refetch: Vec<u32> = mismatch
             .missing_devices
             .iter()
@@ -773,24 +878,16 @@ impl Client {
             .collect();
         refetch.sort_unstable();
         refetch.dedup();
+        let mut update = DeviceUpdate {
+            remove: mismatch.extra_devices.clone(),
+            ..DeviceUpdate::default()
+        };
         for device in refetch {
-            for fresh in self.fetch_sessions(recipient, device).await? {
-                match sessions.iter_mut().find(|r| r.device_id == fresh.device_id) {
-                    // A session we accepted from that device, whose
-                    // registration id we only learn now: keep it.
-                    Some(existing)
-                        if existing.registration_id == 0
-                            && existing.session.remote_identity()
-                                == fresh.session.remote_identity() =>
-                    {
-                        existing.registration_id = fresh.registration_id;
-                    }
-                    Some(existing) => *existing = fresh,
-                    None => sessions.push(fresh),
-                }
-            }
+            update
+                .replace
+                .extend(self.fetch_sessions(recipient, device).await?);
         }
-        self.store.save_sessions(recipient, sessions, &extra)
+        Ok(update)
     }
 
     // ---- receiving ----------------------------------------------------
@@ -814,57 +911,49 @@ impl Client {
     /// Decrypts, stores (one transaction) and acknowledges one envelope.
     /// The message itself is then returned by [`Client::take_unshown`].
     pub async fn process_envelope(&mut self, env: v1::Envelope) -> Result<Vec<RecvEvent>> {
-        let mut events = Vec::new();
-        let sender = env.sender.clone();
-        if self
-            .store
-            .is_processed(&sender, env.sender_device, &env.message_id)?
+        let events = self.store_envelope(&env)?;
+        if std::env::var(CRASH_BEFORE_ACK_ENV).as_deref() == Ok("1")
+            && events
+                .iter()
+                .all(|e| !matches!(e, RecvEvent::Dropped { .. }))
         {
-            self.ack(&[env.id]).await?;
-            return Ok(events);
-        }
-        let before = self.verification(&sender)?;
-        match self.decrypt_envelope(&env) {
-            Ok((row, sealed, sent_at_ms, consumed)) => {
-                self.store.commit_incoming(&IncomingCommit {
-                    sender: &sender,
-                    sender_device: env.sender_device,
-                    message_id: &env.message_id,
-                    accepted: Some(AcceptedIncoming {
-                        session: &row,
-                        sealed: &sealed,
-                        sent_at_ms,
-                        server_ts_ms: env.server_timestamp_ms,
-                        consumed_prekeys: consumed,
-                    }),
-                })?;
-                if before != Some(Verification::Changed)
-                    && self.verification(&sender)? == Some(Verification::Changed)
-                {
-                    events.push(RecvEvent::IdentityChanged {
-                        username: sender.clone(),
-                    });
-                }
-            }
-            Err(Refusal::Local(e)) => return Err(e),
-            Err(Refusal::Drop(reason)) => {
-                self.store.commit_incoming(&IncomingCommit {
-                    sender: &sender,
-                    sender_device: env.sender_device,
-                    message_id: &env.message_id,
-                    accepted: None,
-                })?;
-                events.push(RecvEvent::Dropped {
-                    sender: sender.clone(),
-                    reason,
-                });
-            }
-        }
-        if std::env::var(CRASH_BEFORE_ACK_ENV).as_deref() == Ok("1") {
             std::process::exit(CRASH_EXIT_CODE);
         }
         self.ack(&[env.id]).await?;
+        self.store.write(|db| {
+            db.mark_acked(&[(env.sender.clone(), env.sender_device, env.message_id.clone())])
+        })?;
         Ok(events)
+    }
+
+    /// The local half of receiving: decrypts `env` and commits everything it
+    /// changes (session, contact, history, consumed prekeys, replay records)
+    /// in one write transaction. Never touches the network; whatever the
+    /// server put in `env`, the worst outcome is a `Dropped` event.
+    pub fn store_envelope(&mut self, env: &v1::Envelope) -> Result<Vec<RecvEvent>> {
+        let identity = &self.identity;
+        self.store.write(|db| {
+            if db.is_processed(&env.sender, env.sender_device, &env.message_id)? {
+                return Ok(Vec::new());
+            }
+            let mut events = Vec::new();
+            match receive_in(db, identity, env) {
+                Ok(changed) => {
+                    if changed {
+                        events.push(RecvEvent::IdentityChanged {
+                            username: env.sender.clone(),
+                        });
+                    }
+                }
+                Err(Refusal::Local(e)) => return Err(e),
+                Err(Refusal::Drop(reason)) => events.push(RecvEvent::Dropped {
+                    sender: env.sender.clone(),
+                    reason,
+                }),
+            }
+            db.mark_processed(&env.sender, env.sender_device, &env.message_id)?;
+            Ok(events)
+        })
     }
 
     /// Acknowledges envelopes.
@@ -886,120 +975,17 @@ impl Client {
         Ok(())
     }
 
-    /// Decrypts on a copy of the session; the caller commits the result.
-    #[allow(clippy::type_complexity)]
-    fn decrypt_envelope(
-        &self,
-        env: &v1::Envelope,
-    ) -> std::result::Result<(SessionRow, SealedMessage, u64, Vec<(PrekeyKind, u32)>), Refusal>
-    {
-        let commitment = env.franking_commitment.as_slice();
-        if commitment.len() != franking::COMMITMENT_LEN {
-            return Err("it carries no valid franking commitment".into());
-        }
-        let existing = self.store.session(&env.sender, env.sender_device)?;
-        let mut consumed = Vec::new();
-        let (row, plaintext) = if env.r#type == v1::EnvelopeType::PrekeyMessage as i32 {
-            let msg = PrekeyMessage::parse(&env.content).map_err(|e| e.to_string())?;
-            let on_existing = existing.and_then(|mut r| {
-                (r.session.remote_identity() == msg.sender_identity())
-                    .then(|| r.session.decrypt(&env.content, commitment).ok())
-                    .flatten()
-                    .map(|pt| (r, pt))
-            });
-            match on_existing {
-                Some(found) => found,
-                None => {
-                    let (session, pt, used) = self.accept(&msg, commitment)?;
-                    consumed = used;
-                    let registration_id = self
-                        .store
-                        .session(&env.sender, env.sender_device)
-                        .ok()
-                        .flatten()
-                        .filter(|r| r.session.remote_identity() == session.remote_identity())
-                        .map_or(0, |r| r.registration_id);
-                    (
-                        SessionRow {
-                            device_id: env.sender_device,
-                            registration_id,
-                            session,
-                        },
-                        pt,
-                    )
-                }
-            }
-        } else {
-            let mut r = existing.ok_or("no session with the sending device")?;
-            let pt = r
-                .session
-                .decrypt(&env.content, commitment)
-                .map_err(|e| e.to_string())?;
-            (r, pt)
-        };
-        let (text, franking_key) = check_content(&plaintext, &env.message_id, commitment)?;
-        let sealed = SealedMessage {
-            text: text.body.clone(),
-            franking_key: hex::encode(franking_key.as_bytes()),
-            commitment: hex::encode(commitment),
-            tag: hex::encode(&env.franking_tag),
-            sender_device: env.sender_device,
-        };
-        Ok((row, sealed, text.sent_at_ms, consumed))
-    }
-
-    #[allow(clippy::type_complexity)]
-    fn accept(
-        &self,
-        msg: &PrekeyMessage,
-        ad: &[u8],
-    ) -> std::result::Result<(Session, Zeroizing<Vec<u8>>, Vec<(PrekeyKind, u32)>), Refusal> {
-        let mut consumed = Vec::new();
-        let spk_bytes = self
-            .store
-            .get_prekey(PrekeyKind::Signed, msg.signed_prekey_id())?
-            .ok_or("it names a signed prekey we no longer have")?;
-        let spk = SignedPrekeyPair::from_secret_bytes(&spk_bytes).map_err(|e| e.to_string())?;
-        let kem_id = msg.kem_prekey_id();
-        let kem_bytes = match self.store.get_prekey(PrekeyKind::KemOneTime, kem_id)? {
-            Some(b) => {
-                consumed.push((PrekeyKind::KemOneTime, kem_id));
-                b
-            }
-            None => self
-                .store
-                .get_prekey(PrekeyKind::KemLastResort, kem_id)?
-                .ok_or("it names a KEM prekey we no longer have (already used?)")?,
-        };
-        let kem = KemPrekeyPair::from_secret_bytes(&kem_bytes).map_err(|e| e.to_string())?;
-        let otk = match msg.one_time_prekey_id() {
-            Some(id) => {
-                let b = self
-                    .store
-                    .get_prekey(PrekeyKind::OneTime, id)?
-                    .ok_or("it names a one-time prekey that was already used")?;
-                consumed.push((PrekeyKind::OneTime, id));
-                Some(OneTimePrekeyPair::from_secret_bytes(&b).map_err(|e| e.to_string())?)
-            }
-            None => None,
-        };
-        let (session, pt) = Session::accept(&self.identity, &spk, &kem, otk.as_ref(), msg, ad)
-            .map_err(|e| e.to_string())?;
-        Ok((session, pt, consumed))
-    }
-
     /// Incoming messages stored but not yet shown (optionally only from
-    /// `from`), marked shown as they are returned.
+    /// `from`), marked shown as they are returned — in one write
+    /// transaction, so two processes on this home never both show one.
     pub fn take_unshown(&mut self, from: Option<&str>) -> Result<Vec<HistoryEntry>> {
-        let entries: Vec<HistoryEntry> = self
-            .store
-            .unshown()?
-            .into_iter()
-            .filter(|e| from.is_none_or(|f| e.contact == f))
-            .collect();
-        let seqs: Vec<i64> = entries.iter().map(|e| e.seq).collect();
-        self.store.mark_shown(&seqs)?;
-        Ok(entries)
+        self.store.write(|db| db.take_unshown(from))
+    }
+
+    /// Whether opening this home found its store restored from an older
+    /// copy (its sessions were archived; the next send re-establishes them).
+    pub fn was_rolled_back(&self) -> bool {
+        self.store.was_rolled_back()
     }
 
     /// Receives everything pending, then (with `wait`) new messages until
@@ -1009,6 +995,9 @@ impl Client {
         wait: Option<Duration>,
         mut sink: impl FnMut(&RecvEvent),
     ) -> Result<()> {
+        if self.was_rolled_back() {
+            sink(&RecvEvent::RolledBack);
+        }
         for e in self.take_unshown(None)? {
             sink(&RecvEvent::Message(e));
         }
@@ -1098,14 +1087,17 @@ impl Client {
 
     /// Replaces the signed X25519 prekey and the last-resort KEM prekey.
     pub async fn rotate_signed_prekeys(&mut self) -> Result<()> {
-        let spk_id = self.store.take_ids(COUNTER_SIGNED, 1)?;
-        let spk = SignedPrekeyPair::generate(&mut OsRng, spk_id, &self.identity);
-        let kem_id = self.store.take_ids(COUNTER_KEM, 1)?;
-        let kem = KemPrekeyPair::generate(&mut OsRng, kem_id, &self.identity);
-        self.store
-            .put_prekey(PrekeyKind::Signed, spk_id, &spk.to_secret_bytes())?;
-        self.store
-            .put_prekey(PrekeyKind::KemLastResort, kem_id, &kem.to_secret_bytes())?;
+        let identity = &self.identity;
+        let (spk, kem) = self.store.write(|db| {
+            let spk_id = db.take_ids(COUNTER_SIGNED, 1)?;
+            let spk = SignedPrekeyPair::generate(&mut OsRng, spk_id, identity);
+            let kem_id = db.take_ids(COUNTER_KEM, 1)?;
+            let kem = KemPrekeyPair::generate(&mut OsRng, kem_id, identity);
+            db.put_prekey(PrekeyKind::Signed, spk_id, &spk.to_secret_bytes())?;
+            db.put_prekey(PrekeyKind::KemLastResort, kem_id, &kem.to_secret_bytes())?;
+            Ok((spk, kem))
+        })?;
+        let (spk_id, kem_id) = (spk.public().id, kem.public().id);
         let channel = self.channel().await?;
         let req = self
             .authed(
@@ -1123,34 +1115,50 @@ impl Client {
             return Err(self.authed_err(&s));
         }
         let now = now_ms();
-        self.store.set_meta_u64(META_SIGNED_ID, u64::from(spk_id))?;
-        self.store
-            .set_meta_u64(META_KEM_LAST_RESORT_ID, u64::from(kem_id))?;
-        self.store.set_meta_u64(META_ROTATED_AT, now)?;
-        // Old keys stay for in-flight messages, then go.
+        // Old keys stay for in-flight messages, then go (with the record of
+        // the base keys accepted under them).
         let keep_ms = u64::try_from((SIGNED_PREKEY_ROTATION + SIGNED_PREKEY_GRACE).as_millis())
             .unwrap_or(u64::MAX);
         let cutoff = now.saturating_sub(keep_ms);
-        self.store
-            .prune_signed(PrekeyKind::Signed, spk_id, cutoff)?;
-        self.store
-            .prune_signed(PrekeyKind::KemLastResort, kem_id, cutoff)
+        self.store.write(|db| {
+            db.set_meta_u64(META_SIGNED_ID, u64::from(spk_id))?;
+            db.set_meta_u64(META_KEM_LAST_RESORT_ID, u64::from(kem_id))?;
+            db.set_meta_u64(META_ROTATED_AT, now)?;
+            db.prune_signed(PrekeyKind::Signed, spk_id, cutoff)?;
+            db.prune_signed(PrekeyKind::KemLastResort, kem_id, cutoff)
+        })
     }
 
     // ---- history, reports, deletion -----------------------------------
 
-    /// The conversation with `username`, oldest first.
+    /// The conversation with `username`, oldest first (quarantined messages
+    /// from a changed identity are not part of it).
     pub fn history(&self, username: &str) -> Result<Vec<HistoryEntry>> {
-        let username = normalize_username(username)?;
+        let (username, _) = self.known_contact(username)?;
         self.store.history(&username)
     }
 
-    /// Reports the received message `message_id_hex` to the server's
-    /// moderators with its franking proof. Returns the report id.
-    pub async fn report(&mut self, message_id_hex: &str, reason: &str) -> Result<u64> {
-        let unknown = || ClientError::UnknownMessage(message_id_hex.to_owned());
+    /// Reports the received message `message_id_hex` (from `from`, needed
+    /// when two senders used that id) to the server's moderators with its
+    /// franking proof. Returns the report id.
+    pub async fn report(
+        &mut self,
+        message_id_hex: &str,
+        from: Option<&str>,
+        reason: &str,
+    ) -> Result<u64> {
+        let unknown = || ClientError::UnknownMessage(sanitize_line(message_id_hex));
         let id = hex::decode(message_id_hex.trim()).map_err(|_| unknown())?;
-        let m = self.store.report_material(&id)?.ok_or_else(unknown)?;
+        let from = from.map(normalize_username).transpose()?;
+        let mut found = self.store.db().report_material(&id, from.as_deref())?;
+        if found.len() > 1 {
+            let senders: Vec<String> = found.iter().map(|m| m.sender.clone()).collect();
+            return Err(ClientError::AmbiguousMessage {
+                id: message_id_hex.trim().to_owned(),
+                senders: senders.join(", "),
+            });
+        }
+        let m = found.pop().ok_or_else(unknown)?;
         let hexd = |s: &str| hex::decode(s).map_err(|_| unknown());
         let franking_key = Zeroizing::new(hexd(&m.sealed.franking_key)?);
         let req = self
@@ -1173,7 +1181,7 @@ impl Client {
             Ok(r) => Ok(r.into_inner().report_id),
             Err(s) if s.code() == Code::InvalidArgument => Err(ClientError::Server(format!(
                 "the report was refused: {}",
-                s.message()
+                sanitize_line(s.message())
             ))),
             Err(s) => Err(self.authed_err(&s)),
         }
@@ -1193,6 +1201,199 @@ impl Client {
     }
 }
 
+fn verification_of(c: &crate::store::Contact) -> Verification {
+    if c.changed_identity.is_some() {
+        Verification::Changed
+    } else if c.verified {
+        Verification::Verified
+    } else {
+        Verification::Unverified
+    }
+}
+
+/// Sessions to merge into the stored ones inside a send transaction.
+#[derive(Default)]
+struct DeviceUpdate {
+    /// First contact: used only for devices that still have no session (a
+    /// second process may have created one meanwhile, and it may be in use).
+    add: Vec<SessionRow>,
+    /// Fresh sessions for stale or missing devices: replace what is stored.
+    replace: Vec<SessionRow>,
+    /// Devices the recipient no longer has.
+    remove: Vec<u32>,
+}
+
+impl DeviceUpdate {
+    fn apply(&mut self, sessions: &mut Vec<SessionRow>) {
+        sessions.retain(|r| !self.remove.contains(&r.device_id));
+        for fresh in self.add.drain(..) {
+            if sessions.iter().all(|r| r.device_id != fresh.device_id) {
+                sessions.push(fresh);
+            }
+        }
+        for fresh in self.replace.drain(..) {
+            match sessions.iter_mut().find(|r| r.device_id == fresh.device_id) {
+                // A session we accepted from that device, whose registration
+                // id we only learn now: keep it.
+                Some(existing)
+                    if existing.registration_id == 0
+                        && existing.session.remote_identity() == fresh.session.remote_identity() =>
+                {
+                    existing.registration_id = fresh.registration_id;
+                }
+                Some(existing) => *existing = fresh,
+                None => sessions.push(fresh),
+            }
+        }
+    }
+}
+
+/// Decrypts `env` and stores what it changes, inside the caller's write
+/// transaction. Returns whether it revealed a new changed identity.
+fn receive_in(
+    db: &Db<'_>,
+    identity: &IdentityKeyPair,
+    env: &v1::Envelope,
+) -> std::result::Result<bool, Refusal> {
+    let commitment = env.franking_commitment.as_slice();
+    if commitment.len() != franking::COMMITMENT_LEN {
+        return Err("it carries no valid franking commitment".into());
+    }
+    if normalize_username(&env.sender).ok().as_deref() != Some(env.sender.as_str()) {
+        return Err("its sender name is not a valid username".into());
+    }
+    let sender = env.sender.as_str();
+    let device = env.sender_device;
+    let mut changed = false;
+    let (plaintext, quarantine) = if env.r#type == v1::EnvelopeType::PrekeyMessage as i32 {
+        let msg = PrekeyMessage::parse(&env.content).map_err(|e| e.to_string())?;
+        let sender_identity = msg.sender_identity().clone();
+        // A prekey message on a session we already have (the peer has not
+        // seen our reply yet).
+        let mut found = None;
+        for slot in [Slot::Current, Slot::Pending] {
+            if let Some(mut row) = db.session(sender, device, slot)?
+                && row.session.remote_identity() == &sender_identity
+                && let Ok(pt) = row.session.decrypt(&env.content, commitment)
+            {
+                db.put_session(sender, &row, slot)?;
+                found = Some((pt, slot));
+                break;
+            }
+        }
+        match found {
+            Some((pt, slot)) => (pt, (slot == Slot::Pending).then_some(sender_identity)),
+            None => {
+                if db.base_key_seen(&msg.base_key())? {
+                    return Err(
+                        "it is a replayed prekey message (its PQXDH base key was already accepted)"
+                            .into(),
+                    );
+                }
+                let (session, pt, consumed) = accept(db, identity, &msg, commitment)?;
+                let contact = db.contact(sender)?;
+                let slot = match &contact {
+                    None => {
+                        db.pin_contact(sender, &sender_identity)?;
+                        Slot::Current
+                    }
+                    Some(c) if c.identity == sender_identity => Slot::Current,
+                    Some(_) => {
+                        changed = db.mark_identity_changed(sender, &sender_identity)?;
+                        Slot::Pending
+                    }
+                };
+                let registration_id = db
+                    .session(sender, device, slot)?
+                    .filter(|r| r.session.remote_identity() == &sender_identity)
+                    .map_or(0, |r| r.registration_id);
+                db.put_session(
+                    sender,
+                    &SessionRow {
+                        device_id: device,
+                        registration_id,
+                        session,
+                    },
+                    slot,
+                )?;
+                for (kind, id) in consumed {
+                    db.delete_prekey(kind, id)?;
+                }
+                db.remember_base_key(&msg.base_key(), msg.signed_prekey_id())?;
+                (pt, (slot == Slot::Pending).then_some(sender_identity))
+            }
+        }
+    } else {
+        let mut found = None;
+        for slot in [Slot::Current, Slot::Pending, Slot::Archived] {
+            if let Some(mut row) = db.session(sender, device, slot)?
+                && let Ok(pt) = row.session.decrypt(&env.content, commitment)
+            {
+                db.put_session(sender, &row, slot)?;
+                let q = (slot == Slot::Pending).then(|| row.session.remote_identity().clone());
+                found = Some((pt, q));
+                break;
+            }
+        }
+        found.ok_or("no session with the sending device decrypts it (a replay, or a lost session)")?
+    };
+    let (text, franking_key) = check_content(&plaintext, &env.message_id, commitment)?;
+    let (sender_clock_ms, _) = clamp_sender_clock(text.sent_at_ms, env.server_timestamp_ms);
+    db.add_incoming(NewIncoming {
+        sender,
+        message_id: &env.message_id,
+        sealed: SealedMessage {
+            text: text.body.clone(),
+            franking_key: hex::encode(franking_key.as_bytes()),
+            commitment: hex::encode(commitment),
+            tag: hex::encode(&env.franking_tag),
+            sender_device: device,
+        },
+        sender_clock_ms,
+        server_ts_ms: env.server_timestamp_ms.min(MAX_RFC3339_MS),
+        quarantine_identity: quarantine.as_ref(),
+    })?;
+    Ok(changed)
+}
+
+#[allow(clippy::type_complexity)]
+fn accept(
+    db: &Db<'_>,
+    identity: &IdentityKeyPair,
+    msg: &PrekeyMessage,
+    ad: &[u8],
+) -> std::result::Result<(Session, Zeroizing<Vec<u8>>, Vec<(PrekeyKind, u32)>), Refusal> {
+    let mut consumed = Vec::new();
+    let spk_bytes = db
+        .get_prekey(PrekeyKind::Signed, msg.signed_prekey_id())?
+        .ok_or("it names a signed prekey we no longer have")?;
+    let spk = SignedPrekeyPair::from_secret_bytes(&spk_bytes).map_err(|e| e.to_string())?;
+    let kem_id = msg.kem_prekey_id();
+    let kem_bytes = match db.get_prekey(PrekeyKind::KemOneTime, kem_id)? {
+        Some(b) => {
+            consumed.push((PrekeyKind::KemOneTime, kem_id));
+            b
+        }
+        None => db
+            .get_prekey(PrekeyKind::KemLastResort, kem_id)?
+            .ok_or("it names a KEM prekey we no longer have (already used?)")?,
+    };
+    let kem = KemPrekeyPair::from_secret_bytes(&kem_bytes).map_err(|e| e.to_string())?;
+    let otk = match msg.one_time_prekey_id() {
+        Some(id) => {
+            let b = db
+                .get_prekey(PrekeyKind::OneTime, id)?
+                .ok_or("it names a one-time prekey that was already used")?;
+            consumed.push((PrekeyKind::OneTime, id));
+            Some(OneTimePrekeyPair::from_secret_bytes(&b).map_err(|e| e.to_string())?)
+        }
+        None => None,
+    };
+    let (session, pt) = Session::accept(identity, &spk, &kem, otk.as_ref(), msg, ad)
+        .map_err(|e| e.to_string())?;
+    Ok((session, pt, consumed))
+}
+
 /// Generates, stores and returns the public halves of one-time prekeys.
 fn generate_one_time(
     store: &mut Store,
@@ -1202,23 +1403,25 @@ fn generate_one_time(
 ) -> Result<(Vec<v1::OneTimePrekey>, Vec<v1::KemPrekey>)> {
     let n_otk = n_otk.min(ONE_TIME_PREKEY_TARGET);
     let n_kem = n_kem.min(ONE_TIME_PREKEY_TARGET);
-    let first_otk = store.take_ids(COUNTER_ONE_TIME, n_otk)?;
-    let first_kem = store.take_ids(COUNTER_KEM, n_kem)?;
-    let mut otks = Vec::new();
-    let mut kems = Vec::new();
-    store.begin()?;
-    for id in first_otk..first_otk + n_otk {
-        let k = OneTimePrekeyPair::generate(&mut OsRng, id);
-        store.put_prekey(PrekeyKind::OneTime, id, &k.to_secret_bytes())?;
-        otks.push(proto_conv::one_time_prekey(&k.public()));
-    }
-    for id in first_kem..first_kem + n_kem {
-        let k = KemPrekeyPair::generate(&mut OsRng, id, identity);
-        store.put_prekey(PrekeyKind::KemOneTime, id, &k.to_secret_bytes())?;
-        kems.push(proto_conv::kem_prekey(&k.public()));
-    }
-    store.commit()?;
-    Ok((otks, kems))
+    // Ids are taken and the keys stored in one transaction: two processes
+    // refilling at once never hand out the same id.
+    store.write(|db| {
+        let first_otk = db.take_ids(COUNTER_ONE_TIME, n_otk)?;
+        let first_kem = db.take_ids(COUNTER_KEM, n_kem)?;
+        let mut otks = Vec::new();
+        let mut kems = Vec::new();
+        for id in first_otk..first_otk + n_otk {
+            let k = OneTimePrekeyPair::generate(&mut OsRng, id);
+            db.put_prekey(PrekeyKind::OneTime, id, &k.to_secret_bytes())?;
+            otks.push(proto_conv::one_time_prekey(&k.public()));
+        }
+        for id in first_kem..first_kem + n_kem {
+            let k = KemPrekeyPair::generate(&mut OsRng, id, identity);
+            db.put_prekey(PrekeyKind::KemOneTime, id, &k.to_secret_bytes())?;
+            kems.push(proto_conv::kem_prekey(&k.public()));
+        }
+        Ok((otks, kems))
+    })
 }
 
 /// Removes the store files of `home` (best effort).
@@ -1227,6 +1430,9 @@ fn remove_store_files(home: &Path) {
         crate::store::DB_FILE,
         crate::store::KEY_FILE,
         crate::store::SALT_FILE,
+        crate::store::GENERATION_FILE,
+        crate::store::CA_FILE,
+        "passphrase.salt.new",
         "missive.db-journal",
         "missive.db-wal",
         "missive.db-shm",
@@ -1240,7 +1446,7 @@ fn register_status(s: &Status, username: &str, url: &str) -> ClientError {
         Code::AlreadyExists => ClientError::UsernameTaken(username.to_owned()),
         Code::InvalidArgument => ClientError::Server(format!(
             "registration of {username:?} was refused: {}",
-            s.message()
+            sanitize_line(s.message())
         )),
         _ => ClientError::from_status(s, url),
     }

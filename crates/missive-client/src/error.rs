@@ -72,12 +72,46 @@ pub enum ClientError {
     AccountRejected(String),
     /// The contact's identity key differs from the pinned one.
     #[error(
-        "the identity key of {username} has changed since you last talked (they reinstalled, or someone is intercepting). Nothing was sent. Compare safety numbers with `missive safety-number {username}` in person or over a trusted channel, then accept the new key with `missive trust {username}`."
+        "the identity key of {username} has changed since you last talked (they reinstalled, or someone is intercepting). Nothing was sent. Compare safety numbers with `missive safety-number {username}` in person or over a trusted channel, then accept the new key with `missive trust {username} SAFETY_NUMBER`, or discard it with `missive reject {username}`."
     )]
     IdentityChanged {
         /// The contact.
         username: String,
     },
+    /// The safety number typed does not match the contact's current one.
+    #[error(
+        "the safety number you gave does not match {username}'s current one ({detail}). Nothing was changed. Run `missive safety-number {username}` and compare again."
+    )]
+    SafetyNumberMismatch {
+        /// The contact.
+        username: String,
+        /// Why.
+        detail: String,
+    },
+    /// Two senders used one message id.
+    #[error(
+        "several people sent you a message with id {id} ({senders}); say which one with --from USERNAME"
+    )]
+    AmbiguousMessage {
+        /// The id.
+        id: String,
+        /// The senders, comma-separated.
+        senders: String,
+    },
+    /// An empty (or whitespace-only) message.
+    #[error("the message is empty; nothing was sent")]
+    EmptyMessage,
+    /// A message to this account itself.
+    #[error("you cannot send a message to yourself")]
+    SendToSelf,
+    /// A passphrase store was asked for with an empty passphrase.
+    #[error("the passphrase is empty; choose one, or unset MISSIVE_PASSPHRASE to keep the key in a file")]
+    EmptyPassphrase,
+    /// A passphrase was given for a store that uses a key file.
+    #[error(
+        "the account in {0} is not protected by a passphrase (its key is in storage.key); unset MISSIVE_PASSPHRASE"
+    )]
+    NoPassphraseHere(PathBuf),
     /// No contact by that name in the local store.
     #[error(
         "you have no conversation with {0:?} yet. Send them a message first with `missive send {0} TEXT`."
@@ -158,7 +192,7 @@ impl ClientError {
     /// Maps a gRPC status that no call-specific handling claimed.
     pub(crate) fn from_status(status: &tonic::Status, url: &str) -> Self {
         use tonic::Code;
-        let msg = status.message().to_owned();
+        let msg = crate::display::sanitize_line(status.message());
         match status.code() {
             Code::Unavailable => {
                 let detail = if msg.is_empty() {
@@ -216,7 +250,7 @@ fn short_reason(detail: &str) -> String {
     if lower.contains("timed out") {
         return "timed out".to_owned();
     }
-    let mut s: String = detail.chars().take(200).collect();
+    let mut s: String = crate::display::sanitize_line(&detail.chars().take(200).collect::<String>());
     if s.is_empty() {
         s = "unknown error".to_owned();
     }

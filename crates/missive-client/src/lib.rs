@@ -7,6 +7,7 @@
 
 pub mod chat;
 pub mod client;
+pub mod display;
 pub mod error;
 pub mod limits;
 pub mod net;

@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
-/// Longest message text accepted (`TextMessage.body`), bytes.
-pub const MAX_TEXT_BYTES: usize = 65_536;
+/// Longest message text sent or shown (`TextMessage.body`), bytes: exactly
+/// what a report can carry, so every message shown can be reported.
+pub const MAX_TEXT_BYTES: usize = missive_crypto::franking::MAX_REPORTABLE_BYTES;
 /// One-time prekeys of each kind uploaded at registration and topped up to.
 pub const ONE_TIME_PREKEY_TARGET: u32 = 100;
 /// Refill when the server holds fewer than this many of either kind.

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use missive_client::client::{RecvEvent, rfc3339};
+use missive_client::display::{sanitize_line, sanitize_text};
+use missive_client::store::HistoryEntry;
 use missive_client::{Client, ClientError, ServerConfig};
 
 /// Missive: end-to-end encrypted messaging from the terminal.
@@ -26,8 +28,8 @@ struct Cli {
         global = true
     )]
     server: String,
-    /// PEM file of the CA that signed the server certificate.
-    /// Default: ./missive-data/ca.pem when it exists, else the system roots.
+    /// PEM file of the CA that signed the server certificate. Remembered at
+    /// `register` (in HOME/ca.pem); default: that file, else the system roots.
     #[arg(long, env = "MISSIVE_CA", global = true)]
     ca: Option<PathBuf>,
     #[command(subcommand)]
@@ -50,7 +52,9 @@ enum Command {
     },
     /// Receive, decrypt, store and acknowledge pending messages.
     Recv {
-        /// One JSON object per line: id, from, text, sent_at, server_time.
+        /// One JSON object per line: id, from, text, sent_at and server_time
+        /// (the server's time, which franking binds), sender_clock (the
+        /// sender's claim, clamped), quarantined.
         #[arg(long)]
         json: bool,
         /// Keep listening for new messages up to SECS seconds.
@@ -77,13 +81,24 @@ enum Command {
         /// Contact.
         username: String,
     },
-    /// Mark USERNAME verified after comparing safety numbers.
+    /// Mark USERNAME verified: give the safety number you compared.
     Verify {
         /// Contact.
         username: String,
+        /// The 60 digits you compared (spaces allowed), as printed by `safety-number`.
+        #[arg(required = true, num_args = 1.., value_name = "SAFETY_NUMBER")]
+        safety_number: Vec<String>,
     },
-    /// Accept USERNAME's changed identity key.
+    /// Accept USERNAME's changed identity key: give its safety number.
     Trust {
+        /// Contact.
+        username: String,
+        /// The 60 digits of the new key's safety number (spaces allowed).
+        #[arg(required = true, num_args = 1.., value_name = "SAFETY_NUMBER")]
+        safety_number: Vec<String>,
+    },
+    /// Discard USERNAME's changed identity key and the messages it sent.
+    Reject {
         /// Contact.
         username: String,
     },
@@ -93,6 +108,9 @@ enum Command {
     Report {
         /// Message id (hex, from `recv --json` or `history --json`).
         message_id: String,
+        /// The sender, when two people sent messages with this id.
+        #[arg(long, value_name = "USERNAME")]
+        from: Option<String>,
         /// Why you report it.
         #[arg(long, default_value = "")]
         reason: String,
@@ -114,7 +132,8 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            // Error sentences can quote server text: never raw to the terminal.
+            eprintln!("error: {}", sanitize_line(&e.to_string()));
             ExitCode::FAILURE
         }
     }
@@ -132,37 +151,79 @@ fn home_dir(cli: &Cli) -> Result<PathBuf, ClientError> {
         })
 }
 
-fn print_event(ev: &RecvEvent, json: bool) {
+/// Who a history line is from, as shown.
+fn shown_from(m: &HistoryEntry, me: &str) -> String {
+    if m.outgoing {
+        me.to_owned()
+    } else if m.quarantined {
+        format!("an unverified new key of {}", m.contact)
+    } else {
+        m.contact.clone()
+    }
+}
+
+fn message_json(m: &HistoryEntry, me: &str) -> serde_json::Value {
+    serde_json::json!({
+        "id": hex::encode(&m.message_id),
+        "from": if m.outgoing { me } else { m.contact.as_str() },
+        "outgoing": m.outgoing,
+        "text": m.text,
+        // The time shown is the server's: its franking tag binds it, so a
+        // report proves it. The sender's own clock is only a claim.
+        "sent_at": rfc3339(m.server_ts_ms),
+        "server_time": rfc3339(m.server_ts_ms),
+        "sender_clock": rfc3339(m.sender_clock_ms),
+        "quarantined": m.quarantined,
+    })
+}
+
+fn print_message(m: &HistoryEntry, me: &str, json: bool) {
+    if json {
+        println!("{}", message_json(m, me));
+    } else {
+        println!(
+            "[{}] {}: {}",
+            rfc3339(m.server_ts_ms),
+            sanitize_line(&shown_from(m, me)),
+            sanitize_text(&m.text, "    | ")
+        );
+    }
+}
+
+fn print_event(ev: &RecvEvent, me: &str, json: bool) {
     match ev {
-        RecvEvent::Message(m) => {
-            if json {
-                let v = serde_json::json!({
-                    "id": hex::encode(&m.message_id),
-                    "from": m.contact,
-                    "text": m.text,
-                    "sent_at": rfc3339(m.sent_at_ms),
-                    "server_time": rfc3339(m.server_ts_ms),
-                });
-                println!("{v}");
-            } else {
-                println!("[{}] {}: {}", rfc3339(m.sent_at_ms), m.contact, m.text);
-            }
-        }
+        RecvEvent::Message(m) => print_message(m, me, json),
         RecvEvent::IdentityChanged { username } => eprintln!(
-            "warning: the identity key of {username} has changed (reinstall, or someone intercepting). Compare with `missive safety-number {username}`, then `missive trust {username}` to accept it; sending to {username} is blocked until then."
+            "warning: the identity key of {username} has changed (reinstall, or someone intercepting). Its messages are kept apart, shown as from \"an unverified new key of {username}\". Compare with `missive safety-number {username}`, then `missive trust {username} SAFETY_NUMBER` to accept it or `missive reject {username}` to discard it; sending to {username} is blocked until then."
         ),
         RecvEvent::Dropped { sender, reason } => {
-            eprintln!("warning: dropped a message from {sender}: {reason}");
+            eprintln!(
+                "warning: dropped a message from {}: {}",
+                sanitize_line(sender),
+                sanitize_line(reason)
+            );
         }
-        RecvEvent::Warning(w) => eprintln!("warning: {w}"),
+        // Said once by `open_client`.
+        RecvEvent::RolledBack => {}
+        RecvEvent::Warning(w) => eprintln!("warning: {}", sanitize_line(w)),
     }
+}
+
+const ROLLED_BACK_WARNING: &str = "warning: this account's store is older than its last use (restored from a backup?). Its sessions were archived so no message key is used twice; the next message to each contact starts a fresh session.";
+
+fn open_client(home: &std::path::Path, server: ServerConfig) -> Result<Client, ClientError> {
+    let client = Client::open(home, server)?;
+    if client.was_rolled_back() {
+        eprintln!("{ROLLED_BACK_WARNING}");
+    }
+    Ok(client)
 }
 
 async fn run(cli: Cli) -> Result<(), ClientError> {
     let home = home_dir(&cli)?;
     let server = ServerConfig {
         url: cli.server.clone(),
-        ca: cli.ca.clone().or_else(ServerConfig::default_ca),
+        ca: ServerConfig::resolve_ca(&home, cli.ca.clone()),
     };
     match cli.command {
         Command::Register { username } => {
@@ -188,22 +249,23 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             } else {
                 text
             };
-            let mut client = Client::open(&home, server)?;
+            let mut client = open_client(&home, server)?;
             let sent = client.send(&username, &text).await?;
             println!("sent {} to {}", sent.id, username.to_ascii_lowercase());
         }
         Command::Recv { json, wait } => {
-            let mut client = Client::open(&home, server)?;
+            let mut client = open_client(&home, server)?;
+            let me = client.username().to_owned();
             client
-                .recv(wait.map(Duration::from_secs), |ev| print_event(ev, json))
+                .recv(wait.map(Duration::from_secs), |ev| print_event(ev, &me, json))
                 .await?;
         }
         Command::Chat { username } => {
-            let mut client = Client::open(&home, server)?;
+            let mut client = open_client(&home, server)?;
             missive_client::chat::run(&mut client, &username).await?;
         }
         Command::Contacts => {
-            let client = Client::open(&home, server)?;
+            let client = open_client(&home, server)?;
             let contacts = client.contacts()?;
             if contacts.is_empty() {
                 println!("no contacts yet");
@@ -213,30 +275,14 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             }
         }
         Command::History { username, json } => {
-            let client = Client::open(&home, server)?;
+            let client = open_client(&home, server)?;
+            let me = client.username().to_owned();
             for m in client.history(&username)? {
-                let from = if m.outgoing {
-                    client.username().to_owned()
-                } else {
-                    m.contact.clone()
-                };
-                if json {
-                    let v = serde_json::json!({
-                        "id": hex::encode(&m.message_id),
-                        "from": from,
-                        "outgoing": m.outgoing,
-                        "text": m.text,
-                        "sent_at": rfc3339(m.sent_at_ms),
-                        "server_time": rfc3339(m.server_ts_ms),
-                    });
-                    println!("{v}");
-                } else {
-                    println!("[{}] {}: {}", rfc3339(m.sent_at_ms), from, m.text);
-                }
+                print_message(&m, &me, json);
             }
         }
         Command::SafetyNumber { username } => {
-            let mut client = Client::open(&home, server)?;
+            let mut client = open_client(&home, server)?;
             let sn = client.safety_number(&username).await?;
             if sn.for_changed_identity {
                 println!(
@@ -253,23 +299,29 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                     .build();
                 println!("{qr}");
             }
-            println!(
-                "{}",
-                if sn.verified {
-                    "status: verified"
-                } else {
-                    "status: not verified; compare with your contact, then run `missive verify USERNAME`"
-                }
-            );
+            if sn.verified {
+                println!("status: verified");
+            } else {
+                println!(
+                    "status: not verified; compare with your contact, then run `missive verify {} SAFETY_NUMBER` with the digits above",
+                    username.to_ascii_lowercase()
+                );
+            }
         }
-        Command::Verify { username } => {
-            let mut client = Client::open(&home, server)?;
-            client.verify(&username)?;
+        Command::Verify {
+            username,
+            safety_number,
+        } => {
+            let mut client = open_client(&home, server)?;
+            client.verify(&username, &safety_number.join(" "))?;
             println!("{} is now marked verified", username.to_ascii_lowercase());
         }
-        Command::Trust { username } => {
-            let mut client = Client::open(&home, server)?;
-            if client.trust(&username)? {
+        Command::Trust {
+            username,
+            safety_number,
+        } => {
+            let mut client = open_client(&home, server)?;
+            if client.trust(&username, &safety_number.join(" "))? {
                 println!(
                     "accepted the new identity key of {}; it is unverified until you compare safety numbers",
                     username.to_ascii_lowercase()
@@ -281,15 +333,33 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 );
             }
         }
+        Command::Reject { username } => {
+            let mut client = open_client(&home, server)?;
+            if client.reject(&username)? {
+                println!(
+                    "discarded the changed identity key of {} and the messages it sent; the key you had pinned stays",
+                    username.to_ascii_lowercase()
+                );
+            } else {
+                println!(
+                    "the identity of {} has not changed; nothing to do",
+                    username.to_ascii_lowercase()
+                );
+            }
+        }
         Command::DeleteAccount => {
-            let client = Client::open(&home, server)?;
+            let client = open_client(&home, server)?;
             let name = client.username().to_owned();
             client.delete_account().await?;
             println!("deleted the account {name} on the server and its local data");
         }
-        Command::Report { message_id, reason } => {
-            let mut client = Client::open(&home, server)?;
-            let id = client.report(&message_id, &reason).await?;
+        Command::Report {
+            message_id,
+            from,
+            reason,
+        } => {
+            let mut client = open_client(&home, server)?;
+            let id = client.report(&message_id, from.as_deref(), &reason).await?;
             println!("report {id} accepted by the server");
         }
     }

@@ -17,10 +17,15 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
-    /// The default CA file: `./missive-data/ca.pem` when it exists.
-    pub fn default_ca() -> Option<PathBuf> {
-        let p = Path::new("missive-data").join("ca.pem");
-        p.exists().then_some(p)
+    /// The CA to trust for the account in `home`: the one given (`--ca` or
+    /// `MISSIVE_CA`), else the one remembered in `HOME/ca.pem` at
+    /// registration, else none (the system roots). Never a file that merely
+    /// sits in the working directory.
+    pub fn resolve_ca(home: &Path, given: Option<PathBuf>) -> Option<PathBuf> {
+        given.or_else(|| {
+            let p = home.join(crate::store::CA_FILE);
+            p.exists().then_some(p)
+        })
     }
 }
 

@@ -1,22 +1,37 @@
 //! The local store: one SQLite file under the home directory.
 //!
-//! Secret material (identity, prekeys, sessions, bearer token, message text
-//! and franking keys) is sealed with [`missive_crypto::seal`] under a
+//! Everything in it is sealed with [`missive_crypto::seal`] under a
 //! [`StorageKey`] that lives in `storage.key` beside the database (0600), or
-//! is derived with Argon2id from `MISSIVE_PASSPHRASE` (then nothing secret is
-//! on disk in the clear). The schema is versioned with `PRAGMA user_version`
-//! and migrated forward on open.
+//! is derived with Argon2id from a passphrase (then nothing secret is on disk
+//! in the clear). Since schema 2 the database holds no name and no time in the
+//! clear either: rows are found through *keyed tags* (HMAC-SHA256 under a key
+//! derived from the storage key) of contact names, message ids and envelope
+//! ids, and each sealed value's associated data names the row it belongs to,
+//! so a blob moved to another row (another contact, another device) does not
+//! open. docs/PROTOCOL.md, "Local storage", specifies every construction.
+//!
+//! Every read-modify-write of a session runs in one `BEGIN IMMEDIATE`
+//! transaction ([`Store::write`]): two processes on one home serialise
+//! instead of encrypting twice under one message key. Each such transaction
+//! also advances a *generation* counter kept both in the database and in a
+//! file beside it; a database older than the file was restored from a copy
+//! and its sessions are archived before anything is sent (see
+//! [`Store::was_rolled_back`]).
 
+use std::cell::Cell;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use hmac::{Hmac, Mac};
 use missive_crypto::{PublicIdentity, Session, StorageKey};
 use rand::RngCore;
 use rand::rngs::OsRng;
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
-use zeroize::Zeroizing;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::error::{ClientError, Result};
 
@@ -24,57 +39,76 @@ use crate::error::{ClientError, Result};
 pub const DB_FILE: &str = "missive.db";
 /// File name of the storage key inside the home directory.
 pub const KEY_FILE: &str = "storage.key";
-/// File name of the Argon2id salt used with `MISSIVE_PASSPHRASE`.
+/// File name of the passphrase parameters (Argon2id parameters and salt).
 pub const SALT_FILE: &str = "passphrase.salt";
+/// File name of the generation counter kept outside the database.
+pub const GENERATION_FILE: &str = "missive.generation";
+/// File name of the CA remembered at registration.
+pub const CA_FILE: &str = "ca.pem";
 /// Environment variable holding the optional passphrase.
 pub const PASSPHRASE_ENV: &str = "MISSIVE_PASSPHRASE";
 
-const KEY_CHECK: &[u8] = b"missive storage key check v1";
+/// Argon2id memory cost for new passphrase stores, KiB (64 MiB).
+pub const ARGON2_MEMORY_KIB: u32 = 65_536;
+/// Argon2id passes for new passphrase stores.
+pub const ARGON2_PASSES: u32 = 3;
+/// Argon2id lanes.
+pub const ARGON2_LANES: u32 = 1;
 
-/// Ordered migrations; `user_version` = number applied.
-const MIGRATIONS: &[&str] = &[r#"
+/// Acknowledged `processed` entries kept after their acknowledgement, newest
+/// first: a benign server never re-delivers an acknowledged envelope, but a
+/// second process's stream may still hold one it read before the ack.
+pub const PROCESSED_KEEP_ACKED: i64 = 512;
+
+const KEY_CHECK: &[u8] = b"missive storage key check v1";
+const INDEX_KEY_LABEL: &[u8] = b"Missive store index key v2";
+/// Sealed history records are padded to a multiple of this many bytes so the
+/// file does not tell message lengths.
+const MESSAGE_PAD: usize = 256;
+const SCHEMA_VERSION: i64 = 2;
+const DAY_MS: u64 = 86_400_000;
+
+/// Schema 2: no names, times or lengths in the clear (see the module docs).
+const SCHEMA_V2: &str = r#"
 CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE prekeys (
     kind INTEGER NOT NULL,
     id INTEGER NOT NULL,
     secret BLOB NOT NULL,
-    created_at_ms INTEGER NOT NULL,
+    created_day INTEGER NOT NULL,
     PRIMARY KEY (kind, id)
 );
-CREATE TABLE sessions (
-    username TEXT NOT NULL,
-    device_id INTEGER NOT NULL,
-    registration_id INTEGER NOT NULL,
-    state BLOB NOT NULL,
-    PRIMARY KEY (username, device_id)
+CREATE TABLE seen_base_keys (
+    tag BLOB PRIMARY KEY,
+    signed_prekey_id INTEGER NOT NULL
 );
 CREATE TABLE contacts (
-    username TEXT PRIMARY KEY,
-    identity BLOB NOT NULL,
-    verified INTEGER NOT NULL DEFAULT 0,
-    changed_identity BLOB,
-    added_at_ms INTEGER NOT NULL
+    tag BLOB PRIMARY KEY,
+    sealed BLOB NOT NULL
+);
+CREATE TABLE sessions (
+    tag BLOB NOT NULL,
+    device_id INTEGER NOT NULL,
+    slot INTEGER NOT NULL,
+    sealed BLOB NOT NULL,
+    PRIMARY KEY (tag, device_id, slot)
 );
 CREATE TABLE messages (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    message_id BLOB NOT NULL,
-    contact TEXT NOT NULL,
-    outgoing INTEGER NOT NULL,
+    contact_tag BLOB NOT NULL,
+    id_tag BLOB NOT NULL,
     sealed BLOB NOT NULL,
-    sent_at_ms INTEGER NOT NULL,
-    server_ts_ms INTEGER NOT NULL,
-    shown INTEGER NOT NULL DEFAULT 0
+    shown INTEGER NOT NULL DEFAULT 0,
+    quarantined INTEGER NOT NULL DEFAULT 0
 );
-CREATE INDEX messages_by_contact ON messages (contact, seq);
-CREATE INDEX messages_by_id ON messages (message_id);
+CREATE INDEX messages_by_contact ON messages (contact_tag, seq);
+CREATE INDEX messages_by_id ON messages (id_tag);
 CREATE TABLE processed (
-    sender TEXT NOT NULL,
-    sender_device INTEGER NOT NULL,
-    message_id BLOB NOT NULL,
-    processed_at_ms INTEGER NOT NULL,
-    PRIMARY KEY (sender, sender_device, message_id)
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    tag BLOB NOT NULL UNIQUE,
+    acked INTEGER NOT NULL DEFAULT 0
 );
-"#];
+"#;
 
 /// Kinds of private prekeys kept locally.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,6 +123,19 @@ pub enum PrekeyKind {
     KemOneTime = 4,
 }
 
+/// Which of a device's sessions a row holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Slot {
+    /// The session messages to this device are encrypted with.
+    Current = 0,
+    /// A session with a *changed* identity, kept apart until the user decides
+    /// (`missive trust` or `missive reject`); its messages are quarantined.
+    Pending = 1,
+    /// A session from before a restored backup was detected: it may still
+    /// decrypt late messages but never encrypts again.
+    Archived = 2,
+}
+
 /// A contact as stored.
 #[derive(Clone, Debug)]
 pub struct Contact {
@@ -98,7 +145,7 @@ pub struct Contact {
     pub identity: PublicIdentity,
     /// Whether the user compared safety numbers for the pinned identity.
     pub verified: bool,
-    /// A different identity seen since pinning, awaiting `missive trust`.
+    /// The latest different identity seen since pinning, awaiting a decision.
     pub changed_identity: Option<PublicIdentity>,
 }
 
@@ -112,8 +159,8 @@ pub struct SessionRow {
     pub session: Session,
 }
 
-/// The sealed part of a history row.
-#[derive(serde::Serialize, serde::Deserialize)]
+/// The sealed content of a history row.
+#[derive(Serialize, Deserialize, Default)]
 pub struct SealedMessage {
     /// Text.
     pub text: String,
@@ -133,10 +180,25 @@ pub struct SealedMessage {
 
 impl Drop for SealedMessage {
     fn drop(&mut self) {
-        use zeroize::Zeroize;
         self.text.zeroize();
         self.franking_key.zeroize();
     }
+}
+
+/// One history row as sealed (schema 2): the message and everything about it.
+#[derive(Serialize, Deserialize, Default)]
+struct MessageRecord {
+    contact: String,
+    message_id: String,
+    outgoing: bool,
+    sender_clock_ms: u64,
+    server_ts_ms: u64,
+    /// Hex of the changed identity a quarantined message came from.
+    #[serde(default)]
+    quarantine_identity: Option<String>,
+    body: SealedMessage,
+    #[serde(default)]
+    pad: String,
 }
 
 /// One history entry, decrypted.
@@ -152,10 +214,14 @@ pub struct HistoryEntry {
     pub outgoing: bool,
     /// Text.
     pub text: String,
-    /// Sender's clock, ms since the epoch.
-    pub sent_at_ms: u64,
-    /// Server's acceptance time, ms since the epoch (0 if unknown).
+    /// The sender's own clock, ms since the epoch, as it claims (not covered
+    /// by franking; clamped into a sane window on receipt).
+    pub sender_clock_ms: u64,
+    /// Server's acceptance time, ms since the epoch (0 if unknown); the
+    /// server's franking tag binds it.
     pub server_ts_ms: u64,
+    /// From a changed identity of `contact` that the user has not accepted.
+    pub quarantined: bool,
 }
 
 /// Everything needed to report an incoming message.
@@ -170,19 +236,20 @@ pub struct ReportMaterial {
     pub sealed: SealedMessage,
 }
 
-/// The local store.
-pub struct Store {
-    conn: Connection,
-    key: StorageKey,
-    path: PathBuf,
-}
-
-impl std::fmt::Debug for Store {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
-    }
+/// A received message to store (see [`Db::add_incoming`]).
+pub struct NewIncoming<'a> {
+    /// Sender username.
+    pub sender: &'a str,
+    /// Sender's message id.
+    pub message_id: &'a [u8],
+    /// Content.
+    pub sealed: SealedMessage,
+    /// Sender's clock (already clamped).
+    pub sender_clock_ms: u64,
+    /// Server time.
+    pub server_ts_ms: u64,
+    /// The changed identity it came from, if quarantined.
+    pub quarantine_identity: Option<&'a PublicIdentity>,
 }
 
 /// Current time, ms since the Unix epoch.
@@ -221,11 +288,118 @@ fn write_new_private(path: &Path, bytes: &[u8]) -> Result<()> {
         .map_err(|e| ClientError::io(format!("cannot write {}", path.display()), e))
 }
 
+/// Writes `bytes` to `path` atomically (temporary file, then rename), 0600.
+pub(crate) fn replace_private(path: &Path, bytes: &[u8], sync: bool) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let _ = fs::remove_file(&tmp);
+    let write = || -> std::io::Result<()> {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        if sync {
+            f.sync_all()?;
+        }
+        fs::rename(&tmp, path)
+    };
+    write().map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        ClientError::io(format!("cannot write {}", path.display()), e)
+    })
+}
+
+/// Argon2id parameters and salt of a passphrase store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct PassphraseParams {
+    memory_kib: u32,
+    passes: u32,
+    lanes: u32,
+    salt: Vec<u8>,
+}
+
+impl PassphraseParams {
+    fn fresh() -> Self {
+        let mut salt = vec![0u8; 16];
+        OsRng.fill_bytes(&mut salt);
+        PassphraseParams {
+            memory_kib: ARGON2_MEMORY_KIB,
+            passes: ARGON2_PASSES,
+            lanes: ARGON2_LANES,
+            salt,
+        }
+    }
+
+    /// `argon2id m=KIB t=PASSES p=LANES salt=HEX\n`; a bare 16-byte file is
+    /// the salt of a store made before parameters were recorded, which used
+    /// the argon2 crate's defaults (19 MiB, t=2, p=1).
+    fn parse(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() == 16 && !bytes.starts_with(b"argon2id") {
+            return Some(PassphraseParams {
+                memory_kib: argon2::Params::DEFAULT_M_COST,
+                passes: argon2::Params::DEFAULT_T_COST,
+                lanes: argon2::Params::DEFAULT_P_COST,
+                salt: bytes.to_vec(),
+            });
+        }
+        let text = std::str::from_utf8(bytes).ok()?;
+        let mut fields = text.split_whitespace();
+        if fields.next()? != "argon2id" {
+            return None;
+        }
+        let (mut m, mut t, mut p, mut salt) = (None, None, None, None);
+        for f in fields {
+            let (k, v) = f.split_once('=')?;
+            match k {
+                "m" => m = v.parse().ok(),
+                "t" => t = v.parse().ok(),
+                "p" => p = v.parse().ok(),
+                "salt" => salt = hex::decode(v).ok(),
+                _ => return None,
+            }
+        }
+        Some(PassphraseParams {
+            memory_kib: m?,
+            passes: t?,
+            lanes: p?,
+            salt: salt?,
+        })
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        format!(
+            "argon2id m={} t={} p={} salt={}\n",
+            self.memory_kib,
+            self.passes,
+            self.lanes,
+            hex::encode(&self.salt)
+        )
+        .into_bytes()
+    }
+
+    fn is_current(&self) -> bool {
+        self.memory_kib >= ARGON2_MEMORY_KIB && self.passes >= ARGON2_PASSES
+    }
+
+    fn derive(&self, pass: &str) -> Result<StorageKey> {
+        let params = argon2::Params::new(self.memory_kib, self.passes, self.lanes, Some(32))
+            .map_err(|e| ClientError::Crypto(format!("passphrase parameters: {e}")))?;
+        let mut out = Zeroizing::new([0u8; 32]);
+        argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+            .hash_password_into(pass.as_bytes(), &self.salt, out.as_mut())
+            .map_err(|e| ClientError::Crypto(format!("passphrase key derivation: {e}")))?;
+        Ok(StorageKey::from_bytes(*out))
+    }
+}
+
 /// Where the storage key comes from.
 pub enum KeySource {
     /// A random key in `HOME/storage.key` (0600).
     KeyFile,
-    /// Argon2id of a passphrase with a random salt in `HOME/passphrase.salt`.
+    /// Argon2id of a passphrase; parameters and salt in `HOME/passphrase.salt`.
     Passphrase(Zeroizing<String>),
 }
 
@@ -239,22 +413,162 @@ impl KeySource {
     }
 }
 
-/// Loads or creates the storage key for `home`.
-fn storage_key(home: &Path, fresh: bool, source: &KeySource) -> Result<(StorageKey, PathBuf)> {
+/// The storage key and what it keys.
+struct Keys {
+    storage: StorageKey,
+    index: Zeroizing<[u8; 32]>,
+}
+
+impl Keys {
+    fn new(storage: StorageKey) -> Self {
+        let index = Zeroizing::new(hmac(storage.as_bytes(), &[INDEX_KEY_LABEL]));
+        Keys { storage, index }
+    }
+
+    /// `HMAC-SHA256(index key, domain || 0x00 || (u32 length || part)*)`.
+    fn tag(&self, domain: &str, parts: &[&[u8]]) -> Vec<u8> {
+        let mut input = Vec::with_capacity(64);
+        input.extend_from_slice(domain.as_bytes());
+        input.push(0);
+        for p in parts {
+            input.extend_from_slice(&u32::try_from(p.len()).unwrap_or(u32::MAX).to_be_bytes());
+            input.extend_from_slice(p);
+        }
+        hmac(self.index.as_ref(), &[&input]).to_vec()
+    }
+
+    fn contact_tag(&self, username: &str) -> Vec<u8> {
+        self.tag("contact", &[username.as_bytes()])
+    }
+
+    fn message_tag(&self, message_id: &[u8]) -> Vec<u8> {
+        self.tag("message", &[message_id])
+    }
+
+    fn seal(&self, plaintext: &[u8], ad: &[u8]) -> Vec<u8> {
+        missive_crypto::seal(&mut OsRng, &self.storage, plaintext, ad)
+    }
+
+    fn open(&self, sealed: &[u8], ad: &[u8]) -> std::result::Result<Zeroizing<Vec<u8>>, String> {
+        missive_crypto::open(&self.storage, sealed, ad).map_err(|e| e.to_string())
+    }
+}
+
+fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    // HMAC takes keys of any length.
+    let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(key) else {
+        return [0u8; 32];
+    };
+    for p in parts {
+        mac.update(p);
+    }
+    mac.finalize().into_bytes().into()
+}
+
+fn ad(label: &str, parts: &[&[u8]]) -> Vec<u8> {
+    let mut out = label.as_bytes().to_vec();
+    for p in parts {
+        out.push(b'/');
+        out.extend_from_slice(p);
+    }
+    out
+}
+
+fn session_ad(tag: &[u8], device_id: u32, slot: Slot) -> Vec<u8> {
+    ad(
+        "session",
+        &[tag, &device_id.to_be_bytes(), &[slot as u8]],
+    )
+}
+
+fn prekey_ad(kind: PrekeyKind, id: u32) -> Vec<u8> {
+    format!("prekey/{}/{id}", kind as i64).into_bytes()
+}
+
+#[derive(Serialize, Deserialize)]
+struct ContactRecord {
+    username: String,
+    identity: String,
+    verified: bool,
+    #[serde(default)]
+    changed_identity: Option<String>,
+}
+
+/// The local store.
+pub struct Store {
+    conn: Connection,
+    keys: Keys,
+    path: PathBuf,
+    home: PathBuf,
+    rolled_back: bool,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn rekey_path(home: &Path) -> PathBuf {
+    home.join(format!("{SALT_FILE}.new"))
+}
+
+/// A re-key to new passphrase parameters writes them beside the old ones
+/// before its transaction commits: if the schema is already migrated the
+/// commit happened and the new parameters are the store's; if not, they are
+/// a leftover.
+fn finish_rekey(home: &Path, conn: &Connection, path: &Path) -> Result<()> {
+    let new = rekey_path(home);
+    if !new.exists() {
+        return Ok(());
+    }
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| ClientError::store(path, e))?;
+    if version >= SCHEMA_VERSION {
+        fs::rename(&new, home.join(SALT_FILE))
+            .map_err(|e| ClientError::io(format!("cannot replace {}", new.display()), e))
+    } else {
+        fs::remove_file(&new)
+            .map_err(|e| ClientError::io(format!("cannot remove {}", new.display()), e))
+    }
+}
+
+/// Loads or creates the storage key for `home`. Returns the key, the path
+/// to name in a wrong-key error, and the parameters to re-key to when the
+/// store's passphrase parameters are older than today's.
+fn storage_key(
+    home: &Path,
+    fresh: bool,
+    source: &KeySource,
+) -> Result<(StorageKey, PathBuf, Option<(PassphraseParams, StorageKey)>)> {
     if let KeySource::Passphrase(pass) = source {
         let salt_path = home.join(SALT_FILE);
         if fresh && !salt_path.exists() {
-            let mut salt = [0u8; 16];
-            OsRng.fill_bytes(&mut salt);
-            write_new_private(&salt_path, &salt)?;
+            if pass.trim().is_empty() {
+                return Err(ClientError::EmptyPassphrase);
+            }
+            write_new_private(&salt_path, &PassphraseParams::fresh().encode())?;
         }
-        let salt = fs::read(&salt_path)
+        if !salt_path.exists() {
+            return Err(ClientError::NoPassphraseHere(home.to_path_buf()));
+        }
+        let bytes = fs::read(&salt_path)
             .map_err(|e| ClientError::io(format!("cannot read {}", salt_path.display()), e))?;
-        let mut out = Zeroizing::new([0u8; 32]);
-        argon2::Argon2::default()
-            .hash_password_into(pass.as_bytes(), &salt, out.as_mut())
-            .map_err(|e| ClientError::Crypto(format!("passphrase key derivation: {e}")))?;
-        return Ok((StorageKey::from_bytes(*out), salt_path));
+        let params = PassphraseParams::parse(&bytes).ok_or_else(|| {
+            ClientError::store(&salt_path, "the passphrase parameters are unreadable")
+        })?;
+        let key = params.derive(pass)?;
+        let rekey = if params.is_current() {
+            None
+        } else {
+            let new = PassphraseParams::fresh();
+            let new_key = new.derive(pass)?;
+            Some((new, new_key))
+        };
+        return Ok((key, salt_path, rekey));
     }
     let key_path = home.join(KEY_FILE);
     if !key_path.exists() && home.join(SALT_FILE).exists() {
@@ -272,13 +586,18 @@ fn storage_key(home: &Path, fresh: bool, source: &KeySource) -> Result<(StorageK
         .as_slice()
         .try_into()
         .map_err(|_| ClientError::WrongKey(key_path.clone()))?;
-    Ok((StorageKey::from_bytes(arr), key_path))
+    Ok((StorageKey::from_bytes(arr), key_path, None))
 }
 
 impl Store {
     /// Whether `home` holds a store.
     pub fn exists(home: &Path) -> bool {
         home.join(DB_FILE).exists()
+    }
+
+    /// Whether `home`'s store is protected by a passphrase.
+    pub fn uses_passphrase(home: &Path) -> bool {
+        home.join(SALT_FILE).exists() && !home.join(KEY_FILE).exists()
     }
 
     /// Opens the store in `home`, creating it (and its key) if `create`,
@@ -297,17 +616,36 @@ impl Store {
         if !exists {
             ensure_private_dir(home)?;
         }
-        let (key, key_path) = storage_key(home, !exists, source)?;
         let conn = Connection::open(&path).map_err(|e| ClientError::store(&path, e))?;
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
             .map_err(|e| ClientError::io(format!("cannot restrict {}", path.display()), e))?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))
+        conn.busy_timeout(std::time::Duration::from_secs(30))
             .map_err(|e| ClientError::store(&path, e))?;
-        conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;")
-            .map_err(|e| ClientError::store(&path, e))?;
-        let mut store = Store { conn, key, path };
-        store.migrate()?;
+        // WAL: a long-running `recv --wait` or `chat` reads while one-shot
+        // commands write. secure_delete: deleted rows (consumed prekeys,
+        // discarded sessions) are overwritten, not left in free pages.
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA secure_delete = ON; PRAGMA foreign_keys = ON;",
+        )
+        .map_err(|e| ClientError::store(&path, e))?;
+        finish_rekey(home, &conn, &path)?;
+        let (key, key_path, rekey) = storage_key(home, !exists, source)?;
+        let mut store = Store {
+            conn,
+            keys: Keys::new(key),
+            path,
+            home: home.to_path_buf(),
+            rolled_back: false,
+        };
+        let rekeyed = store.migrate(&key_path, rekey)?;
+        if rekeyed {
+            // Committed: the store is sealed under the new parameters' key.
+            let new = rekey_path(home);
+            fs::rename(&new, home.join(SALT_FILE))
+                .map_err(|e| ClientError::io(format!("cannot replace {}", new.display()), e))?;
+        }
         store.check_key(&key_path)?;
+        store.check_generation()?;
         Ok(store)
     }
 
@@ -315,42 +653,138 @@ impl Store {
         ClientError::store(&self.path, e)
     }
 
-    fn migrate(&mut self) -> Result<()> {
-        let version: i64 = self
+    /// Brings the schema to [`SCHEMA_VERSION`]. Schema 1 (names and times in
+    /// the clear, sessions sealed without their row) is rewritten in one
+    /// transaction, re-keyed to today's passphrase parameters if needed.
+    fn migrate(
+        &mut self,
+        key_path: &Path,
+        rekey: Option<(PassphraseParams, StorageKey)>,
+    ) -> Result<bool> {
+        let path = self.path.clone();
+        let tx = self
             .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| ClientError::store(&path, e))?;
+        let version: i64 = tx
             .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(|e| self.err(e))?;
-        let version = usize::try_from(version).unwrap_or(0);
-        if version > MIGRATIONS.len() {
-            return Err(self.err(format!(
-                "schema version {version} is newer than this missive understands ({}); upgrade missive",
-                MIGRATIONS.len()
-            )));
+            .map_err(|e| ClientError::store(&path, e))?;
+        if version > SCHEMA_VERSION {
+            return Err(ClientError::store(
+                &path,
+                format!(
+                    "schema version {version} is newer than this missive understands ({SCHEMA_VERSION}); upgrade missive"
+                ),
+            ));
         }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
-            let path = self.path.clone();
-            let tx = self
-                .conn
-                .transaction()
+        let tables: i64 = tx
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'meta'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| ClientError::store(&path, e))?;
+        let mut rekeyed = false;
+        if version == SCHEMA_VERSION {
+            // Up to date; a passphrase re-key is done by the v1 migration only.
+        } else if version == 0 && tables == 0 {
+            tx.execute_batch(SCHEMA_V2)
+                .and_then(|()| tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}")))
                 .map_err(|e| ClientError::store(&path, e))?;
-            tx.execute_batch(sql)
-                .and_then(|()| tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1)))
-                .and_then(|()| tx.commit())
+        } else {
+            let old = std::mem::replace(&mut self.keys, Keys::new(StorageKey::from_bytes([0; 32])));
+            let new = match rekey {
+                Some((params, key)) => {
+                    // Written before the commit; `finish_rekey` settles a
+                    // crash in between by the schema version it finds.
+                    replace_private(&rekey_path(&self.home), &params.encode(), true)?;
+                    rekeyed = true;
+                    Keys::new(key)
+                }
+                None => Keys::new(StorageKey::from_bytes(*old.storage.as_bytes())),
+            };
+            let result = migrate_v1(&tx, &old, &new, &path, key_path);
+            self.keys = match result {
+                Ok(()) => new,
+                Err(e) => {
+                    self.keys = old;
+                    return Err(e);
+                }
+            };
+        }
+        tx.commit().map_err(|e| ClientError::store(&path, e))?;
+        if version != SCHEMA_VERSION && tables > 0 {
+            // Schema-1 pages held names and times: rewrite the file without them.
+            self.conn
+                .execute_batch("VACUUM; PRAGMA wal_checkpoint(TRUNCATE);")
                 .map_err(|e| ClientError::store(&path, e))?;
         }
-        Ok(())
+        Ok(rekeyed)
     }
 
     fn check_key(&mut self, key_path: &Path) -> Result<()> {
-        match self.get_meta("key_check")? {
-            Some(sealed) => missive_crypto::open(&self.key, &sealed, KEY_CHECK)
+        let sealed: Option<Vec<u8>> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'key_check'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| self.err(e))?;
+        match sealed {
+            Some(sealed) => self
+                .keys
+                .open(&sealed, KEY_CHECK)
                 .map(|_| ())
                 .map_err(|_| ClientError::WrongKey(key_path.to_path_buf())),
             None => {
-                let sealed = missive_crypto::seal(&mut OsRng, &self.key, KEY_CHECK, KEY_CHECK);
-                self.set_meta("key_check", &sealed)
+                let sealed = self.keys.seal(KEY_CHECK, KEY_CHECK);
+                self.conn
+                    .execute(
+                        "INSERT OR REPLACE INTO meta (key, value) VALUES ('key_check', ?1)",
+                        [sealed],
+                    )
+                    .map(|_| ())
+                    .map_err(|e| self.err(e))
             }
         }
+    }
+
+    /// Compares the database's generation with the file beside it, under the
+    /// write lock (so no commit is half done). A database behind the file
+    /// was restored from an older copy: its sending chains may have been
+    /// used already, so every current session is archived and the next send
+    /// runs a fresh PQXDH.
+    fn check_generation(&mut self) -> Result<()> {
+        let file = self.home.join(GENERATION_FILE);
+        let rolled_back = self.write(|db| {
+            let in_db = db.generation()?;
+            let on_disk = match fs::read_to_string(&file) {
+                Ok(s) => Some(s.trim().parse::<u64>().unwrap_or(u64::MAX)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => {
+                    return Err(ClientError::io(format!("cannot read {}", file.display()), e));
+                }
+            };
+            let rolled_back = match on_disk {
+                None => in_db > 0,
+                Some(f) => f > in_db,
+            };
+            if rolled_back {
+                db.archive_all_sessions()?;
+            }
+            if rolled_back || on_disk != Some(in_db) {
+                db.touch_sessions();
+            }
+            Ok(rolled_back)
+        })?;
+        self.rolled_back = rolled_back;
+        Ok(())
+    }
+
+    /// Whether opening found the database older than its generation file
+    /// (restored from a backup) and archived its sessions.
+    pub fn was_rolled_back(&self) -> bool {
+        self.rolled_back
     }
 
     /// Path of the database file.
@@ -358,24 +792,177 @@ impl Store {
         &self.path
     }
 
-    // ---- meta ---------------------------------------------------------
+    /// The home directory.
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+
+    /// Read access outside a transaction (each statement sees committed data).
+    pub fn db(&self) -> Db<'_> {
+        Db {
+            conn: &self.conn,
+            keys: &self.keys,
+            path: &self.path,
+            home: &self.home,
+            sessions_written: Cell::new(false),
+        }
+    }
+
+    /// Runs `f` in one `BEGIN IMMEDIATE` transaction: no other process on
+    /// this home writes in between, and nothing of it is kept if `f` fails.
+    /// A transaction that wrote a session advances the generation.
+    pub fn write<T>(&mut self, f: impl FnOnce(&Db<'_>) -> Result<T>) -> Result<T> {
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| ClientError::store(&path, e))?;
+        let db = Db {
+            conn: &tx,
+            keys: &self.keys,
+            path: &self.path,
+            home: &self.home,
+            sessions_written: Cell::new(false),
+        };
+        let out = f(&db)?;
+        if db.sessions_written.get() {
+            db.bump_generation()?;
+        }
+        drop(db);
+        tx.commit().map_err(|e| ClientError::store(&path, e))?;
+        Ok(out)
+    }
+
+    // ---- conveniences: one statement, one transaction ------------------
 
     /// Reads a meta value.
-    pub fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        self.conn
-            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
-            .optional()
-            .map_err(|e| self.err(e))
+    pub fn get_meta(&self, key: &str) -> Result<Option<Zeroizing<Vec<u8>>>> {
+        self.db().get_meta(key)
     }
 
     /// Writes a meta value.
     pub fn set_meta(&self, key: &str, value: &[u8]) -> Result<()> {
-        set_meta_on(&self.conn, key, value).map_err(|e| self.err(e))
+        self.db().set_meta(key, value)
     }
 
     /// Reads a meta value as text.
     pub fn get_meta_str(&self, key: &str) -> Result<Option<String>> {
-        Ok(self.get_meta(key)?.and_then(|v| String::from_utf8(v).ok()))
+        self.db().get_meta_str(key)
+    }
+
+    /// Reads a meta value as an integer.
+    pub fn get_meta_u64(&self, key: &str) -> Result<Option<u64>> {
+        self.db().get_meta_u64(key)
+    }
+
+    /// Writes an integer meta value.
+    pub fn set_meta_u64(&self, key: &str, v: u64) -> Result<()> {
+        self.db().set_meta_u64(key, v)
+    }
+
+    /// Deletes a meta value.
+    pub fn delete_meta(&self, key: &str) -> Result<()> {
+        self.db().delete_meta(key)
+    }
+
+    /// Loads a contact.
+    pub fn contact(&self, username: &str) -> Result<Option<Contact>> {
+        self.db().contact(username)
+    }
+
+    /// All contacts, by name.
+    pub fn contacts(&self) -> Result<Vec<Contact>> {
+        self.db().contacts()
+    }
+
+    /// The current sessions with `username`'s devices.
+    pub fn sessions(&self, username: &str) -> Result<Vec<SessionRow>> {
+        self.db().sessions(username, Slot::Current)
+    }
+
+    /// The conversation with `contact` (quarantined messages excluded), oldest first.
+    pub fn history(&self, contact: &str) -> Result<Vec<HistoryEntry>> {
+        self.db().history(contact)
+    }
+
+    /// Counts rows of a table (tests and diagnostics).
+    pub fn count(&self, table: &str) -> Result<u64> {
+        self.db().count(table)
+    }
+}
+
+/// The store's operations, on a transaction ([`Store::write`]) or on the
+/// connection ([`Store::db`]).
+pub struct Db<'a> {
+    conn: &'a Connection,
+    keys: &'a Keys,
+    path: &'a Path,
+    home: &'a Path,
+    sessions_written: Cell<bool>,
+}
+
+impl Db<'_> {
+    fn err(&self, e: impl std::fmt::Display) -> ClientError {
+        ClientError::store(self.path, e)
+    }
+
+    /// Marks this transaction as one that changed ratchet state.
+    fn touch_sessions(&self) {
+        self.sessions_written.set(true);
+    }
+
+    fn generation(&self) -> Result<u64> {
+        Ok(self.get_meta_u64("generation")?.unwrap_or(0))
+    }
+
+    fn bump_generation(&self) -> Result<()> {
+        let next = self.generation()?.saturating_add(1);
+        self.set_meta_u64("generation", next)?;
+        // Written before the commit: a crash in between leaves the file
+        // ahead, which reads as a restore and only costs new sessions.
+        replace_private(
+            &self.home.join(GENERATION_FILE),
+            next.to_string().as_bytes(),
+            false,
+        )
+    }
+
+    // ---- meta ---------------------------------------------------------
+
+    /// Reads and opens a meta value.
+    pub fn get_meta(&self, key: &str) -> Result<Option<Zeroizing<Vec<u8>>>> {
+        let sealed: Option<Vec<u8>> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.err(e))?;
+        match sealed {
+            None => Ok(None),
+            Some(s) => self
+                .keys
+                .open(&s, &ad("meta", &[key.as_bytes()]))
+                .map(Some)
+                .map_err(|e| self.err(format!("the stored value {key} does not open: {e}"))),
+        }
+    }
+
+    /// Seals and writes a meta value.
+    pub fn set_meta(&self, key: &str, value: &[u8]) -> Result<()> {
+        let sealed = self.keys.seal(value, &ad("meta", &[key.as_bytes()]));
+        self.conn
+            .execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![key, sealed],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Reads a meta value as text.
+    pub fn get_meta_str(&self, key: &str) -> Result<Option<String>> {
+        Ok(self
+            .get_meta(key)?
+            .and_then(|v| String::from_utf8(v.to_vec()).ok()))
     }
 
     /// Reads a meta value as an integer.
@@ -386,22 +973,6 @@ impl Store {
     /// Writes an integer meta value.
     pub fn set_meta_u64(&self, key: &str, v: u64) -> Result<()> {
         self.set_meta(key, v.to_string().as_bytes())
-    }
-
-    /// Reads and opens a sealed meta value.
-    pub fn get_secret(&self, key: &str) -> Result<Option<Zeroizing<Vec<u8>>>> {
-        match self.get_meta(key)? {
-            None => Ok(None),
-            Some(sealed) => missive_crypto::open(&self.key, &sealed, key.as_bytes())
-                .map(Some)
-                .map_err(|e| self.err(format!("sealed value {key} does not open: {e}"))),
-        }
-    }
-
-    /// Seals and writes a meta value.
-    pub fn set_secret(&self, key: &str, plaintext: &[u8]) -> Result<()> {
-        let sealed = missive_crypto::seal(&mut OsRng, &self.key, plaintext, key.as_bytes());
-        self.set_meta(key, &sealed)
     }
 
     /// Deletes a meta value.
@@ -427,18 +998,13 @@ impl Store {
 
     // ---- prekeys ------------------------------------------------------
 
-    fn prekey_ad(kind: PrekeyKind, id: u32) -> Vec<u8> {
-        format!("prekey/{}/{id}", kind as i64).into_bytes()
-    }
-
     /// Stores a private prekey.
     pub fn put_prekey(&self, kind: PrekeyKind, id: u32, secret: &[u8]) -> Result<()> {
-        let sealed =
-            missive_crypto::seal(&mut OsRng, &self.key, secret, &Self::prekey_ad(kind, id));
+        let sealed = self.keys.seal(secret, &prekey_ad(kind, id));
         self.conn
             .execute(
-                "INSERT OR REPLACE INTO prekeys (kind, id, secret, created_at_ms) VALUES (?1, ?2, ?3, ?4)",
-                params![kind as i64, id, sealed, to_i64(now_ms())],
+                "INSERT OR REPLACE INTO prekeys (kind, id, secret, created_day) VALUES (?1, ?2, ?3, ?4)",
+                params![kind as i64, id, sealed, to_i64(now_ms() / DAY_MS)],
             )
             .map(|_| ())
             .map_err(|e| self.err(e))
@@ -457,271 +1023,56 @@ impl Store {
             .map_err(|e| self.err(e))?;
         match sealed {
             None => Ok(None),
-            Some(s) => missive_crypto::open(&self.key, &s, &Self::prekey_ad(kind, id))
+            Some(s) => self
+                .keys
+                .open(&s, &prekey_ad(kind, id))
                 .map(Some)
                 .map_err(|e| self.err(format!("prekey does not open: {e}"))),
         }
     }
 
-    /// Deletes replaced signed prekeys older than `cutoff_ms`, except `keep`.
+    /// Deletes a prekey (irrevocably: `secure_delete`).
+    pub fn delete_prekey(&self, kind: PrekeyKind, id: u32) -> Result<()> {
+        self.conn
+            .execute(
+                "DELETE FROM prekeys WHERE kind = ?1 AND id = ?2",
+                params![kind as i64, id],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Deletes replaced signed prekeys made before `cutoff_ms`, except `keep`,
+    /// with the record of the PQXDH base keys accepted under them.
     pub fn prune_signed(&self, kind: PrekeyKind, keep: u32, cutoff_ms: u64) -> Result<()> {
-        self.conn
-            .execute(
-                "DELETE FROM prekeys WHERE kind = ?1 AND id != ?2 AND created_at_ms < ?3",
-                params![kind as i64, keep, to_i64(cutoff_ms)],
-            )
-            .map(|_| ())
-            .map_err(|e| self.err(e))
-    }
-
-    // ---- contacts -----------------------------------------------------
-
-    /// Loads a contact.
-    pub fn contact(&self, username: &str) -> Result<Option<Contact>> {
-        let row: Option<(Vec<u8>, bool, Option<Vec<u8>>)> = self
-            .conn
-            .query_row(
-                "SELECT identity, verified, changed_identity FROM contacts WHERE username = ?1",
-                [username],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()
-            .map_err(|e| self.err(e))?;
-        let Some((identity, verified, changed)) = row else {
-            return Ok(None);
-        };
-        let identity = PublicIdentity::from_bytes(&identity)
-            .map_err(|e| self.err(format!("contact key: {e}")))?;
-        let changed_identity = match changed {
-            Some(b) => Some(
-                PublicIdentity::from_bytes(&b)
-                    .map_err(|e| self.err(format!("contact key: {e}")))?,
-            ),
-            None => None,
-        };
-        Ok(Some(Contact {
-            username: username.to_owned(),
-            identity,
-            verified,
-            changed_identity,
-        }))
-    }
-
-    /// All contacts, by name.
-    pub fn contacts(&self) -> Result<Vec<Contact>> {
-        let names: Vec<String> = {
-            let mut stmt = self
-                .conn
-                .prepare("SELECT username FROM contacts ORDER BY username")
-                .map_err(|e| self.err(e))?;
-            let rows = stmt.query_map([], |r| r.get(0)).map_err(|e| self.err(e))?;
-            rows.collect::<std::result::Result<_, _>>()
-                .map_err(|e| self.err(e))?
-        };
-        let mut out = Vec::new();
-        for n in names {
-            if let Some(c) = self.contact(&n)? {
-                out.push(c);
-            }
-        }
-        Ok(out)
-    }
-
-    /// Pins `identity` for a new contact (no-op if the contact exists).
-    pub fn pin_contact(&self, username: &str, identity: &PublicIdentity) -> Result<()> {
-        pin_contact_on(&self.conn, username, identity).map_err(|e| self.err(e))
-    }
-
-    /// Records a changed identity awaiting `trust`.
-    pub fn mark_identity_changed(&self, username: &str, identity: &PublicIdentity) -> Result<()> {
-        mark_changed_on(&self.conn, username, identity).map_err(|e| self.err(e))
-    }
-
-    /// Sets the verified flag.
-    pub fn set_verified(&self, username: &str, verified: bool) -> Result<()> {
-        self.conn
-            .execute(
-                "UPDATE contacts SET verified = ?2 WHERE username = ?1",
-                params![username, verified],
-            )
-            .map(|_| ())
-            .map_err(|e| self.err(e))
-    }
-
-    /// Accepts the pending changed identity: pins it, clears the verified
-    /// flag and drops sessions with any other identity.
-    pub fn accept_changed_identity(
-        &mut self,
-        username: &str,
-        identity: &PublicIdentity,
-    ) -> Result<()> {
-        let keep: Vec<u32> = self
-            .sessions(username)?
-            .into_iter()
-            .filter(|s| s.session.remote_identity() == identity)
-            .map(|s| s.device_id)
-            .collect();
-        let path = self.path.clone();
-        let tx = self
-            .conn
-            .transaction()
-            .map_err(|e| ClientError::store(&path, e))?;
-        let run = || -> rusqlite::Result<()> {
-            tx.execute(
-                "UPDATE contacts SET identity = ?2, verified = 0, changed_identity = NULL WHERE username = ?1",
-                params![username, identity.to_bytes()],
-            )?;
-            let mut stmt = tx.prepare("SELECT device_id FROM sessions WHERE username = ?1")?;
-            let devices: Vec<u32> = stmt
-                .query_map([username], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
-            drop(stmt);
-            for d in devices.into_iter().filter(|d| !keep.contains(d)) {
-                tx.execute(
-                    "DELETE FROM sessions WHERE username = ?1 AND device_id = ?2",
-                    params![username, d],
-                )?;
-            }
-            Ok(())
-        };
-        run().map_err(|e| ClientError::store(&path, e))?;
-        tx.commit().map_err(|e| ClientError::store(&path, e))
-    }
-
-    // ---- sessions -----------------------------------------------------
-
-    /// All sessions with `username`'s devices.
-    pub fn sessions(&self, username: &str) -> Result<Vec<SessionRow>> {
-        let rows: Vec<(u32, u32, Vec<u8>)> = {
-            let mut stmt = self
-                .conn
-                .prepare(
-                    "SELECT device_id, registration_id, state FROM sessions WHERE username = ?1 ORDER BY device_id",
+        let cutoff_day = to_i64(cutoff_ms / DAY_MS);
+        if kind == PrekeyKind::Signed {
+            self.conn
+                .execute(
+                    "DELETE FROM seen_base_keys WHERE signed_prekey_id IN (SELECT id FROM prekeys WHERE kind = ?1 AND id != ?2 AND created_day < ?3)",
+                    params![kind as i64, keep, cutoff_day],
                 )
                 .map_err(|e| self.err(e))?;
-            let rows = stmt
-                .query_map([username], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                .map_err(|e| self.err(e))?;
-            rows.collect::<std::result::Result<_, _>>()
-                .map_err(|e| self.err(e))?
-        };
-        rows.into_iter()
-            .map(|(device_id, registration_id, state)| {
-                let session = Session::unseal(&self.key, &state)
-                    .map_err(|e| self.err(format!("session does not open: {e}")))?;
-                Ok(SessionRow {
-                    device_id,
-                    registration_id,
-                    session,
-                })
-            })
-            .collect()
-    }
-
-    /// One session.
-    pub fn session(&self, username: &str, device_id: u32) -> Result<Option<SessionRow>> {
-        Ok(self
-            .sessions(username)?
-            .into_iter()
-            .find(|s| s.device_id == device_id))
-    }
-
-    /// Writes sessions (upsert) and deletes the sessions of `remove` devices, atomically.
-    pub fn save_sessions(
-        &mut self,
-        username: &str,
-        rows: &[SessionRow],
-        remove: &[u32],
-    ) -> Result<()> {
-        let sealed: Vec<(u32, u32, Vec<u8>)> = rows
-            .iter()
-            .map(|r| {
-                (
-                    r.device_id,
-                    r.registration_id,
-                    r.session.seal(&mut OsRng, &self.key),
-                )
-            })
-            .collect();
-        let path = self.path.clone();
-        let tx = self
-            .conn
-            .transaction()
-            .map_err(|e| ClientError::store(&path, e))?;
-        for (d, reg, state) in &sealed {
-            upsert_session_on(&tx, username, *d, *reg, state)
-                .map_err(|e| ClientError::store(&path, e))?;
         }
-        for d in remove {
-            tx.execute(
-                "DELETE FROM sessions WHERE username = ?1 AND device_id = ?2",
-                params![username, d],
-            )
-            .map_err(|e| ClientError::store(&path, e))?;
-        }
-        tx.commit().map_err(|e| ClientError::store(&path, e))
-    }
-
-    // ---- messages -----------------------------------------------------
-
-    fn message_ad(message_id: &[u8], contact: &str) -> Vec<u8> {
-        let mut ad = b"message/".to_vec();
-        ad.extend_from_slice(message_id);
-        ad.extend_from_slice(contact.as_bytes());
-        ad
-    }
-
-    /// Stores an outgoing message (already sent).
-    pub fn add_outgoing(
-        &self,
-        contact: &str,
-        message_id: &[u8],
-        sealed: &SealedMessage,
-        sent_at_ms: u64,
-        server_ts_ms: u64,
-    ) -> Result<()> {
-        let blob = self.seal_message(contact, message_id, sealed)?;
         self.conn
             .execute(
-                "INSERT INTO messages (message_id, contact, outgoing, sealed, sent_at_ms, server_ts_ms, shown) VALUES (?1, ?2, 1, ?3, ?4, ?5, 1)",
-                params![message_id, contact, blob, to_i64(sent_at_ms), to_i64(server_ts_ms)],
+                "DELETE FROM prekeys WHERE kind = ?1 AND id != ?2 AND created_day < ?3",
+                params![kind as i64, keep, cutoff_day],
             )
             .map(|_| ())
             .map_err(|e| self.err(e))
     }
 
-    fn seal_message(
-        &self,
-        contact: &str,
-        message_id: &[u8],
-        sealed: &SealedMessage,
-    ) -> Result<Vec<u8>> {
-        let json = Zeroizing::new(serde_json::to_vec(sealed).map_err(|e| self.err(e))?);
-        Ok(missive_crypto::seal(
-            &mut OsRng,
-            &self.key,
-            &json,
-            &Self::message_ad(message_id, contact),
-        ))
+    fn base_key_tag(&self, base_key: &[u8]) -> Vec<u8> {
+        self.keys.tag("base key", &[base_key])
     }
 
-    fn open_message(&self, contact: &str, message_id: &[u8], blob: &[u8]) -> Result<SealedMessage> {
-        let json = missive_crypto::open(&self.key, blob, &Self::message_ad(message_id, contact))
-            .map_err(|e| self.err(format!("message does not open: {e}")))?;
-        serde_json::from_slice(&json).map_err(|e| self.err(e))
-    }
-
-    /// Whether an envelope was already processed.
-    pub fn is_processed(
-        &self,
-        sender: &str,
-        sender_device: u32,
-        message_id: &[u8],
-    ) -> Result<bool> {
+    /// Whether a prekey message with this PQXDH base key was accepted before.
+    pub fn base_key_seen(&self, base_key: &[u8]) -> Result<bool> {
         self.conn
             .query_row(
-                "SELECT 1 FROM processed WHERE sender = ?1 AND sender_device = ?2 AND message_id = ?3",
-                params![sender, sender_device, message_id],
+                "SELECT 1 FROM seen_base_keys WHERE tag = ?1",
+                [self.base_key_tag(base_key)],
                 |_| Ok(()),
             )
             .optional()
@@ -729,157 +1080,602 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
-    /// Commits everything a received envelope changes, in one transaction:
-    /// the processed id, and (when `accepted`) the session, the contact pin
-    /// or identity-change mark, the history row, and the consumed one-time
-    /// prekeys.
-    pub fn commit_incoming(&mut self, inc: &IncomingCommit<'_>) -> Result<()> {
-        let prepared = match &inc.accepted {
-            Some(a) => Some((
-                a.session.session.seal(&mut OsRng, &self.key),
-                self.seal_message(inc.sender, inc.message_id, a.sealed)?,
-            )),
-            None => None,
-        };
-        let path = self.path.clone();
-        let tx = self
-            .conn
-            .transaction()
-            .map_err(|e| ClientError::store(&path, e))?;
-        let run = |tx: &Transaction<'_>| -> rusqlite::Result<()> {
-            tx.execute(
-                "INSERT OR IGNORE INTO processed (sender, sender_device, message_id, processed_at_ms) VALUES (?1, ?2, ?3, ?4)",
-                params![inc.sender, inc.sender_device, inc.message_id, to_i64(now_ms())],
-            )?;
-            if let (Some(a), Some((state, blob))) = (&inc.accepted, &prepared) {
-                upsert_session_on(
-                    tx,
-                    inc.sender,
-                    a.session.device_id,
-                    a.session.registration_id,
-                    state,
-                )?;
-                let identity = a.session.session.remote_identity();
-                let pinned: Option<Vec<u8>> = tx
-                    .query_row(
-                        "SELECT identity FROM contacts WHERE username = ?1",
-                        [inc.sender],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
-                match pinned {
-                    None => pin_contact_on(tx, inc.sender, identity)?,
-                    Some(p) if p != identity.to_bytes() => {
-                        mark_changed_on(tx, inc.sender, identity)?
-                    }
-                    Some(_) => {}
-                }
-                tx.execute(
-                    "INSERT INTO messages (message_id, contact, outgoing, sealed, sent_at_ms, server_ts_ms, shown) VALUES (?1, ?2, 0, ?3, ?4, ?5, 0)",
-                    params![inc.message_id, inc.sender, blob, to_i64(a.sent_at_ms), to_i64(a.server_ts_ms)],
-                )?;
-                for (kind, id) in &a.consumed_prekeys {
-                    tx.execute(
-                        "DELETE FROM prekeys WHERE kind = ?1 AND id = ?2",
-                        params![*kind as i64, id],
-                    )?;
-                }
-            }
-            Ok(())
-        };
-        run(&tx).map_err(|e| ClientError::store(&path, e))?;
-        tx.commit().map_err(|e| ClientError::store(&path, e))
+    /// Remembers an accepted base key until its signed prekey is pruned.
+    pub fn remember_base_key(&self, base_key: &[u8], signed_prekey_id: u32) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT OR IGNORE INTO seen_base_keys (tag, signed_prekey_id) VALUES (?1, ?2)",
+                params![self.base_key_tag(base_key), signed_prekey_id],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
     }
 
-    fn entries(&self, sql: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<HistoryEntry>> {
-        type Row = (i64, Vec<u8>, String, bool, Vec<u8>, i64, i64);
-        let rows: Vec<Row> = {
+    // ---- contacts -----------------------------------------------------
+
+    fn open_contact(&self, tag: &[u8], sealed: &[u8]) -> Result<Contact> {
+        let plain = self
+            .keys
+            .open(sealed, &ad("contact", &[tag]))
+            .map_err(|e| self.err(format!("a contact record does not open: {e}")))?;
+        let rec: ContactRecord = serde_json::from_slice(&plain).map_err(|e| self.err(e))?;
+        if self.keys.contact_tag(&rec.username) != tag {
+            return Err(self.err("a contact record sits under another contact's name"));
+        }
+        let key = |h: &str| -> Result<PublicIdentity> {
+            let b = hex::decode(h).map_err(|e| self.err(format!("contact key: {e}")))?;
+            PublicIdentity::from_bytes(&b).map_err(|e| self.err(format!("contact key: {e}")))
+        };
+        Ok(Contact {
+            username: rec.username.clone(),
+            identity: key(&rec.identity)?,
+            verified: rec.verified,
+            changed_identity: rec.changed_identity.as_deref().map(key).transpose()?,
+        })
+    }
+
+    /// Loads a contact.
+    pub fn contact(&self, username: &str) -> Result<Option<Contact>> {
+        let tag = self.keys.contact_tag(username);
+        let sealed: Option<Vec<u8>> = self
+            .conn
+            .query_row("SELECT sealed FROM contacts WHERE tag = ?1", [&tag], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| self.err(e))?;
+        sealed.map(|s| self.open_contact(&tag, &s)).transpose()
+    }
+
+    /// All contacts, by name.
+    pub fn contacts(&self) -> Result<Vec<Contact>> {
+        let rows: Vec<(Vec<u8>, Vec<u8>)> = {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT tag, sealed FROM contacts")
+                .map_err(|e| self.err(e))?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(|e| self.err(e))?;
+            rows.collect::<std::result::Result<_, _>>()
+                .map_err(|e| self.err(e))?
+        };
+        let mut out = rows
+            .iter()
+            .map(|(t, s)| self.open_contact(t, s))
+            .collect::<Result<Vec<_>>>()?;
+        out.sort_by(|a, b| a.username.cmp(&b.username));
+        Ok(out)
+    }
+
+    /// Writes a contact (insert or replace).
+    pub fn put_contact(&self, c: &Contact) -> Result<()> {
+        let tag = self.keys.contact_tag(&c.username);
+        let rec = ContactRecord {
+            username: c.username.clone(),
+            identity: hex::encode(c.identity.to_bytes()),
+            verified: c.verified,
+            changed_identity: c.changed_identity.as_ref().map(|i| hex::encode(i.to_bytes())),
+        };
+        let json = serde_json::to_vec(&rec).map_err(|e| self.err(e))?;
+        let sealed = self.keys.seal(&json, &ad("contact", &[&tag]));
+        self.conn
+            .execute(
+                "INSERT INTO contacts (tag, sealed) VALUES (?1, ?2) ON CONFLICT (tag) DO UPDATE SET sealed = excluded.sealed",
+                params![tag, sealed],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Pins `identity` for a new contact (no-op if the contact exists).
+    pub fn pin_contact(&self, username: &str, identity: &PublicIdentity) -> Result<()> {
+        if self.contact(username)?.is_some() {
+            return Ok(());
+        }
+        self.put_contact(&Contact {
+            username: username.to_owned(),
+            identity: identity.clone(),
+            verified: false,
+            changed_identity: None,
+        })
+    }
+
+    /// Records `identity` as `username`'s changed identity. Returns whether
+    /// it is news (a different key than the one already awaiting a decision),
+    /// so that every further change warns again.
+    pub fn mark_identity_changed(&self, username: &str, identity: &PublicIdentity) -> Result<bool> {
+        let Some(mut c) = self.contact(username)? else {
+            return Ok(false);
+        };
+        if &c.identity == identity || c.changed_identity.as_ref() == Some(identity) {
+            return Ok(false);
+        }
+        c.changed_identity = Some(identity.clone());
+        self.put_contact(&c)?;
+        Ok(true)
+    }
+
+    /// Accepts `identity` (the pending changed one): pins it, clears the
+    /// verified flag, drops sessions with other identities, promotes its
+    /// pending sessions and releases its quarantined messages into the
+    /// history (those of other changed identities are deleted).
+    pub fn accept_changed_identity(&self, username: &str, identity: &PublicIdentity) -> Result<()> {
+        let Some(mut c) = self.contact(username)? else {
+            return Err(ClientError::UnknownContact(username.to_owned()));
+        };
+        c.identity = identity.clone();
+        c.verified = false;
+        c.changed_identity = None;
+        self.put_contact(&c)?;
+        let tag = self.keys.contact_tag(username);
+        for row in self.sessions(username, Slot::Current)? {
+            if row.session.remote_identity() != identity {
+                self.delete_session(&tag, row.device_id, Slot::Current)?;
+            }
+        }
+        for row in self.sessions(username, Slot::Pending)? {
+            if row.session.remote_identity() == identity {
+                self.put_session(username, &row, Slot::Current)?;
+            }
+            self.delete_session(&tag, row.device_id, Slot::Pending)?;
+        }
+        let wanted = hex::encode(identity.to_bytes());
+        for (seq, rec) in self.quarantined(username)? {
+            if rec.quarantine_identity.as_deref() == Some(wanted.as_str()) {
+                self.conn
+                    .execute(
+                        "UPDATE messages SET quarantined = 0 WHERE seq = ?1",
+                        [seq],
+                    )
+                    .map_err(|e| self.err(e))?;
+                let mut rec = rec;
+                rec.quarantine_identity = None;
+                self.reseal_message(seq, &rec)?;
+            } else {
+                self.delete_message(seq)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Discards `username`'s changed identity: its pending sessions and its
+    /// quarantined messages. The pinned identity stays as it was.
+    pub fn reject_changed_identity(&self, username: &str) -> Result<bool> {
+        let Some(mut c) = self.contact(username)? else {
+            return Err(ClientError::UnknownContact(username.to_owned()));
+        };
+        let tag = self.keys.contact_tag(username);
+        let pending = self.sessions(username, Slot::Pending)?;
+        let quarantined = self.quarantined(username)?;
+        let had = c.changed_identity.is_some() || !pending.is_empty() || !quarantined.is_empty();
+        c.changed_identity = None;
+        self.put_contact(&c)?;
+        for row in pending {
+            self.delete_session(&tag, row.device_id, Slot::Pending)?;
+        }
+        for (seq, _) in quarantined {
+            self.delete_message(seq)?;
+        }
+        Ok(had)
+    }
+
+    /// Sets the verified flag.
+    pub fn set_verified(&self, username: &str, verified: bool) -> Result<()> {
+        let Some(mut c) = self.contact(username)? else {
+            return Err(ClientError::UnknownContact(username.to_owned()));
+        };
+        c.verified = verified;
+        self.put_contact(&c)
+    }
+
+    // ---- sessions -----------------------------------------------------
+
+    fn open_session(&self, tag: &[u8], device_id: u32, slot: Slot, sealed: &[u8]) -> Result<SessionRow> {
+        let plain = self
+            .keys
+            .open(sealed, &session_ad(tag, device_id, slot))
+            .map_err(|e| self.err(format!("a session does not open (moved or damaged): {e}")))?;
+        let (reg, state) = plain
+            .split_first_chunk::<4>()
+            .ok_or_else(|| self.err("a session record is truncated"))?;
+        let session = Session::from_bytes(state)
+            .map_err(|e| self.err(format!("a session does not load: {e}")))?;
+        Ok(SessionRow {
+            device_id,
+            registration_id: u32::from_be_bytes(*reg),
+            session,
+        })
+    }
+
+    /// The sessions of one slot with `username`'s devices.
+    pub fn sessions(&self, username: &str, slot: Slot) -> Result<Vec<SessionRow>> {
+        let tag = self.keys.contact_tag(username);
+        let rows: Vec<(u32, Vec<u8>)> = {
+            let mut stmt = self
+                .conn
+                .prepare(
+                    "SELECT device_id, sealed FROM sessions WHERE tag = ?1 AND slot = ?2 ORDER BY device_id",
+                )
+                .map_err(|e| self.err(e))?;
+            let rows = stmt
+                .query_map(params![tag, slot as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(|e| self.err(e))?;
+            rows.collect::<std::result::Result<_, _>>()
+                .map_err(|e| self.err(e))?
+        };
+        rows.iter()
+            .map(|(d, s)| self.open_session(&tag, *d, slot, s))
+            .collect()
+    }
+
+    /// One session.
+    pub fn session(&self, username: &str, device_id: u32, slot: Slot) -> Result<Option<SessionRow>> {
+        let tag = self.keys.contact_tag(username);
+        let sealed: Option<Vec<u8>> = self
+            .conn
+            .query_row(
+                "SELECT sealed FROM sessions WHERE tag = ?1 AND device_id = ?2 AND slot = ?3",
+                params![tag, device_id, slot as i64],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        sealed
+            .map(|s| self.open_session(&tag, device_id, slot, &s))
+            .transpose()
+    }
+
+    /// Writes one session (insert or replace), bound to its row.
+    pub fn put_session(&self, username: &str, row: &SessionRow, slot: Slot) -> Result<()> {
+        let tag = self.keys.contact_tag(username);
+        let mut plain = Zeroizing::new(row.registration_id.to_be_bytes().to_vec());
+        plain.extend_from_slice(&row.session.to_bytes());
+        let sealed = self
+            .keys
+            .seal(&plain, &session_ad(&tag, row.device_id, slot));
+        self.conn
+            .execute(
+                "INSERT INTO sessions (tag, device_id, slot, sealed) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (tag, device_id, slot) DO UPDATE SET sealed = excluded.sealed",
+                params![tag, row.device_id, slot as i64, sealed],
+            )
+            .map_err(|e| self.err(e))?;
+        self.touch_sessions();
+        Ok(())
+    }
+
+    fn delete_session(&self, tag: &[u8], device_id: u32, slot: Slot) -> Result<()> {
+        self.conn
+            .execute(
+                "DELETE FROM sessions WHERE tag = ?1 AND device_id = ?2 AND slot = ?3",
+                params![tag, device_id, slot as i64],
+            )
+            .map_err(|e| self.err(e))?;
+        self.touch_sessions();
+        Ok(())
+    }
+
+    /// Writes current sessions and deletes those of `remove` devices.
+    pub fn save_sessions(&self, username: &str, rows: &[SessionRow], remove: &[u32]) -> Result<()> {
+        for r in rows {
+            self.put_session(username, r, Slot::Current)?;
+        }
+        let tag = self.keys.contact_tag(username);
+        for d in remove {
+            self.delete_session(&tag, *d, Slot::Current)?;
+        }
+        Ok(())
+    }
+
+    /// Moves every current session to the archive (replacing older archives).
+    fn archive_all_sessions(&self) -> Result<()> {
+        let rows: Vec<(Vec<u8>, u32, Vec<u8>)> = {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT tag, device_id, sealed FROM sessions WHERE slot = ?1")
+                .map_err(|e| self.err(e))?;
+            let rows = stmt
+                .query_map([Slot::Current as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .map_err(|e| self.err(e))?;
+            rows.collect::<std::result::Result<_, _>>()
+                .map_err(|e| self.err(e))?
+        };
+        for (tag, device, sealed) in rows {
+            let plain = self
+                .keys
+                .open(&sealed, &session_ad(&tag, device, Slot::Current))
+                .map_err(|e| self.err(format!("a session does not open (moved or damaged): {e}")))?;
+            let archived = self.keys.seal(&plain, &session_ad(&tag, device, Slot::Archived));
+            self.conn
+                .execute(
+                    "INSERT INTO sessions (tag, device_id, slot, sealed) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (tag, device_id, slot) DO UPDATE SET sealed = excluded.sealed",
+                    params![tag, device, Slot::Archived as i64, archived],
+                )
+                .map_err(|e| self.err(e))?;
+        }
+        self.conn
+            .execute("DELETE FROM sessions WHERE slot = ?1", [Slot::Current as i64])
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    // ---- messages -----------------------------------------------------
+
+    fn message_ad(contact_tag: &[u8], id_tag: &[u8]) -> Vec<u8> {
+        ad("message", &[contact_tag, id_tag])
+    }
+
+    fn seal_record(&self, contact_tag: &[u8], id_tag: &[u8], rec: &mut MessageRecord) -> Result<Vec<u8>> {
+        rec.pad.clear();
+        let len = serde_json::to_vec(&*rec).map_err(|e| self.err(e))?.len();
+        // `"pad":""` grows by one byte per pad character.
+        let target = len.div_ceil(MESSAGE_PAD).max(1) * MESSAGE_PAD;
+        rec.pad = " ".repeat(target - len);
+        let json = Zeroizing::new(serde_json::to_vec(&*rec).map_err(|e| self.err(e))?);
+        Ok(self.keys.seal(&json, &Self::message_ad(contact_tag, id_tag)))
+    }
+
+    fn open_record(&self, contact_tag: &[u8], id_tag: &[u8], sealed: &[u8]) -> Result<MessageRecord> {
+        let json = self
+            .keys
+            .open(sealed, &Self::message_ad(contact_tag, id_tag))
+            .map_err(|e| self.err(format!("a message does not open: {e}")))?;
+        let rec: MessageRecord = serde_json::from_slice(&json).map_err(|e| self.err(e))?;
+        let id = hex::decode(&rec.message_id).map_err(|e| self.err(e))?;
+        if self.keys.contact_tag(&rec.contact) != contact_tag || self.keys.message_tag(&id) != id_tag {
+            return Err(self.err("a message record sits under another message's row"));
+        }
+        Ok(rec)
+    }
+
+    fn insert_record(&self, rec: &mut MessageRecord, shown: bool) -> Result<()> {
+        let id = hex::decode(&rec.message_id).map_err(|e| self.err(e))?;
+        let contact_tag = self.keys.contact_tag(&rec.contact);
+        let id_tag = self.keys.message_tag(&id);
+        let quarantined = rec.quarantine_identity.is_some();
+        let sealed = self.seal_record(&contact_tag, &id_tag, rec)?;
+        self.conn
+            .execute(
+                "INSERT INTO messages (contact_tag, id_tag, sealed, shown, quarantined) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![contact_tag, id_tag, sealed, shown, quarantined],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    fn reseal_message(&self, seq: i64, rec: &MessageRecord) -> Result<()> {
+        let id = hex::decode(&rec.message_id).map_err(|e| self.err(e))?;
+        let contact_tag = self.keys.contact_tag(&rec.contact);
+        let id_tag = self.keys.message_tag(&id);
+        let mut copy = MessageRecord {
+            contact: rec.contact.clone(),
+            message_id: rec.message_id.clone(),
+            outgoing: rec.outgoing,
+            sender_clock_ms: rec.sender_clock_ms,
+            server_ts_ms: rec.server_ts_ms,
+            quarantine_identity: rec.quarantine_identity.clone(),
+            body: SealedMessage {
+                text: rec.body.text.clone(),
+                franking_key: rec.body.franking_key.clone(),
+                commitment: rec.body.commitment.clone(),
+                tag: rec.body.tag.clone(),
+                sender_device: rec.body.sender_device,
+            },
+            pad: String::new(),
+        };
+        let sealed = self.seal_record(&contact_tag, &id_tag, &mut copy)?;
+        self.conn
+            .execute("UPDATE messages SET sealed = ?2 WHERE seq = ?1", params![seq, sealed])
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    fn delete_message(&self, seq: i64) -> Result<()> {
+        self.conn
+            .execute("DELETE FROM messages WHERE seq = ?1", [seq])
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Stores an outgoing message (already sent).
+    pub fn add_outgoing(
+        &self,
+        contact: &str,
+        message_id: &[u8],
+        sealed: SealedMessage,
+        sent_at_ms: u64,
+        server_ts_ms: u64,
+    ) -> Result<()> {
+        let mut rec = MessageRecord {
+            contact: contact.to_owned(),
+            message_id: hex::encode(message_id),
+            outgoing: true,
+            sender_clock_ms: sent_at_ms,
+            server_ts_ms,
+            quarantine_identity: None,
+            body: sealed,
+            pad: String::new(),
+        };
+        self.insert_record(&mut rec, true)
+    }
+
+    /// Stores a received message, not yet shown.
+    pub fn add_incoming(&self, m: NewIncoming<'_>) -> Result<()> {
+        let mut rec = MessageRecord {
+            contact: m.sender.to_owned(),
+            message_id: hex::encode(m.message_id),
+            outgoing: false,
+            sender_clock_ms: m.sender_clock_ms,
+            server_ts_ms: m.server_ts_ms,
+            quarantine_identity: m.quarantine_identity.map(|i| hex::encode(i.to_bytes())),
+            body: m.sealed,
+            pad: String::new(),
+        };
+        self.insert_record(&mut rec, false)
+    }
+
+    fn processed_tag(&self, sender: &str, sender_device: u32, message_id: &[u8]) -> Vec<u8> {
+        self.keys.tag(
+            "processed",
+            &[sender.as_bytes(), &sender_device.to_be_bytes(), message_id],
+        )
+    }
+
+    /// Whether an envelope was already processed.
+    pub fn is_processed(&self, sender: &str, sender_device: u32, message_id: &[u8]) -> Result<bool> {
+        self.conn
+            .query_row(
+                "SELECT 1 FROM processed WHERE tag = ?1",
+                [self.processed_tag(sender, sender_device, message_id)],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|o| o.is_some())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Records an envelope as processed.
+    pub fn mark_processed(&self, sender: &str, sender_device: u32, message_id: &[u8]) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT OR IGNORE INTO processed (tag) VALUES (?1)",
+                [self.processed_tag(sender, sender_device, message_id)],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Notes that the server took the acknowledgement of these envelopes, and
+    /// prunes acknowledged entries beyond the newest [`PROCESSED_KEEP_ACKED`].
+    pub fn mark_acked(&self, envelopes: &[(String, u32, Vec<u8>)]) -> Result<()> {
+        for (sender, device, id) in envelopes {
+            self.conn
+                .execute(
+                    "UPDATE processed SET acked = 1 WHERE tag = ?1",
+                    [self.processed_tag(sender, *device, id)],
+                )
+                .map_err(|e| self.err(e))?;
+        }
+        self.conn
+            .execute(
+                "DELETE FROM processed WHERE acked = 1 AND seq <= (SELECT MAX(seq) FROM processed WHERE acked = 1) - ?1",
+                [PROCESSED_KEEP_ACKED],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    fn records(&self, sql: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<(i64, MessageRecord)>> {
+        let rows: Vec<(i64, Vec<u8>, Vec<u8>, Vec<u8>)> = {
             let mut stmt = self.conn.prepare(sql).map_err(|e| self.err(e))?;
             let rows = stmt
-                .query_map(args, |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                        r.get(6)?,
-                    ))
-                })
+                .query_map(args, |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
                 .map_err(|e| self.err(e))?;
             rows.collect::<std::result::Result<_, _>>()
                 .map_err(|e| self.err(e))?
         };
         rows.into_iter()
-            .map(|(seq, message_id, contact, outgoing, blob, sent, server)| {
-                let sealed = self.open_message(&contact, &message_id, &blob)?;
+            .map(|(seq, ct, it, sealed)| Ok((seq, self.open_record(&ct, &it, &sealed)?)))
+            .collect()
+    }
+
+    fn quarantined(&self, username: &str) -> Result<Vec<(i64, MessageRecord)>> {
+        let tag = self.keys.contact_tag(username);
+        self.records(
+            "SELECT seq, contact_tag, id_tag, sealed FROM messages WHERE contact_tag = ?1 AND quarantined = 1 ORDER BY seq",
+            &[&tag],
+        )
+    }
+
+    fn entries(&self, sql: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<HistoryEntry>> {
+        self.records(sql, args)?
+            .into_iter()
+            .map(|(seq, rec)| {
                 Ok(HistoryEntry {
                     seq,
-                    message_id,
-                    contact,
-                    outgoing,
-                    text: sealed.text.clone(),
-                    sent_at_ms: to_u64(sent),
-                    server_ts_ms: to_u64(server),
+                    message_id: hex::decode(&rec.message_id).map_err(|e| self.err(e))?,
+                    contact: rec.contact.clone(),
+                    outgoing: rec.outgoing,
+                    text: rec.body.text.clone(),
+                    sender_clock_ms: rec.sender_clock_ms,
+                    server_ts_ms: rec.server_ts_ms,
+                    quarantined: rec.quarantine_identity.is_some(),
                 })
             })
             .collect()
     }
 
-    /// The conversation with `contact`, oldest first.
+    /// The conversation with `contact` (quarantined messages excluded), oldest first.
     pub fn history(&self, contact: &str) -> Result<Vec<HistoryEntry>> {
+        let tag = self.keys.contact_tag(contact);
         self.entries(
-            "SELECT seq, message_id, contact, outgoing, sealed, sent_at_ms, server_ts_ms FROM messages WHERE contact = ?1 ORDER BY seq",
-            &[&contact],
+            "SELECT seq, contact_tag, id_tag, sealed FROM messages WHERE contact_tag = ?1 AND quarantined = 0 ORDER BY seq",
+            &[&tag],
         )
     }
 
-    /// Incoming messages not yet shown to the user, in order of arrival.
-    pub fn unshown(&self) -> Result<Vec<HistoryEntry>> {
-        self.entries(
-            "SELECT seq, message_id, contact, outgoing, sealed, sent_at_ms, server_ts_ms FROM messages WHERE shown = 0 ORDER BY seq",
-            &[],
-        )
-    }
-
-    /// Marks history rows as shown.
-    pub fn mark_shown(&self, seqs: &[i64]) -> Result<()> {
-        for s in seqs {
+    /// Incoming messages not yet shown (optionally only from `from`), in order
+    /// of arrival, marked shown as they are returned: run it in
+    /// [`Store::write`] so that two processes never show one message twice.
+    pub fn take_unshown(&self, from: Option<&str>) -> Result<Vec<HistoryEntry>> {
+        let entries = match from {
+            Some(f) => {
+                let tag = self.keys.contact_tag(f);
+                self.entries(
+                    "SELECT seq, contact_tag, id_tag, sealed FROM messages WHERE shown = 0 AND contact_tag = ?1 ORDER BY seq",
+                    &[&tag],
+                )?
+            }
+            None => self.entries(
+                "SELECT seq, contact_tag, id_tag, sealed FROM messages WHERE shown = 0 ORDER BY seq",
+                &[],
+            )?,
+        };
+        for e in &entries {
             self.conn
-                .execute("UPDATE messages SET shown = 1 WHERE seq = ?1", [s])
+                .execute("UPDATE messages SET shown = 1 WHERE seq = ?1", [e.seq])
                 .map_err(|e| self.err(e))?;
         }
-        Ok(())
+        Ok(entries)
     }
 
-    /// What is needed to report the incoming message `message_id`.
-    pub fn report_material(&self, message_id: &[u8]) -> Result<Option<ReportMaterial>> {
-        let row: Option<(String, Vec<u8>, i64)> = self
-            .conn
-            .query_row(
-                "SELECT contact, sealed, server_ts_ms FROM messages WHERE message_id = ?1 AND outgoing = 0 ORDER BY seq LIMIT 1",
-                [message_id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()
-            .map_err(|e| self.err(e))?;
-        let Some((sender, blob, ts)) = row else {
-            return Ok(None);
-        };
-        let sealed = self.open_message(&sender, message_id, &blob)?;
-        Ok(Some(ReportMaterial {
-            sender,
-            server_ts_ms: to_u64(ts),
-            message_id: message_id.to_vec(),
-            sealed,
-        }))
+    /// What is needed to report incoming messages with id `message_id`
+    /// (from `sender` when given): one entry per sender.
+    pub fn report_material(&self, message_id: &[u8], sender: Option<&str>) -> Result<Vec<ReportMaterial>> {
+        let id_tag = self.keys.message_tag(message_id);
+        let mut out: Vec<ReportMaterial> = Vec::new();
+        for (_, rec) in self.records(
+            "SELECT seq, contact_tag, id_tag, sealed FROM messages WHERE id_tag = ?1 ORDER BY seq",
+            &[&id_tag],
+        )? {
+            if rec.outgoing || sender.is_some_and(|s| s != rec.contact) {
+                continue;
+            }
+            if out.iter().any(|m| m.sender == rec.contact) {
+                continue;
+            }
+            out.push(ReportMaterial {
+                sender: rec.contact.clone(),
+                server_ts_ms: rec.server_ts_ms,
+                message_id: message_id.to_vec(),
+                sealed: SealedMessage {
+                    text: rec.body.text.clone(),
+                    franking_key: rec.body.franking_key.clone(),
+                    commitment: rec.body.commitment.clone(),
+                    tag: rec.body.tag.clone(),
+                    sender_device: rec.body.sender_device,
+                },
+            });
+        }
+        Ok(out)
     }
 
     /// Counts rows of a table (tests and diagnostics).
     pub fn count(&self, table: &str) -> Result<u64> {
         let sql = match table {
-            "messages" | "processed" | "sessions" | "contacts" | "prekeys" => {
+            "messages" | "processed" | "sessions" | "contacts" | "prekeys" | "seen_base_keys" => {
                 format!("SELECT COUNT(*) FROM {table}")
             }
             _ => return Err(self.err(format!("unknown table {table}"))),
@@ -891,89 +1687,179 @@ impl Store {
     }
 }
 
-/// What [`Store::commit_incoming`] writes for a message that was accepted.
-pub struct AcceptedIncoming<'a> {
-    /// The advanced (or new) session.
-    pub session: &'a SessionRow,
-    /// Sealed history content.
-    pub sealed: &'a SealedMessage,
-    /// Sender's clock.
-    pub sent_at_ms: u64,
-    /// Server time.
-    pub server_ts_ms: u64,
-    /// One-time prekeys to delete.
-    pub consumed_prekeys: Vec<(PrekeyKind, u32)>,
-}
-
-/// Input of [`Store::commit_incoming`].
-pub struct IncomingCommit<'a> {
-    /// Sender username.
-    pub sender: &'a str,
-    /// Sender device.
-    pub sender_device: u32,
-    /// Sender's message id.
-    pub message_id: &'a [u8],
-    /// `None` for a dropped envelope (only the processed id is recorded).
-    pub accepted: Option<AcceptedIncoming<'a>>,
-}
-
-fn set_meta_on(conn: &Connection, key: &str, value: &[u8]) -> rusqlite::Result<()> {
-    conn.execute(
-        "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        params![key, value],
-    )
-    .map(|_| ())
-}
-
-fn pin_contact_on(
-    conn: &Connection,
-    username: &str,
-    identity: &PublicIdentity,
-) -> rusqlite::Result<()> {
-    conn.execute(
-        "INSERT OR IGNORE INTO contacts (username, identity, verified, added_at_ms) VALUES (?1, ?2, 0, ?3)",
-        params![username, identity.to_bytes(), to_i64(now_ms())],
-    )
-    .map(|_| ())
-}
-
-fn mark_changed_on(
-    conn: &Connection,
-    username: &str,
-    identity: &PublicIdentity,
-) -> rusqlite::Result<()> {
-    conn.execute(
-        "UPDATE contacts SET changed_identity = ?2 WHERE username = ?1",
-        params![username, identity.to_bytes()],
-    )
-    .map(|_| ())
-}
-
-fn upsert_session_on(
-    conn: &Connection,
-    username: &str,
-    device_id: u32,
-    registration_id: u32,
-    state: &[u8],
-) -> rusqlite::Result<()> {
-    conn.execute(
-        "INSERT INTO sessions (username, device_id, registration_id, state) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (username, device_id) DO UPDATE SET registration_id = excluded.registration_id, state = excluded.state",
-        params![username, device_id, registration_id, state],
-    )
-    .map(|_| ())
-}
-
-impl Store {
-    /// Starts a batch of writes (one fsync at [`Store::commit`]).
-    pub fn begin(&self) -> Result<()> {
-        self.conn
-            .execute_batch("BEGIN IMMEDIATE")
-            .map_err(|e| self.err(e))
+/// Rewrites a schema-1 database as schema 2 inside `tx`: reads every row
+/// under `old`, seals it under `new` with its row bound in, drops the old
+/// tables.
+fn migrate_v1(
+    tx: &Connection,
+    old: &Keys,
+    new: &Keys,
+    path: &Path,
+    key_path: &Path,
+) -> Result<()> {
+    let e = |err: rusqlite::Error| ClientError::store(path, err);
+    let bad = |what: &str| ClientError::store(path, format!("migrating the store: {what}"));
+    // Schema 1 sealed the key check, the identity and the token; the rest of
+    // `meta` was plain.
+    let meta: Vec<(String, Vec<u8>)> = {
+        let mut stmt = tx.prepare("SELECT key, value FROM meta").map_err(e)?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(e)?;
+        rows.collect::<std::result::Result<_, _>>().map_err(e)?
+    };
+    let mut meta_plain: Vec<(String, Zeroizing<Vec<u8>>)> = Vec::new();
+    for (k, v) in meta {
+        match k.as_str() {
+            "key_check" => {
+                old.open(&v, KEY_CHECK)
+                    .map_err(|_| ClientError::WrongKey(key_path.to_path_buf()))?;
+            }
+            "identity" | "token" => {
+                let plain = old
+                    .open(&v, k.as_bytes())
+                    .map_err(|_| ClientError::WrongKey(key_path.to_path_buf()))?;
+                meta_plain.push((k, plain));
+            }
+            _ => meta_plain.push((k, Zeroizing::new(v))),
+        }
     }
+    type PrekeyRow = (i64, u32, Vec<u8>, i64);
+    let prekeys: Vec<PrekeyRow> = {
+        let mut stmt = tx
+            .prepare("SELECT kind, id, secret, created_at_ms FROM prekeys")
+            .map_err(e)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .map_err(e)?;
+        rows.collect::<std::result::Result<_, _>>().map_err(e)?
+    };
+    type ContactRow = (String, Vec<u8>, bool, Option<Vec<u8>>);
+    let contacts: Vec<ContactRow> = {
+        let mut stmt = tx
+            .prepare("SELECT username, identity, verified, changed_identity FROM contacts")
+            .map_err(e)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .map_err(e)?;
+        rows.collect::<std::result::Result<_, _>>().map_err(e)?
+    };
+    let sessions: Vec<(String, u32, u32, Vec<u8>)> = {
+        let mut stmt = tx
+            .prepare("SELECT username, device_id, registration_id, state FROM sessions")
+            .map_err(e)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .map_err(e)?;
+        rows.collect::<std::result::Result<_, _>>().map_err(e)?
+    };
+    type MessageRow = (Vec<u8>, String, bool, Vec<u8>, i64, i64, bool);
+    let messages: Vec<MessageRow> = {
+        let mut stmt = tx
+            .prepare("SELECT message_id, contact, outgoing, sealed, sent_at_ms, server_ts_ms, shown FROM messages ORDER BY seq")
+            .map_err(e)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+            })
+            .map_err(e)?;
+        rows.collect::<std::result::Result<_, _>>().map_err(e)?
+    };
+    let processed: Vec<(String, u32, Vec<u8>)> = {
+        let mut stmt = tx
+            .prepare("SELECT sender, sender_device, message_id FROM processed")
+            .map_err(e)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(e)?;
+        rows.collect::<std::result::Result<_, _>>().map_err(e)?
+    };
 
-    /// Commits a batch started with [`Store::begin`].
-    pub fn commit(&self) -> Result<()> {
-        self.conn.execute_batch("COMMIT").map_err(|e| self.err(e))
+    tx.execute_batch(
+        "DROP TABLE meta; DROP TABLE prekeys; DROP TABLE sessions; DROP TABLE contacts; DROP TABLE messages; DROP TABLE processed;",
+    )
+    .map_err(e)?;
+    tx.execute_batch(SCHEMA_V2).map_err(e)?;
+    let db = Db {
+        conn: tx,
+        keys: new,
+        path,
+        home: path.parent().unwrap_or(path),
+        sessions_written: Cell::new(false),
+    };
+    for (k, v) in &meta_plain {
+        db.set_meta(k, v)?;
     }
+    for (kind, id, sealed, created) in prekeys {
+        let kind = match kind {
+            1 => PrekeyKind::Signed,
+            2 => PrekeyKind::KemLastResort,
+            3 => PrekeyKind::OneTime,
+            4 => PrekeyKind::KemOneTime,
+            _ => return Err(bad("unknown prekey kind")),
+        };
+        let secret = old
+            .open(&sealed, &prekey_ad(kind, id))
+            .map_err(|_| bad("a prekey does not open"))?;
+        let resealed = new.seal(&secret, &prekey_ad(kind, id));
+        tx.execute(
+            "INSERT INTO prekeys (kind, id, secret, created_day) VALUES (?1, ?2, ?3, ?4)",
+            params![kind as i64, id, resealed, created / to_i64(DAY_MS)],
+        )
+        .map_err(e)?;
+    }
+    for (username, identity, verified, changed) in contacts {
+        let key = |b: &[u8]| PublicIdentity::from_bytes(b).map_err(|_| bad("a contact key"));
+        db.put_contact(&Contact {
+            username,
+            identity: key(&identity)?,
+            verified,
+            changed_identity: changed.as_deref().map(key).transpose()?,
+        })?;
+    }
+    for (username, device_id, registration_id, state) in sessions {
+        let session =
+            Session::unseal(&old.storage, &state).map_err(|_| bad("a session does not open"))?;
+        db.put_session(
+            &username,
+            &SessionRow {
+                device_id,
+                registration_id,
+                session,
+            },
+            Slot::Current,
+        )?;
+    }
+    for (message_id, contact, outgoing, sealed, sent, server, shown) in messages {
+        let mut v1_ad = b"message/".to_vec();
+        v1_ad.extend_from_slice(&message_id);
+        v1_ad.extend_from_slice(contact.as_bytes());
+        let json = old
+            .open(&sealed, &v1_ad)
+            .map_err(|_| bad("a message does not open"))?;
+        let body: SealedMessage =
+            serde_json::from_slice(&json).map_err(|_| bad("a message is malformed"))?;
+        let mut rec = MessageRecord {
+            contact,
+            message_id: hex::encode(&message_id),
+            outgoing,
+            sender_clock_ms: to_u64(sent),
+            server_ts_ms: to_u64(server),
+            quarantine_identity: None,
+            body,
+            pad: String::new(),
+        };
+        db.insert_record(&mut rec, shown)?;
+    }
+    for (sender, device, id) in processed {
+        db.mark_processed(&sender, device, &id)?;
+    }
+    tx.execute("UPDATE processed SET acked = 1", []).map_err(e)?;
+    tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
+        .map_err(e)?;
+    let sealed = new.seal(KEY_CHECK, KEY_CHECK);
+    tx.execute(
+        "INSERT OR REPLACE INTO meta (key, value) VALUES ('key_check', ?1)",
+        [sealed],
+    )
+    .map_err(e)?;
+    Ok(())
 }

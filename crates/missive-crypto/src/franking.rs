@@ -19,6 +19,10 @@ use crate::primitives;
 pub const COMMITMENT_LEN: usize = 32;
 /// Length of a franking key and of the server franking key.
 pub const KEY_LEN: usize = 32;
+/// Longest plaintext a report may carry. The server refuses longer reports
+/// and clients refuse to show longer messages, so that every message a
+/// person sees can be reported: both sides read this one constant.
+pub const MAX_REPORTABLE_BYTES: usize = 65_536;
 
 const COMMITMENT_LABEL: &[u8] = b"missive franking v1";
 const SERVER_TAG_LABEL: &[u8] = b"missive franking server tag v1";

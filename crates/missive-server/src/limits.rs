@@ -18,7 +18,7 @@ pub const MAX_PREKEYS_PER_CALL: usize = 100;
 /// One-time prekeys of each kind stored per device.
 pub const MAX_PREKEYS_STORED: u32 = 1000;
 /// Reported plaintext, bytes.
-pub const MAX_REPORT_PLAINTEXT_BYTES: usize = 65536;
+pub const MAX_REPORT_PLAINTEXT_BYTES: usize = missive_crypto::franking::MAX_REPORTABLE_BYTES;
 /// Report reason, characters.
 pub const MAX_REPORT_REASON_CHARS: usize = 1000;
 /// Registration ids are chosen in `1..=16380`.
