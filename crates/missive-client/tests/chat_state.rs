@@ -15,8 +15,9 @@ fn entry(seq: i64, contact: &str, outgoing: bool, text: &str) -> HistoryEntry {
         contact: contact.into(),
         outgoing,
         text: text.into(),
-        sent_at_ms: 1_700_000_000_000 + seq as u64,
-        server_ts_ms: 1_700_000_000_500,
+        sender_clock_ms: 1_700_000_000_000 + seq as u64,
+        server_ts_ms: 1_700_000_000_500 + seq as u64,
+        quarantined: false,
     }
 }
 
