@@ -132,7 +132,13 @@ fn two_users_exchange_messages_in_order_exactly_once() {
     );
     assert_eq!(a.split(' ').count(), 12, "{a}");
     assert_eq!(a, b);
-    alice.ok(&w.server, &["verify", "bob"]).unwrap();
+    // A number that is not the one compared is refused, the right one taken.
+    let wrong = alice
+        .run(&w.server, &["verify", "bob", &"1".repeat(60)])
+        .unwrap();
+    assert_eq!(wrong.code, Some(1), "{wrong:?}");
+    assert!(wrong.stderr.contains("does not match"), "{}", wrong.stderr);
+    alice.ok(&w.server, &["verify", "bob", &a]).unwrap();
     let contacts = alice.ok(&w.server, &["contacts"]).unwrap().stdout;
     assert!(contacts.contains("bob\tverified"), "{contacts}");
 
@@ -233,7 +239,10 @@ fn changed_identity_is_refused_until_trusted() {
         Some(1)
     );
     assert_eq!(
-        alice.run(&w.server, &["verify", "bob"]).unwrap().code,
+        alice
+            .run(&w.server, &["verify", "bob", &"0".repeat(60)])
+            .unwrap()
+            .code,
         Some(1)
     );
     let contacts = alice.ok(&w.server, &["contacts"]).unwrap().stdout;
@@ -249,7 +258,9 @@ fn changed_identity_is_refused_until_trusted() {
         .unwrap()
         .stdout;
     assert_eq!(safety_digits(&sn), safety_digits(&bob_sn));
-    alice.ok(&w.server, &["trust", "bob"]).unwrap();
+    alice
+        .ok(&w.server, &["trust", "bob", &safety_digits(&sn)])
+        .unwrap();
     alice
         .ok(&w.server, &["send", "bob", "welcome back"])
         .unwrap();
@@ -401,8 +412,10 @@ fn forged_commitment_is_dropped_and_cannot_be_shown() {
         r.stderr
     );
     assert!(r.stderr.contains("franking commitment"), "{}", r.stderr);
-    let h = bob.ok(&w.server, &["history", "alice"]).unwrap().stdout;
-    assert!(!h.contains("never see this"), "{h}");
+    // Nothing of the forged message is kept: alice is not even a contact.
+    let h = bob.run(&w.server, &["history", "alice"]).unwrap();
+    assert!(!h.stdout.contains("never see this"), "{h:?}");
+    assert!(h.stderr.contains("no conversation with"), "{h:?}");
 }
 
 #[test]
@@ -510,7 +523,12 @@ fn recv_warns_when_a_contact_comes_back_with_a_new_identity() {
         .unwrap();
 
     let r = alice.ok(&w.server, &["recv", "--json"]).unwrap();
-    assert_eq!(texts(&r.json_lines().unwrap()), ["it's me, new phone"]);
+    let shown = r.json_lines().unwrap();
+    assert_eq!(texts(&shown), ["it's me, new phone"]);
+    // Kept apart from bob's conversation until alice decides.
+    assert_eq!(shown[0]["quarantined"], true);
+    let plain = alice.ok(&w.server, &["history", "bob", "--json"]).unwrap();
+    assert!(!plain.stdout.contains("new phone"), "{}", plain.stdout);
     assert!(
         r.stderr.contains("identity key of bob has changed"),
         "{}",
@@ -521,7 +539,15 @@ fn recv_warns_when_a_contact_comes_back_with_a_new_identity() {
     let refused = alice.run(&w.server, &["send", "bob", "prove it"]).unwrap();
     assert_eq!(refused.code, Some(1));
     assert!(refused.stderr.contains("identity key of bob has changed"));
-    alice.ok(&w.server, &["trust", "bob"]).unwrap();
+    let sn = safety_digits(
+        &alice
+            .ok(&w.server, &["safety-number", "bob"])
+            .unwrap()
+            .stdout,
+    );
+    alice.ok(&w.server, &["trust", "bob", &sn]).unwrap();
+    let h = alice.ok(&w.server, &["history", "bob", "--json"]).unwrap();
+    assert!(h.stdout.contains("new phone"), "accepted: {}", h.stdout);
     alice
         .ok(&w.server, &["send", "bob", "welcome back"])
         .unwrap();

@@ -164,7 +164,9 @@ pub fn clamp_sender_clock(sender_ms: u64, server_ms: u64) -> (u64, bool) {
         return (c, c != sender_ms);
     }
     let low = server_ms.saturating_sub(MAX_CLOCK_BEHIND_MS);
-    let high = server_ms.saturating_add(MAX_CLOCK_AHEAD_MS).min(MAX_RFC3339_MS);
+    let high = server_ms
+        .saturating_add(MAX_CLOCK_AHEAD_MS)
+        .min(MAX_RFC3339_MS);
     let c = sender_ms.clamp(low, high.max(low));
     (c, c != sender_ms)
 }
@@ -591,7 +593,11 @@ impl Client {
         Ok((username, c))
     }
 
-    fn safety_number_with(&self, username: &str, theirs: &PublicIdentity) -> missive_crypto::SafetyNumber {
+    fn safety_number_with(
+        &self,
+        username: &str,
+        theirs: &PublicIdentity,
+    ) -> missive_crypto::SafetyNumber {
         missive_crypto::safety_number(&self.username, self.identity.public(), username, theirs)
     }
 
@@ -625,7 +631,12 @@ impl Client {
     }
 
     /// Checks a safety number typed by the user against the one for `theirs`.
-    fn check_typed_number(&self, username: &str, theirs: &PublicIdentity, typed: &str) -> Result<()> {
+    fn check_typed_number(
+        &self,
+        username: &str,
+        theirs: &PublicIdentity,
+        typed: &str,
+    ) -> Result<()> {
         let digits: String = typed.chars().filter(|c| !c.is_whitespace()).collect();
         let expected: String = self.safety_number_with(username, theirs).groups().concat();
         if digits.len() != expected.len() || !digits.bytes().all(|b| b.is_ascii_digit()) {
@@ -689,8 +700,7 @@ impl Client {
     /// Returns false if there was none.
     pub fn reject(&mut self, username: &str) -> Result<bool> {
         let (username, _) = self.known_contact(username)?;
-        self.store
-            .write(|db| db.reject_changed_identity(&username))
+        self.store.write(|db| db.reject_changed_identity(&username))
     }
 
     // ---- sending ------------------------------------------------------
@@ -921,7 +931,11 @@ impl Client {
         }
         self.ack(&[env.id]).await?;
         self.store.write(|db| {
-            db.mark_acked(&[(env.sender.clone(), env.sender_device, env.message_id.clone())])
+            db.mark_acked(&[(
+                env.sender.clone(),
+                env.sender_device,
+                env.message_id.clone(),
+            )])
         })?;
         Ok(events)
     }
@@ -937,8 +951,12 @@ impl Client {
                 return Ok(Vec::new());
             }
             let mut events = Vec::new();
+            // A refused envelope leaves nothing behind but its processed id:
+            // no session, no pinned contact, no consumed prekey.
+            db.savepoint()?;
             match receive_in(db, identity, env) {
                 Ok(changed) => {
+                    db.release_savepoint()?;
                     if changed {
                         events.push(RecvEvent::IdentityChanged {
                             username: env.sender.clone(),
@@ -946,10 +964,13 @@ impl Client {
                     }
                 }
                 Err(Refusal::Local(e)) => return Err(e),
-                Err(Refusal::Drop(reason)) => events.push(RecvEvent::Dropped {
-                    sender: env.sender.clone(),
-                    reason,
-                }),
+                Err(Refusal::Drop(reason)) => {
+                    db.rollback_to_savepoint()?;
+                    events.push(RecvEvent::Dropped {
+                        sender: env.sender.clone(),
+                        reason,
+                    });
+                }
             }
             db.mark_processed(&env.sender, env.sender_device, &env.message_id)?;
             Ok(events)
@@ -1237,7 +1258,8 @@ impl DeviceUpdate {
                 // id we only learn now: keep it.
                 Some(existing)
                     if existing.registration_id == 0
-                        && existing.session.remote_identity() == fresh.session.remote_identity() =>
+                        && existing.session.remote_identity()
+                            == fresh.session.remote_identity() =>
                 {
                     existing.registration_id = fresh.registration_id;
                 }
@@ -1335,7 +1357,8 @@ fn receive_in(
                 break;
             }
         }
-        found.ok_or("no session with the sending device decrypts it (a replay, or a lost session)")?
+        found
+            .ok_or("no session with the sending device decrypts it (a replay, or a lost session)")?
     };
     let (text, franking_key) = check_content(&plaintext, &env.message_id, commitment)?;
     let (sender_clock_ms, _) = clamp_sender_clock(text.sent_at_ms, env.server_timestamp_ms);
@@ -1389,8 +1412,8 @@ fn accept(
         }
         None => None,
     };
-    let (session, pt) = Session::accept(identity, &spk, &kem, otk.as_ref(), msg, ad)
-        .map_err(|e| e.to_string())?;
+    let (session, pt) =
+        Session::accept(identity, &spk, &kem, otk.as_ref(), msg, ad).map_err(|e| e.to_string())?;
     Ok((session, pt, consumed))
 }
 

@@ -64,7 +64,10 @@ mod tests {
     #[test]
     fn escapes_terminal_controls_and_bidi() {
         let s = sanitize_line("a\x1b[2Jb\x07c\u{9b}31m\u{202e}d\re\nf\u{7f}");
-        assert_eq!(s, "a\\u{1b}[2Jb\\u{7}c\\u{9b}31m\\u{202e}d\\u{d}e\\u{a}f\\u{7f}");
+        assert_eq!(
+            s,
+            "a\\u{1b}[2Jb\\u{7}c\\u{9b}31m\\u{202e}d\\u{d}e\\u{a}f\\u{7f}"
+        );
         assert!(!s.chars().any(is_hostile));
     }
 

@@ -105,7 +105,9 @@ pub enum ClientError {
     #[error("you cannot send a message to yourself")]
     SendToSelf,
     /// A passphrase store was asked for with an empty passphrase.
-    #[error("the passphrase is empty; choose one, or unset MISSIVE_PASSPHRASE to keep the key in a file")]
+    #[error(
+        "the passphrase is empty; choose one, or unset MISSIVE_PASSPHRASE to keep the key in a file"
+    )]
     EmptyPassphrase,
     /// A passphrase was given for a store that uses a key file.
     #[error(
@@ -250,7 +252,8 @@ fn short_reason(detail: &str) -> String {
     if lower.contains("timed out") {
         return "timed out".to_owned();
     }
-    let mut s: String = crate::display::sanitize_line(&detail.chars().take(200).collect::<String>());
+    let mut s: String =
+        crate::display::sanitize_line(&detail.chars().take(200).collect::<String>());
     if s.is_empty() {
         s = "unknown error".to_owned();
     }

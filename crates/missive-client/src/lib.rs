@@ -9,6 +9,8 @@ pub mod chat;
 pub mod client;
 pub mod display;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod limits;
 pub mod net;
 mod proto_conv;

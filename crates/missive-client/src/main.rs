@@ -257,7 +257,9 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             let mut client = open_client(&home, server)?;
             let me = client.username().to_owned();
             client
-                .recv(wait.map(Duration::from_secs), |ev| print_event(ev, &me, json))
+                .recv(wait.map(Duration::from_secs), |ev| {
+                    print_event(ev, &me, json)
+                })
                 .await?;
         }
         Command::Chat { username } => {

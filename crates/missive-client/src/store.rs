@@ -475,10 +475,7 @@ fn ad(label: &str, parts: &[&[u8]]) -> Vec<u8> {
 }
 
 fn session_ad(tag: &[u8], device_id: u32, slot: Slot) -> Vec<u8> {
-    ad(
-        "session",
-        &[tag, &device_id.to_be_bytes(), &[slot as u8]],
-    )
+    ad("session", &[tag, &device_id.to_be_bytes(), &[slot as u8]])
 }
 
 fn prekey_ad(kind: PrekeyKind, id: u32) -> Vec<u8> {
@@ -762,7 +759,10 @@ impl Store {
                 Ok(s) => Some(s.trim().parse::<u64>().unwrap_or(u64::MAX)),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
                 Err(e) => {
-                    return Err(ClientError::io(format!("cannot read {}", file.display()), e));
+                    return Err(ClientError::io(
+                        format!("cannot read {}", file.display()),
+                        e,
+                    ));
                 }
             };
             let rolled_back = match on_disk {
@@ -904,6 +904,27 @@ pub struct Db<'a> {
 impl Db<'_> {
     fn err(&self, e: impl std::fmt::Display) -> ClientError {
         ClientError::store(self.path, e)
+    }
+
+    /// Starts a nested scope that [`Db::rollback_to_savepoint`] can undo.
+    pub fn savepoint(&self) -> Result<()> {
+        self.conn
+            .execute_batch("SAVEPOINT scope")
+            .map_err(|e| self.err(e))
+    }
+
+    /// Keeps what the scope wrote.
+    pub fn release_savepoint(&self) -> Result<()> {
+        self.conn
+            .execute_batch("RELEASE scope")
+            .map_err(|e| self.err(e))
+    }
+
+    /// Undoes what the scope wrote.
+    pub fn rollback_to_savepoint(&self) -> Result<()> {
+        self.conn
+            .execute_batch("ROLLBACK TO scope; RELEASE scope")
+            .map_err(|e| self.err(e))
     }
 
     /// Marks this transaction as one that changed ratchet state.
@@ -1155,7 +1176,10 @@ impl Db<'_> {
             username: c.username.clone(),
             identity: hex::encode(c.identity.to_bytes()),
             verified: c.verified,
-            changed_identity: c.changed_identity.as_ref().map(|i| hex::encode(i.to_bytes())),
+            changed_identity: c
+                .changed_identity
+                .as_ref()
+                .map(|i| hex::encode(i.to_bytes())),
         };
         let json = serde_json::to_vec(&rec).map_err(|e| self.err(e))?;
         let sealed = self.keys.seal(&json, &ad("contact", &[&tag]));
@@ -1224,10 +1248,7 @@ impl Db<'_> {
         for (seq, rec) in self.quarantined(username)? {
             if rec.quarantine_identity.as_deref() == Some(wanted.as_str()) {
                 self.conn
-                    .execute(
-                        "UPDATE messages SET quarantined = 0 WHERE seq = ?1",
-                        [seq],
-                    )
+                    .execute("UPDATE messages SET quarantined = 0 WHERE seq = ?1", [seq])
                     .map_err(|e| self.err(e))?;
                 let mut rec = rec;
                 rec.quarantine_identity = None;
@@ -1271,7 +1292,13 @@ impl Db<'_> {
 
     // ---- sessions -----------------------------------------------------
 
-    fn open_session(&self, tag: &[u8], device_id: u32, slot: Slot, sealed: &[u8]) -> Result<SessionRow> {
+    fn open_session(
+        &self,
+        tag: &[u8],
+        device_id: u32,
+        slot: Slot,
+        sealed: &[u8],
+    ) -> Result<SessionRow> {
         let plain = self
             .keys
             .open(sealed, &session_ad(tag, device_id, slot))
@@ -1310,7 +1337,12 @@ impl Db<'_> {
     }
 
     /// One session.
-    pub fn session(&self, username: &str, device_id: u32, slot: Slot) -> Result<Option<SessionRow>> {
+    pub fn session(
+        &self,
+        username: &str,
+        device_id: u32,
+        slot: Slot,
+    ) -> Result<Option<SessionRow>> {
         let tag = self.keys.contact_tag(username);
         let sealed: Option<Vec<u8>> = self
             .conn
@@ -1376,7 +1408,9 @@ impl Db<'_> {
                 .prepare("SELECT tag, device_id, sealed FROM sessions WHERE slot = ?1")
                 .map_err(|e| self.err(e))?;
             let rows = stmt
-                .query_map([Slot::Current as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .query_map([Slot::Current as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
                 .map_err(|e| self.err(e))?;
             rows.collect::<std::result::Result<_, _>>()
                 .map_err(|e| self.err(e))?
@@ -1385,8 +1419,12 @@ impl Db<'_> {
             let plain = self
                 .keys
                 .open(&sealed, &session_ad(&tag, device, Slot::Current))
-                .map_err(|e| self.err(format!("a session does not open (moved or damaged): {e}")))?;
-            let archived = self.keys.seal(&plain, &session_ad(&tag, device, Slot::Archived));
+                .map_err(|e| {
+                    self.err(format!("a session does not open (moved or damaged): {e}"))
+                })?;
+            let archived = self
+                .keys
+                .seal(&plain, &session_ad(&tag, device, Slot::Archived));
             self.conn
                 .execute(
                     "INSERT INTO sessions (tag, device_id, slot, sealed) VALUES (?1, ?2, ?3, ?4)
@@ -1396,7 +1434,10 @@ impl Db<'_> {
                 .map_err(|e| self.err(e))?;
         }
         self.conn
-            .execute("DELETE FROM sessions WHERE slot = ?1", [Slot::Current as i64])
+            .execute(
+                "DELETE FROM sessions WHERE slot = ?1",
+                [Slot::Current as i64],
+            )
             .map_err(|e| self.err(e))?;
         Ok(())
     }
@@ -1407,24 +1448,38 @@ impl Db<'_> {
         ad("message", &[contact_tag, id_tag])
     }
 
-    fn seal_record(&self, contact_tag: &[u8], id_tag: &[u8], rec: &mut MessageRecord) -> Result<Vec<u8>> {
+    fn seal_record(
+        &self,
+        contact_tag: &[u8],
+        id_tag: &[u8],
+        rec: &mut MessageRecord,
+    ) -> Result<Vec<u8>> {
         rec.pad.clear();
         let len = serde_json::to_vec(&*rec).map_err(|e| self.err(e))?.len();
         // `"pad":""` grows by one byte per pad character.
         let target = len.div_ceil(MESSAGE_PAD).max(1) * MESSAGE_PAD;
         rec.pad = " ".repeat(target - len);
         let json = Zeroizing::new(serde_json::to_vec(&*rec).map_err(|e| self.err(e))?);
-        Ok(self.keys.seal(&json, &Self::message_ad(contact_tag, id_tag)))
+        Ok(self
+            .keys
+            .seal(&json, &Self::message_ad(contact_tag, id_tag)))
     }
 
-    fn open_record(&self, contact_tag: &[u8], id_tag: &[u8], sealed: &[u8]) -> Result<MessageRecord> {
+    fn open_record(
+        &self,
+        contact_tag: &[u8],
+        id_tag: &[u8],
+        sealed: &[u8],
+    ) -> Result<MessageRecord> {
         let json = self
             .keys
             .open(sealed, &Self::message_ad(contact_tag, id_tag))
             .map_err(|e| self.err(format!("a message does not open: {e}")))?;
         let rec: MessageRecord = serde_json::from_slice(&json).map_err(|e| self.err(e))?;
         let id = hex::decode(&rec.message_id).map_err(|e| self.err(e))?;
-        if self.keys.contact_tag(&rec.contact) != contact_tag || self.keys.message_tag(&id) != id_tag {
+        if self.keys.contact_tag(&rec.contact) != contact_tag
+            || self.keys.message_tag(&id) != id_tag
+        {
             return Err(self.err("a message record sits under another message's row"));
         }
         Ok(rec)
@@ -1467,7 +1522,10 @@ impl Db<'_> {
         };
         let sealed = self.seal_record(&contact_tag, &id_tag, &mut copy)?;
         self.conn
-            .execute("UPDATE messages SET sealed = ?2 WHERE seq = ?1", params![seq, sealed])
+            .execute(
+                "UPDATE messages SET sealed = ?2 WHERE seq = ?1",
+                params![seq, sealed],
+            )
             .map(|_| ())
             .map_err(|e| self.err(e))
     }
@@ -1524,7 +1582,12 @@ impl Db<'_> {
     }
 
     /// Whether an envelope was already processed.
-    pub fn is_processed(&self, sender: &str, sender_device: u32, message_id: &[u8]) -> Result<bool> {
+    pub fn is_processed(
+        &self,
+        sender: &str,
+        sender_device: u32,
+        message_id: &[u8],
+    ) -> Result<bool> {
         self.conn
             .query_row(
                 "SELECT 1 FROM processed WHERE tag = ?1",
@@ -1537,7 +1600,12 @@ impl Db<'_> {
     }
 
     /// Records an envelope as processed.
-    pub fn mark_processed(&self, sender: &str, sender_device: u32, message_id: &[u8]) -> Result<()> {
+    pub fn mark_processed(
+        &self,
+        sender: &str,
+        sender_device: u32,
+        message_id: &[u8],
+    ) -> Result<()> {
         self.conn
             .execute(
                 "INSERT OR IGNORE INTO processed (tag) VALUES (?1)",
@@ -1567,7 +1635,11 @@ impl Db<'_> {
             .map_err(|e| self.err(e))
     }
 
-    fn records(&self, sql: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<(i64, MessageRecord)>> {
+    fn records(
+        &self,
+        sql: &str,
+        args: &[&dyn rusqlite::ToSql],
+    ) -> Result<Vec<(i64, MessageRecord)>> {
         let rows: Vec<(i64, Vec<u8>, Vec<u8>, Vec<u8>)> = {
             let mut stmt = self.conn.prepare(sql).map_err(|e| self.err(e))?;
             let rows = stmt
@@ -1643,7 +1715,11 @@ impl Db<'_> {
 
     /// What is needed to report incoming messages with id `message_id`
     /// (from `sender` when given): one entry per sender.
-    pub fn report_material(&self, message_id: &[u8], sender: Option<&str>) -> Result<Vec<ReportMaterial>> {
+    pub fn report_material(
+        &self,
+        message_id: &[u8],
+        sender: Option<&str>,
+    ) -> Result<Vec<ReportMaterial>> {
         let id_tag = self.keys.message_tag(message_id);
         let mut out: Vec<ReportMaterial> = Vec::new();
         for (_, rec) in self.records(
@@ -1690,20 +1766,16 @@ impl Db<'_> {
 /// Rewrites a schema-1 database as schema 2 inside `tx`: reads every row
 /// under `old`, seals it under `new` with its row bound in, drops the old
 /// tables.
-fn migrate_v1(
-    tx: &Connection,
-    old: &Keys,
-    new: &Keys,
-    path: &Path,
-    key_path: &Path,
-) -> Result<()> {
+fn migrate_v1(tx: &Connection, old: &Keys, new: &Keys, path: &Path, key_path: &Path) -> Result<()> {
     let e = |err: rusqlite::Error| ClientError::store(path, err);
     let bad = |what: &str| ClientError::store(path, format!("migrating the store: {what}"));
     // Schema 1 sealed the key check, the identity and the token; the rest of
     // `meta` was plain.
     let meta: Vec<(String, Vec<u8>)> = {
         let mut stmt = tx.prepare("SELECT key, value FROM meta").map_err(e)?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(e)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(e)?;
         rows.collect::<std::result::Result<_, _>>().map_err(e)?
     };
     let mut meta_plain: Vec<(String, Zeroizing<Vec<u8>>)> = Vec::new();
@@ -1758,7 +1830,15 @@ fn migrate_v1(
             .map_err(e)?;
         let rows = stmt
             .query_map([], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                ))
             })
             .map_err(e)?;
         rows.collect::<std::result::Result<_, _>>().map_err(e)?
@@ -1852,7 +1932,8 @@ fn migrate_v1(
     for (sender, device, id) in processed {
         db.mark_processed(&sender, device, &id)?;
     }
-    tx.execute("UPDATE processed SET acked = 1", []).map_err(e)?;
+    tx.execute("UPDATE processed SET acked = 1", [])
+        .map_err(e)?;
     tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
         .map_err(e)?;
     let sealed = new.seal(KEY_CHECK, KEY_CHECK);

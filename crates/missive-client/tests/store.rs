@@ -121,7 +121,13 @@ fn a_copy_of_the_home_reveals_no_names_times_or_lengths() {
                 },
                 Slot::Current,
             )?;
-            db.add_outgoing("zebulon-contact", &[1u8; 16], text("hi"), sent_at, server_at)?;
+            db.add_outgoing(
+                "zebulon-contact",
+                &[1u8; 16],
+                text("hi"),
+                sent_at,
+                server_at,
+            )?;
             db.add_incoming(NewIncoming {
                 sender: "zebulon-contact",
                 message_id: &[2u8; 16],
@@ -139,7 +145,11 @@ fn a_copy_of_the_home_reveals_no_names_times_or_lengths() {
     for t in [sent_at, server_at, sent_at + 1, server_at + 1] {
         // SQLite stores integers big-endian in 6 or 8 bytes; JSON as text.
         assert_eq!(any_file_contains(&home, &t.to_be_bytes()[2..]), None, "{t}");
-        assert_eq!(any_file_contains(&home, t.to_string().as_bytes()), None, "{t}");
+        assert_eq!(
+            any_file_contains(&home, t.to_string().as_bytes()),
+            None,
+            "{t}"
+        );
     }
     let c = rusqlite::Connection::open(home.join("missive.db")).unwrap();
     let lengths: Vec<i64> = c
@@ -150,7 +160,10 @@ fn a_copy_of_the_home_reveals_no_names_times_or_lengths() {
         .map(Result::unwrap)
         .collect();
     assert_eq!(lengths.len(), 2);
-    assert_eq!(lengths[0], lengths[1], "a 2-byte and a 168-byte message look alike");
+    assert_eq!(
+        lengths[0], lengths[1],
+        "a 2-byte and a 168-byte message look alike"
+    );
 }
 
 #[test]
@@ -195,7 +208,10 @@ fn passphrase_parameters_are_strong_and_recorded() {
     let kf = dir.path().join("kf");
     drop(keyfile(&kf, true));
     let err = Store::open_with(&kf, false, &pass).unwrap_err();
-    assert!(err.to_string().contains("not protected by a passphrase"), "{err}");
+    assert!(
+        err.to_string().contains("not protected by a passphrase"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -222,7 +238,8 @@ fn schema_is_versioned_and_reopens() {
 
 fn user_version(home: &Path) -> i64 {
     let c = rusqlite::Connection::open(home.join("missive.db")).unwrap();
-    c.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap()
+    c.query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap()
 }
 
 #[test]
@@ -341,7 +358,10 @@ fn a_restored_database_archives_its_sessions() {
     }
     let store = keyfile(&home, false);
     assert!(store.was_rolled_back());
-    assert!(store.sessions("bob").unwrap().is_empty(), "no session to send on");
+    assert!(
+        store.sessions("bob").unwrap().is_empty(),
+        "no session to send on"
+    );
     assert_eq!(
         store.db().sessions("bob", Slot::Archived).unwrap().len(),
         1,
@@ -435,7 +455,10 @@ fn write_transactions_of_two_handles_serialise() {
     for t in threads {
         t.join().unwrap();
     }
-    assert_eq!(keyfile(&home, false).get_meta_u64("counter").unwrap(), Some(200));
+    assert_eq!(
+        keyfile(&home, false).get_meta_u64("counter").unwrap(),
+        Some(200)
+    );
 }
 
 // ---- migration from schema 1 --------------------------------------------
@@ -454,7 +477,11 @@ CREATE TABLE processed (sender TEXT NOT NULL, sender_device INTEGER NOT NULL, me
 PRAGMA user_version = 1;
 "#;
 
-fn write_v1_store(home: &Path, key: &missive_crypto::StorageKey, peer: &IdentityKeyPair) -> Session {
+fn write_v1_store(
+    home: &Path,
+    key: &missive_crypto::StorageKey,
+    peer: &IdentityKeyPair,
+) -> Session {
     std::fs::create_dir_all(home).unwrap();
     let c = rusqlite::Connection::open(home.join("missive.db")).unwrap();
     c.execute_batch(SCHEMA_V1).unwrap();
@@ -505,7 +532,10 @@ fn write_v1_store(home: &Path, key: &missive_crypto::StorageKey, peer: &Identity
 }
 
 fn check_migrated(store: &Store, peer: &IdentityKeyPair, session: &Session) {
-    assert_eq!(store.get_meta_str("username").unwrap().as_deref(), Some("alice"));
+    assert_eq!(
+        store.get_meta_str("username").unwrap().as_deref(),
+        Some("alice")
+    );
     assert_eq!(store.get_meta_u64("device_id").unwrap(), Some(1));
     assert_eq!(
         store.get_meta("identity").unwrap().unwrap().as_slice(),
@@ -553,7 +583,11 @@ fn a_schema_1_store_is_migrated_not_broken() {
     check_migrated(&store, &peer, &session);
     drop(store);
     assert_eq!(user_version(&home), 2);
-    assert_eq!(any_file_contains(&home, b"bob"), None, "names gone from the file");
+    assert_eq!(
+        any_file_contains(&home, b"bob"),
+        None,
+        "names gone from the file"
+    );
     check_migrated(&keyfile(&home, false), &peer, &session);
 }
 
@@ -579,7 +613,11 @@ fn a_schema_1_passphrase_store_is_migrated_to_strong_parameters() {
     let params = std::fs::read_to_string(home.join("passphrase.salt")).unwrap();
     assert!(params.starts_with("argon2id m=65536 t=3 p=1 "), "{params}");
     assert!(!home.join("passphrase.salt.new").exists());
-    check_migrated(&Store::open_with(&home, false, &pass).unwrap(), &peer, &session);
+    check_migrated(
+        &Store::open_with(&home, false, &pass).unwrap(),
+        &peer,
+        &session,
+    );
     let wrong = KeySource::Passphrase(Zeroizing::new("wrong".to_owned()));
     assert!(matches!(
         Store::open_with(&home, false, &wrong),
