@@ -552,3 +552,40 @@ fn recv_warns_when_a_contact_comes_back_with_a_new_identity() {
     let r = bob.ok(&w.server, &["recv", "--json"]).unwrap();
     assert_eq!(texts(&r.json_lines().unwrap()), ["welcome back"]);
 }
+
+/// Issue 12, item 9: the CA is trusted from `--ca`, `MISSIVE_CA` or the one
+/// remembered at registration — never from `./missive-data/ca.pem` of
+/// whatever directory the command runs in.
+#[test]
+fn the_ca_comes_from_the_account_not_the_working_directory() {
+    let w = World::new();
+    let alice = w.user("alice");
+    let bob = w.user("bob");
+    alice.ok(&w.server, &["send", "bob", "hi"]).unwrap();
+    let cwd = tempfile::tempdir().unwrap();
+    std::fs::create_dir(cwd.path().join("missive-data")).unwrap();
+    std::fs::copy(w.server.ca(), cwd.path().join("missive-data/ca.pem")).unwrap();
+    let recv = |home: &std::path::Path| {
+        std::process::Command::new(missive_e2e::binaries().unwrap().client)
+            .current_dir(cwd.path())
+            .args(["--server", w.server.url(), "--home"])
+            .arg(home)
+            .arg("recv")
+            .env_remove("MISSIVE_CA")
+            .env_remove("MISSIVE_PASSPHRASE")
+            .output()
+            .unwrap()
+    };
+    // Remembered at register: no --ca needed.
+    let out = recv(&bob.home);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hi"));
+    // Without the remembered CA, the file in the working directory is not used.
+    std::fs::remove_file(bob.home.join("ca.pem")).unwrap();
+    let out = recv(&bob.home);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not trusted"),
+        "{out:?}"
+    );
+}

@@ -20,7 +20,7 @@
 
 use std::cell::Cell;
 use std::fs;
-use std::io::Write;
+use std::io::{IsTerminal as _, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -598,9 +598,22 @@ impl Store {
     }
 
     /// Opens the store in `home`, creating it (and its key) if `create`,
-    /// with the key source named by the environment.
+    /// with the key source named by the environment — or, for a passphrase
+    /// store opened without `MISSIVE_PASSPHRASE` from a terminal, the
+    /// passphrase typed at a prompt (not echoed).
     pub fn open(home: &Path, create: bool) -> Result<Self> {
-        Self::open_with(home, create, &KeySource::from_env())
+        let source = match KeySource::from_env() {
+            KeySource::KeyFile if Self::uses_passphrase(home) && std::io::stdin().is_terminal() => {
+                let typed = rpassword::prompt_password(format!(
+                    "passphrase for the account in {}: ",
+                    home.display()
+                ))
+                .map_err(|e| ClientError::io("cannot read the passphrase", e))?;
+                KeySource::Passphrase(Zeroizing::new(typed))
+            }
+            other => other,
+        };
+        Self::open_with(home, create, &source)
     }
 
     /// Opens the store in `home` with an explicit key source.
