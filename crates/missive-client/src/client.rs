@@ -1361,7 +1361,8 @@ fn receive_in(
             .ok_or("no session with the sending device decrypts it (a replay, or a lost session)")?
     };
     let (text, franking_key) = check_content(&plaintext, &env.message_id, commitment)?;
-    let (sender_clock_ms, _) = clamp_sender_clock(text.sent_at_ms, env.server_timestamp_ms);
+    let (sender_clock_ms, sender_clock_clamped) =
+        clamp_sender_clock(text.sent_at_ms, env.server_timestamp_ms);
     db.add_incoming(NewIncoming {
         sender,
         message_id: &env.message_id,
@@ -1373,6 +1374,7 @@ fn receive_in(
             sender_device: device,
         },
         sender_clock_ms,
+        sender_clock_clamped,
         server_ts_ms: env.server_timestamp_ms.min(MAX_RFC3339_MS),
         quarantine_identity: quarantine.as_ref(),
     })?;

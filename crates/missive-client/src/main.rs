@@ -173,6 +173,7 @@ fn message_json(m: &HistoryEntry, me: &str) -> serde_json::Value {
         "sent_at": rfc3339(m.server_ts_ms),
         "server_time": rfc3339(m.server_ts_ms),
         "sender_clock": rfc3339(m.sender_clock_ms),
+        "sender_clock_clamped": m.sender_clock_clamped,
         "quarantined": m.quarantined,
     })
 }

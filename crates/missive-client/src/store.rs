@@ -192,6 +192,8 @@ struct MessageRecord {
     message_id: String,
     outgoing: bool,
     sender_clock_ms: u64,
+    #[serde(default)]
+    sender_clock_clamped: bool,
     server_ts_ms: u64,
     /// Hex of the changed identity a quarantined message came from.
     #[serde(default)]
@@ -217,6 +219,8 @@ pub struct HistoryEntry {
     /// The sender's own clock, ms since the epoch, as it claims (not covered
     /// by franking; clamped into a sane window on receipt).
     pub sender_clock_ms: u64,
+    /// The sender's clock was outside the sane window and was clamped.
+    pub sender_clock_clamped: bool,
     /// Server's acceptance time, ms since the epoch (0 if unknown); the
     /// server's franking tag binds it.
     pub server_ts_ms: u64,
@@ -246,6 +250,8 @@ pub struct NewIncoming<'a> {
     pub sealed: SealedMessage,
     /// Sender's clock (already clamped).
     pub sender_clock_ms: u64,
+    /// Whether it was clamped.
+    pub sender_clock_clamped: bool,
     /// Server time.
     pub server_ts_ms: u64,
     /// The changed identity it came from, if quarantined.
@@ -1522,6 +1528,7 @@ impl Db<'_> {
             message_id: rec.message_id.clone(),
             outgoing: rec.outgoing,
             sender_clock_ms: rec.sender_clock_ms,
+            sender_clock_clamped: rec.sender_clock_clamped,
             server_ts_ms: rec.server_ts_ms,
             quarantine_identity: rec.quarantine_identity.clone(),
             body: SealedMessage {
@@ -1564,6 +1571,7 @@ impl Db<'_> {
             message_id: hex::encode(message_id),
             outgoing: true,
             sender_clock_ms: sent_at_ms,
+            sender_clock_clamped: false,
             server_ts_ms,
             quarantine_identity: None,
             body: sealed,
@@ -1579,6 +1587,7 @@ impl Db<'_> {
             message_id: hex::encode(m.message_id),
             outgoing: false,
             sender_clock_ms: m.sender_clock_ms,
+            sender_clock_clamped: m.sender_clock_clamped,
             server_ts_ms: m.server_ts_ms,
             quarantine_identity: m.quarantine_identity.map(|i| hex::encode(i.to_bytes())),
             body: m.sealed,
@@ -1685,6 +1694,7 @@ impl Db<'_> {
                     outgoing: rec.outgoing,
                     text: rec.body.text.clone(),
                     sender_clock_ms: rec.sender_clock_ms,
+                    sender_clock_clamped: rec.sender_clock_clamped,
                     server_ts_ms: rec.server_ts_ms,
                     quarantined: rec.quarantine_identity.is_some(),
                 })
@@ -1935,6 +1945,7 @@ fn migrate_v1(tx: &Connection, old: &Keys, new: &Keys, path: &Path, key_path: &P
             message_id: hex::encode(&message_id),
             outgoing,
             sender_clock_ms: to_u64(sent),
+            sender_clock_clamped: false,
             server_ts_ms: to_u64(server),
             quarantine_identity: None,
             body,

@@ -16,6 +16,7 @@ fn entry(seq: i64, contact: &str, outgoing: bool, text: &str) -> HistoryEntry {
         outgoing,
         text: text.into(),
         sender_clock_ms: 1_700_000_000_000 + seq as u64,
+        sender_clock_clamped: false,
         server_ts_ms: 1_700_000_000_500 + seq as u64,
         quarantined: false,
     }

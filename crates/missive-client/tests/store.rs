@@ -133,6 +133,7 @@ fn a_copy_of_the_home_reveals_no_names_times_or_lengths() {
                 message_id: &[2u8; 16],
                 sealed: text(&"a much longer answer ".repeat(8)),
                 sender_clock_ms: sent_at + 1,
+                sender_clock_clamped: false,
                 server_ts_ms: server_at + 1,
                 quarantine_identity: None,
             })?;
