@@ -421,6 +421,10 @@ impl Client {
         &self.store
     }
 
+    pub(crate) fn store_mut(&mut self) -> &mut Store {
+        &mut self.store
+    }
+
     /// Our public identity.
     pub fn public_identity(&self) -> &PublicIdentity {
         self.identity.public()

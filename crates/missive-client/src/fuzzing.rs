@@ -31,6 +31,8 @@ pub struct Fixture {
     home: PathBuf,
     client: Client,
     genuine: Vec<v1::Envelope>,
+    bob: Session,
+    next_id: u64,
 }
 
 impl std::fmt::Debug for Fixture {
@@ -118,6 +120,8 @@ impl Fixture {
             home: home.to_path_buf(),
             client,
             genuine,
+            bob: bob_session,
+            next_id: 100,
         })
     }
 
@@ -213,6 +217,36 @@ impl Fixture {
         }
         std::hint::black_box(sink);
         Ok(())
+    }
+
+    /// A fresh genuine envelope from bob (benchmarks: the receive path).
+    pub fn next_from_bob(&mut self, text: &str) -> v1::Envelope {
+        self.next_id += 1;
+        envelope(&mut self.bob, text, 1_765_000_000_000, self.next_id)
+    }
+
+    /// The receive path's local half for one envelope.
+    pub fn receive(&mut self, env: &v1::Envelope) -> Result<()> {
+        self.client.store_envelope(env)?;
+        self.client.take_unshown(None).map(|_| ())
+    }
+
+    /// The send path's local half: in one write transaction, load the
+    /// session with bob, encrypt `content`, store the advanced session.
+    pub fn encrypt_for_bob(&mut self, content: &[u8]) -> Result<Vec<u8>> {
+        self.client.store_mut().write(|db| {
+            let mut sessions = db.sessions("bob", Slot::Current)?;
+            let mut out = Vec::new();
+            for row in &mut sessions {
+                let m = row
+                    .session
+                    .encrypt(&mut OsRng, content, &[0u8; 32])
+                    .map_err(|e| crate::ClientError::Crypto(e.to_string()))?;
+                out = m.bytes;
+            }
+            db.save_sessions("bob", &sessions, &[])?;
+            Ok(out)
+        })
     }
 
     /// The home directory.
