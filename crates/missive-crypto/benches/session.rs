@@ -112,6 +112,27 @@ fn symmetric(c: &mut Criterion) {
             black_box(a.decrypt(&m.bytes, &ad).unwrap())
         })
     });
+    // The same two paths through `decrypt_at`, which also expires skipped keys.
+    let now_ms = 1_700_000_000_000u64;
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("encrypt+decrypt_at 100 B, one direction", |bench| {
+        bench.iter(|| {
+            let m = a.encrypt(&mut rng, black_box(&plaintext), &ad).unwrap();
+            black_box(b.decrypt_at(&m.bytes, &ad, now_ms).unwrap())
+        })
+    });
+    group.throughput(Throughput::Elements(2));
+    group.bench_function(
+        "ping-pong round trip (2 messages), 100 B, decrypt_at",
+        |bench| {
+            bench.iter(|| {
+                let m = a.encrypt(&mut rng, black_box(&plaintext), &ad).unwrap();
+                b.decrypt_at(&m.bytes, &ad, now_ms).unwrap();
+                let m = b.encrypt(&mut rng, black_box(&plaintext), &ad).unwrap();
+                black_box(a.decrypt_at(&m.bytes, &ad, now_ms).unwrap())
+            })
+        },
+    );
     let big = vec![0x42u8; 64 * 1024];
     group.throughput(Throughput::Bytes(big.len() as u64));
     group.bench_function("encrypt+decrypt 64 KiB, one direction", |bench| {

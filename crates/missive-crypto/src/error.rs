@@ -97,7 +97,9 @@ pub enum DecryptError {
         "message authentication failed: altered in transit, wrong associated data or not for this session"
     )]
     AuthenticationFailed,
-    /// The message was already decrypted (or its key was discarded after the bound).
+    /// The message was already decrypted, or its skipped key was discarded: evicted
+    /// by [`crate::consts::MAX_SKIPPED_KEYS`] or older than
+    /// [`crate::consts::MAX_SKIPPED_KEY_AGE_MS`].
     #[error("message already received (replay), or its key was discarded")]
     Replay,
     /// The message is further ahead in its chain than the gap allowed.

@@ -10,14 +10,19 @@ use rand_core::{CryptoRng, RngCore};
 use x25519_dalek::StaticSecret;
 use zeroize::Zeroizing;
 
-use crate::consts::{MAX_MESSAGE_GAP, MAX_PREVIOUS_RATCHET_KEYS, MAX_SKIPPED_KEYS};
+use crate::consts::{
+    MAX_MESSAGE_GAP, MAX_PREVIOUS_RATCHET_KEYS, MAX_SKIPPED_KEY_AGE_MS, MAX_SKIPPED_KEYS,
+};
 use crate::error::{DecryptError, EncryptError, SessionError, StateError};
 use crate::identity::{IdentityKeyPair, PUBLIC_IDENTITY_LEN, PublicIdentity};
 use crate::pqxdh;
 use crate::prekeys::{KemPrekeyPair, OneTimePrekeyPair, PrekeyBundle, SignedPrekeyPair};
 use crate::primitives;
 use crate::ratchet::{ChainKey, MessageKey, RatchetKeyPair, RootKey};
-use crate::state::{ReceivingChainPickle, SESSION_STATE_VERSION, SessionPickle, SkippedKeyPickle};
+use crate::state::{
+    ReceivingChainPickle, SESSION_STATE_VERSION, SESSION_STATE_VERSION_1, SessionPickle,
+    SkippedKeyPickle,
+};
 use crate::storage::{self, StorageKey};
 use crate::wire::{
     MessageKind, NORMAL_HEADER_LEN, NormalMessage, OutgoingMessage, PrekeyMessage, message_kind,
@@ -32,10 +37,17 @@ struct ReceivingChain {
     next: u32,
 }
 
+/// A stored key of a skipped message. In `Session::skipped`, times never
+/// decrease from front to back and the keys without a time come last, so
+/// expiry only ever looks at the front.
 #[derive(Clone)]
 struct SkippedKey {
     ratchet_key: [u8; 32],
     counter: u32,
+    /// Caller time (ms since the Unix epoch) when stored; `None` until the
+    /// session is next given the time (stored by `accept` or the clock-free
+    /// `decrypt`, or loaded from state format 1).
+    stored_at_ms: Option<u64>,
     key: MessageKey,
 }
 
@@ -243,7 +255,7 @@ impl Session {
         // so the receiving half of the first DH ratchet step is KDF_RK(SK, DH3).
         session.start_receiving_chain(message.base_key, &dh3);
         let plaintext =
-            session.decrypt_normal(&message.message, &message.header, associated_data)?;
+            session.decrypt_normal(&message.message, &message.header, associated_data, None)?;
         Ok((session, plaintext))
     }
 
@@ -303,12 +315,84 @@ impl Session {
         Ok(OutgoingMessage { kind, bytes })
     }
 
-    /// Decrypts a message of either kind (a prekey message for this session too).
-    /// Decryption runs on a copy that replaces the session only on success.
+    /// Decrypts a message of either kind (a prekey message for this session too)
+    /// without a clock: like [`Self::decrypt_at`], but no skipped key expires, and
+    /// the keys this call stores count their age from the next call that gives
+    /// the time. Clients should prefer [`Self::decrypt_at`].
     pub fn decrypt(
         &mut self,
         message: &[u8],
         associated_data: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, DecryptError> {
+        self.decrypt_with_clock(message, associated_data, None)
+    }
+
+    /// Decrypts a message of either kind (a prekey message for this session too)
+    /// at `now_ms`, the caller's time in milliseconds since the Unix epoch.
+    ///
+    /// Skipped message keys stored more than [`MAX_SKIPPED_KEY_AGE_MS`] before
+    /// `now_ms` are dropped first, so a message needing one reports
+    /// [`DecryptError::Replay`]; keys skipped by this message are stored at
+    /// `now_ms`. A clock that goes backwards makes no key older: a key is never
+    /// stored with a time before that of a key stored earlier.
+    ///
+    /// Decryption runs on a copy that replaces the session only on success: on
+    /// any error nothing changes, not even expiry.
+    pub fn decrypt_at(
+        &mut self,
+        message: &[u8],
+        associated_data: &[u8],
+        now_ms: u64,
+    ) -> Result<Zeroizing<Vec<u8>>, DecryptError> {
+        self.decrypt_with_clock(message, associated_data, Some(now_ms))
+    }
+
+    /// Drops the skipped message keys stored more than [`MAX_SKIPPED_KEY_AGE_MS`]
+    /// before `now_ms` (ms since the Unix epoch) and returns how many. Keys that
+    /// had no time yet (stored by [`Self::accept`] or [`Self::decrypt`], or loaded
+    /// from state format 1) are given `now_ms`; so the session changes even when
+    /// nothing is dropped, and should be stored again. Clients call it after
+    /// loading a session, so keys expire even in a conversation that went quiet.
+    pub fn expire_skipped_keys(&mut self, now_ms: u64) -> usize {
+        let stamp = self.stamp_for(now_ms);
+        for skipped in self.skipped.iter_mut().rev() {
+            if skipped.stored_at_ms.is_some() {
+                break;
+            }
+            skipped.stored_at_ms = Some(stamp);
+        }
+        let before = self.skipped.len();
+        while self
+            .skipped
+            .front()
+            .and_then(|s| s.stored_at_ms)
+            .is_some_and(|t| now_ms.saturating_sub(t) > MAX_SKIPPED_KEY_AGE_MS)
+        {
+            self.skipped.pop_front();
+        }
+        before - self.skipped.len()
+    }
+
+    /// The time to store a key at: `now_ms`, or the newest stored time if the
+    /// clock went backwards, so times never decrease along `skipped`.
+    fn stamp_for(&self, now_ms: u64) -> u64 {
+        self.skipped
+            .iter()
+            .rev()
+            .find_map(|s| s.stored_at_ms)
+            .map_or(now_ms, |newest| newest.max(now_ms))
+    }
+
+    /// How many skipped message keys the session holds (all chains).
+    pub fn skipped_key_count(&self) -> usize {
+        self.skipped.len()
+    }
+
+    fn decrypt_with_clock(
+        &mut self,
+        message: &[u8],
+        associated_data: &[u8],
+        now_ms: Option<u64>,
     ) -> Result<Zeroizing<Vec<u8>>, DecryptError> {
         let (normal, prekey_header) = match message_kind(message)? {
             MessageKind::Normal => (NormalMessage::parse(message)?, Vec::new()),
@@ -326,10 +410,20 @@ impl Session {
         if let Some(plaintext) =
             self.decrypt_next_in_chain(&normal, &prekey_header, associated_data)?
         {
+            // The next key of the current chain is never a skipped one, so expiry
+            // can follow the (committed) decryption.
+            if let Some(now_ms) = now_ms {
+                self.expire_skipped_keys(now_ms);
+            }
             return Ok(plaintext);
         }
         let mut copy = self.clone();
-        let plaintext = copy.decrypt_normal(&normal, &prekey_header, associated_data)?;
+        let stored_at_ms = now_ms.map(|now_ms| {
+            copy.expire_skipped_keys(now_ms);
+            copy.stamp_for(now_ms)
+        });
+        let plaintext =
+            copy.decrypt_normal(&normal, &prekey_header, associated_data, stored_at_ms)?;
         *self = copy;
         Ok(plaintext)
     }
@@ -368,12 +462,14 @@ impl Session {
         Ok(Some(plaintext))
     }
 
-    /// Decrypts in place; callers run it on a copy.
+    /// Decrypts in place; callers run it on a copy. Keys skipped on the way are
+    /// stored at `stored_at_ms`.
     fn decrypt_normal(
         &mut self,
         message: &NormalMessage,
         prekey_header: &[u8],
         associated_data: &[u8],
+        stored_at_ms: Option<u64>,
     ) -> Result<Zeroizing<Vec<u8>>, DecryptError> {
         let position = self
             .skipped
@@ -393,9 +489,9 @@ impl Session {
                 if self.previous_ratchet_keys.contains(&message.ratchet_key) {
                     return Err(DecryptError::Replay);
                 }
-                self.receive_ratchet(message)?;
+                self.receive_ratchet(message, stored_at_ms)?;
             }
-            self.take_receiving_key(message.counter)?
+            self.take_receiving_key(message.counter, stored_at_ms)?
         };
         let plaintext = open_message(
             &key,
@@ -410,15 +506,25 @@ impl Session {
         Ok(plaintext)
     }
 
-    /// Skips the current receiving chain up to the header's previous counter, then
-    /// performs the receiving half of a DH ratchet step.
-    fn receive_ratchet(&mut self, message: &NormalMessage) -> Result<(), DecryptError> {
+    /// Remembers the current receiving chain's ratchet key (evicting the oldest
+    /// with its skipped keys), skips that chain up to the header's previous
+    /// counter, then performs the receiving half of a DH ratchet step.
+    fn receive_ratchet(
+        &mut self,
+        message: &NormalMessage,
+        stored_at_ms: Option<u64>,
+    ) -> Result<(), DecryptError> {
         if let Some(mut old) = self.receiving.take() {
-            self.skip_to(&mut old, message.previous_counter)?;
             self.previous_ratchet_keys.push_back(old.ratchet_key);
             while self.previous_ratchet_keys.len() > MAX_PREVIOUS_RATCHET_KEYS {
-                self.previous_ratchet_keys.pop_front();
+                // A message on a forgotten chain can no longer be told from a
+                // forgery, so its keys go too (before skipping, so that they are
+                // not what pushes live keys out of the bounded store).
+                if let Some(evicted) = self.previous_ratchet_keys.pop_front() {
+                    self.skipped.retain(|s| s.ratchet_key != evicted);
+                }
             }
+            self.skip_to(&mut old, message.previous_counter, stored_at_ms)?;
         }
         let dh = dh_decrypt(self.our_ratchet.secret(), &message.ratchet_key)?;
         self.start_receiving_chain(message.ratchet_key, &dh);
@@ -443,8 +549,14 @@ impl Session {
         }
     }
 
-    /// Stores the keys of `chain` from its next counter up to (excluding) `until`.
-    fn skip_to(&mut self, chain: &mut ReceivingChain, until: u32) -> Result<(), DecryptError> {
+    /// Stores the keys of `chain` from its next counter up to (excluding) `until`,
+    /// at `stored_at_ms`.
+    fn skip_to(
+        &mut self,
+        chain: &mut ReceivingChain,
+        until: u32,
+        stored_at_ms: Option<u64>,
+    ) -> Result<(), DecryptError> {
         if until <= chain.next {
             return Ok(());
         }
@@ -460,6 +572,7 @@ impl Session {
             self.skipped.push_back(SkippedKey {
                 ratchet_key: chain.ratchet_key,
                 counter: chain.next,
+                stored_at_ms,
                 key,
             });
             chain.chain = next;
@@ -472,14 +585,18 @@ impl Session {
     }
 
     /// Takes the message key for `counter` from the current receiving chain.
-    fn take_receiving_key(&mut self, counter: u32) -> Result<MessageKey, DecryptError> {
+    fn take_receiving_key(
+        &mut self,
+        counter: u32,
+        stored_at_ms: Option<u64>,
+    ) -> Result<MessageKey, DecryptError> {
         let Some(mut chain) = self.receiving.take() else {
             return Err(DecryptError::AuthenticationFailed);
         };
         if counter < chain.next {
             return Err(DecryptError::Replay);
         }
-        self.skip_to(&mut chain, counter)?;
+        self.skip_to(&mut chain, counter, stored_at_ms)?;
         let (key, next) = chain.chain.step();
         chain.chain = next;
         chain.next = counter.checked_add(1).ok_or(DecryptError::Replay)?;
@@ -531,6 +648,7 @@ impl Session {
                     ratchet_key: s.ratchet_key.to_vec(),
                     counter: s.counter,
                     message_key: s.key.as_bytes().to_vec(),
+                    stored_at_ms: s.stored_at_ms,
                 })
                 .collect(),
             pending_prekey: self.pending_prekey.clone(),
@@ -543,6 +661,9 @@ impl Session {
     }
 
     /// Restores a session written by [`Self::to_bytes`], checking every field.
+    /// States of format 1 still load (docs/PROTOCOL.md, "Session state"): their
+    /// skipped keys count their age from the next time the session is given, and
+    /// those of chains whose ratchet key was already evicted are dropped.
     pub fn from_bytes(bytes: &[u8]) -> Result<Session, StateError> {
         let mut pickle = SessionPickle::decode(bytes)
             .map_err(|_| StateError::Malformed("not a Missive session state"))?;
@@ -555,11 +676,12 @@ impl Session {
         fn key32(bytes: &[u8], what: &'static str) -> Result<[u8; 32], StateError> {
             bytes.try_into().map_err(|_| StateError::Malformed(what))
         }
-        match p.version {
-            SESSION_STATE_VERSION => {}
+        let format_1 = match p.version {
+            SESSION_STATE_VERSION => false,
+            SESSION_STATE_VERSION_1 => true,
             0 => return Err(StateError::Malformed("missing format version")),
             other => return Err(StateError::UnsupportedVersion(other)),
-        }
+        };
         let local = PublicIdentity::from_bytes(&p.local_identity)
             .map_err(|_| StateError::Malformed("local identity"))?;
         let remote = PublicIdentity::from_bytes(&p.remote_identity)
@@ -596,23 +718,47 @@ impl Session {
                 "more stored keys than the bounds allow",
             ));
         }
-        let previous_ratchet_keys = p
+        let previous_ratchet_keys: VecDeque<[u8; 32]> = p
             .previous_ratchet_keys
             .iter()
             .map(|k| key32(k, "previous ratchet key"))
             .collect::<Result<_, _>>()?;
-        let skipped = p
+        let mut skipped: VecDeque<SkippedKey> = p
             .skipped
             .iter()
             .map(|s| {
                 Ok(SkippedKey {
                     ratchet_key: key32(&s.ratchet_key, "skipped key ratchet key")?,
                     counter: s.counter,
+                    // Format 1 has no field 4: a later writer's value is ignored.
+                    stored_at_ms: if format_1 { None } else { s.stored_at_ms },
                     key: MessageKey::from_slice(&s.message_key)
                         .ok_or(StateError::Malformed("skipped message key"))?,
                 })
             })
             .collect::<Result<_, StateError>>()?;
+        let remembered = |key: &[u8; 32]| {
+            receiving.as_ref().is_some_and(|r| r.ratchet_key == *key)
+                || previous_ratchet_keys.contains(key)
+        };
+        if format_1 {
+            // Format 1 kept the keys of evicted chains; format 2 drops them with
+            // the chain's ratchet key.
+            skipped.retain(|s| remembered(&s.ratchet_key));
+        } else if !skipped.iter().all(|s| remembered(&s.ratchet_key)) {
+            return Err(StateError::Malformed(
+                "skipped key of a chain that is not remembered",
+            ));
+        }
+        let mut newest = 0;
+        let mut untimed = false;
+        for s in &skipped {
+            match s.stored_at_ms {
+                Some(t) if !untimed && t >= newest => newest = t,
+                Some(_) => return Err(StateError::Malformed("skipped keys out of time order")),
+                None => untimed = true,
+            }
+        }
         if let Some(header) = &p.pending_prekey
             && header.len() != crate::wire::PREKEY_HEADER_LEN
         {
@@ -761,5 +907,89 @@ mod tests {
         }
         assert_eq!(b.skipped.len(), MAX_SKIPPED_KEYS);
         Session::from_bytes(&b.to_bytes()).unwrap();
+    }
+
+    /// Bob with skipped keys on Alice's current chain, stored at 10 and 20.
+    fn with_skipped(rng: &mut ChaCha20Rng) -> Session {
+        let (mut a, mut b) = pair(rng);
+        let reply = b.encrypt(rng, b"r", b"").unwrap().bytes;
+        a.decrypt(&reply, b"").unwrap();
+        for now in [10, 20] {
+            a.encrypt(rng, b"skipped", b"").unwrap();
+            let m = a.encrypt(rng, b"m", b"").unwrap().bytes;
+            b.decrypt_at(&m, b"", now).unwrap();
+        }
+        b
+    }
+
+    #[test]
+    fn loading_checks_skipped_key_chains_and_time_order() {
+        let mut rng = ChaCha20Rng::seed_from_u64(4);
+        let b = with_skipped(&mut rng);
+        let times: Vec<_> = b.skipped.iter().map(|s| s.stored_at_ms).collect();
+        assert_eq!(times, [Some(10), Some(20)]);
+        let reload = |s: &Session| Session::from_bytes(&s.to_bytes()).map(|s| s.to_bytes());
+        assert_eq!(reload(&b).unwrap(), b.to_bytes());
+
+        let mut orphan = b.clone();
+        orphan.skipped[0].ratchet_key = [9u8; 32];
+        assert_eq!(
+            reload(&orphan).err(),
+            Some(StateError::Malformed(
+                "skipped key of a chain that is not remembered"
+            ))
+        );
+        let mut backwards = b.clone();
+        backwards.skipped[0].stored_at_ms = Some(21);
+        assert_eq!(
+            reload(&backwards).err(),
+            Some(StateError::Malformed("skipped keys out of time order"))
+        );
+        let mut untimed_first = b.clone();
+        untimed_first.skipped[0].stored_at_ms = None;
+        assert_eq!(
+            reload(&untimed_first).err(),
+            Some(StateError::Malformed("skipped keys out of time order"))
+        );
+        // Untimed keys after timed ones are what `decrypt` leaves.
+        let mut untimed_last = b.clone();
+        untimed_last.skipped[1].stored_at_ms = None;
+        reload(&untimed_last).unwrap();
+    }
+
+    #[test]
+    fn format_1_skipped_keys_lose_their_time_and_evicted_chains() {
+        let mut rng = ChaCha20Rng::seed_from_u64(5);
+        let b = with_skipped(&mut rng);
+        let mut pickle = SessionPickle::decode(&b.to_bytes()[..]).unwrap();
+        pickle.version = SESSION_STATE_VERSION_1;
+        // Format 1 kept keys of chains whose ratchet key was evicted.
+        let mut orphan = pickle.skipped[0].clone();
+        orphan.ratchet_key = vec![9u8; 32];
+        pickle.skipped.insert(0, orphan);
+        let mut bytes = Vec::new();
+        pickle.encode_raw(&mut bytes);
+        let loaded = Session::from_bytes(&bytes).unwrap();
+        let kept: Vec<_> = loaded
+            .skipped
+            .iter()
+            .map(|s| (s.counter, s.stored_at_ms))
+            .collect();
+        assert_eq!(kept, [(0, None), (2, None)]);
+        // Saved again, the state is format 2.
+        assert_eq!(loaded.to_bytes()[..2], [0x08, 0x02]);
+    }
+
+    #[test]
+    fn skipped_times_never_decrease_along_the_store() {
+        let mut rng = ChaCha20Rng::seed_from_u64(6);
+        let mut b = with_skipped(&mut rng);
+        let times = |s: &Session| s.skipped.iter().map(|k| k.stored_at_ms).collect::<Vec<_>>();
+        b.skipped[1].stored_at_ms = None;
+        // Untimed keys take the newest stored time when the clock is behind it.
+        assert_eq!(b.expire_skipped_keys(5), 0);
+        assert_eq!(times(&b), [Some(10), Some(10)]);
+        assert_eq!(b.stamp_for(7), 10);
+        assert_eq!(b.stamp_for(30), 30);
     }
 }

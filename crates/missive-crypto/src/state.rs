@@ -5,10 +5,15 @@
 
 use zeroize::Zeroize;
 
-/// Current session state format version.
-pub(crate) const SESSION_STATE_VERSION: u32 = 1;
+/// Current session state format version: 2 adds `SkippedKeyPickle::stored_at_ms`
+/// and drops the skipped keys of evicted chains.
+pub(crate) const SESSION_STATE_VERSION: u32 = 2;
 
-/// Serialised session, format version 1.
+/// The first format: skipped keys carry no time and may belong to chains whose
+/// ratchet key was evicted. Still loaded (docs/PROTOCOL.md, "Session state").
+pub(crate) const SESSION_STATE_VERSION_1: u32 = 1;
+
+/// Serialised session, format versions 1 and 2.
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct SessionPickle {
     #[prost(uint32, tag = "1")]
@@ -61,6 +66,10 @@ pub(crate) struct SkippedKeyPickle {
     pub(crate) counter: u32,
     #[prost(bytes = "vec", tag = "3")]
     pub(crate) message_key: Vec<u8>,
+    /// Caller time when stored, ms since the Unix epoch (format 2); absent until
+    /// the session is given the time.
+    #[prost(uint64, optional, tag = "4")]
+    pub(crate) stored_at_ms: Option<u64>,
 }
 
 impl SessionPickle {

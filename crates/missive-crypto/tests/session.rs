@@ -4,7 +4,9 @@
 mod common;
 
 use common::{Party, conversing, established, rng};
-use missive_crypto::consts::{MAX_MESSAGE_GAP, MAX_SKIPPED_KEYS};
+use missive_crypto::consts::{
+    MAX_MESSAGE_GAP, MAX_PREVIOUS_RATCHET_KEYS, MAX_SKIPPED_KEY_AGE_MS, MAX_SKIPPED_KEYS,
+};
 use missive_crypto::*;
 
 #[test]
@@ -492,12 +494,13 @@ fn malformed_state_is_rejected() {
         // Truncations either fail cleanly or (at a field boundary) fail validation.
         assert!(Session::from_bytes(&bytes[..len]).is_err(), "len {len}");
     }
-    // Version 2 is refused with a clear error: field 1 (varint) = 2.
-    let mut v2 = vec![0x08, 0x02];
-    v2.extend_from_slice(&bytes[2..]);
+    // Version 3 is refused with a clear error: field 1 (varint) = 3.
+    assert_eq!(&bytes[..2], &[0x08, 0x02]);
+    let mut v3 = vec![0x08, 0x03];
+    v3.extend_from_slice(&bytes[2..]);
     assert_eq!(
-        Session::from_bytes(&v2).err(),
-        Some(StateError::UnsupportedVersion(2))
+        Session::from_bytes(&v3).err(),
+        Some(StateError::UnsupportedVersion(3))
     );
     // An unknown field added by a later revision is skipped (field 99, varint 1).
     let mut extended = bytes.to_vec();
@@ -614,4 +617,188 @@ fn message_debug_shows_no_ciphertext() {
     assert!(debug.contains(&alice.identity.public().fingerprint().to_string()));
     assert!(!debug.contains(&hex::encode(&m.bytes[m.bytes.len() - 16..])));
     assert!(!debug.contains(&format!("{:?}", &m.bytes[1207..1211])));
+}
+
+/// A caller time (ms since the Unix epoch) for the clock tests.
+const T0: u64 = 1_700_000_000_000;
+
+/// Alice sends `n` messages; Bob receives only the last, at `now`, skipping the others.
+fn skip(
+    r: &mut rand_chacha::ChaCha20Rng,
+    a: &mut Session,
+    b: &mut Session,
+    n: usize,
+    now: u64,
+) -> Vec<Vec<u8>> {
+    let mut messages: Vec<Vec<u8>> = (0..n)
+        .map(|i| a.encrypt(r, format!("m{i}").as_bytes(), b"").unwrap().bytes)
+        .collect();
+    let last = messages.pop().unwrap();
+    b.decrypt_at(&last, b"", now).unwrap();
+    messages
+}
+
+#[test]
+fn evicting_a_ratchet_key_drops_its_skipped_keys() {
+    let mut r = rng(22);
+    let (mut a, mut b) = conversing(&mut r);
+    // Alice's next chain starts here: its first message is skipped.
+    let late = skip(&mut r, &mut a, &mut b, 2, T0).remove(0);
+    assert_eq!(b.skipped_key_count(), 1);
+    // Each DH round trip retires one more of Alice's chains at Bob. Bob's first
+    // chain (from `accept`) is the oldest he remembers, so the chain of `late`
+    // is evicted in round MAX_PREVIOUS_RATCHET_KEYS.
+    let mut just_before = None;
+    for round in 0..=MAX_PREVIOUS_RATCHET_KEYS {
+        let reply = b.encrypt(&mut r, b"reply", b"").unwrap().bytes;
+        a.decrypt_at(&reply, b"", T0).unwrap();
+        let next = a.encrypt(&mut r, b"next", b"").unwrap().bytes;
+        just_before = Some(b.clone());
+        b.decrypt_at(&next, b"", T0).unwrap();
+        let expected = usize::from(round < MAX_PREVIOUS_RATCHET_KEYS);
+        assert_eq!(b.skipped_key_count(), expected, "round {round}");
+    }
+    // While the chain was remembered, its skipped key opened the late message...
+    let mut before = just_before.unwrap();
+    assert_eq!(&before.decrypt_at(&late, b"", T0).unwrap()[..], b"m0");
+    // ...now the key went with the chain's ratchet key. Bob no longer knows that
+    // chain, so the message cannot be told from a forgery; the state is untouched.
+    let state = b.to_bytes();
+    assert_eq!(
+        b.decrypt_at(&late, b"", T0).err(),
+        Some(DecryptError::AuthenticationFailed)
+    );
+    assert_eq!(
+        b.decrypt(&late, b"").err(),
+        Some(DecryptError::AuthenticationFailed)
+    );
+    assert_eq!(b.to_bytes(), state);
+    // And it stays gone in the stored state.
+    let mut restored = Session::from_bytes(&state).unwrap();
+    assert_eq!(restored.skipped_key_count(), 0);
+    assert!(restored.decrypt_at(&late, b"", T0).is_err());
+}
+
+#[test]
+fn skipped_keys_expire_after_the_age_bound() {
+    let mut r = rng(23);
+    let (mut a, mut b) = conversing(&mut r);
+    let old = skip(&mut r, &mut a, &mut b, 4, T0);
+    let young = skip(&mut r, &mut a, &mut b, 3, T0 + 1);
+    assert_eq!(b.skipped_key_count(), 5);
+    let bound = T0 + MAX_SKIPPED_KEY_AGE_MS;
+    // At exactly the bound the oldest keys still open their messages.
+    assert_eq!(
+        &b.clone().decrypt_at(&old[0], b"", bound).unwrap()[..],
+        b"m0"
+    );
+    assert_eq!(&b.decrypt_at(&old[1], b"", bound).unwrap()[..], b"m1");
+    assert_eq!(b.skipped_key_count(), 4);
+    // One millisecond later they are too old: Replay, and a failure commits
+    // nothing, not even the expiry.
+    let state = b.to_bytes();
+    assert_eq!(
+        b.decrypt_at(&old[0], b"", bound + 1).err(),
+        Some(DecryptError::Replay)
+    );
+    assert_eq!(b.to_bytes(), state);
+    let mut tampered = young[0].clone();
+    *tampered.last_mut().unwrap() ^= 1;
+    assert_eq!(
+        b.decrypt_at(&tampered, b"", bound + 1).err(),
+        Some(DecryptError::AuthenticationFailed)
+    );
+    assert_eq!(b.to_bytes(), state);
+    // The younger keys (stored 1 ms later) still decrypt at that time, and the
+    // successful decryption drops the expired ones.
+    assert_eq!(&b.decrypt_at(&young[0], b"", bound + 1).unwrap()[..], b"m0");
+    assert_eq!(b.skipped_key_count(), 1);
+    assert_eq!(
+        b.clone().decrypt_at(&old[2], b"", bound + 1).err(),
+        Some(DecryptError::Replay)
+    );
+    // The next in-order message (the fast path) expires too.
+    assert_eq!(b.expire_skipped_keys(bound + 1), 0);
+    let next = a.encrypt(&mut r, b"in order", b"").unwrap().bytes;
+    b.decrypt_at(&next, b"", bound + 2).unwrap();
+    assert_eq!(b.skipped_key_count(), 0);
+    assert_eq!(
+        b.decrypt_at(&young[1], b"", bound + 2).err(),
+        Some(DecryptError::Replay)
+    );
+}
+
+#[test]
+fn expire_skipped_keys_drops_only_the_old_ones() {
+    let mut r = rng(24);
+    let (mut a, mut b) = conversing(&mut r);
+    let old = skip(&mut r, &mut a, &mut b, 3, T0);
+    let young = skip(&mut r, &mut a, &mut b, 2, T0 + 60_000);
+    assert_eq!(b.expire_skipped_keys(T0 + MAX_SKIPPED_KEY_AGE_MS), 0);
+    assert_eq!(b.expire_skipped_keys(T0 + MAX_SKIPPED_KEY_AGE_MS + 1), 2);
+    // The pruned state is what gets stored.
+    let mut b = Session::from_bytes(&b.to_bytes()).unwrap();
+    assert_eq!(b.skipped_key_count(), 1);
+    assert_eq!(b.decrypt(&old[0], b"").err(), Some(DecryptError::Replay));
+    assert_eq!(&b.decrypt(&young[0], b"").unwrap()[..], b"m0");
+}
+
+#[test]
+fn keys_stored_without_a_clock_age_from_the_next_time_given() {
+    let mut r = rng(25);
+    let (mut a, mut b) = conversing(&mut r);
+    let m: Vec<_> = (0..3)
+        .map(|i| {
+            a.encrypt(&mut r, format!("m{i}").as_bytes(), b"")
+                .unwrap()
+                .bytes
+        })
+        .collect();
+    b.decrypt(&m[2], b"").unwrap();
+    // `decrypt` takes no time: nothing it stores can be older than the next time
+    // the session is given, however late that is.
+    let later = T0 + 10 * MAX_SKIPPED_KEY_AGE_MS;
+    assert_eq!(b.expire_skipped_keys(later), 0);
+    let mut b = Session::from_bytes(&b.to_bytes()).unwrap();
+    assert_eq!(b.expire_skipped_keys(later + MAX_SKIPPED_KEY_AGE_MS), 0);
+    assert_eq!(
+        &b.clone()
+            .decrypt_at(&m[0], b"", later + MAX_SKIPPED_KEY_AGE_MS)
+            .unwrap()[..],
+        b"m0"
+    );
+    assert_eq!(b.expire_skipped_keys(later + MAX_SKIPPED_KEY_AGE_MS + 1), 2);
+    assert_eq!(b.decrypt(&m[0], b"").err(), Some(DecryptError::Replay));
+    // `decrypt` itself never expires a key.
+    let m: Vec<_> = (0..2)
+        .map(|i| {
+            a.encrypt(&mut r, format!("n{i}").as_bytes(), b"")
+                .unwrap()
+                .bytes
+        })
+        .collect();
+    b.decrypt_at(&m[1], b"", T0).unwrap();
+    assert_eq!(&b.decrypt(&m[0], b"").unwrap()[..], b"n0");
+}
+
+#[test]
+fn a_clock_going_backwards_makes_no_key_older() {
+    let mut r = rng(26);
+    let (mut a, mut b) = conversing(&mut r);
+    let first = skip(&mut r, &mut a, &mut b, 2, T0 + 1_000);
+    // The clock goes back by a second: this key is stored at T0 + 1000 too.
+    let second = skip(&mut r, &mut a, &mut b, 2, T0);
+    let mut b = Session::from_bytes(&b.to_bytes()).unwrap();
+    assert_eq!(
+        b.expire_skipped_keys(T0 + 1_000 + MAX_SKIPPED_KEY_AGE_MS),
+        0
+    );
+    assert_eq!(&b.clone().decrypt(&second[0], b"").unwrap()[..], b"m0");
+    // A time before a key was stored gives it age zero, not an underflow.
+    assert_eq!(b.expire_skipped_keys(0), 0);
+    assert_eq!(
+        b.expire_skipped_keys(T0 + 1_001 + MAX_SKIPPED_KEY_AGE_MS),
+        2
+    );
+    assert_eq!(b.decrypt(&first[0], b"").err(), Some(DecryptError::Replay));
 }

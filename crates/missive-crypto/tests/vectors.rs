@@ -4,6 +4,9 @@
 //!
 //! Regenerate (only for a deliberate, versioned format change):
 //! `MISSIVE_REGENERATE_VECTORS=1 cargo test -p missive-crypto --test vectors`
+//!
+//! `session-state-v1.txt` holds states in the retired state format 1; it is never
+//! regenerated, and `state_format_1_still_loads` checks that they load.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
@@ -15,6 +18,10 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
 const FILE: &str = "missive-v1.txt";
+const STATE_FORMAT_1_FILE: &str = "session-state-v1.txt";
+
+/// The caller time of the vectors that store skipped keys (ms since the Unix epoch).
+const NOW_MS: u64 = 1_700_000_000_000;
 
 /// The ten ratchet steps: who sends (true = Alice).
 const SCHEDULE: [bool; 10] = [
@@ -22,10 +29,14 @@ const SCHEDULE: [bool; 10] = [
 ];
 
 fn path() -> PathBuf {
+    vector_path(FILE)
+}
+
+fn vector_path(file: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests")
         .join("vectors")
-        .join(FILE)
+        .join(file)
 }
 
 struct Vectors(Vec<(String, Vec<u8>)>);
@@ -148,6 +159,13 @@ fn generate() -> Vectors {
     let number = safety_number("alice", alice.public(), "bob", bob.public());
     v.push("safety_number_digits", number.digits());
     v.push("safety_number_qr", number.qr_payload());
+
+    // A state holding a skipped key with its time: Bob receives the message after
+    // `message_after_state` at NOW_MS, so that one's key is stored.
+    let skipping = a.encrypt(&mut alice_rng, b"skipping", b"").unwrap();
+    b.decrypt_at(&skipping.bytes, b"", NOW_MS).unwrap();
+    v.push("message_skipping", &skipping.bytes);
+    v.push("bob_session_state_skipped", b.to_bytes());
     v
 }
 
@@ -247,6 +265,160 @@ fn frozen_vectors_decrypt() {
     let mut r = ChaCha20Rng::from_seed([9u8; 32]);
     let m = b.encrypt(&mut r, b"still here", b"").unwrap().bytes;
     assert_eq!(&a.decrypt(&m, b"").unwrap()[..], b"still here");
+
+    // The state with a skipped key stored at NOW_MS opens `message_after_state`
+    // until the age bound, and not one millisecond later.
+    let skipped = Session::from_bytes(get("bob_session_state_skipped")).unwrap();
+    assert_eq!(skipped.skipped_key_count(), 1);
+    let bound = NOW_MS + consts::MAX_SKIPPED_KEY_AGE_MS;
+    assert_eq!(
+        &skipped
+            .clone()
+            .decrypt_at(get("message_after_state"), b"", bound)
+            .unwrap()[..],
+        b"after state"
+    );
+    assert_eq!(
+        skipped
+            .clone()
+            .decrypt_at(get("message_after_state"), b"", bound + 1)
+            .err(),
+        Some(DecryptError::Replay)
+    );
+}
+
+/// States written in state format 1 load: the frozen format-1 vectors become
+/// exactly today's vectors, and the format-1 skipped keys age from the first time
+/// the session is given, except those of an evicted chain, which are dropped.
+#[test]
+fn state_format_1_still_loads() {
+    if std::env::var("MISSIVE_REGENERATE_VECTORS").as_deref() == Ok("1") {
+        return;
+    }
+    let old = parse(&std::fs::read_to_string(vector_path(STATE_FORMAT_1_FILE)).unwrap());
+    let new = parse(&std::fs::read_to_string(path()).unwrap());
+    let get = |v: &BTreeMap<String, Vec<u8>>, name: &str| {
+        v.get(name)
+            .unwrap_or_else(|| panic!("missing {name}"))
+            .clone()
+    };
+    assert_eq!(get(&old, "alice_session_state")[..2], [0x08, 0x01]);
+    for name in ["alice_session_state", "bob_session_state"] {
+        let loaded = Session::from_bytes(&get(&old, name)).unwrap();
+        assert_eq!(loaded.to_bytes().to_vec(), get(&new, name), "{name}");
+    }
+    let mut b = Session::from_bytes(&get(&old, "bob_session_state")).unwrap();
+    assert_eq!(
+        &b.decrypt(&get(&old, "message_after_state"), b"").unwrap()[..],
+        b"after state"
+    );
+    let key = StorageKey::from_bytes([3u8; 32]);
+    let mut sealed = Session::unseal(&key, &get(&old, "sealed_bob_session")).unwrap();
+    assert_eq!(
+        &sealed
+            .decrypt(&get(&old, "message_after_state"), b"")
+            .unwrap()[..],
+        b"after state"
+    );
+
+    // Format 1 kept the skipped key of Alice's evicted first chain; loading drops
+    // it, giving exactly the state today's code reaches in the same scenario.
+    let (mut a_now, b_now, late) = skipped_keys_scenario();
+    for (name, bytes) in &late {
+        assert_eq!(&get(&old, name), bytes, "{name}");
+    }
+    // The evicted chain's ratchet key is Alice's base key: in the format-1 bytes
+    // as the base key and in the skipped key, once the skipped key is dropped.
+    let evicted = first_ratchet_key(&get(&old, "late_evicted_chain"));
+    let occurrences = |state: &[u8]| state.windows(32).filter(|w| *w == evicted).count();
+    assert_eq!(occurrences(&get(&old, "skipped_bob_state")), 2);
+    let a = Session::from_bytes(&get(&old, "skipped_alice_state")).unwrap();
+    let mut b = Session::from_bytes(&get(&old, "skipped_bob_state")).unwrap();
+    assert_eq!(occurrences(&b.to_bytes()), 1);
+    assert_eq!(a.to_bytes(), a_now.to_bytes());
+    assert_eq!(b.to_bytes(), b_now.to_bytes());
+    assert_eq!(b.skipped_key_count(), 2);
+    let state = b.to_bytes();
+    assert_eq!(
+        b.decrypt_at(&get(&old, "late_evicted_chain"), b"late 0", NOW_MS)
+            .err(),
+        Some(DecryptError::AuthenticationFailed)
+    );
+    assert_eq!(b.to_bytes(), state);
+    // The other two age from the first time given (here NOW_MS).
+    assert_eq!(b.expire_skipped_keys(NOW_MS), 0);
+    let bound = NOW_MS + consts::MAX_SKIPPED_KEY_AGE_MS;
+    assert_eq!(
+        &b.decrypt_at(&get(&old, "late_previous_chain"), b"late 1", bound)
+            .unwrap()[..],
+        b"previous chain"
+    );
+    assert_eq!(
+        b.clone()
+            .decrypt_at(&get(&old, "late_current_chain"), b"late 2", bound + 1)
+            .err(),
+        Some(DecryptError::Replay)
+    );
+    assert_eq!(
+        &b.decrypt_at(&get(&old, "late_current_chain"), b"late 2", bound)
+            .unwrap()[..],
+        b"current chain"
+    );
+    // And the loaded pair keeps talking.
+    let mut r = ChaCha20Rng::from_seed([13u8; 32]);
+    let m = b.encrypt(&mut r, b"after load", b"").unwrap().bytes;
+    assert_eq!(&a_now.decrypt(&m, b"").unwrap()[..], b"after load");
+}
+
+/// The scenario of `session-state-v1.txt`: Bob holds one skipped key on a chain
+/// whose ratchet key has been evicted from his previous keys (state format 1 kept
+/// such keys), one on a remembered previous chain and one on his current chain.
+/// Only `encrypt` and the clock-free `decrypt`, so state format 1 code ran it too.
+fn skipped_keys_scenario() -> (Session, Session, Vec<(&'static str, Vec<u8>)>) {
+    let mut alice_rng = ChaCha20Rng::from_seed([11u8; 32]);
+    let mut bob_rng = ChaCha20Rng::from_seed([12u8; 32]);
+    let alice = IdentityKeyPair::generate(&mut alice_rng);
+    let bob = IdentityKeyPair::generate(&mut bob_rng);
+    let spk = SignedPrekeyPair::generate(&mut bob_rng, 1, &bob);
+    let kem = KemPrekeyPair::generate(&mut bob_rng, 2, &bob);
+    let bundle = PrekeyBundle {
+        identity: bob.public().clone(),
+        signed_prekey: spk.public(),
+        kem_prekey: kem.public(),
+        one_time_prekey: None,
+    };
+    let mut a = Session::initiate(&mut alice_rng, &alice, &bundle).unwrap();
+    let first = a.encrypt(&mut alice_rng, b"first", b"").unwrap();
+    let message = PrekeyMessage::parse(&first.bytes).unwrap();
+    let (mut b, _) = Session::accept(&bob, &spk, &kem, None, &message, b"").unwrap();
+    let mut late = Vec::new();
+    let send = |from: &mut Session, to: &mut Session, rng: &mut ChaCha20Rng| {
+        let m = from.encrypt(rng, b"delivered", b"").unwrap();
+        to.decrypt(&m.bytes, b"").unwrap();
+    };
+    // Alice's first chain: counter 1 is skipped.
+    let m = a
+        .encrypt(&mut alice_rng, b"evicted chain", b"late 0")
+        .unwrap();
+    late.push(("late_evicted_chain", m.bytes));
+    send(&mut a, &mut b, &mut alice_rng);
+    // Six DH round trips: Alice's first chain leaves Bob's remembered keys.
+    for round in 0..6 {
+        send(&mut b, &mut a, &mut bob_rng);
+        if round == 4 {
+            let m = a
+                .encrypt(&mut alice_rng, b"previous chain", b"late 1")
+                .unwrap();
+            late.push(("late_previous_chain", m.bytes));
+        }
+        send(&mut a, &mut b, &mut alice_rng);
+    }
+    let m = a
+        .encrypt(&mut alice_rng, b"current chain", b"late 2")
+        .unwrap();
+    late.push(("late_current_chain", m.bytes));
+    send(&mut a, &mut b, &mut alice_rng);
+    (a, b, late)
 }
 
 /// The ratchet key of a prekey message's embedded normal message, which follows
