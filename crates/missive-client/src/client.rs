@@ -1291,6 +1291,8 @@ fn receive_in(
     let sender = env.sender.as_str();
     let device = env.sender_device;
     let mut changed = false;
+    // Skipped message keys older than the bound are dropped on the way.
+    let now = now_ms();
     let (plaintext, quarantine) = if env.r#type == v1::EnvelopeType::PrekeyMessage as i32 {
         let msg = PrekeyMessage::parse(&env.content).map_err(|e| e.to_string())?;
         let sender_identity = msg.sender_identity().clone();
@@ -1300,7 +1302,7 @@ fn receive_in(
         for slot in [Slot::Current, Slot::Pending] {
             if let Some(mut row) = db.session(sender, device, slot)?
                 && row.session.remote_identity() == &sender_identity
-                && let Ok(pt) = row.session.decrypt(&env.content, commitment)
+                && let Ok(pt) = row.session.decrypt_at(&env.content, commitment, now)
             {
                 db.put_session(sender, &row, slot)?;
                 found = Some((pt, slot));
@@ -1353,7 +1355,7 @@ fn receive_in(
         let mut found = None;
         for slot in [Slot::Current, Slot::Pending, Slot::Archived] {
             if let Some(mut row) = db.session(sender, device, slot)?
-                && let Ok(pt) = row.session.decrypt(&env.content, commitment)
+                && let Ok(pt) = row.session.decrypt_at(&env.content, commitment, now)
             {
                 db.put_session(sender, &row, slot)?;
                 let q = (slot == Slot::Pending).then(|| row.session.remote_identity().clone());
