@@ -44,7 +44,8 @@
 //!   every stream); [`Liar::release`] queues them for delivery, in arrival or
 //!   reverse order.
 //! - **Swap identity**: [`Liar::swap_bundles`] answers `GetBundles` for X with
-//!   Y's bundles (username rewritten to X).
+//!   Y's bundles (username rewritten to X, and the registration ids to X's as
+//!   learnt at registration, so the server accepts the resulting send).
 //! - **Drained bundles**: [`Liar::drain_bundles`] answers `GetBundles` for a
 //!   user with no one-time prekey and the user's *last-resort* KEM prekey
 //!   (`kem_prekey_is_last_resort = true`), learnt from the `RegisterRequest`
@@ -195,6 +196,7 @@ struct Failure {
 pub struct Script {
     tokens: HashMap<String, (String, u32)>,
     last_resort: HashMap<(String, u32), v1::KemPrekey>,
+    registration_ids: HashMap<(String, u32), u32>,
     sends: Vec<CapturedSend>,
     deliveries: Vec<Delivery>,
     queued: HashMap<String, VecDeque<Queued>>,
@@ -675,6 +677,8 @@ impl AccountService for Proxy {
                     (msg.username.clone(), resp.device_id),
                 );
             }
+            s.registration_ids
+                .insert((msg.username.clone(), resp.device_id), msg.registration_id);
             if let Some(kem) = msg.last_resort_kem_prekey {
                 s.last_resort
                     .insert((msg.username.clone(), resp.device_id), kem);
@@ -815,6 +819,12 @@ impl KeyService for Proxy {
                 "GetBundles {asked}: answered with {owner}'s bundles"
             ));
             resp.username = asked.clone();
+            // The victim's registration ids, so the server takes the send.
+            for b in &mut resp.bundles {
+                if let Some(id) = s.registration_ids.get(&(asked.clone(), b.device_id)) {
+                    b.registration_id = *id;
+                }
+            }
         }
         if drained {
             for b in &mut resp.bundles {
