@@ -387,7 +387,12 @@ impl User {
     }
 
     /// Starts `missive ... ARGS` without waiting: for long-running commands
-    /// such as `recv --wait N` or `chat`. Collect it with [`Running::wait`].
+    /// such as `recv --wait N` or `chat`. Collect it with [`Running::wait`]
+    /// (or [`Running::wait_timeout`]); dropping a [`Running`] kills it.
+    ///
+    /// Its stdio are pipes, not a terminal: `chat` (ratatui/crossterm) needs
+    /// a pty, which this harness does not provide yet, and exits with an
+    /// error without one.
     pub fn spawn<E: Endpoint + ?Sized>(
         &self,
         server: &E,
