@@ -12,11 +12,23 @@
 //! `TARGET/PROFILE/deps/test-binary`), which is a no-op when they are fresh
 //! and can never pick up stale binaries. Set `MISSIVE_E2E_BIN_DIR=DIR` to use
 //! prebuilt binaries from `DIR` instead (no cargo invocation).
+//!
+//! # Endpoints
+//!
+//! The CLI helpers ([`User::run`], [`User::spawn`], ...) take any
+//! [`Endpoint`]: the real [`Server`], or a [`liar::LyingServer`] in front of
+//! one (a TLS proxy that forwards every RPC and can lie on demand). Malicious
+//! *peers* (accounts that build their own ciphertext) are in [`raw`]; the
+//! parsing of captured ciphertext headers is in [`wire`].
 #![forbid(unsafe_code)]
+
+pub mod liar;
+pub mod raw;
+pub mod wire;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -45,8 +57,19 @@ impl std::fmt::Display for HarnessError {
 
 impl std::error::Error for HarnessError {}
 
-fn herr(msg: impl Into<String>) -> HarnessError {
+pub(crate) fn herr(msg: impl Into<String>) -> HarnessError {
     HarnessError(msg.into())
+}
+
+/// Something the `missive` CLI can talk to: the real [`Server`] or a
+/// [`liar::LyingServer`].
+pub trait Endpoint: Sync {
+    /// `https://127.0.0.1:PORT`.
+    fn url(&self) -> &str;
+    /// PEM file of the CA that signed its TLS certificate.
+    fn ca(&self) -> PathBuf;
+    /// What it logged so far (shown when a CLI run fails).
+    fn log(&self) -> String;
 }
 
 /// Builds (once per process) and returns the binaries.
@@ -257,6 +280,20 @@ impl Server {
     }
 }
 
+impl Endpoint for Server {
+    fn url(&self) -> &str {
+        Server::url(self)
+    }
+
+    fn ca(&self) -> PathBuf {
+        Server::ca(self)
+    }
+
+    fn log(&self) -> String {
+        Server::log(self)
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
@@ -308,59 +345,31 @@ impl User {
     }
 
     /// Runs `missive --home HOME --server URL --ca CA ARGS`.
-    pub fn run(&self, server: &Server, args: &[&str]) -> Result<Run, HarnessError> {
+    pub fn run<E: Endpoint + ?Sized>(
+        &self,
+        server: &E,
+        args: &[&str],
+    ) -> Result<Run, HarnessError> {
         self.run_with(server, args, &[], None)
     }
 
     /// Like [`User::run`] with extra environment and optional stdin.
-    pub fn run_with(
+    pub fn run_with<E: Endpoint + ?Sized>(
         &self,
-        server: &Server,
+        server: &E,
         args: &[&str],
         env: &[(&str, &str)],
         stdin: Option<&str>,
     ) -> Result<Run, HarnessError> {
-        let bins = binaries()?;
-        let mut cmd = Command::new(&bins.client);
-        cmd.arg("--home")
-            .arg(&self.home)
-            .arg("--server")
-            .arg(server.url())
-            .arg("--ca")
-            .arg(server.ca())
-            .args(args)
-            .env_remove("MISSIVE_PASSPHRASE")
-            .env_remove("MISSIVE_HOME")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            });
-        for (k, v) in env {
-            cmd.env(k, v);
+        let mut running = self.spawn_with(server, args, env, stdin.is_some())?;
+        if let Some(text) = stdin {
+            running.write_stdin(text)?;
         }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| herr(format!("cannot run missive: {e}")))?;
-        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            use std::io::Write as _;
-            pipe.write_all(text.as_bytes())
-                .map_err(|e| herr(format!("stdin: {e}")))?;
-        }
-        let out = child
-            .wait_with_output()
-            .map_err(|e| herr(format!("missive: {e}")))?;
-        Ok(Run {
-            code: out.status.code(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        })
+        running.wait()
     }
 
     /// Runs and requires exit 0.
-    pub fn ok(&self, server: &Server, args: &[&str]) -> Result<Run, HarnessError> {
+    pub fn ok<E: Endpoint + ?Sized>(&self, server: &E, args: &[&str]) -> Result<Run, HarnessError> {
         let r = self.run(server, args)?;
         if r.ok() {
             Ok(r)
@@ -376,6 +385,199 @@ impl User {
             )))
         }
     }
+
+    /// Starts `missive ... ARGS` without waiting: for long-running commands
+    /// such as `recv --wait N` or `chat`. Collect it with [`Running::wait`]
+    /// (or [`Running::wait_timeout`]); dropping a [`Running`] kills it.
+    ///
+    /// Its stdio are pipes, not a terminal: `chat` (ratatui/crossterm) needs
+    /// a pty, which this harness does not provide yet, and exits with an
+    /// error without one.
+    pub fn spawn<E: Endpoint + ?Sized>(
+        &self,
+        server: &E,
+        args: &[&str],
+    ) -> Result<Running, HarnessError> {
+        self.spawn_with(server, args, &[], false)
+    }
+
+    /// Like [`User::spawn`] with extra environment and, with `stdin`, a pipe
+    /// to write to ([`Running::write_stdin`]); otherwise stdin is empty.
+    pub fn spawn_with<E: Endpoint + ?Sized>(
+        &self,
+        server: &E,
+        args: &[&str],
+        env: &[(&str, &str)],
+        stdin: bool,
+    ) -> Result<Running, HarnessError> {
+        let bins = binaries()?;
+        let mut cmd = Command::new(&bins.client);
+        cmd.arg("--home")
+            .arg(&self.home)
+            .arg("--server")
+            .arg(server.url())
+            .arg("--ca")
+            .arg(server.ca())
+            .args(args)
+            .env_remove("MISSIVE_PASSPHRASE")
+            .env_remove("MISSIVE_HOME")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(if stdin { Stdio::piped() } else { Stdio::null() });
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| herr(format!("cannot run missive: {e}")))?;
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().map(drain);
+        let stderr = child.stderr.take().map(drain);
+        Ok(Running {
+            child,
+            stdin,
+            stdout,
+            stderr,
+        })
+    }
+}
+
+/// Reads a pipe to its end on a thread (so a chatty child never blocks).
+fn drain(mut pipe: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = pipe.read_to_end(&mut buf);
+        buf
+    })
+}
+
+/// A `missive` child process started by [`User::spawn`].
+pub struct Running {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: Option<std::thread::JoinHandle<Vec<u8>>>,
+    stderr: Option<std::thread::JoinHandle<Vec<u8>>>,
+}
+
+impl Running {
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Writes to its standard input (only if spawned with a stdin pipe).
+    pub fn write_stdin(&mut self, text: &str) -> Result<(), HarnessError> {
+        use std::io::Write as _;
+        let pipe = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| herr("spawned without a stdin pipe"))?;
+        pipe.write_all(text.as_bytes())
+            .and_then(|()| pipe.flush())
+            .map_err(|e| herr(format!("stdin: {e}")))
+    }
+
+    /// Closes its standard input (end of file).
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// Whether it has exited.
+    pub fn finished(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// Closes stdin and waits for it to exit.
+    pub fn wait(mut self) -> Result<Run, HarnessError> {
+        self.stdin = None;
+        let status = self
+            .child
+            .wait()
+            .map_err(|e| herr(format!("missive: {e}")))?;
+        Ok(self.collect(status.code()))
+    }
+
+    /// Waits at most `limit`, then kills it (the [`Run`] then has
+    /// `code: None`).
+    pub fn wait_timeout(mut self, limit: Duration) -> Result<Run, HarnessError> {
+        self.stdin = None;
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Ok(self.collect(status.code())),
+                Ok(None) if std::time::Instant::now() >= deadline => return Ok(self.kill()),
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                Err(e) => return Err(herr(format!("missive: {e}"))),
+            }
+        }
+    }
+
+    /// Kills it (SIGKILL) and returns what it printed.
+    pub fn kill(mut self) -> Run {
+        let _ = self.child.kill();
+        let code = self.child.wait().ok().and_then(|s| s.code());
+        self.collect(code)
+    }
+
+    fn collect(&mut self, code: Option<i32>) -> Run {
+        let take = |h: Option<std::thread::JoinHandle<Vec<u8>>>| {
+            h.and_then(|h| h.join().ok())
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default()
+        };
+        Run {
+            code,
+            stdout: take(self.stdout.take()),
+            stderr: take(self.stderr.take()),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A job for [`concurrently`].
+pub type Job<'a, T> = Box<dyn FnOnce() -> T + Send + 'a>;
+
+/// Runs every job on its own thread, all at once, and returns their results
+/// in order. A panicking job (a failed assertion inside it) is re-raised
+/// here with its own message.
+///
+/// ```ignore
+/// let runs = concurrently(vec![
+///     Box::new(|| bob.run(&liar, &["recv"])) as Job<'_, _>,
+///     Box::new(|| bob.run(&liar, &["recv"])),
+/// ]);
+/// ```
+pub fn concurrently<'a, T: Send + 'a>(jobs: Vec<Job<'a, T>>) -> Vec<T> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = jobs.into_iter().map(|job| scope.spawn(job)).collect();
+        handles
+            .into_iter()
+            .map(|h| match h.join() {
+                Ok(v) => v,
+                Err(payload) => std::panic::resume_unwind(payload),
+            })
+            .collect()
+    })
+}
+
+/// Runs `future` to completion on a fresh single-threaded runtime, for the
+/// blocking tests. Do not use for anything that must outlive the call (a
+/// tonic `Channel` created inside dies with the runtime): use
+/// [`raw::BlockingRawPeer`] or a runtime of your own for that.
+pub fn block_on<F: std::future::Future>(future: F) -> Result<F::Output, HarnessError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| herr(format!("tokio runtime: {e}")))?;
+    Ok(rt.block_on(future))
 }
 
 /// Whether `needle` occurs in any file under `dir` (recursively).

@@ -1,0 +1,1296 @@
+//! A lying server: an in-process gRPC proxy in front of a real
+//! [`Server`](crate::Server) that forwards every RPC of `proto/missive/v1`
+//! and, when told to, lies.
+//!
+//! The threat model says the server may lie (docs/THREAT_MODEL.md); this is
+//! that server, for end-to-end tests of the real `missive` binary. The CLI
+//! connects to the proxy exactly as to a server (it is an [`Endpoint`]: its
+//! own rcgen CA and a certificate for `127.0.0.1`, the CA written to
+//! `DIR/liar-ca.pem`); the proxy forwards to the upstream over real TLS with
+//! the upstream's CA. It runs its own multi-threaded tokio runtime on a
+//! background thread, so blocking tests (which spawn CLI children) and async
+//! tests can both use it; it stops when dropped.
+//!
+//! ```ignore
+//! let root = tempfile::tempdir()?;
+//! let server = Server::start(&root.path().join("data"), &root.path().join("log"))?;
+//! let liar = LyingServer::start(server, root.path())?;
+//! let bob = User::new(root.path(), "bob");
+//! bob.ok(&liar, &["register", "bob"])?;     // through the proxy
+//! liar.drain_bundles("bob", true);          // lie from now on
+//! ```
+//!
+//! # What it can do
+//!
+//! Every switch is on the [`Liar`] handle (a `Mutex`'d script shared with
+//! the proxy; [`LyingServer`] derefs to it, and [`Liar`] is `Clone + Send`
+//! for use from other threads). Changes apply to the next RPC.
+//!
+//! - **Capture** (always on): [`Liar::sends`] lists every `SendRequest` it
+//!   forwarded, with the sender (from the bearer token) and the upstream
+//!   outcome; [`Liar::deliveries`] every envelope it delivered downstream, per
+//!   receiving user. Users are known from the `Register`/`Login` responses
+//!   the proxy forwarded (token → username, device), so **register and log in
+//!   through the proxy**: an account whose token the proxy never saw is
+//!   `"?"`.
+//! - **Inject / re-deliver**: [`Liar::inject`] queues a fake envelope for the
+//!   user's next receive stream (or the open one, once its backlog is done),
+//!   before or after the real backlog ([`At`]); its id is remembered as fake
+//!   and acknowledgements of it are swallowed (take ids from
+//!   [`Liar::fake_id`] so they never collide with real ones).
+//!   [`Liar::redeliver`] queues an envelope as if real: its ack is forwarded.
+//! - **Withhold / reorder**: [`Liar::withhold`] holds back real envelopes
+//!   matching a predicate (they stay pending upstream and are suppressed on
+//!   every stream); [`Liar::release`] queues them for delivery, in arrival or
+//!   reverse order.
+//! - **Swap identity**: [`Liar::swap_bundles`] answers `GetBundles` for X with
+//!   Y's bundles (username rewritten to X, and the registration ids to X's as
+//!   learnt at registration, so the server accepts the resulting send).
+//! - **Drained bundles**: [`Liar::drain_bundles`] answers `GetBundles` for a
+//!   user with no one-time prekey and the user's *last-resort* KEM prekey
+//!   (`kem_prekey_is_last_resort = true`), learnt from the `RegisterRequest`
+//!   / `ReplaceSignedPrekeysRequest` the proxy forwarded.
+//! - **Rewrite content**: [`Liar::rewrite`] installs a hook run on every
+//!   envelope delivered downstream (real or injected), with the receiving
+//!   username.
+//! - **Status lies**: [`Liar::fail`] / [`Liar::fail_times`] make an [`Rpc`]
+//!   answer a chosen status without forwarding.
+//!
+//! [`Liar::events`] is a log of what it did (also part of [`Endpoint::log`]).
+//!
+//! # Extending it
+//!
+//! Later features (multi-device, MLS groups) add RPCs: add a variant to
+//! [`Rpc`], forward it in the service impl like the others (check
+//! [`Shared::lie`] first, copy the `authorization` metadata with
+//! [`forward`]), and put any new lie in [`Script`] behind a [`Liar`] method.
+//! Per-device receive streams already carry the device in the token map.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use missive_proto::v1::{
+    self,
+    account_service_client::AccountServiceClient,
+    account_service_server::{AccountService, AccountServiceServer},
+    key_service_client::KeyServiceClient,
+    key_service_server::{KeyService, KeyServiceServer},
+    message_service_client::MessageServiceClient,
+    message_service_server::{MessageService, MessageServiceServer},
+    receive_response::Item,
+    report_service_client::ReportServiceClient,
+    report_service_server::{ReportService, ReportServiceServer},
+};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
+};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::codegen::Bytes;
+use tonic::transport::{
+    Certificate, Channel, ClientTlsConfig, Identity, Server as TonicServer, ServerTlsConfig,
+};
+use tonic::{Code, Request, Response, Status};
+
+use crate::{Endpoint, HarnessError, Server, herr};
+
+/// The RPCs of `proto/missive/v1`, for [`Liar::fail`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Rpc {
+    /// `AccountService.GetChallenge`.
+    GetChallenge,
+    /// `AccountService.Register`.
+    Register,
+    /// `AccountService.Login`.
+    Login,
+    /// `AccountService.DeleteAccount`.
+    DeleteAccount,
+    /// `KeyService.UploadPrekeys`.
+    UploadPrekeys,
+    /// `KeyService.GetPrekeyCount`.
+    GetPrekeyCount,
+    /// `KeyService.ReplaceSignedPrekeys`.
+    ReplaceSignedPrekeys,
+    /// `KeyService.GetBundles`.
+    GetBundles,
+    /// `MessageService.Send`.
+    Send,
+    /// `MessageService.Receive` (fails the call before any item).
+    Receive,
+    /// `MessageService.Acknowledge`.
+    Acknowledge,
+    /// `ReportService.Report`.
+    Report,
+}
+
+/// Where a queued envelope goes in the receive stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum At {
+    /// Before the first real envelope of the next stream.
+    BeforeBacklog,
+    /// After the real backlog, just before the `QueueEmpty` marker (or at
+    /// once on a stream already past its backlog).
+    AfterBacklog,
+}
+
+/// Order of released envelopes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Order {
+    /// As the upstream delivered them.
+    AsReceived,
+    /// Last received first.
+    Reversed,
+}
+
+/// A `SendRequest` the proxy forwarded.
+#[derive(Clone, Debug)]
+pub struct CapturedSend {
+    /// Sending user, from the bearer token (`None` if the token is unknown).
+    pub sender: Option<String>,
+    /// Sending device, from the bearer token.
+    pub sender_device: Option<u32>,
+    /// The request as the client sent it.
+    pub request: v1::SendRequest,
+    /// The upstream's answer: the server timestamp, or the status code and
+    /// message.
+    pub result: Result<u64, (Code, String)>,
+}
+
+/// An envelope the proxy delivered downstream.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    /// Receiving user (from the bearer token; `"?"` if unknown).
+    pub to: String,
+    /// The envelope as delivered (after any rewrite).
+    pub envelope: v1::Envelope,
+    /// Injected by the test rather than forwarded from the upstream.
+    pub injected: bool,
+}
+
+type Predicate = Arc<dyn Fn(&v1::Envelope) -> bool + Send + Sync>;
+type Rewrite = Arc<dyn Fn(&str, &mut v1::Envelope) + Send + Sync>;
+
+struct Queued {
+    envelope: v1::Envelope,
+    at: At,
+    injected: bool,
+}
+
+struct Failure {
+    code: Code,
+    message: String,
+    remaining: Option<u32>,
+}
+
+/// The lies in force and what was captured. Reached through [`Liar`].
+#[derive(Default)]
+pub struct Script {
+    tokens: HashMap<String, (String, u32)>,
+    last_resort: HashMap<(String, u32), v1::KemPrekey>,
+    registration_ids: HashMap<(String, u32), u32>,
+    sends: Vec<CapturedSend>,
+    deliveries: Vec<Delivery>,
+    queued: HashMap<String, VecDeque<Queued>>,
+    fake_ids: HashMap<String, HashSet<u64>>,
+    next_fake: u64,
+    withhold: HashMap<String, Predicate>,
+    held: HashMap<String, Vec<v1::Envelope>>,
+    suppressed: HashMap<String, HashSet<u64>>,
+    swaps: HashMap<String, String>,
+    drained: HashSet<String>,
+    rewrite: Option<Rewrite>,
+    failures: HashMap<Rpc, Failure>,
+    events: Vec<String>,
+    started: Option<Instant>,
+}
+
+impl Script {
+    fn event(&mut self, text: String) {
+        let t = self
+            .started
+            .map(|s| s.elapsed().as_secs_f64())
+            .unwrap_or(0.0);
+        self.events.push(format!("[{t:8.3}s] {text}"));
+    }
+
+    fn principal(&self, token: Option<&str>) -> Option<(String, u32)> {
+        token.and_then(|t| self.tokens.get(t).cloned())
+    }
+}
+
+/// State shared by the proxy's handlers and the test's [`Liar`] handles.
+pub struct Shared {
+    script: Mutex<Script>,
+    wake: watch::Sender<u64>,
+}
+
+impl Shared {
+    fn script(&self) -> MutexGuard<'_, Script> {
+        // A test thread that panicked while holding the lock leaves the script
+        // usable: it holds plain data only.
+        self.script.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn bump(&self) {
+        self.wake.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
+    /// The status lie for `rpc`, if one is in force (consuming one use).
+    pub fn lie(&self, rpc: Rpc) -> Option<Status> {
+        let mut s = self.script();
+        let f = s.failures.get_mut(&rpc)?;
+        let status = Status::new(f.code, f.message.clone());
+        match &mut f.remaining {
+            Some(0) => {
+                s.failures.remove(&rpc);
+                return None;
+            }
+            Some(n) => {
+                *n -= 1;
+                if *n == 0 {
+                    s.failures.remove(&rpc);
+                }
+            }
+            None => {}
+        }
+        s.event(format!("{rpc:?}: lied with {:?}", status.code()));
+        Some(status)
+    }
+
+    fn take_queued(&self, user: &str, only: Option<At>) -> Vec<Queued> {
+        let mut s = self.script();
+        let Some(q) = s.queued.get_mut(user) else {
+            return Vec::new();
+        };
+        let (take, keep): (VecDeque<Queued>, VecDeque<Queued>) = q
+            .drain(..)
+            .partition(|item| only.is_none_or(|at| item.at == at));
+        *q = keep;
+        take.into()
+    }
+
+    /// Applies withholding to a real envelope; `None` if it must not be
+    /// delivered now.
+    fn admit(&self, user: &str, env: v1::Envelope, sent: &HashSet<u64>) -> Option<v1::Envelope> {
+        let mut s = self.script();
+        if sent.contains(&env.id) || s.suppressed.get(user).is_some_and(|h| h.contains(&env.id)) {
+            return None;
+        }
+        let hold = s.withhold.get(user).is_some_and(|p| p(&env));
+        if hold {
+            s.event(format!(
+                "Receive {user}: withheld envelope {} from {}/{}",
+                env.id, env.sender, env.sender_device
+            ));
+            s.suppressed
+                .entry(user.to_owned())
+                .or_default()
+                .insert(env.id);
+            s.held.entry(user.to_owned()).or_default().push(env);
+            return None;
+        }
+        Some(env)
+    }
+
+    /// Rewrites and records an envelope about to go downstream.
+    fn deliver(&self, user: &str, mut env: v1::Envelope, injected: bool) -> v1::Envelope {
+        let mut s = self.script();
+        if !injected && let Some(h) = s.suppressed.get_mut(user) {
+            h.remove(&env.id);
+        }
+        if let Some(f) = s.rewrite.clone() {
+            f(user, &mut env);
+        }
+        s.deliveries.push(Delivery {
+            to: user.to_owned(),
+            envelope: env.clone(),
+            injected,
+        });
+        env
+    }
+}
+
+/// The test's handle on a [`LyingServer`]: switches lies, reads captures.
+#[derive(Clone)]
+pub struct Liar {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Liar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Liar").finish_non_exhaustive()
+    }
+}
+
+impl Liar {
+    fn new() -> Liar {
+        let (wake, _) = watch::channel(0);
+        let script = Script {
+            next_fake: 1 << 62,
+            started: Some(Instant::now()),
+            ..Script::default()
+        };
+        Liar {
+            shared: Arc::new(Shared {
+                script: Mutex::new(script),
+                wake,
+            }),
+        }
+    }
+
+    /// Direct access to the script (captures and lies), locked.
+    pub fn script(&self) -> MutexGuard<'_, Script> {
+        self.shared.script()
+    }
+
+    // ---- capture ----------------------------------------------------------
+
+    /// Every `SendRequest` forwarded so far, in order.
+    pub fn sends(&self) -> Vec<CapturedSend> {
+        self.script().sends.clone()
+    }
+
+    /// The forwarded `SendRequest`s addressed to `recipient`.
+    pub fn sends_to(&self, recipient: &str) -> Vec<CapturedSend> {
+        self.script()
+            .sends
+            .iter()
+            .filter(|s| s.request.recipient == recipient)
+            .cloned()
+            .collect()
+    }
+
+    /// Every envelope delivered downstream so far, in order.
+    pub fn deliveries(&self) -> Vec<Delivery> {
+        self.script().deliveries.clone()
+    }
+
+    /// The envelopes delivered to `user`, in order.
+    pub fn delivered_to(&self, user: &str) -> Vec<v1::Envelope> {
+        self.script()
+            .deliveries
+            .iter()
+            .filter(|d| d.to == user)
+            .map(|d| d.envelope.clone())
+            .collect()
+    }
+
+    /// The last-resort KEM prekey of `user`'s `device` as last uploaded.
+    pub fn last_resort_kem(&self, user: &str, device: u32) -> Option<v1::KemPrekey> {
+        self.script()
+            .last_resort
+            .get(&(user.to_owned(), device))
+            .cloned()
+    }
+
+    /// What the proxy did so far, one line per event.
+    pub fn events(&self) -> Vec<String> {
+        self.script().events.clone()
+    }
+
+    // ---- inject / re-deliver --------------------------------------------
+
+    /// A fresh envelope id far above any the server assigns.
+    pub fn fake_id(&self) -> u64 {
+        let mut s = self.script();
+        s.next_fake += 1;
+        s.next_fake
+    }
+
+    /// Queues a fake `envelope` for `user`; its acknowledgement is swallowed.
+    /// Set its `id` with [`Liar::fake_id`].
+    pub fn inject(&self, user: &str, envelope: v1::Envelope, at: At) {
+        {
+            let mut s = self.script();
+            s.fake_ids
+                .entry(user.to_owned())
+                .or_default()
+                .insert(envelope.id);
+            s.event(format!(
+                "inject to {user} ({at:?}): id {} as {}/{}",
+                envelope.id, envelope.sender, envelope.sender_device
+            ));
+            s.queued
+                .entry(user.to_owned())
+                .or_default()
+                .push_back(Queued {
+                    envelope,
+                    at,
+                    injected: true,
+                });
+        }
+        self.shared.bump();
+    }
+
+    /// Queues `envelope` for `user` as if the upstream sent it: its
+    /// acknowledgement is forwarded.
+    pub fn redeliver(&self, user: &str, envelope: v1::Envelope, at: At) {
+        {
+            let mut s = self.script();
+            s.event(format!("redeliver to {user} ({at:?}): id {}", envelope.id));
+            s.queued
+                .entry(user.to_owned())
+                .or_default()
+                .push_back(Queued {
+                    envelope,
+                    at,
+                    injected: false,
+                });
+        }
+        self.shared.bump();
+    }
+
+    // ---- withhold / reorder ---------------------------------------------
+
+    /// Holds back, from now on, real envelopes for `user` matching `pred`.
+    pub fn withhold(
+        &self,
+        user: &str,
+        pred: impl Fn(&v1::Envelope) -> bool + Send + Sync + 'static,
+    ) {
+        let mut s = self.script();
+        s.event(format!("withhold for {user}: on"));
+        s.withhold.insert(user.to_owned(), Arc::new(pred));
+    }
+
+    /// Stops holding back new envelopes for `user` (those held stay held
+    /// until [`Liar::release`]).
+    pub fn stop_withholding(&self, user: &str) {
+        let mut s = self.script();
+        s.event(format!("withhold for {user}: off"));
+        s.withhold.remove(user);
+    }
+
+    /// The envelopes held back for `user`, in arrival order.
+    pub fn held(&self, user: &str) -> Vec<v1::Envelope> {
+        self.script().held.get(user).cloned().unwrap_or_default()
+    }
+
+    /// Queues every held envelope of `user` for delivery (acks forwarded).
+    /// Returns how many.
+    pub fn release(&self, user: &str, order: Order, at: At) -> usize {
+        let n = {
+            let mut s = self.script();
+            let mut held = s.held.remove(user).unwrap_or_default();
+            if order == Order::Reversed {
+                held.reverse();
+            }
+            let n = held.len();
+            s.event(format!(
+                "release for {user}: {n} envelopes, {order:?}, {at:?}"
+            ));
+            let q = s.queued.entry(user.to_owned()).or_default();
+            for envelope in held {
+                q.push_back(Queued {
+                    envelope,
+                    at,
+                    injected: false,
+                });
+            }
+            n
+        };
+        self.shared.bump();
+        n
+    }
+
+    // ---- bundles ----------------------------------------------------------
+
+    /// Answers `GetBundles` for `user` with the bundles of `impostor`
+    /// (username rewritten to `user`).
+    pub fn swap_bundles(&self, user: &str, impostor: &str) {
+        let mut s = self.script();
+        s.event(format!("GetBundles {user}: will answer with {impostor}'s"));
+        s.swaps.insert(user.to_owned(), impostor.to_owned());
+    }
+
+    /// Ends [`Liar::swap_bundles`] for `user`.
+    pub fn unswap_bundles(&self, user: &str) {
+        self.script().swaps.remove(user);
+    }
+
+    /// Whether `GetBundles` for `user` answers drained bundles (no one-time
+    /// prekey, the last-resort KEM prekey).
+    pub fn drain_bundles(&self, user: &str, on: bool) {
+        let mut s = self.script();
+        s.event(format!("GetBundles {user}: drained {on}"));
+        if on {
+            s.drained.insert(user.to_owned());
+        } else {
+            s.drained.remove(user);
+        }
+    }
+
+    // ---- content, status --------------------------------------------------
+
+    /// Runs `f(receiving_user, envelope)` on every envelope delivered from now on.
+    pub fn rewrite(&self, f: impl Fn(&str, &mut v1::Envelope) + Send + Sync + 'static) {
+        let mut s = self.script();
+        s.event("rewrite hook: on".to_owned());
+        s.rewrite = Some(Arc::new(f));
+    }
+
+    /// Removes the rewrite hook.
+    pub fn clear_rewrite(&self) {
+        let mut s = self.script();
+        s.event("rewrite hook: off".to_owned());
+        s.rewrite = None;
+    }
+
+    /// Makes every call of `rpc` answer `Status(code, message)` until
+    /// [`Liar::clear_failure`].
+    pub fn fail(&self, rpc: Rpc, code: Code, message: &str) {
+        self.set_failure(rpc, code, message, None);
+    }
+
+    /// Makes the next `times` calls of `rpc` answer `Status(code, message)`.
+    pub fn fail_times(&self, rpc: Rpc, times: u32, code: Code, message: &str) {
+        self.set_failure(rpc, code, message, Some(times));
+    }
+
+    fn set_failure(&self, rpc: Rpc, code: Code, message: &str, remaining: Option<u32>) {
+        let mut s = self.script();
+        s.event(format!(
+            "{rpc:?}: will fail with {code:?} ({remaining:?} times)"
+        ));
+        s.failures.insert(
+            rpc,
+            Failure {
+                code,
+                message: message.to_owned(),
+                remaining,
+            },
+        );
+    }
+
+    /// Lets `rpc` through again.
+    pub fn clear_failure(&self, rpc: Rpc) {
+        self.script().failures.remove(&rpc);
+    }
+
+    /// Ends every lie (captures, queued and held envelopes are kept).
+    pub fn stop_lying(&self) {
+        let mut s = self.script();
+        s.event("stop lying".to_owned());
+        s.withhold.clear();
+        s.swaps.clear();
+        s.drained.clear();
+        s.rewrite = None;
+        s.failures.clear();
+    }
+}
+
+// ---- the proxy --------------------------------------------------------------
+
+#[derive(Clone)]
+struct Proxy {
+    shared: Arc<Shared>,
+    upstream: Channel,
+}
+
+fn bearer<T>(req: &Request<T>) -> Option<String> {
+    req.metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned)
+}
+
+/// A request for the upstream carrying `msg` and the caller's
+/// `authorization` metadata, with a 30 s deadline.
+pub fn forward<T, U>(from: &Request<T>, msg: U) -> Request<U> {
+    let mut req = forward_stream(from, msg);
+    req.set_timeout(Duration::from_secs(30));
+    req
+}
+
+/// Like [`forward`] without a deadline (for streams).
+pub fn forward_stream<T, U>(from: &Request<T>, msg: U) -> Request<U> {
+    let mut req = Request::new(msg);
+    if let Some(v) = from.metadata().get("authorization") {
+        req.metadata_mut().insert("authorization", v.clone());
+    }
+    req
+}
+
+/// The upstream's status, re-made so only code, message and details travel.
+fn relay(s: Status) -> Status {
+    Status::with_details(s.code(), s.message(), Bytes::copy_from_slice(s.details()))
+}
+
+fn encode_token(token: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token)
+}
+
+impl Proxy {
+    fn who(&self, token: Option<&str>) -> (String, Option<u32>) {
+        match self.shared.script().principal(token) {
+            Some((u, d)) => (u, Some(d)),
+            None => ("?".to_owned(), None),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl AccountService for Proxy {
+    async fn get_challenge(
+        &self,
+        request: Request<v1::GetChallengeRequest>,
+    ) -> Result<Response<v1::GetChallengeResponse>, Status> {
+        if let Some(s) = self.shared.lie(Rpc::GetChallenge) {
+            return Err(s);
+        }
+        let msg = request.get_ref().clone();
+        let resp = AccountServiceClient::new(self.upstream.clone())
+            .get_challenge(forward(&request, msg))
+            .await
+            .map_err(relay)?;
+        Ok(Response::new(resp.into_inner()))
+    }
+
+    async fn register(
+        &self,
+        request: Request<v1::RegisterRequest>,
+    ) -> Result<Response<v1::RegisterResponse>, Status> {
+        if let Some(s) = self.shared.lie(Rpc::Register) {
+            return Err(s);
+        }
+        let msg = request.get_ref().clone();
+        let resp = AccountServiceClient::new(self.upstream.clone())
+            .register(forward(&request, msg.clone()))
+            .await
+            .map_err(relay)?
+            .into_inner();
+        {
+            let mut s = self.shared.script();
+            if let Some(session) = &resp.session {
+                s.tokens.insert(
+                    encode_token(&session.token),
+                    (msg.username.clone(), resp.device_id),
+                );
+            }
+            s.registration_ids
+                .insert((msg.username.clone(), resp.device_id), msg.registration_id);
+            if let Some(kem) = msg.last_resort_kem_prekey {
+                s.last_resort
+                    .insert((msg.username.clone(), resp.device_id), kem);
+            }
+            s.event(format!(
+                "Register {} device {}",
+                msg.username, resp.device_id
+            ));
+        }
+        Ok(Response::new(resp))
+    }
+
+    async fn login(
+        &self,
+        request: Request<v1::LoginRequest>,
+    ) -> Result<Response<v1::LoginResponse>, Status> {
+        if let Some(s) = self.shared.lie(Rpc::Login) {
+            return Err(s);
+        }
+        let msg = request.get_ref().clone();
+        let resp = AccountServiceClient::new(self.upstream.clone())
+            .login(forward(&request, msg.clone()))
+            .await
+            .map_err(relay)?
+            .into_inner();
+        {
+            let mut s = self.shared.script();
+            s.tokens.insert(
+                encode_token(&resp.token),
+                (msg.username.clone(), msg.device_id),
+            );
+            s.event(format!("Login {} device {}", msg.username, msg.device_id));
+        }
+        Ok(Response::new(resp))
+    }
+
+    async fn delete_account(
+        &self,
+        request: Request<v1::DeleteAccountRequest>,
+    ) -> Result<Response<v1::DeleteAccountResponse>, Status> {
+        if let Some(s) = self.shared.lie(Rpc::DeleteAccount) {
+            return Err(s);
+        }
+        let msg = *request.get_ref();
+        let resp = AccountServiceClient::new(self.upstream.clone())
+            .delete_account(forward(&request, msg))
+            .await
+            .map_err(relay)?;
+        Ok(Response::new(resp.into_inner()))
+    }
+}
+
+#[tonic::async_trait]
+impl KeyService for Proxy {
+    async fn upload_prekeys(
+        &self,
+        request: Request<v1::UploadPrekeysRequest>,
+    ) -> Result<Response<v1::UploadPrekeysResponse>, Status> {
+        if let Some(s) = self.shared.lie(Rpc::UploadPrekeys) {
+            return Err(s);
+        }
+        let msg = request.get_ref().clone();
+        let resp = KeyServiceClient::new(self.upstream.clone())
+            .upload_prekeys(forward(&request, msg))
+            .await
+            .map_err(relay)?;
+        Ok(Response::new(resp.into_inner()))
+    }
+
+    async fn get_prekey_count(
+        &self,
+        request: Request<v1::GetPrekeyCountRequest>,
+    ) -> Result<Response<v1::PrekeyCount>, Status> {
+        if let Some(s) = self.shared.lie(Rpc::GetPrekeyCount) {
+            return Err(s);
+        }
+        let msg = *request.get_ref();
+        let resp = KeyServiceClient::new(self.upstream.clone())
+            .get_prekey_count(forward(&request, msg))
+            .await
+            .map_err(relay)?;
+        Ok(Response::new(resp.into_inner()))
+    }
+
+    async fn replace_signed_prekeys(
+        &self,
+        request: Request<v1::ReplaceSignedPrekeysRequest>,
+    ) -> Result<Response<v1::ReplaceSignedPrekeysResponse>, Status> {
+        if let Some(s) = self.shared.lie(Rpc::ReplaceSignedPrekeys) {
+            return Err(s);
+        }
+        let msg = request.get_ref().clone();
+        let token = bearer(&request);
+        let resp = KeyServiceClient::new(self.upstream.clone())
+            .replace_signed_prekeys(forward(&request, msg.clone()))
+            .await
+            .map_err(relay)?;
+        let mut s = self.shared.script();
+        if let (Some((user, device)), Some(kem)) =
+            (s.principal(token.as_deref()), msg.last_resort_kem_prekey)
+        {
+            s.event(format!(
+                "ReplaceSignedPrekeys {user}/{device}: new last-resort KEM {}",
+                kem.id
+            ));
+            s.last_resort.insert((user, device), kem);
+        }
+        Ok(Response::new(resp.into_inner()))
+    }
+
+    async fn get_bundles(
+        &self,
+        request: Request<v1::GetBundlesRequest>,
+    ) -> Result<Response<v1::GetBundlesResponse>, Status> {
+        if let Some(s) = self.shared.lie(Rpc::GetBundles) {
+            return Err(s);
+        }
+        let mut msg = request.get_ref().clone();
+        let asked = msg.username.clone();
+        let (owner, drained) = {
+            let s = self.shared.script();
+            let owner = s
+                .swaps
+                .get(&asked)
+                .cloned()
+                .unwrap_or_else(|| asked.clone());
+            (owner, s.drained.contains(&asked))
+        };
+        msg.username = owner.clone();
+        let mut resp = KeyServiceClient::new(self.upstream.clone())
+            .get_bundles(forward(&request, msg))
+            .await
+            .map_err(relay)?
+            .into_inner();
+        let mut s = self.shared.script();
+        if owner != asked {
+            s.event(format!(
+                "GetBundles {asked}: answered with {owner}'s bundles"
+            ));
+            resp.username = asked.clone();
+            // The victim's registration ids, so the server takes the send.
+            for b in &mut resp.bundles {
+                if let Some(id) = s.registration_ids.get(&(asked.clone(), b.device_id)) {
+                    b.registration_id = *id;
+                }
+            }
+        }
+        if drained {
+            for b in &mut resp.bundles {
+                b.one_time_prekey = None;
+                match s.last_resort.get(&(owner.clone(), b.device_id)).cloned() {
+                    Some(kem) => {
+                        b.kem_prekey = Some(kem);
+                        b.kem_prekey_is_last_resort = true;
+                    }
+                    None => {
+                        let d = b.device_id;
+                        s.event(format!(
+                            "GetBundles {asked}: last-resort KEM of {owner}/{d} unknown, kept the server's"
+                        ));
+                    }
+                }
+            }
+            s.event(format!("GetBundles {asked}: drained"));
+        }
+        Ok(Response::new(resp))
+    }
+}
+
+type ReceiveItems = Pin<Box<dyn Stream<Item = Result<v1::ReceiveResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl MessageService for Proxy {
+    async fn send(
+        &self,
+        request: Request<v1::SendRequest>,
+    ) -> Result<Response<v1::SendResponse>, Status> {
+        if let Some(s) = self.shared.lie(Rpc::Send) {
+            return Err(s);
+        }
+        let msg = request.get_ref().clone();
+        let (sender, sender_device) = {
+            let p = self.shared.script().principal(bearer(&request).as_deref());
+            match p {
+                Some((u, d)) => (Some(u), Some(d)),
+                None => (None, None),
+            }
+        };
+        let result = MessageServiceClient::new(self.upstream.clone())
+            .send(forward(&request, msg.clone()))
+            .await
+            .map(Response::into_inner);
+        let mut s = self.shared.script();
+        s.sends.push(CapturedSend {
+            sender,
+            sender_device,
+            request: msg,
+            result: result
+                .as_ref()
+                .map(|r| r.server_timestamp_ms)
+                .map_err(|e| (e.code(), e.message().to_owned())),
+        });
+        drop(s);
+        Ok(Response::new(result.map_err(relay)?))
+    }
+
+    type ReceiveStream = ReceiveItems;
+
+    async fn receive(
+        &self,
+        request: Request<v1::ReceiveRequest>,
+    ) -> Result<Response<Self::ReceiveStream>, Status> {
+        if let Some(s) = self.shared.lie(Rpc::Receive) {
+            return Err(s);
+        }
+        let (user, _) = self.who(bearer(&request).as_deref());
+        let msg = *request.get_ref();
+        let upstream = MessageServiceClient::new(self.upstream.clone())
+            .receive(forward_stream(&request, msg))
+            .await
+            .map_err(relay)?
+            .into_inner();
+        self.shared
+            .script()
+            .event(format!("Receive {user}: stream opened"));
+        let (tx, rx) = mpsc::channel(64);
+        let wake = self.shared.wake.subscribe();
+        tokio::spawn(pump(Arc::clone(&self.shared), user, upstream, tx, wake));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn acknowledge(
+        &self,
+        request: Request<v1::AcknowledgeRequest>,
+    ) -> Result<Response<v1::AcknowledgeResponse>, Status> {
+        if let Some(s) = self.shared.lie(Rpc::Acknowledge) {
+            return Err(s);
+        }
+        let (user, _) = self.who(bearer(&request).as_deref());
+        let mut msg = request.get_ref().clone();
+        {
+            let mut s = self.shared.script();
+            let fake = s.fake_ids.get(&user).cloned().unwrap_or_default();
+            let before = msg.envelope_ids.len();
+            msg.envelope_ids.retain(|id| !fake.contains(id));
+            let swallowed = before - msg.envelope_ids.len();
+            if swallowed > 0 {
+                s.event(format!(
+                    "Acknowledge {user}: swallowed {swallowed} fake ids"
+                ));
+            }
+        }
+        if msg.envelope_ids.is_empty() {
+            return Ok(Response::new(v1::AcknowledgeResponse {}));
+        }
+        let resp = MessageServiceClient::new(self.upstream.clone())
+            .acknowledge(forward(&request, msg))
+            .await
+            .map_err(relay)?;
+        Ok(Response::new(resp.into_inner()))
+    }
+}
+
+#[tonic::async_trait]
+impl ReportService for Proxy {
+    async fn report(
+        &self,
+        request: Request<v1::ReportRequest>,
+    ) -> Result<Response<v1::ReportResponse>, Status> {
+        if let Some(s) = self.shared.lie(Rpc::Report) {
+            return Err(s);
+        }
+        let msg = request.get_ref().clone();
+        let resp = ReportServiceClient::new(self.upstream.clone())
+            .report(forward(&request, msg))
+            .await
+            .map_err(relay)?;
+        Ok(Response::new(resp.into_inner()))
+    }
+}
+
+type Outbox = mpsc::Sender<Result<v1::ReceiveResponse, Status>>;
+
+fn envelope_item(env: v1::Envelope) -> v1::ReceiveResponse {
+    v1::ReceiveResponse {
+        item: Some(Item::Envelope(env)),
+    }
+}
+
+/// Sends queued envelopes downstream; false once the client is gone.
+async fn send_queued(
+    shared: &Shared,
+    user: &str,
+    items: Vec<Queued>,
+    sent: &mut HashSet<u64>,
+    tx: &Outbox,
+) -> bool {
+    for q in items {
+        if !q.injected {
+            sent.insert(q.envelope.id);
+        }
+        let env = shared.deliver(user, q.envelope, q.injected);
+        if tx.send(Ok(envelope_item(env))).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+/// One downstream receive stream: the upstream's items through the script.
+async fn pump(
+    shared: Arc<Shared>,
+    user: String,
+    mut upstream: tonic::Streaming<v1::ReceiveResponse>,
+    tx: Outbox,
+    mut wake: watch::Receiver<u64>,
+) {
+    let mut sent: HashSet<u64> = HashSet::new();
+    let before = shared.take_queued(&user, Some(At::BeforeBacklog));
+    if !send_queued(&shared, &user, before, &mut sent, &tx).await {
+        return;
+    }
+    let mut backlog_done = false;
+    loop {
+        tokio::select! {
+            () = tx.closed() => break,
+            changed = wake.changed(), if backlog_done => {
+                if changed.is_err() {
+                    break;
+                }
+                let items = shared.take_queued(&user, None);
+                if !send_queued(&shared, &user, items, &mut sent, &tx).await {
+                    break;
+                }
+            }
+            next = upstream.message() => {
+                let resp = match next {
+                    Ok(Some(resp)) => resp,
+                    Ok(None) => break,
+                    Err(status) => {
+                        let _ = tx.send(Err(relay(status))).await;
+                        break;
+                    }
+                };
+                match resp.item {
+                    Some(Item::Envelope(env)) => {
+                        let Some(env) = shared.admit(&user, env, &sent) else {
+                            continue;
+                        };
+                        sent.insert(env.id);
+                        let env = shared.deliver(&user, env, false);
+                        if tx.send(Ok(envelope_item(env))).await.is_err() {
+                            break;
+                        }
+                    }
+                    Some(Item::QueueEmpty(marker)) => {
+                        let items = shared.take_queued(&user, None);
+                        if !send_queued(&shared, &user, items, &mut sent, &tx).await {
+                            break;
+                        }
+                        backlog_done = true;
+                        let item = v1::ReceiveResponse { item: Some(Item::QueueEmpty(marker)) };
+                        if tx.send(Ok(item)).await.is_err() {
+                            break;
+                        }
+                    }
+                    None => {
+                        if tx.send(Ok(resp)).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    shared
+        .script()
+        .event(format!("Receive {user}: stream closed"));
+}
+
+// ---- the server around it ----------------------------------------------------
+
+/// The lying proxy, running; stops when dropped. Derefs to its [`Liar`].
+pub struct LyingServer {
+    upstream: Server,
+    liar: Liar,
+    url: String,
+    ca: PathBuf,
+    shutdown: Mutex<Option<watch::Sender<bool>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for LyingServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LyingServer")
+            .field("url", &self.url)
+            .field("upstream", &self.upstream.url())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A CA (key discarded) and a server certificate for 127.0.0.1 and
+/// localhost: (ca.pem, server.pem, server.key).
+fn certificates() -> Result<(String, String, String), rcgen::Error> {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    let mut ca_name = DistinguishedName::new();
+    ca_name.push(DnType::CommonName, "Missive lying server test CA");
+    ca_params.distinguished_name = ca_name;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
+    let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])?;
+    let mut name = DistinguishedName::new();
+    name.push(DnType::CommonName, "missive lying server");
+    params.distinguished_name = name;
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &ca)?;
+    Ok((ca.pem(), cert.pem(), key.serialize_pem()))
+}
+
+/// A TLS channel to `url` trusting the CA in `ca`.
+pub async fn connect(url: &str, ca: &Path) -> Result<Channel, HarnessError> {
+    let pem = std::fs::read(ca).map_err(|e| herr(format!("{}: {e}", ca.display())))?;
+    tonic::transport::Endpoint::from_shared(url.to_owned())
+        .map_err(|e| herr(format!("bad url {url}: {e}")))?
+        .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
+        .map_err(|e| herr(format!("tls config: {e}")))?
+        .connect()
+        .await
+        .map_err(|e| herr(format!("cannot connect to {url}: {e}")))
+}
+
+async fn serve(
+    liar: Liar,
+    upstream_url: String,
+    upstream_ca: PathBuf,
+    cert: String,
+    key: String,
+    ready: std::sync::mpsc::Sender<Result<SocketAddr, HarnessError>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let started = async {
+        let channel = connect(&upstream_url, &upstream_ca).await?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| herr(format!("bind: {e}")))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| herr(format!("local_addr: {e}")))?;
+        Ok::<_, HarnessError>((channel, listener, addr))
+    };
+    let (channel, listener, addr) = match started.await {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let proxy = Proxy {
+        shared: Arc::clone(&liar.shared),
+        upstream: channel,
+    };
+    let tls = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+    let mut builder = match TonicServer::builder().tls_config(tls) {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = ready.send(Err(herr(format!("tls: {e}"))));
+            return;
+        }
+    };
+    let mut graceful = shutdown.clone();
+    let router = builder
+        .add_service(AccountServiceServer::new(proxy.clone()))
+        .add_service(KeyServiceServer::new(proxy.clone()))
+        .add_service(MessageServiceServer::new(proxy.clone()))
+        .add_service(ReportServiceServer::new(proxy));
+    let serving =
+        router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            let _ = graceful.wait_for(|stop| *stop).await;
+        });
+    let _ = ready.send(Ok(addr));
+    // Graceful shutdown waits for open connections; give them a moment, no more.
+    let hard_stop = async {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    tokio::select! {
+        result = serving => {
+            if let Err(e) = result {
+                liar.script().event(format!("server error: {e}"));
+            }
+        }
+        () = hard_stop => {}
+    }
+}
+
+impl LyingServer {
+    /// Starts the proxy in front of `upstream` (which it owns from now on;
+    /// reach it with [`LyingServer::upstream`]) and writes its CA to
+    /// `dir/liar-ca.pem`.
+    pub fn start(upstream: Server, dir: &Path) -> Result<LyingServer, HarnessError> {
+        let (ca_pem, cert, key) = certificates().map_err(|e| herr(format!("certificates: {e}")))?;
+        std::fs::create_dir_all(dir).map_err(|e| herr(format!("{}: {e}", dir.display())))?;
+        let ca = dir.join("liar-ca.pem");
+        std::fs::write(&ca, ca_pem).map_err(|e| herr(format!("{}: {e}", ca.display())))?;
+        let liar = Liar::new();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let upstream_url = upstream.url().to_owned();
+        let upstream_ca = upstream.ca();
+        let thread_liar = liar.clone();
+        let thread = std::thread::Builder::new()
+            .name("lying-server".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(herr(format!("runtime: {e}"))));
+                        return;
+                    }
+                };
+                rt.block_on(serve(
+                    thread_liar,
+                    upstream_url,
+                    upstream_ca,
+                    cert,
+                    key,
+                    ready_tx,
+                    stop_rx,
+                ));
+                rt.shutdown_timeout(Duration::from_secs(1));
+            })
+            .map_err(|e| herr(format!("thread: {e}")))?;
+        let addr = ready_rx
+            .recv_timeout(Duration::from_secs(30))
+            .map_err(|_| herr("the lying server did not start"))??;
+        Ok(LyingServer {
+            upstream,
+            liar,
+            url: format!("https://{addr}"),
+            ca,
+            shutdown: Mutex::new(Some(stop_tx)),
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// The real server behind the proxy.
+    pub fn upstream(&self) -> &Server {
+        &self.upstream
+    }
+
+    /// The handle (also reachable through `Deref`).
+    pub fn liar(&self) -> &Liar {
+        &self.liar
+    }
+
+    /// Stops the proxy (the upstream keeps running until dropped).
+    pub fn stop(&self) {
+        let stop = self
+            .shutdown
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(stop) = stop {
+            let _ = stop.send(true);
+        }
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = thread {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Deref for LyingServer {
+    type Target = Liar;
+
+    fn deref(&self) -> &Liar {
+        &self.liar
+    }
+}
+
+impl Endpoint for LyingServer {
+    fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.ca.clone()
+    }
+
+    fn log(&self) -> String {
+        let mut out = String::from("--- lying server ---\n");
+        for e in self.liar.events() {
+            let _ = writeln!(out, "{e}");
+        }
+        out.push_str("--- upstream server ---\n");
+        out.push_str(&self.upstream.log());
+        out
+    }
+}
+
+impl Drop for LyingServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
