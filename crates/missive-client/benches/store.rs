@@ -13,19 +13,23 @@ fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let mut fixture = Fixture::create(&dir.path().join("alice")).unwrap();
     let text = "x".repeat(100);
-    c.bench_function("client send: encrypt in one write transaction (100 B)", |b| {
-        b.iter(|| fixture.encrypt_for_bob(text.as_bytes()).unwrap())
-    });
-    c.bench_function("client receive: store_envelope + take_unshown (100 B)", |b| {
-        b.iter_custom(|iters| {
-            let envelopes: Vec<_> = (0..iters).map(|_| fixture.next_from_bob(&text)).collect();
-            let start = Instant::now();
-            for env in &envelopes {
-                fixture.receive(env).unwrap();
-            }
-            start.elapsed()
-        })
-    });
+    c.bench_function(
+        "client send: encrypt in one write transaction (100 B)",
+        |b| b.iter(|| fixture.encrypt_for_bob(text.as_bytes()).unwrap()),
+    );
+    c.bench_function(
+        "client receive: store_envelope + take_unshown (100 B)",
+        |b| {
+            b.iter_custom(|iters| {
+                let envelopes: Vec<_> = (0..iters).map(|_| fixture.next_from_bob(&text)).collect();
+                let start = Instant::now();
+                for env in &envelopes {
+                    fixture.receive(env).unwrap();
+                }
+                start.elapsed()
+            })
+        },
+    );
 }
 
 criterion_group!(benches, bench);

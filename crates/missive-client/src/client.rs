@@ -663,7 +663,12 @@ impl Client {
     pub fn verify(&mut self, username: &str, typed: &str) -> Result<()> {
         let (username, c) = self.known_contact(username)?;
         if c.changed_identity.is_some() {
-            return Err(ClientError::IdentityChanged { username });
+            return Err(ClientError::SafetyNumberMismatch {
+                detail: format!(
+                    "{username}'s identity key changed since it was pinned; accept the new key with `missive trust {username} SAFETY_NUMBER` or discard it with `missive reject {username}` first"
+                ),
+                username,
+            });
         }
         self.check_typed_number(&username, &c.identity, typed)?;
         let pinned = c.identity;

@@ -57,6 +57,22 @@ pub fn sanitize_text(s: &str, indent: &str) -> String {
     out
 }
 
+/// A JSON text with the hostile characters JSON leaves raw (DEL, C1, bidi
+/// controls) written as `\uXXXX` escapes: still the same JSON value.
+pub fn json_inert(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if is_hostile(c) {
+            use std::fmt::Write as _;
+            // All hostile characters are in the Basic Multilingual Plane.
+            let _ = write!(out, "\\u{:04x}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,6 +92,15 @@ mod tests {
         let s = sanitize_text("hi\r\n[2026] alice: fake\nthird", "    ");
         assert_eq!(s, "hi\n    [2026] alice: fake\n    third");
         assert!(s.lines().skip(1).all(|l| l.starts_with("    ")));
+    }
+
+    #[test]
+    fn json_stays_the_same_value_without_raw_controls() {
+        let v = serde_json::json!({"text": "a\u{9b}b\u{202e}c\u{7f}\u{1b}"});
+        let out = json_inert(&v.to_string());
+        assert!(!out.chars().any(is_hostile), "{out}");
+        let back: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(back, v);
     }
 
     #[test]

@@ -116,7 +116,7 @@ pub enum ClientError {
     NoPassphraseHere(PathBuf),
     /// No contact by that name in the local store.
     #[error(
-        "you have no conversation with {0:?} yet. Send them a message first with `missive send {0} TEXT`."
+        "{0:?} is an unknown contact: you have no conversation with them yet. Send them a message first with `missive send {0} TEXT`."
     )]
     UnknownContact(String),
     /// No message with that id in the local history.

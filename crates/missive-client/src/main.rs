@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use missive_client::client::{RecvEvent, rfc3339};
-use missive_client::display::{sanitize_line, sanitize_text};
+use missive_client::display::{json_inert, sanitize_line, sanitize_text};
 use missive_client::store::HistoryEntry;
 use missive_client::{Client, ClientError, ServerConfig};
 
@@ -180,7 +180,7 @@ fn message_json(m: &HistoryEntry, me: &str) -> serde_json::Value {
 
 fn print_message(m: &HistoryEntry, me: &str, json: bool) {
     if json {
-        println!("{}", message_json(m, me));
+        println!("{}", json_inert(&message_json(m, me).to_string()));
     } else {
         println!(
             "[{}] {}: {}",
