@@ -74,6 +74,7 @@ pub fn json_inert(json: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

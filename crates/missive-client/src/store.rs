@@ -539,6 +539,10 @@ fn finish_rekey(home: &Path, conn: &Connection, path: &Path) -> Result<()> {
     }
 }
 
+/// The storage key, the path to name in a wrong-key error, and the
+/// parameters (and key) to re-key to.
+type OpenedKey = (StorageKey, PathBuf, Option<(PassphraseParams, StorageKey)>);
+
 /// Loads or creates the storage key for `home`. Returns the key, the path
 /// to name in a wrong-key error, and the parameters to re-key to when the
 /// store's passphrase parameters are older than today's.
@@ -546,7 +550,7 @@ fn storage_key(
     home: &Path,
     fresh: bool,
     source: &KeySource,
-) -> Result<(StorageKey, PathBuf, Option<(PassphraseParams, StorageKey)>)> {
+) -> Result<OpenedKey> {
     if let KeySource::Passphrase(pass) = source {
         let salt_path = home.join(SALT_FILE);
         if fresh && !salt_path.exists() {
@@ -847,7 +851,6 @@ impl Store {
         if db.sessions_written.get() {
             db.bump_generation()?;
         }
-        drop(db);
         tx.commit().map_err(|e| ClientError::store(&path, e))?;
         Ok(out)
     }
@@ -1662,7 +1665,8 @@ impl Db<'_> {
         sql: &str,
         args: &[&dyn rusqlite::ToSql],
     ) -> Result<Vec<(i64, MessageRecord)>> {
-        let rows: Vec<(i64, Vec<u8>, Vec<u8>, Vec<u8>)> = {
+        type Row = (i64, Vec<u8>, Vec<u8>, Vec<u8>);
+        let rows: Vec<Row> = {
             let mut stmt = self.conn.prepare(sql).map_err(|e| self.err(e))?;
             let rows = stmt
                 .query_map(args, |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
