@@ -53,10 +53,11 @@ async fn migrations_are_idempotent_for_nodes_starting_together() {
         storage::open(&url, OpenMode::Serve)
     );
     let (a, b) = (a.unwrap(), b.unwrap());
-    // Both nodes agree on the server secret whoever wrote it first.
+    // Both nodes agree on a franking key's check value whoever wrote it
+    // first (the loser then refuses its different key file).
     let (x, y) = tokio::join!(
-        a.server_secret("franking", &[1; 32]),
-        b.server_secret("franking", &[2; 32])
+        a.record_franking_key(1, &[1; 32]),
+        b.record_franking_key(1, &[2; 32])
     );
     assert_eq!(x.unwrap(), y.unwrap());
     a.close().await;
