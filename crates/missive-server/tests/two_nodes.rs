@@ -178,7 +178,10 @@ async fn two_nodes_share_postgres_and_nats_and_lose_nothing_when_one_dies() {
             envelope.content,
             format!("opaque ciphertext {n}").into_bytes()
         );
-        assert_eq!(envelope.franking_tag.len(), missive_server::franking::TAG_LEN);
+        assert_eq!(
+            envelope.franking_tag.len(),
+            missive_server::franking::TAG_LEN
+        );
         received.push(envelope);
     }
 

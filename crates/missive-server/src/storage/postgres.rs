@@ -20,7 +20,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, Transaction};
 
 use super::{
@@ -35,6 +36,18 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 /// Connections per node. Sends use one at a time (group commit); the rest
 /// serve receive streams, logins and key fetches.
 const MAX_CONNECTIONS: u32 = 16;
+
+/// How long the first connection may take before the node gives up.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The OS-level cause of a failed connection, without sqlx's wrapping.
+fn connect_cause(error: &sqlx::Error) -> String {
+    match error {
+        sqlx::Error::Io(io) => io.to_string(),
+        sqlx::Error::Tls(tls) => format!("TLS failed: {tls}"),
+        other => other.to_string(),
+    }
+}
 
 /// PostgreSQL store.
 #[derive(Clone, Debug)]
@@ -95,6 +108,33 @@ impl PostgresStorage {
         let options = PgConnectOptions::from_str(url)
             .map_err(|e| StorageError::Backend(format!("invalid PostgreSQL URL: {e}")))?
             .application_name("missive-server");
+        // One direct attempt first: an unreachable or refusing server is
+        // reported at once, in one sentence, instead of after the pool's
+        // acquire timeout as "pool timed out".
+        let target = format!("{}:{}", options.get_host(), options.get_port());
+        match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options)).await {
+            Ok(Ok(connection)) => {
+                let _ = connection.close().await;
+            }
+            Ok(Err(sqlx::Error::Database(db))) => {
+                return Err(StorageError::Unavailable(format!(
+                    "PostgreSQL at {target} refused the connection: {}",
+                    db.message()
+                )));
+            }
+            Ok(Err(error)) => {
+                return Err(StorageError::Unavailable(format!(
+                    "cannot connect to PostgreSQL at {target}: {}",
+                    connect_cause(&error)
+                )));
+            }
+            Err(_) => {
+                return Err(StorageError::Unavailable(format!(
+                    "cannot connect to PostgreSQL at {target}: no answer within {} s",
+                    CONNECT_TIMEOUT.as_secs()
+                )));
+            }
+        }
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .min_connections(1)

@@ -650,3 +650,103 @@ pub async fn reported_ids(store: &dyn Storage) {
         }
     }
 }
+
+/// The rows [`migrated_from_v1`] expects, as a schema-v1 database held them
+/// (before reports followed accounts, tokens kept days and the franking key
+/// left the database). Statements without parameters, valid in SQLite and
+/// PostgreSQL alike; `identity` is a 32-byte blob literal of the backend.
+pub fn v1_rows(identity: &str) -> Vec<String> {
+    let day = DAY_MS;
+    vec![
+        format!(
+            "INSERT INTO accounts (username, identity, created_day, last_seen_day) VALUES \
+             ('alice', {identity}, 10, 12), ('carol', {identity}, 30, 31)"
+        ),
+        format!(
+            "INSERT INTO devices (account_id, device_id, registration_id, created_day, \
+             signed_prekey_id, signed_prekey, signed_prekey_signature, kem_prekey_id, kem_prekey, \
+             kem_prekey_signature) SELECT id, 1, 7, 10, 1, {identity}, {identity}, 2, {identity}, \
+             {identity} FROM accounts WHERE username = 'alice'"
+        ),
+        // Filed by alice about carol before the current carol registered
+        // (day 20 < day 30): nobody's now.
+        format!(
+            "INSERT INTO reports (reporter, sender, message_id, message_server_timestamp_ms, \
+             plaintext, reason, created_at_ms, verified) VALUES \
+             ('alice', 'carol', {identity}, {}, 'old words', 'spam', {}, TRUE)",
+            20 * day,
+            20 * day + 5
+        ),
+        // Filed by carol about alice, both existing at the time.
+        format!(
+            "INSERT INTO reports (reporter, sender, message_id, message_server_timestamp_ms, \
+             plaintext, reason, created_at_ms, verified) VALUES \
+             ('carol', 'alice', {identity}, {}, 'newer words', 'abuse', {}, TRUE)",
+            31 * day,
+            31 * day + 5
+        ),
+        format!(
+            "INSERT INTO tokens (token_hash, account_id, device_id, expires_at_ms) \
+             SELECT {identity}, id, 1, {} FROM accounts WHERE username = 'alice'",
+            40 * day + 12_345
+        ),
+        format!(
+            "INSERT INTO challenges (challenge, username, purpose, expires_at_ms) VALUES \
+             ({identity}, 'alice', 2, {})",
+            40 * day + 12_345
+        ),
+        format!(
+            "INSERT INTO server_secrets (name, value) VALUES ('{}', {identity})",
+            crate::franking::LEGACY_SECRET
+        ),
+    ]
+}
+
+/// After migrating [`v1_rows`] (with a 32-byte identity literal of 0x07
+/// bytes): reports follow the accounts that existed at the time, the token
+/// keeps only its expiry day, and the legacy franking key is still there to
+/// be moved out.
+pub async fn migrated_from_v1(store: &dyn Storage) {
+    let alice = store.export_account("alice").await.unwrap().unwrap();
+    assert_eq!(alice.reports_against.len(), 1);
+    assert_eq!(alice.reports_against[0].text, "newer words");
+    assert_eq!(alice.reports_filed, 1);
+    let carol = store.export_account("carol").await.unwrap().unwrap();
+    assert!(
+        carol.reports_against.is_empty(),
+        "carol inherited a report about the name's earlier holder"
+    );
+    assert_eq!(carol.reports_filed, 1);
+    let all = store.reports().await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(
+        (all[0].sender_account, all[0].franking_key_id),
+        (None, None)
+    );
+    assert_eq!(all[0].sender, "carol");
+    assert_eq!(
+        all[1].sender_identity_fingerprint.as_deref(),
+        Some(crate::checks::fingerprint(&[7; 32]).as_str())
+    );
+    // The token expired at 40 days + 12.345 s; it now lasts to the end of day 40.
+    let token = store
+        .authenticate(&[7; 32], 41 * DAY_MS - 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(token.expires_at_ms, 41 * DAY_MS);
+    assert!(
+        store
+            .authenticate(&[7; 32], 41 * DAY_MS)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        store
+            .server_secret_get(crate::franking::LEGACY_SECRET)
+            .await
+            .unwrap(),
+        Some(vec![7; 32])
+    );
+}
