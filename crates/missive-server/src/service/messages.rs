@@ -550,3 +550,60 @@ impl MessageService for MessageApi {
         Ok(Response::new(AcknowledgeResponse {}))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::fanout::memory::MemoryFanOut;
+    use crate::franking::{KeyRing, SharedKeyRing};
+
+    /// Issue 17.5: a receive stream ends, with UNAUTHENTICATED, when the
+    /// token that opened it expires.
+    #[tokio::test]
+    async fn a_receive_stream_ends_when_its_token_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("s.db").display());
+        let storage = crate::storage::open(&url, crate::storage::OpenMode::Serve)
+            .await
+            .unwrap();
+        let account = storage
+            .create_account(&crate::storage::suite::account("streamer", 0, 0))
+            .await
+            .unwrap();
+        let (writer, _jobs) = mpsc::channel(1);
+        let (_stop, shutdown) = tokio::sync::watch::channel(false);
+        let state = Arc::new(State {
+            storage,
+            fanout: Arc::new(MemoryFanOut::new()),
+            limiters: None,
+            franking: SharedKeyRing::new(KeyRing::generate(1), None),
+            writer,
+            retention: Duration::from_secs(60),
+            mailbox_limit: 10,
+            shutdown,
+            caches: Default::default(),
+            drain: Default::default(),
+            forwarders: Default::default(),
+        });
+        let principal = Principal {
+            address: DeviceAddress { account, device: 1 },
+            username: "streamer".into(),
+            expires_at_ms: time::now_ms() + 1_500,
+        };
+        let (outbox, mut inbox) = mpsc::channel(8);
+        let started = std::time::Instant::now();
+        tokio::spawn(deliver(state, principal, outbox));
+        let first = inbox.recv().await.unwrap().unwrap();
+        assert!(matches!(first.item, Some(Item::QueueEmpty(_))));
+        let end = tokio::time::timeout(Duration::from_secs(20), inbox.recv())
+            .await
+            .expect("the stream outlived its token")
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(end.code(), tonic::Code::Unauthenticated, "{end:?}");
+        assert!(end.message().contains("expired"), "{}", end.message());
+        assert!(started.elapsed() >= Duration::from_millis(1_400));
+        assert!(inbox.recv().await.is_none(), "the stream went on");
+    }
+}
