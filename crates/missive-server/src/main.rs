@@ -255,13 +255,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "franking key {} is now current in {}{}; copy the file to every node (running nodes reload it within a minute)",
                 ring.current_id(),
                 path.display(),
-                if retired.is_empty() {
-                    String::new()
-                } else {
-                    format!(
+                match retired.as_slice() {
+                    [] => String::new(),
+                    [one] => format!("; key {one} is kept for verifying reports only"),
+                    many => format!(
                         "; keys {} are kept for verifying reports only",
-                        retired.join(", ")
-                    )
+                        many.join(", ")
+                    ),
                 }
             ))
         }

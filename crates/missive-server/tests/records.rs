@@ -210,7 +210,7 @@ async fn franking_keys_live_in_a_private_file_and_survive_rotation() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        said.contains("keys 1 are kept for verifying reports only"),
+        said.contains("key 1 is kept for verifying reports only"),
         "{said}"
     );
     let store = storage::open(&server_db(dir.path()), OpenMode::Existing)
