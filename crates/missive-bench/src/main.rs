@@ -166,6 +166,9 @@ async fn start_target(args: &Args) -> anyhow::Result<Target> {
                 node0.join("server.pem").display().to_string(),
                 "--tls-key".to_owned(),
                 node0.join("server.key").display().to_string(),
+                // The nodes share one database, so they share its franking keys.
+                "--franking-keys".to_owned(),
+                node0.join("franking.keys").display().to_string(),
             ]);
         }
         if let Some(nats) = &args.nats {

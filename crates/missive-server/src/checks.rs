@@ -1,12 +1,13 @@
 //! Key and signature checks, delegated to `missive-crypto` (the server never
 //! implements a primitive). Every key is verified before it is stored.
 
-use missive_crypto::franking::{self, FrankingKey, ServerFrankingKey};
+use missive_crypto::franking::{self, FrankingKey};
 use missive_crypto::{KEM_PUBLIC_KEY_LEN, KemPrekeyPublic, PublicIdentity, SignedPrekeyPublic};
 use missive_proto::v1;
 
 use crate::error::{ApiError, ApiResult};
-use crate::storage::{KemPrekeyRecord, OneTimePrekeyRecord, SignedPrekeyRecord};
+use crate::franking::{KeyRing, Verified};
+use crate::storage::{AccountId, KemPrekeyRecord, OneTimePrekeyRecord, SignedPrekeyRecord};
 
 fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::InvalidArgument(message.into())
@@ -162,56 +163,22 @@ pub fn one_time_prekeys(
     Ok((x25519, kems))
 }
 
-/// Loads the server franking key.
-pub fn server_franking_key(bytes: &[u8]) -> ApiResult<ServerFrankingKey> {
-    ServerFrankingKey::from_bytes(bytes).map_err(|_| {
-        ApiError::Storage(crate::storage::StorageError::Backend(
-            "stored franking key is malformed".into(),
-        ))
-    })
-}
-
-/// A fresh random server franking key, as bytes to store.
-pub fn generate_server_franking_key() -> Vec<u8> {
-    ServerFrankingKey::generate(&mut rand::rngs::OsRng)
-        .as_bytes()
-        .to_vec()
-}
-
-/// The server tag for an accepted envelope.
-pub fn server_tag(
-    key: &ServerFrankingKey,
-    commitment: &[u8],
-    sender: &str,
-    recipient: &str,
-    server_timestamp_ms: u64,
-    message_id: &[u8],
-) -> [u8; 32] {
-    franking::server_tag(
-        key,
-        commitment,
-        sender,
-        recipient,
-        server_timestamp_ms,
-        message_id,
-    )
-}
-
 /// Verifies both MACs of a report: the sender's commitment over the
-/// plaintext, and the server's tag over commitment, sender, reporter (the
-/// recipient), timestamp and message id.
+/// plaintext, and the server's tag over commitment, both accounts and
+/// usernames, timestamp and message id ([`crate::franking`]).
 #[allow(clippy::too_many_arguments)]
 pub fn report(
-    server_key: &ServerFrankingKey,
+    keys: &KeyRing,
     franking_key: &[u8],
     commitment: &[u8],
     tag: &[u8],
     plaintext: &[u8],
     sender: &str,
+    reporter_account: AccountId,
     reporter: &str,
     server_timestamp_ms: u64,
     message_id: &[u8],
-) -> ApiResult<()> {
+) -> ApiResult<Verified> {
     let key = FrankingKey::from_bytes(franking_key)
         .map_err(|_| invalid("the franking key must be 32 bytes"))?;
     if !franking::verify_commitment(&key, message_id, plaintext, commitment) {
@@ -219,20 +186,16 @@ pub fn report(
             "the franking commitment does not match the reported text and key",
         ));
     }
-    if !franking::verify_server_tag(
-        server_key,
+    keys.verify(
+        tag,
         commitment,
         sender,
+        reporter_account,
         reporter,
         server_timestamp_ms,
         message_id,
-        tag,
-    ) {
-        return Err(invalid(
-            "the server franking tag does not verify: the message was not delivered by this server as described",
-        ));
-    }
-    Ok(())
+    )
+    .map_err(|e| invalid(e.to_string()))
 }
 
 /// Lower-case hex fingerprint of a stored identity.

@@ -86,6 +86,10 @@ impl From<ApiError> for Status {
                 StorageError::NotFound => {
                     Status::not_found("the account or device no longer exists")
                 }
+                StorageError::Full => Status::resource_exhausted(
+                    "the server's storage is full: new messages, accounts and keys are refused \
+                     until the operator frees space; receiving and acknowledging still work",
+                ),
                 StorageError::Unavailable(detail) => {
                     tracing::warn!(%detail, "storage unavailable");
                     Status::unavailable(

@@ -53,6 +53,9 @@ pub struct ExportDevice {
 pub struct ExportReport {
     /// Report id.
     pub report_id: u64,
+    /// Fingerprint of the identity the account had when the reported
+    /// message was sent (the same as the account's: identities never change).
+    pub sender_identity_fingerprint: String,
     /// When the report was filed.
     pub reported_at: String,
     /// When the server accepted the reported message.
@@ -90,6 +93,9 @@ pub fn document(export: AccountExport) -> ExportDocument {
             .into_iter()
             .map(|r| ExportReport {
                 report_id: r.id,
+                sender_identity_fingerprint: r
+                    .sender_identity_fingerprint
+                    .unwrap_or_else(|| fingerprint.clone()),
                 reported_at: iso_timestamp(r.created_at_ms),
                 message_sent_at: iso_timestamp(r.message_server_timestamp_ms),
                 text: r.text,
@@ -103,16 +109,20 @@ pub fn document(export: AccountExport) -> ExportDocument {
 /// A report for a moderator, human-readable.
 pub fn report_text(report: &ReportRecord) -> String {
     format!(
-        "report {id}\n  reporter:  {reporter}\n  sender:    {sender}\n  sent at:   {sent}\n  reported:  {reported}\n  verified:  {verified}\n  message:   {message}\n  reason:    {reason}\n  text:\n{text}\n",
+        "report {id}\n  reporter:  {reporter}\n  sender:    {sender}\n  sender key: {fingerprint}\n  sent at:   {sent}\n  reported:  {reported}\n  verified:  {verified}\n  message:   {message}\n  reason:    {reason}\n  text:\n{text}\n",
         id = report.id,
-        reporter = report.reporter,
-        sender = report.sender,
+        reporter = account_name(&report.reporter, report.reporter_account),
+        sender = account_name(&report.sender, report.sender_account),
+        fingerprint = report
+            .sender_identity_fingerprint
+            .as_deref()
+            .unwrap_or("unknown (the account is unknown or was deleted before the report)"),
         sent = iso_timestamp(report.message_server_timestamp_ms),
         reported = iso_timestamp(report.created_at_ms),
-        verified = if report.verified {
-            "yes (commitment and server tag)"
-        } else {
-            "no"
+        verified = match (report.verified, report.franking_key_id) {
+            (false, _) => "no".to_owned(),
+            (true, Some(key)) => format!("yes (commitment and server tag, franking key {key})"),
+            (true, None) => "yes (commitment and server tag, before franking key ids)".to_owned(),
         },
         message = report.message_id,
         reason = report.reason,
@@ -123,6 +133,14 @@ pub fn report_text(report: &ReportRecord) -> String {
             .collect::<Vec<_>>()
             .join("\n"),
     )
+}
+
+/// `name (account N)`, or `name (account unknown)`.
+fn account_name(name: &str, account: Option<i64>) -> String {
+    match account {
+        Some(id) => format!("{name} (account {id})"),
+        None => format!("{name} (account unknown)"),
+    }
 }
 
 /// One line per report.

@@ -37,8 +37,9 @@ pub const MAX_RESPONSE_BYTES: usize = 512 * 1024;
 
 /// Challenge validity.
 pub const CHALLENGE_TTL: Duration = Duration::from_secs(120);
-/// Bearer token validity.
-pub const TOKEN_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+/// A bearer token is valid until the start of this many UTC days after the
+/// day of login (24 to 48 hours): only the expiry day is stored.
+pub const TOKEN_VALID_DAYS: i64 = 2;
 /// Default retention of undelivered envelopes.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 /// Default pending envelopes per device before `RESOURCE_EXHAUSTED`.
@@ -78,3 +79,9 @@ pub const CATCH_UP_INTERVAL: Duration = Duration::from_secs(15);
 pub const GROUP_COMMIT_MAX: usize = 512;
 /// How often expired envelopes, challenges and tokens are purged.
 pub const PURGE_INTERVAL: Duration = Duration::from_secs(60);
+/// The window over which handed-out one-time prekeys are counted for the
+/// owner (`PrekeyCount.one_time_prekeys_taken_last_hour`, `drained_recently`).
+pub const DRAIN_WINDOW: Duration = Duration::from_secs(60 * 60);
+/// Disk space kept free next to a SQLite database so acknowledgements
+/// succeed on a full disk (`--storage-reserve`).
+pub const DEFAULT_STORAGE_RESERVE: u64 = 16 * 1024 * 1024;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use clap::{Parser, Subcommand};
+use missive_server::proxy::TrustedProxies;
 use missive_server::storage::{self, OpenMode, StorageError};
 use missive_server::{Config, export, service::normalize_username};
 
@@ -61,6 +62,28 @@ struct Cli {
     /// NATS server.
     #[arg(long, env = "MISSIVE_NATS_PREFIX", default_value = missive_server::fanout::nats::DEFAULT_SUBJECT_PREFIX, global = true)]
     nats_prefix: String,
+    /// Franking key file [default: DATA_DIR/franking.keys]. Secret (mode
+    /// 0600): whoever holds it can forge verified abuse reports. Nodes
+    /// sharing a database need copies of the same file.
+    #[arg(long, env = "MISSIVE_FRANKING_KEYS", global = true)]
+    franking_keys: Option<PathBuf>,
+    /// Comma-separated addresses or networks (e.g. 10.0.0.0/8) of load
+    /// balancers whose connections start with a PROXY protocol (v1 or v2)
+    /// header naming the client; per-address rate limits then count the
+    /// client. Off by default; connections from other peers are served as
+    /// they come.
+    #[arg(long, env = "MISSIVE_PROXY_PROTOCOL_FROM", value_parser = TrustedProxies::parse, default_value = "", hide_default_value = true, global = true)]
+    proxy_protocol_from: TrustedProxies,
+    /// Comma-separated addresses or networks of HTTP/2 proxies whose
+    /// `x-forwarded-for` header names the client (the rightmost address not
+    /// itself listed). Off by default.
+    #[arg(long, env = "MISSIVE_TRUSTED_PROXY", value_parser = TrustedProxies::parse, default_value = "", hide_default_value = true, global = true)]
+    trusted_proxy: TrustedProxies,
+    /// Disk space kept free beside a SQLite database (`server.db.reserve`)
+    /// so acknowledgements still work on a full disk, e.g. "16MiB"; 0 for
+    /// none.
+    #[arg(long, env = "MISSIVE_STORAGE_RESERVE", default_value = "16MiB", value_parser = parse_bytes, global = true)]
+    storage_reserve: u64,
     /// Log filter (tracing EnvFilter syntax, e.g. "info" or "missive_server=debug");
     /// logs go to stderr. Falls back to RUST_LOG, then "info".
     #[arg(long, env = "MISSIVE_LOG", global = true)]
@@ -84,6 +107,10 @@ enum Command {
         #[command(subcommand)]
         command: ReportsCommand,
     },
+    /// Start tagging with a fresh franking key; older keys stay in the key
+    /// file for verifying reports only. Copy the file to every node; running
+    /// nodes reload it within a minute.
+    RotateFrankingKey,
 }
 
 #[derive(Debug, Subcommand)]
@@ -129,10 +156,48 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("missive-server: error: {error:#}");
+            eprintln!("missive-server: error: {}", sentence(&error));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, each said once: a cause whose text the message
+/// already contains is left out.
+fn sentence(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}
+
+/// `16MiB`, `512KiB`, `1GiB` or plain bytes.
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" | "kb" => 1 << 10,
+        "m" | "mib" | "mb" => 1 << 20,
+        "g" | "gib" | "gb" => 1 << 30,
+        _ => return Err(format!("{text:?} is not a size such as 16MiB")),
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(factor))
+        .ok_or_else(|| format!("{text:?} is not a size such as 16MiB"))
 }
 
 fn database_url(cli: &Cli) -> String {
@@ -172,6 +237,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await?
                 .ok_or_else(|| anyhow!("no account named {username:?}"))?;
             print(&serde_json::to_string_pretty(&export::document(export))?)
+        }
+        Some(Command::RotateFrankingKey) => {
+            let store = open_existing(&cli).await?;
+            let path = cli
+                .franking_keys
+                .clone()
+                .unwrap_or_else(|| cli.data_dir.join(missive_server::franking::FILE_NAME));
+            let ring = missive_server::franking::rotate(&path, store.as_ref()).await?;
+            let retired: Vec<String> = ring
+                .ids()
+                .into_iter()
+                .filter(|id| *id != ring.current_id())
+                .map(|id| id.to_string())
+                .collect();
+            print(&format!(
+                "franking key {} is now current in {}{}; copy the file to every node (running nodes reload it within a minute)",
+                ring.current_id(),
+                path.display(),
+                match retired.as_slice() {
+                    [] => String::new(),
+                    [one] => format!("; key {one} is kept for verifying reports only"),
+                    many => format!(
+                        "; keys {} are kept for verifying reports only",
+                        many.join(", ")
+                    ),
+                }
+            ))
         }
         Some(Command::Reports {
             command: ReportsCommand::List { json },
@@ -222,6 +314,10 @@ async fn serve(cli: &Cli) -> anyhow::Result<()> {
         request_timeout: missive_server::limits::REQUEST_TIMEOUT,
         nats_url: cli.nats.clone(),
         nats_subject_prefix: cli.nats_prefix.clone(),
+        franking_keys: cli.franking_keys.clone(),
+        proxy_protocol_from: cli.proxy_protocol_from.clone(),
+        trusted_proxies: cli.trusted_proxy.clone(),
+        storage_reserve: cli.storage_reserve,
     };
     let server = missive_server::start(config).await?;
     print(&format!("missive-server listening on {}", server.url()))?;

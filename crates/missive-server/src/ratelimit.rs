@@ -1,10 +1,17 @@
-//! Per-IP and per-account rate limits (governor's GCRA), one limiter per
+//! Per-source and per-account rate limits (governor's GCRA), one limiter per
 //! operation class. Keys live only in memory and are pruned periodically;
 //! no IP address is ever stored.
+//!
+//! A *source* is an IPv4 address or an IPv6 /64 prefix ([`Source`]): one
+//! IPv6 subscriber usually holds a whole /64 and can rotate through it
+//! freely, so limiting full IPv6 addresses would limit nothing. Behind a
+//! proxy the source is the client address the proxy reports
+//! ([`crate::proxy`]), not the proxy's.
 
 use std::hash::Hash;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::num::NonZeroU32;
+use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
@@ -12,77 +19,137 @@ use governor::{DefaultKeyedRateLimiter, Quota};
 use crate::error::{ApiError, ApiResult};
 use crate::storage::AccountId;
 
-/// A rate: `per_second` sustained with bursts of `burst`.
+/// The unit per-source limits count: an IPv4 address, or the /64 prefix of
+/// an IPv6 address (IPv4-mapped IPv6 addresses count as IPv4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// An IPv4 client.
+    V4(Ipv4Addr),
+    /// The first 64 bits of an IPv6 client address.
+    V6Prefix(u64),
+}
+
+impl Source {
+    /// The bucket of `ip`.
+    pub fn of(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(v4) => Self::V4(v4),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Self::V4(v4),
+                None => Self::V6Prefix((u128::from(v6) >> 64) as u64),
+            },
+        }
+    }
+}
+
+/// A rate: `burst` calls at once, then `sustained` calls per `per`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rate {
-    /// Sustained calls per second.
-    pub per_second: u32,
+    /// Calls replenished per `per`.
+    pub sustained: u32,
+    /// The period `sustained` applies to.
+    pub per: Duration,
     /// Burst size.
     pub burst: u32,
+}
+
+impl Rate {
+    /// `sustained` calls per second with bursts of `burst`.
+    pub const fn per_second(sustained: u32, burst: u32) -> Self {
+        Self {
+            sustained,
+            per: Duration::from_secs(1),
+            burst,
+        }
+    }
+
+    /// `sustained` calls per hour with bursts of `burst`.
+    pub const fn per_hour(sustained: u32, burst: u32) -> Self {
+        Self {
+            sustained,
+            per: Duration::from_secs(3600),
+            burst,
+        }
+    }
 }
 
 /// The configurable rates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RateLimits {
-    /// Challenge, register and login, per client IP.
+    /// Challenge, register and login, per client source.
     pub account_per_ip: Rate,
-    /// Login per account (by username, so it applies before authentication).
-    pub login_per_account: Rate,
-    /// Bundle fetches per account.
+    /// Login attempts per (username, client source), charged before the
+    /// signature check: an attacker exhausts only their own source's budget
+    /// for a username, never the owner's.
+    pub login_per_account_and_ip: Rate,
+    /// Successful logins per account (charged after the signature verified,
+    /// so only the key holder can spend it; bounds the tokens issued).
+    pub login_success_per_account: Rate,
+    /// Bundle fetches per requesting account.
     pub bundles_per_account: Rate,
-    /// Bundle fetches per client IP.
+    /// Bundle fetches per client source.
     pub bundles_per_ip: Rate,
+    /// Bundle fetches per (requesting account, target account): past it the
+    /// requester is refused.
+    pub bundles_per_pair: Rate,
+    /// Bundle fetches naming one target account, from anyone: past it the
+    /// bundles are still served, but without consuming one-time prekeys
+    /// (the last-resort KEM key, no one-time X25519 key), and the owner's
+    /// `PrekeyCount.drained_recently` turns true.
+    pub bundles_per_target: Rate,
     /// Sends per account.
     pub send_per_account: Rate,
-    /// Sends per client IP.
+    /// Sends per client source.
     pub send_per_ip: Rate,
 }
 
 impl Default for RateLimits {
     fn default() -> Self {
         Self {
-            account_per_ip: Rate {
-                per_second: 5,
-                burst: 60,
-            },
-            login_per_account: Rate {
-                per_second: 1,
-                burst: 20,
-            },
-            bundles_per_account: Rate {
-                per_second: 20,
-                burst: 200,
-            },
-            bundles_per_ip: Rate {
-                per_second: 100,
-                burst: 1000,
-            },
-            send_per_account: Rate {
-                per_second: 200,
-                burst: 2000,
-            },
-            send_per_ip: Rate {
-                per_second: 5000,
-                burst: 20_000,
-            },
+            account_per_ip: Rate::per_second(5, 60),
+            login_per_account_and_ip: Rate::per_second(1, 20),
+            login_success_per_account: Rate::per_hour(60, 20),
+            bundles_per_account: Rate::per_second(20, 200),
+            bundles_per_ip: Rate::per_second(100, 1000),
+            bundles_per_pair: Rate::per_hour(10, 10),
+            bundles_per_target: Rate::per_hour(30, 30),
+            send_per_account: Rate::per_second(200, 2000),
+            send_per_ip: Rate::per_second(5000, 20_000),
         }
     }
 }
 
 fn limiter<K: Hash + Eq + Clone>(rate: Rate) -> DefaultKeyedRateLimiter<K> {
-    let per_second = NonZeroU32::new(rate.per_second).unwrap_or(NonZeroU32::MIN);
+    let sustained = rate.sustained.max(1);
+    let period = (rate.per / sustained).max(Duration::from_nanos(1));
     let burst = NonZeroU32::new(rate.burst).unwrap_or(NonZeroU32::MIN);
-    DefaultKeyedRateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst))
+    let quota = Quota::with_period(period)
+        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+        .allow_burst(burst);
+    DefaultKeyedRateLimiter::keyed(quota)
+}
+
+/// How a bundle fetch may proceed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BundleAllowance {
+    /// Serve bundles and consume one-time prekeys.
+    Consume,
+    /// The target's limit is reached: serve bundles without consuming
+    /// one-time prekeys.
+    WithoutOneTimeKeys,
 }
 
 /// The server's limiters; `None` disables limiting (benchmarks).
 pub struct Limiters {
-    account_ip: DefaultKeyedRateLimiter<IpAddr>,
-    login_account: DefaultKeyedRateLimiter<String>,
+    account_ip: DefaultKeyedRateLimiter<Source>,
+    login_account_ip: DefaultKeyedRateLimiter<(String, Option<Source>)>,
+    login_success: DefaultKeyedRateLimiter<AccountId>,
     bundles_account: DefaultKeyedRateLimiter<AccountId>,
-    bundles_ip: DefaultKeyedRateLimiter<IpAddr>,
+    bundles_ip: DefaultKeyedRateLimiter<Source>,
+    bundles_pair: DefaultKeyedRateLimiter<(AccountId, AccountId)>,
+    bundles_target: DefaultKeyedRateLimiter<AccountId>,
     send_account: DefaultKeyedRateLimiter<AccountId>,
-    send_ip: DefaultKeyedRateLimiter<IpAddr>,
+    send_ip: DefaultKeyedRateLimiter<Source>,
 }
 
 impl std::fmt::Debug for Limiters {
@@ -109,51 +176,163 @@ impl Limiters {
     pub fn new(rates: RateLimits) -> Self {
         Self {
             account_ip: limiter(rates.account_per_ip),
-            login_account: limiter(rates.login_per_account),
+            login_account_ip: limiter(rates.login_per_account_and_ip),
+            login_success: limiter(rates.login_success_per_account),
             bundles_account: limiter(rates.bundles_per_account),
             bundles_ip: limiter(rates.bundles_per_ip),
+            bundles_pair: limiter(rates.bundles_per_pair),
+            bundles_target: limiter(rates.bundles_per_target),
             send_account: limiter(rates.send_per_account),
             send_ip: limiter(rates.send_per_ip),
         }
     }
 
-    /// Challenge/register/login from `ip`.
-    pub fn account_op(&self, ip: Option<IpAddr>) -> ApiResult<()> {
-        ip.map_or(Ok(()), |ip| {
-            check(&self.account_ip, &ip, "from this address")
+    /// Challenge/register/login from `source`.
+    pub fn account_op(&self, source: Option<Source>) -> ApiResult<()> {
+        source.map_or(Ok(()), |source| {
+            check(&self.account_ip, &source, "from this address")
         })
     }
 
-    /// Login attempts for `username`.
-    pub fn login(&self, username: &str) -> ApiResult<()> {
+    /// A login attempt for `username` from `source`, before its signature
+    /// is checked.
+    pub fn login_attempt(&self, username: &str, source: Option<Source>) -> ApiResult<()> {
         check(
-            &self.login_account,
-            &username.to_owned(),
-            "for this account",
+            &self.login_account_ip,
+            &(username.to_owned(), source),
+            "for this account from this address",
         )
     }
 
-    /// Bundle fetch.
-    pub fn bundles(&self, account: AccountId, ip: Option<IpAddr>) -> ApiResult<()> {
-        check(&self.bundles_account, &account, "for this account")?;
-        ip.map_or(Ok(()), |ip| {
-            check(&self.bundles_ip, &ip, "from this address")
+    /// A login whose signature verified.
+    pub fn login_success(&self, account: AccountId) -> ApiResult<()> {
+        check(&self.login_success, &account, "for this account")
+    }
+
+    /// A bundle fetch by `requester` from `source` for `target`.
+    pub fn bundles(
+        &self,
+        requester: AccountId,
+        source: Option<Source>,
+        target: AccountId,
+    ) -> ApiResult<BundleAllowance> {
+        check(&self.bundles_account, &requester, "for this account")?;
+        if let Some(source) = source {
+            check(&self.bundles_ip, &source, "from this address")?;
+        }
+        check(
+            &self.bundles_pair,
+            &(requester, target),
+            "for this account's bundles of that user",
+        )?;
+        Ok(match self.bundles_target.check_key(&target) {
+            Ok(_) => BundleAllowance::Consume,
+            Err(_) => BundleAllowance::WithoutOneTimeKeys,
         })
     }
 
     /// Send.
-    pub fn send(&self, account: AccountId, ip: Option<IpAddr>) -> ApiResult<()> {
+    pub fn send(&self, account: AccountId, source: Option<Source>) -> ApiResult<()> {
         check(&self.send_account, &account, "for this account")?;
-        ip.map_or(Ok(()), |ip| check(&self.send_ip, &ip, "from this address"))
+        source.map_or(Ok(()), |source| {
+            check(&self.send_ip, &source, "from this address")
+        })
     }
 
     /// Forgets keys whose limits have fully recovered.
     pub fn prune(&self) {
         self.account_ip.retain_recent();
-        self.login_account.retain_recent();
+        self.login_account_ip.retain_recent();
+        self.login_success.retain_recent();
         self.bundles_account.retain_recent();
         self.bundles_ip.retain_recent();
+        self.bundles_pair.retain_recent();
+        self.bundles_target.retain_recent();
         self.send_account.retain_recent();
         self.send_ip.retain_recent();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn ipv6_sources_are_64_bit_prefixes_and_mapped_ipv4_is_ipv4() {
+        assert_eq!(
+            Source::of(ip("2001:db8:1:2::1")),
+            Source::of(ip("2001:db8:1:2:ffff:ffff:ffff:fffe"))
+        );
+        assert_ne!(
+            Source::of(ip("2001:db8:1:2::1")),
+            Source::of(ip("2001:db8:1:3::1"))
+        );
+        assert_eq!(
+            Source::of(ip("::ffff:192.0.2.7")),
+            Source::of(ip("192.0.2.7"))
+        );
+        assert_ne!(Source::of(ip("192.0.2.7")), Source::of(ip("192.0.2.8")));
+    }
+
+    #[test]
+    fn a_rotating_ipv6_client_shares_one_bucket() {
+        let limiters = Limiters::new(RateLimits {
+            account_per_ip: Rate::per_hour(1, 3),
+            ..Default::default()
+        });
+        for k in 1..=3u16 {
+            let address = ip(&format!("2001:db8:0:7::{k:x}"));
+            limiters.account_op(Some(Source::of(address))).unwrap();
+        }
+        let rotated = Source::of(ip("2001:db8:0:7:dead:beef:1:2"));
+        assert!(limiters.account_op(Some(rotated)).is_err());
+        let neighbour = Source::of(ip("2001:db8:0:8::1"));
+        assert!(limiters.account_op(Some(neighbour)).is_ok());
+    }
+
+    #[test]
+    fn login_attempts_from_one_source_do_not_touch_another() {
+        let limiters = Limiters::new(RateLimits {
+            login_per_account_and_ip: Rate::per_hour(1, 2),
+            ..Default::default()
+        });
+        let attacker = Some(Source::of(ip("203.0.113.9")));
+        let owner = Some(Source::of(ip("198.51.100.4")));
+        while limiters.login_attempt("victim", attacker).is_ok() {}
+        assert!(limiters.login_attempt("victim", owner).is_ok());
+    }
+
+    #[test]
+    fn a_drained_target_is_served_without_one_time_keys() {
+        let limiters = Limiters::new(RateLimits {
+            bundles_per_pair: Rate::per_hour(1, 2),
+            bundles_per_target: Rate::per_hour(1, 3),
+            ..Default::default()
+        });
+        let target = 99;
+        assert_eq!(
+            limiters.bundles(1, None, target).unwrap(),
+            BundleAllowance::Consume
+        );
+        assert_eq!(
+            limiters.bundles(1, None, target).unwrap(),
+            BundleAllowance::Consume
+        );
+        // The pair limit refuses the same requester …
+        assert!(limiters.bundles(1, None, target).is_err());
+        // … and the target limit stops others from consuming keys.
+        assert_eq!(
+            limiters.bundles(2, None, target).unwrap(),
+            BundleAllowance::Consume
+        );
+        assert_eq!(
+            limiters.bundles(3, None, target).unwrap(),
+            BundleAllowance::WithoutOneTimeKeys
+        );
     }
 }

@@ -21,18 +21,17 @@ use tower_http::catch_panic::CatchPanicLayer;
 use crate::fanout::FanOut;
 use crate::fanout::memory::MemoryFanOut;
 use crate::fanout::nats::NatsFanOut;
+use crate::franking::SharedKeyRing;
 use crate::limits;
+use crate::proxy::TrustedProxies;
 use crate::ratelimit::{Limiters, RateLimits};
 use crate::service::State;
 use crate::service::account::AccountApi;
 use crate::service::keys::KeyApi;
 use crate::service::messages::{MessageApi, group_commit};
 use crate::service::reports::ReportApi;
-use crate::storage::{self, OpenMode, Storage, StorageError};
+use crate::storage::{self, Storage, StorageError};
 use crate::tls::{self, TlsError};
-
-/// Name of the server franking key in the store.
-pub const FRANKING_SECRET: &str = "franking-server-key-v1";
 
 /// Everything a node needs.
 #[derive(Clone, Debug)]
@@ -60,6 +59,16 @@ pub struct Config {
     pub nats_url: Option<String>,
     /// First token(s) of the NATS wake-up subjects.
     pub nats_subject_prefix: String,
+    /// The franking key file; `None` means `DATA_DIR/franking.keys`.
+    pub franking_keys: Option<PathBuf>,
+    /// Peers whose connections start with a PROXY protocol header naming
+    /// the client (empty: none; [`crate::proxy`]).
+    pub proxy_protocol_from: TrustedProxies,
+    /// Peers whose `x-forwarded-for` names the client (empty: none).
+    pub trusted_proxies: TrustedProxies,
+    /// Bytes kept free next to a SQLite database for acknowledgements on a
+    /// full disk (0: no reserve).
+    pub storage_reserve: u64,
 }
 
 impl Config {
@@ -77,7 +86,18 @@ impl Config {
             request_timeout: limits::REQUEST_TIMEOUT,
             nats_url: None,
             nats_subject_prefix: crate::fanout::nats::DEFAULT_SUBJECT_PREFIX.to_owned(),
+            franking_keys: None,
+            proxy_protocol_from: TrustedProxies::default(),
+            trusted_proxies: TrustedProxies::default(),
+            storage_reserve: limits::DEFAULT_STORAGE_RESERVE,
         }
+    }
+
+    /// The effective franking key file.
+    pub fn franking_keys_path(&self) -> PathBuf {
+        self.franking_keys
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join(crate::franking::FILE_NAME))
     }
 
     /// The effective database URL.
@@ -102,7 +122,8 @@ pub enum ServerError {
     DataDir {
         /// Directory.
         path: PathBuf,
-        /// Cause.
+        /// Cause (already in the message).
+        #[source]
         source: std::io::Error,
     },
     /// TLS material.
@@ -116,15 +137,16 @@ pub enum ServerError {
     Bind {
         /// Address.
         addr: SocketAddr,
-        /// Cause.
+        /// Cause (already in the message).
+        #[source]
         source: std::io::Error,
     },
     /// The TLS configuration or the HTTP/2 server failed.
     #[error("transport error: {0}")]
     Transport(#[from] tonic::transport::Error),
-    /// The stored franking key is malformed.
-    #[error("the stored franking key is malformed")]
-    FrankingKey,
+    /// The franking key file.
+    #[error(transparent)]
+    Franking(#[from] crate::franking::KeyFileError),
     /// The fan-out backend (NATS) cannot be reached or configured.
     #[error(transparent)]
     FanOut(#[from] crate::fanout::FanOutError),
@@ -190,25 +212,73 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     start_with(config, None).await
 }
 
+/// Binds the listen address: first of all, so a port in use is reported
+/// before anything is created on disk.
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })
+}
+
+/// Creates the data directory with mode 0700 (it holds the TLS key, the
+/// franking keys and the database), tightening an existing one.
+fn data_dir(path: &Path) -> Result<(), ServerError> {
+    let failed = |source| ServerError::DataDir {
+        path: path.to_owned(),
+        source,
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+            .map_err(failed)?;
+        let mode = std::fs::metadata(path)
+            .map_err(failed)?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+                .map_err(failed)?;
+            tracing::info!(path = %path.display(), "the data directory was open to other users; its mode is now 0700");
+        }
+    }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(path).map_err(failed)?;
+    Ok(())
+}
+
 /// [`start`] with extra routes.
 pub async fn start_with(
     config: Config,
     hook: Option<RouteHook>,
 ) -> Result<RunningServer, ServerError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
-        path: config.data_dir.clone(),
-        source,
-    })?;
-    let storage = storage::open(&config.database_url(), OpenMode::Serve).await?;
+    let listener = bind(config.listen).await?;
+    data_dir(&config.data_dir)?;
+    let storage = storage::open_serving(&config.database_url(), config.storage_reserve).await?;
     let fanout: Arc<dyn FanOut> = match &config.nats_url {
         Some(url) => Arc::new(NatsFanOut::connect(url, &config.nats_subject_prefix).await?),
         None => Arc::new(MemoryFanOut::new()),
     };
-    start_on(config, storage, fanout, hook).await
+    serve(listener, config, storage, fanout, hook).await
 }
 
 /// Starts a node over a given store and fan-out (how other backends plug in).
 pub async fn start_on(
+    config: Config,
+    storage: Arc<dyn Storage>,
+    fanout: Arc<dyn FanOut>,
+    hook: Option<RouteHook>,
+) -> Result<RunningServer, ServerError> {
+    let listener = bind(config.listen).await?;
+    data_dir(&config.data_dir)?;
+    serve(listener, config, storage, fanout, hook).await
+}
+
+async fn serve(
+    listener: TcpListener,
     config: Config,
     storage: Arc<dyn Storage>,
     fanout: Arc<dyn FanOut>,
@@ -219,14 +289,9 @@ pub async fn start_on(
         config.tls_cert.as_deref(),
         config.tls_key.as_deref(),
     )?;
-    let franking = storage
-        .server_secret(
-            FRANKING_SECRET,
-            &crate::checks::generate_server_franking_key(),
-        )
-        .await?;
-    let franking_key =
-        crate::checks::server_franking_key(&franking).map_err(|_| ServerError::FrankingKey)?;
+    let keys_path = config.franking_keys_path();
+    let ring = crate::franking::open(&keys_path, storage.as_ref()).await?;
+    let franking = SharedKeyRing::new(ring, Some(keys_path));
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (writer, jobs) = mpsc::channel(limits::GROUP_COMMIT_MAX * 4);
@@ -239,12 +304,14 @@ pub async fn start_on(
         storage: Arc::clone(&storage),
         fanout,
         limiters: config.rate_limits.map(Limiters::new),
-        franking_key,
+        franking,
         writer,
         retention: config.retention,
         mailbox_limit: config.mailbox_limit,
         shutdown: shutdown_rx.clone(),
         caches: Default::default(),
+        drain: Default::default(),
+        forwarders: config.trusted_proxies.clone(),
     });
     let housekeeping = tokio::spawn(housekeeping(Arc::clone(&state), shutdown_rx.clone()));
 
@@ -296,19 +363,11 @@ pub async fn start_on(
     }
     drop(state);
 
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ServerError::Bind {
-            addr: config.listen,
-            source,
-        })?;
     let local_addr = listener.local_addr().map_err(|source| ServerError::Bind {
         addr: config.listen,
         source,
     })?;
-    let incoming = TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(Duration::from_secs(60)));
+    let proxies = config.proxy_protocol_from.clone();
 
     let router = Server::builder()
         .tls_config(
@@ -331,11 +390,19 @@ pub async fn start_on(
 
     let mut signal = shutdown_rx.clone();
     let task = tokio::spawn(async move {
-        let served = router
-            .serve_with_incoming_shutdown(incoming, async move {
-                let _ = signal.wait_for(|stop| *stop).await;
-            })
-            .await;
+        let stopped = async move {
+            let _ = signal.wait_for(|stop| *stop).await;
+        };
+        let served = if proxies.is_empty() {
+            let incoming = TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .with_keepalive(Some(Duration::from_secs(60)));
+            router.serve_with_incoming_shutdown(incoming, stopped).await
+        } else {
+            router
+                .serve_with_incoming_shutdown(crate::proxy::incoming(listener, proxies), stopped)
+                .await
+        };
         health
             .set_not_serving::<MessageServiceServer<MessageApi>>()
             .await;
@@ -386,5 +453,9 @@ async fn housekeeping(state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
         if let Some(limiters) = state.limiters() {
             limiters.prune();
         }
+        state
+            .franking
+            .reload_if_changed(state.storage.as_ref())
+            .await;
     }
 }

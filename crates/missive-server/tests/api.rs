@@ -530,7 +530,10 @@ async fn envelopes_are_private_idempotent_live_and_checked_against_devices() {
     );
     assert_eq!(envelope.content, first.ciphertext);
     assert_eq!(envelope.message_id, first.id);
-    assert_eq!(envelope.franking_tag.len(), 32);
+    assert_eq!(
+        envelope.franking_tag.len(),
+        missive_server::franking::TAG_LEN
+    );
     assert!(pending(&eve).await.is_empty(), "eve sees bob's envelopes");
 
     // Eve cannot acknowledge (delete) bob's envelope.

@@ -53,10 +53,11 @@ async fn migrations_are_idempotent_for_nodes_starting_together() {
         storage::open(&url, OpenMode::Serve)
     );
     let (a, b) = (a.unwrap(), b.unwrap());
-    // Both nodes agree on the server secret whoever wrote it first.
+    // Both nodes agree on a franking key's check value whoever wrote it
+    // first (the loser then refuses its different key file).
     let (x, y) = tokio::join!(
-        a.server_secret("franking", &[1; 32]),
-        b.server_secret("franking", &[2; 32])
+        a.record_franking_key(1, &[1; 32]),
+        b.record_franking_key(1, &[2; 32])
     );
     assert_eq!(x.unwrap(), y.unwrap());
     a.close().await;
@@ -135,5 +136,59 @@ async fn concurrent_writers_on_two_pools_keep_per_device_commit_order() {
     assert_eq!(seen, 2 * PER_WRITER as usize);
     node_a.close().await;
     node_b.close().await;
+    drop(schema);
+}
+
+/// Issue 17: a schema-v1 database migrates (reports to the accounts of the
+/// time, token expiry to a day, challenges to hashes) and its franking key
+/// is moved out of it and deleted.
+#[tokio::test]
+async fn a_v1_schema_migrates_and_its_franking_key_leaves_it() {
+    let Some(schema) = services::PgSchema::create("v1").await else {
+        return;
+    };
+    let url = schema.url();
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/postgres");
+        std::fs::copy(
+            source.join("0001_init.sql"),
+            dir.path().join("0001_init.sql"),
+        )
+        .unwrap();
+        let pool = sqlx::PgPool::connect(&url).await.unwrap();
+        sqlx::migrate::Migrator::new(dir.path().to_owned())
+            .await
+            .unwrap()
+            .run(&pool)
+            .await
+            .unwrap();
+        let identity = format!("'\\x{}'::bytea", "07".repeat(32));
+        for statement in suite::v1_rows(&identity) {
+            sqlx::query(&statement).execute(&pool).await.unwrap();
+        }
+        pool.close().await;
+    }
+    let store = storage::open(&url, OpenMode::Serve).await.unwrap();
+    suite::migrated_from_v1(store.as_ref()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ring = missive_server::franking::open(&dir.path().join("franking.keys"), store.as_ref())
+        .await
+        .unwrap();
+    assert_eq!((ring.ids(), ring.current_id()), (vec![1, 2], 2));
+    assert!(
+        store
+            .server_secret_get(missive_server::franking::LEGACY_SECRET)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // A second node without the key file refuses to start with a sentence.
+    let error = missive_server::franking::open(&dir.path().join("missing.keys"), store.as_ref())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("restore it from your backup"), "{error}");
+    store.close().await;
     drop(schema);
 }

@@ -236,10 +236,7 @@ async fn rate_limits_answer_resource_exhausted_with_a_sentence() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(dir.path());
     let rates = missive_server::ratelimit::RateLimits {
-        account_per_ip: missive_server::ratelimit::Rate {
-            per_second: 1,
-            burst: 3,
-        },
+        account_per_ip: missive_server::ratelimit::Rate::per_second(1, 3),
         ..Default::default()
     };
     config.rate_limits = Some(rates);

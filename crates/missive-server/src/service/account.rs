@@ -12,12 +12,14 @@ use missive_proto::v1::{
 use rand::RngCore;
 use tonic::{Request, Response, Status};
 
-use super::{State, normalize_username, remote_ip};
+use super::{State, normalize_username};
 use crate::auth::Token;
 use crate::checks;
 use crate::error::{ApiError, ApiResult};
-use crate::limits::{CHALLENGE_TTL, MAX_REGISTRATION_ID, TOKEN_TTL};
-use crate::storage::{ChallengePurpose, DeviceAddress, NewAccount, StorageError};
+use crate::limits::{CHALLENGE_TTL, MAX_REGISTRATION_ID, TOKEN_VALID_DAYS};
+use crate::storage::{
+    ChallengePurpose, DAY_MS, DeviceAddress, NewAccount, StorageError, challenge_hash,
+};
 use crate::time;
 
 /// The account service.
@@ -34,15 +36,18 @@ impl AccountApi {
 
     async fn issue_token(&self, device: DeviceAddress) -> ApiResult<LoginResponse> {
         let token = Token::generate();
-        let now = time::now_ms();
-        let expires_at_ms = time::add(now, TOKEN_TTL);
+        let today = time::day_of(time::now_ms());
+        // Only the expiry day is stored: no time of day (docs/LAWFUL_ACCESS.md).
+        let expires_day = today.saturating_add(TOKEN_VALID_DAYS);
         self.state
             .storage
-            .insert_token(&token.hash(), device, expires_at_ms, time::day_of(now))
+            .insert_token(&token.hash(), device, expires_day, today)
             .await?;
         Ok(LoginResponse {
             token: token.as_bytes().to_vec(),
-            expires_at_ms,
+            expires_at_ms: u64::try_from(expires_day)
+                .unwrap_or_default()
+                .saturating_mul(DAY_MS),
         })
     }
 
@@ -51,7 +56,7 @@ impl AccountApi {
         request: Request<RegisterRequest>,
     ) -> ApiResult<RegisterResponse> {
         if let Some(limiters) = self.state.limiters() {
-            limiters.account_op(remote_ip(&request))?;
+            limiters.account_op(self.state.source(&request))?;
         }
         let request = request.into_inner();
         let username = normalize_username(&request.username)?;
@@ -73,9 +78,7 @@ impl AccountApi {
             .state
             .storage
             .take_challenge(
-                &request.challenge,
-                &username,
-                ChallengePurpose::Register,
+                &challenge_hash(&request.challenge, &username, ChallengePurpose::Register),
                 time::now_ms(),
             )
             .await?
@@ -120,20 +123,21 @@ impl AccountApi {
     }
 
     async fn login_inner(&self, request: Request<LoginRequest>) -> ApiResult<LoginResponse> {
-        let ip = remote_ip(&request);
+        let source = self.state.source(&request);
         let request = request.into_inner();
         let username = normalize_username(&request.username)?;
+        // Charged before the signature check, per (username, source): an
+        // attacker failing at the allowed rate spends only their own
+        // source's budget, never the owner's.
         if let Some(limiters) = self.state.limiters() {
-            limiters.account_op(ip)?;
-            limiters.login(&username)?;
+            limiters.account_op(source)?;
+            limiters.login_attempt(&username, source)?;
         }
         let fresh = self
             .state
             .storage
             .take_challenge(
-                &request.challenge,
-                &username,
-                ChallengePurpose::Login,
+                &challenge_hash(&request.challenge, &username, ChallengePurpose::Login),
                 time::now_ms(),
             )
             .await?;
@@ -157,6 +161,10 @@ impl AccountApi {
             &request.signature,
         )
         .map_err(|_| ApiError::Unauthenticated("the login signature does not verify"))?;
+        // Only the key holder gets here: bounds the tokens one account mints.
+        if let Some(limiters) = self.state.limiters() {
+            limiters.login_success(account)?;
+        }
         self.issue_token(DeviceAddress {
             account,
             device: request.device_id,
@@ -174,7 +182,7 @@ impl AccountService for AccountApi {
     ) -> Result<Response<GetChallengeResponse>, Status> {
         let result: ApiResult<_> = async {
             if let Some(limiters) = self.state.limiters() {
-                limiters.account_op(remote_ip(&request))?;
+                limiters.account_op(self.state.source(&request))?;
             }
             let request = request.into_inner();
             let username = normalize_username(&request.username)?;
@@ -192,7 +200,10 @@ impl AccountService for AccountApi {
             let expires_at_ms = time::add(time::now_ms(), CHALLENGE_TTL);
             self.state
                 .storage
-                .put_challenge(&challenge, &username, purpose, expires_at_ms)
+                .put_challenge(
+                    &challenge_hash(&challenge, &username, purpose),
+                    expires_at_ms,
+                )
                 .await?;
             Ok(GetChallengeResponse {
                 challenge: challenge.to_vec(),

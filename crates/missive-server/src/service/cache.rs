@@ -165,6 +165,7 @@ mod tests {
         Principal {
             address: DeviceAddress { account, device: 1 },
             username: format!("user{account}"),
+            expires_at_ms: u64::MAX,
         }
     }
 

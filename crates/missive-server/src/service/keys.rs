@@ -11,11 +11,12 @@ use missive_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use super::{State, normalize_username, remote_ip};
+use super::{State, normalize_username};
 use crate::checks;
 use crate::error::{ApiError, ApiResult};
 use crate::limits::MAX_PREKEYS_STORED;
-use crate::storage::{AccountId, PrekeyCounts, StorageError};
+use crate::ratelimit::BundleAllowance;
+use crate::storage::{AccountId, DeviceAddress, PrekeyCounts, StorageError};
 
 /// The key service.
 #[derive(Clone, Debug)]
@@ -27,6 +28,8 @@ fn count(counts: PrekeyCounts) -> PrekeyCount {
     PrekeyCount {
         one_time_prekeys: counts.one_time,
         one_time_kem_prekeys: counts.one_time_kem,
+        one_time_prekeys_taken_last_hour: 0,
+        drained_recently: false,
     }
 }
 
@@ -93,7 +96,15 @@ impl KeyService for KeyApi {
             .prekey_counts(principal.address)
             .await
             .map_err(ApiError::from)?;
-        Ok(Response::new(count(counts)))
+        let (taken, drained) = self
+            .state
+            .drain
+            .report(principal.address, crate::time::now_ms());
+        Ok(Response::new(PrekeyCount {
+            one_time_prekeys_taken_last_hour: taken,
+            drained_recently: drained,
+            ..count(counts)
+        }))
     }
 
     #[tracing::instrument(skip_all)]
@@ -128,19 +139,37 @@ impl KeyService for KeyApi {
         request: Request<GetBundlesRequest>,
     ) -> Result<Response<GetBundlesResponse>, Status> {
         let principal = self.state.principal(&request).await?;
-        if let Some(limiters) = self.state.limiters() {
-            limiters.bundles(principal.address.account, remote_ip(&request))?;
-        }
+        let source = self.state.source(&request);
         let request = request.into_inner();
         let username = normalize_username(&request.username)?;
         let device = (request.device_id != 0).then_some(request.device_id);
-        let bundles = self
+        let not_found = || ApiError::NotFound(format!("there is no user named {username:?}"));
+        let mut consume = true;
+        if let Some(limiters) = self.state.limiters() {
+            let (target, _) = self.state.recipient(&username, false).await?.0;
+            let allowance = limiters.bundles(principal.address.account, source, target)?;
+            if allowance == BundleAllowance::WithoutOneTimeKeys {
+                consume = false;
+                self.state.drain.throttled(target, crate::time::now_ms());
+            }
+        }
+        let (target, bundles) = self
             .state
             .storage
-            .take_bundles(&username, device)
+            .take_bundles(&username, device, consume)
             .await
             .map_err(ApiError::from)?
-            .ok_or_else(|| ApiError::NotFound(format!("there is no user named {username:?}")))?;
+            .ok_or_else(not_found)?;
+        let now = crate::time::now_ms();
+        for bundle in &bundles.bundles {
+            if bundle.one_time_prekey.is_some() {
+                let address = DeviceAddress {
+                    account: target,
+                    device: bundle.device_id,
+                };
+                self.state.drain.taken(address, now);
+            }
+        }
         if bundles.bundles.is_empty() {
             return Err(ApiError::NotFound(format!(
                 "{username:?} has no device {}",

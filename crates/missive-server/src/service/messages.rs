@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use missive_proto::v1::message_service_server::MessageService;
 use missive_proto::v1::receive_response::Item;
@@ -16,9 +17,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::cache::Recipient;
-use super::{State, normalize_username, remote_ip};
-use crate::checks;
+use super::{State, normalize_username};
 use crate::error::{ApiError, ApiResult};
 use crate::fanout::{FanOut, Subscription};
 use crate::limits::{
@@ -183,7 +182,7 @@ impl MessageApi {
     async fn send_inner(&self, request: Request<SendRequest>) -> ApiResult<SendResponse> {
         let sender = self.state.principal(&request).await?;
         if let Some(limiters) = self.state.limiters() {
-            limiters.send(sender.address.account, remote_ip(&request))?;
+            limiters.send(sender.address.account, self.state.source(&request))?;
         }
         let request = request.into_inner();
         let recipient = normalize_username(&request.recipient)?;
@@ -192,7 +191,7 @@ impl MessageApi {
         // mismatch is confirmed against the store before it is reported.
         let mut fresh = false;
         let recipient_account = loop {
-            let ((account, devices), cached) = self.recipient(&recipient, fresh).await?;
+            let ((account, devices), cached) = self.state.recipient(&recipient, fresh).await?;
             match mismatch(&devices, &request) {
                 None => break account,
                 Some(_) if cached => fresh = true,
@@ -200,21 +199,22 @@ impl MessageApi {
             }
         };
         let server_timestamp_ms = time::now_ms();
+        let keys = self.state.franking.get();
         let envelopes = request
             .envelopes
             .into_iter()
             .map(|e| NewEnvelope {
                 recipient_device: e.device_id,
                 kind: e.r#type,
-                franking_tag: checks::server_tag(
-                    &self.state.franking_key,
+                franking_tag: keys.tag(
                     &e.franking_commitment,
+                    sender.address.account,
                     &sender.username,
+                    recipient_account,
                     &recipient,
                     server_timestamp_ms,
                     &request.message_id,
-                )
-                .to_vec(),
+                ),
                 content: e.content,
                 franking_commitment: e.franking_commitment,
             })
@@ -257,25 +257,6 @@ impl MessageApi {
                 )))
             }
         }
-    }
-}
-
-impl MessageApi {
-    /// The recipient's account and devices, from the cache (`true`) unless
-    /// `fresh`.
-    async fn recipient(&self, username: &str, fresh: bool) -> ApiResult<(Recipient, bool)> {
-        if !fresh && let Some(found) = self.state.caches.recipient(username) {
-            return Ok((found, true));
-        }
-        let (account, devices) =
-            self.state.storage.devices(username).await?.ok_or_else(|| {
-                ApiError::NotFound(format!("there is no user named {username:?}"))
-            })?;
-        let found: Recipient = (account, devices.into());
-        self.state
-            .caches
-            .remember_recipient(username.to_owned(), found.clone());
-        Ok((found, false))
     }
 }
 
@@ -437,6 +418,11 @@ async fn deliver(state: Arc<State>, principal: Principal, outbox: Outbox) {
     }
     let mut catch_up = tokio::time::interval(CATCH_UP_INTERVAL);
     catch_up.reset();
+    // The stream lives no longer than the token that opened it.
+    let expiry = tokio::time::sleep(Duration::from_millis(
+        principal.expires_at_ms.saturating_sub(time::now_ms()),
+    ));
+    tokio::pin!(expiry);
     loop {
         if *shutdown.borrow() {
             let _ = outbox.send(Err(ApiError::ShuttingDown.into())).await;
@@ -453,6 +439,15 @@ async fn deliver(state: Arc<State>, principal: Principal, outbox: Outbox) {
                 continue;
             }
             () = outbox.closed() => return,
+            () = &mut expiry => {
+                let _ = outbox
+                    .send(Err(ApiError::Unauthenticated(
+                        "the bearer token expired; log in again and reopen the stream",
+                    )
+                    .into()))
+                    .await;
+                return;
+            }
             woken = async {
                 match subscription.as_mut() {
                     Some(s) => s.woken().await,
@@ -515,11 +510,20 @@ impl MessageService for MessageApi {
         if *self.state.shutdown.borrow() {
             return Err(ApiError::ShuttingDown.into());
         }
-        self.state
+        // On a full disk the day may not be recordable; delivering (and so
+        // letting the device acknowledge, which frees space) matters more.
+        match self
+            .state
             .storage
             .touch_last_seen(principal.address.account, time::day_of(time::now_ms()))
             .await
-            .map_err(ApiError::from)?;
+        {
+            Ok(()) => {}
+            Err(StorageError::Full) => {
+                tracing::warn!("storage full: last-seen day not updated");
+            }
+            Err(other) => return Err(ApiError::from(other).into()),
+        }
         let (outbox, inbox) = mpsc::channel(RECEIVE_BUFFER);
         tokio::spawn(deliver(Arc::clone(&self.state), principal, outbox));
         Ok(Response::new(Box::pin(ReceiverStream::new(inbox))))
@@ -544,5 +548,62 @@ impl MessageService for MessageApi {
             .await
             .map_err(ApiError::from)?;
         Ok(Response::new(AcknowledgeResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::fanout::memory::MemoryFanOut;
+    use crate::franking::{KeyRing, SharedKeyRing};
+
+    /// Issue 17.5: a receive stream ends, with UNAUTHENTICATED, when the
+    /// token that opened it expires.
+    #[tokio::test]
+    async fn a_receive_stream_ends_when_its_token_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("s.db").display());
+        let storage = crate::storage::open(&url, crate::storage::OpenMode::Serve)
+            .await
+            .unwrap();
+        let account = storage
+            .create_account(&crate::storage::suite::account("streamer", 0, 0))
+            .await
+            .unwrap();
+        let (writer, _jobs) = mpsc::channel(1);
+        let (_stop, shutdown) = tokio::sync::watch::channel(false);
+        let state = Arc::new(State {
+            storage,
+            fanout: Arc::new(MemoryFanOut::new()),
+            limiters: None,
+            franking: SharedKeyRing::new(KeyRing::generate(1), None),
+            writer,
+            retention: Duration::from_secs(60),
+            mailbox_limit: 10,
+            shutdown,
+            caches: Default::default(),
+            drain: Default::default(),
+            forwarders: Default::default(),
+        });
+        let principal = Principal {
+            address: DeviceAddress { account, device: 1 },
+            username: "streamer".into(),
+            expires_at_ms: time::now_ms() + 1_500,
+        };
+        let (outbox, mut inbox) = mpsc::channel(8);
+        let started = std::time::Instant::now();
+        tokio::spawn(deliver(state, principal, outbox));
+        let first = inbox.recv().await.unwrap().unwrap();
+        assert!(matches!(first.item, Some(Item::QueueEmpty(_))));
+        let end = tokio::time::timeout(Duration::from_secs(20), inbox.recv())
+            .await
+            .expect("the stream outlived its token")
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(end.code(), tonic::Code::Unauthenticated, "{end:?}");
+        assert!(end.message().contains("expired"), "{}", end.message());
+        assert!(started.elapsed() >= Duration::from_millis(1_400));
+        assert!(inbox.recv().await.is_none(), "the stream went on");
     }
 }

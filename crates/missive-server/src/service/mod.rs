@@ -4,20 +4,21 @@
 
 pub mod account;
 pub mod cache;
+pub mod drain;
 pub mod keys;
 pub mod messages;
 pub mod reports;
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use missive_crypto::franking::ServerFrankingKey;
 use tokio::sync::{mpsc, watch};
 
 use crate::error::{ApiError, ApiResult};
 use crate::fanout::FanOut;
-use crate::ratelimit::Limiters;
+use crate::franking::SharedKeyRing;
+use crate::proxy::TrustedProxies;
+use crate::ratelimit::{Limiters, Source};
 use crate::storage::{Principal, Storage};
 
 /// State shared by every service.
@@ -25,12 +26,15 @@ pub struct State {
     pub(crate) storage: Arc<dyn Storage>,
     pub(crate) fanout: Arc<dyn FanOut>,
     pub(crate) limiters: Option<Limiters>,
-    pub(crate) franking_key: ServerFrankingKey,
+    pub(crate) franking: SharedKeyRing,
     pub(crate) writer: mpsc::Sender<messages::WriteJob>,
     pub(crate) retention: Duration,
     pub(crate) mailbox_limit: u32,
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) caches: cache::Caches,
+    pub(crate) drain: drain::DrainWatch,
+    /// Peers whose `x-forwarded-for` names the client.
+    pub(crate) forwarders: TrustedProxies,
 }
 
 impl std::fmt::Debug for State {
@@ -59,10 +63,34 @@ impl State {
     pub(crate) fn limiters(&self) -> Option<&Limiters> {
         self.limiters.as_ref()
     }
-}
 
-pub(crate) fn remote_ip<T>(request: &tonic::Request<T>) -> Option<IpAddr> {
-    request.remote_addr().map(|a| a.ip())
+    /// The rate-limit source of a call: the TCP peer (or the client a
+    /// trusted PROXY-protocol peer named), or the client a trusted
+    /// forwarder named in `x-forwarded-for`.
+    pub(crate) fn source<T>(&self, request: &tonic::Request<T>) -> Option<Source> {
+        let peer = request.remote_addr().map(|a| a.ip())?;
+        Some(Source::of(self.forwarders.client(peer, request.metadata())))
+    }
+
+    /// A user's account and devices, from the short-lived cache (`true`)
+    /// unless `fresh`.
+    pub(crate) async fn recipient(
+        &self,
+        username: &str,
+        fresh: bool,
+    ) -> ApiResult<(cache::Recipient, bool)> {
+        if !fresh && let Some(found) = self.caches.recipient(username) {
+            return Ok((found, true));
+        }
+        let (account, devices) =
+            self.storage.devices(username).await?.ok_or_else(|| {
+                ApiError::NotFound(format!("there is no user named {username:?}"))
+            })?;
+        let found: cache::Recipient = (account, devices.into());
+        self.caches
+            .remember_recipient(username.to_owned(), found.clone());
+        Ok((found, false))
+    }
 }
 
 /// Case-folds and validates a username: 3 to 32 of `a-z0-9._-`.

@@ -47,23 +47,47 @@ impl ReportApi {
         let text = String::from_utf8(request.plaintext.clone())
             .map_err(|_| invalid("the reported text is not UTF-8".into()))?;
         let sender = normalize_username(&request.sender)?;
-        checks::report(
-            &self.state.franking_key,
+        let verified = checks::report(
+            &self.state.franking.get(),
             &request.franking_key,
             &request.franking_commitment,
             &request.franking_tag,
             &request.plaintext,
             &sender,
+            reporter.address.account,
             &reporter.username,
             request.server_timestamp_ms,
             &request.message_id,
         )?;
+        // The tag binds the sender's account id. A tag from before key ids
+        // binds only the name: it is attributed to the account holding the
+        // name now only if that account existed on the day of the message.
+        let sender_account = match verified.sender_account {
+            Some(account) => Some(account),
+            None => self
+                .state
+                .storage
+                .account_named(&sender)
+                .await?
+                .filter(|a| a.created_day <= time::day_of(request.server_timestamp_ms))
+                .map(|a| a.id),
+        };
+        // Identities never change for an account, so the current one is the
+        // one at the time; a deleted account has none left.
+        let sender_identity = match sender_account {
+            Some(account) => self.state.storage.account_identity(account).await?,
+            None => None,
+        };
         let report_id = self
             .state
             .storage
             .insert_report(&NewReport {
+                reporter_account: reporter.address.account,
                 reporter: reporter.username,
+                sender_account,
                 sender,
+                sender_identity,
+                franking_key_id: verified.key_id,
                 message_id: request.message_id,
                 server_timestamp_ms: request.server_timestamp_ms,
                 plaintext: text,

@@ -12,6 +12,7 @@
 //! The backend-independent test suite is [`suite`]; every backend runs it.
 
 pub mod postgres;
+mod reserve;
 pub mod sqlite;
 mod sqlite_hot;
 #[doc(hidden)]
@@ -40,7 +41,12 @@ pub struct Principal {
     pub address: DeviceAddress,
     /// The caller's username.
     pub username: String,
+    /// When the caller's token expires (receive streams end then).
+    pub expires_at_ms: u64,
 }
+
+/// Milliseconds in a day: tokens expire at the start of a UTC day.
+pub const DAY_MS: u64 = 86_400_000;
 
 /// What a challenge may be used for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -248,10 +254,21 @@ pub struct PurgeCounts {
 /// A verified abuse report to store.
 #[derive(Clone, Debug)]
 pub struct NewReport {
-    /// Reporting username (the recipient of the message).
+    /// Reporting account (the recipient of the message).
+    pub reporter_account: AccountId,
+    /// Its username at the time.
     pub reporter: String,
-    /// Reported sender username.
+    /// Reported sender's account, as bound by the franking tag; `None` when
+    /// it cannot be known (a tag from before key ids whose name now belongs
+    /// to a newer account).
+    pub sender_account: Option<AccountId>,
+    /// Reported sender's username at the time.
     pub sender: String,
+    /// The sender's identity (`PublicIdentity::to_bytes()`) at the time;
+    /// `None` when the account is unknown or was deleted before the report.
+    pub sender_identity: Option<Vec<u8>>,
+    /// Franking key that verified the tag.
+    pub franking_key_id: u32,
     /// Reported message id.
     pub message_id: Vec<u8>,
     /// Server timestamp of the reported message.
@@ -269,10 +286,20 @@ pub struct NewReport {
 pub struct ReportRecord {
     /// Report id.
     pub id: u64,
-    /// Reporting username.
+    /// Reporting account id (`None`: a report from before account ids whose
+    /// reporter could not be attributed).
+    pub reporter_account: Option<AccountId>,
+    /// Reporting username at the time.
     pub reporter: String,
-    /// Reported sender username.
+    /// Reported sender's account id (`None`: unknown).
+    pub sender_account: Option<AccountId>,
+    /// Reported sender username at the time.
     pub sender: String,
+    /// SHA-256 fingerprint of the sender's identity at the time (`None`:
+    /// unknown).
+    pub sender_identity_fingerprint: Option<String>,
+    /// Franking key that verified the tag (`None`: before key ids).
+    pub franking_key_id: Option<u32>,
     /// Hex of the message id.
     pub message_id: String,
     /// Server timestamp of the reported message.
@@ -338,9 +365,23 @@ pub enum StorageError {
     /// The database holds no Missive schema (read-only commands on a fresh path).
     #[error("no Missive database at this location")]
     NoDatabase,
+    /// The disk (or the database's quota) is full.
+    #[error("the server's storage is full")]
+    Full,
     /// Any other driver error.
     #[error("database error: {0}")]
     Backend(String),
+}
+
+/// The account a username names now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccountRecord {
+    /// Account id.
+    pub id: AccountId,
+    /// `PublicIdentity::to_bytes()`.
+    pub identity: Vec<u8>,
+    /// Creation day.
+    pub created_day: i64,
 }
 
 /// Shorthand.
@@ -349,23 +390,11 @@ pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 /// Everything the services need from a store.
 #[async_trait]
 pub trait Storage: Send + Sync + 'static {
-    /// Records a fresh single-use challenge.
-    async fn put_challenge(
-        &self,
-        challenge: &[u8],
-        username: &str,
-        purpose: ChallengePurpose,
-        expires_at_ms: u64,
-    ) -> Result<()>;
-    /// Deletes the challenge and says whether it existed for this username
-    /// and purpose and had not expired.
-    async fn take_challenge(
-        &self,
-        challenge: &[u8],
-        username: &str,
-        purpose: ChallengePurpose,
-        now_ms: u64,
-    ) -> Result<bool>;
+    /// Records a fresh single-use challenge by its hash (see
+    /// [`challenge_hash`]; the row names no one).
+    async fn put_challenge(&self, challenge_hash: &[u8; 32], expires_at_ms: u64) -> Result<()>;
+    /// Deletes the challenge and says whether it existed and had not expired.
+    async fn take_challenge(&self, challenge_hash: &[u8; 32], now_ms: u64) -> Result<bool>;
     /// Creates an account with device 1. [`StorageError::Conflict`] when the
     /// username is taken.
     async fn create_account(&self, account: &NewAccount) -> Result<AccountId>;
@@ -377,12 +406,15 @@ pub trait Storage: Send + Sync + 'static {
     ) -> Result<Option<(AccountId, Vec<u8>)>>;
     /// The identity of an account (to verify uploaded prekey signatures).
     async fn account_identity(&self, account: AccountId) -> Result<Option<Vec<u8>>>;
-    /// Stores a token hash and marks the account seen today.
+    /// The account `username` names now.
+    async fn account_named(&self, username: &str) -> Result<Option<AccountRecord>>;
+    /// Stores a token hash valid until the start of `expires_day` and marks
+    /// the account seen today.
     async fn insert_token(
         &self,
         token_hash: &[u8; 32],
         device: DeviceAddress,
-        expires_at_ms: u64,
+        expires_day: i64,
         today: i64,
     ) -> Result<()>;
     /// The principal of an unexpired token hash.
@@ -411,10 +443,16 @@ pub trait Storage: Send + Sync + 'static {
         signed_prekey: Option<&SignedPrekeyRecord>,
         last_resort_kem_prekey: Option<&KemPrekeyRecord>,
     ) -> Result<()>;
-    /// Bundles for every device (or one), atomically consuming at most one
-    /// one-time prekey of each kind per device. `None` for an unknown user.
-    async fn take_bundles(&self, username: &str, device_id: Option<u32>)
-    -> Result<Option<Bundles>>;
+    /// The account and bundles for every device (or one), atomically
+    /// consuming at most one one-time prekey of each kind per device (none
+    /// unless `consume`: then bundles carry no one-time X25519 key and the
+    /// last-resort KEM key). `None` for an unknown user.
+    async fn take_bundles(
+        &self,
+        username: &str,
+        device_id: Option<u32>,
+        consume: bool,
+    ) -> Result<Option<(AccountId, Bundles)>>;
 
     /// The account and its devices, for the device-list check.
     async fn devices(&self, username: &str) -> Result<Option<(AccountId, Vec<DeviceRecord>)>>;
@@ -449,11 +487,21 @@ pub trait Storage: Send + Sync + 'static {
     /// Deletes those of `ids` that are pending for `device`; returns how many.
     async fn acknowledge(&self, device: DeviceAddress, ids: &[u64]) -> Result<u64>;
     /// Deletes envelopes accepted before `envelope_cutoff_ms` and expired
-    /// tokens and challenges.
+    /// tokens and challenges, and returns free space to the file system
+    /// where the backend can.
     async fn purge_expired(&self, now_ms: u64, envelope_cutoff_ms: u64) -> Result<PurgeCounts>;
 
-    /// The secret stored under `name`, storing `candidate` first if none is.
-    async fn server_secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>>;
+    /// A secret an earlier version stored under `name` (`server_secrets`).
+    async fn server_secret_get(&self, name: &str) -> Result<Option<Vec<u8>>>;
+    /// Deletes that secret irrevocably: no copy left in the database's files
+    /// where the backend can ensure it (SQLite: overwritten, WAL truncated;
+    /// PostgreSQL: vacuumed, though its WAL may keep it until recycled).
+    async fn delete_server_secret(&self, name: &str) -> Result<()>;
+    /// Records the check value of franking key `id` unless one is recorded,
+    /// and returns the recorded one.
+    async fn record_franking_key(&self, id: u32, check_value: &[u8]) -> Result<Vec<u8>>;
+    /// Franking key ids with a recorded check value.
+    async fn franking_key_ids(&self) -> Result<Vec<u32>>;
 
     /// Stores a verified report; returns its id.
     async fn insert_report(&self, report: &NewReport) -> Result<u64>;
@@ -462,11 +510,30 @@ pub trait Storage: Send + Sync + 'static {
     /// One report.
     async fn report(&self, id: u64) -> Result<Option<ReportRecord>>;
 
-    /// Everything stored about an account.
+    /// Everything stored about the account `username` names now (reports by
+    /// account id, never by name).
     async fn export_account(&self, username: &str) -> Result<Option<AccountExport>>;
 
     /// Flushes and closes the store (graceful shutdown).
     async fn close(&self) {}
+}
+
+/// What a challenge row is keyed by: `SHA-256(field("missive challenge v1")
+/// || u64(purpose) || field(username) || field(challenge))`, with
+/// `field(x) = u64_be(len(x)) || x`. Only the client knows the challenge, so
+/// the row cannot be traced to a username.
+pub fn challenge_hash(challenge: &[u8], username: &str, purpose: ChallengePurpose) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let field = |hash: &mut Sha256, part: &[u8]| {
+        hash.update((part.len() as u64).to_be_bytes());
+        hash.update(part);
+    };
+    let mut hash = Sha256::new();
+    field(&mut hash, b"missive challenge v1");
+    hash.update(purpose.code().to_be_bytes());
+    field(&mut hash, username.as_bytes());
+    field(&mut hash, challenge);
+    hash.finalize().into()
 }
 
 /// How a store is opened.
@@ -492,6 +559,18 @@ pub async fn open(url: &str, mode: OpenMode) -> Result<Arc<dyn Storage>> {
             "unsupported database URL scheme in {:?}; this build supports sqlite://PATH and postgres://…",
             redact_url(url)
         )))
+    }
+}
+
+/// Opens the backend named by `url` for serving; a SQLite store keeps
+/// `reserve` bytes of disk for acknowledgements on a full disk.
+pub async fn open_serving(url: &str, reserve: u64) -> Result<Arc<dyn Storage>> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(
+            sqlite::SqliteStorage::open_with_reserve(url, OpenMode::Serve, reserve).await?,
+        ))
+    } else {
+        open(url, OpenMode::Serve).await
     }
 }
 

@@ -20,13 +20,14 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, Transaction};
 
 use super::{
-    AccountExport, AccountId, BundleRecord, Bundles, ChallengePurpose, DeviceAddress, DeviceExport,
-    DeviceRecord, KemPrekeyRecord, NewAccount, NewReport, OneTimePrekeyRecord, OpenMode,
-    PrekeyCounts, Principal, PurgeCounts, ReportRecord, Result, SendItem, SendOutcome,
+    AccountExport, AccountId, AccountRecord, BundleRecord, Bundles, DAY_MS, DeviceAddress,
+    DeviceExport, DeviceRecord, KemPrekeyRecord, NewAccount, NewReport, OneTimePrekeyRecord,
+    OpenMode, PrekeyCounts, Principal, PurgeCounts, ReportRecord, Result, SendItem, SendOutcome,
     SignedPrekeyRecord, Storage, StorageError, StoredEnvelope,
 };
 
@@ -35,6 +36,18 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 /// Connections per node. Sends use one at a time (group commit); the rest
 /// serve receive streams, logins and key fetches.
 const MAX_CONNECTIONS: u32 = 16;
+
+/// How long the first connection may take before the node gives up.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The OS-level cause of a failed connection, without sqlx's wrapping.
+fn connect_cause(error: &sqlx::Error) -> String {
+    match error {
+        sqlx::Error::Io(io) => io.to_string(),
+        sqlx::Error::Tls(tls) => format!("TLS failed: {tls}"),
+        other => other.to_string(),
+    }
+}
 
 /// PostgreSQL store.
 #[derive(Clone, Debug)]
@@ -58,6 +71,8 @@ fn map_err(error: sqlx::Error) -> StorageError {
             }
             // undefined_table: the schema was never migrated.
             Some("42P01") => StorageError::NoDatabase,
+            // disk_full, insufficient_resources.
+            Some("53100" | "53000") => StorageError::Full,
             _ => StorageError::Backend(error.to_string()),
         },
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
@@ -93,6 +108,33 @@ impl PostgresStorage {
         let options = PgConnectOptions::from_str(url)
             .map_err(|e| StorageError::Backend(format!("invalid PostgreSQL URL: {e}")))?
             .application_name("missive-server");
+        // One direct attempt first: an unreachable or refusing server is
+        // reported at once, in one sentence, instead of after the pool's
+        // acquire timeout as "pool timed out".
+        let target = format!("{}:{}", options.get_host(), options.get_port());
+        match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options)).await {
+            Ok(Ok(connection)) => {
+                let _ = connection.close().await;
+            }
+            Ok(Err(sqlx::Error::Database(db))) => {
+                return Err(StorageError::Unavailable(format!(
+                    "PostgreSQL at {target} refused the connection: {}",
+                    db.message()
+                )));
+            }
+            Ok(Err(error)) => {
+                return Err(StorageError::Unavailable(format!(
+                    "cannot connect to PostgreSQL at {target}: {}",
+                    connect_cause(&error)
+                )));
+            }
+            Err(_) => {
+                return Err(StorageError::Unavailable(format!(
+                    "cannot connect to PostgreSQL at {target}: no answer within {} s",
+                    CONNECT_TIMEOUT.as_secs()
+                )));
+            }
+        }
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .min_connections(1)
@@ -205,8 +247,15 @@ async fn insert_prekeys(
 fn report_of(row: &PgRow) -> Result<ReportRecord> {
     Ok(ReportRecord {
         id: u64_of(get(row, "id")?)?,
-        reporter: get(row, "reporter")?,
-        sender: get(row, "sender")?,
+        reporter_account: get(row, "reporter_account")?,
+        reporter: get(row, "reporter_username")?,
+        sender_account: get(row, "sender_account")?,
+        sender: get(row, "sender_username")?,
+        sender_identity_fingerprint: get::<Option<Vec<u8>>>(row, "sender_identity")?
+            .map(|identity| crate::checks::fingerprint(&identity)),
+        franking_key_id: get::<Option<i64>>(row, "franking_key_id")?
+            .map(u32_of)
+            .transpose()?,
         message_id: hex::encode(get::<Vec<u8>>(row, "message_id")?),
         message_server_timestamp_ms: u64_of(get(row, "message_server_timestamp_ms")?)?,
         text: get(row, "plaintext")?,
@@ -216,8 +265,29 @@ fn report_of(row: &PgRow) -> Result<ReportRecord> {
     })
 }
 
-const REPORT_COLUMNS: &str = "id, reporter, sender, message_id, message_server_timestamp_ms, \
-                              plaintext, reason, created_at_ms, verified";
+const REPORT_COLUMNS: &str = "id, reporter_account, reporter_username, sender_account, \
+                              sender_username, sender_identity, franking_key_id, message_id, \
+                              message_server_timestamp_ms, plaintext, reason, created_at_ms, verified";
+
+/// A device's bundle without one-time keys: the last-resort KEM key.
+fn last_resort_bundle(row: &PgRow, device: u32) -> Result<BundleRecord> {
+    Ok(BundleRecord {
+        device_id: device,
+        registration_id: u32_of(get(row, "registration_id")?)?,
+        signed_prekey: SignedPrekeyRecord {
+            id: u32_of(get(row, "signed_prekey_id")?)?,
+            public_key: get(row, "signed_prekey")?,
+            signature: get(row, "signed_prekey_signature")?,
+        },
+        kem_prekey: KemPrekeyRecord {
+            id: u32_of(get(row, "kem_prekey_id")?)?,
+            public_key: get(row, "kem_prekey")?,
+            signature: get(row, "kem_prekey_signature")?,
+        },
+        kem_prekey_is_last_resort: true,
+        one_time_prekey: None,
+    })
+}
 
 /// The idempotency key of one envelope.
 type EnvelopeKey = (AccountId, i64, String, i64, Vec<u8>);
@@ -240,47 +310,28 @@ struct Columns {
 #[async_trait]
 impl Storage for PostgresStorage {
     #[tracing::instrument(skip_all)]
-    async fn put_challenge(
-        &self,
-        challenge: &[u8],
-        username: &str,
-        purpose: ChallengePurpose,
-        expires_at_ms: u64,
-    ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO challenges (challenge, username, purpose, expires_at_ms) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(challenge)
-        .bind(username)
-        .bind(purpose.code())
-        .bind(int(expires_at_ms))
-        .execute(&self.pool)
-        .await
-        .map_err(map_err)?;
+    async fn put_challenge(&self, challenge_hash: &[u8; 32], expires_at_ms: u64) -> Result<()> {
+        sqlx::query("INSERT INTO challenges (challenge_hash, expires_at_ms) VALUES ($1, $2)")
+            .bind(&challenge_hash[..])
+            .bind(int(expires_at_ms))
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
         Ok(())
     }
 
     #[tracing::instrument(skip_all)]
-    async fn take_challenge(
-        &self,
-        challenge: &[u8],
-        username: &str,
-        purpose: ChallengePurpose,
-        now_ms: u64,
-    ) -> Result<bool> {
+    async fn take_challenge(&self, challenge_hash: &[u8; 32], now_ms: u64) -> Result<bool> {
         // One statement: a challenge is consumed by its first use, right or
         // wrong, and by exactly one of two concurrent uses.
-        let row = sqlx::query(
-            "DELETE FROM challenges WHERE challenge = $1 RETURNING username, purpose, expires_at_ms",
+        let expires: Option<i64> = sqlx::query_scalar(
+            "DELETE FROM challenges WHERE challenge_hash = $1 RETURNING expires_at_ms",
         )
-        .bind(challenge)
+        .bind(&challenge_hash[..])
         .fetch_optional(&self.pool)
         .await
         .map_err(map_err)?;
-        let Some(row) = row else { return Ok(false) };
-        Ok(get::<String>(&row, "username")? == username
-            && get::<i64>(&row, "purpose")? == purpose.code()
-            && get::<i64>(&row, "expires_at_ms")? > int(now_ms))
+        Ok(expires.is_some_and(|at| at > int(now_ms)))
     }
 
     #[tracing::instrument(skip_all)]
@@ -358,21 +409,38 @@ impl Storage for PostgresStorage {
     }
 
     #[tracing::instrument(skip_all)]
+    async fn account_named(&self, username: &str) -> Result<Option<AccountRecord>> {
+        let row = sqlx::query("SELECT id, identity, created_day FROM accounts WHERE username = $1")
+            .bind(username)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err)?;
+        row.map(|r| {
+            Ok(AccountRecord {
+                id: get(&r, "id")?,
+                identity: get(&r, "identity")?,
+                created_day: get(&r, "created_day")?,
+            })
+        })
+        .transpose()
+    }
+
+    #[tracing::instrument(skip_all)]
     async fn insert_token(
         &self,
         token_hash: &[u8; 32],
         device: DeviceAddress,
-        expires_at_ms: u64,
+        expires_day: i64,
         today: i64,
     ) -> Result<()> {
         let mut tx = self.begin().await?;
         sqlx::query(
-            "INSERT INTO tokens (token_hash, account_id, device_id, expires_at_ms) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO tokens (token_hash, account_id, device_id, expires_day) VALUES ($1, $2, $3, $4)",
         )
         .bind(&token_hash[..])
         .bind(device.account)
         .bind(i64::from(device.device))
-        .bind(int(expires_at_ms))
+        .bind(expires_day)
         .execute(&mut *tx)
         .await
         .map_err(map_err)?;
@@ -388,12 +456,12 @@ impl Storage for PostgresStorage {
     #[tracing::instrument(skip_all)]
     async fn authenticate(&self, token_hash: &[u8; 32], now_ms: u64) -> Result<Option<Principal>> {
         let row = sqlx::query(
-            "SELECT t.account_id AS account_id, t.device_id AS device_id, a.username AS username \
-             FROM tokens t JOIN accounts a ON a.id = t.account_id \
-             WHERE t.token_hash = $1 AND t.expires_at_ms > $2",
+            "SELECT t.account_id AS account_id, t.device_id AS device_id, a.username AS username, \
+             t.expires_day AS expires_day FROM tokens t JOIN accounts a ON a.id = t.account_id \
+             WHERE t.token_hash = $1 AND t.expires_day > $2",
         )
         .bind(&token_hash[..])
-        .bind(int(now_ms))
+        .bind(crate::time::day_of(now_ms))
         .fetch_optional(&self.pool)
         .await
         .map_err(map_err)?;
@@ -404,6 +472,7 @@ impl Storage for PostgresStorage {
                     device: u32_of(get(&r, "device_id")?)?,
                 },
                 username: get(&r, "username")?,
+                expires_at_ms: u64_of(get(&r, "expires_day")?)?.saturating_mul(DAY_MS),
             })
         })
         .transpose()
@@ -511,7 +580,8 @@ impl Storage for PostgresStorage {
         &self,
         username: &str,
         device_id: Option<u32>,
-    ) -> Result<Option<Bundles>> {
+        consume: bool,
+    ) -> Result<Option<(AccountId, Bundles)>> {
         let mut tx = self.begin().await?;
         let Some(account) = sqlx::query("SELECT id, identity FROM accounts WHERE username = $1")
             .bind(username)
@@ -536,6 +606,10 @@ impl Storage for PostgresStorage {
         let mut bundles = Vec::with_capacity(rows.len());
         for row in rows {
             let device = u32_of(get(&row, "device_id")?)?;
+            if !consume {
+                bundles.push(last_resort_bundle(&row, device)?);
+                continue;
+            }
             // SKIP LOCKED: two concurrent fetches take two different keys
             // instead of the second finding its chosen key deleted.
             let one_time = sqlx::query(
@@ -600,7 +674,7 @@ impl Storage for PostgresStorage {
             });
         }
         tx.commit().await.map_err(map_err)?;
-        Ok(Some(Bundles { identity, bundles }))
+        Ok(Some((account_id, Bundles { identity, bundles })))
     }
 
     #[tracing::instrument(skip_all)]
@@ -893,8 +967,8 @@ impl Storage for PostgresStorage {
             .await
             .map_err(map_err)?
             .rows_affected();
-        let tokens = sqlx::query("DELETE FROM tokens WHERE expires_at_ms <= $1")
-            .bind(int(now_ms))
+        let tokens = sqlx::query("DELETE FROM tokens WHERE expires_day <= $1")
+            .bind(crate::time::day_of(now_ms))
             .execute(&mut *tx)
             .await
             .map_err(map_err)?
@@ -913,31 +987,71 @@ impl Storage for PostgresStorage {
     }
 
     #[tracing::instrument(skip_all)]
-    async fn server_secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>> {
-        // First writer wins; every node then reads the same value.
+    async fn server_secret_get(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        sqlx::query_scalar("SELECT value FROM server_secrets WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err)
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn delete_server_secret(&self, name: &str) -> Result<()> {
+        sqlx::query("DELETE FROM server_secrets WHERE name = $1")
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        // Removes the dead row version from the table's files (WAL segments
+        // keep it until recycled; docs/DEPLOYMENT.md).
+        sqlx::query("VACUUM server_secrets")
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn record_franking_key(&self, id: u32, check_value: &[u8]) -> Result<Vec<u8>> {
+        // First writer wins; every node then compares with the same row.
         sqlx::query(
-            "INSERT INTO server_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+            "INSERT INTO franking_keys (key_id, check_value) VALUES ($1, $2) ON CONFLICT (key_id) DO NOTHING",
         )
-        .bind(name)
-        .bind(candidate)
+        .bind(i64::from(id))
+        .bind(check_value)
         .execute(&self.pool)
         .await
         .map_err(map_err)?;
-        sqlx::query_scalar("SELECT value FROM server_secrets WHERE name = $1")
-            .bind(name)
+        sqlx::query_scalar("SELECT check_value FROM franking_keys WHERE key_id = $1")
+            .bind(i64::from(id))
             .fetch_one(&self.pool)
             .await
             .map_err(map_err)
     }
 
     #[tracing::instrument(skip_all)]
+    async fn franking_key_ids(&self) -> Result<Vec<u32>> {
+        let ids: Vec<i64> = sqlx::query_scalar("SELECT key_id FROM franking_keys ORDER BY key_id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?;
+        ids.into_iter().map(u32_of).collect()
+    }
+
+    #[tracing::instrument(skip_all)]
     async fn insert_report(&self, report: &NewReport) -> Result<u64> {
         let id: i64 = sqlx::query_scalar(
-            "INSERT INTO reports (reporter, sender, message_id, message_server_timestamp_ms, plaintext, \
-             reason, created_at_ms, verified) VALUES ($1, $2, $3, $4, $5, $6, $7, TRUE) RETURNING id",
+            "INSERT INTO reports (reporter_account, reporter_username, sender_account, sender_username, \
+             sender_identity, franking_key_id, message_id, message_server_timestamp_ms, plaintext, \
+             reason, created_at_ms, verified) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, TRUE) \
+             RETURNING id",
         )
+        .bind(report.reporter_account)
         .bind(&report.reporter)
+        .bind(report.sender_account)
         .bind(&report.sender)
+        .bind(&report.sender_identity)
+        .bind(i64::from(report.franking_key_id))
         .bind(&report.message_id)
         .bind(int(report.server_timestamp_ms))
         .bind(&report.plaintext)
@@ -1014,9 +1128,9 @@ impl Storage for PostgresStorage {
             });
         }
         let reports_against = sqlx::query(&format!(
-            "SELECT {REPORT_COLUMNS} FROM reports WHERE sender = $1 ORDER BY id"
+            "SELECT {REPORT_COLUMNS} FROM reports WHERE sender_account = $1 ORDER BY id"
         ))
-        .bind(username)
+        .bind(account_id)
         .fetch_all(&mut *tx)
         .await
         .map_err(map_err)?
@@ -1024,8 +1138,8 @@ impl Storage for PostgresStorage {
         .map(report_of)
         .collect::<Result<Vec<_>>>()?;
         let reports_filed: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM reports WHERE reporter = $1")
-                .bind(username)
+            sqlx::query_scalar("SELECT COUNT(*) FROM reports WHERE reporter_account = $1")
+                .bind(account_id)
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(map_err)?;

@@ -10,17 +10,18 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
 };
 use sqlx::{Row, Sqlite, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
+use super::reserve::Reserve;
 use super::sqlite_hot;
 use super::{
-    AccountExport, AccountId, BundleRecord, Bundles, ChallengePurpose, DeviceAddress, DeviceExport,
-    DeviceRecord, KemPrekeyRecord, NewAccount, NewReport, OneTimePrekeyRecord, OpenMode,
-    PrekeyCounts, Principal, PurgeCounts, ReportRecord, Result, SendItem, SendOutcome,
+    AccountExport, AccountId, AccountRecord, BundleRecord, Bundles, DAY_MS, DeviceAddress,
+    DeviceExport, DeviceRecord, KemPrekeyRecord, NewAccount, NewReport, OneTimePrekeyRecord,
+    OpenMode, PrekeyCounts, Principal, PurgeCounts, ReportRecord, Result, SendItem, SendOutcome,
     SignedPrekeyRecord, Storage, StorageError, StoredEnvelope,
 };
 
@@ -32,6 +33,8 @@ pub struct SqliteStorage {
     pool: SqlitePool,
     /// The message hot path (sends and acknowledgements), see [`sqlite_hot`].
     hot: mpsc::Sender<sqlite_hot::Message>,
+    /// Disk space kept for acknowledgements on a full disk.
+    reserve: Arc<Reserve>,
 }
 
 fn closing() -> StorageError {
@@ -43,6 +46,8 @@ fn map_err(error: sqlx::Error) -> StorageError {
     match &error {
         sqlx::Error::Database(db) if db.is_unique_violation() => StorageError::Conflict,
         sqlx::Error::Database(db) if db.is_foreign_key_violation() => StorageError::NotFound,
+        // SQLITE_FULL: the disk (or max_page_count) is full.
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("13") => StorageError::Full,
         sqlx::Error::Database(db)
             if matches!(db.code().as_deref(), Some("5") | Some("6") | Some("517")) =>
         {
@@ -77,9 +82,18 @@ fn get<'r, T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>>(
 impl SqliteStorage {
     /// Opens (and in [`OpenMode::Serve`] creates and migrates) the database at `url`.
     pub async fn open(url: &str, mode: OpenMode) -> Result<Self> {
+        Self::open_with_reserve(url, mode, 0).await
+    }
+
+    /// [`Self::open`] keeping `reserve` bytes of disk free next to the
+    /// database for acknowledgements on a full disk ([`Reserve`]).
+    pub async fn open_with_reserve(url: &str, mode: OpenMode, reserve: u64) -> Result<Self> {
         let options = SqliteConnectOptions::from_str(url)
             .map_err(|e| StorageError::Backend(format!("invalid SQLite URL: {e}")))?
             .create_if_missing(mode == OpenMode::Serve)
+            // Before the first table exists, so new databases can shrink
+            // (older ones are converted once below).
+            .auto_vacuum(SqliteAutoVacuum::Incremental)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
@@ -87,6 +101,9 @@ impl SqliteStorage {
             // forensic trace of who wrote to whom in free pages.
             .pragma("secure_delete", "ON")
             .busy_timeout(Duration::from_secs(10));
+        if mode == OpenMode::Serve {
+            private_files(options.get_filename())?;
+        }
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .min_connections(1)
@@ -113,6 +130,9 @@ impl SqliteStorage {
                 }
             }
         }
+        if mode == OpenMode::Serve {
+            incremental_vacuum_on(&pool).await?;
+        }
         // The hot path opens the file a second time, which an in-memory
         // database cannot be.
         let file = options.get_filename();
@@ -121,8 +141,43 @@ impl SqliteStorage {
                 "in-memory SQLite databases are not supported; give a file".into(),
             ));
         }
-        let hot = sqlite_hot::start(file)?;
-        Ok(Self { pool, hot })
+        let reserve = Arc::new(match mode {
+            OpenMode::Serve => Reserve::create(file, reserve),
+            OpenMode::Existing => Reserve::none(),
+        });
+        let hot = sqlite_hot::start(file, Arc::clone(&reserve))?;
+        Ok(Self { pool, hot, reserve })
+    }
+
+    /// Refuses a write that makes the database grow while the reserve is
+    /// spent.
+    fn growth(&self) -> Result<()> {
+        if self.reserve.low() {
+            Err(StorageError::Full)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// A full disk seen by a write spends the reserve.
+    fn spent<T>(&self, result: Result<T>) -> Result<T> {
+        if matches!(result, Err(StorageError::Full)) {
+            self.reserve.release();
+        }
+        result
+    }
+
+    /// Runs a write that must work on a full disk (it frees space or lets a
+    /// device log in to acknowledge): once more after releasing the reserve.
+    async fn essential<T, F, Fut>(&self, op: F) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        match op().await {
+            Err(StorageError::Full) if self.reserve.release() => op().await,
+            other => other,
+        }
     }
 
     async fn write(&self) -> Result<Transaction<'static, Sqlite>> {
@@ -131,6 +186,67 @@ impl SqliteStorage {
             .await
             .map_err(map_err)
     }
+}
+
+/// Creates the database file with mode 0600 (SQLite then gives its `-wal`
+/// and `-shm` files the same mode) and tightens existing files to 0600.
+fn private_files(path: &std::path::Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let io = |e: std::io::Error| {
+            StorageError::Backend(format!("cannot secure {}: {e}", path.display()))
+        };
+        if path.as_os_str().is_empty() || path.to_string_lossy().starts_with("file:") {
+            return Ok(());
+        }
+        if !path.exists() {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(io)?;
+        }
+        for suffix in ["", "-wal", "-shm"] {
+            let mut file = path.as_os_str().to_owned();
+            file.push(suffix);
+            let file = std::path::PathBuf::from(file);
+            match std::fs::metadata(&file) {
+                Ok(meta) if meta.permissions().mode() & 0o077 != 0 => {
+                    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                        .map_err(io)?;
+                }
+                _ => {}
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+/// Converts a database created before `auto_vacuum = INCREMENTAL` (a
+/// one-time `VACUUM`, which needs free space about the size of the file).
+async fn incremental_vacuum_on(pool: &SqlitePool) -> Result<()> {
+    let (mode,): (i64,) = sqlx::query_as("PRAGMA auto_vacuum")
+        .fetch_one(pool)
+        .await
+        .map_err(map_err)?;
+    if mode == 2 {
+        return Ok(());
+    }
+    tracing::info!("converting the database to incremental vacuum (once)");
+    let mut connection = pool.acquire().await.map_err(map_err)?;
+    sqlx::query("PRAGMA auto_vacuum = INCREMENTAL")
+        .execute(&mut *connection)
+        .await
+        .map_err(map_err)?;
+    sqlx::query("VACUUM")
+        .execute(&mut *connection)
+        .await
+        .map_err(map_err)?;
+    Ok(())
 }
 
 async fn counts(
@@ -162,8 +278,15 @@ async fn counts(
 fn report_of(row: &SqliteRow) -> Result<ReportRecord> {
     Ok(ReportRecord {
         id: u64_of(get(row, "id")?)?,
-        reporter: get(row, "reporter")?,
-        sender: get(row, "sender")?,
+        reporter_account: get(row, "reporter_account")?,
+        reporter: get(row, "reporter_username")?,
+        sender_account: get(row, "sender_account")?,
+        sender: get(row, "sender_username")?,
+        sender_identity_fingerprint: get::<Option<Vec<u8>>>(row, "sender_identity")?
+            .map(|identity| crate::checks::fingerprint(&identity)),
+        franking_key_id: get::<Option<i64>>(row, "franking_key_id")?
+            .map(u32_of)
+            .transpose()?,
         message_id: hex::encode(get::<Vec<u8>>(row, "message_id")?),
         message_server_timestamp_ms: u64_of(get(row, "message_server_timestamp_ms")?)?,
         text: get(row, "plaintext")?,
@@ -173,105 +296,93 @@ fn report_of(row: &SqliteRow) -> Result<ReportRecord> {
     })
 }
 
-const REPORT_COLUMNS: &str = "id, reporter, sender, message_id, message_server_timestamp_ms, \
-                              plaintext, reason, created_at_ms, verified";
+const REPORT_COLUMNS: &str = "id, reporter_account, reporter_username, sender_account, \
+                              sender_username, sender_identity, franking_key_id, message_id, \
+                              message_server_timestamp_ms, plaintext, reason, created_at_ms, verified";
 
 #[async_trait]
 impl Storage for SqliteStorage {
     #[tracing::instrument(skip_all)]
-    async fn put_challenge(
-        &self,
-        challenge: &[u8],
-        username: &str,
-        purpose: ChallengePurpose,
-        expires_at_ms: u64,
-    ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO challenges (challenge, username, purpose, expires_at_ms) VALUES (?, ?, ?, ?)",
-        )
-        .bind(challenge)
-        .bind(username)
-        .bind(purpose.code())
-        .bind(int(expires_at_ms))
-        .execute(&self.pool)
+    async fn put_challenge(&self, challenge_hash: &[u8; 32], expires_at_ms: u64) -> Result<()> {
+        self.essential(move || async move {
+            sqlx::query("INSERT INTO challenges (challenge_hash, expires_at_ms) VALUES (?, ?)")
+                .bind(&challenge_hash[..])
+                .bind(int(expires_at_ms))
+                .execute(&self.pool)
+                .await
+                .map_err(map_err)?;
+            Ok(())
+        })
         .await
-        .map_err(map_err)?;
-        Ok(())
     }
 
     #[tracing::instrument(skip_all)]
-    async fn take_challenge(
-        &self,
-        challenge: &[u8],
-        username: &str,
-        purpose: ChallengePurpose,
-        now_ms: u64,
-    ) -> Result<bool> {
-        // Delete first: a challenge is consumed by its first use, right or wrong.
-        let mut tx = self.write().await?;
-        let row = sqlx::query(
-            "SELECT username, purpose, expires_at_ms FROM challenges WHERE challenge = ?",
-        )
-        .bind(challenge)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(map_err)?;
-        sqlx::query("DELETE FROM challenges WHERE challenge = ?")
-            .bind(challenge)
-            .execute(&mut *tx)
+    async fn take_challenge(&self, challenge_hash: &[u8; 32], now_ms: u64) -> Result<bool> {
+        self.essential(move || async move {
+            // Deleted by its first use, right or wrong, and by exactly one of two
+            // concurrent uses.
+            let expires: Option<i64> = sqlx::query_scalar(
+                "DELETE FROM challenges WHERE challenge_hash = ? RETURNING expires_at_ms",
+            )
+            .bind(&challenge_hash[..])
+            .fetch_optional(&self.pool)
             .await
             .map_err(map_err)?;
-        tx.commit().await.map_err(map_err)?;
-        let Some(row) = row else { return Ok(false) };
-        Ok(get::<String>(&row, "username")? == username
-            && get::<i64>(&row, "purpose")? == purpose.code()
-            && get::<i64>(&row, "expires_at_ms")? > int(now_ms))
+            Ok(expires.is_some_and(|at| at > int(now_ms)))
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all)]
     async fn create_account(&self, account: &NewAccount) -> Result<AccountId> {
-        let mut tx = self.write().await?;
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO accounts (username, identity, created_day, last_seen_day) \
-             VALUES (?, ?, ?, ?) RETURNING id",
+        self.growth()?;
+        self.spent(
+            async move {
+                let mut tx = self.write().await?;
+                let id: i64 = sqlx::query_scalar(
+                    "INSERT INTO accounts (username, identity, created_day, last_seen_day) \
+                     VALUES (?, ?, ?, ?) RETURNING id",
+                )
+                .bind(&account.username)
+                .bind(&account.identity)
+                .bind(account.today)
+                .bind(account.today)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(map_err)?;
+                sqlx::query(
+                    "INSERT INTO devices (account_id, device_id, registration_id, created_day, \
+                     signed_prekey_id, signed_prekey, signed_prekey_signature, \
+                     kem_prekey_id, kem_prekey, kem_prekey_signature) VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(id)
+                .bind(i64::from(account.registration_id))
+                .bind(account.today)
+                .bind(i64::from(account.signed_prekey.id))
+                .bind(&account.signed_prekey.public_key)
+                .bind(&account.signed_prekey.signature)
+                .bind(i64::from(account.last_resort_kem_prekey.id))
+                .bind(&account.last_resort_kem_prekey.public_key)
+                .bind(&account.last_resort_kem_prekey.signature)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+                let device = DeviceAddress {
+                    account: id,
+                    device: 1,
+                };
+                insert_prekeys(
+                    &mut tx,
+                    device,
+                    &account.one_time_prekeys,
+                    &account.one_time_kem_prekeys,
+                )
+                .await?;
+                tx.commit().await.map_err(map_err)?;
+                Ok(id)
+            }
+            .await,
         )
-        .bind(&account.username)
-        .bind(&account.identity)
-        .bind(account.today)
-        .bind(account.today)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(map_err)?;
-        sqlx::query(
-            "INSERT INTO devices (account_id, device_id, registration_id, created_day, \
-             signed_prekey_id, signed_prekey, signed_prekey_signature, \
-             kem_prekey_id, kem_prekey, kem_prekey_signature) VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(id)
-        .bind(i64::from(account.registration_id))
-        .bind(account.today)
-        .bind(i64::from(account.signed_prekey.id))
-        .bind(&account.signed_prekey.public_key)
-        .bind(&account.signed_prekey.signature)
-        .bind(i64::from(account.last_resort_kem_prekey.id))
-        .bind(&account.last_resort_kem_prekey.public_key)
-        .bind(&account.last_resort_kem_prekey.signature)
-        .execute(&mut *tx)
-        .await
-        .map_err(map_err)?;
-        let device = DeviceAddress {
-            account: id,
-            device: 1,
-        };
-        insert_prekeys(
-            &mut tx,
-            device,
-            &account.one_time_prekeys,
-            &account.one_time_kem_prekeys,
-        )
-        .await?;
-        tx.commit().await.map_err(map_err)?;
-        Ok(id)
     }
 
     #[tracing::instrument(skip_all)]
@@ -303,42 +414,63 @@ impl Storage for SqliteStorage {
     }
 
     #[tracing::instrument(skip_all)]
+    async fn account_named(&self, username: &str) -> Result<Option<AccountRecord>> {
+        let row = sqlx::query("SELECT id, identity, created_day FROM accounts WHERE username = ?")
+            .bind(username)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err)?;
+        row.map(|r| {
+            Ok(AccountRecord {
+                id: get(&r, "id")?,
+                identity: get(&r, "identity")?,
+                created_day: get(&r, "created_day")?,
+            })
+        })
+        .transpose()
+    }
+
+    #[tracing::instrument(skip_all)]
     async fn insert_token(
         &self,
         token_hash: &[u8; 32],
         device: DeviceAddress,
-        expires_at_ms: u64,
+        expires_day: i64,
         today: i64,
     ) -> Result<()> {
-        let mut tx = self.write().await?;
-        sqlx::query(
-            "INSERT INTO tokens (token_hash, account_id, device_id, expires_at_ms) VALUES (?, ?, ?, ?)",
-        )
-        .bind(&token_hash[..])
-        .bind(device.account)
-        .bind(i64::from(device.device))
-        .bind(int(expires_at_ms))
-        .execute(&mut *tx)
-        .await
-        .map_err(map_err)?;
-        sqlx::query("UPDATE accounts SET last_seen_day = ? WHERE id = ?")
-            .bind(today)
+        self.essential(move || async move {
+            let mut tx = self.write().await?;
+            sqlx::query(
+                "INSERT INTO tokens (token_hash, account_id, device_id, expires_day) VALUES (?, ?, ?, ?)",
+            )
+            .bind(&token_hash[..])
             .bind(device.account)
+            .bind(i64::from(device.device))
+            .bind(expires_day)
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
-        tx.commit().await.map_err(map_err)
+            sqlx::query("UPDATE accounts SET last_seen_day = ? WHERE id = ?")
+                .bind(today)
+                .bind(device.account)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+            tx.commit().await.map_err(map_err)
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all)]
     async fn authenticate(&self, token_hash: &[u8; 32], now_ms: u64) -> Result<Option<Principal>> {
         let row = sqlx::query(
-            "SELECT t.account_id AS account_id, t.device_id AS device_id, a.username AS username \
+            "SELECT t.account_id AS account_id, t.device_id AS device_id, a.username AS username, \
+             t.expires_day AS expires_day \
              FROM tokens t JOIN accounts a ON a.id = t.account_id \
-             WHERE t.token_hash = ? AND t.expires_at_ms > ?",
+             WHERE t.token_hash = ? AND t.expires_day > ?",
         )
         .bind(&token_hash[..])
-        .bind(int(now_ms))
+        .bind(crate::time::day_of(now_ms))
         .fetch_optional(&self.pool)
         .await
         .map_err(map_err)?;
@@ -349,6 +481,7 @@ impl Storage for SqliteStorage {
                     device: u32_of(get(&r, "device_id")?)?,
                 },
                 username: get(&r, "username")?,
+                expires_at_ms: u64_of(get(&r, "expires_day")?)?.saturating_mul(DAY_MS),
             })
         })
         .transpose()
@@ -356,28 +489,36 @@ impl Storage for SqliteStorage {
 
     #[tracing::instrument(skip_all)]
     async fn touch_last_seen(&self, account: AccountId, today: i64) -> Result<()> {
-        sqlx::query("UPDATE accounts SET last_seen_day = ? WHERE id = ? AND last_seen_day <> ?")
+        self.essential(move || async move {
+            sqlx::query(
+                "UPDATE accounts SET last_seen_day = ? WHERE id = ? AND last_seen_day <> ?",
+            )
             .bind(today)
             .bind(account)
             .bind(today)
             .execute(&self.pool)
             .await
             .map_err(map_err)?;
-        Ok(())
+            Ok(())
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all)]
     async fn delete_account(&self, account: AccountId) -> Result<()> {
-        // Foreign keys cascade to devices, prekeys, tokens and envelopes.
-        let done = sqlx::query("DELETE FROM accounts WHERE id = ?")
-            .bind(account)
-            .execute(&self.pool)
-            .await
-            .map_err(map_err)?;
-        if done.rows_affected() == 0 {
-            return Err(StorageError::NotFound);
-        }
-        Ok(())
+        self.essential(move || async move {
+            // Foreign keys cascade to devices, prekeys, tokens and envelopes.
+            let done = sqlx::query("DELETE FROM accounts WHERE id = ?")
+                .bind(account)
+                .execute(&self.pool)
+                .await
+                .map_err(map_err)?;
+            if done.rows_affected() == 0 {
+                return Err(StorageError::NotFound);
+            }
+            Ok(())
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all)]
@@ -388,17 +529,23 @@ impl Storage for SqliteStorage {
         kem: &[KemPrekeyRecord],
         max_stored: u32,
     ) -> Result<PrekeyCounts> {
-        let mut tx = self.write().await?;
-        let before = counts(&mut tx, device).await?;
-        if u64::from(before.one_time) + one_time.len() as u64 > u64::from(max_stored)
-            || u64::from(before.one_time_kem) + kem.len() as u64 > u64::from(max_stored)
-        {
-            return Err(StorageError::QuotaExceeded);
-        }
-        insert_prekeys(&mut tx, device, one_time, kem).await?;
-        let after = counts(&mut tx, device).await?;
-        tx.commit().await.map_err(map_err)?;
-        Ok(after)
+        self.growth()?;
+        self.spent(
+            async move {
+                let mut tx = self.write().await?;
+                let before = counts(&mut tx, device).await?;
+                if u64::from(before.one_time) + one_time.len() as u64 > u64::from(max_stored)
+                    || u64::from(before.one_time_kem) + kem.len() as u64 > u64::from(max_stored)
+                {
+                    return Err(StorageError::QuotaExceeded);
+                }
+                insert_prekeys(&mut tx, device, one_time, kem).await?;
+                let after = counts(&mut tx, device).await?;
+                tx.commit().await.map_err(map_err)?;
+                Ok(after)
+            }
+            .await,
+        )
     }
 
     #[tracing::instrument(skip_all)]
@@ -416,36 +563,42 @@ impl Storage for SqliteStorage {
         signed_prekey: Option<&SignedPrekeyRecord>,
         last_resort_kem_prekey: Option<&KemPrekeyRecord>,
     ) -> Result<()> {
-        let mut tx = self.write().await?;
-        if let Some(key) = signed_prekey {
-            sqlx::query(
-                "UPDATE devices SET signed_prekey_id = ?, signed_prekey = ?, signed_prekey_signature = ? \
-                 WHERE account_id = ? AND device_id = ?",
-            )
-            .bind(i64::from(key.id))
-            .bind(&key.public_key)
-            .bind(&key.signature)
-            .bind(device.account)
-            .bind(i64::from(device.device))
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
-        }
-        if let Some(key) = last_resort_kem_prekey {
-            sqlx::query(
-                "UPDATE devices SET kem_prekey_id = ?, kem_prekey = ?, kem_prekey_signature = ? \
-                 WHERE account_id = ? AND device_id = ?",
-            )
-            .bind(i64::from(key.id))
-            .bind(&key.public_key)
-            .bind(&key.signature)
-            .bind(device.account)
-            .bind(i64::from(device.device))
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
-        }
-        tx.commit().await.map_err(map_err)
+        self.growth()?;
+        self.spent(
+            async move {
+                let mut tx = self.write().await?;
+                if let Some(key) = signed_prekey {
+                    sqlx::query(
+                        "UPDATE devices SET signed_prekey_id = ?, signed_prekey = ?, signed_prekey_signature = ? \
+                         WHERE account_id = ? AND device_id = ?",
+                    )
+                    .bind(i64::from(key.id))
+                    .bind(&key.public_key)
+                    .bind(&key.signature)
+                    .bind(device.account)
+                    .bind(i64::from(device.device))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                }
+                if let Some(key) = last_resort_kem_prekey {
+                    sqlx::query(
+                        "UPDATE devices SET kem_prekey_id = ?, kem_prekey = ?, kem_prekey_signature = ? \
+                         WHERE account_id = ? AND device_id = ?",
+                    )
+                    .bind(i64::from(key.id))
+                    .bind(&key.public_key)
+                    .bind(&key.signature)
+                    .bind(device.account)
+                    .bind(i64::from(device.device))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                }
+                tx.commit().await.map_err(map_err)
+            }
+            .await,
+        )
     }
 
     #[tracing::instrument(skip_all)]
@@ -453,7 +606,8 @@ impl Storage for SqliteStorage {
         &self,
         username: &str,
         device_id: Option<u32>,
-    ) -> Result<Option<Bundles>> {
+        consume: bool,
+    ) -> Result<Option<(AccountId, Bundles)>> {
         let mut tx = self.write().await?;
         let Some(account) = sqlx::query("SELECT id, identity FROM accounts WHERE username = ?")
             .bind(username)
@@ -479,6 +633,10 @@ impl Storage for SqliteStorage {
         let mut bundles = Vec::with_capacity(rows.len());
         for row in rows {
             let device = u32_of(get(&row, "device_id")?)?;
+            if !consume {
+                bundles.push(last_resort_bundle(&row, device)?);
+                continue;
+            }
             let one_time = sqlx::query(
                 "DELETE FROM one_time_prekeys WHERE rowid = (SELECT rowid FROM one_time_prekeys \
                  WHERE account_id = ? AND device_id = ? ORDER BY key_id LIMIT 1) \
@@ -539,7 +697,7 @@ impl Storage for SqliteStorage {
             });
         }
         tx.commit().await.map_err(map_err)?;
-        Ok(Some(Bundles { identity, bundles }))
+        Ok(Some((account_id, Bundles { identity, bundles })))
     }
 
     #[tracing::instrument(skip_all)]
@@ -652,8 +810,8 @@ impl Storage for SqliteStorage {
             .await
             .map_err(map_err)?
             .rows_affected();
-        let tokens = sqlx::query("DELETE FROM tokens WHERE expires_at_ms <= ?")
-            .bind(int(now_ms))
+        let tokens = sqlx::query("DELETE FROM tokens WHERE expires_day <= ?")
+            .bind(crate::time::day_of(now_ms))
             .execute(&mut *tx)
             .await
             .map_err(map_err)?
@@ -665,6 +823,12 @@ impl Storage for SqliteStorage {
             .map_err(map_err)?
             .rows_affected();
         tx.commit().await.map_err(map_err)?;
+        // Free pages go back to the file system (auto_vacuum = INCREMENTAL),
+        // so the file shrinks once mailboxes drain.
+        sqlx::query("PRAGMA incremental_vacuum")
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
         // `secure_delete` zeroes deleted rows in the database file, but the WAL
         // still holds the page images written when acknowledged envelopes were
         // stored (ciphertext, sender, recipient) until it is overwritten, which
@@ -685,39 +849,89 @@ impl Storage for SqliteStorage {
     }
 
     #[tracing::instrument(skip_all)]
-    async fn server_secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>> {
+    async fn server_secret_get(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        sqlx::query_scalar("SELECT value FROM server_secrets WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err)
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn delete_server_secret(&self, name: &str) -> Result<()> {
+        // `secure_delete` overwrites the row in the page; the checkpoint with
+        // truncation removes the page images in the WAL.
+        sqlx::query("DELETE FROM server_secrets WHERE name = ?")
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        let (busy,): (i64,) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(map_err)?;
+        if busy != 0 {
+            return Err(StorageError::Unavailable(
+                "the database is busy; the deleted secret is still in the WAL".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn record_franking_key(&self, id: u32, check_value: &[u8]) -> Result<Vec<u8>> {
         sqlx::query(
-            "INSERT INTO server_secrets (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+            "INSERT INTO franking_keys (key_id, check_value) VALUES (?, ?) ON CONFLICT (key_id) DO NOTHING",
         )
-        .bind(name)
-        .bind(candidate)
+        .bind(i64::from(id))
+        .bind(check_value)
         .execute(&self.pool)
         .await
         .map_err(map_err)?;
-        sqlx::query_scalar("SELECT value FROM server_secrets WHERE name = ?")
-            .bind(name)
+        sqlx::query_scalar("SELECT check_value FROM franking_keys WHERE key_id = ?")
+            .bind(i64::from(id))
             .fetch_one(&self.pool)
             .await
             .map_err(map_err)
     }
 
     #[tracing::instrument(skip_all)]
+    async fn franking_key_ids(&self) -> Result<Vec<u32>> {
+        let ids: Vec<i64> = sqlx::query_scalar("SELECT key_id FROM franking_keys ORDER BY key_id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?;
+        ids.into_iter().map(u32_of).collect()
+    }
+
+    #[tracing::instrument(skip_all)]
     async fn insert_report(&self, report: &NewReport) -> Result<u64> {
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO reports (reporter, sender, message_id, message_server_timestamp_ms, plaintext, \
-             reason, created_at_ms, verified) VALUES (?, ?, ?, ?, ?, ?, ?, 1) RETURNING id",
+        self.growth()?;
+        self.spent(
+            async move {
+                let id: i64 = sqlx::query_scalar(
+                    "INSERT INTO reports (reporter_account, reporter_username, sender_account, sender_username, \
+                     sender_identity, franking_key_id, message_id, message_server_timestamp_ms, plaintext, \
+                     reason, created_at_ms, verified) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1) RETURNING id",
+                )
+                .bind(report.reporter_account)
+                .bind(&report.reporter)
+                .bind(report.sender_account)
+                .bind(&report.sender)
+                .bind(&report.sender_identity)
+                .bind(i64::from(report.franking_key_id))
+                .bind(&report.message_id)
+                .bind(int(report.server_timestamp_ms))
+                .bind(&report.plaintext)
+                .bind(&report.reason)
+                .bind(int(report.created_at_ms))
+                .fetch_one(&self.pool)
+                .await
+                .map_err(map_err)?;
+                u64_of(id)
+            }
+            .await,
         )
-        .bind(&report.reporter)
-        .bind(&report.sender)
-        .bind(&report.message_id)
-        .bind(int(report.server_timestamp_ms))
-        .bind(&report.plaintext)
-        .bind(&report.reason)
-        .bind(int(report.created_at_ms))
-        .fetch_one(&self.pool)
-        .await
-        .map_err(map_err)?;
-        u64_of(id)
     }
 
     #[tracing::instrument(skip_all)]
@@ -785,9 +999,9 @@ impl Storage for SqliteStorage {
             });
         }
         let reports_against = sqlx::query(&format!(
-            "SELECT {REPORT_COLUMNS} FROM reports WHERE sender = ? ORDER BY id"
+            "SELECT {REPORT_COLUMNS} FROM reports WHERE sender_account = ? ORDER BY id"
         ))
-        .bind(username)
+        .bind(account_id)
         .fetch_all(&mut *tx)
         .await
         .map_err(map_err)?
@@ -795,8 +1009,8 @@ impl Storage for SqliteStorage {
         .map(report_of)
         .collect::<Result<Vec<_>>>()?;
         let reports_filed: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM reports WHERE reporter = ?")
-                .bind(username)
+            sqlx::query_scalar("SELECT COUNT(*) FROM reports WHERE reporter_account = ?")
+                .bind(account_id)
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(map_err)?;
@@ -827,6 +1041,26 @@ impl Storage for SqliteStorage {
         }
         self.pool.close().await;
     }
+}
+
+/// A device's bundle without one-time keys: the last-resort KEM key.
+fn last_resort_bundle(row: &SqliteRow, device: u32) -> Result<BundleRecord> {
+    Ok(BundleRecord {
+        device_id: device,
+        registration_id: u32_of(get(row, "registration_id")?)?,
+        signed_prekey: SignedPrekeyRecord {
+            id: u32_of(get(row, "signed_prekey_id")?)?,
+            public_key: get(row, "signed_prekey")?,
+            signature: get(row, "signed_prekey_signature")?,
+        },
+        kem_prekey: KemPrekeyRecord {
+            id: u32_of(get(row, "kem_prekey_id")?)?,
+            public_key: get(row, "kem_prekey")?,
+            signature: get(row, "kem_prekey_signature")?,
+        },
+        kem_prekey_is_last_resort: true,
+        one_time_prekey: None,
+    })
 }
 
 async fn insert_prekeys(

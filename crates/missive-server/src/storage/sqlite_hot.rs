@@ -20,6 +20,7 @@ use std::time::Duration;
 use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
 
+use super::reserve::Reserve;
 use super::{DeviceAddress, Result, SendItem, SendOutcome, StorageError};
 
 /// Jobs queued for the hot-path thread at most (senders wait beyond).
@@ -28,6 +29,9 @@ const QUEUE: usize = 4096;
 const BATCH_MAX: usize = 1024;
 /// Prepared statements kept per connection.
 const STATEMENT_CACHE: usize = 16;
+/// Envelopes deleted per transaction while the disk is full (each followed
+/// by a WAL checkpoint, so the WAL stays within the reserve).
+const LOW_SPACE_ACK_CHUNK: usize = 16;
 /// How long a write waits for another connection's lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -91,6 +95,7 @@ fn map_err(error: rusqlite::Error) -> StorageError {
     match error.sqlite_error() {
         Some(e) if e.extended_code == 2067 || e.extended_code == 1555 => StorageError::Conflict,
         Some(e) if e.extended_code == 787 => StorageError::NotFound,
+        Some(e) if e.code == ErrorCode::DiskFull => StorageError::Full,
         Some(e)
             if matches!(
                 e.code,
@@ -109,12 +114,12 @@ fn int(value: u64) -> i64 {
 
 /// Opens the connection and starts the thread. The thread ends when every
 /// sender is dropped (the store is gone).
-pub(super) fn start(path: &Path) -> Result<mpsc::Sender<Message>> {
+pub(super) fn start(path: &Path, reserve: Arc<Reserve>) -> Result<mpsc::Sender<Message>> {
     let connection = open(path).map_err(map_err)?;
     let (jobs, queue) = mpsc::channel(QUEUE);
     std::thread::Builder::new()
         .name("sqlite-hot-path".into())
-        .spawn(move || run(connection, queue))
+        .spawn(move || run(connection, queue, &reserve))
         .map_err(|e| StorageError::Backend(format!("cannot start the SQLite thread: {e}")))?;
     Ok(jobs)
 }
@@ -141,7 +146,7 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
     Ok(connection)
 }
 
-fn run(mut connection: Connection, mut queue: mpsc::Receiver<Message>) {
+fn run(mut connection: Connection, mut queue: mpsc::Receiver<Message>, reserve: &Reserve) {
     let mut batch = Vec::with_capacity(BATCH_MAX);
     let mut closed = None;
     while closed.is_none() {
@@ -162,7 +167,7 @@ fn run(mut connection: Connection, mut queue: mpsc::Receiver<Message>) {
             }
         }
         if !batch.is_empty() {
-            commit(&mut connection, &mut batch);
+            commit(&mut connection, &mut batch, reserve);
         }
     }
     drop(connection);
@@ -171,8 +176,20 @@ fn run(mut connection: Connection, mut queue: mpsc::Receiver<Message>) {
     }
 }
 
-/// Runs a batch and answers every job in it.
-fn commit(connection: &mut Connection, batch: &mut Vec<Job>) {
+fn is_full(error: &rusqlite::Error) -> bool {
+    error
+        .sqlite_error()
+        .is_some_and(|e| e.code == ErrorCode::DiskFull)
+}
+
+/// Runs a batch and answers every job in it. On a full disk (or while the
+/// reserve is spent) sends fail with [`StorageError::Full`] and
+/// acknowledgements run on their own, in small transactions.
+fn commit(connection: &mut Connection, batch: &mut Vec<Job>, reserve: &Reserve) {
+    if reserve.low() {
+        low_space(connection, batch, reserve);
+        return;
+    }
     match transaction(connection, batch) {
         Ok(done) => {
             for (job, done) in batch.drain(..).zip(done) {
@@ -190,12 +207,65 @@ fn commit(connection: &mut Connection, batch: &mut Vec<Job>) {
                 }
             }
         }
+        Err(error) if is_full(&error) => {
+            reserve.release();
+            low_space(connection, batch, reserve);
+        }
         Err(error) => {
             let error = map_err(error);
             for job in batch.drain(..) {
                 fail(job, &error);
             }
         }
+    }
+}
+
+/// Low-space mode: refuses sends, deletes acknowledged envelopes a few per
+/// transaction with a WAL checkpoint after each, then gives free pages back
+/// to the file system and tries to restore the reserve.
+fn low_space(connection: &mut Connection, batch: &mut Vec<Job>, reserve: &Reserve) {
+    let mut acknowledged = false;
+    for job in batch.drain(..) {
+        let Job::Ack { device, ids, reply } = job else {
+            fail(job, &StorageError::Full);
+            continue;
+        };
+        let mut deleted = 0;
+        let mut outcome = Ok(());
+        for chunk in ids.chunks(LOW_SPACE_ACK_CHUNK) {
+            let done = connection
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .and_then(|tx| {
+                    let n = acknowledge(&tx, device, chunk)?;
+                    tx.commit()?;
+                    Ok(n)
+                });
+            match done {
+                Ok(n) => deleted += n,
+                Err(error) => {
+                    outcome = Err(map_err(error));
+                    break;
+                }
+            }
+            checkpoint(connection);
+        }
+        acknowledged |= deleted > 0;
+        let _ = reply.send(outcome.map(|()| deleted));
+    }
+    if acknowledged {
+        if let Err(error) = connection.execute_batch("PRAGMA incremental_vacuum") {
+            tracing::debug!(%error, "incremental vacuum deferred");
+        }
+        checkpoint(connection);
+        reserve.restore();
+    }
+}
+
+/// Moves the WAL into the database and truncates it; busy readers just
+/// defer it.
+fn checkpoint(connection: &Connection) {
+    if let Err(error) = connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+        tracing::debug!(%error, "WAL checkpoint deferred");
     }
 }
 

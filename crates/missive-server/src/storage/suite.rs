@@ -65,7 +65,8 @@ pub async fn run_all(store: &dyn Storage) {
     prekeys(store).await;
     envelopes(store).await;
     reported_ids(store).await;
-    reports_secrets_and_export(store).await;
+    reports_and_export(store).await;
+    secrets_and_franking_keys(store).await;
     deletion(store).await;
 }
 
@@ -86,88 +87,90 @@ pub async fn accounts_and_tokens(store: &dyn Storage) {
         account: id,
         device: 1,
     };
+    // Valid until the start of day 3, whatever the time of login.
     store
-        .insert_token(&[1; 32], device, 1_000, 20_001)
+        .insert_token(&[1; 32], device, 3, 20_001)
         .await
         .unwrap();
-    let principal = store.authenticate(&[1; 32], 999).await.unwrap().unwrap();
+    let principal = store
+        .authenticate(&[1; 32], 3 * DAY_MS - 1)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         principal,
         Principal {
             address: device,
-            username: "suite-a".into()
+            username: "suite-a".into(),
+            expires_at_ms: 3 * DAY_MS,
         }
     );
     assert!(
-        store.authenticate(&[1; 32], 1_000).await.unwrap().is_none(),
+        store
+            .authenticate(&[1; 32], 3 * DAY_MS)
+            .await
+            .unwrap()
+            .is_none(),
         "expired token accepted"
     );
     assert!(
         store.authenticate(&[2; 32], 0).await.unwrap().is_none(),
         "unknown token accepted"
     );
-    let purged = store.purge_expired(5_000, 0).await.unwrap();
+    let purged = store.purge_expired(3 * DAY_MS, 0).await.unwrap();
     assert!(purged.credentials >= 1);
     let export = store.export_account("suite-a").await.unwrap().unwrap();
     assert_eq!((export.created_day, export.last_seen_day), (20_000, 20_001));
 }
 
-/// Challenges are single-use and bound to username, purpose and time.
+/// Challenges are single-use and bound to username, purpose and time (by
+/// their hash: the row holds nothing else but the expiry).
 pub async fn challenges(store: &dyn Storage) {
+    use ChallengePurpose::{Login, Register};
+    let key = |c: &[u8], user: &str, purpose| challenge_hash(c, user, purpose);
     store
-        .put_challenge(b"c1", "suite-c", ChallengePurpose::Login, 100)
+        .put_challenge(&key(b"c1", "suite-c", Login), 100)
+        .await
+        .unwrap();
+    for (user, purpose) in [("suite-c", Register), ("other", Login)] {
+        assert!(
+            !store
+                .take_challenge(&key(b"c1", user, purpose), 50)
+                .await
+                .unwrap(),
+            "a challenge for suite-c/login accepted for {user}"
+        );
+    }
+    assert!(
+        store
+            .take_challenge(&key(b"c1", "suite-c", Login), 99)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .take_challenge(&key(b"c1", "suite-c", Login), 99)
+            .await
+            .unwrap(),
+        "replay"
+    );
+    store
+        .put_challenge(&key(b"c3", "suite-c", Login), 100)
         .await
         .unwrap();
     assert!(
         !store
-            .take_challenge(b"c1", "suite-c", ChallengePurpose::Register, 50)
-            .await
-            .unwrap()
-    );
-    // The failed attempt consumed it.
-    assert!(
-        !store
-            .take_challenge(b"c1", "suite-c", ChallengePurpose::Login, 50)
-            .await
-            .unwrap()
-    );
-    store
-        .put_challenge(b"c2", "suite-c", ChallengePurpose::Login, 100)
-        .await
-        .unwrap();
-    assert!(
-        !store
-            .take_challenge(b"c2", "other", ChallengePurpose::Login, 50)
-            .await
-            .unwrap()
-    );
-    store
-        .put_challenge(b"c3", "suite-c", ChallengePurpose::Login, 100)
-        .await
-        .unwrap();
-    assert!(
-        !store
-            .take_challenge(b"c3", "suite-c", ChallengePurpose::Login, 100)
+            .take_challenge(&key(b"c3", "suite-c", Login), 100)
             .await
             .unwrap(),
         "expired"
     );
-    store
-        .put_challenge(b"c4", "suite-c", ChallengePurpose::Register, 100)
-        .await
-        .unwrap();
-    assert!(
-        store
-            .take_challenge(b"c4", "suite-c", ChallengePurpose::Register, 99)
-            .await
-            .unwrap()
-    );
+    // An expired challenge is consumed too: it cannot be used later.
     assert!(
         !store
-            .take_challenge(b"c4", "suite-c", ChallengePurpose::Register, 99)
+            .take_challenge(&key(b"c3", "suite-c", Login), 0)
             .await
-            .unwrap(),
-        "replay"
+            .unwrap()
     );
 }
 
@@ -217,9 +220,25 @@ pub async fn prekeys(store: &dyn Storage) {
         .unwrap();
     assert_eq!(counts.one_time, 3);
 
+    // Without consuming (a drained target): last-resort keys, nothing taken.
+    let (_, kept) = store
+        .take_bundles("suite-p", None, false)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(kept.bundles[0].one_time_prekey.is_none());
+    assert!(kept.bundles[0].kem_prekey_is_last_resort);
+    assert_eq!(kept.bundles[0].kem_prekey.id, 1000);
+    assert_eq!(store.prekey_counts(device).await.unwrap().one_time, 3);
+
     let mut seen = std::collections::HashSet::new();
     for round in 0..4 {
-        let bundles = store.take_bundles("suite-p", None).await.unwrap().unwrap();
+        let (owner, bundles) = store
+            .take_bundles("suite-p", None, true)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(owner, device.account);
         assert_eq!(bundles.bundles.len(), 1);
         let bundle = &bundles.bundles[0];
         assert_eq!(bundle.registration_id, 42);
@@ -250,8 +269,8 @@ pub async fn prekeys(store: &dyn Storage) {
         .replace_signed_prekeys(device, Some(&new_spk), None)
         .await
         .unwrap();
-    let bundles = store
-        .take_bundles("suite-p", Some(1))
+    let (_, bundles) = store
+        .take_bundles("suite-p", Some(1), true)
         .await
         .unwrap()
         .unwrap();
@@ -259,14 +278,21 @@ pub async fn prekeys(store: &dyn Storage) {
     assert_eq!(bundles.bundles[0].kem_prekey.id, 1000);
     assert!(
         store
-            .take_bundles("suite-p", Some(9))
+            .take_bundles("suite-p", Some(9), true)
             .await
             .unwrap()
             .unwrap()
+            .1
             .bundles
             .is_empty()
     );
-    assert!(store.take_bundles("nobody", None).await.unwrap().is_none());
+    assert!(
+        store
+            .take_bundles("nobody", None, true)
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 /// Sends are idempotent, ordered, bounded, private to their recipient device.
@@ -412,36 +438,59 @@ pub async fn envelopes(store: &dyn Storage) {
     assert_eq!(outcomes[1], SendOutcome::MailboxFull { device: 1 });
 }
 
-/// Reports, the server secret and the export.
-pub async fn reports_secrets_and_export(store: &dyn Storage) {
-    let first = store.server_secret("suite-secret", &[1; 32]).await.unwrap();
-    let second = store.server_secret("suite-secret", &[2; 32]).await.unwrap();
-    assert_eq!(
-        (first.clone(), second),
-        (vec![1; 32], vec![1; 32]),
-        "secret not stable"
-    );
-    let id = store
-        .insert_report(&NewReport {
-            reporter: "suite-r1".into(),
-            sender: "suite-r2".into(),
-            message_id: vec![3; 16],
-            server_timestamp_ms: 5,
-            plaintext: "reported words".into(),
-            reason: "spam".into(),
-            created_at_ms: 6,
-        })
+fn report(reporter: (AccountId, &str), sender: (Option<AccountId>, &str)) -> NewReport {
+    NewReport {
+        reporter_account: reporter.0,
+        reporter: reporter.1.into(),
+        sender_account: sender.0,
+        sender: sender.1.into(),
+        sender_identity: Some(vec![7; 32]),
+        franking_key_id: 1,
+        message_id: vec![3; 16],
+        server_timestamp_ms: 5,
+        plaintext: "reported words".into(),
+        reason: "spam".into(),
+        created_at_ms: 6,
+    }
+}
+
+/// Reports follow account ids: a later holder of a username inherits none
+/// of the previous holder's reports, filed or received.
+pub async fn reports_and_export(store: &dyn Storage) {
+    let sender = store
+        .create_account(&account("suite-r2", 1, 2))
         .await
         .unwrap();
-    let report = store.report(id).await.unwrap().unwrap();
+    let reporter = store
+        .create_account(&account("suite-r1", 0, 0))
+        .await
+        .unwrap();
+    let id = store
+        .insert_report(&report((reporter, "suite-r1"), (Some(sender), "suite-r2")))
+        .await
+        .unwrap();
+    let stored = store.report(id).await.unwrap().unwrap();
     assert_eq!(
-        (report.text.as_str(), report.verified),
-        ("reported words", true)
+        (
+            stored.text.as_str(),
+            stored.verified,
+            stored.franking_key_id
+        ),
+        ("reported words", true, Some(1))
+    );
+    assert_eq!(
+        (stored.sender_account, stored.reporter_account),
+        (Some(sender), Some(reporter))
+    );
+    assert_eq!(
+        stored.sender_identity_fingerprint.as_deref(),
+        Some(crate::checks::fingerprint(&[7; 32]).as_str())
     );
     assert!(store.reports().await.unwrap().iter().any(|r| r.id == id));
     assert!(store.report(id + 1000).await.unwrap().is_none());
+    // A report whose sender account is unknown is in no export.
     store
-        .create_account(&account("suite-r2", 1, 2))
+        .insert_report(&report((reporter, "suite-r1"), (None, "suite-r2")))
         .await
         .unwrap();
     let export = store.export_account("suite-r2").await.unwrap().unwrap();
@@ -454,8 +503,61 @@ pub async fn reports_secrets_and_export(store: &dyn Storage) {
         }
     );
     assert_eq!(export.reports_against.len(), 1);
+    assert_eq!(export.reports_against[0].id, id);
     assert_eq!(export.reports_filed, 0);
+    let filed = store.export_account("suite-r1").await.unwrap().unwrap();
+    assert_eq!(filed.reports_filed, 2);
     assert!(store.export_account("nobody").await.unwrap().is_none());
+
+    // Both names change hands: the new holders inherit nothing.
+    store.delete_account(sender).await.unwrap();
+    store.delete_account(reporter).await.unwrap();
+    store
+        .create_account(&account("suite-r2", 0, 0))
+        .await
+        .unwrap();
+    store
+        .create_account(&account("suite-r1", 0, 0))
+        .await
+        .unwrap();
+    let new_sender = store.export_account("suite-r2").await.unwrap().unwrap();
+    assert!(
+        new_sender.reports_against.is_empty(),
+        "the new holder of a name inherited the reports about its previous holder"
+    );
+    let new_reporter = store.export_account("suite-r1").await.unwrap().unwrap();
+    assert_eq!(
+        new_reporter.reports_filed, 0,
+        "the new holder of a name inherited the reports its previous holder filed"
+    );
+    // The moderator's view keeps the report, with the old account ids.
+    assert_eq!(
+        store.report(id).await.unwrap().unwrap().sender_account,
+        Some(sender)
+    );
+}
+
+/// A secret of an earlier version is read, then deleted; franking key check
+/// values are recorded once per id.
+pub async fn secrets_and_franking_keys(store: &dyn Storage) {
+    assert!(
+        store
+            .server_secret_get("suite-none")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(store.franking_key_ids().await.unwrap(), Vec::<u32>::new());
+    let first = store.record_franking_key(1, &[1; 32]).await.unwrap();
+    let second = store.record_franking_key(1, &[2; 32]).await.unwrap();
+    assert_eq!(
+        (first, second),
+        (vec![1; 32], vec![1; 32]),
+        "check value not stable"
+    );
+    store.record_franking_key(2, &[3; 32]).await.unwrap();
+    assert_eq!(store.franking_key_ids().await.unwrap(), vec![1, 2]);
+    store.delete_server_secret("suite-none").await.unwrap();
 }
 
 /// Deleting an account removes its keys, tokens and envelopes and frees the name.
@@ -469,7 +571,7 @@ pub async fn deletion(store: &dyn Storage) {
         device: 1,
     };
     store
-        .insert_token(&[9; 32], device, u64::MAX / 2, 1)
+        .insert_token(&[9; 32], device, i64::MAX / 2, 1)
         .await
         .unwrap();
     store
@@ -547,4 +649,104 @@ pub async fn reported_ids(store: &dyn Storage) {
             assert_eq!(reported, *id);
         }
     }
+}
+
+/// The rows [`migrated_from_v1`] expects, as a schema-v1 database held them
+/// (before reports followed accounts, tokens kept days and the franking key
+/// left the database). Statements without parameters, valid in SQLite and
+/// PostgreSQL alike; `identity` is a 32-byte blob literal of the backend.
+pub fn v1_rows(identity: &str) -> Vec<String> {
+    let day = DAY_MS;
+    vec![
+        format!(
+            "INSERT INTO accounts (username, identity, created_day, last_seen_day) VALUES \
+             ('alice', {identity}, 10, 12), ('carol', {identity}, 30, 31)"
+        ),
+        format!(
+            "INSERT INTO devices (account_id, device_id, registration_id, created_day, \
+             signed_prekey_id, signed_prekey, signed_prekey_signature, kem_prekey_id, kem_prekey, \
+             kem_prekey_signature) SELECT id, 1, 7, 10, 1, {identity}, {identity}, 2, {identity}, \
+             {identity} FROM accounts WHERE username = 'alice'"
+        ),
+        // Filed by alice about carol before the current carol registered
+        // (day 20 < day 30): nobody's now.
+        format!(
+            "INSERT INTO reports (reporter, sender, message_id, message_server_timestamp_ms, \
+             plaintext, reason, created_at_ms, verified) VALUES \
+             ('alice', 'carol', {identity}, {}, 'old words', 'spam', {}, TRUE)",
+            20 * day,
+            20 * day + 5
+        ),
+        // Filed by carol about alice, both existing at the time.
+        format!(
+            "INSERT INTO reports (reporter, sender, message_id, message_server_timestamp_ms, \
+             plaintext, reason, created_at_ms, verified) VALUES \
+             ('carol', 'alice', {identity}, {}, 'newer words', 'abuse', {}, TRUE)",
+            31 * day,
+            31 * day + 5
+        ),
+        format!(
+            "INSERT INTO tokens (token_hash, account_id, device_id, expires_at_ms) \
+             SELECT {identity}, id, 1, {} FROM accounts WHERE username = 'alice'",
+            40 * day + 12_345
+        ),
+        format!(
+            "INSERT INTO challenges (challenge, username, purpose, expires_at_ms) VALUES \
+             ({identity}, 'alice', 2, {})",
+            40 * day + 12_345
+        ),
+        format!(
+            "INSERT INTO server_secrets (name, value) VALUES ('{}', {identity})",
+            crate::franking::LEGACY_SECRET
+        ),
+    ]
+}
+
+/// After migrating [`v1_rows`] (with a 32-byte identity literal of 0x07
+/// bytes): reports follow the accounts that existed at the time, the token
+/// keeps only its expiry day, and the legacy franking key is still there to
+/// be moved out.
+pub async fn migrated_from_v1(store: &dyn Storage) {
+    let alice = store.export_account("alice").await.unwrap().unwrap();
+    assert_eq!(alice.reports_against.len(), 1);
+    assert_eq!(alice.reports_against[0].text, "newer words");
+    assert_eq!(alice.reports_filed, 1);
+    let carol = store.export_account("carol").await.unwrap().unwrap();
+    assert!(
+        carol.reports_against.is_empty(),
+        "carol inherited a report about the name's earlier holder"
+    );
+    assert_eq!(carol.reports_filed, 1);
+    let all = store.reports().await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(
+        (all[0].sender_account, all[0].franking_key_id),
+        (None, None)
+    );
+    assert_eq!(all[0].sender, "carol");
+    assert_eq!(
+        all[1].sender_identity_fingerprint.as_deref(),
+        Some(crate::checks::fingerprint(&[7; 32]).as_str())
+    );
+    // The token expired at 40 days + 12.345 s; it now lasts to the end of day 40.
+    let token = store
+        .authenticate(&[7; 32], 41 * DAY_MS - 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(token.expires_at_ms, 41 * DAY_MS);
+    assert!(
+        store
+            .authenticate(&[7; 32], 41 * DAY_MS)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        store
+            .server_secret_get(crate::franking::LEGACY_SECRET)
+            .await
+            .unwrap(),
+        Some(vec![7; 32])
+    );
 }
