@@ -178,6 +178,12 @@ impl Server {
     /// Starts a server on a free port with `data_dir` (created if needed).
     /// Its stderr goes to `log` (outside the data dir).
     pub fn start(data_dir: &Path, log: &Path) -> Result<Server, HarnessError> {
+        Self::start_with(data_dir, log, &[])
+    }
+
+    /// Like [`Server::start`] with extra `serve` arguments (e.g.
+    /// `--disable-rate-limits`).
+    pub fn start_with(data_dir: &Path, log: &Path, extra: &[&str]) -> Result<Server, HarnessError> {
         let bins = binaries()?;
         std::fs::create_dir_all(data_dir).map_err(|e| herr(format!("data dir: {e}")))?;
         let log_file = std::fs::OpenOptions::new()
@@ -189,6 +195,7 @@ impl Server {
             .arg("serve")
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -107,7 +107,14 @@ async fn signed_prekey_id(ch: Channel, token: &str, user: &str) -> u32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn drained_one_time_prekeys_are_refilled() {
     let root = tempfile::tempdir().unwrap();
-    let server = Server::start(&root.path().join("data"), &root.path().join("log")).unwrap();
+    // The per-target limits (see the next test) stop a drain at 30 fetches;
+    // this test is about the refill, so it lifts them.
+    let server = Server::start_with(
+        &root.path().join("data"),
+        &root.path().join("log"),
+        &["--disable-rate-limits"],
+    )
+    .unwrap();
     let bob = User::new(root.path(), "bob");
     bob.ok(&server, &["register", "bob"]).unwrap();
     assert_eq!(one_time_left(&server, "bob"), 100);
@@ -177,4 +184,51 @@ async fn signed_prekey_rotation_keeps_old_and_new_first_contacts_working() {
         .map(|v| v["text"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(got, ["sent before rotation", "sent after rotation"]);
+}
+
+/// Issue 17, item 3 (client side): when the server says an account's
+/// one-time prekeys are being fetched faster than the per-target limit
+/// allows, the owner's client says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn the_owner_is_told_when_its_prekeys_are_being_drained() {
+    let root = tempfile::tempdir().unwrap();
+    let server = Server::start(&root.path().join("data"), &root.path().join("log")).unwrap();
+    let bob = User::new(root.path(), "bob");
+    bob.ok(&server, &["register", "bob"]).unwrap();
+    let quiet = bob.ok(&server, &["recv"]).unwrap();
+    assert!(
+        !quiet.stderr.contains("unusually often"),
+        "{}",
+        quiet.stderr
+    );
+
+    let ch = channel(&server).await;
+    let mut without_one_time = 0;
+    for d in 0..4 {
+        let token = raw_account(ch.clone(), &format!("drainer{d}")).await;
+        let mut keys = KeyServiceClient::new(ch.clone());
+        for _ in 0..10 {
+            let mut req = tonic::Request::new(v1::GetBundlesRequest {
+                username: "bob".into(),
+                device_id: 0,
+            });
+            req.metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+            let bundles = keys.get_bundles(req).await.unwrap().into_inner().bundles;
+            if bundles[0].one_time_prekey.is_none() {
+                without_one_time += 1;
+            }
+        }
+    }
+    assert!(
+        without_one_time > 0,
+        "the per-target limit held back no one-time prekey"
+    );
+    assert!(one_time_left(&server, "bob") >= 60);
+    let warned = bob.ok(&server, &["recv"]).unwrap();
+    assert!(
+        warned.stderr.contains("unusually often"),
+        "{}",
+        warned.stderr
+    );
 }

@@ -1068,10 +1068,12 @@ impl Client {
                 None => {}
             }
         }
-        if let Err(e) = self.maintain_prekeys().await {
-            sink(&RecvEvent::Warning(format!(
+        match self.maintain_prekeys().await {
+            Ok(Some(w)) => sink(&RecvEvent::Warning(w)),
+            Ok(None) => {}
+            Err(e) => sink(&RecvEvent::Warning(format!(
                 "could not refresh prekeys on the server: {e}"
-            )));
+            ))),
         }
         Ok(())
     }
@@ -1079,8 +1081,9 @@ impl Client {
     // ---- prekeys ------------------------------------------------------
 
     /// Refills one-time prekeys below the threshold and rotates the signed
-    /// prekeys on schedule.
-    pub async fn maintain_prekeys(&mut self) -> Result<()> {
+    /// prekeys on schedule. Returns a warning for the user when the server
+    /// reports the one-time prekeys drained faster than a client refills.
+    pub async fn maintain_prekeys(&mut self) -> Result<Option<String>> {
         let channel = self.channel().await?;
         let mut keys = KeyServiceClient::new(channel);
         let req = self.authed(v1::GetPrekeyCountRequest {}, true).await?;
@@ -1088,6 +1091,12 @@ impl Client {
             Ok(r) => r.into_inner(),
             Err(s) => return Err(self.authed_err(&s)),
         };
+        let warning = count.drained_recently.then(|| {
+            format!(
+                "your one-time prekeys are being requested unusually often ({} in the last hour); someone may be trying to exhaust them. New conversations still start securely, on your last-resort key.",
+                count.one_time_prekeys_taken_last_hour
+            )
+        });
         if count.one_time_prekeys < ONE_TIME_PREKEY_REFILL_BELOW
             || count.one_time_kem_prekeys < ONE_TIME_PREKEY_REFILL_BELOW
         {
@@ -1112,7 +1121,7 @@ impl Client {
         if now_ms().saturating_sub(rotated) >= rotation_ms {
             self.rotate_signed_prekeys().await?;
         }
-        Ok(())
+        Ok(warning)
     }
 
     /// Replaces the signed X25519 prekey and the last-resort KEM prekey.

@@ -546,11 +546,7 @@ type OpenedKey = (StorageKey, PathBuf, Option<(PassphraseParams, StorageKey)>);
 /// Loads or creates the storage key for `home`. Returns the key, the path
 /// to name in a wrong-key error, and the parameters to re-key to when the
 /// store's passphrase parameters are older than today's.
-fn storage_key(
-    home: &Path,
-    fresh: bool,
-    source: &KeySource,
-) -> Result<OpenedKey> {
+fn storage_key(home: &Path, fresh: bool, source: &KeySource) -> Result<OpenedKey> {
     if let KeySource::Passphrase(pass) = source {
         let salt_path = home.join(SALT_FILE);
         if fresh && !salt_path.exists() {
