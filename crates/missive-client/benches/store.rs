@@ -18,7 +18,7 @@ fn bench(c: &mut Criterion) {
         |b| b.iter(|| fixture.encrypt_for_bob(text.as_bytes()).unwrap()),
     );
     c.bench_function(
-        "client receive: store_envelope + take_unshown (100 B)",
+        "client receive: store, mark acknowledged, show (100 B)",
         |b| {
             b.iter_custom(|iters| {
                 let envelopes: Vec<_> = (0..iters).map(|_| fixture.next_from_bob(&text)).collect();

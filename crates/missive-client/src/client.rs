@@ -241,6 +241,9 @@ pub struct Client {
     device_id: u32,
     channel: Option<Channel>,
     token: Option<(Zeroizing<String>, u64)>,
+    /// Envelopes the server took the acknowledgement of, noted in the store
+    /// by the next `take_unshown` (one commit per received message, not two).
+    acked: Vec<(String, u32, Vec<u8>)>,
 }
 
 impl std::fmt::Debug for Client {
@@ -290,6 +293,7 @@ impl Client {
             device_id,
             channel: None,
             token: None,
+            acked: Vec::new(),
         })
     }
 
@@ -399,6 +403,7 @@ impl Client {
             device_id: resp.device_id,
             channel: Some(channel),
             token: None,
+            acked: Vec::new(),
         };
         if let Some(session) = resp.session {
             client.remember_token(&session.token, session.expires_at_ms)?;
@@ -939,13 +944,11 @@ impl Client {
             std::process::exit(CRASH_EXIT_CODE);
         }
         self.ack(&[env.id]).await?;
-        self.store.write(|db| {
-            db.mark_acked(&[(
-                env.sender.clone(),
-                env.sender_device,
-                env.message_id.clone(),
-            )])
-        })?;
+        self.acked.push((
+            env.sender.clone(),
+            env.sender_device,
+            env.message_id.clone(),
+        ));
         Ok(events)
     }
 
@@ -1009,7 +1012,18 @@ impl Client {
     /// `from`), marked shown as they are returned — in one write
     /// transaction, so two processes on this home never both show one.
     pub fn take_unshown(&mut self, from: Option<&str>) -> Result<Vec<HistoryEntry>> {
-        self.store.write(|db| db.take_unshown(from))
+        let acked = std::mem::take(&mut self.acked);
+        self.store.write(|db| {
+            db.mark_acked(&acked)?;
+            db.take_unshown(from)
+        })
+    }
+
+    /// Notes acknowledgements the server took (benchmarks and tests; `recv`
+    /// does it through [`Client::take_unshown`]).
+    pub fn note_acked(&mut self, sender: &str, sender_device: u32, message_id: &[u8]) {
+        self.acked
+            .push((sender.to_owned(), sender_device, message_id.to_vec()));
     }
 
     /// Whether opening this home found its store restored from an older

@@ -225,9 +225,12 @@ impl Fixture {
         envelope(&mut self.bob, text, 1_765_000_000_000, self.next_id)
     }
 
-    /// The receive path's local half for one envelope.
+    /// The receive path's local half for one envelope, as `recv` runs it:
+    /// store, note the acknowledgement, show.
     pub fn receive(&mut self, env: &v1::Envelope) -> Result<()> {
         self.client.store_envelope(env)?;
+        self.client
+            .note_acked(&env.sender, env.sender_device, &env.message_id);
         self.client.take_unshown(None).map(|_| ())
     }
 
