@@ -665,3 +665,60 @@ fn restored_backup_never_reuses_a_message_key() {
         "the prekey message after the restore reuses a base key"
     );
 }
+
+// ---- item 9: reports select by (sender, message id) ------------------------------
+
+/// A message id is the sender's choice: another sender can reuse one. A
+/// report must then name the sender, and reports exactly that message.
+#[test]
+fn a_report_names_the_sender_when_a_message_id_is_reused() {
+    let w = World::new();
+    let alice = w.user("alice");
+    let bob = w.user("bob");
+    let mut mallory = w.raw("mallory");
+    alice
+        .ok(&w.liar, &["send", "bob", "an honest note"])
+        .unwrap();
+    let got = lines(&bob.ok(&w.liar, &["recv", "--json"]).unwrap());
+    let id = got[0]["id"].as_str().unwrap().to_owned();
+    let content = v1::Content {
+        body: Some(v1::content::Body::Text(v1::TextMessage {
+            body: "mallory's abuse under alice's id".into(),
+            sent_at_ms: now_ms(),
+        })),
+        franking_key: vec![7u8; 32],
+    };
+    mallory
+        .send_content("bob", &hex_decode(&id), &content)
+        .unwrap();
+    let got = lines(&bob.ok(&w.liar, &["recv", "--json"]).unwrap());
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["id"].as_str(), Some(id.as_str()));
+
+    let ambiguous = bob.run(&w.liar, &["report", &id]).unwrap();
+    assert_eq!(ambiguous.code, Some(1), "{ambiguous:?}");
+    assert!(ambiguous.stderr.contains("--from"), "{ambiguous:?}");
+    let r = bob
+        .ok(
+            &w.liar,
+            &["report", &id, "--from", "mallory", "--reason", "abuse"],
+        )
+        .unwrap();
+    assert!(r.stdout.contains("accepted"), "{r:?}");
+    // The report the server verified is mallory's text, not alice's.
+    let list = w
+        .liar
+        .upstream()
+        .admin(&["reports", "list", "--json"])
+        .unwrap();
+    let listed = String::from_utf8_lossy(&list.stdout);
+    assert!(listed.contains("mallory's abuse"), "{listed}");
+    assert!(!listed.contains("an honest note"), "{listed}");
+}
+
+fn hex_decode(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
