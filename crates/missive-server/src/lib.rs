@@ -16,15 +16,18 @@
 
 pub mod auth;
 pub mod checks;
+pub mod config_file;
 pub mod error;
 pub mod export;
 pub mod fanout;
 pub mod layers;
 pub mod limits;
+pub mod preflight;
 pub mod ratelimit;
 pub mod server;
 pub mod service;
 pub mod storage;
+pub mod telemetry;
 pub mod time;
 pub mod tls;
 

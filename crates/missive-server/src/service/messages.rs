@@ -29,7 +29,7 @@ use crate::storage::{
     DeviceAddress, DeviceRecord, NewEnvelope, Principal, SendItem, SendOutcome, Storage,
     StorageError, StoredEnvelope,
 };
-use crate::time;
+use crate::{telemetry, time};
 
 /// One send waiting for the group-commit writer.
 #[derive(Debug)]
@@ -72,12 +72,15 @@ pub async fn group_commit(
     let mut items = Vec::with_capacity(GROUP_COMMIT_MAX);
     let mut replies = Vec::with_capacity(GROUP_COMMIT_MAX);
     while jobs.recv_many(&mut batch, GROUP_COMMIT_MAX).await > 0 {
+        telemetry::commit_batch(batch.len(), jobs.len(), &committed);
         for job in batch.drain(..) {
             items.push(job.item);
             replies.push(job.reply);
         }
         let shared = Arc::new(std::mem::take(&mut items));
+        let started = std::time::Instant::now();
         let answer = storage.store_envelopes_with_ids(Arc::clone(&shared)).await;
+        telemetry::storage_latency("store_envelopes", started);
         // The store has dropped its reference; should it not have, the
         // envelopes go out as wake-ups (streams re-read the store).
         let (mut owned, first_ids) = match Arc::try_unwrap(shared) {
@@ -93,6 +96,7 @@ pub async fn group_commit(
                 {
                     let _ = reply.send(Ok(outcome));
                     if let SendOutcome::Stored { .. } = outcome {
+                        telemetry::stored(item.envelopes.len());
                         let first_id = first_id.filter(|_| first_ids);
                         stored(item, first_id, &mut handed, &mut woken);
                     }
@@ -354,6 +358,7 @@ fn validate(request: &SendRequest) -> ApiResult<()> {
 }
 
 fn envelope(stored: StoredEnvelope) -> ReceiveResponse {
+    telemetry::delivered();
     ReceiveResponse {
         item: Some(Item::Envelope(Envelope {
             id: stored.id,
@@ -374,11 +379,13 @@ type Outbox = mpsc::Sender<Result<ReceiveResponse, Status>>;
 /// Sends everything pending after `last`; `false` when the stream is over.
 async fn drain(state: &State, device: DeviceAddress, last: &mut u64, outbox: &Outbox) -> bool {
     loop {
-        let page = match state
+        let started = std::time::Instant::now();
+        let page = state
             .storage
             .pending_envelopes(device, *last, RECEIVE_PAGE)
-            .await
-        {
+            .await;
+        telemetry::storage_latency("pending_envelopes", started);
+        let page = match page {
             Ok(page) => page,
             Err(error) => {
                 let _ = outbox.send(Err(ApiError::from(error).into())).await;
@@ -414,6 +421,7 @@ async fn send_handed(envelopes: Vec<StoredEnvelope>, last: &mut u64, outbox: &Ou
 }
 
 async fn deliver(state: Arc<State>, principal: Principal, outbox: Outbox) {
+    let _connected = telemetry::ConnectedDevice::new();
     let device = principal.address;
     let mut shutdown = state.shutdown.clone();
     let mut subscription: Option<Subscription> = match state.fanout.subscribe(device).await {
