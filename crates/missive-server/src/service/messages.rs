@@ -374,7 +374,21 @@ fn envelope(stored: StoredEnvelope) -> ReceiveResponse {
     }
 }
 
-type Outbox = mpsc::Sender<Result<ReceiveResponse, Status>>;
+/// A receive stream's queue to its HTTP/2 stream. Items are boxed: tokio
+/// allocates a channel's slots 32 at a time when the channel is made, so an
+/// idle stream holds 32 pointers instead of 32 unboxed responses (≈ 5 KiB;
+/// docs/BENCHMARKS.md, idle connections).
+struct Outbox(mpsc::Sender<Box<Result<ReceiveResponse, Status>>>);
+
+impl Outbox {
+    async fn send(&self, item: Result<ReceiveResponse, Status>) -> Result<(), ()> {
+        self.0.send(Box::new(item)).await.map_err(|_| ())
+    }
+
+    async fn closed(&self) {
+        self.0.closed().await;
+    }
+}
 
 /// Sends everything pending after `last`; `false` when the stream is over.
 async fn drain(state: &State, device: DeviceAddress, last: &mut u64, outbox: &Outbox) -> bool {
@@ -529,8 +543,11 @@ impl MessageService for MessageApi {
             .await
             .map_err(ApiError::from)?;
         let (outbox, inbox) = mpsc::channel(RECEIVE_BUFFER);
-        tokio::spawn(deliver(Arc::clone(&self.state), principal, outbox));
-        Ok(Response::new(Box::pin(ReceiverStream::new(inbox))))
+        tokio::spawn(deliver(Arc::clone(&self.state), principal, Outbox(outbox)));
+        Ok(Response::new(Box::pin(tokio_stream::StreamExt::map(
+            ReceiverStream::new(inbox),
+            |item| *item,
+        ))))
     }
 
     #[tracing::instrument(skip_all)]
