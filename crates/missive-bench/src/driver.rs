@@ -2,7 +2,8 @@
 //! acknowledged workload, for the relay (real registration, PQXDH sessions and
 //! Double Ratchet encryption, franking) and for the bare-tonic baseline.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,7 +26,7 @@ use tokio::sync::{Barrier, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
-use tonic::{Request, Streaming};
+use tonic::{Code, Request, Status, Streaming};
 
 use crate::baseline::DEVICE_HEADER;
 use crate::stats::RunResult;
@@ -46,6 +47,74 @@ pub(crate) struct Workload {
     /// Total offered load in messages per second; `None` is closed loop.
     pub(crate) rate: Option<f64>,
     pub(crate) deadline: Duration,
+}
+
+/// How long a call is retried through a node restart before the run gives up.
+const RETRY_FOR: Duration = Duration::from_secs(60);
+/// First pause between retries; doubled up to [`MAX_RETRY_PAUSE`].
+const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(50);
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(1);
+
+/// A status as one sentence with its transport cause (never a Debug dump).
+pub(crate) fn sentence(status: &Status) -> String {
+    let mut text = format!("the server answered {:?}", status.code());
+    if !status.message().is_empty() {
+        text.push_str(&format!(" ({})", status.message()));
+    }
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Failures a node restart causes; the call is repeated.
+fn retryable(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable
+            | Code::Unknown
+            | Code::Cancelled
+            | Code::DeadlineExceeded
+            | Code::Internal
+            | Code::Aborted
+            | Code::ResourceExhausted
+    )
+}
+
+/// Runs `call` until it succeeds, retrying what a restart causes for up to
+/// [`RETRY_FOR`]; returns the value and how many attempts failed.
+async fn retrying<T, F, Fut>(what: &str, mut call: F) -> anyhow::Result<(T, u64)>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Status>>,
+{
+    let started = Instant::now();
+    let mut pause = FIRST_RETRY_PAUSE;
+    let mut failed = 0;
+    loop {
+        match call().await {
+            Ok(value) => return Ok((value, failed)),
+            Err(status) if retryable(&status) && started.elapsed() < RETRY_FOR => {
+                failed += 1;
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(MAX_RETRY_PAUSE);
+            }
+            Err(status) if retryable(&status) => {
+                bail!(
+                    "{what} still failed after {} s of retries: {}",
+                    RETRY_FOR.as_secs(),
+                    sentence(&status)
+                )
+            }
+            Err(status) => bail!("{what} failed: {}", sentence(&status)),
+        }
+    }
 }
 
 /// Opens one HTTP/2 connection over TLS, trusting `ca`.
@@ -87,6 +156,8 @@ pub(crate) struct Device {
     auth: (&'static str, MetadataValue<tonic::metadata::Ascii>),
     keys: Option<Keys>,
     crypto: Mutex<Crypto>,
+    /// Sends repeated because an attempt failed (a node restart).
+    resent: AtomicU64,
 }
 
 impl Device {
@@ -114,6 +185,7 @@ impl Device {
                 session: None,
                 rng: StdRng::from_entropy(),
             }),
+            resent: AtomicU64::new(0),
         })
     }
 
@@ -133,7 +205,7 @@ impl Device {
                 purpose: v1::ChallengePurpose::Register as i32,
             })
             .await
-            .with_context(|| format!("challenge for {name}"))?
+            .map_err(|s| anyhow!("asking a challenge for {name} failed: {}", sentence(&s)))?
             .into_inner()
             .challenge;
         let signature = identity.sign(&transcript::registration(
@@ -171,7 +243,7 @@ impl Device {
                 signature: signature.to_vec(),
             })
             .await
-            .with_context(|| format!("registering {name}"))?
+            .map_err(|s| anyhow!("registering {name} failed: {}", sentence(&s)))?
             .into_inner();
         let token = response
             .session
@@ -196,6 +268,7 @@ impl Device {
                 session: None,
                 rng: StdRng::from_entropy(),
             }),
+            resent: AtomicU64::new(0),
         })
     }
 
@@ -210,14 +283,22 @@ impl Device {
         let mut stream = self
             .messages()
             .receive(self.request(v1::ReceiveRequest {}))
-            .await?
+            .await
+            .map_err(|s| {
+                anyhow!(
+                    "opening {}'s receive stream failed: {}",
+                    self.name,
+                    sentence(&s)
+                )
+            })?
             .into_inner();
         let mut backlog = Vec::new();
         loop {
             let item = stream
                 .message()
-                .await?
-                .context("stream closed before the end of the backlog")?;
+                .await
+                .map_err(|s| anyhow!("{}'s receive stream failed: {}", self.name, sentence(&s)))?
+                .context("the receive stream closed before the end of the backlog")?;
             match item.item {
                 Some(receive_response::Item::Envelope(e)) => backlog.push(e),
                 Some(receive_response::Item::QueueEmpty(_)) => return Ok((stream, backlog)),
@@ -317,30 +398,45 @@ impl Device {
         self.deliver(to, sealed).await
     }
 
+    /// Sends one sealed message, repeating it unchanged (same message id,
+    /// so the relay and the receiver can tell it is the same) until a node
+    /// answers.
     async fn deliver(&self, to: &Device, sealed: Sealed) -> anyhow::Result<()> {
         let (kind, content, commitment, message_id) = sealed;
-        self.messages()
-            .send(self.request(v1::SendRequest {
-                recipient: to.name.clone(),
-                message_id,
-                envelopes: vec![v1::OutgoingEnvelope {
-                    device_id: 1,
-                    registration_id: to.registration_id(),
-                    r#type: kind as i32,
-                    content,
-                    franking_commitment: commitment,
-                }],
-            }))
-            .await?;
+        let request = v1::SendRequest {
+            recipient: to.name.clone(),
+            message_id,
+            envelopes: vec![v1::OutgoingEnvelope {
+                device_id: 1,
+                registration_id: to.registration_id(),
+                r#type: kind as i32,
+                content,
+                franking_commitment: commitment,
+            }],
+        };
+        let what = format!("sending from {} to {}", self.name, to.name);
+        let ((), failed) = retrying(&what, || {
+            let request = self.request(request.clone());
+            let mut client = self.messages();
+            async move { client.send(request).await.map(|_| ()) }
+        })
+        .await?;
+        self.resent.fetch_add(failed, Ordering::Relaxed);
         Ok(())
     }
 
     /// Acknowledges on the relay and on the baseline alike, so both see the
     /// same call pattern (send, stream, acknowledge).
     async fn acknowledge(&self, ids: Vec<u64>) -> anyhow::Result<()> {
-        self.messages()
-            .acknowledge(self.request(v1::AcknowledgeRequest { envelope_ids: ids }))
-            .await?;
+        let what = format!("acknowledging for {}", self.name);
+        retrying(&what, || {
+            let request = self.request(v1::AcknowledgeRequest {
+                envelope_ids: ids.clone(),
+            });
+            let mut client = self.messages();
+            async move { client.acknowledge(request).await.map(|_| ()) }
+        })
+        .await?;
         Ok(())
     }
 }
@@ -395,7 +491,8 @@ pub(crate) async fn pair_up(a: &Device, b: &Device) -> anyhow::Result<()> {
             username: b.name.clone(),
             device_id: 0,
         }))
-        .await?
+        .await
+        .map_err(|s| anyhow!("fetching {}'s bundle failed: {}", b.name, sentence(&s)))?
         .into_inner();
     let bundle = bundle_from_wire(bundles.bundles.first().context("no bundle")?)?;
     {
@@ -417,7 +514,11 @@ async fn receive_one(device: &Device) -> anyhow::Result<()> {
     let envelope = match backlog.pop() {
         Some(e) => e,
         None => loop {
-            let item = stream.message().await?.context("stream closed")?;
+            let item = stream
+                .message()
+                .await
+                .map_err(|s| anyhow!("{}'s receive stream failed: {}", device.name, sentence(&s)))?
+                .context("the receive stream closed")?;
             if let Some(receive_response::Item::Envelope(e)) = item.item {
                 break e;
             }
@@ -444,6 +545,8 @@ fn parse_body(body: &str) -> Option<(u64, u64)> {
 struct DeviceOutcome {
     delivered: u64,
     duplicated: u64,
+    redelivered: u64,
+    reconnects: u64,
     latencies_us: Vec<u32>,
     finished: Instant,
 }
@@ -534,17 +637,77 @@ pub(crate) async fn run(
         let outcome = receiver.await??;
         result.delivered += outcome.delivered;
         result.duplicated += outcome.duplicated;
+        result.redelivered += outcome.redelivered;
+        result.reconnects += outcome.reconnects;
         result.latencies_us.extend(outcome.latencies_us);
         last = last.max(outcome.finished);
     }
     watchdog.abort();
+    result.resent = devices
+        .iter()
+        .map(|d| d.resent.load(Ordering::Relaxed))
+        .sum();
     result.elapsed = last - start;
     Ok(result)
 }
 
+/// What a device has received: each benchmark sequence number once, and the
+/// message ids seen, so a redelivery (an envelope whose acknowledgement was
+/// lost in a restart, or a resend stored twice) is recognised by its message
+/// id before decryption, as a real client does.
+struct Inbox {
+    seen: Vec<bool>,
+    message_ids: HashSet<Vec<u8>>,
+    delivered: u64,
+    duplicated: u64,
+    redelivered: u64,
+    latencies_us: Vec<u32>,
+}
+
+impl Inbox {
+    fn new(expected: usize) -> Self {
+        Self {
+            seen: vec![false; expected],
+            message_ids: HashSet::with_capacity(expected),
+            delivered: 0,
+            duplicated: 0,
+            redelivered: 0,
+            latencies_us: Vec::with_capacity(expected),
+        }
+    }
+
+    /// Counts one envelope; `duplicated` counts a sequence number decrypted
+    /// twice under different message ids (what a user would see twice).
+    fn accept(
+        &mut self,
+        device: &Device,
+        envelope: &v1::Envelope,
+        epoch: Instant,
+    ) -> anyhow::Result<()> {
+        if !self.message_ids.insert(envelope.message_id.clone()) {
+            self.redelivered += 1;
+            return Ok(());
+        }
+        let text = device.open(envelope)?;
+        let (seq, sent_ns) = parse_body(&text).context("malformed benchmark message")?;
+        let now_ns = epoch.elapsed().as_nanos() as u64;
+        match self.seen.get_mut(seq as usize) {
+            Some(slot) if !*slot => {
+                *slot = true;
+                self.delivered += 1;
+                let us = now_ns.saturating_sub(sent_ns) / 1000;
+                self.latencies_us
+                    .push(u32::try_from(us).unwrap_or(u32::MAX));
+            }
+            _ => self.duplicated += 1,
+        }
+        Ok(())
+    }
+}
+
 async fn receive_loop(
     device: Arc<Device>,
-    mut stream: Streaming<v1::ReceiveResponse>,
+    stream: Streaming<v1::ReceiveResponse>,
     expected: usize,
     epoch: Instant,
     stop: Arc<AtomicBool>,
@@ -558,46 +721,119 @@ async fn receive_loop(
         }
         Ok::<_, anyhow::Error>(Instant::now())
     });
-    let mut seen = vec![false; expected];
-    let mut delivered = 0u64;
-    let mut duplicated = 0u64;
-    let mut latencies_us = Vec::with_capacity(expected);
-    while (delivered as usize) < expected && !stop.load(Ordering::Relaxed) {
-        let item = match tokio::time::timeout(Duration::from_millis(250), stream.message()).await {
-            Err(_) => continue,
-            Ok(item) => item?,
+    let mut inbox = Inbox::new(expected);
+    let mut stream = Some(stream);
+    let mut reconnects = 0u64;
+    let mut down_since: Option<Instant> = None;
+    while (inbox.delivered as usize) < expected && !stop.load(Ordering::Relaxed) {
+        let Some(open) = stream.as_mut() else {
+            // The node went away: reopen (the backlog holds whatever was
+            // stored and not acknowledged) until it answers.
+            let since = *down_since.get_or_insert_with(Instant::now);
+            match device.open_stream().await {
+                Ok((reopened, backlog)) => {
+                    for envelope in &backlog {
+                        inbox.accept(&device, envelope, epoch)?;
+                        let _ = ack_tx.send(envelope.id);
+                    }
+                    stream = Some(reopened);
+                    down_since = None;
+                    reconnects += 1;
+                }
+                Err(_) if since.elapsed() < RETRY_FOR => {
+                    tokio::time::sleep(FIRST_RETRY_PAUSE * 4).await;
+                }
+                Err(error) => bail!(
+                    "{} could not reopen its receive stream for {} s: {error:#}",
+                    device.name,
+                    RETRY_FOR.as_secs()
+                ),
+            }
+            continue;
         };
-        let Some(item) = item else { break };
+        let item = match tokio::time::timeout(Duration::from_millis(250), open.message()).await {
+            Err(_) => continue,
+            Ok(Ok(Some(item))) => item,
+            Ok(Ok(None)) => {
+                stream = None;
+                continue;
+            }
+            Ok(Err(status)) if retryable(&status) => {
+                stream = None;
+                continue;
+            }
+            Ok(Err(status)) => bail!(
+                "{}'s receive stream failed: {}",
+                device.name,
+                sentence(&status)
+            ),
+        };
         let Some(receive_response::Item::Envelope(envelope)) = item.item else {
             continue;
         };
-        let text = device.open(&envelope)?;
-        let (seq, sent_ns) = parse_body(&text).context("malformed benchmark message")?;
-        let now_ns = epoch.elapsed().as_nanos() as u64;
-        match seen.get_mut(seq as usize) {
-            Some(slot) if !*slot => {
-                *slot = true;
-                delivered += 1;
-                let us = now_ns.saturating_sub(sent_ns) / 1000;
-                latencies_us.push(u32::try_from(us).unwrap_or(u32::MAX));
-            }
-            _ => duplicated += 1,
-        }
+        inbox.accept(&device, &envelope, epoch)?;
         let _ = ack_tx.send(envelope.id);
     }
     drop(ack_tx);
     let finished = acker.await??;
     Ok(DeviceOutcome {
-        delivered,
-        duplicated,
-        latencies_us,
+        delivered: inbox.delivered,
+        duplicated: inbox.duplicated,
+        redelivered: inbox.redelivered,
+        reconnects,
+        latencies_us: inbox.latencies_us,
         finished,
     })
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn a_status_is_a_sentence_not_a_debug_dump() {
+        let status = Status::unavailable("the server is shutting down; reconnect shortly");
+        let text = sentence(&status);
+        assert_eq!(
+            text,
+            "the server answered Unavailable (the server is shutting down; reconnect shortly)"
+        );
+        assert!(!text.contains("metadata") && !text.contains("Status {"));
+        assert!(retryable(&status));
+        assert!(retryable(&Status::unknown("transport error")));
+        assert!(!retryable(&Status::invalid_argument("bad")));
+        assert!(!retryable(&Status::unauthenticated("no token")));
+    }
+
+    #[tokio::test]
+    async fn retrying_gives_up_on_a_permanent_error_at_once() {
+        let mut calls = 0;
+        let error = retrying("sending", || {
+            calls += 1;
+            async { Err::<(), _>(Status::invalid_argument("the message id must be 16 bytes")) }
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(calls, 1);
+        assert_eq!(
+            error.to_string(),
+            "sending failed: the server answered InvalidArgument (the message id must be 16 bytes)"
+        );
+        let mut failures = 2;
+        let ((), failed) = retrying("sending", || {
+            let outcome = if failures > 0 {
+                failures -= 1;
+                Err(Status::unavailable("restarting"))
+            } else {
+                Ok(())
+            };
+            async move { outcome }
+        })
+        .await
+        .unwrap();
+        assert_eq!(failed, 2);
+    }
 
     #[test]
     fn body_round_trips_and_pads() {

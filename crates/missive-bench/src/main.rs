@@ -74,6 +74,12 @@ struct Args {
     /// that multiplexes (1 = a TCP connection per device, as a phone has).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     devices_per_connection: u16,
+    /// Fault mode: every SECS seconds of the measured phase, SIGKILL one of
+    /// the nodes started here (in turn) and restart it on the same data
+    /// directory and address. Devices reconnect and resend what was not
+    /// acknowledged; lost and duplicated are counted over the whole run.
+    #[arg(long, value_name = "SECS")]
+    kill_node_every: Option<f64>,
     /// Give up waiting for deliveries after this many seconds.
     #[arg(long, default_value_t = 120)]
     deadline_secs: u64,
@@ -201,10 +207,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.payload < 32 {
         bail!("--payload must be at least 32 bytes");
     }
-    let target = start_target(&args).await?;
+    if let Some(secs) = args.kill_node_every {
+        if !(secs.is_finite() && secs >= 0.5) {
+            bail!("--kill-node-every must be at least 0.5 seconds");
+        }
+        if args.server.is_some() || args.idle.is_some() || args.baseline {
+            bail!(
+                "--kill-node-every needs nodes started by missive-bench, without --server, --idle or --baseline"
+            );
+        }
+    }
+    let mut target = start_target(&args).await?;
     let outcome = match args.idle {
         Some(count) => idle(&args, &target, count).await,
-        None => load(&args, &target).await,
+        None => load(&args, &mut target).await,
     };
     for node in target.nodes {
         node.stop().await;
@@ -273,11 +289,38 @@ fn workload(args: &Args) -> Workload {
     }
 }
 
+/// SIGKILLs and restarts the nodes in turn every `every` until `stop`;
+/// gives the nodes back with the number of kills.
+async fn kill_nodes(
+    mut nodes: Vec<Node>,
+    every: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> (Vec<Node>, anyhow::Result<u64>) {
+    let mut kills = 0u64;
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|stop| *stop) => return (nodes, Ok(kills)),
+            () = tokio::time::sleep(every) => {}
+        }
+        let k = (kills as usize) % nodes.len();
+        let started = Instant::now();
+        if let Err(error) = nodes[k].kill_and_restart().await {
+            return (nodes, Err(error));
+        }
+        kills += 1;
+        eprintln!(
+            "killed node {k} with SIGKILL (kill {kills}); it listens again after {:.2} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+}
+
 async fn measure(
     mode: Mode,
     urls: &[String],
     ca: &Certificate,
     args: &Args,
+    nodes: &mut Vec<Node>,
 ) -> anyhow::Result<RunResult> {
     let setup = Instant::now();
     let devices = make_devices(
@@ -301,11 +344,33 @@ async fn measure(
         devices.len(),
         setup.elapsed().as_secs_f64()
     );
-    driver::run(devices, &workload(args)).await
+    let Some(every) = args.kill_node_every.filter(|_| !nodes.is_empty()) else {
+        return driver::run(devices, &workload(args)).await;
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let killer = tokio::spawn(kill_nodes(
+        std::mem::take(nodes),
+        Duration::from_secs_f64(every),
+        stopped,
+    ));
+    let result = driver::run(devices, &workload(args)).await;
+    let _ = stop.send(true);
+    let (returned, kills) = killer.await.context("the node killer task failed")?;
+    *nodes = returned;
+    let mut result = result?;
+    result.kills = kills?;
+    Ok(result)
 }
 
-async fn load(args: &Args, target: &Target) -> anyhow::Result<()> {
-    let mut relay = measure(Mode::Relay, &target.urls, &target.ca, args).await?;
+async fn load(args: &Args, target: &mut Target) -> anyhow::Result<()> {
+    let mut relay = measure(
+        Mode::Relay,
+        &target.urls,
+        &target.ca,
+        args,
+        &mut target.nodes,
+    )
+    .await?;
     relay.server_cpu_seconds = target.nodes.iter().map(Node::cpu_seconds).sum();
     relay.server_peak_rss_mib = target.nodes.iter().map(Node::peak_rss_mib).sum();
 
@@ -334,6 +399,7 @@ async fn load(args: &Args, target: &Target) -> anyhow::Result<()> {
             std::slice::from_ref(&node.url),
             &target.ca,
             args,
+            &mut Vec::new(),
         )
         .await?;
         result.server_cpu_seconds = node.cpu_seconds();
@@ -352,6 +418,12 @@ async fn load(args: &Args, target: &Target) -> anyhow::Result<()> {
         relay.server_cpu_seconds,
         relay.server_peak_rss_mib
     );
+    if args.kill_node_every.is_some() {
+        println!(
+            "faults:   {} node kills (SIGKILL + restart), {} receive streams reopened, {} sends repeated, {} envelopes redelivered and recognised by message id",
+            relay.kills, relay.reconnects, relay.resent, relay.redelivered
+        );
+    }
     let mut json = serde_json::json!({
         "delivered": relay.delivered,
         "lost": relay.lost(),
@@ -364,6 +436,10 @@ async fn load(args: &Args, target: &Target) -> anyhow::Result<()> {
         "messages_per_client": args.messages,
         "payload": args.payload,
         "nodes": target.urls.len(),
+        "kills": relay.kills,
+        "reconnects": relay.reconnects,
+        "resent": relay.resent,
+        "redelivered": relay.redelivered,
     });
     if let Some(mut base) = baseline {
         let (b50, _, b99) = base.percentiles();

@@ -16,6 +16,12 @@ pub(crate) struct Node {
     child: Child,
     pid: u32,
     cpu_at_start: f64,
+    program: PathBuf,
+    args: Vec<String>,
+    /// CPU seconds of earlier incarnations (before a restart).
+    cpu_before: f64,
+    /// Peak RSS of earlier incarnations.
+    rss_before: f64,
 }
 
 impl Node {
@@ -49,19 +55,82 @@ impl Node {
             child,
             pid,
             cpu_at_start,
+            program: program.to_owned(),
+            args: args.to_vec(),
+            cpu_before: 0.0,
+            rss_before: 0.0,
         })
+    }
+
+    /// SIGKILLs the node and starts it again with the same arguments (same
+    /// data directory and database) on the same address.
+    pub(crate) async fn kill_and_restart(&mut self) -> anyhow::Result<()> {
+        self.cpu_before += self.cpu_seconds_this_run();
+        self.rss_before = self.rss_before.max(self.peak_rss_mib_this_run());
+        self.child
+            .start_kill()
+            .context("could not SIGKILL the node")?;
+        let _ = self.child.wait().await;
+        let address = self
+            .url
+            .strip_prefix("https://")
+            .context("the node's URL is not https://")?
+            .to_owned();
+        let mut args = self.args.clone();
+        match args.iter().position(|a| a == "--listen") {
+            Some(i) if i + 1 < args.len() => args[i + 1] = address,
+            _ => args.extend(["--listen".to_owned(), address]),
+        }
+        // The port may stay busy for a moment after the kill.
+        let mut attempt = 0;
+        let restarted = loop {
+            match Node::spawn(&self.program, &args).await {
+                Ok(node) => break node,
+                Err(_) if attempt < 20 => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(error) => return Err(error.context("could not restart the killed node")),
+            }
+        };
+        if restarted.url != self.url {
+            bail!(
+                "the restarted node listens on {} instead of {}",
+                restarted.url,
+                self.url
+            );
+        }
+        let Node {
+            child,
+            pid,
+            cpu_at_start,
+            ..
+        } = restarted;
+        self.child = child;
+        self.pid = pid;
+        self.cpu_at_start = cpu_at_start;
+        Ok(())
     }
 
     pub(crate) fn pid(&self) -> u32 {
         self.pid
     }
 
-    /// CPU seconds used since the node started listening.
+    /// CPU seconds used since the node started listening (all incarnations).
     pub(crate) fn cpu_seconds(&self) -> f64 {
+        self.cpu_before + self.cpu_seconds_this_run()
+    }
+
+    fn cpu_seconds_this_run(&self) -> f64 {
         procstat::cpu_seconds(self.pid).unwrap_or(0.0) - self.cpu_at_start
     }
 
+    /// The largest peak RSS of any incarnation.
     pub(crate) fn peak_rss_mib(&self) -> f64 {
+        self.rss_before.max(self.peak_rss_mib_this_run())
+    }
+
+    fn peak_rss_mib_this_run(&self) -> f64 {
         procstat::peak_rss_mib(self.pid).unwrap_or(0.0)
     }
 

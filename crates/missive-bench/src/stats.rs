@@ -17,6 +17,14 @@ pub(crate) struct RunResult {
     pub(crate) expected: u64,
     pub(crate) delivered: u64,
     pub(crate) duplicated: u64,
+    /// Envelopes received again under a message id already seen (skipped).
+    pub(crate) redelivered: u64,
+    /// Send attempts that failed and were repeated.
+    pub(crate) resent: u64,
+    /// Receive streams reopened after a node went away.
+    pub(crate) reconnects: u64,
+    /// Nodes killed (SIGKILL) and restarted during the run.
+    pub(crate) kills: u64,
     pub(crate) elapsed: Duration,
     /// Send → decrypted latency, microseconds, one sample per delivered message.
     pub(crate) latencies_us: Vec<u32>,

@@ -58,7 +58,11 @@ pub enum ApiError {
 impl From<ApiError> for Status {
     fn from(error: ApiError) -> Self {
         let message = error.to_string();
-        match error {
+        let scope = match &error {
+            ApiError::RateLimited { scope, .. } => Some(crate::telemetry::limiter_scope(scope)),
+            _ => None,
+        };
+        let status = match error {
             ApiError::InvalidArgument(_) | ApiError::BadSignature => {
                 Status::invalid_argument(message)
             }
@@ -103,7 +107,9 @@ impl From<ApiError> for Status {
                     )
                 }
             },
-        }
+        };
+        crate::telemetry::failed(status.code(), scope);
+        status
     }
 }
 

@@ -16,17 +16,20 @@
 
 pub mod auth;
 pub mod checks;
+pub mod config_file;
 pub mod error;
 pub mod export;
 pub mod fanout;
 pub mod franking;
 pub mod layers;
 pub mod limits;
+pub mod preflight;
 pub mod proxy;
 pub mod ratelimit;
 pub mod server;
 pub mod service;
 pub mod storage;
+pub mod telemetry;
 pub mod time;
 pub mod tls;
 

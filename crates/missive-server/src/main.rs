@@ -8,7 +8,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use missive_server::proxy::TrustedProxies;
 use missive_server::storage::{self, OpenMode, StorageError};
 use missive_server::{Config, export, service::normalize_username};
@@ -16,8 +17,21 @@ use missive_server::{Config, export, service::normalize_username};
 /// The Missive relay: stores and forwards end-to-end encrypted envelopes it
 /// cannot read, over gRPC with TLS always on.
 #[derive(Debug, Parser)]
-#[command(name = "missive-server", version, about, long_about = None)]
+#[command(
+    name = "missive-server",
+    version,
+    about,
+    long_about = None,
+    after_help = "Every setting can also be given in the TOML file named by --config, under the \
+flag's long name with dashes as underscores (listen = \"0.0.0.0:7443\", data_dir = \"/var/lib/missive\"). \
+A flag beats its environment variable, which beats the file."
+)]
 struct Cli {
+    /// TOML configuration file with any of the settings below (keys are the
+    /// long flag names with '_' for '-'); flags and environment variables
+    /// take precedence over it.
+    #[arg(long, env = "MISSIVE_CONFIG", global = true)]
+    config: Option<PathBuf>,
     /// Address to listen on; port 0 picks a free port.
     #[arg(
         long,
@@ -88,6 +102,10 @@ struct Cli {
     /// logs go to stderr. Falls back to RUST_LOG, then "info".
     #[arg(long, env = "MISSIVE_LOG", global = true)]
     log: Option<String>,
+    /// Serve Prometheus metrics over plain HTTP at http://ADDR/metrics
+    /// (port 0 picks a free port); off without it. Keep ADDR private.
+    #[arg(long, env = "MISSIVE_METRICS_LISTEN", global = true)]
+    metrics_listen: Option<SocketAddr>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -96,6 +114,10 @@ struct Cli {
 enum Command {
     /// Run the relay (the default).
     Serve,
+    /// Validate the configuration, the store (opens, migrations current),
+    /// the TLS material and NATS reachability, then exit: 0 when all is
+    /// well, 1 with one sentence per problem otherwise.
+    Check,
     /// Print, as JSON, everything the server stores about an account. Works
     /// while the server runs.
     ExportAccount {
@@ -132,7 +154,15 @@ enum ReportsCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
+    if let Err(error) = apply_config_file(&mut cli, &matches) {
+        eprintln!("missive-server: error: {error}");
+        return ExitCode::FAILURE;
+    }
     let filter = match &cli.log {
         Some(directives) => tracing_subscriber::EnvFilter::try_new(directives).ok(),
         None => tracing_subscriber::EnvFilter::try_from_default_env().ok(),
@@ -200,6 +230,97 @@ fn parse_bytes(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{text:?} is not a size such as 16MiB"))
 }
 
+/// Fills every setting given neither as a flag nor as an environment
+/// variable from the `--config` file, if any.
+fn apply_config_file(cli: &mut Cli, matches: &ArgMatches) -> anyhow::Result<()> {
+    let Some(path) = &cli.config else {
+        return Ok(());
+    };
+    let file = missive_server::config_file::FileSettings::load(path)?;
+    let unset = |id: &str| {
+        !matches!(
+            matches.value_source(id),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        )
+    };
+    macro_rules! take {
+        ($field:ident) => {
+            if let Some(value) = file.$field {
+                if unset(stringify!($field)) {
+                    cli.$field = value.into();
+                }
+            }
+        };
+    }
+    take!(listen);
+    take!(data_dir);
+    take!(database);
+    take!(tls_cert);
+    take!(tls_key);
+    take!(mailbox_limit);
+    take!(disable_rate_limits);
+    take!(nats);
+    take!(nats_prefix);
+    take!(log);
+    take!(metrics_listen);
+    if let Some(retention) = file.retention
+        && unset("retention")
+    {
+        // Checked when the file was loaded; parsed again here.
+        cli.retention = humantime::parse_duration(&retention)
+            .map_err(|e| anyhow!("retention {retention:?} is not a duration: {e}"))?;
+    }
+    Ok(())
+}
+
+fn config(cli: &Cli) -> Config {
+    Config {
+        listen: cli.listen,
+        data_dir: cli.data_dir.clone(),
+        database_url: cli.database.clone(),
+        tls_cert: cli.tls_cert.clone(),
+        tls_key: cli.tls_key.clone(),
+        retention: cli.retention,
+        mailbox_limit: cli.mailbox_limit,
+        rate_limits: (!cli.disable_rate_limits).then(Default::default),
+        request_timeout: missive_server::limits::REQUEST_TIMEOUT,
+        nats_url: cli.nats.clone(),
+        nats_subject_prefix: cli.nats_prefix.clone(),
+        franking_keys: cli.franking_keys.clone(),
+        proxy_protocol_from: cli.proxy_protocol_from.clone(),
+        trusted_proxies: cli.trusted_proxy.clone(),
+        storage_reserve: cli.storage_reserve,
+    }
+}
+
+async fn check(cli: &Cli) -> anyhow::Result<()> {
+    let mut report = missive_server::preflight::check(&config(cli)).await;
+    if let Some(metrics) = cli.metrics_listen {
+        if metrics == cli.listen && metrics.port() != 0 {
+            report.failures.push(format!(
+                "the metrics address {metrics} is also the gRPC address"
+            ));
+        } else {
+            report
+                .notes
+                .push(format!("metrics on http://{metrics}/metrics"));
+        }
+    }
+    for note in &report.notes {
+        print(&format!("ok: {note}"))?;
+    }
+    if report.failures.is_empty() {
+        return print("missive-server: the configuration is good");
+    }
+    for failure in &report.failures {
+        eprintln!("missive-server: check failed: {failure}");
+    }
+    Err(anyhow!(
+        "{} problem(s) found; the server would not start cleanly",
+        report.failures.len()
+    ))
+}
+
 fn database_url(cli: &Cli) -> String {
     cli.database
         .clone()
@@ -229,6 +350,7 @@ fn print(text: &str) -> anyhow::Result<()> {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         None | Some(Command::Serve) => serve(&cli).await,
+        Some(Command::Check) => check(&cli).await,
         Some(Command::ExportAccount { username }) => {
             let username = normalize_username(username).map_err(|e| anyhow!("{e}"))?;
             let store = open_existing(&cli).await?;
@@ -302,25 +424,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(cli: &Cli) -> anyhow::Result<()> {
-    let config = Config {
-        listen: cli.listen,
-        data_dir: cli.data_dir.clone(),
-        database_url: cli.database.clone(),
-        tls_cert: cli.tls_cert.clone(),
-        tls_key: cli.tls_key.clone(),
-        retention: cli.retention,
-        mailbox_limit: cli.mailbox_limit,
-        rate_limits: (!cli.disable_rate_limits).then(Default::default),
-        request_timeout: missive_server::limits::REQUEST_TIMEOUT,
-        nats_url: cli.nats.clone(),
-        nats_subject_prefix: cli.nats_prefix.clone(),
-        franking_keys: cli.franking_keys.clone(),
-        proxy_protocol_from: cli.proxy_protocol_from.clone(),
-        trusted_proxies: cli.trusted_proxy.clone(),
-        storage_reserve: cli.storage_reserve,
-    };
-    let server = missive_server::start(config).await?;
+    let server = missive_server::start(config(cli)).await?;
     print(&format!("missive-server listening on {}", server.url()))?;
+    let _metrics = match cli.metrics_listen {
+        Some(addr) => {
+            let metrics = missive_server::telemetry::serve(addr).await?;
+            print(&format!("missive-server metrics on {}", metrics.url()))?;
+            Some(metrics)
+        }
+        None => None,
+    };
     shutdown_signal().await;
     tracing::info!("shutting down");
     server.shutdown().await?;

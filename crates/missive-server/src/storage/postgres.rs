@@ -31,7 +31,7 @@ use super::{
     SignedPrekeyRecord, Storage, StorageError, StoredEnvelope,
 };
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// Connections per node. Sends use one at a time (group commit); the rest
 /// serve receive streams, logins and key fetches.

@@ -25,7 +25,7 @@ use super::{
     SignedPrekeyRecord, Storage, StorageError, StoredEnvelope,
 };
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// SQLite store.
 #[derive(Clone, Debug)]

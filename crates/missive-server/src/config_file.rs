@@ -1,0 +1,163 @@
+//! The TOML configuration file (`--config PATH` / `MISSIVE_CONFIG`): every
+//! setting of the command line, under the flag's long name with dashes as
+//! underscores. Flags beat environment variables, which beat the file.
+//!
+//! ```toml
+//! listen = "0.0.0.0:7443"
+//! data_dir = "/var/lib/missive"
+//! retention = "30days"
+//! metrics_listen = "127.0.0.1:9464"
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Settings read from a configuration file; absent keys are `None`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSettings {
+    /// `--listen`.
+    pub listen: Option<SocketAddr>,
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--database`.
+    pub database: Option<String>,
+    /// `--tls-cert`.
+    pub tls_cert: Option<PathBuf>,
+    /// `--tls-key`.
+    pub tls_key: Option<PathBuf>,
+    /// `--retention`, as humantime text ("30days", "12h").
+    pub retention: Option<String>,
+    /// `--mailbox-limit`.
+    pub mailbox_limit: Option<u32>,
+    /// `--disable-rate-limits`.
+    pub disable_rate_limits: Option<bool>,
+    /// `--nats`.
+    pub nats: Option<String>,
+    /// `--nats-prefix`.
+    pub nats_prefix: Option<String>,
+    /// `--log`.
+    pub log: Option<String>,
+    /// `--metrics-listen`.
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// A configuration file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigFileError {
+    /// The file cannot be read.
+    #[error("cannot read the configuration file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has an unknown key or a wrong type.
+    #[error("the configuration file {path} is invalid: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What and where, from the TOML parser.
+        message: String,
+    },
+}
+
+impl FileSettings {
+    /// Reads and parses `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|message| ConfigFileError::Parse {
+            path: path.into(),
+            message,
+        })
+    }
+
+    /// Parses TOML text; the error is the parser's description, on one line.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let settings: Self = toml::from_str(text).map_err(|e| {
+            let mut sentence = one_line(&e.to_string());
+            // Quote the offending line, so the key is named even for a type error.
+            if let Some(line) = e
+                .span()
+                .and_then(|span| text.get(..span.start))
+                .map(|before| before.rfind('\n').map_or(0, |i| i + 1))
+                .and_then(|start| text[start..].lines().next())
+                .map(str::trim)
+                .filter(|line| !line.is_empty())
+            {
+                sentence.push_str(&format!(" (in `{line}`)"));
+            }
+            sentence
+        })?;
+        if let Some(retention) = &settings.retention {
+            humantime::parse_duration(retention)
+                .map_err(|e| format!("retention {retention:?} is not a duration: {e}"))?;
+        }
+        Ok(settings)
+    }
+}
+
+/// The TOML parser's multi-line report (with a source excerpt) as one line.
+fn one_line(report: &str) -> String {
+    let mut lines = report.lines().map(str::trim).filter(|l| !l.is_empty());
+    let head = lines.next().unwrap_or("invalid TOML").to_owned();
+    // The last line is the description ("unknown field `x`, expected one of …").
+    match lines.next_back() {
+        Some(last) if !last.starts_with('|') && !last.starts_with('^') => {
+            format!("{head}: {last}")
+        }
+        _ => head,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn every_key_parses() {
+        let settings = FileSettings::parse(
+            r#"
+            listen = "0.0.0.0:7443"
+            data_dir = "/var/lib/missive"
+            database = "postgres://missive@db/missive"
+            tls_cert = "/etc/missive/cert.pem"
+            tls_key = "/etc/missive/key.pem"
+            retention = "12h"
+            mailbox_limit = 500
+            disable_rate_limits = false
+            nats = "nats://127.0.0.1:4222"
+            nats_prefix = "prod.missive"
+            log = "warn"
+            metrics_listen = "127.0.0.1:9464"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(settings.listen.unwrap().port(), 7443);
+        assert_eq!(settings.mailbox_limit, Some(500));
+        assert_eq!(settings.metrics_listen.unwrap().port(), 9464);
+        assert_eq!(settings.nats_prefix.as_deref(), Some("prod.missive"));
+    }
+
+    #[test]
+    fn mistakes_are_one_sentence() {
+        let unknown = FileSettings::parse("lisen = \"0.0.0.0:1\"").unwrap_err();
+        assert!(unknown.contains("lisen"), "{unknown}");
+        assert!(!unknown.contains('\n'), "{unknown}");
+        let wrong_type = FileSettings::parse("mailbox_limit = \"many\"").unwrap_err();
+        assert!(
+            wrong_type.contains("mailbox_limit") || wrong_type.contains("integer"),
+            "{wrong_type}"
+        );
+        let duration = FileSettings::parse("retention = \"forever\"").unwrap_err();
+        assert!(duration.contains("forever"), "{duration}");
+        let address = FileSettings::parse("listen = \"localhost\"").unwrap_err();
+        assert!(!address.is_empty());
+    }
+}
