@@ -160,7 +160,7 @@ pub struct SessionRow {
 }
 
 /// The sealed content of a history row.
-#[derive(Serialize, Deserialize, Default)]
+#[derive(Clone, Serialize, Deserialize, Default)]
 pub struct SealedMessage {
     /// Text.
     pub text: String,
@@ -186,7 +186,7 @@ impl Drop for SealedMessage {
 }
 
 /// One history row as sealed (schema 2): the message and everything about it.
-#[derive(Serialize, Deserialize, Default)]
+#[derive(Clone, Serialize, Deserialize, Default)]
 struct MessageRecord {
     contact: String,
     message_id: String,
@@ -1522,23 +1522,7 @@ impl Db<'_> {
         let id = hex::decode(&rec.message_id).map_err(|e| self.err(e))?;
         let contact_tag = self.keys.contact_tag(&rec.contact);
         let id_tag = self.keys.message_tag(&id);
-        let mut copy = MessageRecord {
-            contact: rec.contact.clone(),
-            message_id: rec.message_id.clone(),
-            outgoing: rec.outgoing,
-            sender_clock_ms: rec.sender_clock_ms,
-            sender_clock_clamped: rec.sender_clock_clamped,
-            server_ts_ms: rec.server_ts_ms,
-            quarantine_identity: rec.quarantine_identity.clone(),
-            body: SealedMessage {
-                text: rec.body.text.clone(),
-                franking_key: rec.body.franking_key.clone(),
-                commitment: rec.body.commitment.clone(),
-                tag: rec.body.tag.clone(),
-                sender_device: rec.body.sender_device,
-            },
-            pad: String::new(),
-        };
+        let mut copy = rec.clone();
         let sealed = self.seal_record(&contact_tag, &id_tag, &mut copy)?;
         self.conn
             .execute(
@@ -1759,13 +1743,7 @@ impl Db<'_> {
                 sender: rec.contact.clone(),
                 server_ts_ms: rec.server_ts_ms,
                 message_id: message_id.to_vec(),
-                sealed: SealedMessage {
-                    text: rec.body.text.clone(),
-                    franking_key: rec.body.franking_key.clone(),
-                    commitment: rec.body.commitment.clone(),
-                    tag: rec.body.tag.clone(),
-                    sender_device: rec.body.sender_device,
-                },
+                sealed: rec.body.clone(),
             });
         }
         Ok(out)
