@@ -5,6 +5,8 @@
 //! layouts inside `bytes` fields are specified in `docs/PROTOCOL.md`.
 #![forbid(unsafe_code)]
 
+pub mod codec;
+
 /// Version 1 of the protocol, package `missive.v1`.
 pub mod v1 {
     #![allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
