@@ -12,6 +12,8 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use crate::proxy::TrustedProxies;
+
 /// Settings read from a configuration file; absent keys are `None`.
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -40,6 +42,14 @@ pub struct FileSettings {
     pub log: Option<String>,
     /// `--metrics-listen`.
     pub metrics_listen: Option<SocketAddr>,
+    /// `--franking-keys`.
+    pub franking_keys: Option<PathBuf>,
+    /// `--proxy-protocol-from`, the same comma-separated list as the flag.
+    pub proxy_protocol_from: Option<String>,
+    /// `--trusted-proxy`, the same comma-separated list as the flag.
+    pub trusted_proxy: Option<String>,
+    /// `--storage-reserve`, a size such as "16MiB".
+    pub storage_reserve: Option<String>,
 }
 
 /// A configuration file that cannot be used.
@@ -98,8 +108,41 @@ impl FileSettings {
             humantime::parse_duration(retention)
                 .map_err(|e| format!("retention {retention:?} is not a duration: {e}"))?;
         }
+        for (key, list) in [
+            ("proxy_protocol_from", &settings.proxy_protocol_from),
+            ("trusted_proxy", &settings.trusted_proxy),
+        ] {
+            if let Some(list) = list {
+                TrustedProxies::parse(list).map_err(|e| format!("{key}: {e}"))?;
+            }
+        }
+        if let Some(reserve) = &settings.storage_reserve {
+            parse_size(reserve).map_err(|e| format!("storage_reserve: {e}"))?;
+        }
         Ok(settings)
     }
+}
+
+/// Parses a byte size such as "16MiB", "512k" or "0" (binary units; "MB" is
+/// read as MiB, as operators usually mean).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" | "kb" => 1 << 10,
+        "m" | "mib" | "mb" => 1 << 20,
+        "g" | "gib" | "gb" => 1 << 30,
+        _ => return Err(format!("{text:?} is not a size such as 16MiB")),
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(factor))
+        .ok_or_else(|| format!("{text:?} is not a size such as 16MiB"))
 }
 
 /// The TOML parser's multi-line report (with a source excerpt) as one line.
@@ -136,9 +179,18 @@ mod tests {
             nats_prefix = "prod.missive"
             log = "warn"
             metrics_listen = "127.0.0.1:9464"
+            franking_keys = "/etc/missive/franking.keys"
+            proxy_protocol_from = "10.0.0.0/8, 192.0.2.7"
+            trusted_proxy = "fd00::/8"
+            storage_reserve = "64MiB"
             "#,
         )
         .unwrap();
+        assert_eq!(
+            settings.franking_keys.as_deref(),
+            Some(Path::new("/etc/missive/franking.keys"))
+        );
+        assert_eq!(settings.storage_reserve.as_deref(), Some("64MiB"));
         assert_eq!(settings.listen.unwrap().port(), 7443);
         assert_eq!(settings.mailbox_limit, Some(500));
         assert_eq!(settings.metrics_listen.unwrap().port(), 9464);
@@ -159,5 +211,18 @@ mod tests {
         assert!(duration.contains("forever"), "{duration}");
         let address = FileSettings::parse("listen = \"localhost\"").unwrap_err();
         assert!(!address.is_empty());
+        let proxies = FileSettings::parse("trusted_proxy = \"10.0.0.0/99\"").unwrap_err();
+        assert!(proxies.contains("trusted_proxy"), "{proxies}");
+        let reserve = FileSettings::parse("storage_reserve = \"lots\"").unwrap_err();
+        assert!(reserve.contains("storage_reserve"), "{reserve}");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("16MiB"), Ok(16 << 20));
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size("512 k"), Ok(512 << 10));
+        assert!(parse_size("16 parsecs").is_err());
+        assert!(parse_size("99999999999999G").is_err());
     }
 }

@@ -96,7 +96,7 @@ struct Cli {
     /// Disk space kept free beside a SQLite database (`server.db.reserve`)
     /// so acknowledgements still work on a full disk, e.g. "16MiB"; 0 for
     /// none.
-    #[arg(long, env = "MISSIVE_STORAGE_RESERVE", default_value = "16MiB", value_parser = parse_bytes, global = true)]
+    #[arg(long, env = "MISSIVE_STORAGE_RESERVE", default_value = "16MiB", value_parser = missive_server::config_file::parse_size, global = true)]
     storage_reserve: u64,
     /// Log filter (tracing EnvFilter syntax, e.g. "info" or "missive_server=debug");
     /// logs go to stderr. Falls back to RUST_LOG, then "info".
@@ -209,27 +209,6 @@ fn sentence(error: &anyhow::Error) -> String {
     text
 }
 
-/// `16MiB`, `512KiB`, `1GiB` or plain bytes.
-fn parse_bytes(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" | "kb" => 1 << 10,
-        "m" | "mib" | "mb" => 1 << 20,
-        "g" | "gib" | "gb" => 1 << 30,
-        _ => return Err(format!("{text:?} is not a size such as 16MiB")),
-    };
-    number
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(factor))
-        .ok_or_else(|| format!("{text:?} is not a size such as 16MiB"))
-}
-
 /// Fills every setting given neither as a flag nor as an environment
 /// variable from the `--config` file, if any.
 fn apply_config_file(cli: &mut Cli, matches: &ArgMatches) -> anyhow::Result<()> {
@@ -263,6 +242,23 @@ fn apply_config_file(cli: &mut Cli, matches: &ArgMatches) -> anyhow::Result<()> 
     take!(nats_prefix);
     take!(log);
     take!(metrics_listen);
+    take!(franking_keys);
+    if let Some(reserve) = file.storage_reserve
+        && unset("storage_reserve")
+    {
+        cli.storage_reserve =
+            missive_server::config_file::parse_size(&reserve).map_err(|e| anyhow!(e))?;
+    }
+    if let Some(list) = file.proxy_protocol_from
+        && unset("proxy_protocol_from")
+    {
+        cli.proxy_protocol_from = TrustedProxies::parse(&list).map_err(|e| anyhow!(e))?;
+    }
+    if let Some(list) = file.trusted_proxy
+        && unset("trusted_proxy")
+    {
+        cli.trusted_proxy = TrustedProxies::parse(&list).map_err(|e| anyhow!(e))?;
+    }
     if let Some(retention) = file.retention
         && unset("retention")
     {

@@ -338,8 +338,10 @@ async fn a_config_file_is_used_below_environment_and_flags() {
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\nmetrics_listen = \"127.0.0.1:0\"\nretention = \"2days\"\n",
-            from_file.to_str().unwrap()
+            "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\nmetrics_listen = \"127.0.0.1:0\"\nretention = \"2days\"\n\
+             franking_keys = {:?}\nstorage_reserve = \"1MiB\"\nproxy_protocol_from = \"10.0.0.0/8\"\n",
+            from_file.to_str().unwrap(),
+            dir.path().join("custom.keys").to_str().unwrap(),
         ),
     )
     .unwrap();
@@ -352,6 +354,15 @@ async fn a_config_file_is_used_below_environment_and_flags() {
             .ends_with("/metrics")
     );
     assert!(from_file.join("ca.pem").exists());
+    // The file's franking key path and disk reserve are the ones used.
+    assert!(dir.path().join("custom.keys").exists());
+    assert!(!from_file.join("franking.keys").exists());
+    assert_eq!(
+        std::fs::metadata(from_file.join("server.db.reserve"))
+            .unwrap()
+            .len(),
+        1 << 20
+    );
     drop(node);
 
     // MISSIVE_CONFIG names the file; a flag beats it.
