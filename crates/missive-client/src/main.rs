@@ -61,10 +61,13 @@ enum Command {
         #[arg(long, value_name = "SECS")]
         wait: Option<u64>,
     },
-    /// Interactive terminal chat with USERNAME.
+    /// The terminal messenger: the conversation list, or USERNAME's conversation.
     Chat {
-        /// Contact.
-        username: String,
+        /// Open the conversation with this contact (else the list).
+        username: Option<String>,
+        /// Ring the terminal bell when a message arrives in another conversation.
+        #[arg(long)]
+        bell: bool,
     },
     /// List contacts with their verification state.
     Contacts,
@@ -263,9 +266,14 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 })
                 .await?;
         }
-        Command::Chat { username } => {
+        Command::Chat { username, bell } => {
             let mut client = open_client(&home, server)?;
-            missive_client::chat::run(&mut client, &username).await?;
+            let open = username
+                .map(|u| missive_client::client::normalize_username(&u))
+                .transpose()?
+                .map(missive_client::chat::ConversationId::Direct);
+            missive_client::chat::run(&mut client, missive_client::chat::Options { open, bell })
+                .await?;
         }
         Command::Contacts => {
             let client = open_client(&home, server)?;
