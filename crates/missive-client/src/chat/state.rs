@@ -209,7 +209,7 @@ pub struct ChatState {
 
 /// Heading of the help line.
 pub const HELP_CONVERSATION: &str =
-    "Enter send · Alt-Enter newline · Tab/Ctrl-N next · Esc list · PgUp/PgDn scroll · Ctrl-C quit";
+    "Enter send · Alt-Enter newline · Tab next · Esc list · PgUp/PgDn · Ctrl-C quit";
 /// Help in the list.
 pub const HELP_LIST: &str = "↑/↓ select · Enter open · q quit";
 

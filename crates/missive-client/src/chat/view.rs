@@ -70,7 +70,7 @@ fn top_bar(state: &ChatState) -> Line<'static> {
         Connection::Connecting => ("connecting…".to_owned(), Style::default().fg(Color::Yellow)),
         Connection::Connected => ("● connected".to_owned(), Style::default().fg(Color::Green)),
         Connection::Offline { reason, retry_in_s } => (
-            format!("offline ({reason}); retrying in {retry_in_s} s"),
+            format!("offline, retrying in {retry_in_s} s: {reason}"),
             Style::default().fg(Color::Red),
         ),
     };
