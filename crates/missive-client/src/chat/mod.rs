@@ -88,18 +88,9 @@ pub fn initial_state(client: &mut Client, opts: &Options) -> Result<ChatState> {
     Ok(state)
 }
 
-/// Describes a lost receive stream in one sentence.
+/// Describes a lost receive stream in a short clause.
 fn lost_reason(client: &Client, status: &tonic::Status) -> String {
-    let _ = client;
-    match status.code() {
-        tonic::Code::Unavailable if status.message().contains("shutting down") => {
-            "the server is shutting down".to_owned()
-        }
-        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => {
-            "the connection was interrupted".to_owned()
-        }
-        _ => crate::display::sanitize_line(status.message()),
-    }
+    ClientError::from_status(status, client.server_url()).brief()
 }
 
 async fn next_item(stream: &mut Option<tonic::Streaming<v1::ReceiveResponse>>, client: &Client) -> Event {
@@ -115,10 +106,7 @@ async fn next_item(stream: &mut Option<tonic::Streaming<v1::ReceiveResponse>>, c
 
 /// Short reason for a failed connection attempt.
 fn attempt_reason(e: &ClientError) -> String {
-    match e {
-        ClientError::ServerUnreachable { detail, .. } => detail.clone(),
-        other => other.to_string(),
-    }
+    e.brief()
 }
 
 /// Runs the chat until the user quits.

@@ -286,7 +286,7 @@ impl ChatState {
             .and_then(|i| self.conversations.get(i))
             .map(|c| c.id.clone());
         self.conversations
-            .sort_by(|a, b| b.last_activity_ms.cmp(&a.last_activity_ms));
+            .sort_by_key(|c| std::cmp::Reverse(c.last_activity_ms));
         if let Some(s) = sel.and_then(|id| self.index_of(&id)) {
             self.selected = s;
         }
