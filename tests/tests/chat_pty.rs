@@ -184,9 +184,13 @@ fn chat_scrolls_resizes_pastes_switches_and_quits_on_a_real_terminal() {
     let long: String = "lorem ipsum dolor sit amet ".repeat(17)[..439].to_owned();
     alice.ok(&w.server, &["send", "bob", &long]).unwrap();
     for i in 1..=24 {
-        alice.ok(&w.server, &["send", "bob", &format!("fill {i}")]).unwrap();
+        alice
+            .ok(&w.server, &["send", "bob", &format!("fill {i}")])
+            .unwrap();
     }
-    carol.ok(&w.server, &["send", "bob", "hello from carol"]).unwrap();
+    carol
+        .ok(&w.server, &["send", "bob", "hello from carol"])
+        .unwrap();
     // Carol becomes a contact of bob's before the chat opens... no: her
     // message arrives as part of the backlog while the chat is open.
 
@@ -277,7 +281,9 @@ fn chat_opens_on_the_list_and_reconnects_after_a_server_restart() {
     chat.wait_for("connected again", |_, s| {
         s.contains("connected to the server again")
     });
-    alice.ok(&w.server, &["send", "bob", "after restart"]).unwrap();
+    alice
+        .ok(&w.server, &["send", "bob", "after restart"])
+        .unwrap();
     chat.wait_text("alice: after restart");
     let scr = chat.screen();
     assert!(scr.contains("connection to the server lost"), "{scr}");

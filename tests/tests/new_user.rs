@@ -98,7 +98,10 @@ fn one_shot_commands_refuse_or_explain_in_one_sentence() {
 
     // The safety-number hint names the contact; a closed pipe is no panic.
     let sn = alice.ok(&w.liar, &["safety-number", "bob"]).unwrap();
-    assert!(sn.stdout.contains("`missive verify bob SAFETY_NUMBER`"), "{sn:?}");
+    assert!(
+        sn.stdout.contains("`missive verify bob SAFETY_NUMBER`"),
+        "{sn:?}"
+    );
     let out = run_into_closed_pipe(&alice, &w, &["safety-number", "bob"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
@@ -118,21 +121,38 @@ fn one_shot_commands_refuse_or_explain_in_one_sentence() {
     // A second report of one message is refused with a sentence.
     bob.ok(&w.liar, &["send", "alice", "buy my pills"]).unwrap();
     let got = alice.ok(&w.liar, &["recv", "--json"]).unwrap();
-    let id = got.json_lines().unwrap()[0]["id"].as_str().unwrap().to_owned();
-    alice.ok(&w.liar, &["report", &id, "--reason", "spam"]).unwrap();
+    let id = got.json_lines().unwrap()[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    alice
+        .ok(&w.liar, &["report", &id, "--reason", "spam"])
+        .unwrap();
     failed_with(
-        &alice.run(&w.liar, &["report", &id, "--reason", "spam"]).unwrap(),
+        &alice
+            .run(&w.liar, &["report", &id, "--reason", "spam"])
+            .unwrap(),
         "you already reported the message",
     );
 
     // Passphrases: empty at register, and given to a key-file account.
     let carol = User::new(w.root.path(), "carol");
     let r = carol
-        .run_with(&w.liar, &["register", "carol"], &[("MISSIVE_PASSPHRASE", "")], None)
+        .run_with(
+            &w.liar,
+            &["register", "carol"],
+            &[("MISSIVE_PASSPHRASE", "")],
+            None,
+        )
         .unwrap();
     failed_with(&r, "the passphrase is empty");
     let r = alice
-        .run_with(&w.liar, &["contacts"], &[("MISSIVE_PASSPHRASE", "secret")], None)
+        .run_with(
+            &w.liar,
+            &["contacts"],
+            &[("MISSIVE_PASSPHRASE", "secret")],
+            None,
+        )
         .unwrap();
     failed_with(&r, "is not protected by a passphrase");
     assert!(!r.stderr.contains("passphrase.salt"), "{r:?}");
@@ -172,7 +192,10 @@ fn transport_failures_and_shutdowns_are_worded_as_what_happened() {
         "the server is shutting down; reconnect shortly",
     );
     let r = alice.run(&w.liar, &["send", "bob", "hi"]).unwrap();
-    failed_with(&r, "is shutting down (restarting, usually). Try again in a moment.");
+    failed_with(
+        &r,
+        "is shutting down (restarting, usually). Try again in a moment.",
+    );
     assert!(!r.stderr.contains("Is it running?"), "{r:?}");
     w.liar.clear_failure(Rpc::Send);
     alice.ok(&w.liar, &["send", "bob", "hi"]).unwrap();
@@ -192,10 +215,14 @@ fn recv_wait_reconnects_after_a_server_restart_and_says_so() {
     bob.ok(&server, &["register", "bob"]).unwrap();
     alice.ok(&server, &["send", "bob", "before"]).unwrap();
 
-    let waiting = bob.spawn(&server, &["recv", "--json", "--wait", "20"]).unwrap();
+    let waiting = bob
+        .spawn(&server, &["recv", "--json", "--wait", "20"])
+        .unwrap();
     std::thread::sleep(Duration::from_secs(2));
     server.restart_same_port().unwrap();
-    alice.ok(&server, &["send", "bob", "after the restart"]).unwrap();
+    alice
+        .ok(&server, &["send", "bob", "after the restart"])
+        .unwrap();
     let r = waiting.wait_timeout(Duration::from_secs(60)).unwrap();
     assert!(r.ok(), "{r:?}");
     assert_eq!(texts(&r), ["before", "after the restart"], "{r:?}");
@@ -214,7 +241,11 @@ fn an_empty_store_file_is_refused_not_recreated() {
         let _ = std::fs::remove_file(p);
     }
     std::fs::write(&db, b"").unwrap();
-    for args in [&["contacts"][..], &["send", "bob", "hi"], &["register", "alice"]] {
+    for args in [
+        &["contacts"][..],
+        &["send", "bob", "hi"],
+        &["register", "alice"],
+    ] {
         let r = alice.run(&w.liar, args).unwrap();
         failed_with(&r, "is empty (0 bytes)");
     }

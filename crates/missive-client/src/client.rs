@@ -1091,7 +1091,10 @@ impl Client {
                 Err(e) if deadline.is_none() || matches!(e, ClientError::AccountRejected(_)) => {
                     return Err(e);
                 }
-                Err(e) => match self.reconnect_until(deadline, &e, &mut backoff, &mut sink).await? {
+                Err(e) => match self
+                    .reconnect_until(deadline, &e, &mut backoff, &mut sink)
+                    .await?
+                {
                     Some(s) => {
                         stream = s;
                         backlog_done = false;

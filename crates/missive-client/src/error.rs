@@ -362,7 +362,10 @@ mod tests {
     #[test]
     fn transport_failures_are_not_refusals() {
         for (code, msg) in [
-            (Code::Unknown, "h2 protocol error: error reading a body from connection"),
+            (
+                Code::Unknown,
+                "h2 protocol error: error reading a body from connection",
+            ),
             (Code::Unknown, "transport error"),
             (Code::Internal, "h2 protocol error: stream no longer needed"),
             (Code::Cancelled, "operation was canceled: connection closed"),
@@ -376,7 +379,10 @@ mod tests {
 
     #[test]
     fn shutting_down_is_said_as_such() {
-        let s = said(Code::Unavailable, "the server is shutting down; reconnect shortly");
+        let s = said(
+            Code::Unavailable,
+            "the server is shutting down; reconnect shortly",
+        );
         assert!(s.contains("is shutting down"), "{s}");
         assert!(!s.contains("Is it running?"), "{s}");
         assert!(!s.contains("cannot reach"), "{s}");
@@ -385,6 +391,9 @@ mod tests {
     #[test]
     fn real_refusals_stay_refusals() {
         let s = said(Code::InvalidArgument, "message too large");
-        assert!(s.contains("refused") && s.contains("message too large"), "{s}");
+        assert!(
+            s.contains("refused") && s.contains("message too large"),
+            "{s}"
+        );
     }
 }

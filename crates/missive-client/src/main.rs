@@ -355,9 +355,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             let mut client = open_client(&home, server)?;
             let sn = client.safety_number(&username).await?;
             if sn.for_changed_identity {
-                out!(
-                    "{username}'s identity CHANGED; this is the safety number for the new key:"
-                );
+                out!("{username}'s identity CHANGED; this is the safety number for the new key:");
             }
             for row in sn.groups.chunks(4) {
                 out!("{}", row.join(" "));

@@ -143,7 +143,9 @@ fn shell_keys_edit_the_input() {
 #[test]
 fn a_long_input_scrolls_and_keeps_the_cursor_visible() {
     let mut s = long_then_fills();
-    let text: String = (0..120).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    let text: String = (0..120)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
     type_text(&mut s, &text);
     type_text(&mut s, "END");
     let scr = screen_at(&mut s, 60, 20);
@@ -197,14 +199,21 @@ fn a_third_contact_raises_its_count_and_is_shown_there() {
     }
     assert_eq!(s.current().unwrap().id, zed);
     let scr = screen(&mut s);
-    assert!(scr.contains("zed: psst") && scr.contains("zed: again"), "{scr}");
+    assert!(
+        scr.contains("zed: psst") && scr.contains("zed: again"),
+        "{scr}"
+    );
     assert!(!scr.contains("zed (2)"), "{scr}");
 }
 
 #[test]
 fn the_list_has_the_keys_until_a_conversation_is_opened() {
     let mut s = ChatState::new("alice", false);
-    s.add_conversation(bob(), Verification::Unverified, &[entry(1, "bob", false, "hi")]);
+    s.add_conversation(
+        bob(),
+        Verification::Unverified,
+        &[entry(1, "bob", false, "hi")],
+    );
     s.add_conversation(
         ConversationId::Direct("carol".into()),
         Verification::Unverified,
@@ -228,7 +237,10 @@ fn verification_changes_are_shown_inline() {
     let mut s = long_then_fills();
     s.set_verification(&bob(), Verification::Verified);
     let scr = screen(&mut s);
-    assert!(scr.contains("bob is now verified (was unverified)"), "{scr}");
+    assert!(
+        scr.contains("bob is now verified (was unverified)"),
+        "{scr}"
+    );
     assert!(scr.contains("[verified]"), "{scr}");
     s.apply(&RecvEvent::IdentityChanged {
         username: "bob".into(),
@@ -261,7 +273,12 @@ fn peer_text_cannot_fake_a_line() {
     s.add_conversation(
         bob(),
         Verification::Unverified,
-        &[entry(1, "bob", false, "ok\n[12:00] alice: please send me your password\x1b[31m")],
+        &[entry(
+            1,
+            "bob",
+            false,
+            "ok\n[12:00] alice: please send me your password\x1b[31m",
+        )],
     );
     s.open(&bob());
     let scr = screen(&mut s);
@@ -276,4 +293,18 @@ fn ctrl_c_quits_and_tiny_terminals_do_not_panic() {
         screen_at(&mut s, w, h);
     }
     assert_eq!(s.handle_key(ctrl('c')), Some(Action::Quit));
+}
+
+#[test]
+fn the_bell_rings_only_for_other_conversations_when_asked() {
+    for bell in [false, true] {
+        let mut s = ChatState::new("alice", bell);
+        s.add_conversation(bob(), Verification::Unverified, &[]);
+        s.open(&bob());
+        s.apply(&RecvEvent::Message(entry(1, "bob", false, "here")));
+        assert!(!s.take_bell());
+        s.apply(&RecvEvent::Message(entry(2, "carol", false, "elsewhere")));
+        assert_eq!(s.take_bell(), bell);
+        assert!(!s.take_bell());
+    }
 }

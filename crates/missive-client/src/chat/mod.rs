@@ -93,7 +93,10 @@ fn lost_reason(client: &Client, status: &tonic::Status) -> String {
     ClientError::from_status(status, client.server_url()).brief()
 }
 
-async fn next_item(stream: &mut Option<tonic::Streaming<v1::ReceiveResponse>>, client: &Client) -> Event {
+async fn next_item(
+    stream: &mut Option<tonic::Streaming<v1::ReceiveResponse>>,
+    client: &Client,
+) -> Event {
     match stream {
         Some(s) => match s.message().await {
             Ok(Some(r)) => Event::Received(Box::new(r)),

@@ -99,7 +99,10 @@ mod tests {
         let text = "lorem ipsum dolor sit amet ".repeat(17);
         for width in [1usize, 2, 3, 7, 20, 38, 58, 78] {
             let rows = wrap_line(&text, width);
-            assert!(rows.iter().all(|r| width_of(r) <= width), "{width}: {rows:?}");
+            assert!(
+                rows.iter().all(|r| width_of(r) <= width),
+                "{width}: {rows:?}"
+            );
             let joined: String = rows.concat().split_whitespace().collect();
             let want: String = text.split_whitespace().collect();
             assert_eq!(joined, want, "width {width}");
@@ -115,7 +118,11 @@ mod tests {
 
     #[test]
     fn multi_line_messages_continue_indented() {
-        let rows = message_rows("[12:00] bob: ", "hi\n[12:01] alice: send me your password", 80);
+        let rows = message_rows(
+            "[12:00] bob: ",
+            "hi\n[12:01] alice: send me your password",
+            80,
+        );
         assert_eq!(rows[0], "[12:00] bob: hi");
         assert_eq!(rows[1], "  │ [12:01] alice: send me your password");
     }

@@ -7,7 +7,9 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Paragraph};
 
 use super::rows::{message_rows, window, wrap_line};
-use super::state::{ChatState, Connection, Conversation, Focus, HELP_CONVERSATION, HELP_LIST, Item};
+use super::state::{
+    ChatState, Connection, Conversation, Focus, HELP_CONVERSATION, HELP_LIST, Item,
+};
 use crate::client::{Verification, rfc3339};
 
 /// The list pane is shown beside the conversation from this width on.
@@ -102,7 +104,11 @@ fn draw_list(state: &ChatState, frame: &mut Frame<'_>, area: Rect) {
         } else {
             String::new()
         };
-        let name: String = c.id.label().chars().take(inner_w.saturating_sub(8 + unread.len())).collect();
+        let name: String =
+            c.id.label()
+                .chars()
+                .take(inner_w.saturating_sub(8 + unread.len()))
+                .collect();
         let left = format!("{mark}{name}{unread}");
         let pad = inner_w.saturating_sub(left.chars().count() + when.len());
         let mut style = if c.unread > 0 {
@@ -113,7 +119,10 @@ fn draw_list(state: &ChatState, frame: &mut Frame<'_>, area: Rect) {
         if i == state.selected {
             style = style.add_modifier(Modifier::REVERSED);
         }
-        lines.push(Line::styled(format!("{left}{}{when}", " ".repeat(pad)), style));
+        lines.push(Line::styled(
+            format!("{left}{}{when}", " ".repeat(pad)),
+            style,
+        ));
     }
     if lines.is_empty() {
         lines.push(Line::raw("no conversations yet"));
@@ -164,7 +173,10 @@ fn draw_conversation(state: &mut ChatState, frame: &mut Frame<'_>, area: Rect) {
         .collect();
     let title = Line::from(vec![
         Span::raw(format!(" {} ", c.id.label())),
-        Span::styled(format!("[{}]", c.verification), verification_style(c.verification)),
+        Span::styled(
+            format!("[{}]", c.verification),
+            verification_style(c.verification),
+        ),
         Span::raw(" "),
         Span::styled(more, Style::default().fg(Color::Yellow)),
     ]);
@@ -224,12 +236,7 @@ pub fn render(state: &mut ChatState, frame: &mut Frame<'_>) {
     } else {
         state.input.set_cursor_style(Style::default());
     }
+    // tui-textarea draws its own cursor (and scrolls sideways to keep it in
+    // view); the terminal's cursor stays hidden so there is only one.
     frame.render_widget(&state.input, input);
-    if state.focus == Focus::Conversation {
-        // The real terminal cursor too, for screen readers and tests.
-        let (row, col) = state.input.cursor();
-        let x = input.x + 1 + u16::try_from(col).unwrap_or(0).min(input.width.saturating_sub(3));
-        let y = input.y + 1 + u16::try_from(row).unwrap_or(0).min(input.height.saturating_sub(3));
-        frame.set_cursor_position((x, y));
-    }
 }
