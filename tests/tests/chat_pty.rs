@@ -9,7 +9,8 @@ use std::io::{Read as _, Write as _};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use missive_e2e::{Server, User, binaries};
+use missive_e2e::liar::{LyingServer, Rpc};
+use missive_e2e::{Endpoint, Server, User, binaries};
 use portable_pty::{CommandBuilder, MasterPty, PtySize, native_pty_system};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -22,7 +23,7 @@ struct Pty {
 }
 
 impl Pty {
-    fn spawn(user: &User, server: &Server, args: &[&str], rows: u16, cols: u16) -> Pty {
+    fn spawn<E: Endpoint>(user: &User, server: &E, args: &[&str], rows: u16, cols: u16) -> Pty {
         let pair = native_pty_system()
             .openpty(PtySize {
                 rows,
@@ -291,5 +292,39 @@ fn chat_opens_on_the_list_and_reconnects_after_a_server_restart() {
     chat.send("\x1b");
     chat.wait_text("q quit");
     chat.send("q");
+    assert!(chat.wait_exit().success());
+}
+
+#[test]
+fn chat_backs_off_while_the_server_refuses_streams_and_says_why() {
+    let root = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        &root.path().join("server-data"),
+        &root.path().join("server.log"),
+    )
+    .unwrap();
+    let liar = LyingServer::start(server, root.path()).unwrap();
+    let alice = User::new(root.path(), "alice");
+    alice.ok(&liar, &["register", "alice"]).unwrap();
+    let bob = User::new(root.path(), "bob");
+    bob.ok(&liar, &["register", "bob"]).unwrap();
+    alice
+        .ok(&liar, &["send", "bob", "waiting for you"])
+        .unwrap();
+
+    liar.fail_times(
+        Rpc::Receive,
+        2,
+        tonic::Code::Unavailable,
+        "the server is shutting down; reconnect shortly",
+    );
+    let mut chat = Pty::spawn(&bob, &liar, &["chat", "alice"], 24, 80);
+    chat.wait_text("offline, retrying in");
+    let scr = chat.wait_text("the server is shutting down");
+    assert!(!scr.contains("Is it running?"), "{scr}");
+    // Two refused attempts later it is in, and the backlog is shown.
+    chat.wait_text("alice: waiting for you");
+    chat.wait_text("● connected");
+    chat.send("\x03");
     assert!(chat.wait_exit().success());
 }
