@@ -184,6 +184,39 @@ impl Server {
     /// Like [`Server::start`] with extra `serve` arguments (e.g.
     /// `--disable-rate-limits`).
     pub fn start_with(data_dir: &Path, log: &Path, extra: &[&str]) -> Result<Server, HarnessError> {
+        Self::start_listening(data_dir, log, "127.0.0.1:0", extra)
+    }
+
+    /// Stops the server and starts it again on the same port and data
+    /// directory: clients that reconnect find it where it was.
+    pub fn restart_same_port(&mut self) -> Result<(), HarnessError> {
+        let listen = self
+            .url
+            .strip_prefix("https://")
+            .ok_or_else(|| herr(format!("unexpected server url {}", self.url)))?
+            .to_owned();
+        self.stop();
+        let mut last = None;
+        // The port was just released; give the kernel a moment if needed.
+        for _ in 0..20 {
+            match Self::start_listening(&self.data_dir, &self.log, &listen, &[]) {
+                Ok(s) => {
+                    *self = s;
+                    return Ok(());
+                }
+                Err(e) => last = Some(e),
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        Err(last.unwrap_or_else(|| herr("server did not restart")))
+    }
+
+    fn start_listening(
+        data_dir: &Path,
+        log: &Path,
+        listen: &str,
+        extra: &[&str],
+    ) -> Result<Server, HarnessError> {
         let bins = binaries()?;
         std::fs::create_dir_all(data_dir).map_err(|e| herr(format!("data dir: {e}")))?;
         let log_file = std::fs::OpenOptions::new()
@@ -193,7 +226,7 @@ impl Server {
             .map_err(|e| herr(format!("log file: {e}")))?;
         let mut child = Command::new(&bins.server)
             .arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["--listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(extra)
             .env("RUST_LOG", "warn")

@@ -218,7 +218,7 @@ fn changed_identity_is_refused_until_trusted() {
     bob.ok(&w.server, &["send", "alice", "hi"]).unwrap();
     alice.ok(&w.server, &["recv"]).unwrap();
 
-    bob.ok(&w.server, &["delete-account"]).unwrap();
+    bob.ok(&w.server, &["delete-account", "--yes"]).unwrap();
     bob.ok(&w.server, &["register", "bob"]).unwrap();
 
     let refused = alice
@@ -515,7 +515,7 @@ fn recv_warns_when_a_contact_comes_back_with_a_new_identity() {
     alice.ok(&w.server, &["send", "bob", "hi bob"]).unwrap();
     bob.ok(&w.server, &["recv"]).unwrap();
 
-    bob.ok(&w.server, &["delete-account"]).unwrap();
+    bob.ok(&w.server, &["delete-account", "--yes"]).unwrap();
     bob.ok(&w.server, &["register", "bob"]).unwrap();
     bob.ok(&w.server, &["send", "alice", "it's me, new phone"])
         .unwrap();

@@ -421,6 +421,11 @@ impl Client {
         &self.home
     }
 
+    /// The server URL this client talks to.
+    pub fn server_url(&self) -> &str {
+        &self.server.url
+    }
+
     /// The local store (read access for tools and tests).
     pub fn store(&self) -> &Store {
         &self.store
@@ -1048,6 +1053,7 @@ impl Client {
         let mut stream = self.open_stream().await?;
         let deadline = wait.map(|w| tokio::time::Instant::now() + w);
         let mut backlog_done = false;
+        let mut backoff = crate::chat::Backoff::new();
         loop {
             let next = if !backlog_done {
                 tokio::time::timeout(REQUEST_TIMEOUT, stream.message())
@@ -1064,10 +1070,38 @@ impl Client {
             } else {
                 break;
             };
-            let item = match next {
-                Ok(Some(resp)) => resp.item,
-                Ok(None) => break,
-                Err(s) => return Err(self.authed_err(&s)),
+            let lost = match next {
+                Ok(Some(resp)) => {
+                    backoff.reset();
+                    Ok(resp.item)
+                }
+                Ok(None) => Err(ClientError::ConnectionLost {
+                    url: self.server.url.clone(),
+                    detail: "the server closed the stream".to_owned(),
+                }),
+                Err(s) => Err(self.authed_err(&s)),
+            };
+            let item = match lost {
+                Ok(item) => item,
+                // A one-shot `recv` says what happened; `recv --wait`
+                // reconnects with backoff until its deadline and says so.
+                Err(ClientError::ConnectionLost { .. }) if deadline.is_none() && backlog_done => {
+                    break;
+                }
+                Err(e) if deadline.is_none() || matches!(e, ClientError::AccountRejected(_)) => {
+                    return Err(e);
+                }
+                Err(e) => match self
+                    .reconnect_until(deadline, &e, &mut backoff, &mut sink)
+                    .await?
+                {
+                    Some(s) => {
+                        stream = s;
+                        backlog_done = false;
+                        continue;
+                    }
+                    None => break,
+                },
             };
             match item {
                 Some(v1::receive_response::Item::Envelope(env)) => {
@@ -1090,6 +1124,41 @@ impl Client {
             ))),
         }
         Ok(())
+    }
+
+    /// After the receive stream broke with `why`: waits (capped exponential
+    /// backoff with jitter) and reopens it, telling `sink` each time, until
+    /// it works (`Some`) or the next attempt would fall past `deadline`.
+    async fn reconnect_until(
+        &mut self,
+        deadline: Option<tokio::time::Instant>,
+        why: &ClientError,
+        backoff: &mut crate::chat::Backoff,
+        sink: &mut impl FnMut(&RecvEvent),
+    ) -> Result<Option<tonic::Streaming<v1::ReceiveResponse>>> {
+        let Some(deadline) = deadline else {
+            return Ok(None);
+        };
+        let mut what = format!("the connection to the server was lost ({})", why.brief());
+        loop {
+            let delay = backoff.next_delay(&mut OsRng);
+            if tokio::time::Instant::now() + delay >= deadline {
+                return Ok(None);
+            }
+            sink(&RecvEvent::Warning(format!(
+                "{what}; reconnecting in {:.1} s",
+                delay.as_secs_f64()
+            )));
+            tokio::time::sleep(delay).await;
+            match self.open_stream().await {
+                Ok(s) => {
+                    sink(&RecvEvent::Warning("reconnected to the server".to_owned()));
+                    return Ok(Some(s));
+                }
+                Err(e @ ClientError::AccountRejected(_)) => return Err(e),
+                Err(e) => what = format!("still cannot reach the server ({})", e.brief()),
+            }
+        }
     }
 
     // ---- prekeys ------------------------------------------------------
@@ -1212,6 +1281,10 @@ impl Client {
             });
         }
         let m = found.pop().ok_or_else(unknown)?;
+        let mark = format!("{}/{}", m.sender, hex::encode(&m.message_id));
+        if reported_marks(&self.store.get_meta(META_REPORTED)?).contains(&mark) {
+            return Err(ClientError::AlreadyReported(hex::encode(&m.message_id)));
+        }
         let hexd = |s: &str| hex::decode(s).map_err(|_| unknown());
         let franking_key = Zeroizing::new(hexd(&m.sealed.franking_key)?);
         let req = self
@@ -1231,7 +1304,18 @@ impl Client {
             .await?;
         let channel = self.channel().await?;
         match ReportServiceClient::new(channel).report(req).await {
-            Ok(r) => Ok(r.into_inner().report_id),
+            Ok(r) => {
+                // Remembered (sealed, in one write transaction) so a second
+                // report of the same message is refused locally.
+                self.store.write(|db| {
+                    let mut marks = reported_marks(&db.get_meta(META_REPORTED)?);
+                    marks.push(mark.clone());
+                    let json = serde_json::to_vec(&marks)
+                        .map_err(|e| ClientError::Crypto(format!("cannot encode reports: {e}")))?;
+                    db.set_meta(META_REPORTED, &json)
+                })?;
+                Ok(r.into_inner().report_id)
+            }
             Err(s) if s.code() == Code::InvalidArgument => Err(ClientError::Server(format!(
                 "the report was refused: {}",
                 sanitize_line(s.message())
@@ -1252,6 +1336,17 @@ impl Client {
         remove_store_files(&home);
         Ok(())
     }
+}
+
+/// Meta key of the messages this account reported: a sealed JSON list of
+/// `sender/message-id-hex`.
+const META_REPORTED: &str = "reported_messages";
+
+fn reported_marks(value: &Option<Zeroizing<Vec<u8>>>) -> Vec<String> {
+    value
+        .as_ref()
+        .and_then(|v| serde_json::from_slice(v).ok())
+        .unwrap_or_default()
 }
 
 fn verification_of(c: &crate::store::Contact) -> Verification {

@@ -166,6 +166,36 @@ pub enum ClientError {
     /// A cryptographic operation failed locally.
     #[error("a cryptographic operation failed: {0}")]
     Crypto(String),
+    /// An established connection broke mid-request (HTTP/2 or transport
+    /// error): nothing refused anything.
+    #[error(
+        "the connection to the Missive server at {url} broke during the request ({detail}). Try again; if it keeps happening, check the network and the server."
+    )]
+    ConnectionLost {
+        /// The server URL.
+        url: String,
+        /// Short reason.
+        detail: String,
+    },
+    /// The server said it is shutting down (a restart, usually).
+    #[error(
+        "the Missive server at {url} is shutting down (restarting, usually). Try again in a moment."
+    )]
+    ServerShuttingDown {
+        /// The server URL.
+        url: String,
+    },
+    /// A destructive command was not confirmed.
+    #[error("{0}")]
+    ConfirmationRequired(String),
+    /// The store file exists but is empty (truncated or half-copied).
+    #[error(
+        "the local store {0} is empty (0 bytes): it was truncated or not copied completely. Restore it from a backup; it is left as it is so nothing is overwritten."
+    )]
+    EmptyStore(PathBuf),
+    /// This message was already reported from this account.
+    #[error("you already reported the message {0}; it is not sent twice")]
+    AlreadyReported(String),
     /// The terminal UI could not run.
     #[error("the terminal chat could not run: {0}")]
     Terminal(String),
@@ -183,6 +213,18 @@ impl ClientError {
         }
     }
 
+    /// A short clause for this error, to be embedded in a longer sentence
+    /// ("connection lost (…); reconnecting").
+    pub fn brief(&self) -> String {
+        match self {
+            Self::ServerUnreachable { detail, .. } | Self::ConnectionLost { detail, .. } => {
+                detail.clone()
+            }
+            Self::ServerShuttingDown { .. } => "the server is shutting down".to_owned(),
+            other => other.to_string(),
+        }
+    }
+
     /// Wraps an I/O error.
     pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
         Self::Io {
@@ -196,6 +238,17 @@ impl ClientError {
         use tonic::Code;
         let msg = crate::display::sanitize_line(status.message());
         match status.code() {
+            Code::Unavailable if msg.to_ascii_lowercase().contains("shutting down") => {
+                Self::ServerShuttingDown {
+                    url: url.to_owned(),
+                }
+            }
+            Code::Unknown | Code::Internal | Code::Cancelled if is_transport_text(&msg) => {
+                Self::ConnectionLost {
+                    url: url.to_owned(),
+                    detail: short_reason(&msg),
+                }
+            }
             Code::Unavailable => {
                 let detail = if msg.is_empty() {
                     "unavailable".to_owned()
@@ -217,6 +270,26 @@ impl ClientError {
             }),
         }
     }
+}
+
+/// Whether a status message describes a broken connection (tonic reports
+/// these as `Unknown`/`Internal`/`Cancelled` with the HTTP/2 or hyper text)
+/// rather than an answer of the server.
+fn is_transport_text(msg: &str) -> bool {
+    let lower = msg.to_ascii_lowercase();
+    [
+        "h2 protocol error",
+        "transport error",
+        "connection reset",
+        "broken pipe",
+        "connection closed",
+        "error reading a body",
+        "operation was canceled",
+        "stream no longer needed",
+        "unexpected eof",
+    ]
+    .iter()
+    .any(|t| lower.contains(t))
 }
 
 /// Turns a transport-level failure description into the right variant.
@@ -252,6 +325,9 @@ fn short_reason(detail: &str) -> String {
     if lower.contains("timed out") {
         return "timed out".to_owned();
     }
+    if lower.contains("connection reset") {
+        return "connection reset".to_owned();
+    }
     let mut s: String =
         crate::display::sanitize_line(&detail.chars().take(200).collect::<String>());
     if s.is_empty() {
@@ -270,4 +346,54 @@ pub(crate) fn chain_text(err: &(dyn std::error::Error + 'static)) -> String {
         cur = e.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::{Code, Status};
+
+    const URL: &str = "https://127.0.0.1:7443";
+
+    fn said(code: Code, msg: &str) -> String {
+        ClientError::from_status(&Status::new(code, msg), URL).to_string()
+    }
+
+    #[test]
+    fn transport_failures_are_not_refusals() {
+        for (code, msg) in [
+            (
+                Code::Unknown,
+                "h2 protocol error: error reading a body from connection",
+            ),
+            (Code::Unknown, "transport error"),
+            (Code::Internal, "h2 protocol error: stream no longer needed"),
+            (Code::Cancelled, "operation was canceled: connection closed"),
+        ] {
+            let s = said(code, msg);
+            assert!(!s.contains("refused"), "{msg}: {s}");
+            assert!(s.contains("broke during the request"), "{msg}: {s}");
+            assert!(s.contains(URL), "{s}");
+        }
+    }
+
+    #[test]
+    fn shutting_down_is_said_as_such() {
+        let s = said(
+            Code::Unavailable,
+            "the server is shutting down; reconnect shortly",
+        );
+        assert!(s.contains("is shutting down"), "{s}");
+        assert!(!s.contains("Is it running?"), "{s}");
+        assert!(!s.contains("cannot reach"), "{s}");
+    }
+
+    #[test]
+    fn real_refusals_stay_refusals() {
+        let s = said(Code::InvalidArgument, "message too large");
+        assert!(
+            s.contains("refused") && s.contains("message too large"),
+            "{s}"
+        );
+    }
 }

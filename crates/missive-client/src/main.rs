@@ -12,9 +12,34 @@ use missive_client::display::{json_inert, sanitize_line, sanitize_text};
 use missive_client::store::HistoryEntry;
 use missive_client::{Client, ClientError, ServerConfig};
 
+/// Writes a line to standard output. A closed pipe (`missive ... | head -1`)
+/// ends the command quietly instead of panicking; any other write failure
+/// is one sentence and a non-zero exit.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            stdout_failed(&e);
+        }
+    }};
+}
+
+fn stdout_failed(e: &std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        // The reader has what it wanted; whatever we did is committed.
+        std::process::exit(0);
+    }
+    eprintln!("error: cannot write to standard output: {e}");
+    std::process::exit(1);
+}
+
 /// Missive: end-to-end encrypted messaging from the terminal.
 #[derive(Parser, Debug)]
-#[command(name = "missive", version, about)]
+#[command(
+    name = "missive",
+    version,
+    about = "Missive: end-to-end encrypted messaging from the terminal."
+)]
 struct Cli {
     /// Directory holding this account's keys and history (0700).
     /// Default: the platform data directory, e.g. ~/.local/share/missive.
@@ -61,10 +86,13 @@ enum Command {
         #[arg(long, value_name = "SECS")]
         wait: Option<u64>,
     },
-    /// Interactive terminal chat with USERNAME.
+    /// The terminal messenger: the conversation list, or USERNAME's conversation.
     Chat {
-        /// Contact.
-        username: String,
+        /// Open the conversation with this contact (else the list).
+        username: Option<String>,
+        /// Ring the terminal bell when a message arrives in another conversation.
+        #[arg(long)]
+        bell: bool,
     },
     /// List contacts with their verification state.
     Contacts,
@@ -103,7 +131,11 @@ enum Command {
         username: String,
     },
     /// Delete this account on the server and its local data.
-    DeleteAccount,
+    DeleteAccount {
+        /// Do not ask for confirmation (required when standard input is not a terminal).
+        #[arg(long)]
+        yes: bool,
+    },
     /// Report a received message to the server's moderators, with proof it was sent.
     Report {
         /// Message id (hex, from `recv --json` or `history --json`).
@@ -180,9 +212,9 @@ fn message_json(m: &HistoryEntry, me: &str) -> serde_json::Value {
 
 fn print_message(m: &HistoryEntry, me: &str, json: bool) {
     if json {
-        println!("{}", json_inert(&message_json(m, me).to_string()));
+        out!("{}", json_inert(&message_json(m, me).to_string()));
     } else {
-        println!(
+        out!(
             "[{}] {}: {}",
             rfc3339(m.server_ts_ms),
             sanitize_line(&shown_from(m, me)),
@@ -220,6 +252,36 @@ fn open_client(home: &std::path::Path, server: ServerConfig) -> Result<Client, C
     Ok(client)
 }
 
+/// Asks on the terminal before `delete-account`; without a terminal, refuses
+/// (the caller must say `--yes`).
+fn confirm_delete(name: &str, server: &str) -> Result<(), ClientError> {
+    use std::io::{BufRead as _, IsTerminal as _, Write as _};
+    if !std::io::stdin().is_terminal() {
+        return Err(ClientError::ConfirmationRequired(format!(
+            "deleting the account {name} cannot be undone; standard input is not a terminal, so pass --yes to confirm"
+        )));
+    }
+    eprint!(
+        "This deletes the account {name} on {server} and all its local keys and history; it cannot be undone.\nType the username to confirm: "
+    );
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| ClientError::Io {
+            what: "cannot read the confirmation".into(),
+            source: e,
+        })?;
+    if line.trim() == name {
+        Ok(())
+    } else {
+        Err(ClientError::ConfirmationRequired(format!(
+            "not confirmed; the account {name} was not deleted"
+        )))
+    }
+}
+
 async fn run(cli: Cli) -> Result<(), ClientError> {
     let home = home_dir(&cli)?;
     let server = ServerConfig {
@@ -229,7 +291,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
     match cli.command {
         Command::Register { username } => {
             let client = Client::register(&home, server, &username).await?;
-            println!(
+            out!(
                 "registered {} on {}; your identity fingerprint is {}",
                 client.username(),
                 cli.server,
@@ -252,7 +314,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             };
             let mut client = open_client(&home, server)?;
             let sent = client.send(&username, &text).await?;
-            println!("sent {} to {}", sent.id, username.to_ascii_lowercase());
+            out!("sent {} to {}", sent.id, username.to_ascii_lowercase());
         }
         Command::Recv { json, wait } => {
             let mut client = open_client(&home, server)?;
@@ -263,18 +325,23 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 })
                 .await?;
         }
-        Command::Chat { username } => {
+        Command::Chat { username, bell } => {
             let mut client = open_client(&home, server)?;
-            missive_client::chat::run(&mut client, &username).await?;
+            let open = username
+                .map(|u| missive_client::client::normalize_username(&u))
+                .transpose()?
+                .map(missive_client::chat::ConversationId::Direct);
+            missive_client::chat::run(&mut client, missive_client::chat::Options { open, bell })
+                .await?;
         }
         Command::Contacts => {
             let client = open_client(&home, server)?;
             let contacts = client.contacts()?;
             if contacts.is_empty() {
-                println!("no contacts yet");
+                out!("no contacts yet");
             }
             for (name, state, fp) in contacts {
-                println!("{name}\t{state}\t{}", fp.get(..16).unwrap_or(&fp));
+                out!("{name}\t{state}\t{}", fp.get(..16).unwrap_or(&fp));
             }
         }
         Command::History { username, json } => {
@@ -288,24 +355,22 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             let mut client = open_client(&home, server)?;
             let sn = client.safety_number(&username).await?;
             if sn.for_changed_identity {
-                println!(
-                    "{username}'s identity CHANGED; this is the safety number for the new key:"
-                );
+                out!("{username}'s identity CHANGED; this is the safety number for the new key:");
             }
             for row in sn.groups.chunks(4) {
-                println!("{}", row.join(" "));
+                out!("{}", row.join(" "));
             }
             if let Ok(code) = qrcode::QrCode::new(&sn.qr_payload) {
                 let qr = code
                     .render::<qrcode::render::unicode::Dense1x2>()
                     .quiet_zone(true)
                     .build();
-                println!("{qr}");
+                out!("{qr}");
             }
             if sn.verified {
-                println!("status: verified");
+                out!("status: verified");
             } else {
-                println!(
+                out!(
                     "status: not verified; compare with your contact, then run `missive verify {} SAFETY_NUMBER` with the digits above",
                     username.to_ascii_lowercase()
                 );
@@ -317,7 +382,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
         } => {
             let mut client = open_client(&home, server)?;
             client.verify(&username, &safety_number.join(" "))?;
-            println!("{} is now marked verified", username.to_ascii_lowercase());
+            out!("{} is now marked verified", username.to_ascii_lowercase());
         }
         Command::Trust {
             username,
@@ -325,12 +390,12 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
         } => {
             let mut client = open_client(&home, server)?;
             if client.trust(&username, &safety_number.join(" "))? {
-                println!(
+                out!(
                     "accepted the new identity key of {}; it is unverified until you compare safety numbers",
                     username.to_ascii_lowercase()
                 );
             } else {
-                println!(
+                out!(
                     "the identity of {} has not changed; nothing to do",
                     username.to_ascii_lowercase()
                 );
@@ -339,22 +404,25 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
         Command::Reject { username } => {
             let mut client = open_client(&home, server)?;
             if client.reject(&username)? {
-                println!(
+                out!(
                     "discarded the changed identity key of {} and the messages it sent; the key you had pinned stays",
                     username.to_ascii_lowercase()
                 );
             } else {
-                println!(
+                out!(
                     "the identity of {} has not changed; nothing to do",
                     username.to_ascii_lowercase()
                 );
             }
         }
-        Command::DeleteAccount => {
+        Command::DeleteAccount { yes } => {
             let client = open_client(&home, server)?;
             let name = client.username().to_owned();
+            if !yes {
+                confirm_delete(&name, &cli.server)?;
+            }
             client.delete_account().await?;
-            println!("deleted the account {name} on the server and its local data");
+            out!("deleted the account {name} on the server and its local data");
         }
         Command::Report {
             message_id,
@@ -363,7 +431,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
         } => {
             let mut client = open_client(&home, server)?;
             let id = client.report(&message_id, from.as_deref(), &reason).await?;
-            println!("report {id} accepted by the server");
+            out!("report {id} accepted by the server");
         }
     }
     Ok(())

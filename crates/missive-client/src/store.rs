@@ -592,6 +592,15 @@ fn storage_key(home: &Path, fresh: bool, source: &KeySource) -> Result<OpenedKey
     Ok((StorageKey::from_bytes(arr), key_path, None))
 }
 
+/// Whether the database at `path` is 0 bytes with nothing in its WAL either
+/// (a truncated or half-copied store, not a new one).
+fn store_file_is_empty(path: &Path) -> bool {
+    let len = |p: &Path| fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    len(path) == 0 && len(Path::new(&wal)) == 0
+}
+
 impl Store {
     /// Whether `home` holds a store.
     pub fn exists(home: &Path) -> bool {
@@ -628,6 +637,11 @@ impl Store {
         let exists = path.exists();
         if !exists && !create {
             return Err(ClientError::NotRegistered(home.to_path_buf()));
+        }
+        if exists && store_file_is_empty(&path) {
+            // SQLite would take a 0-byte file for a new database and a
+            // fresh account would silently replace the lost one.
+            return Err(ClientError::EmptyStore(path));
         }
         if !exists {
             ensure_private_dir(home)?;

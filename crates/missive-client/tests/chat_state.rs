@@ -1,8 +1,11 @@
-//! The chat screen's state and rendering, without a terminal.
+//! The chat screen's state and rendering, without a terminal (ratatui's
+//! TestBackend): row-based scrolling, the input's shell keys, paste, the
+//! conversation list and inline events.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use missive_client::Verification;
-use missive_client::chat::{Action, ChatState, Key, render};
+use missive_client::chat::{Action, ChatState, Connection, ConversationId, Focus, render};
 use missive_client::client::RecvEvent;
 use missive_client::store::HistoryEntry;
 use ratatui::Terminal;
@@ -17,13 +20,13 @@ fn entry(seq: i64, contact: &str, outgoing: bool, text: &str) -> HistoryEntry {
         text: text.into(),
         sender_clock_ms: 1_700_000_000_000 + seq as u64,
         sender_clock_clamped: false,
-        server_ts_ms: 1_700_000_000_500 + seq as u64,
+        server_ts_ms: 1_700_000_000_500 + seq as u64 * 1000,
         quarantined: false,
     }
 }
 
-fn screen(state: &ChatState) -> String {
-    let mut terminal = Terminal::new(TestBackend::new(80, 20)).unwrap();
+fn screen_at(state: &mut ChatState, w: u16, h: u16) -> String {
+    let mut terminal = Terminal::new(TestBackend::new(w, h)).unwrap();
     terminal.draw(|f| render(state, f)).unwrap();
     let buffer = terminal.backend().buffer().clone();
     let mut out = String::new();
@@ -36,107 +39,272 @@ fn screen(state: &ChatState) -> String {
     out
 }
 
+fn screen(state: &mut ChatState) -> String {
+    screen_at(state, 80, 24)
+}
+
+fn key(code: KeyCode) -> KeyEvent {
+    KeyEvent::new(code, KeyModifiers::NONE)
+}
+
+fn ctrl(c: char) -> KeyEvent {
+    KeyEvent::new(KeyCode::Char(c), KeyModifiers::CONTROL)
+}
+
 fn type_text(state: &mut ChatState, text: &str) {
     for c in text.chars() {
-        assert_eq!(state.handle_key(Key::Char(c)), None);
+        assert_eq!(state.handle_key(key(KeyCode::Char(c))), None);
+    }
+}
+
+fn bob() -> ConversationId {
+    ConversationId::Direct("bob".into())
+}
+
+/// The reproduction: one 439-character message, then 24 short ones.
+fn long_then_fills() -> ChatState {
+    let mut history = vec![entry(1, "bob", false, &"x".repeat(20).repeat(22)[..439])];
+    for i in 1..=24 {
+        history.push(entry(1 + i, "bob", false, &format!("fill {i}")));
+    }
+    let mut s = ChatState::new("alice", false);
+    s.add_conversation(bob(), Verification::Unverified, &history);
+    s.open(&bob());
+    s
+}
+
+#[test]
+fn newest_rows_are_visible_after_a_long_wrapped_message() {
+    for (w, h) in [(80u16, 24u16), (60, 20), (40, 12)] {
+        let mut s = long_then_fills();
+        let scr = screen_at(&mut s, w, h);
+        assert!(scr.contains("fill 24"), "{w}x{h}:\n{scr}");
+        assert!(scr.contains("fill 23"), "{w}x{h}:\n{scr}");
+        if h >= 20 {
+            assert!(scr.contains("fill 22"), "{w}x{h}:\n{scr}");
+        }
+        // Page all the way up, then down again: the newest comes back.
+        for _ in 0..20 {
+            s.handle_key(key(KeyCode::PageUp));
+            screen_at(&mut s, w, h);
+        }
+        let top = screen_at(&mut s, w, h);
+        assert!(top.contains("xxxxxxxx"), "{w}x{h}:\n{top}");
+        assert!(!top.contains("fill 24"), "{w}x{h}:\n{top}");
+        for _ in 0..20 {
+            s.handle_key(key(KeyCode::PageDown));
+            screen_at(&mut s, w, h);
+        }
+        let bottom = screen_at(&mut s, w, h);
+        assert!(bottom.contains("fill 24"), "{w}x{h}:\n{bottom}");
     }
 }
 
 #[test]
-fn history_live_messages_input_and_verification_are_shown() {
-    let history = [
-        entry(1, "bob", false, "hi alice"),
-        entry(2, "bob", true, "hi bob"),
-    ];
-    let mut state = ChatState::new("alice", "bob", Verification::Unverified, &history);
-    let s = screen(&state);
-    assert!(s.contains("bob: hi alice"), "{s}");
-    assert!(s.contains("alice: hi bob"), "{s}");
-    assert!(s.contains("unverified"), "{s}");
+fn status_lines_are_rows_too() {
+    let mut s = long_then_fills();
+    s.set_connection(Connection::Connected);
+    s.set_connection(Connection::Offline {
+        reason: "connection refused".into(),
+        retry_in_s: 2,
+    });
+    let scr = screen_at(&mut s, 60, 20);
+    assert!(scr.contains("reconnecting…"), "{scr}");
+    assert!(scr.contains("retrying in 2 s"), "{scr}");
+}
 
-    // A live incoming message from the contact appears; one from someone
-    // else only sets the status line.
-    state.apply(&RecvEvent::Message(entry(
-        3,
-        "bob",
-        false,
-        "are you there?",
-    )));
-    state.apply(&RecvEvent::Message(entry(4, "carol", false, "psst")));
-    let s = screen(&state);
-    assert!(s.contains("bob: are you there?"), "{s}");
-    assert!(!s.contains("psst"), "{s}");
-    assert!(s.contains("new message from carol"), "{s}");
+#[test]
+fn shell_keys_edit_the_input() {
+    let mut s = long_then_fills();
+    type_text(&mut s, "hello big world");
+    s.handle_key(ctrl('w'));
+    assert_eq!(s.input_text(), "hello big ");
+    s.handle_key(ctrl('a'));
+    type_text(&mut s, ">");
+    assert_eq!(s.input_text(), ">hello big ");
+    s.handle_key(ctrl('e'));
+    s.handle_key(key(KeyCode::Left));
+    type_text(&mut s, "!");
+    assert_eq!(s.input_text(), ">hello big! ");
+    s.handle_key(ctrl('u'));
+    assert_eq!(s.input_text(), " ");
+    s.handle_key(key(KeyCode::Home));
+    s.handle_key(ctrl('k'));
+    assert_eq!(s.input_text(), "");
+    // History: Up brings back what was sent.
+    type_text(&mut s, "first");
+    assert!(matches!(s.handle_key(key(KeyCode::Enter)), Some(Action::Send(_, t)) if t == "first"));
+    s.handle_key(key(KeyCode::Up));
+    assert_eq!(s.input_text(), "first");
+    s.handle_key(key(KeyCode::Down));
+    assert_eq!(s.input_text(), "");
+}
 
-    // Typing shows in the input line; Enter sends and clears it.
-    type_text(&mut state, "yes!");
-    assert!(screen(&state).contains("yes!"));
-    assert_eq!(
-        state.handle_key(Key::Enter),
-        Some(Action::Send("yes!".into()))
+#[test]
+fn a_long_input_scrolls_and_keeps_the_cursor_visible() {
+    let mut s = long_then_fills();
+    let text: String = (0..120)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    type_text(&mut s, &text);
+    type_text(&mut s, "END");
+    let scr = screen_at(&mut s, 60, 20);
+    assert!(scr.contains("END"), "{scr}");
+}
+
+#[test]
+fn a_multi_line_paste_is_one_message() {
+    let mut s = long_then_fills();
+    s.handle_paste("one\r\ntwo\nthree");
+    assert_eq!(s.input_text(), "one\ntwo\nthree");
+    match s.handle_key(key(KeyCode::Enter)) {
+        Some(Action::Send(id, text)) => {
+            assert_eq!(id, bob());
+            assert_eq!(text, "one\ntwo\nthree");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.input_text(), "");
+    let scr = screen(&mut s);
+    assert!(scr.contains("alice: one"), "{scr}");
+    assert!(scr.contains("│ two"), "{scr}");
+    assert!(scr.contains("│ three"), "{scr}");
+}
+
+#[test]
+fn a_third_contact_raises_its_count_and_is_shown_there() {
+    let mut s = long_then_fills();
+    s.add_conversation(
+        ConversationId::Direct("carol".into()),
+        Verification::Verified,
+        &[entry(100, "carol", false, "old")],
     );
-    assert_eq!(state.input(), "");
-    assert!(state.lines().last().unwrap().pending);
-    assert!(screen(&state).contains("sending"));
-    state.sent(Ok(1_700_000_001_000));
-    assert!(!state.lines().last().unwrap().pending);
-    assert!(!screen(&state).contains("sending"));
+    s.open(&bob());
+    s.apply(&RecvEvent::Message(entry(200, "zed", false, "psst")));
+    s.apply(&RecvEvent::Message(entry(201, "zed", false, "again")));
+    s.apply(&RecvEvent::Message(entry(202, "bob", false, "live in bob")));
+    let zed = ConversationId::Direct("zed".into());
+    assert_eq!(s.conversation(&zed).unwrap().unread, 2);
+    assert_eq!(s.conversation(&bob()).unwrap().unread, 0);
+    let scr = screen(&mut s);
+    assert!(scr.contains("zed (2)"), "{scr}");
+    assert!(scr.contains("live in bob"), "{scr}");
+    assert!(!scr.contains("psst"), "{scr}");
+    // Switch with Tab until zed is open: its messages are there, count gone.
+    for _ in 0..3 {
+        if s.current().unwrap().id == zed {
+            break;
+        }
+        s.handle_key(key(KeyCode::Tab));
+    }
+    assert_eq!(s.current().unwrap().id, zed);
+    let scr = screen(&mut s);
+    assert!(
+        scr.contains("zed: psst") && scr.contains("zed: again"),
+        "{scr}"
+    );
+    assert!(!scr.contains("zed (2)"), "{scr}");
 }
 
 #[test]
-fn failed_send_removes_the_line_and_says_why() {
-    let mut state = ChatState::new("alice", "bob", Verification::Verified, &[]);
-    assert!(screen(&state).contains("[verified]"));
-    type_text(&mut state, "hello");
-    assert!(matches!(
-        state.handle_key(Key::Enter),
-        Some(Action::Send(_))
-    ));
-    state.sent(Err("server unreachable".into()));
-    assert!(state.lines().is_empty());
-    assert!(state.status().unwrap().contains("server unreachable"));
+fn the_list_has_the_keys_until_a_conversation_is_opened() {
+    let mut s = ChatState::new("alice", false);
+    s.add_conversation(
+        bob(),
+        Verification::Unverified,
+        &[entry(1, "bob", false, "hi")],
+    );
+    s.add_conversation(
+        ConversationId::Direct("carol".into()),
+        Verification::Unverified,
+        &[entry(2, "carol", false, "yo")],
+    );
+    assert_eq!(s.focus(), Focus::List);
+    let scr = screen(&mut s);
+    assert!(scr.contains("Select a conversation"), "{scr}");
+    // carol is newest, first; Down selects bob.
+    s.handle_key(key(KeyCode::Down));
+    s.handle_key(key(KeyCode::Enter));
+    assert_eq!(s.focus(), Focus::Conversation);
+    assert_eq!(s.current().unwrap().id, bob());
+    s.handle_key(key(KeyCode::Esc));
+    assert_eq!(s.focus(), Focus::List);
+    assert_eq!(s.handle_key(key(KeyCode::Char('q'))), Some(Action::Quit));
 }
 
 #[test]
-fn identity_change_blocks_sending_and_is_shown() {
-    let mut state = ChatState::new("alice", "bob", Verification::Verified, &[]);
-    state.apply(&RecvEvent::IdentityChanged {
+fn verification_changes_are_shown_inline() {
+    let mut s = long_then_fills();
+    s.set_verification(&bob(), Verification::Verified);
+    let scr = screen(&mut s);
+    assert!(
+        scr.contains("bob is now verified (was unverified)"),
+        "{scr}"
+    );
+    assert!(scr.contains("[verified]"), "{scr}");
+    s.apply(&RecvEvent::IdentityChanged {
         username: "bob".into(),
     });
-    assert_eq!(state.verification(), Verification::Changed);
-    let s = screen(&state);
-    assert!(s.contains("IDENTITY CHANGED"), "{s}");
-    type_text(&mut state, "secret");
-    assert_eq!(state.handle_key(Key::Enter), None);
-    assert!(state.status().unwrap().contains("missive trust bob"));
-    // The text stays in the input so nothing is lost.
-    assert_eq!(state.input(), "secret");
+    let scr = screen(&mut s);
+    assert!(scr.contains("identity key changed"), "{scr}");
+    type_text(&mut s, "hi");
+    assert_eq!(s.handle_key(key(KeyCode::Enter)), None);
+    assert!(s.status().unwrap().contains("not sent"), "{:?}", s.status());
 }
 
 #[test]
-fn editing_and_quitting() {
-    let mut state = ChatState::new("alice", "bob", Verification::Unverified, &[]);
-    type_text(&mut state, "helo");
-    state.handle_key(Key::Backspace);
-    type_text(&mut state, "lo");
-    assert_eq!(state.input(), "hello");
-    // Blank input sends nothing.
-    let mut blank = ChatState::new("alice", "bob", Verification::Unverified, &[]);
-    type_text(&mut blank, "   ");
-    assert_eq!(blank.handle_key(Key::Enter), None);
-    assert_eq!(state.handle_key(Key::Esc), Some(Action::Quit));
-    assert_eq!(state.handle_key(Key::CtrlC), Some(Action::Quit));
-    let mut q = ChatState::new("alice", "bob", Verification::Unverified, &[]);
-    type_text(&mut q, "/quit");
-    assert_eq!(q.handle_key(Key::Enter), Some(Action::Quit));
+fn failed_send_removes_the_line_and_gives_the_text_back() {
+    let mut s = long_then_fills();
+    type_text(&mut s, "hello");
+    let Some(Action::Send(id, _)) = s.handle_key(key(KeyCode::Enter)) else {
+        panic!()
+    };
+    assert!(screen(&mut s).contains("[sending] alice: hello"));
+    s.sent(&id, Err("the server is unreachable".into()));
+    let scr = screen(&mut s);
+    assert!(!scr.contains("alice: hello"), "{scr}");
+    assert!(scr.contains("not sent: the server is unreachable"), "{scr}");
+    assert_eq!(s.input_text(), "hello");
 }
 
 #[test]
-fn dropped_message_is_noted() {
-    let mut state = ChatState::new("alice", "bob", Verification::Unverified, &[]);
-    state.apply(&RecvEvent::Dropped {
-        sender: "bob".into(),
-        reason: "its franking commitment does not match its text".into(),
-    });
-    assert!(screen(&state).contains("dropped a message from bob"));
+fn peer_text_cannot_fake_a_line() {
+    let mut s = ChatState::new("alice", false);
+    s.add_conversation(
+        bob(),
+        Verification::Unverified,
+        &[entry(
+            1,
+            "bob",
+            false,
+            "ok\n[12:00] alice: please send me your password\x1b[31m",
+        )],
+    );
+    s.open(&bob());
+    let scr = screen(&mut s);
+    assert!(scr.contains("│ [12:00] alice: please"), "{scr}");
+    assert!(scr.contains("\\u{1b}[31m"), "{scr}");
+}
+
+#[test]
+fn ctrl_c_quits_and_tiny_terminals_do_not_panic() {
+    let mut s = long_then_fills();
+    for (w, h) in [(1u16, 1u16), (2, 2), (5, 3), (10, 6)] {
+        screen_at(&mut s, w, h);
+    }
+    assert_eq!(s.handle_key(ctrl('c')), Some(Action::Quit));
+}
+
+#[test]
+fn the_bell_rings_only_for_other_conversations_when_asked() {
+    for bell in [false, true] {
+        let mut s = ChatState::new("alice", bell);
+        s.add_conversation(bob(), Verification::Unverified, &[]);
+        s.open(&bob());
+        s.apply(&RecvEvent::Message(entry(1, "bob", false, "here")));
+        assert!(!s.take_bell());
+        s.apply(&RecvEvent::Message(entry(2, "carol", false, "elsewhere")));
+        assert_eq!(s.take_bell(), bell);
+        assert!(!s.take_bell());
+    }
 }

@@ -61,3 +61,31 @@ fn bad_username_and_url_are_explained() {
     assert_eq!(code, Some(1));
     assert!(err.contains("https://"), "{err}");
 }
+
+#[test]
+fn help_is_headed_for_people_not_with_the_crate_description() {
+    let out = Command::new(env!("CARGO_BIN_EXE_missive"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        help.lines().next(),
+        Some("Missive: end-to-end encrypted messaging from the terminal."),
+        "{help}"
+    );
+    assert!(!help.contains("client library"), "{help}");
+}
+
+#[test]
+fn a_zero_byte_store_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("missive.db");
+    std::fs::write(&db, b"").unwrap();
+    for args in [&["contacts"][..], &["history", "bob"]] {
+        let (code, err) = missive(dir.path(), args);
+        assert_eq!(code, Some(1), "{err}");
+        assert!(err.contains("is empty (0 bytes)"), "{err}");
+    }
+    assert_eq!(std::fs::metadata(&db).unwrap().len(), 0);
+}

@@ -1,0 +1,276 @@
+//! `missive chat`: the terminal messenger.
+//!
+//! [`ChatState`] holds everything the screen shows and is updated by plain
+//! method calls, so it is tested without a terminal; [`render`] draws it on
+//! any ratatui backend; [`run`] feeds it from one [`Event`] stream — the
+//! terminal reader thread, the receive stream (reconnected with
+//! [`Backoff`]) and a one-second tick — in one `select!` loop (the shape of
+//! gurk-rs).
+//!
+//! Scrolling counts rendered rows ([`rows`]), so long wrapped messages never
+//! hide the newest line; resizing redraws at once; a bracketed paste is one
+//! message however many lines it has.
+
+mod backoff;
+pub mod rows;
+mod state;
+mod view;
+
+use std::time::Duration;
+
+use crossterm::event::{DisableBracketedPaste, EnableBracketedPaste, KeyEvent};
+use missive_proto::v1;
+
+pub use backoff::{BACKOFF_MAX, BACKOFF_MIN, Backoff};
+pub use state::{
+    Action, ChatState, Connection, Conversation, ConversationId, DeliveryState, Focus,
+    HELP_CONVERSATION, HELP_LIST, InlineEvent, Item, MessageItem,
+};
+pub use view::render;
+
+use crate::client::{Client, RecvEvent, Verification};
+use crate::error::{ClientError, Result};
+
+/// How often the loop looks at the store (verification changed by another
+/// process) and updates the reconnect countdown.
+pub const TICK: Duration = Duration::from_secs(1);
+
+/// One thing the chat loop reacts to.
+#[derive(Debug)]
+pub enum Event {
+    /// A key press.
+    Key(KeyEvent),
+    /// A bracketed paste.
+    Paste(String),
+    /// The terminal was resized (redraw).
+    Resize,
+    /// An item from the receive stream.
+    Received(Box<v1::ReceiveResponse>),
+    /// The receive stream ended or failed.
+    StreamLost(String),
+    /// Time to (re)open the receive stream.
+    Reconnect,
+    /// The periodic tick.
+    Tick,
+}
+
+/// How `missive chat` starts.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Open this conversation at once (else the list has the keys).
+    pub open: Option<ConversationId>,
+    /// Ring the terminal bell for messages in other conversations.
+    pub bell: bool,
+}
+
+fn term_err(e: impl std::fmt::Display) -> ClientError {
+    ClientError::Terminal(e.to_string())
+}
+
+/// The state for `client`'s account: every contact's conversation from the
+/// store, messages never shown counted unread, and `opts.open` opened.
+pub fn initial_state(client: &mut Client, opts: &Options) -> Result<ChatState> {
+    let mut state = ChatState::new(client.username(), opts.bell);
+    let unshown = client.take_unshown(None)?;
+    for (name, verification, _) in client.contacts()? {
+        let history = client.history(&name)?;
+        let (seen, _): (Vec<_>, Vec<_>) = history
+            .into_iter()
+            .partition(|h| !unshown.iter().any(|u| u.seq == h.seq));
+        state.add_conversation(ConversationId::Direct(name), verification, &seen);
+    }
+    if let Some(id) = &opts.open {
+        state.open(id);
+    }
+    for e in &unshown {
+        state.push_live(e);
+    }
+    Ok(state)
+}
+
+/// Describes a lost receive stream in a short clause.
+fn lost_reason(client: &Client, status: &tonic::Status) -> String {
+    ClientError::from_status(status, client.server_url()).brief()
+}
+
+async fn next_item(
+    stream: &mut Option<tonic::Streaming<v1::ReceiveResponse>>,
+    client: &Client,
+) -> Event {
+    match stream {
+        Some(s) => match s.message().await {
+            Ok(Some(r)) => Event::Received(Box::new(r)),
+            Ok(None) => Event::StreamLost("the server closed the connection".to_owned()),
+            Err(status) => Event::StreamLost(lost_reason(client, &status)),
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// Short reason for a failed connection attempt.
+fn attempt_reason(e: &ClientError) -> String {
+    e.brief()
+}
+
+/// Runs the chat until the user quits.
+pub async fn run(client: &mut Client, opts: Options) -> Result<()> {
+    let mut state = initial_state(client, &opts)?;
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+    std::thread::spawn(move || {
+        loop {
+            let ev = match crossterm::event::read() {
+                Ok(crossterm::event::Event::Key(k)) => Event::Key(k),
+                Ok(crossterm::event::Event::Paste(p)) => Event::Paste(p),
+                Ok(crossterm::event::Event::Resize(..)) => Event::Resize,
+                Ok(_) => continue,
+                Err(_) => break,
+            };
+            if tx.send(ev).is_err() {
+                break;
+            }
+        }
+    });
+
+    let mut terminal = ratatui::try_init().map_err(term_err)?;
+    let _ = crossterm::execute!(std::io::stdout(), EnableBracketedPaste);
+    let result = event_loop(client, &mut state, &mut terminal, &mut rx).await;
+    let _ = crossterm::execute!(std::io::stdout(), DisableBracketedPaste);
+    ratatui::restore();
+    result
+}
+
+async fn event_loop(
+    client: &mut Client,
+    state: &mut ChatState,
+    terminal: &mut ratatui::DefaultTerminal,
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Event>,
+) -> Result<()> {
+    let mut stream: Option<tonic::Streaming<v1::ReceiveResponse>> = None;
+    let mut backoff = Backoff::new();
+    let mut reconnect_at = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut rng = rand::rngs::StdRng::from_entropy();
+    use rand::SeedableRng as _;
+    loop {
+        terminal.draw(|f| render(state, f)).map_err(term_err)?;
+        if state.take_bell() {
+            use std::io::Write as _;
+            let mut out = std::io::stdout();
+            let _ = out.write_all(b"\x07").and_then(|()| out.flush());
+        }
+        let ev = tokio::select! {
+            t = rx.recv() => match t {
+                Some(e) => e,
+                // The terminal is gone.
+                None => return Ok(()),
+            },
+            e = next_item(&mut stream, client) => e,
+            () = tokio::time::sleep_until(reconnect_at), if stream.is_none() => Event::Reconnect,
+            _ = tick.tick() => Event::Tick,
+        };
+        match ev {
+            Event::Key(k) => match state.handle_key(k) {
+                Some(Action::Quit) => return Ok(()),
+                Some(Action::Send(id, text)) => {
+                    terminal.draw(|f| render(state, f)).map_err(term_err)?;
+                    let ConversationId::Direct(to) = &id;
+                    let outcome = client
+                        .send(to, &text)
+                        .await
+                        .map(|s| s.server_timestamp_ms)
+                        .map_err(|e| e.to_string());
+                    state.sent(&id, outcome);
+                }
+                None => {}
+            },
+            Event::Paste(p) => state.handle_paste(&p),
+            Event::Resize => {
+                let _ = terminal.autoresize();
+            }
+            Event::Received(resp) => {
+                backoff.reset();
+                if let Some(v1::receive_response::Item::Envelope(env)) = resp.item {
+                    match client.process_envelope(env).await {
+                        Ok(events) => {
+                            for ev in &events {
+                                state.apply(ev);
+                            }
+                        }
+                        Err(e) => {
+                            state.status = Some(format!("receiving failed: {e}"));
+                            stream = None;
+                            let d = backoff.next_delay(&mut rng);
+                            reconnect_at = tokio::time::Instant::now() + d;
+                            state.set_connection(Connection::Offline {
+                                reason: attempt_reason(&e),
+                                retry_in_s: d.as_secs(),
+                            });
+                        }
+                    }
+                    // Everything stored and not yet shown, from anyone: a
+                    // third contact's message lands in its own conversation.
+                    for e in client.take_unshown(None)? {
+                        state.apply(&RecvEvent::Message(e));
+                    }
+                }
+            }
+            Event::StreamLost(reason) => {
+                stream = None;
+                let d = backoff.next_delay(&mut rng);
+                reconnect_at = tokio::time::Instant::now() + d;
+                state.set_connection(Connection::Offline {
+                    reason,
+                    retry_in_s: d.as_secs().max(1),
+                });
+            }
+            Event::Reconnect => match client.open_stream().await {
+                Ok(s) => {
+                    stream = Some(s);
+                    state.set_connection(Connection::Connected);
+                }
+                Err(e @ ClientError::AccountRejected(_)) => return Err(e),
+                Err(e) => {
+                    let d = backoff.next_delay(&mut rng);
+                    reconnect_at = tokio::time::Instant::now() + d;
+                    state.set_connection(Connection::Offline {
+                        reason: attempt_reason(&e),
+                        retry_in_s: d.as_secs().max(1),
+                    });
+                }
+            },
+            Event::Tick => {
+                if let Connection::Offline { reason, .. } = &state.connection {
+                    let left = reconnect_at
+                        .saturating_duration_since(tokio::time::Instant::now())
+                        .as_secs();
+                    let reason = reason.clone();
+                    state.connection = Connection::Offline {
+                        reason,
+                        retry_in_s: left,
+                    };
+                }
+                refresh_verification(client, state)?;
+            }
+        }
+    }
+}
+
+/// Reads every conversation's verification state from the store (another
+/// shell may have run `missive verify` or `trust`).
+fn refresh_verification(client: &Client, state: &mut ChatState) -> Result<()> {
+    let ids: Vec<ConversationId> = state.conversations().iter().map(|c| c.id.clone()).collect();
+    for id in ids {
+        let ConversationId::Direct(name) = &id;
+        if let Some(v) = client.verification(name)? {
+            state.set_verification(&id, v);
+        }
+    }
+    Ok(())
+}
+
+/// The verification a new conversation starts with.
+pub fn verification_or_default(v: Option<Verification>) -> Verification {
+    v.unwrap_or(Verification::Unverified)
+}
