@@ -48,6 +48,7 @@ pub fn text_content(text: &str, sent_at_ms: u64) -> v1::Content {
         body: Some(v1::content::Body::Text(v1::TextMessage {
             body: text.to_owned(),
             sent_at_ms,
+            ..Default::default()
         })),
         franking_key: key.as_bytes().to_vec(),
     }

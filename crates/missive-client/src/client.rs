@@ -27,15 +27,12 @@ use zeroize::Zeroizing;
 use crate::display::sanitize_line;
 use crate::error::{ClientError, Result};
 use crate::limits::{
-    MAX_ACK_BATCH, MAX_TEXT_BYTES, ONE_TIME_PREKEY_REFILL_BELOW, ONE_TIME_PREKEY_TARGET,
-    REQUEST_TIMEOUT, SEND_ATTEMPTS, SIGNED_PREKEY_GRACE, SIGNED_PREKEY_ROTATION,
-    TOKEN_RENEW_MARGIN_MS,
+    MAX_ACK_BATCH, ONE_TIME_PREKEY_REFILL_BELOW, ONE_TIME_PREKEY_TARGET, REQUEST_TIMEOUT,
+    SEND_ATTEMPTS, SIGNED_PREKEY_GRACE, SIGNED_PREKEY_ROTATION, TOKEN_RENEW_MARGIN_MS,
 };
 use crate::net::{ServerConfig, connect};
 use crate::proto_conv;
-use crate::store::{
-    Db, HistoryEntry, NewIncoming, PrekeyKind, SealedMessage, SessionRow, Slot, Store, now_ms,
-};
+use crate::store::{Db, HistoryEntry, PrekeyKind, SessionRow, Slot, Store, now_ms};
 
 /// Environment variable of the test hook that simulates a crash between the
 /// store commit and the acknowledgement: when set to `1`, `recv` exits the
@@ -202,7 +199,7 @@ pub fn check_content(
 }
 
 /// Why an envelope was not accepted.
-enum Refusal {
+pub(crate) enum Refusal {
     /// The envelope itself is bad: drop it (acknowledge, warn).
     Drop(String),
     /// A local failure (store): keep the envelope on the server for a retry.
@@ -244,6 +241,8 @@ pub struct Client {
     /// Envelopes the server took the acknowledgement of, noted in the store
     /// by the next `take_unshown` (one commit per received message, not two).
     acked: Vec<(String, u32, Vec<u8>)>,
+    /// Conversation events and receipts not yet said or sent.
+    conv: crate::conversation::ConvState,
 }
 
 impl std::fmt::Debug for Client {
@@ -294,6 +293,12 @@ impl Client {
             channel: None,
             token: None,
             acked: Vec::new(),
+            conv: Default::default(),
+        })
+        .and_then(|mut c| {
+            // Disappeared messages go before anything reads the history.
+            crate::conversation::purge_expired(&mut c.store)?;
+            Ok(c)
         })
     }
 
@@ -404,6 +409,7 @@ impl Client {
             channel: Some(channel),
             token: None,
             acked: Vec::new(),
+            conv: Default::default(),
         };
         if let Some(session) = resp.session {
             client.remember_token(&session.token, session.expires_at_ms)?;
@@ -428,6 +434,14 @@ impl Client {
 
     pub(crate) fn store_mut(&mut self) -> &mut Store {
         &mut self.store
+    }
+
+    pub(crate) fn conv_state(&mut self) -> &mut crate::conversation::ConvState {
+        &mut self.conv
+    }
+
+    pub(crate) fn device(&self) -> u32 {
+        self.device_id
     }
 
     /// Our public identity.
@@ -762,13 +776,21 @@ impl Client {
     /// under the same message key; the network call happens after the
     /// commit (a crash then loses a message, never reuses a key).
     pub async fn send(&mut self, recipient: &str, text: &str) -> Result<Sent> {
+        // Under the conversation's disappearing timer (conversation.rs).
+        self.send_text(recipient, text, None).await
+    }
+
+    /// Encrypts the franked `body` for every device of `recipient` and sends
+    /// it (the commitment covers `conversation::franked_plaintext(body)`).
+    /// Stores nothing but the sessions: the caller records what it sent.
+    pub(crate) async fn send_content(
+        &mut self,
+        recipient: &str,
+        body: v1::content::Body,
+    ) -> Result<crate::conversation::SentContent> {
         let recipient = normalize_username(recipient)?;
-        if text.trim().is_empty() {
-            return Err(ClientError::EmptyMessage);
-        }
-        if text.len() > MAX_TEXT_BYTES {
-            return Err(ClientError::MessageTooLong(text.len()));
-        }
+        let franked =
+            crate::conversation::franked_plaintext(&body).map_err(ClientError::Conversation)?;
         if recipient == self.username {
             return Err(ClientError::SendToSelf);
         }
@@ -790,15 +812,11 @@ impl Client {
         let commitment = if std::env::var(FORGE_COMMITMENT_ENV).as_deref() == Ok("1") {
             franking::commit(&franking_key, &message_id, b"not the text that was sent")
         } else {
-            franking::commit(&franking_key, &message_id, text.as_bytes())
+            franking::commit(&franking_key, &message_id, franked.as_bytes())
         };
-        let sent_at_ms = now_ms();
         let content = Zeroizing::new(
             v1::Content {
-                body: Some(v1::content::Body::Text(v1::TextMessage {
-                    body: text.to_owned(),
-                    sent_at_ms,
-                })),
+                body: Some(body),
                 franking_key: franking_key.as_bytes().to_vec(),
             }
             .encode_to_vec(),
@@ -845,26 +863,10 @@ impl Client {
                 .await?;
             match MessageServiceClient::new(channel).send(req).await {
                 Ok(resp) => {
-                    let server_timestamp_ms = resp.into_inner().server_timestamp_ms;
-                    let sealed = SealedMessage {
-                        text: text.to_owned(),
-                        franking_key: String::new(),
-                        commitment: hex::encode(commitment),
-                        tag: String::new(),
-                        sender_device: self.device_id,
-                    };
-                    self.store.write(|db| {
-                        db.add_outgoing(
-                            &recipient,
-                            &message_id,
-                            sealed,
-                            sent_at_ms,
-                            server_timestamp_ms,
-                        )
-                    })?;
-                    return Ok(Sent {
-                        id: hex::encode(message_id),
-                        server_timestamp_ms,
+                    return Ok(crate::conversation::SentContent {
+                        message_id,
+                        commitment_hex: hex::encode(commitment),
+                        server_timestamp_ms: resp.into_inner().server_timestamp_ms,
                     });
                 }
                 Err(s) if s.code() == Code::NotFound => {
@@ -949,6 +951,10 @@ impl Client {
             env.sender_device,
             env.message_id.clone(),
         ));
+        let mut events = events;
+        for w in self.after_envelope().await {
+            events.push(RecvEvent::Warning(w));
+        }
         Ok(events)
     }
 
@@ -958,7 +964,10 @@ impl Client {
     /// server put in `env`, the worst outcome is a `Dropped` event.
     pub fn store_envelope(&mut self, env: &v1::Envelope) -> Result<Vec<RecvEvent>> {
         let identity = &self.identity;
-        self.store.write(|db| {
+        let me = self.username.as_str();
+        let mut received = crate::conversation::Received::default();
+        let out = &mut received;
+        let result = self.store.write(|db| {
             if db.is_processed(&env.sender, env.sender_device, &env.message_id)? {
                 return Ok(Vec::new());
             }
@@ -966,7 +975,7 @@ impl Client {
             // A refused envelope leaves nothing behind but its processed id:
             // no session, no pinned contact, no consumed prekey.
             db.savepoint()?;
-            match receive_in(db, identity, env) {
+            match receive_in(db, identity, me, env, out) {
                 Ok(changed) => {
                     db.release_savepoint()?;
                     if changed {
@@ -978,6 +987,7 @@ impl Client {
                 Err(Refusal::Local(e)) => return Err(e),
                 Err(Refusal::Drop(reason)) => {
                     db.rollback_to_savepoint()?;
+                    *out = crate::conversation::Received::default();
                     events.push(RecvEvent::Dropped {
                         sender: env.sender.clone(),
                         reason,
@@ -986,7 +996,11 @@ impl Client {
             }
             db.mark_processed(&env.sender, env.sender_device, &env.message_id)?;
             Ok(events)
-        })
+        });
+        if result.is_ok() {
+            self.conv.absorb(received);
+        }
+        result
     }
 
     /// Acknowledges envelopes.
@@ -1013,10 +1027,13 @@ impl Client {
     /// transaction, so two processes on this home never both show one.
     pub fn take_unshown(&mut self, from: Option<&str>) -> Result<Vec<HistoryEntry>> {
         let acked = std::mem::take(&mut self.acked);
-        self.store.write(|db| {
+        let shown = self.store.write(|db| {
             db.mark_acked(&acked)?;
             db.take_unshown(from)
-        })
+        })?;
+        // Read receipts for them go with the next `send_pending_receipts`.
+        self.conv.note_shown(&shown);
+        Ok(shown)
     }
 
     /// Notes acknowledgements the server took (benchmarks and tests; `recv`
@@ -1044,6 +1061,9 @@ impl Client {
         }
         for e in self.take_unshown(None)? {
             sink(&RecvEvent::Message(e));
+        }
+        for w in self.send_pending_receipts().await {
+            sink(&RecvEvent::Warning(w));
         }
         let mut stream = self.open_stream().await?;
         let deadline = wait.map(|w| tokio::time::Instant::now() + w);
@@ -1076,6 +1096,9 @@ impl Client {
                     }
                     for e in self.take_unshown(None)? {
                         sink(&RecvEvent::Message(e));
+                    }
+                    for w in self.send_pending_receipts().await {
+                        sink(&RecvEvent::Warning(w));
                     }
                 }
                 Some(v1::receive_response::Item::QueueEmpty(_)) => backlog_done = true,
@@ -1307,7 +1330,9 @@ impl DeviceUpdate {
 fn receive_in(
     db: &Db<'_>,
     identity: &IdentityKeyPair,
+    me: &str,
     env: &v1::Envelope,
+    out: &mut crate::conversation::Received,
 ) -> std::result::Result<bool, Refusal> {
     let commitment = env.franking_commitment.as_slice();
     if commitment.len() != franking::COMMITMENT_LEN {
@@ -1394,24 +1419,8 @@ fn receive_in(
         found
             .ok_or("no session with the sending device decrypts it (a replay, or a lost session)")?
     };
-    let (text, franking_key) = check_content(&plaintext, &env.message_id, commitment)?;
-    let (sender_clock_ms, sender_clock_clamped) =
-        clamp_sender_clock(text.sent_at_ms, env.server_timestamp_ms);
-    db.add_incoming(NewIncoming {
-        sender,
-        message_id: &env.message_id,
-        sealed: SealedMessage {
-            text: text.body.clone(),
-            franking_key: hex::encode(franking_key.as_bytes()),
-            commitment: hex::encode(commitment),
-            tag: hex::encode(&env.franking_tag),
-            sender_device: device,
-        },
-        sender_clock_ms,
-        sender_clock_clamped,
-        server_ts_ms: env.server_timestamp_ms.min(MAX_RFC3339_MS),
-        quarantine_identity: quarantine.as_ref(),
-    })?;
+    // Every content kind, franked (conversation.rs).
+    crate::conversation::receive_content(db, me, env, &plaintext, quarantine.as_ref(), out)?;
     Ok(changed)
 }
 
