@@ -1216,25 +1216,61 @@ impl Client {
 
     /// Reports the received message `message_id_hex` (from `from`, needed
     /// when two senders used that id) to the server's moderators with its
-    /// franking proof. Returns the report id.
+    /// franking proof. Returns the report id (of the original, when the
+    /// message was edited: see [`Client::report_versions`]).
     pub async fn report(
         &mut self,
         message_id_hex: &str,
         from: Option<&str>,
         reason: &str,
     ) -> Result<u64> {
+        let ids = self.report_versions(message_id_hex, from, reason).await?;
+        ids.first()
+            .copied()
+            .ok_or_else(|| ClientError::UnknownMessage(sanitize_line(message_id_hex)))
+    }
+
+    /// Reports the received message `message_id_hex` and, when it was
+    /// edited, each of its edits (each with its own franking proof), so the
+    /// moderators see and can verify its whole edit history. Returns the
+    /// report ids, the original's first.
+    pub async fn report_versions(
+        &mut self,
+        message_id_hex: &str,
+        from: Option<&str>,
+        reason: &str,
+    ) -> Result<Vec<u64>> {
         let unknown = || ClientError::UnknownMessage(sanitize_line(message_id_hex));
         let id = hex::decode(message_id_hex.trim()).map_err(|_| unknown())?;
         let from = from.map(normalize_username).transpose()?;
-        let mut found = self.store.db().report_material(&id, from.as_deref())?;
+        // Original first, then its edits, each with its franked plaintext.
+        let mut found =
+            crate::conversation::report_material(&self.store.db(), &id, from.as_deref())?;
         if found.len() > 1 {
-            let senders: Vec<String> = found.iter().map(|m| m.sender.clone()).collect();
+            let senders: Vec<String> = found
+                .iter()
+                .filter_map(|v| v.first().map(|m| m.sender.clone()))
+                .collect();
             return Err(ClientError::AmbiguousMessage {
                 id: message_id_hex.trim().to_owned(),
                 senders: senders.join(", "),
             });
         }
-        let m = found.pop().ok_or_else(unknown)?;
+        let versions = found.pop().ok_or_else(unknown)?;
+        let mut ids = Vec::with_capacity(versions.len());
+        for m in &versions {
+            ids.push(self.send_report(m, reason, message_id_hex).await?);
+        }
+        Ok(ids)
+    }
+
+    async fn send_report(
+        &mut self,
+        m: &crate::store::ReportMaterial,
+        reason: &str,
+        message_id_hex: &str,
+    ) -> Result<u64> {
+        let unknown = || ClientError::UnknownMessage(sanitize_line(message_id_hex));
         let hexd = |s: &str| hex::decode(s).map_err(|_| unknown());
         let franking_key = Zeroizing::new(hexd(&m.sealed.franking_key)?);
         let req = self

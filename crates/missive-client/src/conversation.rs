@@ -914,6 +914,79 @@ pub(crate) fn purge_expired(store: &mut Store) -> Result<Vec<ConversationEvent>>
     Ok(events)
 }
 
+/// The franked plaintext of a stored incoming text (its body rebuilt from
+/// the record: text, quote, timer).
+fn franked_of_record(rec: &MessageRecord) -> std::result::Result<String, String> {
+    franked_plaintext(&Body::Text(v1::TextMessage {
+        body: rec.body.text.clone(),
+        sent_at_ms: 0,
+        quote: rec.conv.quote.as_ref().map(|q| v1::MessageRef {
+            message_id: hex::decode(&q.message_id).unwrap_or_default(),
+            author: q.author.clone(),
+        }),
+        expire_after_secs: rec.conv.expire_after_secs,
+    }))
+}
+
+/// What is needed to report the incoming message `message_id` (from
+/// `sender` when given): per sender, the original then each of its edits,
+/// every one with the exact franked plaintext its commitment covers.
+pub(crate) fn report_material(
+    db: &Db<'_>,
+    message_id: &[u8],
+    sender: Option<&str>,
+) -> Result<Vec<Vec<crate::store::ReportMaterial>>> {
+    let mut out: Vec<Vec<crate::store::ReportMaterial>> = Vec::new();
+    let now = now_ms();
+    for (_, rec) in db.records_by_id(message_id)? {
+        if rec.outgoing
+            || rec.conv.is_event()
+            || rec.conv.unsent
+            || rec.conv.expired(now)
+            || sender.is_some_and(|s| s != rec.contact)
+        {
+            continue;
+        }
+        if out
+            .iter()
+            .any(|v| v.first().is_some_and(|m| m.sender == rec.contact))
+        {
+            continue;
+        }
+        let mut sealed = rec.body.clone();
+        sealed.text = franked_of_record(&rec).map_err(ClientError::Conversation)?;
+        let mut versions = vec![crate::store::ReportMaterial {
+            sender: rec.contact.clone(),
+            server_ts_ms: rec.server_ts_ms,
+            message_id: message_id.to_vec(),
+            sealed,
+        }];
+        for e in &rec.conv.edits {
+            let edit_id = hex::decode(&e.message_id).unwrap_or_default();
+            let franked = franked_plaintext(&Body::Edit(v1::EditMessage {
+                target_message_id: message_id.to_vec(),
+                body: e.text.clone(),
+                sent_at_ms: 0,
+            }))
+            .map_err(ClientError::Conversation)?;
+            versions.push(crate::store::ReportMaterial {
+                sender: rec.contact.clone(),
+                server_ts_ms: e.server_ts_ms,
+                message_id: edit_id,
+                sealed: SealedMessage {
+                    text: franked,
+                    franking_key: e.franking_key.clone(),
+                    commitment: e.commitment.clone(),
+                    tag: e.tag.clone(),
+                    sender_device: e.sender_device,
+                },
+            });
+        }
+        out.push(versions);
+    }
+    Ok(out)
+}
+
 // ---- the client's conversation API --------------------------------------
 
 /// What [`Client::resolve`] found.
@@ -1474,7 +1547,7 @@ mod tests {
                     expire_after_secs: 300,
                 }),
                 "missive content v2\n{\"kind\":\"text\",\"expire_after_secs\":300,\"quote\":{\"author\":\"bob\",\"id\":\"abababababababababababababababab\"},\"text\":\"yes \\\"really\\\"\\n\"}",
-                "f95de1e3f3d0b9cc6d02d91a9bfb16b6feec0af1e9b7b2e6c1f5f9a0e77bf3b2",
+                "b38f234149c53e5d37c23b32a49508f1078ba7836bc7c5af60af0e64d1d4e21a",
             ),
             (
                 Body::Reaction(v1::ReactionMessage {
@@ -1483,7 +1556,7 @@ mod tests {
                     sent_at_ms: 2,
                 }),
                 "missive content v2\n{\"kind\":\"reaction\",\"emoji\":\"👍\",\"target\":{\"author\":\"bob\",\"id\":\"abababababababababababababababab\"}}",
-                "",
+                "2cf9c207557e5a9432ea8af13e9c9e9b56dffba46a55166e40c2ea58176bd617",
             ),
             (
                 Body::Edit(v1::EditMessage {
@@ -1492,7 +1565,7 @@ mod tests {
                     sent_at_ms: 3,
                 }),
                 "missive content v2\n{\"kind\":\"edit\",\"target\":\"abababababababababababababababab\",\"text\":\"fixed\"}",
-                "",
+                "bc7dbc38ef30d384b76fa6bcb8a2155b9d56809ff1b823acaeb28830ab36b994",
             ),
             (
                 Body::Unsend(v1::UnsendMessage {
@@ -1500,7 +1573,7 @@ mod tests {
                     sent_at_ms: 4,
                 }),
                 "missive content v2\n{\"kind\":\"unsend\",\"target\":\"abababababababababababababababab\"}",
-                "",
+                "263b6e63e17ecfc369c9068893694795dda73b961af25c02e4b65ba07707c36d",
             ),
             (
                 Body::Receipt(v1::ReceiptMessage {
@@ -1509,7 +1582,7 @@ mod tests {
                     sent_at_ms: 5,
                 }),
                 "missive content v2\n{\"kind\":\"receipt\",\"message_ids\":[\"abababababababababababababababab\"],\"type\":\"read\"}",
-                "",
+                "284a91b129aefb90170748a4344c736123503d42864efdcc88d69df5124f164d",
             ),
             (
                 Body::Typing(v1::TypingMessage {
@@ -1517,7 +1590,7 @@ mod tests {
                     sent_at_ms: 6,
                 }),
                 "missive content v2\n{\"kind\":\"typing\",\"started\":true}",
-                "",
+                "7f5fd62273892dec96a1e875e7c1ec3d27612e01a368db2fb45f86559a8da322",
             ),
             (
                 Body::Timer(v1::TimerUpdate {
@@ -1525,13 +1598,15 @@ mod tests {
                     sent_at_ms: 7,
                 }),
                 "missive content v2\n{\"kind\":\"timer\",\"expire_after_secs\":0}",
-                "",
+                "6b0038ea11fb88889c02afa795aea2507f8046a22302ff75ef21ea0bb20539a9",
             ),
         ];
         let key = FrankingKey::from_bytes(&[5u8; 32]).unwrap();
+        let mut computed = Vec::new();
         for (body, franked, _) in &cases {
             assert_eq!(franked_plaintext(body).unwrap(), *franked);
             let c = franking::commit(&key, b"message-id-1", franked.as_bytes());
+            computed.push(hex::encode(c));
             // Round trip through the recipient's check.
             let content = v1::Content {
                 body: Some(body.clone()),
@@ -1544,6 +1619,8 @@ mod tests {
             // Another id or another body does not verify.
             assert!(check_conversation_content(&content, b"message-id-2", &c).is_err());
         }
+        let expected: Vec<&str> = cases.iter().map(|c| c.2).collect();
+        assert_eq!(computed, expected);
     }
 
     #[test]

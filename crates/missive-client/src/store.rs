@@ -1864,6 +1864,15 @@ impl Db<'_> {
         )
     }
 
+    /// Every record whose message id is `message_id`, any conversation.
+    pub(crate) fn records_by_id(&self, message_id: &[u8]) -> Result<Vec<(i64, MessageRecord)>> {
+        let id_tag = self.keys.message_tag(message_id);
+        self.records(
+            "SELECT seq, contact_tag, id_tag, sealed FROM messages WHERE id_tag = ?1 ORDER BY seq",
+            &[&id_tag],
+        )
+    }
+
     /// Records of disappearing messages (their expiry is inside the seal).
     pub(crate) fn expiring_records(&self) -> Result<Vec<(i64, MessageRecord)>> {
         self.records(
