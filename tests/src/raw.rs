@@ -347,7 +347,10 @@ impl RawPeer {
     ) -> Result<RawSent, HarnessError> {
         let text = match &content.body {
             Some(v1::content::Body::Text(t)) => t.body.as_bytes(),
-            None => b"",
+            // Other kinds are franked over their canonical form
+            // (missive_client::conversation::franked_plaintext), which this
+            // raw peer does not build: the recipient refuses them.
+            Some(_) | None => b"",
         };
         let key = FrankingKey::from_bytes(&content.franking_key)
             .unwrap_or_else(|_| FrankingKey::generate(&mut OsRng));
