@@ -188,7 +188,7 @@ pub fn valid_emoji(e: &str) -> bool {
         && e.chars().all(|c| {
             !c.is_control() && !c.is_whitespace() && !c.is_ascii_alphanumeric() && c != '\u{fffd}'
         })
-        && !e.chars().all(|c| c.is_ascii())
+        && !e.is_ascii()
 }
 
 /// Parses a disappearing timer as typed: `off` (or `0`), or a duration of
@@ -512,13 +512,16 @@ pub(crate) struct Received {
     pub(crate) delivery: Vec<(String, Vec<u8>)>,
 }
 
+/// Where conversation events go (see `Client::set_conversation_hook`).
+type Hook = Box<dyn FnMut(&ConversationEvent) + Send>;
+
 /// Per-client conversation state that is not stored.
 #[derive(Default)]
 pub(crate) struct ConvState {
     pub(crate) events: Vec<ConversationEvent>,
     pub(crate) delivery: Vec<(String, Vec<u8>)>,
     pub(crate) read: Vec<(String, Vec<u8>)>,
-    hook: Option<Box<dyn FnMut(&ConversationEvent) + Send>>,
+    hook: Option<Hook>,
 }
 
 impl ConvState {
@@ -1074,15 +1077,14 @@ impl Client {
                 }));
                 v
             };
-            let receipt = (r.outgoing && r.conv.timer_event.is_none()).then(|| {
-                if r.conv.read_at_ms > 0 {
-                    ReceiptState::Read
-                } else if r.conv.delivered_at_ms > 0 {
-                    ReceiptState::Delivered
-                } else {
-                    ReceiptState::Sent
-                }
-            });
+            let state = if r.conv.read_at_ms > 0 {
+                ReceiptState::Read
+            } else if r.conv.delivered_at_ms > 0 {
+                ReceiptState::Delivered
+            } else {
+                ReceiptState::Sent
+            };
+            let receipt = (r.outgoing && r.conv.timer_event.is_none()).then_some(state);
             out.push(ConversationItem {
                 entry,
                 timer_change: r.conv.timer_event,
@@ -1319,7 +1321,7 @@ impl Client {
                 .find(|(s, _)| *s == seq)
             {
                 rec.conv.edits.push(EditRecord {
-                    message_id: hex::encode(&sent.message_id),
+                    message_id: hex::encode(sent.message_id),
                     text: text.to_owned(),
                     server_ts_ms: sent.server_timestamp_ms,
                     franking_key: String::new(),
