@@ -217,7 +217,7 @@ fn read_receipts_can_be_turned_off_and_typing_is_never_stored() {
             .unwrap(),
     );
     bob.ok(&w.liar, &["recv"]).unwrap();
-    let got = ok_json(&alice, &w.liar, &["recv", "--json"]);
+    let got = ok_json(&alice, &w.liar, &["recv", "--json", "--receipts"]);
     let receipts = events(&got, "receipt");
     assert_eq!(receipts.len(), 1, "{got:#?}");
     assert_eq!(receipts[0]["state"], "delivered");
@@ -240,7 +240,7 @@ fn read_receipts_can_be_turned_off_and_typing_is_never_stored() {
         before
     );
     // Typing indicators are not acknowledged with receipts.
-    let got = ok_json(&alice, &w.liar, &["recv", "--json"]);
+    let got = ok_json(&alice, &w.liar, &["recv", "--json", "--receipts"]);
     assert!(events(&got, "receipt").is_empty(), "{got:#?}");
 }
 
@@ -365,8 +365,8 @@ fn lying_server_redeliveries_replays_and_withheld_receipts_are_handled() {
     w.liar
         .release("alice", Order::AsReceived, At::BeforeBacklog);
     // Bob's recv said delivered when it stored the message, read when it
-    // showed it; both arrive now.
-    let got = ok_json(&alice, &w.liar, &["recv", "--json"]);
+    // showed it; both arrive now (printed with --receipts only).
+    let got = ok_json(&alice, &w.liar, &["recv", "--json", "--receipts"]);
     let states: Vec<&str> = events(&got, "receipt")
         .iter()
         .map(|v| v["state"].as_str().unwrap())

@@ -68,6 +68,12 @@ enum Command {
         /// Keep listening for new messages up to SECS seconds.
         #[arg(long, value_name = "SECS")]
         wait: Option<u64>,
+        /// Also print delivery and read receipts of your messages as they
+        /// arrive (`history` always shows each message's receipt state).
+        /// Reactions, edits, deletions, timer changes and typing are always
+        /// printed.
+        #[arg(long)]
+        receipts: bool,
     },
     /// Interactive terminal chat with USERNAME.
     Chat {
@@ -741,7 +747,11 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             let sent = client.send(&username, &text).await?;
             println!("sent {} to {}", sent.id, username.to_ascii_lowercase());
         }
-        Command::Recv { json, wait } => {
+        Command::Recv {
+            json,
+            wait,
+            receipts,
+        } => {
             let mut client = open_client(&home, server)?;
             let me = client.username().to_owned();
             let style = Style {
@@ -750,7 +760,9 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             let details = Details::default();
             let hook_details = details.clone();
             client.set_conversation_hook(move |ev| {
-                print_conversation_event(ev, json, style, &hook_details)
+                if receipts || !matches!(ev, ConversationEvent::Receipt { .. }) {
+                    print_conversation_event(ev, json, style, &hook_details)
+                }
             });
             client.emit_conversation_events();
             client
