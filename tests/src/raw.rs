@@ -48,6 +48,7 @@ pub fn text_content(text: &str, sent_at_ms: u64) -> v1::Content {
         body: Some(v1::content::Body::Text(v1::TextMessage {
             body: text.to_owned(),
             sent_at_ms,
+            ..Default::default()
         })),
         franking_key: key.as_bytes().to_vec(),
     }
@@ -346,7 +347,10 @@ impl RawPeer {
     ) -> Result<RawSent, HarnessError> {
         let text = match &content.body {
             Some(v1::content::Body::Text(t)) => t.body.as_bytes(),
-            None => b"",
+            // Other kinds are franked over their canonical form
+            // (missive_client::conversation::franked_plaintext), which this
+            // raw peer does not build: the recipient refuses them.
+            Some(_) | None => b"",
         };
         let key = FrankingKey::from_bytes(&content.franking_key)
             .unwrap_or_else(|_| FrankingKey::generate(&mut OsRng));

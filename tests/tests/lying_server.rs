@@ -685,6 +685,7 @@ fn a_report_names_the_sender_when_a_message_id_is_reused() {
         body: Some(v1::content::Body::Text(v1::TextMessage {
             body: "mallory's abuse under alice's id".into(),
             sent_at_ms: now_ms(),
+            ..Default::default()
         })),
         franking_key: vec![7u8; 32],
     };

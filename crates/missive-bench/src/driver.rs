@@ -331,6 +331,7 @@ impl Device {
             body: Some(v1::content::Body::Text(v1::TextMessage {
                 body,
                 sent_at_ms: 0,
+                ..Default::default()
             })),
             franking_key: franking_key.as_bytes().to_vec(),
         }

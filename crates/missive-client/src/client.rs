@@ -27,15 +27,12 @@ use zeroize::Zeroizing;
 use crate::display::sanitize_line;
 use crate::error::{ClientError, Result};
 use crate::limits::{
-    MAX_ACK_BATCH, MAX_TEXT_BYTES, ONE_TIME_PREKEY_REFILL_BELOW, ONE_TIME_PREKEY_TARGET,
-    REQUEST_TIMEOUT, SEND_ATTEMPTS, SIGNED_PREKEY_GRACE, SIGNED_PREKEY_ROTATION,
-    TOKEN_RENEW_MARGIN_MS,
+    MAX_ACK_BATCH, ONE_TIME_PREKEY_REFILL_BELOW, ONE_TIME_PREKEY_TARGET, REQUEST_TIMEOUT,
+    SEND_ATTEMPTS, SIGNED_PREKEY_GRACE, SIGNED_PREKEY_ROTATION, TOKEN_RENEW_MARGIN_MS,
 };
 use crate::net::{ServerConfig, connect};
 use crate::proto_conv;
-use crate::store::{
-    Db, HistoryEntry, NewIncoming, PrekeyKind, SealedMessage, SessionRow, Slot, Store, now_ms,
-};
+use crate::store::{Db, HistoryEntry, PrekeyKind, SessionRow, Slot, Store, now_ms};
 
 /// Environment variable of the test hook that simulates a crash between the
 /// store commit and the acknowledgement: when set to `1`, `recv` exits the
@@ -202,7 +199,7 @@ pub fn check_content(
 }
 
 /// Why an envelope was not accepted.
-enum Refusal {
+pub(crate) enum Refusal {
     /// The envelope itself is bad: drop it (acknowledge, warn).
     Drop(String),
     /// A local failure (store): keep the envelope on the server for a retry.
@@ -244,6 +241,8 @@ pub struct Client {
     /// Envelopes the server took the acknowledgement of, noted in the store
     /// by the next `take_unshown` (one commit per received message, not two).
     acked: Vec<(String, u32, Vec<u8>)>,
+    /// Conversation events and receipts not yet said or sent.
+    conv: crate::conversation::ConvState,
 }
 
 impl std::fmt::Debug for Client {
@@ -294,6 +293,12 @@ impl Client {
             channel: None,
             token: None,
             acked: Vec::new(),
+            conv: Default::default(),
+        })
+        .and_then(|mut c| {
+            // Disappeared messages go before anything reads the history.
+            crate::conversation::purge_expired(&mut c.store)?;
+            Ok(c)
         })
     }
 
@@ -404,6 +409,7 @@ impl Client {
             channel: Some(channel),
             token: None,
             acked: Vec::new(),
+            conv: Default::default(),
         };
         if let Some(session) = resp.session {
             client.remember_token(&session.token, session.expires_at_ms)?;
@@ -433,6 +439,14 @@ impl Client {
 
     pub(crate) fn store_mut(&mut self) -> &mut Store {
         &mut self.store
+    }
+
+    pub(crate) fn conv_state(&mut self) -> &mut crate::conversation::ConvState {
+        &mut self.conv
+    }
+
+    pub(crate) fn device(&self) -> u32 {
+        self.device_id
     }
 
     /// Our public identity.
@@ -767,13 +781,21 @@ impl Client {
     /// under the same message key; the network call happens after the
     /// commit (a crash then loses a message, never reuses a key).
     pub async fn send(&mut self, recipient: &str, text: &str) -> Result<Sent> {
+        // Under the conversation's disappearing timer (conversation.rs).
+        self.send_text(recipient, text, None).await
+    }
+
+    /// Encrypts the franked `body` for every device of `recipient` and sends
+    /// it (the commitment covers `conversation::franked_plaintext(body)`).
+    /// Stores nothing but the sessions: the caller records what it sent.
+    pub(crate) async fn send_content(
+        &mut self,
+        recipient: &str,
+        body: v1::content::Body,
+    ) -> Result<crate::conversation::SentContent> {
         let recipient = normalize_username(recipient)?;
-        if text.trim().is_empty() {
-            return Err(ClientError::EmptyMessage);
-        }
-        if text.len() > MAX_TEXT_BYTES {
-            return Err(ClientError::MessageTooLong(text.len()));
-        }
+        let franked =
+            crate::conversation::franked_plaintext(&body).map_err(ClientError::Conversation)?;
         if recipient == self.username {
             return Err(ClientError::SendToSelf);
         }
@@ -795,15 +817,11 @@ impl Client {
         let commitment = if std::env::var(FORGE_COMMITMENT_ENV).as_deref() == Ok("1") {
             franking::commit(&franking_key, &message_id, b"not the text that was sent")
         } else {
-            franking::commit(&franking_key, &message_id, text.as_bytes())
+            franking::commit(&franking_key, &message_id, franked.as_bytes())
         };
-        let sent_at_ms = now_ms();
         let content = Zeroizing::new(
             v1::Content {
-                body: Some(v1::content::Body::Text(v1::TextMessage {
-                    body: text.to_owned(),
-                    sent_at_ms,
-                })),
+                body: Some(body),
                 franking_key: franking_key.as_bytes().to_vec(),
             }
             .encode_to_vec(),
@@ -850,26 +868,10 @@ impl Client {
                 .await?;
             match MessageServiceClient::new(channel).send(req).await {
                 Ok(resp) => {
-                    let server_timestamp_ms = resp.into_inner().server_timestamp_ms;
-                    let sealed = SealedMessage {
-                        text: text.to_owned(),
-                        franking_key: String::new(),
-                        commitment: hex::encode(commitment),
-                        tag: String::new(),
-                        sender_device: self.device_id,
-                    };
-                    self.store.write(|db| {
-                        db.add_outgoing(
-                            &recipient,
-                            &message_id,
-                            sealed,
-                            sent_at_ms,
-                            server_timestamp_ms,
-                        )
-                    })?;
-                    return Ok(Sent {
-                        id: hex::encode(message_id),
-                        server_timestamp_ms,
+                    return Ok(crate::conversation::SentContent {
+                        message_id,
+                        commitment_hex: hex::encode(commitment),
+                        server_timestamp_ms: resp.into_inner().server_timestamp_ms,
                     });
                 }
                 Err(s) if s.code() == Code::NotFound => {
@@ -954,6 +956,10 @@ impl Client {
             env.sender_device,
             env.message_id.clone(),
         ));
+        let mut events = events;
+        for w in self.after_envelope().await {
+            events.push(RecvEvent::Warning(w));
+        }
         Ok(events)
     }
 
@@ -963,7 +969,10 @@ impl Client {
     /// server put in `env`, the worst outcome is a `Dropped` event.
     pub fn store_envelope(&mut self, env: &v1::Envelope) -> Result<Vec<RecvEvent>> {
         let identity = &self.identity;
-        self.store.write(|db| {
+        let me = self.username.as_str();
+        let mut received = crate::conversation::Received::default();
+        let out = &mut received;
+        let result = self.store.write(|db| {
             if db.is_processed(&env.sender, env.sender_device, &env.message_id)? {
                 return Ok(Vec::new());
             }
@@ -971,7 +980,7 @@ impl Client {
             // A refused envelope leaves nothing behind but its processed id:
             // no session, no pinned contact, no consumed prekey.
             db.savepoint()?;
-            match receive_in(db, identity, env) {
+            match receive_in(db, identity, me, env, out) {
                 Ok(changed) => {
                     db.release_savepoint()?;
                     if changed {
@@ -983,6 +992,7 @@ impl Client {
                 Err(Refusal::Local(e)) => return Err(e),
                 Err(Refusal::Drop(reason)) => {
                     db.rollback_to_savepoint()?;
+                    *out = crate::conversation::Received::default();
                     events.push(RecvEvent::Dropped {
                         sender: env.sender.clone(),
                         reason,
@@ -991,7 +1001,11 @@ impl Client {
             }
             db.mark_processed(&env.sender, env.sender_device, &env.message_id)?;
             Ok(events)
-        })
+        });
+        if result.is_ok() {
+            self.conv.absorb(received);
+        }
+        result
     }
 
     /// Acknowledges envelopes.
@@ -1018,10 +1032,13 @@ impl Client {
     /// transaction, so two processes on this home never both show one.
     pub fn take_unshown(&mut self, from: Option<&str>) -> Result<Vec<HistoryEntry>> {
         let acked = std::mem::take(&mut self.acked);
-        self.store.write(|db| {
+        let shown = self.store.write(|db| {
             db.mark_acked(&acked)?;
             db.take_unshown(from)
-        })
+        })?;
+        // Read receipts for them go with the next `send_pending_receipts`.
+        self.conv.note_shown(&shown);
+        Ok(shown)
     }
 
     /// Notes acknowledgements the server took (benchmarks and tests; `recv`
@@ -1049,6 +1066,9 @@ impl Client {
         }
         for e in self.take_unshown(None)? {
             sink(&RecvEvent::Message(e));
+        }
+        for w in self.send_pending_receipts().await {
+            sink(&RecvEvent::Warning(w));
         }
         let mut stream = self.open_stream().await?;
         let deadline = wait.map(|w| tokio::time::Instant::now() + w);
@@ -1110,6 +1130,9 @@ impl Client {
                     }
                     for e in self.take_unshown(None)? {
                         sink(&RecvEvent::Message(e));
+                    }
+                    for w in self.send_pending_receipts().await {
+                        sink(&RecvEvent::Warning(w));
                     }
                 }
                 Some(v1::receive_response::Item::QueueEmpty(_)) => backlog_done = true,
@@ -1262,29 +1285,70 @@ impl Client {
 
     /// Reports the received message `message_id_hex` (from `from`, needed
     /// when two senders used that id) to the server's moderators with its
-    /// franking proof. Returns the report id.
+    /// franking proof. Returns the report id (of the original, when the
+    /// message was edited: see [`Client::report_versions`]).
     pub async fn report(
         &mut self,
         message_id_hex: &str,
         from: Option<&str>,
         reason: &str,
     ) -> Result<u64> {
+        let ids = self.report_versions(message_id_hex, from, reason).await?;
+        ids.first()
+            .copied()
+            .ok_or_else(|| ClientError::UnknownMessage(sanitize_line(message_id_hex)))
+    }
+
+    /// Reports the received message `message_id_hex` and, when it was
+    /// edited, each of its edits (each with its own franking proof), so the
+    /// moderators see and can verify its whole edit history. Returns the
+    /// report ids, the original's first.
+    pub async fn report_versions(
+        &mut self,
+        message_id_hex: &str,
+        from: Option<&str>,
+        reason: &str,
+    ) -> Result<Vec<u64>> {
         let unknown = || ClientError::UnknownMessage(sanitize_line(message_id_hex));
         let id = hex::decode(message_id_hex.trim()).map_err(|_| unknown())?;
         let from = from.map(normalize_username).transpose()?;
-        let mut found = self.store.db().report_material(&id, from.as_deref())?;
+        // Original first, then its edits, each with its franked plaintext.
+        let mut found =
+            crate::conversation::report_material(&self.store.db(), &id, from.as_deref())?;
         if found.len() > 1 {
-            let senders: Vec<String> = found.iter().map(|m| m.sender.clone()).collect();
+            let senders: Vec<String> = found
+                .iter()
+                .filter_map(|v| v.first().map(|m| m.sender.clone()))
+                .collect();
             return Err(ClientError::AmbiguousMessage {
                 id: message_id_hex.trim().to_owned(),
                 senders: senders.join(", "),
             });
         }
-        let m = found.pop().ok_or_else(unknown)?;
-        let mark = format!("{}/{}", m.sender, hex::encode(&m.message_id));
-        if reported_marks(&self.store.get_meta(META_REPORTED)?).contains(&mark) {
-            return Err(ClientError::AlreadyReported(hex::encode(&m.message_id)));
+        let versions = found.pop().ok_or_else(unknown)?;
+        if let Some(original) = versions.first() {
+            let mark = report_mark(original);
+            if reported_marks(&self.store.get_meta(META_REPORTED)?).contains(&mark) {
+                return Err(ClientError::AlreadyReported(hex::encode(
+                    &original.message_id,
+                )));
+            }
         }
+        let mut ids = Vec::with_capacity(versions.len());
+        for m in &versions {
+            ids.push(self.send_report(m, reason, message_id_hex).await?);
+        }
+        Ok(ids)
+    }
+
+    async fn send_report(
+        &mut self,
+        m: &crate::store::ReportMaterial,
+        reason: &str,
+        message_id_hex: &str,
+    ) -> Result<u64> {
+        let unknown = || ClientError::UnknownMessage(sanitize_line(message_id_hex));
+        let mark = report_mark(m);
         let hexd = |s: &str| hex::decode(s).map_err(|_| unknown());
         let franking_key = Zeroizing::new(hexd(&m.sealed.franking_key)?);
         let req = self
@@ -1341,6 +1405,10 @@ impl Client {
 /// Meta key of the messages this account reported: a sealed JSON list of
 /// `sender/message-id-hex`.
 const META_REPORTED: &str = "reported_messages";
+
+fn report_mark(m: &crate::store::ReportMaterial) -> String {
+    format!("{}/{}", m.sender, hex::encode(&m.message_id))
+}
 
 fn reported_marks(value: &Option<Zeroizing<Vec<u8>>>) -> Vec<String> {
     value
@@ -1402,7 +1470,9 @@ impl DeviceUpdate {
 fn receive_in(
     db: &Db<'_>,
     identity: &IdentityKeyPair,
+    me: &str,
     env: &v1::Envelope,
+    out: &mut crate::conversation::Received,
 ) -> std::result::Result<bool, Refusal> {
     let commitment = env.franking_commitment.as_slice();
     if commitment.len() != franking::COMMITMENT_LEN {
@@ -1489,24 +1559,8 @@ fn receive_in(
         found
             .ok_or("no session with the sending device decrypts it (a replay, or a lost session)")?
     };
-    let (text, franking_key) = check_content(&plaintext, &env.message_id, commitment)?;
-    let (sender_clock_ms, sender_clock_clamped) =
-        clamp_sender_clock(text.sent_at_ms, env.server_timestamp_ms);
-    db.add_incoming(NewIncoming {
-        sender,
-        message_id: &env.message_id,
-        sealed: SealedMessage {
-            text: text.body.clone(),
-            franking_key: hex::encode(franking_key.as_bytes()),
-            commitment: hex::encode(commitment),
-            tag: hex::encode(&env.franking_tag),
-            sender_device: device,
-        },
-        sender_clock_ms,
-        sender_clock_clamped,
-        server_ts_ms: env.server_timestamp_ms.min(MAX_RFC3339_MS),
-        quarantine_identity: quarantine.as_ref(),
-    })?;
+    // Every content kind, franked (conversation.rs).
+    crate::conversation::receive_content(db, me, env, &plaintext, quarantine.as_ref(), out)?;
     Ok(changed)
 }
 

@@ -199,6 +199,10 @@ pub enum ClientError {
     /// The terminal UI could not run.
     #[error("the terminal chat could not run: {0}")]
     Terminal(String),
+    /// A conversation action (reply, reaction, edit, unsend, timer) that
+    /// cannot be done; the sentence says why.
+    #[error("{0}")]
+    Conversation(String),
 }
 
 /// Result alias.

@@ -52,6 +52,7 @@ fn envelope(session: &mut Session, text: &str, sent_at_ms: u64, id: u64) -> v1::
         body: Some(v1::content::Body::Text(v1::TextMessage {
             body: text.to_owned(),
             sent_at_ms,
+            ..Default::default()
         })),
         franking_key: key.as_bytes().to_vec(),
     }

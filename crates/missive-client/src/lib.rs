@@ -7,6 +7,7 @@
 
 pub mod chat;
 pub mod client;
+pub mod conversation;
 pub mod display;
 pub mod error;
 #[doc(hidden)]

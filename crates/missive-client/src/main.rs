@@ -6,8 +6,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
 use missive_client::client::{RecvEvent, rfc3339};
+use missive_client::conversation::{
+    ConversationEvent, ConversationItem, Quoted, ReceiptState, format_timer, parse_timer,
+};
 use missive_client::display::{json_inert, sanitize_line, sanitize_text};
 use missive_client::store::HistoryEntry;
 use missive_client::{Client, ClientError, ServerConfig};
@@ -57,6 +60,11 @@ struct Cli {
     /// `register` (in HOME/ca.pem); default: that file, else the system roots.
     #[arg(long, env = "MISSIVE_CA", global = true)]
     ca: Option<PathBuf>,
+    /// Colour in `history` and `recv` output: auto (on a terminal), always
+    /// or never. NO_COLOR set to anything non-empty turns colour off whatever
+    /// this says.
+    #[arg(long, value_enum, default_value_t = ColorChoice::Auto, global = true)]
+    color: ColorChoice,
     #[command(subcommand)]
     command: Command,
 }
@@ -85,6 +93,12 @@ enum Command {
         /// Keep listening for new messages up to SECS seconds.
         #[arg(long, value_name = "SECS")]
         wait: Option<u64>,
+        /// Also print delivery and read receipts of your messages as they
+        /// arrive (`history` always shows each message's receipt state).
+        /// Reactions, edits, deletions, timer changes and typing are always
+        /// printed.
+        #[arg(long)]
+        receipts: bool,
     },
     /// The terminal messenger: the conversation list, or USERNAME's conversation.
     Chat {
@@ -147,6 +161,449 @@ enum Command {
         #[arg(long, default_value = "")]
         reason: String,
     },
+    /// Reply to a message of the conversation with USERNAME, quoting it.
+    Reply {
+        /// Contact.
+        username: String,
+        /// Id of the message replied to (hex, or its first 4+ digits).
+        message_id: String,
+        /// Reply text, or "-" for standard input.
+        text: String,
+    },
+    /// React to a message with one emoji (again to change it; --remove to take it back).
+    React {
+        /// Contact.
+        username: String,
+        /// Id of the message (hex, or its first 4+ digits).
+        message_id: String,
+        /// One emoji, such as 👍.
+        #[arg(required_unless_present = "remove")]
+        emoji: Option<String>,
+        /// Remove your reaction instead.
+        #[arg(long, conflicts_with = "emoji")]
+        remove: bool,
+    },
+    /// Change the text of one of your messages (within 24 hours); it shows as edited.
+    Edit {
+        /// Contact.
+        username: String,
+        /// Id of your message (hex, or its first 4+ digits).
+        message_id: String,
+        /// New text, or "-" for standard input.
+        text: String,
+    },
+    /// Delete one of your messages for everyone (within 24 hours).
+    Unsend {
+        /// Contact.
+        username: String,
+        /// Id of your message (hex, or its first 4+ digits).
+        message_id: String,
+    },
+    /// Set the disappearing-message timer of the conversation with USERNAME.
+    Timer {
+        /// Contact.
+        username: String,
+        /// `off`, or how long messages last: 30s, 5m, 1h, 1d (1 s or more).
+        #[arg(value_name = "DURATION|off")]
+        duration: String,
+    },
+    /// Show or change this account's settings.
+    Settings {
+        #[command(subcommand)]
+        setting: Option<Setting>,
+    },
+    /// Tell USERNAME you started or stopped typing (for scripts; the chat does it itself).
+    #[command(hide = true)]
+    Typing {
+        /// Contact.
+        username: String,
+        /// Started or stopped.
+        state: TypingState,
+    },
+    /// Print a shell completion script (e.g. `missive completions bash > /etc/bash_completion.d/missive`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff; e.g. `missive man | man -l -`).
+    Man,
+}
+
+#[derive(Subcommand, Debug)]
+enum Setting {
+    /// Send read receipts (and see others'), as in Signal: on or off.
+    ReadReceipts {
+        /// on or off.
+        state: OnOff,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum OnOff {
+    On,
+    Off,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum TypingState {
+    Start,
+    Stop,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+/// Whether to colour stdout: NO_COLOR (non-empty) always wins
+/// (https://no-color.org).
+fn use_color(choice: ColorChoice) -> bool {
+    use std::io::IsTerminal as _;
+    if std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty()) {
+        return false;
+    }
+    match choice {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => std::io::stdout().is_terminal(),
+    }
+}
+
+/// How to print conversation output.
+#[derive(Clone, Copy)]
+struct Style {
+    color: bool,
+}
+
+impl Style {
+    fn paint(self, code: &str, s: &str) -> String {
+        if self.color {
+            format!("\x1b[{code}m{s}\x1b[0m")
+        } else {
+            s.to_owned()
+        }
+    }
+}
+
+fn read_text_arg(text: String) -> Result<String, ClientError> {
+    if text != "-" {
+        return Ok(text);
+    }
+    let mut buf = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut buf)
+        .map_err(|e| ClientError::Io {
+            what: "cannot read the message from standard input".into(),
+            source: e,
+        })?;
+    let s = String::from_utf8(buf).map_err(|_| ClientError::NotUtf8)?;
+    Ok(s.strip_suffix('\n').map(str::to_owned).unwrap_or(s))
+}
+
+fn short_id(id: &[u8]) -> String {
+    hex::encode(id.get(..4).unwrap_or(id))
+}
+
+fn quoted_json(q: &Quoted) -> serde_json::Value {
+    serde_json::json!({
+        "id": hex::encode(&q.message_id),
+        "from": q.author,
+        "text": q.text,
+    })
+}
+
+/// One conversation item as a JSON object: a message (with `reply_to`,
+/// `reactions`, `edited`, `edit_history`, `unsent`, `receipt`,
+/// `disappears_after_secs`, `expires_at`) or a timer event.
+fn item_json(item: &ConversationItem, me: &str) -> serde_json::Value {
+    let m = &item.entry;
+    let from = if m.outgoing { me } else { m.contact.as_str() };
+    if let Some(secs) = item.timer_change {
+        return serde_json::json!({
+            "event": "timer",
+            "id": hex::encode(&m.message_id),
+            "from": from,
+            "disappears_after_secs": secs,
+            "disappears_after": format_timer(secs),
+            "server_time": rfc3339(m.server_ts_ms),
+        });
+    }
+    let mut v = message_json(m, me);
+    if let Some(o) = v.as_object_mut() {
+        o.insert(
+            "reply_to".into(),
+            item.reply_to
+                .as_ref()
+                .map_or(serde_json::Value::Null, quoted_json),
+        );
+        o.insert(
+            "reactions".into(),
+            item.reactions
+                .iter()
+                .map(|(by, e)| serde_json::json!({"from": by, "emoji": e}))
+                .collect(),
+        );
+        o.insert("edited".into(), (!item.edit_history.is_empty()).into());
+        o.insert(
+            "edit_history".into(),
+            item.edit_history
+                .iter()
+                .map(|e| {
+                    serde_json::json!({
+                        "id": hex::encode(&e.message_id),
+                        "text": e.text,
+                        "server_time": rfc3339(e.server_ts_ms),
+                    })
+                })
+                .collect(),
+        );
+        o.insert("unsent".into(), item.unsent.into());
+        o.insert(
+            "receipt".into(),
+            item.receipt
+                .map_or(serde_json::Value::Null, |r| r.as_str().into()),
+        );
+        o.insert(
+            "disappears_after_secs".into(),
+            item.expire_after_secs.into(),
+        );
+        o.insert(
+            "expires_at".into(),
+            item.expires_at_ms
+                .map_or(serde_json::Value::Null, |t| rfc3339(t).into()),
+        );
+    }
+    v
+}
+
+fn print_item(item: &ConversationItem, me: &str, json: bool, style: Style) {
+    if json {
+        out!("{}", json_inert(&item_json(item, me).to_string()));
+        return;
+    }
+    let m = &item.entry;
+    let who = sanitize_line(&shown_from(m, me));
+    if let Some(secs) = item.timer_change {
+        let what = if secs == 0 {
+            "turned disappearing messages off".to_owned()
+        } else {
+            format!("set disappearing messages to {}", format_timer(secs))
+        };
+        out!(
+            "[{}] {}",
+            rfc3339(m.server_ts_ms),
+            style.paint("2", &format!("* {who} {what}"))
+        );
+        return;
+    }
+    let text = if item.unsent {
+        style.paint("2", "(deleted for everyone)")
+    } else {
+        sanitize_text(&m.text, "    | ")
+    };
+    let mut tags = Vec::new();
+    if !item.edit_history.is_empty() {
+        tags.push("edited".to_owned());
+    }
+    if let Some(r) = item.receipt {
+        tags.push(r.as_str().to_owned());
+    }
+    if item.expire_after_secs > 0 {
+        tags.push(format!(
+            "disappears after {}",
+            format_timer(item.expire_after_secs)
+        ));
+    }
+    let tags = if tags.is_empty() {
+        String::new()
+    } else {
+        format!(" {}", style.paint("2", &format!("[{}]", tags.join(", "))))
+    };
+    out!(
+        "[{}] {}: {text}{tags}",
+        rfc3339(m.server_ts_ms),
+        style.paint("1", &who)
+    );
+    print_item_details(
+        item.reply_to.as_ref(),
+        &item.reactions,
+        &m.message_id,
+        style,
+    );
+}
+
+fn print_item_details(
+    reply_to: Option<&Quoted>,
+    reactions: &[(String, String)],
+    id: &[u8],
+    style: Style,
+) {
+    if let Some(q) = reply_to {
+        let quoted =
+            q.text
+                .as_deref()
+                .map_or("(a message this device does not have)".to_owned(), |t| {
+                    let first: String = t.chars().take(80).collect();
+                    sanitize_line(&first)
+                });
+        out!(
+            "    {} {}: {quoted}",
+            style.paint("2", "> replying to"),
+            sanitize_line(&q.author)
+        );
+    }
+    if !reactions.is_empty() {
+        let list: Vec<String> = reactions
+            .iter()
+            .map(|(by, e)| format!("{} {}", sanitize_line(by), sanitize_line(e)))
+            .collect();
+        out!("    reactions: {}", list.join(", "));
+    }
+    let _ = id;
+}
+
+/// Extras of received messages, said by the conversation hook before the
+/// message itself is printed.
+type Details =
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<Vec<u8>, (Option<Quoted>, u64)>>>;
+
+fn event_json(ev: &ConversationEvent) -> Option<serde_json::Value> {
+    let hexes = |ids: &[Vec<u8>]| ids.iter().map(hex::encode).collect::<Vec<_>>();
+    Some(match ev {
+        ConversationEvent::Receipt {
+            from,
+            state,
+            message_ids,
+        } => {
+            serde_json::json!({"event": "receipt", "from": from, "state": state.as_str(), "ids": hexes(message_ids)})
+        }
+        ConversationEvent::Typing { from, started } => {
+            serde_json::json!({"event": "typing", "from": from, "started": started})
+        }
+        ConversationEvent::Reaction {
+            from,
+            target,
+            emoji,
+        } => {
+            serde_json::json!({"event": "reaction", "from": from, "target": hex::encode(target), "emoji": emoji})
+        }
+        ConversationEvent::Edited { from, target, text } => {
+            serde_json::json!({"event": "edit", "from": from, "target": hex::encode(target), "text": text})
+        }
+        ConversationEvent::Unsent { from, target } => {
+            serde_json::json!({"event": "unsend", "from": from, "target": hex::encode(target)})
+        }
+        ConversationEvent::TimerChanged {
+            from,
+            expire_after_secs,
+        } => {
+            serde_json::json!({"event": "timer", "from": from, "disappears_after_secs": expire_after_secs, "disappears_after": format_timer(*expire_after_secs)})
+        }
+        ConversationEvent::Expired {
+            contact,
+            message_ids,
+        } => serde_json::json!({"event": "expired", "contact": contact, "ids": hexes(message_ids)}),
+        ConversationEvent::MessageDetails { .. } => return None,
+    })
+}
+
+fn print_conversation_event(ev: &ConversationEvent, json: bool, style: Style, details: &Details) {
+    if let ConversationEvent::MessageDetails {
+        message_id,
+        reply_to,
+        expire_after_secs,
+        ..
+    } = ev
+    {
+        if let Ok(mut d) = details.lock() {
+            d.insert(message_id.clone(), (reply_to.clone(), *expire_after_secs));
+        }
+        return;
+    }
+    if json {
+        if let Some(v) = event_json(ev) {
+            out!("{}", json_inert(&v.to_string()));
+        }
+        return;
+    }
+    let line = match ev {
+        ConversationEvent::Receipt {
+            from,
+            state,
+            message_ids,
+        } => {
+            let ids: Vec<String> = message_ids.iter().map(|i| short_id(i)).collect();
+            let what = if *state == ReceiptState::Read {
+                "read"
+            } else {
+                "received"
+            };
+            format!(
+                "{} {what} your message {}",
+                sanitize_line(from),
+                ids.join(", ")
+            )
+        }
+        ConversationEvent::Typing { from, started } => format!(
+            "{} {} typing",
+            sanitize_line(from),
+            if *started { "is" } else { "stopped" }
+        ),
+        ConversationEvent::Reaction {
+            from,
+            target,
+            emoji: Some(e),
+        } => format!(
+            "{} reacted {} to message {}",
+            sanitize_line(from),
+            sanitize_line(e),
+            short_id(target)
+        ),
+        ConversationEvent::Reaction {
+            from,
+            target,
+            emoji: None,
+        } => format!(
+            "{} removed their reaction to message {}",
+            sanitize_line(from),
+            short_id(target)
+        ),
+        ConversationEvent::Edited { from, target, text } => format!(
+            "{} edited message {}: {}",
+            sanitize_line(from),
+            short_id(target),
+            sanitize_text(text, "    | ")
+        ),
+        ConversationEvent::Unsent { from, target } => format!(
+            "{} deleted message {} for everyone",
+            sanitize_line(from),
+            short_id(target)
+        ),
+        ConversationEvent::TimerChanged {
+            from,
+            expire_after_secs: 0,
+        } => format!("{} turned disappearing messages off", sanitize_line(from)),
+        ConversationEvent::TimerChanged {
+            from,
+            expire_after_secs,
+        } => format!(
+            "{} set disappearing messages to {}",
+            sanitize_line(from),
+            format_timer(*expire_after_secs)
+        ),
+        ConversationEvent::Expired {
+            contact,
+            message_ids,
+        } => format!(
+            "{} disappearing message(s) with {} reached their time and were deleted",
+            message_ids.len(),
+            sanitize_line(contact)
+        ),
+        ConversationEvent::MessageDetails { .. } => return,
+    };
+    out!("{}", style.paint("2", &format!("* {line}")));
 }
 
 fn main() -> ExitCode {
@@ -223,9 +680,32 @@ fn print_message(m: &HistoryEntry, me: &str, json: bool) {
     }
 }
 
-fn print_event(ev: &RecvEvent, me: &str, json: bool) {
+fn print_event(ev: &RecvEvent, me: &str, json: bool, style: Style, details: &Details) {
     match ev {
-        RecvEvent::Message(m) => print_message(m, me, json),
+        RecvEvent::Message(m) => {
+            let extra = details
+                .lock()
+                .ok()
+                .and_then(|mut d| d.remove(&m.message_id));
+            match extra {
+                None if !style.color => print_message(m, me, json),
+                extra => {
+                    let (reply_to, secs) = extra.unwrap_or((None, 0));
+                    let item = ConversationItem {
+                        entry: m.clone(),
+                        timer_change: None,
+                        reply_to,
+                        reactions: Vec::new(),
+                        edit_history: Vec::new(),
+                        unsent: false,
+                        receipt: None,
+                        expires_at_ms: None,
+                        expire_after_secs: secs,
+                    };
+                    print_item(&item, me, json, style);
+                }
+            }
+        }
         RecvEvent::IdentityChanged { username } => eprintln!(
             "warning: the identity key of {username} has changed (reinstall, or someone intercepting). Its messages are kept apart, shown as from \"an unverified new key of {username}\". Compare with `missive safety-number {username}`, then `missive trust {username} SAFETY_NUMBER` to accept it or `missive reject {username}` to discard it; sending to {username} is blocked until then."
         ),
@@ -282,7 +762,32 @@ fn confirm_delete(name: &str, server: &str) -> Result<(), ClientError> {
     }
 }
 
+/// Prints a completion script or the man page; true when it did.
+fn generated_output(cli: &Cli) -> Result<bool, ClientError> {
+    let mut cmd = Cli::command();
+    let mut out = std::io::stdout().lock();
+    match &cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut cmd, "missive", &mut out);
+            Ok(true)
+        }
+        Command::Man => {
+            clap_mangen::Man::new(cmd)
+                .render(&mut out)
+                .map_err(|source| ClientError::Io {
+                    what: "cannot write the man page".into(),
+                    source,
+                })?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
 async fn run(cli: Cli) -> Result<(), ClientError> {
+    if generated_output(&cli)? {
+        return Ok(());
+    }
     let home = home_dir(&cli)?;
     let server = ServerConfig {
         url: cli.server.clone(),
@@ -299,29 +804,32 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             );
         }
         Command::Send { username, text } => {
-            let text = if text == "-" {
-                let mut buf = Vec::new();
-                std::io::stdin()
-                    .read_to_end(&mut buf)
-                    .map_err(|e| ClientError::Io {
-                        what: "cannot read the message from standard input".into(),
-                        source: e,
-                    })?;
-                let s = String::from_utf8(buf).map_err(|_| ClientError::NotUtf8)?;
-                s.strip_suffix('\n').map(str::to_owned).unwrap_or(s)
-            } else {
-                text
-            };
+            let text = read_text_arg(text)?;
             let mut client = open_client(&home, server)?;
             let sent = client.send(&username, &text).await?;
             out!("sent {} to {}", sent.id, username.to_ascii_lowercase());
         }
-        Command::Recv { json, wait } => {
+        Command::Recv {
+            json,
+            wait,
+            receipts,
+        } => {
             let mut client = open_client(&home, server)?;
             let me = client.username().to_owned();
+            let style = Style {
+                color: use_color(cli.color),
+            };
+            let details = Details::default();
+            let hook_details = details.clone();
+            client.set_conversation_hook(move |ev| {
+                if receipts || !matches!(ev, ConversationEvent::Receipt { .. }) {
+                    print_conversation_event(ev, json, style, &hook_details)
+                }
+            });
+            client.emit_conversation_events();
             client
                 .recv(wait.map(Duration::from_secs), |ev| {
-                    print_event(ev, &me, json)
+                    print_event(ev, &me, json, style, &details)
                 })
                 .await?;
         }
@@ -345,10 +853,13 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             }
         }
         Command::History { username, json } => {
-            let client = open_client(&home, server)?;
+            let mut client = open_client(&home, server)?;
             let me = client.username().to_owned();
-            for m in client.history(&username)? {
-                print_message(&m, &me, json);
+            let style = Style {
+                color: use_color(cli.color),
+            };
+            for item in client.conversation(&username)? {
+                print_item(&item, &me, json, style);
             }
         }
         Command::SafetyNumber { username } => {
@@ -430,9 +941,108 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             reason,
         } => {
             let mut client = open_client(&home, server)?;
-            let id = client.report(&message_id, from.as_deref(), &reason).await?;
-            out!("report {id} accepted by the server");
+            let ids = client
+                .report_versions(&message_id, from.as_deref(), &reason)
+                .await?;
+            match ids.as_slice() {
+                [id] => out!("report {id} accepted by the server"),
+                [id, edits @ ..] => {
+                    let edits: Vec<String> = edits.iter().map(u64::to_string).collect();
+                    out!(
+                        "report {id} accepted by the server, with the message's {} edit(s) as reports {}",
+                        edits.len(),
+                        edits.join(", ")
+                    );
+                }
+                [] => {}
+            }
         }
+        Command::Reply {
+            username,
+            message_id,
+            text,
+        } => {
+            let text = read_text_arg(text)?;
+            let mut client = open_client(&home, server)?;
+            let sent = client
+                .send_text(&username, &text, Some(&message_id))
+                .await?;
+            out!("sent {} to {}", sent.id, username.to_ascii_lowercase());
+        }
+        Command::React {
+            username,
+            message_id,
+            emoji,
+            remove,
+        } => {
+            let mut client = open_client(&home, server)?;
+            let emoji = if remove { None } else { emoji };
+            client
+                .react(&username, &message_id, emoji.as_deref())
+                .await?;
+            match emoji {
+                Some(e) => out!(
+                    "reacted {} to message {}",
+                    sanitize_line(&e),
+                    sanitize_line(&message_id)
+                ),
+                None => out!(
+                    "removed your reaction to message {}",
+                    sanitize_line(&message_id)
+                ),
+            }
+        }
+        Command::Edit {
+            username,
+            message_id,
+            text,
+        } => {
+            let text = read_text_arg(text)?;
+            let mut client = open_client(&home, server)?;
+            client.edit(&username, &message_id, &text).await?;
+            out!("edited message {}", sanitize_line(&message_id));
+        }
+        Command::Unsend {
+            username,
+            message_id,
+        } => {
+            let mut client = open_client(&home, server)?;
+            client.unsend(&username, &message_id).await?;
+            out!(
+                "deleted message {} for everyone",
+                sanitize_line(&message_id)
+            );
+        }
+        Command::Timer { username, duration } => {
+            let secs = parse_timer(&duration)?;
+            let mut client = open_client(&home, server)?;
+            client.set_timer(&username, secs).await?;
+            let who = username.to_ascii_lowercase();
+            if secs == 0 {
+                out!("disappearing messages with {who} are off");
+            } else {
+                out!(
+                    "messages with {who} now disappear {} after they are sent or received",
+                    format_timer(secs)
+                );
+            }
+        }
+        Command::Settings { setting } => {
+            let mut client = open_client(&home, server)?;
+            if let Some(Setting::ReadReceipts { state }) = setting {
+                client.set_read_receipts(state == OnOff::On)?;
+            }
+            let on = client.read_receipts()?;
+            out!("read-receipts\t{}", if on { "on" } else { "off" });
+        }
+        Command::Typing { username, state } => {
+            let mut client = open_client(&home, server)?;
+            client
+                .send_typing(&username, state == TypingState::Start)
+                .await?;
+        }
+        // Printed by `generated_output` before any account is opened.
+        Command::Completions { .. } | Command::Man => {}
     }
     Ok(())
 }

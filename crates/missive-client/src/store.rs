@@ -65,7 +65,7 @@ const INDEX_KEY_LABEL: &[u8] = b"Missive store index key v2";
 /// Sealed history records are padded to a multiple of this many bytes so the
 /// file does not tell message lengths.
 const MESSAGE_PAD: usize = 256;
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 const DAY_MS: u64 = 86_400_000;
 
 /// Schema 2: no names, times or lengths in the clear (see the module docs).
@@ -107,6 +107,18 @@ CREATE TABLE processed (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     tag BLOB NOT NULL UNIQUE,
     acked INTEGER NOT NULL DEFAULT 0
+);
+"#;
+
+/// Schema 3 adds to schema 2 (docs/PROTOCOL.md, "Client store"): the flag of
+/// disappearing messages (their expiry time stays sealed) and the sealed
+/// per-conversation state (the disappearing timer).
+const SCHEMA_V3_DELTA: &str = r#"
+ALTER TABLE messages ADD COLUMN expiring INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX messages_expiring ON messages (expiring) WHERE expiring = 1;
+CREATE TABLE conversations (
+    tag BLOB PRIMARY KEY,
+    sealed BLOB NOT NULL
 );
 "#;
 
@@ -187,18 +199,25 @@ impl Drop for SealedMessage {
 
 /// One history row as sealed (schema 2): the message and everything about it.
 #[derive(Clone, Serialize, Deserialize, Default)]
-struct MessageRecord {
-    contact: String,
-    message_id: String,
-    outgoing: bool,
-    sender_clock_ms: u64,
+pub(crate) struct MessageRecord {
+    pub(crate) contact: String,
+    pub(crate) message_id: String,
+    pub(crate) outgoing: bool,
+    pub(crate) sender_clock_ms: u64,
     #[serde(default)]
-    sender_clock_clamped: bool,
-    server_ts_ms: u64,
+    pub(crate) sender_clock_clamped: bool,
+    pub(crate) server_ts_ms: u64,
     /// Hex of the changed identity a quarantined message came from.
     #[serde(default)]
-    quarantine_identity: Option<String>,
-    body: SealedMessage,
+    pub(crate) quarantine_identity: Option<String>,
+    pub(crate) body: SealedMessage,
+    /// Conversation features (schema 3): quote, reactions, edits, unsend,
+    /// receipts, disappearing timer; absent for a plain message.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::conversation::ConvRecord::is_empty"
+    )]
+    pub(crate) conv: crate::conversation::ConvRecord,
     #[serde(default)]
     pad: String,
 }
@@ -530,7 +549,9 @@ fn finish_rekey(home: &Path, conn: &Connection, path: &Path) -> Result<()> {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(|e| ClientError::store(path, e))?;
-    if version >= SCHEMA_VERSION {
+    // Re-keys happen in the schema-1 migration only: any later schema means
+    // it committed.
+    if version >= 2 {
         fs::rename(&new, home.join(SALT_FILE))
             .map_err(|e| ClientError::io(format!("cannot replace {}", new.display()), e))
     } else {
@@ -719,6 +740,12 @@ impl Store {
             // Up to date; a passphrase re-key is done by the v1 migration only.
         } else if version == 0 && tables == 0 {
             tx.execute_batch(SCHEMA_V2)
+                .and_then(|()| tx.execute_batch(SCHEMA_V3_DELTA))
+                .and_then(|()| tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}")))
+                .map_err(|e| ClientError::store(&path, e))?;
+        } else if version == 2 {
+            // Schema 2 to 3: additive (a column and a table), rows untouched.
+            tx.execute_batch(SCHEMA_V3_DELTA)
                 .and_then(|()| tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}")))
                 .map_err(|e| ClientError::store(&path, e))?;
         } else {
@@ -743,7 +770,7 @@ impl Store {
             };
         }
         tx.commit().map_err(|e| ClientError::store(&path, e))?;
-        if version != SCHEMA_VERSION && tables > 0 {
+        if version != SCHEMA_VERSION && version != 2 && tables > 0 {
             // Schema-1 pages held names and times: rewrite the file without them.
             self.conn
                 .execute_batch("VACUUM; PRAGMA wal_checkpoint(TRUNCATE);")
@@ -1517,37 +1544,39 @@ impl Db<'_> {
         Ok(rec)
     }
 
-    fn insert_record(&self, rec: &mut MessageRecord, shown: bool) -> Result<()> {
+    pub(crate) fn insert_record(&self, rec: &mut MessageRecord, shown: bool) -> Result<()> {
         let id = hex::decode(&rec.message_id).map_err(|e| self.err(e))?;
         let contact_tag = self.keys.contact_tag(&rec.contact);
         let id_tag = self.keys.message_tag(&id);
         let quarantined = rec.quarantine_identity.is_some();
+        let expiring = rec.conv.expires_at_ms > 0;
         let sealed = self.seal_record(&contact_tag, &id_tag, rec)?;
         self.conn
             .execute(
-                "INSERT INTO messages (contact_tag, id_tag, sealed, shown, quarantined) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![contact_tag, id_tag, sealed, shown, quarantined],
+                "INSERT INTO messages (contact_tag, id_tag, sealed, shown, quarantined, expiring) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![contact_tag, id_tag, sealed, shown, quarantined, expiring],
             )
             .map(|_| ())
             .map_err(|e| self.err(e))
     }
 
-    fn reseal_message(&self, seq: i64, rec: &MessageRecord) -> Result<()> {
+    pub(crate) fn reseal_message(&self, seq: i64, rec: &MessageRecord) -> Result<()> {
         let id = hex::decode(&rec.message_id).map_err(|e| self.err(e))?;
         let contact_tag = self.keys.contact_tag(&rec.contact);
         let id_tag = self.keys.message_tag(&id);
         let mut copy = rec.clone();
+        let expiring = rec.conv.expires_at_ms > 0;
         let sealed = self.seal_record(&contact_tag, &id_tag, &mut copy)?;
         self.conn
             .execute(
-                "UPDATE messages SET sealed = ?2 WHERE seq = ?1",
-                params![seq, sealed],
+                "UPDATE messages SET sealed = ?2, expiring = ?3 WHERE seq = ?1",
+                params![seq, sealed, expiring],
             )
             .map(|_| ())
             .map_err(|e| self.err(e))
     }
 
-    fn delete_message(&self, seq: i64) -> Result<()> {
+    pub(crate) fn delete_message(&self, seq: i64) -> Result<()> {
         self.conn
             .execute("DELETE FROM messages WHERE seq = ?1", [seq])
             .map(|_| ())
@@ -1572,6 +1601,7 @@ impl Db<'_> {
             server_ts_ms,
             quarantine_identity: None,
             body: sealed,
+            conv: Default::default(),
             pad: String::new(),
         };
         self.insert_record(&mut rec, true)
@@ -1588,6 +1618,7 @@ impl Db<'_> {
             server_ts_ms: m.server_ts_ms,
             quarantine_identity: m.quarantine_identity.map(|i| hex::encode(i.to_bytes())),
             body: m.sealed,
+            conv: Default::default(),
             pad: String::new(),
         };
         self.insert_record(&mut rec, false)
@@ -1654,7 +1685,7 @@ impl Db<'_> {
             .map_err(|e| self.err(e))
     }
 
-    fn records(
+    pub(crate) fn records(
         &self,
         sql: &str,
         args: &[&dyn rusqlite::ToSql],
@@ -1684,20 +1715,30 @@ impl Db<'_> {
     fn entries(&self, sql: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<HistoryEntry>> {
         self.records(sql, args)?
             .into_iter()
-            .map(|(seq, rec)| {
+            // Conversation events (timer changes) are not messages: they
+            // are read through `conversation::Conversation`.
+            .filter(|(_, rec)| !rec.conv.is_event())
+            .map(|(seq, rec)| self.entry(seq, &rec))
+            .collect()
+    }
+
+    /// The history entry of one record: its text is the latest edit's.
+    pub(crate) fn entry(&self, seq: i64, rec: &MessageRecord) -> Result<HistoryEntry> {
+        {
+            {
                 Ok(HistoryEntry {
                     seq,
                     message_id: hex::decode(&rec.message_id).map_err(|e| self.err(e))?,
                     contact: rec.contact.clone(),
                     outgoing: rec.outgoing,
-                    text: rec.body.text.clone(),
+                    text: rec.conv.current_text(&rec.body.text).to_owned(),
                     sender_clock_ms: rec.sender_clock_ms,
                     sender_clock_clamped: rec.sender_clock_clamped,
                     server_ts_ms: rec.server_ts_ms,
                     quarantined: rec.quarantine_identity.is_some(),
                 })
-            })
-            .collect()
+            }
+        }
     }
 
     /// The conversation with `contact` (quarantined messages excluded), oldest first.
@@ -1761,6 +1802,144 @@ impl Db<'_> {
             });
         }
         Ok(out)
+    }
+
+    // ---- conversation features (schema 3; logic in crate::conversation) --
+
+    /// Stores a received message with its conversation data, not yet shown.
+    pub(crate) fn add_incoming_with(
+        &self,
+        m: NewIncoming<'_>,
+        conv: crate::conversation::ConvRecord,
+        shown: bool,
+    ) -> Result<()> {
+        let mut rec = MessageRecord {
+            contact: m.sender.to_owned(),
+            message_id: hex::encode(m.message_id),
+            outgoing: false,
+            sender_clock_ms: m.sender_clock_ms,
+            sender_clock_clamped: m.sender_clock_clamped,
+            server_ts_ms: m.server_ts_ms,
+            quarantine_identity: m.quarantine_identity.map(|i| hex::encode(i.to_bytes())),
+            body: m.sealed,
+            conv,
+            pad: String::new(),
+        };
+        self.insert_record(&mut rec, shown)
+    }
+
+    /// Stores an outgoing message (already sent) with its conversation data.
+    pub(crate) fn add_outgoing_with(
+        &self,
+        contact: &str,
+        message_id: &[u8],
+        sealed: SealedMessage,
+        sent_at_ms: u64,
+        server_ts_ms: u64,
+        conv: crate::conversation::ConvRecord,
+    ) -> Result<()> {
+        let mut rec = MessageRecord {
+            contact: contact.to_owned(),
+            message_id: hex::encode(message_id),
+            outgoing: true,
+            sender_clock_ms: sent_at_ms,
+            sender_clock_clamped: false,
+            server_ts_ms,
+            quarantine_identity: None,
+            body: sealed,
+            conv,
+            pad: String::new(),
+        };
+        self.insert_record(&mut rec, true)
+    }
+
+    /// Every record of the conversation with `contact` (quarantined ones
+    /// excluded), oldest first, events included.
+    pub(crate) fn conversation_records(&self, contact: &str) -> Result<Vec<(i64, MessageRecord)>> {
+        let tag = self.keys.contact_tag(contact);
+        self.records(
+            "SELECT seq, contact_tag, id_tag, sealed FROM messages WHERE contact_tag = ?1 AND quarantined = 0 ORDER BY seq",
+            &[&tag],
+        )
+    }
+
+    /// The records of the conversation with `contact` whose message id is
+    /// `message_id` (ours and theirs may share an id), quarantined excluded.
+    pub(crate) fn find_messages(
+        &self,
+        contact: &str,
+        message_id: &[u8],
+    ) -> Result<Vec<(i64, MessageRecord)>> {
+        let tag = self.keys.contact_tag(contact);
+        let id_tag = self.keys.message_tag(message_id);
+        self.records(
+            "SELECT seq, contact_tag, id_tag, sealed FROM messages WHERE contact_tag = ?1 AND id_tag = ?2 AND quarantined = 0 ORDER BY seq",
+            &[&tag, &id_tag],
+        )
+    }
+
+    /// Every record whose message id is `message_id`, any conversation.
+    pub(crate) fn records_by_id(&self, message_id: &[u8]) -> Result<Vec<(i64, MessageRecord)>> {
+        let id_tag = self.keys.message_tag(message_id);
+        self.records(
+            "SELECT seq, contact_tag, id_tag, sealed FROM messages WHERE id_tag = ?1 ORDER BY seq",
+            &[&id_tag],
+        )
+    }
+
+    /// Records of disappearing messages (their expiry is inside the seal).
+    pub(crate) fn expiring_records(&self) -> Result<Vec<(i64, MessageRecord)>> {
+        self.records(
+            "SELECT seq, contact_tag, id_tag, sealed FROM messages WHERE expiring = 1 ORDER BY seq",
+            &[],
+        )
+    }
+
+    fn conversation_ad(tag: &[u8]) -> Vec<u8> {
+        ad("conversation", &[tag])
+    }
+
+    /// The sealed per-conversation state of `contact` (JSON), if any.
+    pub(crate) fn conversation_state(&self, contact: &str) -> Result<Option<Zeroizing<Vec<u8>>>> {
+        let tag = self.keys.contact_tag(contact);
+        let sealed: Option<Vec<u8>> = self
+            .conn
+            .query_row(
+                "SELECT sealed FROM conversations WHERE tag = ?1",
+                [&tag],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        match sealed {
+            None => Ok(None),
+            Some(s) => self
+                .keys
+                .open(&s, &Self::conversation_ad(&tag))
+                .map(Some)
+                .map_err(|e| self.err(format!("a conversation's settings do not open: {e}"))),
+        }
+    }
+
+    /// Seals and writes the per-conversation state of `contact`.
+    pub(crate) fn put_conversation_state(&self, contact: &str, json: &[u8]) -> Result<()> {
+        let tag = self.keys.contact_tag(contact);
+        let sealed = self.keys.seal(json, &Self::conversation_ad(&tag));
+        self.conn
+            .execute(
+                "INSERT INTO conversations (tag, sealed) VALUES (?1, ?2) ON CONFLICT (tag) DO UPDATE SET sealed = excluded.sealed",
+                params![tag, sealed],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Copies every page of the WAL into the database file and truncates the
+    /// WAL, so `secure_delete`'s overwrite reaches the main file too.
+    pub(crate) fn checkpoint(&self) -> Result<()> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .map_err(|e| self.err(e))
     }
 
     /// Counts rows of a table (tests and diagnostics).
@@ -1873,6 +2052,7 @@ fn migrate_v1(tx: &Connection, old: &Keys, new: &Keys, path: &Path, key_path: &P
     )
     .map_err(e)?;
     tx.execute_batch(SCHEMA_V2).map_err(e)?;
+    tx.execute_batch(SCHEMA_V3_DELTA).map_err(e)?;
     let db = Db {
         conn: tx,
         keys: new,
@@ -1941,6 +2121,7 @@ fn migrate_v1(tx: &Connection, old: &Keys, new: &Keys, path: &Path, key_path: &P
             server_ts_ms: to_u64(server),
             quarantine_identity: None,
             body,
+            conv: Default::default(),
             pad: String::new(),
         };
         db.insert_record(&mut rec, shown)?;

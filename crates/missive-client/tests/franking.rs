@@ -13,6 +13,7 @@ fn payload(text: &str, key: &FrankingKey) -> Vec<u8> {
         body: Some(v1::content::Body::Text(v1::TextMessage {
             body: text.into(),
             sent_at_ms: 42,
+            ..Default::default()
         })),
         franking_key: key.as_bytes().to_vec(),
     }
@@ -49,6 +50,7 @@ fn mismatches_are_dropped() {
         body: Some(v1::content::Body::Text(v1::TextMessage {
             body: "hello".into(),
             sent_at_ms: 1,
+            ..Default::default()
         })),
         franking_key: vec![],
     }

@@ -228,13 +228,65 @@ fn schema_is_versioned_and_reopens() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
     drop(keyfile(&home, true));
-    assert_eq!(user_version(&home), 2);
+    assert_eq!(user_version(&home), 3);
     // A store from a newer missive is refused, not damaged.
     sql(&home, "PRAGMA user_version = 99");
     let err = Store::open_with(&home, false, &KeySource::KeyFile).unwrap_err();
     assert!(err.to_string().contains("newer"), "{err}");
-    sql(&home, "PRAGMA user_version = 2");
+    sql(&home, "PRAGMA user_version = 3");
     keyfile(&home, false);
+}
+
+/// Schema 2 (before the conversation features) becomes schema 3 in place:
+/// its rows stay as they are and still open.
+#[test]
+fn schema_2_migrates_to_3_keeping_every_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let mut store = keyfile(&home, true);
+    store
+        .write(|db| {
+            db.add_incoming(NewIncoming {
+                sender: "carol",
+                message_id: &[7u8; 16],
+                sealed: text("written under schema 2"),
+                sender_clock_ms: 1,
+                sender_clock_clamped: false,
+                server_ts_ms: 2,
+                quarantine_identity: None,
+            })
+        })
+        .unwrap();
+    drop(store);
+    // Take away exactly what schema 3 added: this is schema 2's layout.
+    sql(
+        &home,
+        "DROP INDEX messages_expiring; ALTER TABLE messages DROP COLUMN expiring; DROP TABLE conversations; PRAGMA user_version = 2;",
+    );
+    assert_eq!(user_version(&home), 2);
+    let store = keyfile(&home, false);
+    assert_eq!(user_version(&home), 3);
+    let h = store.history("carol").unwrap();
+    assert_eq!(h.len(), 1);
+    assert_eq!(h[0].text, "written under schema 2");
+    drop(store);
+    let c = rusqlite::Connection::open(home.join("missive.db")).unwrap();
+    let cols: i64 = c
+        .query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('messages') WHERE name = 'expiring'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(cols, 1);
+    let tables: i64 = c
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'conversations'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(tables, 1);
 }
 
 fn user_version(home: &Path) -> i64 {
@@ -583,7 +635,8 @@ fn a_schema_1_store_is_migrated_not_broken() {
     let store = keyfile(&home, false);
     check_migrated(&store, &peer, &session);
     drop(store);
-    assert_eq!(user_version(&home), 2);
+    // Straight to today's schema (1 -> 2 -> 3 in one transaction).
+    assert_eq!(user_version(&home), 3);
     assert_eq!(
         any_file_contains(&home, b"bob"),
         None,

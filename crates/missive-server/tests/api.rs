@@ -40,6 +40,7 @@ fn seal(shared: &StorageKey, text: &str) -> Sealed {
         body: Some(content::Body::Text(TextMessage {
             body: text.into(),
             sent_at_ms: 1,
+            ..Default::default()
         })),
         franking_key: key.as_bytes().to_vec(),
     };
