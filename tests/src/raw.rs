@@ -49,6 +49,7 @@ pub fn text_content(text: &str, sent_at_ms: u64) -> v1::Content {
             body: text.to_owned(),
             sent_at_ms,
         })),
+        attachment: None,
         franking_key: key.as_bytes().to_vec(),
     }
 }

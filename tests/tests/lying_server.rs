@@ -686,6 +686,7 @@ fn a_report_names_the_sender_when_a_message_id_is_reused() {
             body: "mallory's abuse under alice's id".into(),
             sent_at_ms: now_ms(),
         })),
+        attachment: None,
         franking_key: vec![7u8; 32],
     };
     mallory

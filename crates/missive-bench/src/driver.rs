@@ -332,6 +332,7 @@ impl Device {
                 body,
                 sent_at_ms: 0,
             })),
+            attachment: None,
             franking_key: franking_key.as_bytes().to_vec(),
         }
         .encode_to_vec();

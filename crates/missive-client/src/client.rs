@@ -799,6 +799,7 @@ impl Client {
                     body: text.to_owned(),
                     sent_at_ms,
                 })),
+                attachment: None,
                 franking_key: franking_key.as_bytes().to_vec(),
             }
             .encode_to_vec(),

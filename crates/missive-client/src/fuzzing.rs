@@ -53,6 +53,7 @@ fn envelope(session: &mut Session, text: &str, sent_at_ms: u64, id: u64) -> v1::
             body: text.to_owned(),
             sent_at_ms,
         })),
+        attachment: None,
         franking_key: key.as_bytes().to_vec(),
     }
     .encode_to_vec();

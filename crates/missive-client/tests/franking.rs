@@ -14,6 +14,7 @@ fn payload(text: &str, key: &FrankingKey) -> Vec<u8> {
             body: text.into(),
             sent_at_ms: 42,
         })),
+        attachment: None,
         franking_key: key.as_bytes().to_vec(),
     }
     .encode_to_vec()
@@ -50,6 +51,7 @@ fn mismatches_are_dropped() {
             body: "hello".into(),
             sent_at_ms: 1,
         })),
+        attachment: None,
         franking_key: vec![],
     }
     .encode_to_vec();

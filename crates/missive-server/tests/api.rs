@@ -41,6 +41,7 @@ fn seal(shared: &StorageKey, text: &str) -> Sealed {
             body: text.into(),
             sent_at_ms: 1,
         })),
+        attachment: None,
         franking_key: key.as_bytes().to_vec(),
     };
     let ciphertext =
