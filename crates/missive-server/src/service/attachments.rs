@@ -190,7 +190,14 @@ impl AttachmentService for AttachmentApi {
         request: Request<Streaming<UploadChunk>>,
     ) -> Result<Response<UploadResponse>, Status> {
         self.state.principal(&request).await?;
-        let committed = self.receive_upload(request.into_inner()).await?;
+        // On a task of its own: when the client resets the stream, hyper drops
+        // this handler, but the task still sees the broken stream and commits
+        // what arrived, so the client resumes from there.
+        let api = self.clone();
+        let stream = request.into_inner();
+        let committed = tokio::spawn(async move { api.receive_upload(stream).await })
+            .await
+            .map_err(|_| Status::internal("the upload failed on the server"))??;
         Ok(Response::new(UploadResponse { committed }))
     }
 
