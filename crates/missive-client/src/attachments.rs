@@ -362,18 +362,21 @@ impl Client {
                     ));
                 }
                 pending.extend_from_slice(&message.data);
+                // Open every whole chunk in `pending`, then keep the rest.
+                let mut used = 0;
                 while next < layout.chunk_count() {
                     let len = layout
                         .chunk_ciphertext_len(next)
                         .map_err(|e| refused(&name, e))?;
-                    if pending.len() < len {
+                    if pending.len() - used < len {
                         break;
                     }
+                    let sealed = &pending[used..used + len];
                     let opened = cipher
-                        .open_chunk(next, &pending[..len])
+                        .open_chunk(next, sealed)
                         .map_err(|e| refused(&name, e))?;
-                    hasher.update(&pending[..len]);
-                    pending.drain(..len);
+                    hasher.update(sealed);
+                    used += len;
                     file.write_all(&opened)
                         .await
                         .map_err(io(format!("cannot write {}", part.display())))?;
@@ -386,6 +389,7 @@ impl Client {
                         std::process::exit(crate::client::CRASH_EXIT_CODE);
                     }
                 }
+                pending.drain(..used);
                 if !pending.is_empty() && next == layout.chunk_count() {
                     return Err(refused(
                         &name,
