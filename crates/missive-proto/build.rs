@@ -11,6 +11,7 @@ const PROTOS: &[&str] = &[
     "missive/v1/messages.proto",
     "missive/v1/reports.proto",
     "missive/v1/content.proto",
+    "missive/v1/attachments.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -50,6 +50,7 @@ pub fn text_content(text: &str, sent_at_ms: u64) -> v1::Content {
             sent_at_ms,
             ..Default::default()
         })),
+        attachment: None,
         franking_key: key.as_bytes().to_vec(),
     }
 }

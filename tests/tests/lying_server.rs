@@ -687,6 +687,7 @@ fn a_report_names_the_sender_when_a_message_id_is_reused() {
             sent_at_ms: now_ms(),
             ..Default::default()
         })),
+        attachment: None,
         franking_key: vec![7u8; 32],
     };
     mallory

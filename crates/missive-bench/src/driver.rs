@@ -333,6 +333,7 @@ impl Device {
                 sent_at_ms: 0,
                 ..Default::default()
             })),
+            attachment: None,
             franking_key: franking_key.as_bytes().to_vec(),
         }
         .encode_to_vec();

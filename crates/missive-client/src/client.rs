@@ -822,6 +822,7 @@ impl Client {
         let content = Zeroizing::new(
             v1::Content {
                 body: Some(body),
+                attachment: None,
                 franking_key: franking_key.as_bytes().to_vec(),
             }
             .encode_to_vec(),
@@ -1657,5 +1658,33 @@ fn register_status(s: &Status, username: &str, url: &str) -> ClientError {
             sanitize_line(s.message())
         )),
         _ => ClientError::from_status(s, url),
+    }
+}
+
+// ---- attachments (crate::attachments) -------------------------------------
+
+impl Client {
+    /// The connection, for the attachment transfers.
+    pub(crate) async fn attachment_channel(&mut self) -> Result<Channel> {
+        self.channel().await
+    }
+
+    /// An authenticated unary attachment request (with the request timeout).
+    pub(crate) async fn attachment_request<T>(&mut self, msg: T) -> Result<Request<T>> {
+        self.authed(msg, true).await
+    }
+
+    /// An authenticated streaming request (no timeout: a large file takes long).
+    pub(crate) async fn attachment_stream_request<T>(&mut self, msg: T) -> Result<Request<T>> {
+        self.authed(msg, false).await
+    }
+
+    /// Maps a status of an attachment call.
+    pub(crate) fn attachment_status(&mut self, s: &Status) -> ClientError {
+        if s.code() == Code::ResourceExhausted {
+            // A quota or size limit, not a rate limit: say what the server said.
+            return ClientError::Server(sanitize_line(s.message()));
+        }
+        self.authed_err(s)
     }
 }

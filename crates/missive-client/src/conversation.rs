@@ -1613,6 +1613,7 @@ mod tests {
             let content = v1::Content {
                 body: Some(body.clone()),
                 franking_key: vec![5u8; 32],
+                attachment: None,
             }
             .encode_to_vec();
             let (b, _, f) = check_conversation_content(&content, b"message-id-1", &c).unwrap();

@@ -54,6 +54,7 @@ fn envelope(session: &mut Session, text: &str, sent_at_ms: u64, id: u64) -> v1::
             sent_at_ms,
             ..Default::default()
         })),
+        attachment: None,
         franking_key: key.as_bytes().to_vec(),
     }
     .encode_to_vec();

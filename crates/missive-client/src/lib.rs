@@ -5,6 +5,7 @@
 //! `Display` is a sentence for the person at the keyboard.
 #![forbid(unsafe_code)]
 
+pub mod attachments;
 pub mod chat;
 pub mod client;
 pub mod conversation;

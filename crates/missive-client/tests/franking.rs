@@ -15,6 +15,7 @@ fn payload(text: &str, key: &FrankingKey) -> Vec<u8> {
             sent_at_ms: 42,
             ..Default::default()
         })),
+        attachment: None,
         franking_key: key.as_bytes().to_vec(),
     }
     .encode_to_vec()
@@ -52,6 +53,7 @@ fn mismatches_are_dropped() {
             sent_at_ms: 1,
             ..Default::default()
         })),
+        attachment: None,
         franking_key: vec![],
     }
     .encode_to_vec();

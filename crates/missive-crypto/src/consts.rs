@@ -46,3 +46,17 @@ pub const MAX_PREVIOUS_RATCHET_KEYS: usize = 5;
 /// message keys") recommends deleting skipped keys after some interval;
 /// libsignal and vodozemac bound them by count only.
 pub const MAX_SKIPPED_KEY_AGE_MS: u64 = 40 * 24 * 60 * 60 * 1000;
+
+/// Plaintext bytes per attachment chunk: 64 KiB, as age's STREAM. Each chunk
+/// costs a 16-byte tag (0.02 %) and one gRPC message; a resumed transfer
+/// repeats at most one chunk. Larger chunks bought nothing measurable in
+/// `missive-bench --attachment-size` (docs/BENCHMARKS.md, "Issue 15").
+pub const ATTACHMENT_CHUNK_LEN: usize = 64 * 1024;
+
+/// Smallest padded attachment size (Signal's 541-byte floor): every file of
+/// up to 541 bytes, including an empty one, looks the same to the server.
+pub const ATTACHMENT_MIN_PADDED_LEN: u64 = 541;
+
+/// Largest attachment: 4 GiB. Far below STREAM's 2^32 chunks (256 TiB); a
+/// server's per-account quota is usually the tighter bound.
+pub const MAX_ATTACHMENT_LEN: u64 = 4 * 1024 * 1024 * 1024;

@@ -24,6 +24,7 @@ pub const SERVICE_NAMES: &[&str] = &[
     "missive.v1.KeyService",
     "missive.v1.MessageService",
     "missive.v1.ReportService",
+    "missive.v1.AttachmentService",
 ];
 
 #[cfg(test)]

@@ -50,6 +50,8 @@ pub struct FileSettings {
     pub trusted_proxy: Option<String>,
     /// `--storage-reserve`, a size such as "16MiB".
     pub storage_reserve: Option<String>,
+    /// `--attachment-quota`, a size such as "2GiB".
+    pub attachment_quota: Option<String>,
 }
 
 /// A configuration file that cannot be used.
@@ -119,6 +121,9 @@ impl FileSettings {
         if let Some(reserve) = &settings.storage_reserve {
             parse_size(reserve).map_err(|e| format!("storage_reserve: {e}"))?;
         }
+        if let Some(quota) = &settings.attachment_quota {
+            parse_size(quota).map_err(|e| format!("attachment_quota: {e}"))?;
+        }
         Ok(settings)
     }
 }
@@ -183,6 +188,7 @@ mod tests {
             proxy_protocol_from = "10.0.0.0/8, 192.0.2.7"
             trusted_proxy = "fd00::/8"
             storage_reserve = "64MiB"
+            attachment_quota = "1GiB"
             "#,
         )
         .unwrap();
@@ -191,6 +197,7 @@ mod tests {
             Some(Path::new("/etc/missive/franking.keys"))
         );
         assert_eq!(settings.storage_reserve.as_deref(), Some("64MiB"));
+        assert_eq!(settings.attachment_quota.as_deref(), Some("1GiB"));
         assert_eq!(settings.listen.unwrap().port(), 7443);
         assert_eq!(settings.mailbox_limit, Some(500));
         assert_eq!(settings.metrics_listen.unwrap().port(), 9464);

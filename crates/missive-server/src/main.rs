@@ -98,6 +98,10 @@ struct Cli {
     /// none.
     #[arg(long, env = "MISSIVE_STORAGE_RESERVE", default_value = "16MiB", value_parser = missive_server::config_file::parse_size, global = true)]
     storage_reserve: u64,
+    /// Bytes of attachment blobs one account may upload within the retention
+    /// period, e.g. "2GiB" (docs/DEPLOYMENT.md, "Blob storage").
+    #[arg(long, env = "MISSIVE_ATTACHMENT_QUOTA", default_value = "2GiB", value_parser = missive_server::config_file::parse_size, global = true)]
+    attachment_quota: u64,
     /// Log filter (tracing EnvFilter syntax, e.g. "info" or "missive_server=debug");
     /// logs go to stderr. Falls back to RUST_LOG, then "info".
     #[arg(long, env = "MISSIVE_LOG", global = true)]
@@ -249,6 +253,12 @@ fn apply_config_file(cli: &mut Cli, matches: &ArgMatches) -> anyhow::Result<()> 
         cli.storage_reserve =
             missive_server::config_file::parse_size(&reserve).map_err(|e| anyhow!(e))?;
     }
+    if let Some(quota) = file.attachment_quota
+        && unset("attachment_quota")
+    {
+        cli.attachment_quota =
+            missive_server::config_file::parse_size(&quota).map_err(|e| anyhow!(e))?;
+    }
     if let Some(list) = file.proxy_protocol_from
         && unset("proxy_protocol_from")
     {
@@ -286,6 +296,7 @@ fn config(cli: &Cli) -> Config {
         proxy_protocol_from: cli.proxy_protocol_from.clone(),
         trusted_proxies: cli.trusted_proxy.clone(),
         storage_reserve: cli.storage_reserve,
+        attachment_quota: cli.attachment_quota,
     }
 }
 

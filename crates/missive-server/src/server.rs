@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use missive_proto::v1::account_service_server::AccountServiceServer;
+use missive_proto::v1::attachment_service_server::AttachmentServiceServer;
 use missive_proto::v1::key_service_server::KeyServiceServer;
 use missive_proto::v1::message_service_server::MessageServiceServer;
 use missive_proto::v1::report_service_server::ReportServiceServer;
@@ -27,6 +28,7 @@ use crate::proxy::TrustedProxies;
 use crate::ratelimit::{Limiters, RateLimits};
 use crate::service::State;
 use crate::service::account::AccountApi;
+use crate::service::attachments::AttachmentApi;
 use crate::service::keys::KeyApi;
 use crate::service::messages::{MessageApi, group_commit};
 use crate::service::reports::ReportApi;
@@ -69,6 +71,9 @@ pub struct Config {
     /// Bytes kept free next to a SQLite database for acknowledgements on a
     /// full disk (0: no reserve).
     pub storage_reserve: u64,
+    /// Bytes of attachment blobs an account may reserve within the retention
+    /// period (`--attachment-quota`).
+    pub attachment_quota: u64,
 }
 
 impl Config {
@@ -90,6 +95,7 @@ impl Config {
             proxy_protocol_from: TrustedProxies::default(),
             trusted_proxies: TrustedProxies::default(),
             storage_reserve: limits::DEFAULT_STORAGE_RESERVE,
+            attachment_quota: crate::service::attachments::DEFAULT_ATTACHMENT_QUOTA,
         }
     }
 
@@ -150,6 +156,9 @@ pub enum ServerError {
     /// The fan-out backend (NATS) cannot be reached or configured.
     #[error(transparent)]
     FanOut(#[from] crate::fanout::FanOutError),
+    /// The attachment blob store cannot be opened.
+    #[error("cannot open the attachment blob store: {0}")]
+    Blobs(#[from] crate::blobs::BlobError),
 }
 
 /// A running node. Dropping it shuts the node down as
@@ -314,6 +323,12 @@ async fn serve(
         forwarders: config.trusted_proxies.clone(),
     });
     let housekeeping = tokio::spawn(housekeeping(Arc::clone(&state), shutdown_rx.clone()));
+    let blobs = crate::blobs::open(&config.database_url(), &config.data_dir).await?;
+    let blob_housekeeping = tokio::spawn(blob_housekeeping(
+        Arc::clone(&blobs),
+        config.retention,
+        shutdown_rx.clone(),
+    ));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -324,6 +339,9 @@ async fn serve(
         .set_serving::<MessageServiceServer<MessageApi>>()
         .await;
     health.set_serving::<ReportServiceServer<ReportApi>>().await;
+    health
+        .set_serving::<AttachmentServiceServer<AttachmentApi>>()
+        .await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(missive_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -357,6 +375,15 @@ async fn serve(
             ReportServiceServer::new(ReportApi::new(Arc::clone(&state)))
                 .max_decoding_message_size(limits::MAX_REPORT_REQUEST_BYTES)
                 .max_encoding_message_size(limits::MAX_RESPONSE_BYTES),
+        )
+        .add_service(
+            AttachmentServiceServer::new(AttachmentApi::new(
+                Arc::clone(&state),
+                Arc::clone(&blobs),
+                config.attachment_quota,
+            ))
+            .max_decoding_message_size(crate::service::attachments::MAX_UPLOAD_MESSAGE_BYTES)
+            .max_encoding_message_size(crate::service::attachments::DOWNLOAD_READ_BYTES + 1024),
         );
     if let Some(hook) = hook {
         routes = hook(routes);
@@ -407,6 +434,7 @@ async fn serve(
             .set_not_serving::<MessageServiceServer<MessageApi>>()
             .await;
         let _ = housekeeping.await;
+        let _ = blob_housekeeping.await;
         // Every State handle is gone once the router and streams are: the
         // writer drains what was queued, then the store is flushed.
         if tokio::time::timeout(Duration::from_secs(10), writer_task)
@@ -416,6 +444,7 @@ async fn serve(
             tracing::warn!("send writer still busy at shutdown");
         }
         storage.close().await;
+        blobs.close().await;
         tracing::info!("server stopped");
         served.map_err(ServerError::from)
     });
@@ -457,5 +486,36 @@ async fn housekeeping(state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
             .franking
             .reload_if_changed(state.storage.as_ref())
             .await;
+    }
+}
+
+/// Deletes attachment blobs past the retention, uploads never finalised
+/// within [`crate::service::attachments::UPLOAD_TTL`] and quota ledger days
+/// older than the retention.
+async fn blob_housekeeping(
+    blobs: Arc<dyn crate::blobs::BlobStore>,
+    retention: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(limits::PURGE_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = tick.tick() => {}
+        }
+        let now = crate::time::now_ms();
+        let ledger_day = crate::time::day_of(crate::time::sub(now, retention)) - 1;
+        match blobs
+            .purge(
+                crate::time::sub(now, retention),
+                crate::time::sub(now, crate::service::attachments::UPLOAD_TTL),
+                ledger_day,
+            )
+            .await
+        {
+            Ok(0) => {}
+            Ok(purged) => tracing::info!(purged, "expired attachment blobs deleted"),
+            Err(error) => tracing::warn!(%error, "attachment purge failed"),
+        }
     }
 }

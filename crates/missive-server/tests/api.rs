@@ -42,6 +42,7 @@ fn seal(shared: &StorageKey, text: &str) -> Sealed {
             sent_at_ms: 1,
             ..Default::default()
         })),
+        attachment: None,
         franking_key: key.as_bytes().to_vec(),
     };
     let ciphertext =

@@ -3,6 +3,7 @@
 //! `crate::error` maps to statuses.
 
 pub mod account;
+pub mod attachments;
 pub mod cache;
 pub mod drain;
 pub mod keys;
