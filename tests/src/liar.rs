@@ -1009,7 +1009,10 @@ async fn pump(
                 if changed.is_err() {
                     break;
                 }
-                let items = shared.take_queued(&user, None);
+                // Items for the next stream stay queued: a stream whose
+                // client has just exited may not have noticed yet, and must
+                // not swallow them.
+                let items = shared.take_queued(&user, Some(At::AfterBacklog));
                 if !send_queued(&shared, &user, items, &mut sent, &tx).await {
                     break;
                 }
@@ -1035,7 +1038,7 @@ async fn pump(
                         }
                     }
                     Some(Item::QueueEmpty(marker)) => {
-                        let items = shared.take_queued(&user, None);
+                        let items = shared.take_queued(&user, Some(At::AfterBacklog));
                         if !send_queued(&shared, &user, items, &mut sent, &tx).await {
                             break;
                         }
@@ -1292,5 +1295,49 @@ impl Endpoint for LyingServer {
 impl Drop for LyingServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// The usual test world: a real server in a temporary directory behind a
+/// [`LyingServer`], and users whose homes live beside it.
+pub struct World {
+    /// Holds the server's data, its log and every user's home.
+    pub root: tempfile::TempDir,
+    /// The proxy every user talks to.
+    pub liar: LyingServer,
+}
+
+// A fixture that cannot start has no test to run: failing loudly is the point.
+#[allow(clippy::expect_used)]
+impl World {
+    /// Starts a server and its lying proxy.
+    pub fn new() -> World {
+        let root = tempfile::tempdir().expect("temporary directory");
+        let server = crate::Server::start(
+            &root.path().join("server-data"),
+            &root.path().join("server.log"),
+        )
+        .expect("missive-server starts");
+        let liar = LyingServer::start(server, root.path()).expect("lying proxy starts");
+        World { root, liar }
+    }
+
+    /// A user registered through the lying server.
+    pub fn user(&self, name: &str) -> crate::User {
+        let u = crate::User::new(self.root.path(), name);
+        u.ok(&self.liar, &["register", name])
+            .expect("register through the proxy");
+        u
+    }
+
+    /// A raw peer (hand-built client) registered through the lying server.
+    pub fn raw(&self, name: &str) -> crate::raw::BlockingRawPeer {
+        crate::raw::BlockingRawPeer::register(&self.liar, name).expect("raw peer registers")
+    }
+}
+
+impl Default for World {
+    fn default() -> Self {
+        Self::new()
     }
 }

@@ -14,33 +14,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use missive_e2e::liar::{At, LyingServer, Order};
-use missive_e2e::{Endpoint, Run, Server, User, dir_contains};
+use missive_e2e::liar::{At, Order, World};
+use missive_e2e::{Endpoint, Run, User, dir_contains};
 use serde_json::Value;
-
-struct World {
-    root: tempfile::TempDir,
-    liar: LyingServer,
-}
-
-impl World {
-    fn new() -> World {
-        let root = tempfile::tempdir().unwrap();
-        let server = Server::start(
-            &root.path().join("server-data"),
-            &root.path().join("server.log"),
-        )
-        .unwrap();
-        let liar = LyingServer::start(server, root.path()).unwrap();
-        World { root, liar }
-    }
-
-    fn user(&self, name: &str) -> User {
-        let u = User::new(self.root.path(), name);
-        u.ok(&self.liar, &["register", name]).unwrap();
-        u
-    }
-}
 
 fn lines(r: &Run) -> Vec<Value> {
     r.json_lines()

@@ -5,34 +5,10 @@
 
 use std::time::Duration;
 
-use missive_e2e::liar::{At, LyingServer, Order, Rpc};
+use missive_e2e::liar::{At, Order, Rpc, World};
 use missive_e2e::raw::{BlockingRawPeer, now_ms};
-use missive_e2e::{Endpoint as _, Run, Server, User};
+use missive_e2e::{Endpoint as _, Run};
 use missive_proto::v1;
-
-struct World {
-    root: tempfile::TempDir,
-    liar: LyingServer,
-}
-
-impl World {
-    fn new() -> World {
-        let root = tempfile::tempdir().unwrap();
-        let server = Server::start(
-            &root.path().join("server-data"),
-            &root.path().join("server.log"),
-        )
-        .unwrap();
-        let liar = LyingServer::start(server, root.path()).unwrap();
-        World { root, liar }
-    }
-
-    fn user(&self, name: &str) -> User {
-        let u = User::new(self.root.path(), name);
-        u.ok(&self.liar, &["register", name]).unwrap();
-        u
-    }
-}
 
 fn texts(r: &Run) -> Vec<String> {
     r.json_lines()

@@ -20,41 +20,12 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use missive_crypto::PrekeyMessage;
-use missive_e2e::liar::{At, LyingServer, Rpc};
-use missive_e2e::raw::{BlockingRawPeer, now_ms};
+use missive_e2e::liar::{At, Rpc, World};
+use missive_e2e::raw::now_ms;
 use missive_e2e::wire::{ratchet_header, reused_message_keys};
-use missive_e2e::{Endpoint as _, Job, Run, Server, User, concurrently};
+use missive_e2e::{Endpoint as _, Job, Run, User, concurrently};
 use missive_proto::v1;
 use serde_json::Value;
-
-struct World {
-    root: tempfile::TempDir,
-    liar: LyingServer,
-}
-
-impl World {
-    fn new() -> World {
-        let root = tempfile::tempdir().unwrap();
-        let server = Server::start(
-            &root.path().join("server-data"),
-            &root.path().join("server.log"),
-        )
-        .unwrap();
-        let liar = LyingServer::start(server, root.path()).unwrap();
-        World { root, liar }
-    }
-
-    /// A user registered through the lying server.
-    fn user(&self, name: &str) -> User {
-        let u = User::new(self.root.path(), name);
-        u.ok(&self.liar, &["register", name]).unwrap();
-        u
-    }
-
-    fn raw(&self, name: &str) -> BlockingRawPeer {
-        BlockingRawPeer::register(&self.liar, name).unwrap()
-    }
-}
 
 fn lines(r: &Run) -> Vec<Value> {
     r.json_lines()
@@ -154,8 +125,8 @@ fn replayed_prekey_message_is_shown_once_and_redeliveries_are_dropped() {
         if (sender, device) != ("alice", 1) {
             assert!(
                 r.stderr.to_lowercase().contains("replay"),
-                "the replay as {sender}/{device} was not reported as one: {}",
-                r.stderr
+                "the replay as {sender}/{device} was not reported as one: {r:?}\n{}",
+                w.liar.log()
             );
         }
     }

@@ -6,33 +6,9 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use missive_e2e::liar::{LyingServer, Rpc};
+use missive_e2e::liar::{Rpc, World};
 use missive_e2e::{Endpoint as _, Run, Server, User, binaries};
 use tonic::Code;
-
-struct World {
-    root: tempfile::TempDir,
-    liar: LyingServer,
-}
-
-impl World {
-    fn new() -> World {
-        let root = tempfile::tempdir().unwrap();
-        let server = Server::start(
-            &root.path().join("server-data"),
-            &root.path().join("server.log"),
-        )
-        .unwrap();
-        let liar = LyingServer::start(server, root.path()).unwrap();
-        World { root, liar }
-    }
-
-    fn user(&self, name: &str) -> User {
-        let u = User::new(self.root.path(), name);
-        u.ok(&self.liar, &["register", name]).unwrap();
-        u
-    }
-}
 
 fn failed_with(r: &Run, sentence: &str) {
     assert_eq!(r.code, Some(1), "{r:?}");
