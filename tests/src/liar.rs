@@ -132,6 +132,10 @@ pub enum Rpc {
     Report,
 }
 
+/// How long [`LyingServer::inject`], `redeliver` and `release` wait for a
+/// user's receive streams to close before queueing.
+pub const SETTLE: Duration = Duration::from_millis(300);
+
 /// Where a queued envelope goes in the receive stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum At {
@@ -211,6 +215,7 @@ pub struct Script {
     failures: HashMap<Rpc, Failure>,
     events: Vec<String>,
     started: Option<Instant>,
+    open_streams: HashMap<String, usize>,
 }
 
 impl Script {
@@ -406,9 +411,25 @@ impl Liar {
         s.next_fake
     }
 
+    /// Waits (up to [`SETTLE`]) until `user` has no receive stream open.
+    /// A one-shot command's process has exited when the test goes on, but
+    /// the proxy notices its closed connection a few milliseconds later;
+    /// without this, that dying stream would take what is queued next and
+    /// deliver it to nobody. A live listener keeps its stream, so with one
+    /// this returns after [`SETTLE`] and the item reaches the listener.
+    fn settle(&self, user: &str) {
+        let until = Instant::now() + SETTLE;
+        while Instant::now() < until
+            && self.script().open_streams.get(user).copied().unwrap_or(0) > 0
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Queues a fake `envelope` for `user`; its acknowledgement is swallowed.
     /// Set its `id` with [`Liar::fake_id`].
     pub fn inject(&self, user: &str, envelope: v1::Envelope, at: At) {
+        self.settle(user);
         {
             let mut s = self.script();
             s.fake_ids
@@ -434,6 +455,7 @@ impl Liar {
     /// Queues `envelope` for `user` as if the upstream sent it: its
     /// acknowledgement is forwarded.
     pub fn redeliver(&self, user: &str, envelope: v1::Envelope, at: At) {
+        self.settle(user);
         {
             let mut s = self.script();
             s.event(format!("redeliver to {user} ({at:?}): id {}", envelope.id));
@@ -478,6 +500,7 @@ impl Liar {
     /// Queues every held envelope of `user` for delivery (acks forwarded).
     /// Returns how many.
     pub fn release(&self, user: &str, order: Order, at: At) -> usize {
+        self.settle(user);
         let n = {
             let mut s = self.script();
             let mut held = s.held.remove(user).unwrap_or_default();
@@ -901,9 +924,11 @@ impl MessageService for Proxy {
             .await
             .map_err(relay)?
             .into_inner();
-        self.shared
-            .script()
-            .event(format!("Receive {user}: stream opened"));
+        {
+            let mut s = self.shared.script();
+            s.event(format!("Receive {user}: stream opened"));
+            *s.open_streams.entry(user.clone()).or_default() += 1;
+        }
         let (tx, rx) = mpsc::channel(64);
         let wake = self.shared.wake.subscribe();
         tokio::spawn(pump(Arc::clone(&self.shared), user, upstream, tx, wake));
@@ -1057,9 +1082,11 @@ async fn pump(
             }
         }
     }
-    shared
-        .script()
-        .event(format!("Receive {user}: stream closed"));
+    let mut s = shared.script();
+    s.event(format!("Receive {user}: stream closed"));
+    if let Some(open) = s.open_streams.get_mut(&user) {
+        *open = open.saturating_sub(1);
+    }
 }
 
 // ---- the server around it ----------------------------------------------------
