@@ -316,6 +316,7 @@ impl RawPeer {
             recipient: to.into(),
             message_id: message_id.to_vec(),
             envelopes: envelopes.clone(),
+            ..Default::default()
         })?;
         let resp = MessageServiceClient::new(self.channel())
             .send(req)

@@ -65,6 +65,7 @@ impl MessageService for Baseline {
                 server_timestamp_ms: 0,
                 franking_commitment: envelope.franking_commitment,
                 franking_tag: Vec::new(),
+                online_only: false,
             };
             let item = ReceiveResponse {
                 item: Some(receive_response::Item::Envelope(delivered)),

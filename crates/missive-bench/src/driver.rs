@@ -415,6 +415,7 @@ impl Device {
                 content,
                 franking_commitment: commitment,
             }],
+            ..Default::default()
         };
         let what = format!("sending from {} to {}", self.name, to.name);
         let ((), failed) = retrying(&what, || {

@@ -796,6 +796,7 @@ impl Client {
         let recipient = normalize_username(recipient)?;
         let franked =
             crate::conversation::franked_plaintext(&body).map_err(ClientError::Conversation)?;
+        let (online_only, retention_secs) = crate::conversation::send_options(&body);
         if recipient == self.username {
             return Err(ClientError::SendToSelf);
         }
@@ -863,6 +864,8 @@ impl Client {
                         recipient: recipient.clone(),
                         message_id: message_id.to_vec(),
                         envelopes,
+                        online_only,
+                        retention_secs,
                     },
                     true,
                 )
@@ -941,23 +944,26 @@ impl Client {
     }
 
     /// Decrypts, stores (one transaction) and acknowledges one envelope.
-    /// The message itself is then returned by [`Client::take_unshown`].
+    /// The message itself is then returned by [`Client::take_unshown`]. An
+    /// online-only envelope (a typing indicator) is not in the server's
+    /// store: it is not acknowledged.
     pub async fn process_envelope(&mut self, env: v1::Envelope) -> Result<Vec<RecvEvent>> {
-        let events = self.store_envelope(&env)?;
-        if std::env::var(CRASH_BEFORE_ACK_ENV).as_deref() == Ok("1")
-            && events
-                .iter()
-                .all(|e| !matches!(e, RecvEvent::Dropped { .. }))
-        {
-            std::process::exit(CRASH_EXIT_CODE);
+        let mut events = self.store_envelope(&env)?;
+        if !env.online_only {
+            if std::env::var(CRASH_BEFORE_ACK_ENV).as_deref() == Ok("1")
+                && events
+                    .iter()
+                    .all(|e| !matches!(e, RecvEvent::Dropped { .. }))
+            {
+                std::process::exit(CRASH_EXIT_CODE);
+            }
+            self.ack(&[env.id]).await?;
+            self.acked.push((
+                env.sender.clone(),
+                env.sender_device,
+                env.message_id.clone(),
+            ));
         }
-        self.ack(&[env.id]).await?;
-        self.acked.push((
-            env.sender.clone(),
-            env.sender_device,
-            env.message_id.clone(),
-        ));
-        let mut events = events;
         for w in self.after_envelope().await {
             events.push(RecvEvent::Warning(w));
         }
@@ -1000,7 +1006,12 @@ impl Client {
                     });
                 }
             }
-            db.mark_processed(&env.sender, env.sender_device, &env.message_id)?;
+            // An online-only envelope is never redelivered (nor acknowledged,
+            // which is what prunes processed ids): no record of it is kept; a
+            // replay fails to decrypt (its message key is gone).
+            if !env.online_only {
+                db.mark_processed(&env.sender, env.sender_device, &env.message_id)?;
+            }
             Ok(events)
         });
         if result.is_ok() {

@@ -96,6 +96,18 @@ fn receipt_kind(t: i32) -> Option<&'static str> {
     }
 }
 
+/// How the server is asked to treat a send of `body` (issue 16):
+/// `(online_only, retention_secs)`. A typing indicator is online-only (the
+/// server hands it to open streams and never stores it); a message under a
+/// disappearing timer may not stay on the server longer than the timer.
+pub(crate) fn send_options(body: &Body) -> (bool, u64) {
+    match body {
+        Body::Typing(_) => (true, 0),
+        Body::Text(t) => (false, t.expire_after_secs),
+        _ => (false, 0),
+    }
+}
+
 /// The string the franking commitment of `body` is computed over
 /// (docs/PROTOCOL.md, "Conversation content"): a text without quote or
 /// timer whose body does not start with [`FRANKED_V2_PREFIX`] is its body,
@@ -1416,7 +1428,10 @@ impl Client {
         Ok(sent.public())
     }
 
-    /// Tells `contact` that we started or stopped typing. Nothing is stored.
+    /// Tells `contact` that we started or stopped typing. Nothing is stored:
+    /// it goes online-only (`SendRequest.online_only`), so only the
+    /// contact's devices with an open receive stream get it, and the server
+    /// never writes it down.
     pub async fn send_typing(&mut self, contact: &str, started: bool) -> Result<()> {
         let contact = self.known(contact)?;
         let body = Body::Typing(v1::TypingMessage {

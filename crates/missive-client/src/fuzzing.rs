@@ -76,6 +76,7 @@ fn envelope(session: &mut Session, text: &str, sent_at_ms: u64, id: u64) -> v1::
         server_timestamp_ms: 1_765_000_000_000 + id,
         franking_commitment: commitment.to_vec(),
         franking_tag: vec![0u8; 32],
+        online_only: false,
     }
 }
 

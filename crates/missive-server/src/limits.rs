@@ -79,6 +79,11 @@ pub const CATCH_UP_INTERVAL: Duration = Duration::from_secs(15);
 pub const GROUP_COMMIT_MAX: usize = 512;
 /// How often expired envelopes, challenges and tokens are purged.
 pub const PURGE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The purge also runs when a per-envelope expiry (a disappearing message's
+/// retention) is due, but at most this often: envelopes outlive their expiry
+/// on disk by at most this much (they are never delivered after it).
+pub const MIN_EXPIRY_PURGE_GAP: Duration = Duration::from_secs(1);
 /// The window over which handed-out one-time prekeys are counted for the
 /// owner (`PrekeyCount.one_time_prekeys_taken_last_hour`, `drained_recently`).
 pub const DRAIN_WINDOW: Duration = Duration::from_secs(60 * 60);

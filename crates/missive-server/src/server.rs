@@ -320,6 +320,7 @@ async fn serve(
         shutdown: shutdown_rx.clone(),
         caches: Default::default(),
         drain: Default::default(),
+        expiry: Default::default(),
         forwarders: config.trusted_proxies.clone(),
     });
     let housekeeping = tokio::spawn(housekeeping(Arc::clone(&state), shutdown_rx.clone()));
@@ -457,13 +458,31 @@ async fn serve(
     })
 }
 
+/// Purges once a purge interval, and also when the earliest per-envelope
+/// expiry (a disappearing message's retention) is due, at most once per
+/// [`limits::MIN_EXPIRY_PURGE_GAP`].
 async fn housekeeping(state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(limits::PURGE_INTERVAL);
+    let mut last_purge = tokio::time::Instant::now();
+    let mut full = true;
     loop {
+        let due = state.expiry.earliest().map(|at| {
+            let wait = Duration::from_millis(at.saturating_sub(crate::time::now_ms()));
+            (tokio::time::Instant::now() + wait).max(last_purge + limits::MIN_EXPIRY_PURGE_GAP)
+        });
         tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => return,
-            _ = tick.tick() => {}
+            _ = tick.tick() => full = true,
+            () = state.expiry.lowered() => continue,
+            () = async {
+                match due {
+                    Some(due) => tokio::time::sleep_until(due).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
         }
+        last_purge = tokio::time::Instant::now();
+        state.expiry.reset();
         let now = crate::time::now_ms();
         match state
             .storage
@@ -478,6 +497,15 @@ async fn housekeeping(state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
             }
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "purge failed"),
+        }
+        // What is left expires later (or the purge failed: retry then).
+        match state.storage.next_envelope_expiry().await {
+            Ok(Some(at)) => state.expiry.note(at.max(now.saturating_add(1))),
+            Ok(None) => {}
+            Err(error) => tracing::warn!(%error, "cannot read the next envelope expiry"),
+        }
+        if !std::mem::take(&mut full) {
+            continue;
         }
         if let Some(limiters) = state.limiters() {
             limiters.prune();

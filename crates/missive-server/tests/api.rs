@@ -66,6 +66,7 @@ fn send_request(to: &User, registration_id: u32, sealed: &Sealed) -> SendRequest
             content: sealed.ciphertext.clone(),
             franking_commitment: sealed.commitment.to_vec(),
         }],
+        ..Default::default()
     }
 }
 

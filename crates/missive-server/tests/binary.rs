@@ -211,6 +211,7 @@ async fn logs_never_contain_tokens_keys_ciphertext_or_plaintext() {
                 content: ciphertext.clone(),
                 franking_commitment: vec![9; 32],
             }],
+            ..Default::default()
         }))
         .await
         .unwrap();

@@ -205,6 +205,7 @@ async fn on_a_full_disk_acknowledgements_work_and_writers_get_resource_exhausted
                 content: vec![n as u8; 64 * 1024],
                 franking_commitment: vec![0; 32],
             }],
+            ..Default::default()
         });
         let mut client = alice.messages();
         async move { client.send(request).await }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use missive_server::fanout::nats::NatsFanOut;
 use missive_server::fanout::{FanOut, Subscription};
-use missive_server::storage::DeviceAddress;
+use missive_server::storage::{DeviceAddress, StoredEnvelope};
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -106,6 +106,75 @@ async fn streams_on_the_publishing_node_wake_without_a_round_trip_and_share_a_su
     assert_eq!(a.subscribed_devices(), 1, "the second stream still listens");
     drop(second);
     assert_eq!(a.subscribed_devices(), 0);
+}
+
+fn online(content: &[u8]) -> StoredEnvelope {
+    StoredEnvelope {
+        id: 0,
+        sender: "alice".into(),
+        sender_device: 1,
+        kind: 2,
+        content: content.to_vec(),
+        message_id: vec![1; 16],
+        server_timestamp_ms: 5,
+        expires_at_ms: None,
+        franking_commitment: vec![2; 32],
+        franking_tag: vec![3; 44],
+    }
+}
+
+/// Issue 16: an online-only envelope travels as data to the node holding
+/// the device's stream, exactly once per stream (also on the publishing
+/// node), and only to that device.
+#[tokio::test]
+async fn online_envelopes_cross_nodes_as_data_once_per_stream() {
+    let Some((a, b, _prefix)) = nodes().await else {
+        return;
+    };
+    let frank = device(13, 1);
+    let other = device(13, 2);
+    let mut on_b = b.subscribe(frank).await.unwrap();
+    let mut on_a = a.subscribe(frank).await.unwrap();
+    let mut other_on_b = b.subscribe(other).await.unwrap();
+    // The subscriptions may reach the NATS server after a first publish.
+    let delivered = tokio::time::timeout(DEADLINE, async {
+        let mut n = 0u8;
+        loop {
+            n += 1;
+            a.deliver_online(vec![(frank, online(&[n]))]).await;
+            if tokio::time::timeout(Duration::from_millis(200), on_b.woken())
+                .await
+                .is_ok()
+            {
+                return n;
+            }
+        }
+    })
+    .await
+    .expect("no online envelope crossed NATS");
+    let handed = on_b.take();
+    assert!(!handed.reread, "an online envelope asked for a re-read");
+    let last = handed.online.last().expect("woken without the envelope");
+    assert_eq!(last, &online(&[delivered]));
+    // One more, now that both nodes listen: each stream gets it once.
+    a.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = (on_a.take(), on_b.take());
+    a.deliver_online(vec![(frank, online(b"once"))]).await;
+    tokio::time::timeout(DEADLINE, on_a.woken()).await.unwrap();
+    tokio::time::timeout(DEADLINE, on_b.woken()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for sub in [&on_a, &on_b] {
+        let contents: Vec<Vec<u8>> = sub.take().online.into_iter().map(|e| e.content).collect();
+        assert_eq!(contents, [b"once".to_vec()]);
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), other_on_b.woken())
+            .await
+            .is_err(),
+        "another device got frank's envelope"
+    );
+    assert!(other_on_b.take().online.is_empty());
 }
 
 #[tokio::test]

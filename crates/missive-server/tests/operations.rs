@@ -114,6 +114,7 @@ fn send_request(to: &User) -> SendRequest {
             content: b"opaque ciphertext".to_vec(),
             franking_commitment: vec![9; 32],
         }],
+        ..Default::default()
     }
 }
 

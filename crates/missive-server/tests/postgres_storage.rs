@@ -95,6 +95,7 @@ async fn concurrent_writers_on_two_pools_keep_per_device_commit_order() {
                 recipient: bob,
                 message_id,
                 server_timestamp_ms: u64::from(n),
+                expires_at_ms: u64::MAX,
                 envelopes: vec![NewEnvelope {
                     recipient_device: 1,
                     kind: 1,

@@ -46,6 +46,7 @@ async fn send(from: &User, to: &User, text: &str) -> Sent {
                 content: b"opaque ciphertext".to_vec(),
                 franking_commitment: commitment.to_vec(),
             }],
+            ..Default::default()
         }))
         .await
         .unwrap();

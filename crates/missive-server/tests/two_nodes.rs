@@ -104,6 +104,7 @@ fn send_request(to: &User, n: u32) -> SendRequest {
             content: format!("opaque ciphertext {n}").into_bytes(),
             franking_commitment: vec![n as u8; 32],
         }],
+        ..Default::default()
     }
 }
 
@@ -234,5 +235,93 @@ async fn two_nodes_share_postgres_and_nats_and_lose_nothing_when_one_dies() {
     assert!(matches!(first.item, Some(Item::QueueEmpty(_))), "{first:?}");
     drop(again);
     drop(node_b);
+    drop(schema);
+}
+
+/// Issue 16: an online-only envelope (a typing indicator) sent through node
+/// A reaches bob's stream on node B live, with id 0, and is never written to
+/// the shared PostgreSQL store; stored envelopes keep flowing around it.
+#[tokio::test]
+async fn online_only_envelopes_cross_nodes_and_are_never_stored() {
+    let Some(schema) = services::PgSchema::create("online").await else {
+        return;
+    };
+    let Some(nats) = services::service_url("MISSIVE_TEST_NATS_URL") else {
+        return;
+    };
+    let prefix = services::unique("missive_test");
+    let dir = tempfile::tempdir().unwrap();
+    let (dir_a, dir_b) = (dir.path().join("a"), dir.path().join("b"));
+    let node_a = spawn_node(&dir_a, &schema.url(), &nats, &prefix, None).await;
+    let node_b = spawn_node(&dir_b, &schema.url(), &nats, &prefix, Some(&dir_a)).await;
+    let ca = dir_a.join("ca.pem");
+    let alice = register(&connect(&node_a.url, &ca).await, "alice", 1, 1).await;
+    let bob = register(&connect(&node_b.url, &ca).await, "bob", 1, 1).await;
+    let mut stream = bob
+        .messages()
+        .receive(bob.req(ReceiveRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(LIVE, stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(matches!(first.item, Some(Item::QueueEmpty(_))), "{first:?}");
+
+    // B subscribes to bob's subject when the stream opens; until NATS has
+    // that subscription an online envelope is simply lost, so send until
+    // one arrives, as a typing client would keep saying it types.
+    let mut typing = send_request(&bob, 100);
+    typing.online_only = true;
+    let got = tokio::time::timeout(LIVE, async {
+        loop {
+            alice
+                .messages()
+                .send(alice.req(typing.clone()))
+                .await
+                .unwrap();
+            if let Ok(Some(item)) =
+                tokio::time::timeout(Duration::from_millis(250), stream.next()).await
+            {
+                match item.unwrap().item {
+                    Some(Item::Envelope(e)) => return e,
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }
+    })
+    .await
+    .expect("no online-only envelope crossed the nodes");
+    assert_eq!((got.id, got.online_only), (0, true));
+    assert_eq!(got.content, b"opaque ciphertext 100");
+    assert_eq!(got.sender, "alice");
+    assert_eq!(got.franking_tag.len(), missive_server::franking::TAG_LEN);
+    // Drain the repeats, if any.
+    while let Ok(Some(item)) = tokio::time::timeout(Duration::from_millis(300), stream.next()).await
+    {
+        let Some(Item::Envelope(e)) = item.unwrap().item else {
+            panic!("unexpected item")
+        };
+        assert!(e.online_only, "{e:?}");
+    }
+
+    // A stored one after it still arrives live, with a real id.
+    let stored_id = send(&alice, &bob, 101).await;
+    let stored = next_envelope(&mut stream, LIVE).await;
+    assert_eq!(stored.message_id, stored_id);
+    assert!(stored.id > 0 && !stored.online_only);
+
+    // The shared store holds the stored envelope only.
+    let pool = sqlx::PgPool::connect(&schema.url()).await.unwrap();
+    let contents: Vec<Vec<u8>> = sqlx::query_scalar("SELECT content FROM envelopes")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(contents, [b"opaque ciphertext 101".to_vec()]);
+    pool.close().await;
+    drop(stream);
+    drop((node_a, node_b));
     drop(schema);
 }

@@ -97,6 +97,23 @@ impl FanOut for MemoryFanOut {
         }
     }
 
+    async fn deliver_online(&self, envelopes: Vec<(DeviceAddress, StoredEnvelope)>) {
+        let Ok(streams) = self.inner.streams.lock() else {
+            return;
+        };
+        for (device, envelope) in envelopes {
+            match streams.get(&device).map(Vec::as_slice) {
+                None | Some([]) => {}
+                Some([(_, only)]) => only.hand_online(envelope),
+                Some(several) => {
+                    for (_, handle) in several {
+                        handle.hand_online(envelope.clone());
+                    }
+                }
+            }
+        }
+    }
+
     async fn subscribe(&self, device: DeviceAddress) -> Result<Subscription, FanOutError> {
         let id = self
             .inner
@@ -156,6 +173,7 @@ mod tests {
             content: vec![7; bytes],
             message_id: vec![0; 16],
             server_timestamp_ms: 1,
+            expires_at_ms: None,
             franking_commitment: vec![0; 32],
             franking_tag: vec![0; 32],
         }
@@ -205,5 +223,39 @@ mod tests {
         // A wake-up without data also asks for a re-read.
         fanout.publish(&[a]).await;
         assert!(first.take().reread);
+    }
+
+    #[tokio::test]
+    async fn online_envelopes_reach_open_streams_only_and_survive_a_reread() {
+        use crate::limits::HANDOFF_MAX_ENVELOPES;
+        let fanout = MemoryFanOut::new();
+        let a = DeviceAddress {
+            account: 1,
+            device: 1,
+        };
+        let b = DeviceAddress {
+            account: 1,
+            device: 2,
+        };
+        let mut sub = fanout.subscribe(a).await.unwrap();
+        // b has no stream: its envelope goes nowhere, and nothing fails.
+        fanout
+            .deliver_online(vec![(a, stored(0, 3)), (b, stored(0, 4))])
+            .await;
+        assert!(sub.woken().await);
+        // A wake-up for stored envelopes after it does not drop it.
+        fanout.publish(&[a]).await;
+        let handed = sub.take();
+        assert!(handed.reread);
+        assert_eq!(handed.online.len(), 1);
+        assert_eq!(handed.online[0].content.len(), 3);
+        assert!(sub.take().online.is_empty());
+        // Past the bounds further ones are dropped, not queued.
+        let many = (0..HANDOFF_MAX_ENVELOPES + 5).map(|_| (a, stored(0, 1)));
+        fanout.deliver_online(many.collect()).await;
+        assert_eq!(sub.take().online.len(), HANDOFF_MAX_ENVELOPES);
+        // A stream opened later gets nothing of what was sent before.
+        let late = fanout.subscribe(b).await.unwrap();
+        assert!(late.take().online.is_empty());
     }
 }

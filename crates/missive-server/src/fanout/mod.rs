@@ -9,6 +9,11 @@
 //!   envelopes over; a stream that falls behind (its hand-off queue is full)
 //!   is told to re-read the store instead.
 //!
+//! - an *online-only* delivery ([`FanOut::deliver_online`]) carries envelopes
+//!   that are never stored (typing indicators) to whichever streams of the
+//!   devices are open right now, on any node; a device without an open
+//!   stream, or a stream whose online queue is full, does not get them.
+//!
 //! One module per backend: [`memory`] (single node) and [`nats`] (several
 //! nodes: `publish()` goes to a NATS subject per device, which feeds the
 //! `Subscription`s of whichever node holds the device's stream).
@@ -50,6 +55,11 @@ pub trait FanOut: Send + Sync + 'static {
         let devices: Vec<DeviceAddress> = envelopes.iter().map(|(d, _)| *d).collect();
         self.publish(&devices).await;
     }
+    /// Delivers envelopes that are not stored (`SendRequest.online_only`,
+    /// id 0) to the devices' streams open now, wherever they are. Best
+    /// effort: nothing is retried and nothing tells the caller whether any
+    /// stream took them.
+    async fn deliver_online(&self, envelopes: Vec<(DeviceAddress, StoredEnvelope)>);
 }
 
 /// What a stream has been handed since it last looked.
@@ -61,6 +71,10 @@ pub struct Handed {
     /// Committed envelopes in commit order (ids increase).
     pub envelopes: Vec<StoredEnvelope>,
     bytes: usize,
+    /// Online-only envelopes (never stored, id 0), in arrival order. A
+    /// re-read does not cover them: they are sent whatever `reread` says.
+    pub online: Vec<StoredEnvelope>,
+    online_bytes: usize,
 }
 
 /// The backend's end of one local stream: wakes it, or hands it envelopes.
@@ -97,6 +111,21 @@ impl StreamHandle {
                 queue.bytes = bytes;
                 queue.envelopes.push(envelope);
             }
+        }
+        let _ = self.wake.try_send(());
+    }
+
+    /// Hands over one online-only envelope. Past the queue bounds it is
+    /// dropped (a stream that far behind is not "online" for a typing
+    /// indicator, and a re-read could not bring it back).
+    pub fn hand_online(&self, envelope: StoredEnvelope) {
+        if let Ok(mut queue) = self.queue.lock() {
+            let bytes = queue.online_bytes + envelope.content.len();
+            if queue.online.len() >= HANDOFF_MAX_ENVELOPES || bytes > HANDOFF_MAX_BYTES {
+                return;
+            }
+            queue.online_bytes = bytes;
+            queue.online.push(envelope);
         }
         let _ = self.wake.try_send(());
     }

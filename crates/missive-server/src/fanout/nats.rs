@@ -9,9 +9,16 @@
 //! The database stays the source of truth: wake-ups carry no data, a lost
 //! one is healed by the streams' periodic catch-up, and when the connection to
 //! NATS comes back every local stream is woken to re-read the store.
-//! Envelopes are never handed to streams directly (the default
+//! Stored envelopes are never handed to streams directly (the default
 //! [`FanOut::hand_off`] wakes them): with several nodes writing, no single node
 //! sees the commit order of a device's envelopes.
+//!
+//! Online-only envelopes ([`FanOut::deliver_online`]), which are never
+//! stored, travel as data on the same subject: a non-empty payload is an
+//! encoded `missive.v1.Envelope` (id 0, `online_only` set), handed to the
+//! local streams of the device by whichever node listens; an empty payload
+//! is a wake-up. The publishing node gets its own message back from NATS
+//! like any other listener (no local shortcut, so no stream gets it twice).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,8 +29,10 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use tokio::task::JoinHandle;
 
+use prost::Message as _;
+
 use super::{FanOut, FanOutError, StreamHandle, Subscription, stream_channel};
-use crate::storage::{DeviceAddress, redact_url};
+use crate::storage::{DeviceAddress, StoredEnvelope, redact_url};
 
 /// Default first subject token.
 pub const DEFAULT_SUBJECT_PREFIX: &str = "missive";
@@ -54,6 +63,29 @@ impl Inner {
             for (_, handle) in &local.streams {
                 handle.wake();
             }
+        }
+    }
+
+    fn hand_online(&self, device: DeviceAddress, envelope: StoredEnvelope) {
+        let Ok(devices) = self.devices.lock() else {
+            return;
+        };
+        if let Some(local) = devices.get(&device) {
+            for (_, handle) in &local.streams {
+                handle.hand_online(envelope.clone());
+            }
+        }
+    }
+
+    /// One message on a device's subject: a wake-up, or an online envelope.
+    fn received(&self, device: DeviceAddress, payload: &[u8]) {
+        if payload.is_empty() {
+            self.wake(device);
+            return;
+        }
+        match decode_online(payload) {
+            Some(envelope) => self.hand_online(device, envelope),
+            None => tracing::warn!("undecodable online envelope on a NATS subject; dropped"),
         }
     }
 
@@ -163,6 +195,40 @@ impl NatsFanOut {
     }
 }
 
+/// The payload of an online-only envelope on a device subject.
+fn encode_online(envelope: &StoredEnvelope) -> Vec<u8> {
+    missive_proto::v1::Envelope {
+        id: 0,
+        sender: envelope.sender.clone(),
+        sender_device: envelope.sender_device,
+        r#type: envelope.kind,
+        content: envelope.content.clone(),
+        message_id: envelope.message_id.clone(),
+        server_timestamp_ms: envelope.server_timestamp_ms,
+        franking_commitment: envelope.franking_commitment.clone(),
+        franking_tag: envelope.franking_tag.clone(),
+        online_only: true,
+    }
+    .encode_to_vec()
+}
+
+/// The envelope of a non-empty payload; `None` unless it is an online one.
+fn decode_online(payload: &[u8]) -> Option<StoredEnvelope> {
+    let e = missive_proto::v1::Envelope::decode(payload).ok()?;
+    e.online_only.then_some(StoredEnvelope {
+        id: 0,
+        sender: e.sender,
+        sender_device: e.sender_device,
+        kind: e.r#type,
+        content: e.content,
+        message_id: e.message_id,
+        server_timestamp_ms: e.server_timestamp_ms,
+        expires_at_ms: None,
+        franking_commitment: e.franking_commitment,
+        franking_tag: e.franking_tag,
+    })
+}
+
 struct Unregister {
     inner: Weak<Inner>,
     device: DeviceAddress,
@@ -201,6 +267,19 @@ impl FanOut for NatsFanOut {
         }
     }
 
+    async fn deliver_online(&self, envelopes: Vec<(DeviceAddress, StoredEnvelope)>) {
+        for (device, envelope) in envelopes {
+            let payload = encode_online(&envelope);
+            if let Err(error) = self
+                .client
+                .publish(self.subject(device), payload.into())
+                .await
+            {
+                tracing::warn!(%error, "NATS publish of an online envelope failed; it is lost");
+            }
+        }
+    }
+
     async fn subscribe(&self, device: DeviceAddress) -> Result<Subscription, FanOutError> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let guard = Unregister {
@@ -231,9 +310,9 @@ impl FanOut for NatsFanOut {
             Some(local) => local.streams.push((id, sender)),
             None => {
                 let listener = tokio::spawn(async move {
-                    while subscriber.next().await.is_some() {
+                    while let Some(message) = subscriber.next().await {
                         match weak.upgrade() {
-                            Some(inner) => inner.wake(device),
+                            Some(inner) => inner.received(device, &message.payload),
                             None => return,
                         }
                     }
@@ -274,5 +353,31 @@ mod tests {
         for bad in ["", ".", "a..b", "a.*", "a.>", "a b", "a.", "ü"] {
             assert!(!valid_prefix(bad), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn online_payloads_round_trip_and_anything_else_is_refused() {
+        let envelope = StoredEnvelope {
+            id: 0,
+            sender: "alice".into(),
+            sender_device: 2,
+            kind: 2,
+            content: vec![1, 2, 3],
+            message_id: vec![9; 16],
+            server_timestamp_ms: 77,
+            expires_at_ms: None,
+            franking_commitment: vec![4; 32],
+            franking_tag: vec![5; 44],
+        };
+        let payload = encode_online(&envelope);
+        assert_eq!(decode_online(&payload), Some(envelope));
+        // Not an envelope, or an envelope not marked online: refused.
+        assert_eq!(decode_online(&[0xff, 0xff, 0xff]), None);
+        let stored = missive_proto::v1::Envelope {
+            id: 5,
+            ..Default::default()
+        }
+        .encode_to_vec();
+        assert_eq!(decode_online(&stored), None);
     }
 }

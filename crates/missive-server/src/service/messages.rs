@@ -133,6 +133,7 @@ fn stored(
         recipient,
         mut message_id,
         server_timestamp_ms,
+        expires_at_ms,
         envelopes,
         ..
     } = item;
@@ -162,6 +163,7 @@ fn stored(
                 content: envelope.content,
                 message_id,
                 server_timestamp_ms,
+                expires_at_ms: Some(expires_at_ms),
                 franking_commitment: envelope.franking_commitment,
                 franking_tag: envelope.franking_tag,
             },
@@ -191,6 +193,7 @@ impl MessageApi {
         let request = request.into_inner();
         let recipient = normalize_username(&request.recipient)?;
         validate(&request)?;
+        let online_only = request.online_only;
         // The device list comes from a short-lived cache (see `cache`); a
         // mismatch is confirmed against the store before it is reported.
         let mut fresh = false;
@@ -203,6 +206,17 @@ impl MessageApi {
             }
         };
         let server_timestamp_ms = time::now_ms();
+        // Never longer than the message lives, never longer than the
+        // server's own retention; 0 asks for the server's.
+        let retention = match request.retention_secs {
+            0 => self.state.retention,
+            secs => self.state.retention.min(Duration::from_secs(secs)),
+        };
+        let expires_at_ms = server_timestamp_ms
+            .saturating_add(u64::try_from(retention.as_millis()).unwrap_or(u64::MAX));
+        // Tagged like any envelope (so the recipient's checks are the same),
+        // though an online-only one is never stored at either end and so is
+        // never reported.
         let keys = self.state.franking.get();
         let envelopes = request
             .envelopes
@@ -223,6 +237,19 @@ impl MessageApi {
                 franking_commitment: e.franking_commitment,
             })
             .collect::<Vec<_>>();
+        if online_only {
+            self.deliver_online(
+                &sender,
+                recipient_account,
+                request.message_id,
+                server_timestamp_ms,
+                envelopes,
+            )
+            .await;
+            return Ok(SendResponse {
+                server_timestamp_ms,
+            });
+        }
         let (reply, answer) = oneshot::channel();
         let job = WriteJob {
             item: SendItem {
@@ -231,6 +258,7 @@ impl MessageApi {
                 recipient: recipient_account,
                 message_id: request.message_id,
                 server_timestamp_ms,
+                expires_at_ms,
                 envelopes,
                 mailbox_limit: self.state.mailbox_limit,
             },
@@ -241,7 +269,11 @@ impl MessageApi {
             .send(job)
             .await
             .map_err(|_| ApiError::ShuttingDown)?;
-        match answer.await.map_err(|_| ApiError::ShuttingDown)?? {
+        let outcome = answer.await.map_err(|_| ApiError::ShuttingDown)??;
+        if let SendOutcome::Stored { .. } = outcome {
+            self.state.expiry.note(expires_at_ms);
+        }
+        match outcome {
             // The writer already handed the envelopes to the fan-out.
             SendOutcome::Stored {
                 server_timestamp_ms,
@@ -261,6 +293,45 @@ impl MessageApi {
                 )))
             }
         }
+    }
+}
+
+impl MessageApi {
+    /// An online-only send: straight to the fan-out, never to the store (no
+    /// envelope row, no idempotency record, no mailbox count). Whether any
+    /// device was online is not told to the sender.
+    async fn deliver_online(
+        &self,
+        sender: &Principal,
+        recipient: crate::storage::AccountId,
+        message_id: Vec<u8>,
+        server_timestamp_ms: u64,
+        envelopes: Vec<NewEnvelope>,
+    ) {
+        let online = envelopes
+            .into_iter()
+            .map(|e| {
+                (
+                    DeviceAddress {
+                        account: recipient,
+                        device: e.recipient_device,
+                    },
+                    StoredEnvelope {
+                        id: 0,
+                        sender: sender.username.clone(),
+                        sender_device: sender.address.device,
+                        kind: e.kind,
+                        content: e.content,
+                        message_id: message_id.clone(),
+                        server_timestamp_ms,
+                        expires_at_ms: None,
+                        franking_commitment: e.franking_commitment,
+                        franking_tag: e.franking_tag,
+                    },
+                )
+            })
+            .collect();
+        self.state.fanout.deliver_online(online).await;
     }
 }
 
@@ -340,6 +411,9 @@ fn validate(request: &SendRequest) -> ApiResult<()> {
 
 fn envelope(stored: StoredEnvelope) -> ReceiveResponse {
     telemetry::delivered();
+    // Id 0 is never a stored envelope's (ids start at 1): it marks an
+    // online-only one.
+    let online_only = stored.id == 0;
     ReceiveResponse {
         item: Some(Item::Envelope(Envelope {
             id: stored.id,
@@ -351,6 +425,7 @@ fn envelope(stored: StoredEnvelope) -> ReceiveResponse {
             server_timestamp_ms: stored.server_timestamp_ms,
             franking_commitment: stored.franking_commitment,
             franking_tag: stored.franking_tag,
+            online_only,
         })),
     }
 }
@@ -388,8 +463,13 @@ async fn drain(state: &State, device: DeviceAddress, last: &mut u64, outbox: &Ou
             }
         };
         let full = page.len() >= RECEIVE_PAGE as usize;
+        let now = time::now_ms();
         for stored in page {
             *last = (*last).max(stored.id);
+            // Past its retention: the purge deletes it soon; never deliver it.
+            if stored.expired(now) {
+                continue;
+            }
             if outbox.send(Ok(envelope(stored))).await.is_err() {
                 return false;
             }
@@ -403,12 +483,29 @@ async fn drain(state: &State, device: DeviceAddress, last: &mut u64, outbox: &Ou
 /// Sends the envelopes handed over, skipping those at or below `last`;
 /// `false` when the stream is over.
 async fn send_handed(envelopes: Vec<StoredEnvelope>, last: &mut u64, outbox: &Outbox) -> bool {
+    let now = time::now_ms();
     for stored in envelopes {
         if stored.id <= *last {
             continue;
         }
         *last = stored.id;
+        if stored.expired(now) {
+            continue;
+        }
         if outbox.send(Ok(envelope(stored))).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+/// Sends online-only envelopes (id 0) without touching `last`: they are not
+/// in the store, so the stream's position in it does not move. `false` when
+/// the stream is over.
+async fn send_online(envelopes: Vec<StoredEnvelope>, outbox: &Outbox) -> bool {
+    for mut online in envelopes {
+        online.id = 0;
+        if outbox.send(Ok(envelope(online))).await.is_err() {
             return false;
         }
     }
@@ -508,7 +605,7 @@ async fn deliver(state: Arc<State>, principal: Principal, outbox: Outbox) {
         } else {
             send_handed(handed.envelopes, &mut last, &outbox).await
         };
-        if !delivered {
+        if !delivered || !send_online(handed.online, &outbox).await {
             return;
         }
     }
@@ -609,6 +706,7 @@ mod tests {
             shutdown,
             caches: Default::default(),
             drain: Default::default(),
+            expiry: Default::default(),
             forwarders: Default::default(),
         });
         let principal = Principal {

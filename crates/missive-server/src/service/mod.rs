@@ -6,6 +6,7 @@ pub mod account;
 pub mod attachments;
 pub mod cache;
 pub mod drain;
+pub mod expiry;
 pub mod keys;
 pub mod messages;
 pub mod reports;
@@ -34,6 +35,8 @@ pub struct State {
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) caches: cache::Caches,
     pub(crate) drain: drain::DrainWatch,
+    /// The next per-envelope expiry, for the purge loop.
+    pub(crate) expiry: expiry::ExpiryWatch,
     /// Peers whose `x-forwarded-for` names the client.
     pub(crate) forwarders: TrustedProxies,
 }

@@ -191,6 +191,10 @@ pub struct SendItem {
     pub message_id: Vec<u8>,
     /// Timestamp the tags were computed with.
     pub server_timestamp_ms: u64,
+    /// When the envelopes expire, ms since the epoch: acceptance plus the
+    /// shorter of the sender's `retention_secs` and the server's retention.
+    /// They are never delivered after it and purged at it.
+    pub expires_at_ms: u64,
     /// One per recipient device.
     pub envelopes: Vec<NewEnvelope>,
     /// Pending envelopes per device at which the mailbox is full.
@@ -236,10 +240,21 @@ pub struct StoredEnvelope {
     pub message_id: Vec<u8>,
     /// Acceptance time.
     pub server_timestamp_ms: u64,
+    /// When it expires (ms since the epoch); `None` for envelopes stored
+    /// before per-envelope expiry (only the server's retention applies),
+    /// and for online-only envelopes, which are never stored.
+    pub expires_at_ms: Option<u64>,
     /// Franking commitment.
     pub franking_commitment: Vec<u8>,
     /// Server franking tag.
     pub franking_tag: Vec<u8>,
+}
+
+impl StoredEnvelope {
+    /// Whether it has expired at `now_ms` (a purge may not have run yet).
+    pub fn expired(&self, now_ms: u64) -> bool {
+        self.expires_at_ms.is_some_and(|at| at <= now_ms)
+    }
 }
 
 /// What a purge removed.
@@ -477,7 +492,8 @@ pub trait Storage: Send + Sync + 'static {
             .collect())
     }
     /// Pending envelopes of a device with id greater than `after_id`, oldest
-    /// first, at most `limit`.
+    /// first, at most `limit`, expired ones included (the caller skips them,
+    /// see [`StoredEnvelope::expired`]).
     async fn pending_envelopes(
         &self,
         device: DeviceAddress,
@@ -486,10 +502,14 @@ pub trait Storage: Send + Sync + 'static {
     ) -> Result<Vec<StoredEnvelope>>;
     /// Deletes those of `ids` that are pending for `device`; returns how many.
     async fn acknowledge(&self, device: DeviceAddress, ids: &[u64]) -> Result<u64>;
-    /// Deletes envelopes accepted before `envelope_cutoff_ms` and expired
+    /// Deletes envelopes accepted before `envelope_cutoff_ms` or whose
+    /// expiry ([`SendItem::expires_at_ms`]) is at or before `now_ms`, expired
     /// tokens and challenges, and returns free space to the file system
     /// where the backend can.
     async fn purge_expired(&self, now_ms: u64, envelope_cutoff_ms: u64) -> Result<PurgeCounts>;
+    /// The earliest per-envelope expiry still stored, if any (the purge
+    /// loop wakes then, not only once a purge interval).
+    async fn next_envelope_expiry(&self) -> Result<Option<u64>>;
 
     /// A secret an earlier version stored under `name` (`server_secrets`).
     async fn server_secret_get(&self, name: &str) -> Result<Option<Vec<u8>>>;

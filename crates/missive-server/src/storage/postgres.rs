@@ -303,6 +303,7 @@ struct Columns {
     content: Vec<Vec<u8>>,
     message_id: Vec<Vec<u8>>,
     server_timestamp_ms: Vec<i64>,
+    expires_at_ms: Vec<i64>,
     franking_commitment: Vec<Vec<u8>>,
     franking_tag: Vec<Vec<u8>>,
 }
@@ -863,6 +864,7 @@ impl Storage for PostgresStorage {
                 rows.content.push(envelope.content.clone());
                 rows.message_id.push(item.message_id.clone());
                 rows.server_timestamp_ms.push(int(item.server_timestamp_ms));
+                rows.expires_at_ms.push(int(item.expires_at_ms));
                 rows.franking_commitment
                     .push(envelope.franking_commitment.clone());
                 rows.franking_tag.push(envelope.franking_tag.clone());
@@ -876,13 +878,17 @@ impl Storage for PostgresStorage {
         if !rows.recipient_account.is_empty() {
             sqlx::query(
                 "INSERT INTO envelopes (recipient_account, recipient_device, sender, sender_device, kind, \
-                 content, message_id, server_timestamp_ms, franking_commitment, franking_tag) \
+                 content, message_id, server_timestamp_ms, franking_commitment, franking_tag, \
+                 expires_at_ms) \
                  SELECT r.recipient_account, r.recipient_device, r.sender, r.sender_device, r.kind, \
-                 r.content, r.message_id, r.server_timestamp_ms, r.franking_commitment, r.franking_tag \
+                 r.content, r.message_id, r.server_timestamp_ms, r.franking_commitment, r.franking_tag, \
+                 r.expires_at_ms \
                  FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::TEXT[], $4::BIGINT[], $5::BIGINT[], \
-                 $6::BYTEA[], $7::BYTEA[], $8::BIGINT[], $9::BYTEA[], $10::BYTEA[]) WITH ORDINALITY \
+                 $6::BYTEA[], $7::BYTEA[], $8::BIGINT[], $9::BYTEA[], $10::BYTEA[], $11::BIGINT[]) \
+                 WITH ORDINALITY \
                  AS r(recipient_account, recipient_device, sender, sender_device, kind, content, \
-                 message_id, server_timestamp_ms, franking_commitment, franking_tag, position) \
+                 message_id, server_timestamp_ms, franking_commitment, franking_tag, expires_at_ms, \
+                 position) \
                  ORDER BY r.position",
             )
             .bind(&rows.recipient_account)
@@ -895,6 +901,7 @@ impl Storage for PostgresStorage {
             .bind(&rows.server_timestamp_ms)
             .bind(&rows.franking_commitment)
             .bind(&rows.franking_tag)
+            .bind(&rows.expires_at_ms)
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
@@ -912,7 +919,7 @@ impl Storage for PostgresStorage {
     ) -> Result<Vec<StoredEnvelope>> {
         let rows = sqlx::query(
             "SELECT id, sender, sender_device, kind, content, message_id, server_timestamp_ms, \
-             franking_commitment, franking_tag FROM envelopes \
+             expires_at_ms, franking_commitment, franking_tag FROM envelopes \
              WHERE recipient_account = $1 AND recipient_device = $2 AND id > $3 ORDER BY id LIMIT $4",
         )
         .bind(device.account)
@@ -932,6 +939,9 @@ impl Storage for PostgresStorage {
                     content: get(r, "content")?,
                     message_id: get(r, "message_id")?,
                     server_timestamp_ms: u64_of(get(r, "server_timestamp_ms")?)?,
+                    expires_at_ms: get::<Option<i64>>(r, "expires_at_ms")?
+                        .map(u64_of)
+                        .transpose()?,
                     franking_commitment: get(r, "franking_commitment")?,
                     franking_tag: get(r, "franking_tag")?,
                 })
@@ -961,8 +971,14 @@ impl Storage for PostgresStorage {
     #[tracing::instrument(skip_all)]
     async fn purge_expired(&self, now_ms: u64, envelope_cutoff_ms: u64) -> Result<PurgeCounts> {
         let mut tx = self.begin().await?;
-        let envelopes = sqlx::query("DELETE FROM envelopes WHERE server_timestamp_ms < $1")
+        let mut envelopes = sqlx::query("DELETE FROM envelopes WHERE server_timestamp_ms < $1")
             .bind(int(envelope_cutoff_ms))
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?
+            .rows_affected();
+        envelopes += sqlx::query("DELETE FROM envelopes WHERE expires_at_ms <= $1")
+            .bind(int(now_ms))
             .execute(&mut *tx)
             .await
             .map_err(map_err)?
@@ -984,6 +1000,17 @@ impl Storage for PostgresStorage {
             envelopes,
             credentials: tokens + challenges,
         })
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn next_envelope_expiry(&self) -> Result<Option<u64>> {
+        let next: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(expires_at_ms) FROM envelopes WHERE expires_at_ms IS NOT NULL",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(map_err)?;
+        next.map(u64_of).transpose()
     }
 
     #[tracing::instrument(skip_all)]

@@ -759,7 +759,7 @@ impl Storage for SqliteStorage {
     ) -> Result<Vec<StoredEnvelope>> {
         let rows = sqlx::query(
             "SELECT id, sender, sender_device, kind, content, message_id, server_timestamp_ms, \
-             franking_commitment, franking_tag FROM envelopes \
+             expires_at_ms, franking_commitment, franking_tag FROM envelopes \
              WHERE recipient_account = ? AND recipient_device = ? AND id > ? ORDER BY id LIMIT ?",
         )
         .bind(device.account)
@@ -779,6 +779,9 @@ impl Storage for SqliteStorage {
                     content: get(r, "content")?,
                     message_id: get(r, "message_id")?,
                     server_timestamp_ms: u64_of(get(r, "server_timestamp_ms")?)?,
+                    expires_at_ms: get::<Option<i64>>(r, "expires_at_ms")?
+                        .map(u64_of)
+                        .transpose()?,
                     franking_commitment: get(r, "franking_commitment")?,
                     franking_tag: get(r, "franking_tag")?,
                 })
@@ -804,8 +807,14 @@ impl Storage for SqliteStorage {
     #[tracing::instrument(skip_all)]
     async fn purge_expired(&self, now_ms: u64, envelope_cutoff_ms: u64) -> Result<PurgeCounts> {
         let mut tx = self.write().await?;
-        let envelopes = sqlx::query("DELETE FROM envelopes WHERE server_timestamp_ms < ?")
+        let mut envelopes = sqlx::query("DELETE FROM envelopes WHERE server_timestamp_ms < ?")
             .bind(int(envelope_cutoff_ms))
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?
+            .rows_affected();
+        envelopes += sqlx::query("DELETE FROM envelopes WHERE expires_at_ms <= ?")
+            .bind(int(now_ms))
             .execute(&mut *tx)
             .await
             .map_err(map_err)?
@@ -846,6 +855,17 @@ impl Storage for SqliteStorage {
             envelopes,
             credentials: tokens + challenges,
         })
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn next_envelope_expiry(&self) -> Result<Option<u64>> {
+        let next: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(expires_at_ms) FROM envelopes WHERE expires_at_ms IS NOT NULL",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(map_err)?;
+        next.map(u64_of).transpose()
     }
 
     #[tracing::instrument(skip_all)]

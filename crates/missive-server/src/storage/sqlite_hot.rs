@@ -36,8 +36,9 @@ const LOW_SPACE_ACK_CHUNK: usize = 16;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 const INSERT_SINGLE: &str = "INSERT INTO envelopes (recipient_account, recipient_device, sender, \
-     sender_device, kind, content, message_id, server_timestamp_ms, franking_commitment, franking_tag) \
-     SELECT d.account_id, d.device_id, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 FROM devices d \
+     sender_device, kind, content, message_id, server_timestamp_ms, franking_commitment, franking_tag, \
+     expires_at_ms) \
+     SELECT d.account_id, d.device_id, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?12 FROM devices d \
      WHERE d.account_id = ?9 AND d.device_id = ?10 AND d.pending_envelopes < ?11 \
      ON CONFLICT DO NOTHING";
 
@@ -48,8 +49,9 @@ const CHECK: &str = "SELECT d.pending_envelopes, \
      FROM devices d WHERE d.account_id = ?4 AND d.device_id = ?5";
 
 const INSERT: &str = "INSERT INTO envelopes (recipient_account, recipient_device, sender, \
-     sender_device, kind, content, message_id, server_timestamp_ms, franking_commitment, franking_tag) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+     sender_device, kind, content, message_id, server_timestamp_ms, franking_commitment, franking_tag, \
+     expires_at_ms) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
 
 const DELETE: &str = "DELETE FROM envelopes WHERE recipient_account = ?1 AND recipient_device = ?2 \
      AND id = ?3";
@@ -326,6 +328,7 @@ fn store(tx: &Connection, items: &[SendItem]) -> rusqlite::Result<Vec<(SendOutco
                 item.recipient,
                 envelope.recipient_device,
                 item.mailbox_limit,
+                int(item.expires_at_ms),
             ])?;
             if inserted == 1 {
                 outcomes.push((
@@ -393,6 +396,7 @@ fn store(tx: &Connection, items: &[SendItem]) -> rusqlite::Result<Vec<(SendOutco
                 int(item.server_timestamp_ms),
                 envelope.franking_commitment,
                 envelope.franking_tag,
+                int(item.expires_at_ms),
             ])?;
             let id = tx.last_insert_rowid();
             let first = *first_id.get_or_insert(id);

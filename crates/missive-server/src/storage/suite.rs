@@ -39,7 +39,8 @@ pub fn account(username: &str, one_time: u32, kem: u32) -> NewAccount {
     }
 }
 
-/// One envelope for device 1 of `recipient`, 100 bytes of `message_id`.
+/// One envelope for device 1 of `recipient`, 100 bytes of `message_id`,
+/// expiring 30 days after `ts`.
 pub fn send(sender: &str, recipient: AccountId, message_id: u8, ts: u64, limit: u32) -> SendItem {
     SendItem {
         sender: sender.to_owned(),
@@ -47,6 +48,7 @@ pub fn send(sender: &str, recipient: AccountId, message_id: u8, ts: u64, limit: 
         recipient,
         message_id: vec![message_id; 16],
         server_timestamp_ms: ts,
+        expires_at_ms: ts + 30 * DAY_MS,
         envelopes: vec![NewEnvelope {
             recipient_device: 1,
             kind: 2,
@@ -64,6 +66,7 @@ pub async fn run_all(store: &dyn Storage) {
     challenges(store).await;
     prekeys(store).await;
     envelopes(store).await;
+    envelope_expiry(store).await;
     reported_ids(store).await;
     reports_and_export(store).await;
     secrets_and_franking_keys(store).await;
@@ -651,6 +654,72 @@ pub async fn reported_ids(store: &dyn Storage) {
     }
 }
 
+/// Issue 16: each envelope expires at its own time (a disappearing
+/// message's retention), is purged then and not before, and the store tells
+/// the earliest expiry left.
+pub async fn envelope_expiry(store: &dyn Storage) {
+    let recipient = store
+        .create_account(&account("expiry-b", 0, 0))
+        .await
+        .unwrap();
+    let device = DeviceAddress {
+        account: recipient,
+        device: 1,
+    };
+    let short = SendItem {
+        expires_at_ms: 1_000,
+        ..send("expiry-a", recipient, 1, 100, 10)
+    };
+    let longer = SendItem {
+        expires_at_ms: 5_000,
+        ..send("expiry-a", recipient, 2, 200, 10)
+    };
+    let outcomes = store.store_envelopes(&[short, longer]).await.unwrap();
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, SendOutcome::Stored { .. })),
+        "{outcomes:?}"
+    );
+    let pending = store.pending_envelopes(device, 0, 10).await.unwrap();
+    let expiries: Vec<Option<u64>> = pending.iter().map(|e| e.expires_at_ms).collect();
+    assert_eq!(expiries, [Some(1_000), Some(5_000)]);
+    assert!(!pending[0].expired(999) && pending[0].expired(1_000));
+    // Other tests' envelopes expire 30 days after small timestamps: later.
+    assert_eq!(store.next_envelope_expiry().await.unwrap(), Some(1_000));
+
+    // Not before its time, whatever the (old) global cutoff says.
+    let purged = store.purge_expired(999, 0).await.unwrap();
+    assert_eq!(purged.envelopes, 0, "purged before its expiry");
+    let purged = store.purge_expired(1_000, 0).await.unwrap();
+    assert_eq!(purged.envelopes, 1, "not purged at its expiry");
+    let left = store.pending_envelopes(device, 0, 10).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].expires_at_ms, Some(5_000));
+    assert_eq!(store.next_envelope_expiry().await.unwrap(), Some(5_000));
+    let export = store.export_account("expiry-b").await.unwrap().unwrap();
+    assert_eq!(export.devices[0].pending_envelopes, 1);
+    // The mailbox counter followed the purge: one pending, limit two.
+    let outcomes = store
+        .store_envelopes(&[
+            send("expiry-a", recipient, 3, 300, 2),
+            send("expiry-a", recipient, 4, 400, 2),
+        ])
+        .await
+        .unwrap();
+    assert!(matches!(outcomes[0], SendOutcome::Stored { .. }));
+    assert_eq!(outcomes[1], SendOutcome::MailboxFull { device: 1 });
+    let ids: Vec<u64> = store
+        .pending_envelopes(device, 0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(store.acknowledge(device, &ids).await.unwrap(), 2);
+    assert_ne!(store.next_envelope_expiry().await.unwrap(), Some(5_000));
+}
+
 /// The rows [`migrated_from_v1`] expects, as a schema-v1 database held them
 /// (before reports followed accounts, tokens kept days and the franking key
 /// left the database). Statements without parameters, valid in SQLite and
@@ -698,6 +767,14 @@ pub fn v1_rows(identity: &str) -> Vec<String> {
         format!(
             "INSERT INTO server_secrets (name, value) VALUES ('{}', {identity})",
             crate::franking::LEGACY_SECRET
+        ),
+        // A pending envelope from before per-envelope expiry.
+        format!(
+            "INSERT INTO envelopes (recipient_account, recipient_device, sender, sender_device, \
+             kind, content, message_id, server_timestamp_ms, franking_commitment, franking_tag) \
+             SELECT id, 1, 'carol', 1, 2, {identity}, {identity}, {}, {identity}, {identity} \
+             FROM accounts WHERE username = 'alice'",
+            35 * day
         ),
     ]
 }
@@ -749,4 +826,27 @@ pub async fn migrated_from_v1(store: &dyn Storage) {
             .unwrap(),
         Some(vec![7; 32])
     );
+    // The old envelope is still pending, with no expiry of its own: only the
+    // server's retention (by acceptance time) applies to it.
+    let alice_device = DeviceAddress {
+        account: store.account_named("alice").await.unwrap().unwrap().id,
+        device: 1,
+    };
+    let pending = store.pending_envelopes(alice_device, 0, 10).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(
+        (pending[0].server_timestamp_ms, pending[0].expires_at_ms),
+        (35 * DAY_MS, None)
+    );
+    assert_eq!(store.next_envelope_expiry().await.unwrap(), None);
+    let kept = store
+        .purge_expired(100 * DAY_MS, 35 * DAY_MS)
+        .await
+        .unwrap();
+    assert_eq!(kept.envelopes, 0);
+    let purged = store
+        .purge_expired(100 * DAY_MS, 35 * DAY_MS + 1)
+        .await
+        .unwrap();
+    assert_eq!(purged.envelopes, 1);
 }
