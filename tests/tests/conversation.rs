@@ -201,23 +201,124 @@ fn read_receipts_can_be_turned_off_and_typing_is_never_stored() {
     let h = ok_json(&alice, &w.liar, &["history", "bob", "--json"]);
     assert_eq!(by_id(&h, &id)["receipt"], "delivered");
 
-    // Typing: said live, nothing kept in the history.
+    // Typing: online-only, said live to a listening bob, stored by no one.
     let before = ok_json(&bob, &w.liar, &["history", "alice", "--json"]).len();
+    // Offline bob never gets it, not even from his next stream.
+    alice.ok(&w.liar, &["typing", "bob", "start"]).unwrap();
+    let got = ok_json(&bob, &w.liar, &["recv", "--json"]);
+    assert!(events(&got, "typing").is_empty(), "{got:#?}");
+    let listening = bob
+        .spawn(&w.liar, &["recv", "--json", "--wait", "6"])
+        .unwrap();
+    wait_for_stream(&w, "bob");
     alice.ok(&w.liar, &["typing", "bob", "start"]).unwrap();
     alice.ok(&w.liar, &["typing", "bob", "stop"]).unwrap();
-    let got = ok_json(&bob, &w.liar, &["recv", "--json"]);
+    let r = listening.wait_timeout(Duration::from_secs(30)).unwrap();
+    assert!(r.ok(), "{r:?}");
+    let got = lines(&r);
     let typing: Vec<bool> = events(&got, "typing")
         .iter()
         .map(|v| v["started"].as_bool().unwrap())
         .collect();
-    assert_eq!(typing, [true, false], "{got:#?}");
+    assert_eq!(typing, [true, false], "{got:#?}\n{}", w.liar.log());
     assert_eq!(
         ok_json(&bob, &w.liar, &["history", "alice", "--json"]).len(),
         before
     );
+    // Nothing pending for bob afterwards, and the client acknowledged none.
+    let got = ok_json(&bob, &w.liar, &["recv", "--json"]);
+    assert!(events(&got, "typing").is_empty(), "{got:#?}");
+    let typing_sends: Vec<_> = w
+        .liar
+        .sends_to("bob")
+        .into_iter()
+        .filter(|c| c.request.online_only)
+        .collect();
+    assert_eq!(
+        typing_sends.len(),
+        3,
+        "the client did not send typing online-only"
+    );
+    for (n, d) in w.liar.delivered_to("bob").iter().enumerate() {
+        if d.online_only {
+            assert_eq!(d.id, 0, "delivery {n}");
+        }
+    }
+    // Their ciphertext is in no file of the server's data directory (while
+    // a stored envelope's is: the check can fail).
+    let data = w.liar.upstream().data_dir().to_owned();
+    for c in &typing_sends {
+        let content = &c.request.envelopes[0].content;
+        let needle = &content[content.len() / 2 - 16..content.len() / 2 + 16];
+        assert_eq!(dir_contains(&data, needle).unwrap(), None, "typing stored");
+    }
     // Typing indicators are not acknowledged with receipts.
     let got = ok_json(&alice, &w.liar, &["recv", "--json", "--receipts"]);
     assert!(events(&got, "receipt").is_empty(), "{got:#?}");
+}
+
+/// Waits until the lying proxy saw `user` open a receive stream, and a
+/// little more for the server to reach the stream's live phase.
+fn wait_for_stream(w: &World, user: &str) {
+    let opened = format!("Receive {user}: stream opened");
+    let until = Instant::now() + Duration::from_secs(20);
+    while !w.liar.events().iter().any(|e| e.contains(&opened)) {
+        assert!(Instant::now() < until, "no stream opened: {}", w.liar.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(700));
+}
+
+/// Issue 16: the server keeps a disappearing message no longer than its
+/// timer: the client sends the timer as `retention_secs`, and an envelope
+/// the recipient does not fetch in time is gone from the server's files and
+/// never delivered.
+#[test]
+fn the_server_keeps_a_disappearing_message_no_longer_than_its_timer() {
+    let w = World::new();
+    let alice = w.user("alice");
+    let bob = w.user("bob");
+    converse(&w, &alice, &bob);
+    alice.ok(&w.liar, &["timer", "bob", "2s"]).unwrap();
+    bob.ok(&w.liar, &["recv"]).unwrap();
+
+    alice
+        .ok(&w.liar, &["send", "bob", "gone before bob looks"])
+        .unwrap();
+    let sent_at = Instant::now();
+    let send = w.liar.sends_to("bob").pop().unwrap();
+    assert_eq!(send.request.retention_secs, 2);
+    assert!(!send.request.online_only);
+    let content = &send.request.envelopes[0].content;
+    let needle = content[content.len() / 2 - 16..content.len() / 2 + 16].to_vec();
+    let data = w.liar.upstream().data_dir().to_owned();
+    assert!(
+        dir_contains(&data, &needle).unwrap().is_some(),
+        "the pending envelope is not on disk: the check below could not fail"
+    );
+    // Expired after 2 s, purged within about a second more, WAL truncated.
+    let until = Instant::now() + Duration::from_secs(15);
+    while dir_contains(&data, &needle).unwrap().is_some() {
+        assert!(
+            Instant::now() < until,
+            "the expired envelope is still on disk"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(sent_at.elapsed() >= Duration::from_millis(1_900));
+    let got = ok_json(&bob, &w.liar, &["recv", "--json"]);
+    assert!(messages(&got).is_empty(), "{got:#?}");
+    let h = ok_json(&bob, &w.liar, &["history", "alice", "--json"]);
+    assert!(
+        h.iter().all(|m| m["text"] != "gone before bob looks"),
+        "{h:#?}"
+    );
+
+    // Without a timer the server's retention applies.
+    alice.ok(&w.liar, &["timer", "bob", "off"]).unwrap();
+    alice.ok(&w.liar, &["send", "bob", "this stays"]).unwrap();
+    let send = w.liar.sends_to("bob").pop().unwrap();
+    assert_eq!(send.request.retention_secs, 0);
 }
 
 /// Every sealed message row of a home's database.
