@@ -328,3 +328,109 @@ fn chat_backs_off_while_the_server_refuses_streams_and_says_why() {
     chat.send("\x03");
     assert!(chat.wait_exit().success());
 }
+
+/// The id (hex) of the newest message with `text` in `user`'s history with
+/// `contact`.
+fn id_of(user: &User, server: &Server, contact: &str, text: &str) -> String {
+    let h = user
+        .ok(server, &["history", contact, "--json"])
+        .unwrap()
+        .json_lines()
+        .unwrap();
+    h.iter()
+        .rev()
+        .find(|v| v["text"].as_str() == Some(text))
+        .and_then(|v| v["id"].as_str())
+        .unwrap_or_else(|| panic!("no {text:?} in {h:?}"))
+        .to_owned()
+}
+
+#[test]
+fn chat_shows_receipts_typing_reactions_edits_deletions_and_timers() {
+    let w = World::new();
+    let alice = w.user("alice");
+    let bob = w.user("bob");
+    alice.ok(&w.server, &["send", "bob", "first"]).unwrap();
+    alice.ok(&w.server, &["send", "bob", "second"]).unwrap();
+
+    let mut chat = Pty::spawn(&bob, &w.server, &["chat", "alice"], 30, 100);
+    chat.wait_text("alice: second");
+    chat.wait_text("connected");
+
+    // Our message: sent, then read once alice's `recv` shows it.
+    chat.send("hi alice\r");
+    chat.wait_text("bob: hi alice  ✓");
+    let got = alice.ok(&w.server, &["recv", "--json"]).unwrap();
+    assert!(got.stdout.contains("hi alice"), "{got:?}");
+    chat.wait_text("hi alice  ✓✓ read");
+    // Bob had alice's two messages on screen: alice got read receipts.
+    let h = alice.ok(&w.server, &["history", "bob", "--json"]).unwrap();
+    let lines = h.json_lines().unwrap();
+    let first = lines.iter().find(|v| v["text"] == "first").unwrap();
+    assert_eq!(first["receipt"], "read", "{lines:?}");
+
+    // Typing comes and goes with the message.
+    alice.ok(&w.server, &["typing", "bob", "start"]).unwrap();
+    chat.wait_text("alice is typing…");
+    alice.ok(&w.server, &["send", "bob", "third"]).unwrap();
+    chat.wait_for("typing gone with the message", |_, s| {
+        s.contains("alice: third") && !s.contains("is typing")
+    });
+
+    // Alice reacts to bob's message, edits and deletes hers.
+    let hi = id_of(&alice, &w.server, "bob", "hi alice");
+    alice.ok(&w.server, &["react", "bob", &hi, "👍"]).unwrap();
+    chat.wait_text("👍 alice");
+    let second = id_of(&alice, &w.server, "bob", "second");
+    alice
+        .ok(&w.server, &["edit", "bob", &second, "second, fixed"])
+        .unwrap();
+    chat.wait_text("alice: second, fixed (edited)");
+    let first = id_of(&alice, &w.server, "bob", "first");
+    alice.ok(&w.server, &["unsend", "bob", &first]).unwrap();
+    chat.wait_for("the tombstone", |_, s| {
+        s.contains("alice: (deleted)") && !s.contains("alice: first")
+    });
+
+    // Bob's commands: a reply to alice's newest, a reaction, an edit.
+    chat.send("/reply got it\r");
+    chat.wait_for("the reply with its quote", |_, s| {
+        s.contains("┌ reply to alice: third") && s.contains("bob: got it")
+    });
+    chat.send("/react 🎉\r");
+    chat.wait_text("🎉 bob");
+    chat.send("/edit got it!\r");
+    chat.wait_text("bob: got it! (edited)");
+    chat.send("/nonsense\r");
+    chat.wait_text("unknown command /nonsense");
+    // A refused command stays in the input to be fixed; Ctrl-U clears it.
+    chat.send("\x15");
+    let got = alice.ok(&w.server, &["recv", "--json"]).unwrap();
+    let h = alice.ok(&w.server, &["history", "bob", "--json"]).unwrap();
+    let lines = h.json_lines().unwrap();
+    let reply = lines
+        .iter()
+        .find(|v| v["text"] == "got it!")
+        .unwrap_or_else(|| panic!("{got:?}\n{lines:?}"));
+    assert_eq!(reply["reply_to"]["text"], "third", "{reply}");
+    let third = lines.iter().find(|v| v["text"] == "third").unwrap();
+    assert!(third.to_string().contains("🎉"), "{third}");
+
+    // A timer set by alice is an event; her message under it disappears
+    // from the screen when its time comes.
+    alice.ok(&w.server, &["timer", "bob", "2s"]).unwrap();
+    chat.wait_text("alice set disappearing messages to 2s");
+    alice.ok(&w.server, &["send", "bob", "vanishing"]).unwrap();
+    chat.wait_text("alice: vanishing");
+    chat.wait_for("the message gone after its timer", |_, s| {
+        !s.contains("vanishing") && s.contains("disappearing messages to 2s")
+    });
+    chat.send("/timer off\r");
+    chat.wait_text("bob turned disappearing messages off");
+
+    chat.send("\x03");
+    assert!(chat.wait_exit().success());
+    // Gone from bob's store too.
+    let h = bob.ok(&w.server, &["history", "alice"]).unwrap();
+    assert!(!h.stdout.contains("vanishing"), "{h:?}");
+}

@@ -1053,6 +1053,18 @@ impl Client {
         Ok(shown)
     }
 
+    /// As [`Client::take_unshown`], but no read receipt follows: the chat
+    /// calls [`Client::mark_read`] once a message's conversation is on
+    /// screen (a message that lands in a conversation nobody looks at is
+    /// delivered, not read).
+    pub fn take_unshown_unread(&mut self, from: Option<&str>) -> Result<Vec<HistoryEntry>> {
+        let acked = std::mem::take(&mut self.acked);
+        self.store.write(|db| {
+            db.mark_acked(&acked)?;
+            db.take_unshown(from)
+        })
+    }
+
     /// Notes acknowledgements the server took (benchmarks and tests; `recv`
     /// does it through [`Client::take_unshown`]).
     pub fn note_acked(&mut self, sender: &str, sender_device: u32, message_id: &[u8]) {

@@ -1503,6 +1503,25 @@ impl Client {
     pub fn emit_conversation_events(&mut self) {
         self.conv_state().emit();
     }
+
+    /// Notes that `contact`'s messages `message_ids` were shown to the user:
+    /// read receipts for them go with the next
+    /// [`Client::send_pending_receipts`] (when read receipts are on).
+    pub fn mark_read(&mut self, contact: &str, message_ids: &[Vec<u8>]) {
+        let read = &mut self.conv_state().read;
+        for id in message_ids {
+            read.push((contact.to_owned(), id.clone()));
+        }
+    }
+
+    /// Deletes the disappearing messages whose time has come (history, and
+    /// disk with `secure_delete`) and says them to the hook as `Expired`.
+    pub fn expire_disappeared(&mut self) -> Result<()> {
+        let expired = purge_expired(self.store_mut())?;
+        self.conv_state().events.extend(expired);
+        self.conv_state().emit();
+        Ok(())
+    }
 }
 
 /// A franked body sent by `Client::send_content`.

@@ -31,8 +31,12 @@ fn screen_at(state: &mut ChatState, w: u16, h: u16) -> String {
     let buffer = terminal.backend().buffer().clone();
     let mut out = String::new();
     for y in 0..buffer.area.height {
-        for x in 0..buffer.area.width {
-            out.push_str(buffer[(x, y)].symbol());
+        let mut x = 0;
+        while x < buffer.area.width {
+            let symbol = buffer[(x, y)].symbol();
+            out.push_str(symbol);
+            // A wide character's second column is filler, as on a terminal.
+            x += u16::try_from(unicode_width::UnicodeWidthStr::width(symbol).max(1)).unwrap();
         }
         out.push('\n');
     }
@@ -53,7 +57,11 @@ fn ctrl(c: char) -> KeyEvent {
 
 fn type_text(state: &mut ChatState, text: &str) {
     for c in text.chars() {
-        assert_eq!(state.handle_key(key(KeyCode::Char(c))), None);
+        let a = state.handle_key(key(KeyCode::Char(c)));
+        assert!(
+            a.is_none() || matches!(a, Some(Action::Typing(..))),
+            "{a:?}"
+        );
     }
 }
 
@@ -307,4 +315,264 @@ fn the_bell_rings_only_for_other_conversations_when_asked() {
         assert_eq!(s.take_bell(), bell);
         assert!(!s.take_bell());
     }
+}
+
+fn sent_ok(s: &mut ChatState, text: &str, id: u8) {
+    type_text(s, text);
+    let Some(Action::Send(to, _)) = (loop {
+        match s.handle_key(key(KeyCode::Enter)) {
+            Some(Action::Typing(..)) => continue,
+            other => break other,
+        }
+    }) else {
+        panic!("no send")
+    };
+    s.sent(
+        &to,
+        Ok(missive_client::Sent {
+            id: hex::encode([id; 16]),
+            server_timestamp_ms: 1_700_000_100_000,
+        }),
+    );
+}
+
+#[test]
+fn receipts_reactions_edits_deletions_timers_and_typing_update_the_screen() {
+    use missive_client::conversation::{ConversationEvent, ReceiptState};
+    let mut s = ChatState::new("alice", false);
+    s.add_conversation(
+        bob(),
+        Verification::Unverified,
+        &[entry(1, "bob", false, "old news")],
+    );
+    s.open(&bob());
+    sent_ok(&mut s, "hello bob", 0xaa);
+    assert!(screen(&mut s).contains("alice: hello bob  ✓"));
+    let receipt = |state| ConversationEvent::Receipt {
+        from: "bob".into(),
+        state,
+        message_ids: vec![vec![0xaa; 16]],
+    };
+    s.apply_conversation(&receipt(ReceiptState::Delivered));
+    assert!(screen(&mut s).contains("hello bob  ✓✓ delivered"));
+    s.apply_conversation(&receipt(ReceiptState::Read));
+    // A late delivery receipt does not lower it.
+    s.apply_conversation(&receipt(ReceiptState::Delivered));
+    assert!(screen(&mut s).contains("hello bob  ✓✓ read"));
+
+    s.apply_conversation(&ConversationEvent::Reaction {
+        from: "bob".into(),
+        target: vec![0xaa; 16],
+        emoji: Some("👍".into()),
+    });
+    let scr = screen(&mut s);
+    assert!(scr.contains("👍 bob"), "{scr}");
+    s.apply_conversation(&ConversationEvent::Reaction {
+        from: "bob".into(),
+        target: vec![0xaa; 16],
+        emoji: Some("❤".into()),
+    });
+    let scr = screen(&mut s);
+    assert!(scr.contains("❤ bob") && !scr.contains("👍"), "{scr}");
+
+    s.apply_conversation(&ConversationEvent::Edited {
+        from: "bob".into(),
+        target: vec![1; 16],
+        text: "fresh news\x1b[2J".into(),
+    });
+    let scr = screen(&mut s);
+    assert!(scr.contains("bob: fresh news\\u{1b}[2J (edited)"), "{scr}");
+    // Only the author's own message can be edited by them.
+    s.apply_conversation(&ConversationEvent::Edited {
+        from: "bob".into(),
+        target: vec![0xaa; 16],
+        text: "forged".into(),
+    });
+    assert!(!screen(&mut s).contains("forged"));
+    s.apply_conversation(&ConversationEvent::Unsent {
+        from: "bob".into(),
+        target: vec![1; 16],
+    });
+    let scr = screen(&mut s);
+    assert!(
+        scr.contains("bob: (deleted)") && !scr.contains("fresh news"),
+        "{scr}"
+    );
+
+    s.apply_conversation(&ConversationEvent::TimerChanged {
+        from: "bob".into(),
+        expire_after_secs: 300,
+    });
+    assert!(screen(&mut s).contains("bob set disappearing messages to 5m"));
+
+    s.tick(1_000);
+    s.apply_conversation(&ConversationEvent::Typing {
+        from: "bob".into(),
+        started: true,
+    });
+    assert!(screen(&mut s).contains("bob is typing…"));
+    s.tick(1_000 + missive_client::chat::TYPING_SHOWN_MS);
+    assert!(!screen(&mut s).contains("is typing"));
+
+    // A message under a timer leaves the screen at its time.
+    s.apply_conversation(&ConversationEvent::MessageDetails {
+        from: "bob".into(),
+        message_id: vec![9; 16],
+        reply_to: None,
+        expire_after_secs: 5,
+    });
+    s.tick(100_000);
+    s.push_live(&entry(9, "bob", false, "self-destructs"));
+    let scr = screen(&mut s);
+    assert!(
+        scr.contains("⏱5s") && scr.contains("self-destructs"),
+        "{scr}"
+    );
+    s.tick(104_000);
+    assert!(screen(&mut s).contains("self-destructs"));
+    s.tick(105_000);
+    assert!(!screen(&mut s).contains("self-destructs"));
+    // And an expiry the store reports removes the line at once.
+    s.apply_conversation(&ConversationEvent::Expired {
+        contact: "bob".into(),
+        message_ids: vec![vec![0xaa; 16]],
+    });
+    assert!(!screen(&mut s).contains("hello bob"));
+}
+
+#[test]
+fn read_receipts_wait_until_a_conversation_is_on_screen() {
+    let mut s = ChatState::new("alice", false);
+    s.add_conversation(bob(), Verification::Unverified, &[]);
+    s.open(&bob());
+    s.push_live(&entry(1, "bob", false, "seen"));
+    s.push_live(&entry(2, "zed", false, "not yet"));
+    assert_eq!(
+        s.take_read_due(),
+        vec![("bob".to_owned(), vec![vec![1u8; 16]])]
+    );
+    assert_eq!(s.take_read_due(), vec![]);
+    // In the list, nothing on screen is read.
+    s.handle_key(key(KeyCode::Esc));
+    s.push_live(&entry(3, "bob", false, "while in the list"));
+    assert_eq!(s.take_read_due(), vec![]);
+    s.open(&ConversationId::Direct("zed".into()));
+    assert_eq!(
+        s.take_read_due(),
+        vec![("zed".to_owned(), vec![vec![2u8; 16]])]
+    );
+    s.open(&bob());
+    assert_eq!(
+        s.take_read_due(),
+        vec![("bob".to_owned(), vec![vec![3u8; 16]])]
+    );
+}
+
+#[test]
+fn slash_commands_become_actions_and_typing_is_said_once() {
+    let mut s = ChatState::new("alice", false);
+    s.add_conversation(
+        bob(),
+        Verification::Unverified,
+        &[entry(1, "bob", false, "hi")],
+    );
+    s.open(&bob());
+    // The first key says typing; the next ones do not repeat it.
+    assert_eq!(
+        s.handle_key(key(KeyCode::Char('h'))),
+        Some(Action::Typing(bob(), true))
+    );
+    assert_eq!(s.handle_key(key(KeyCode::Char('i'))), None);
+    // Emptying the input says stopped.
+    s.handle_key(key(KeyCode::Backspace));
+    assert_eq!(
+        s.handle_key(key(KeyCode::Backspace)),
+        Some(Action::Typing(bob(), false))
+    );
+    // Nothing of ours to edit yet: said, input kept.
+    type_text(&mut s, "/edit oops");
+    assert_eq!(s.handle_key(key(KeyCode::Enter)), None);
+    assert!(
+        s.status().unwrap().contains("you have sent nothing here"),
+        "{:?}",
+        s.status()
+    );
+    assert_eq!(s.input_text(), "/edit oops");
+    s.handle_key(ctrl('u'));
+
+    let theirs = hex::encode([1u8; 16]);
+    let run = |s: &mut ChatState, line: &str| {
+        s.handle_key(ctrl('u'));
+        type_text(s, line);
+        s.handle_key(key(KeyCode::Enter))
+    };
+    assert_eq!(
+        run(&mut s, "/reply  sure thing"),
+        Some(Action::Reply {
+            to: bob(),
+            target: theirs.clone(),
+            text: "sure thing".into()
+        })
+    );
+    assert_eq!(
+        run(&mut s, "/react 👍"),
+        Some(Action::React {
+            to: bob(),
+            target: theirs.clone(),
+            emoji: Some("👍".into())
+        })
+    );
+    assert_eq!(
+        run(&mut s, "/unreact"),
+        Some(Action::React {
+            to: bob(),
+            target: theirs,
+            emoji: None
+        })
+    );
+    assert_eq!(run(&mut s, "/timer 90s"), Some(Action::Timer(bob(), 90)));
+    assert_eq!(run(&mut s, "/timer off"), Some(Action::Timer(bob(), 0)));
+    assert_eq!(run(&mut s, "/timer soon"), None);
+    assert!(
+        s.status().unwrap().starts_with("/timer:"),
+        "{:?}",
+        s.status()
+    );
+    assert_eq!(run(&mut s, "/frobnicate"), None);
+    assert!(s.status().unwrap().contains("unknown command /frobnicate"));
+    assert_eq!(
+        run(&mut s, "//slashes are fine"),
+        Some(Action::Send(bob(), "/slashes are fine".into()))
+    );
+    s.sent(
+        &bob(),
+        Ok(missive_client::Sent {
+            id: hex::encode([7u8; 16]),
+            server_timestamp_ms: 5,
+        }),
+    );
+    let ours = hex::encode([7u8; 16]);
+    assert_eq!(
+        run(&mut s, "/edit better"),
+        Some(Action::Edit {
+            to: bob(),
+            target: ours.clone(),
+            text: "better".into()
+        })
+    );
+    let edit = Action::Edit {
+        to: bob(),
+        target: ours.clone(),
+        text: "better".into(),
+    };
+    s.done(&edit, Ok(()));
+    assert!(screen(&mut s).contains("alice: better (edited)"));
+    assert_eq!(
+        run(&mut s, "/unsend"),
+        Some(Action::Unsend {
+            to: bob(),
+            target: ours
+        })
+    );
+    assert_eq!(run(&mut s, "/quit"), Some(Action::Quit));
 }

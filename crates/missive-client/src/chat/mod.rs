@@ -23,12 +23,14 @@ use missive_proto::v1;
 
 pub use backoff::{BACKOFF_MAX, BACKOFF_MIN, Backoff};
 pub use state::{
-    Action, ChatState, Connection, Conversation, ConversationId, DeliveryState, Focus,
-    HELP_CONVERSATION, HELP_LIST, InlineEvent, Item, MessageItem,
+    Action, COMMANDS_HELP, ChatState, Connection, Conversation, ConversationId, DeliveryState,
+    Focus, HELP_CONVERSATION, HELP_LIST, InlineEvent, Item, MessageItem, TYPING_RESEND_MS,
+    TYPING_SHOWN_MS,
 };
 pub use view::render;
 
 use crate::client::{Client, RecvEvent, Verification};
+use crate::conversation::ConversationEvent;
 use crate::error::{ClientError, Result};
 
 /// How often the loop looks at the store (verification changed by another
@@ -68,24 +70,134 @@ fn term_err(e: impl std::fmt::Display) -> ClientError {
 }
 
 /// The state for `client`'s account: every contact's conversation from the
-/// store, messages never shown counted unread, and `opts.open` opened.
+/// store (with replies, reactions, edits, receipts and timers), messages
+/// never shown counted unread, and `opts.open` opened. Read receipts go
+/// only for what is then on screen.
 pub fn initial_state(client: &mut Client, opts: &Options) -> Result<ChatState> {
     let mut state = ChatState::new(client.username(), opts.bell);
-    let unshown = client.take_unshown(None)?;
+    state.tick(now_ms());
+    let unshown = client.take_unshown_unread(None)?;
+    let mut live = Vec::new();
     for (name, verification, _) in client.contacts()? {
-        let history = client.history(&name)?;
-        let (seen, _): (Vec<_>, Vec<_>) = history
+        let items = client.conversation(&name)?;
+        let (fresh, seen): (Vec<_>, Vec<_>) = items
             .into_iter()
-            .partition(|h| !unshown.iter().any(|u| u.seq == h.seq));
-        state.add_conversation(ConversationId::Direct(name), verification, &seen);
+            .partition(|ci| unshown.iter().any(|u| u.seq == ci.entry.seq));
+        let id = ConversationId::Direct(name.clone());
+        state.set_timer(&id, client.conversation_timer(&name)?);
+        state.add_conversation_items(id, verification, &seen);
+        live.extend(fresh);
     }
     if let Some(id) = &opts.open {
         state.open(id);
     }
-    for e in &unshown {
-        state.push_live(e);
+    live.sort_by_key(|ci| ci.entry.seq);
+    for ci in &live {
+        state.push_live_item(ci);
     }
     Ok(state)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Conversation events the client said during the last call, in order.
+type Said = std::sync::Arc<std::sync::Mutex<Vec<ConversationEvent>>>;
+
+fn apply_said(said: &Said, state: &mut ChatState) {
+    let events = said
+        .lock()
+        .map(|mut v| std::mem::take(&mut *v))
+        .unwrap_or_default();
+    for ev in &events {
+        state.apply_conversation(ev);
+    }
+}
+
+/// Sends the read receipts for what is now on screen.
+async fn send_read(client: &mut Client, state: &mut ChatState) {
+    let due = state.take_read_due();
+    if due.is_empty() {
+        return;
+    }
+    for (contact, ids) in &due {
+        client.mark_read(contact, ids);
+    }
+    if let Some(w) = client.send_pending_receipts().await.into_iter().next() {
+        state.status = Some(w);
+    }
+}
+
+/// Carries out a chat action other than quitting.
+async fn perform(client: &mut Client, state: &mut ChatState, action: &Action) {
+    let outcome = match action {
+        Action::Send(id, text) => {
+            let ConversationId::Direct(to) = id;
+            let outcome = client.send(to, text).await.map_err(|e| e.to_string());
+            state.sent(id, outcome);
+            return;
+        }
+        Action::Typing(ConversationId::Direct(to), started) => {
+            // Best effort: a lost indicator is not worth a status line.
+            let _ = client.send_typing(to, *started).await;
+            return;
+        }
+        Action::Reply { to, target, text } => {
+            let ConversationId::Direct(name) = to;
+            match client.send_text(name, text, Some(target)).await {
+                Ok(sent) => {
+                    // Shown from the store, with its quote.
+                    match client.conversation(name) {
+                        Ok(items) => {
+                            if let Some(ci) = items.iter().rev().find(|ci| {
+                                ci.entry.outgoing && hex::encode(&ci.entry.message_id) == sent.id
+                            }) {
+                                state.push_live_item(ci);
+                            }
+                            Ok(())
+                        }
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+                Err(e) => Err(e.to_string()),
+            }
+        }
+        Action::React { to, target, emoji } => {
+            let ConversationId::Direct(name) = to;
+            client
+                .react(name, target, emoji.as_deref())
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+        Action::Edit { to, target, text } => {
+            let ConversationId::Direct(name) = to;
+            client
+                .edit(name, target, text)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+        Action::Unsend { to, target } => {
+            let ConversationId::Direct(name) = to;
+            client
+                .unsend(name, target)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+        Action::Timer(ConversationId::Direct(name), secs) => client
+            .set_timer(name, *secs)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        Action::Quit => return,
+    };
+    state.done(action, outcome);
 }
 
 /// Describes a lost receive stream in a short clause.
@@ -153,6 +265,14 @@ async fn event_loop(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rng = rand::rngs::StdRng::from_entropy();
     use rand::SeedableRng as _;
+    let said: Said = Said::default();
+    let hook = std::sync::Arc::clone(&said);
+    client.set_conversation_hook(move |ev| {
+        if let Ok(mut v) = hook.lock() {
+            v.push(ev.clone());
+        }
+    });
+    send_read(client, state).await;
     loop {
         terminal.draw(|f| render(state, f)).map_err(term_err)?;
         if state.take_bell() {
@@ -173,15 +293,9 @@ async fn event_loop(
         match ev {
             Event::Key(k) => match state.handle_key(k) {
                 Some(Action::Quit) => return Ok(()),
-                Some(Action::Send(id, text)) => {
+                Some(action) => {
                     terminal.draw(|f| render(state, f)).map_err(term_err)?;
-                    let ConversationId::Direct(to) = &id;
-                    let outcome = client
-                        .send(to, &text)
-                        .await
-                        .map(|s| s.server_timestamp_ms)
-                        .map_err(|e| e.to_string());
-                    state.sent(&id, outcome);
+                    perform(client, state, &action).await;
                 }
                 None => {}
             },
@@ -209,9 +323,11 @@ async fn event_loop(
                             });
                         }
                     }
+                    // Details said before the message itself is shown.
+                    apply_said(&said, state);
                     // Everything stored and not yet shown, from anyone: a
                     // third contact's message lands in its own conversation.
-                    for e in client.take_unshown(None)? {
+                    for e in client.take_unshown_unread(None)? {
                         state.apply(&RecvEvent::Message(e));
                     }
                 }
@@ -252,8 +368,14 @@ async fn event_loop(
                     };
                 }
                 refresh_verification(client, state)?;
+                state.tick(now_ms());
+                if let Err(e) = client.expire_disappeared() {
+                    state.status = Some(format!("could not delete disappeared messages: {e}"));
+                }
             }
         }
+        apply_said(&said, state);
+        send_read(client, state).await;
     }
 }
 

@@ -6,7 +6,15 @@ use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use tui_textarea::TextArea;
 
 use crate::client::{RecvEvent, Verification};
+use crate::conversation::{ConversationEvent, ConversationItem, ReceiptState, format_timer};
 use crate::store::HistoryEntry;
+
+/// How long a typing indicator lasts without a refresh (Signal: 15 s).
+pub const TYPING_SHOWN_MS: u64 = 15_000;
+/// How often a started indicator is re-sent while the user keeps typing.
+pub const TYPING_RESEND_MS: u64 = 10_000;
+/// Characters of a quoted message shown above a reply.
+const QUOTE_CHARS: usize = 60;
 
 /// Which conversation. Groups will be a second variant (`missive chat
 /// --group NAME`); everything keyed by conversation already goes through
@@ -27,15 +35,8 @@ impl ConversationId {
     }
 }
 
-/// Delivery state of one of our messages (filled in by receipts, issue 16
-/// "Conversation features"; nothing produces it yet).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DeliveryState {
-    /// Reached at least one of the recipient's devices.
-    Delivered,
-    /// Read by the recipient.
-    Read,
-}
+/// Delivery state of one of our messages: sent, delivered or read.
+pub type DeliveryState = ReceiptState;
 
 /// The server connection as shown in the top bar.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,12 +74,12 @@ pub enum InlineEvent {
     NewDevice,
     /// The connection was lost or came back.
     Connection(String),
-    /// Delivery or read state of one of our messages (hook for receipts).
-    Delivery {
-        /// Our message's id.
-        message_id: Vec<u8>,
-        /// Its new state.
-        state: DeliveryState,
+    /// The disappearing-message timer was set (`secs` 0: turned off).
+    Timer {
+        /// Who set it (as shown).
+        by: String,
+        /// New timer, seconds.
+        secs: u64,
     },
     /// A group's membership changed (hook for groups).
     Membership {
@@ -101,10 +102,12 @@ impl InlineEvent {
                 "{label}'s identity key changed. Sending is blocked until you compare safety numbers (`missive safety-number {label}`) and accept it (`missive trust {label} SAFETY_NUMBER`)."
             ),
             InlineEvent::NewDevice => format!("{label} added a new device"),
-            InlineEvent::Delivery { state, .. } => match state {
-                DeliveryState::Delivered => "delivered".to_owned(),
-                DeliveryState::Read => "read".to_owned(),
-            },
+            InlineEvent::Timer { by, secs: 0 } => {
+                format!("{by} turned disappearing messages off")
+            }
+            InlineEvent::Timer { by, secs } => {
+                format!("{by} set disappearing messages to {}", format_timer(*secs))
+            }
             InlineEvent::Membership { member, joined } => {
                 if *joined {
                     format!("{member} joined")
@@ -117,8 +120,10 @@ impl InlineEvent {
 }
 
 /// One message line.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct MessageItem {
+    /// The sender's message id (empty while sending).
+    pub message_id: Vec<u8>,
     /// Who wrote it, as shown.
     pub author: String,
     /// Sent by us.
@@ -129,6 +134,20 @@ pub struct MessageItem {
     pub at_ms: u64,
     /// Not yet accepted by the server.
     pub pending: bool,
+    /// The message this one replies to, one escaped line: `author: text`.
+    pub reply_to: Option<String>,
+    /// Reactions, one per person: (who, emoji), both escaped.
+    pub reactions: Vec<(String, String)>,
+    /// Edited by its author (the text is the newest version).
+    pub edited: bool,
+    /// Deleted for everyone: the text is gone.
+    pub unsent: bool,
+    /// For our messages: sent, delivered or read.
+    pub receipt: Option<ReceiptState>,
+    /// Its disappearing timer, seconds (0: none).
+    pub expire_after_secs: u64,
+    /// When it disappears, ms.
+    pub expires_at_ms: Option<u64>,
 }
 
 /// One item of a conversation.
@@ -155,6 +174,10 @@ pub struct Conversation {
     pub last_activity_ms: u64,
     /// Scroll offset in rendered rows up from the newest.
     pub from_bottom: usize,
+    /// The contact is typing until this time, ms (0: not typing).
+    pub typing_until_ms: u64,
+    /// Their messages not yet covered by a read receipt.
+    unread_ids: Vec<Vec<u8>>,
 }
 
 impl Conversation {
@@ -167,7 +190,26 @@ impl Conversation {
             unread: 0,
             last_activity_ms: 0,
             from_bottom: 0,
+            typing_until_ms: 0,
+            unread_ids: Vec::new(),
         }
+    }
+
+    fn message_mut(&mut self, id: &[u8], outgoing: Option<bool>) -> Option<&mut MessageItem> {
+        self.items.iter_mut().rev().find_map(|i| match i {
+            Item::Message(m) if m.message_id == id && outgoing.is_none_or(|o| o == m.outgoing) => {
+                Some(m)
+            }
+            _ => None,
+        })
+    }
+
+    /// The newest message that is ours (`outgoing`) or theirs, not deleted.
+    fn newest(&self, outgoing: bool) -> Option<&MessageItem> {
+        self.items.iter().rev().find_map(|i| match i {
+            Item::Message(m) if m.outgoing == outgoing && !m.pending && !m.unsent => Some(m),
+            _ => None,
+        })
     }
 }
 
@@ -180,14 +222,56 @@ pub enum Focus {
     Conversation,
 }
 
-/// What the chat loop must do after an input.
+/// What the chat loop must do after an input. Message ids are hex, as
+/// the CLI takes them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     /// Send this text to this conversation.
     Send(ConversationId, String),
+    /// `/reply TEXT`: send `text` quoting message `target`.
+    Reply {
+        /// Conversation.
+        to: ConversationId,
+        /// The message replied to.
+        target: String,
+        /// Text.
+        text: String,
+    },
+    /// `/react EMOJI` (or `/unreact`: `None`).
+    React {
+        /// Conversation.
+        to: ConversationId,
+        /// The message.
+        target: String,
+        /// The emoji, or none to remove ours.
+        emoji: Option<String>,
+    },
+    /// `/edit TEXT`: our newest message gets a new text.
+    Edit {
+        /// Conversation.
+        to: ConversationId,
+        /// Our message.
+        target: String,
+        /// Its new text.
+        text: String,
+    },
+    /// `/unsend`: our newest message is deleted for everyone.
+    Unsend {
+        /// Conversation.
+        to: ConversationId,
+        /// Our message.
+        target: String,
+    },
+    /// `/timer DURATION|off`.
+    Timer(ConversationId, u64),
+    /// Tell the contact we started (or stopped) typing.
+    Typing(ConversationId, bool),
     /// Leave the chat.
     Quit,
 }
+
+/// The chat's commands, shown by `/help`.
+pub const COMMANDS_HELP: &str = "/reply TEXT · /react EMOJI · /unreact · /edit TEXT · /unsend · /timer 5m|off · /quit · //text sends /text";
 
 /// Everything the chat screen shows.
 pub struct ChatState {
@@ -205,11 +289,21 @@ pub struct ChatState {
     ring: bool,
     /// Rows of the conversation view at the last draw (for paging).
     pub(crate) page_rows: usize,
+    /// Details of received messages said before the message is shown.
+    details: Vec<(String, Vec<u8>, Option<String>, u64)>,
+    /// (contact, their message ids) due a read receipt.
+    read_due: Vec<(String, Vec<Vec<u8>>)>,
+    /// Our typing indicator: to whom, and when it was last sent (ms).
+    typing_sent: Option<(ConversationId, u64)>,
+    /// The time as the loop last said it, ms.
+    pub(crate) now_ms: u64,
+    /// Each conversation's disappearing timer, seconds, as last known.
+    timers: std::collections::HashMap<ConversationId, u64>,
 }
 
 /// Heading of the help line.
 pub const HELP_CONVERSATION: &str =
-    "Enter send · Alt-Enter newline · Tab next · Esc list · PgUp/PgDn · Ctrl-C quit";
+    "Enter send · Alt-Enter newline · Tab next · Esc list · PgUp/PgDn · /help · Ctrl-C quit";
 /// Help in the list.
 pub const HELP_LIST: &str = "↑/↓ select · Enter open · q quit";
 
@@ -237,6 +331,11 @@ impl ChatState {
             bell,
             ring: false,
             page_rows: 10,
+            details: Vec::new(),
+            read_due: Vec::new(),
+            typing_sent: None,
+            now_ms: 0,
+            timers: std::collections::HashMap::new(),
         }
     }
 
@@ -277,6 +376,40 @@ impl ChatState {
         self.sort();
     }
 
+    /// Adds a conversation with everything about its messages (replies,
+    /// reactions, edits, deletions, receipts, timers), as
+    /// [`crate::Client::conversation`] returns it.
+    pub fn add_conversation_items(
+        &mut self,
+        id: ConversationId,
+        verification: Verification,
+        items: &[ConversationItem],
+    ) {
+        let me = self.me.clone();
+        let c = self.conversation_mut(&id);
+        c.verification = verification;
+        for ci in items {
+            let by = if ci.entry.outgoing {
+                me.clone()
+            } else {
+                crate::display::sanitize_line(&ci.entry.contact)
+            };
+            match ci.timer_change {
+                Some(secs) => c.items.push(Item::Event(InlineEvent::Timer { by, secs })),
+                None => {
+                    push_entry(c, &me, &ci.entry);
+                    if let Some(Item::Message(m)) = c.items.last_mut() {
+                        item_details(m, ci);
+                    }
+                }
+            }
+        }
+        if verification == Verification::Changed {
+            c.items.push(Item::Event(InlineEvent::IdentityChanged));
+        }
+        self.sort();
+    }
+
     /// Keeps the list ordered by last activity, newest first, without
     /// moving the selection or the open conversation.
     fn sort(&mut self) {
@@ -304,7 +437,26 @@ impl ChatState {
                 c.unread = 0;
                 c.from_bottom = 0;
             }
+            self.note_read(i);
         }
+    }
+
+    /// The contact's messages in conversation `i` are on screen: due a
+    /// read receipt.
+    fn note_read(&mut self, i: usize) {
+        if let Some(c) = self.conversations.get_mut(i)
+            && !c.unread_ids.is_empty()
+        {
+            let ids = std::mem::take(&mut c.unread_ids);
+            let ConversationId::Direct(name) = &c.id;
+            self.read_due.push((name.clone(), ids));
+        }
+    }
+
+    /// The messages shown since the last call, per contact, for read
+    /// receipts ([`crate::Client::mark_read`]).
+    pub fn take_read_due(&mut self) -> Vec<(String, Vec<Vec<u8>>)> {
+        std::mem::take(&mut self.read_due)
     }
 
     fn open_index(&mut self, i: usize) {
@@ -343,15 +495,167 @@ impl ChatState {
         let id = ConversationId::Direct(e.contact.clone());
         let watched = self.is_watched(&id);
         let me = self.me.clone();
+        let details = self
+            .details
+            .iter()
+            .position(|(from, mid, ..)| from == &e.contact && mid == &e.message_id)
+            .map(|i| self.details.remove(i));
+        let now = self.now_ms;
         let c = self.conversation_mut(&id);
         push_entry(c, &me, e);
+        if let (Some((_, _, reply_to, secs)), Some(Item::Message(m))) =
+            (details, c.items.last_mut())
+        {
+            m.reply_to = reply_to;
+            m.expire_after_secs = secs;
+            if secs > 0 {
+                m.expires_at_ms = Some(now.saturating_add(secs.saturating_mul(1000)));
+            }
+        }
+        if !e.outgoing {
+            // A message ends the sender's typing indicator.
+            c.typing_until_ms = 0;
+            if !e.quarantined {
+                c.unread_ids.push(e.message_id.clone());
+            }
+        }
         if !watched && !e.outgoing {
             c.unread += 1;
         }
         if !watched && !e.outgoing && self.bell {
             self.ring = true;
         }
+        if watched && let Some(i) = self.index_of(&id) {
+            self.note_read(i);
+        }
         self.sort();
+    }
+
+    /// Adds a live message with everything known about it (a message that
+    /// arrived while the chat was closed).
+    pub fn push_live_item(&mut self, ci: &ConversationItem) {
+        self.push_live(&ci.entry);
+        let c = self.conversation_mut(&ConversationId::Direct(ci.entry.contact.clone()));
+        if let Some(Item::Message(m)) = c.items.last_mut() {
+            item_details(m, ci);
+        }
+    }
+
+    /// Applies a conversation event (receipts, typing, reactions, edits,
+    /// deletions, timers, expiries) to the conversation it belongs to.
+    pub fn apply_conversation(&mut self, ev: &ConversationEvent) {
+        let now = self.now_ms;
+        let esc = crate::display::sanitize_line;
+        match ev {
+            ConversationEvent::Receipt {
+                from,
+                state,
+                message_ids,
+            } => {
+                let c = self.conversation_mut(&ConversationId::Direct(from.clone()));
+                for id in message_ids {
+                    if let Some(m) = c.message_mut(id, Some(true))
+                        && m.receipt.is_none_or(|r| rank(r) < rank(*state))
+                    {
+                        m.receipt = Some(*state);
+                    }
+                }
+            }
+            ConversationEvent::Typing { from, started } => {
+                let c = self.conversation_mut(&ConversationId::Direct(from.clone()));
+                c.typing_until_ms = if *started {
+                    now.saturating_add(TYPING_SHOWN_MS)
+                } else {
+                    0
+                };
+            }
+            ConversationEvent::Reaction {
+                from,
+                target,
+                emoji,
+            } => {
+                let who = esc(from);
+                let c = self.conversation_mut(&ConversationId::Direct(from.clone()));
+                if let Some(m) = c.message_mut(target, None) {
+                    m.reactions.retain(|(w, _)| w != &who);
+                    if let Some(e) = emoji {
+                        m.reactions.push((who, esc(e)));
+                    }
+                }
+            }
+            ConversationEvent::Edited { from, target, text } => {
+                let c = self.conversation_mut(&ConversationId::Direct(from.clone()));
+                if let Some(m) = c.message_mut(target, Some(false)) {
+                    m.text = crate::display::sanitize_text(text, "");
+                    m.edited = true;
+                }
+            }
+            ConversationEvent::Unsent { from, target } => {
+                let c = self.conversation_mut(&ConversationId::Direct(from.clone()));
+                if let Some(m) = c.message_mut(target, Some(false)) {
+                    m.unsent = true;
+                    m.text.clear();
+                    m.reactions.clear();
+                }
+            }
+            ConversationEvent::TimerChanged {
+                from,
+                expire_after_secs,
+            } => {
+                let by = esc(from);
+                self.timers
+                    .insert(ConversationId::Direct(from.clone()), *expire_after_secs);
+                self.push_event(
+                    &ConversationId::Direct(from.clone()),
+                    InlineEvent::Timer {
+                        by,
+                        secs: *expire_after_secs,
+                    },
+                );
+            }
+            ConversationEvent::MessageDetails {
+                from,
+                message_id,
+                reply_to,
+                expire_after_secs,
+            } => {
+                let reply = reply_to
+                    .as_ref()
+                    .map(|q| quote_line(&q.author, q.text.as_deref()));
+                self.details
+                    .push((from.clone(), message_id.clone(), reply, *expire_after_secs));
+            }
+            ConversationEvent::Expired {
+                contact,
+                message_ids,
+            } => {
+                let c = self.conversation_mut(&ConversationId::Direct(contact.clone()));
+                c.items.retain(
+                    |i| !matches!(i, Item::Message(m) if message_ids.contains(&m.message_id)),
+                );
+            }
+        }
+    }
+
+    /// Records the disappearing timer of `id` (our messages sent there get
+    /// it).
+    pub fn set_timer(&mut self, id: &ConversationId, secs: u64) {
+        self.timers.insert(id.clone(), secs);
+    }
+
+    /// Advances the clock: typing indicators and disappearing messages past
+    /// their time go (the store deletes the messages on its own schedule;
+    /// the screen does not wait for it).
+    pub fn tick(&mut self, now_ms: u64) {
+        self.now_ms = now_ms;
+        for c in &mut self.conversations {
+            if c.typing_until_ms != 0 && c.typing_until_ms <= now_ms {
+                c.typing_until_ms = 0;
+            }
+            c.items.retain(
+                |i| !matches!(i, Item::Message(m) if m.expires_at_ms.is_some_and(|t| t <= now_ms)),
+            );
+        }
     }
 
     /// Adds an inline event to `id`.
@@ -544,10 +848,45 @@ impl ChatState {
             KeyCode::Up if single_line => self.history_step(true),
             KeyCode::Down if single_line => self.history_step(false),
             _ => {
-                self.input.input(key);
+                if self.input.input(key) {
+                    return self.typing_action();
+                }
             }
         }
         None
+    }
+
+    /// After the input changed: tells the contact we are typing (once per
+    /// [`TYPING_RESEND_MS`]), or that we stopped when the input is empty
+    /// again. Commands are not typing.
+    fn typing_action(&mut self) -> Option<Action> {
+        let c = self.current()?;
+        if c.verification == Verification::Changed {
+            return None;
+        }
+        let id = c.id.clone();
+        let text = self.input_text();
+        let typing = !text.trim().is_empty() && !text.starts_with('/');
+        let now = self.now_ms;
+        match (&self.typing_sent, typing) {
+            (Some((to, at)), true) if to == &id && now.saturating_sub(*at) < TYPING_RESEND_MS => {
+                None
+            }
+            (_, true) => {
+                self.typing_sent = Some((id.clone(), now));
+                Some(Action::Typing(id, true))
+            }
+            (Some(_), false) => self.stop_typing(),
+            (None, false) => None,
+        }
+    }
+
+    /// Our typing indicator ends (the message was sent or the input
+    /// cleared); the sent message itself ends it at the other side.
+    fn stop_typing(&mut self) -> Option<Action> {
+        self.typing_sent
+            .take()
+            .map(|(to, _)| Action::Typing(to, false))
     }
 
     fn history_step(&mut self, back: bool) {
@@ -576,25 +915,35 @@ impl ChatState {
         if text.is_empty() {
             return None;
         }
-        if text == "/quit" {
-            return Some(Action::Quit);
+        let text = text.to_owned();
+        if let Some(cmd) = text.strip_prefix('/')
+            && !cmd.starts_with('/')
+        {
+            let action = self.command(cmd);
+            if action.is_some() || cmd.trim() == "help" {
+                self.history.push(text);
+                self.history_pos = None;
+                self.input = new_input();
+                self.typing_sent = None;
+            }
+            return action;
+        }
+        // `//text` sends `/text`.
+        let text = match text.strip_prefix('/') {
+            Some(rest) => rest.to_owned(),
+            None => text,
+        };
+        if !self.can_send() {
+            return None;
         }
         let me = self.me.clone();
         let c = self.current_mut()?;
-        if c.verification == Verification::Changed {
-            let who = c.id.label().to_owned();
-            self.status = Some(format!(
-                "not sent: {who}'s identity changed; run `missive trust {who} SAFETY_NUMBER` after comparing safety numbers"
-            ));
-            return None;
-        }
-        let text = text.to_owned();
         c.items.push(Item::Message(MessageItem {
             author: me,
             outgoing: true,
             text: crate::display::sanitize_text(&text, ""),
-            at_ms: 0,
             pending: true,
+            ..MessageItem::default()
         }));
         c.from_bottom = 0;
         let id = c.id.clone();
@@ -602,23 +951,195 @@ impl ChatState {
         self.history_pos = None;
         self.input = new_input();
         self.status = None;
+        self.typing_sent = None;
         Some(Action::Send(id, text))
+    }
+
+    /// Whether the open conversation takes messages; says why not.
+    fn can_send(&mut self) -> bool {
+        match self.current() {
+            Some(c) if c.verification == Verification::Changed => {
+                let who = c.id.label().to_owned();
+                self.status = Some(format!(
+                    "not sent: {who}'s identity changed; run `missive trust {who} SAFETY_NUMBER` after comparing safety numbers"
+                ));
+                false
+            }
+            Some(_) => true,
+            None => false,
+        }
+    }
+
+    /// A `/command` typed in the input. `None` with a status line when it
+    /// cannot be done (the input is kept).
+    fn command(&mut self, cmd: &str) -> Option<Action> {
+        let (name, arg) = match cmd.split_once(char::is_whitespace) {
+            Some((n, a)) => (n, a.trim()),
+            None => (cmd, ""),
+        };
+        self.status = None;
+        let to = self.current()?.id.clone();
+        let need = |what: &str, s: &mut Option<String>| {
+            *s = Some(format!("/{name} needs {what}; /help lists the commands"));
+        };
+        let target = |st: &Self, ours: bool| {
+            st.current()
+                .and_then(|c| c.newest(ours))
+                .map(|m| hex::encode(&m.message_id))
+        };
+        match name {
+            "quit" | "q" => Some(Action::Quit),
+            "help" => {
+                self.status = Some(COMMANDS_HELP.to_owned());
+                None
+            }
+            "reply" | "react" | "unreact" => {
+                if name != "unreact" && arg.is_empty() {
+                    need(
+                        if name == "reply" {
+                            "a text"
+                        } else {
+                            "an emoji"
+                        },
+                        &mut self.status,
+                    );
+                    return None;
+                }
+                if !self.can_send() {
+                    return None;
+                }
+                let Some(target) = target(self, false) else {
+                    self.status = Some(format!(
+                        "/{name}: {} has sent nothing here to {name} to",
+                        to.label()
+                    ));
+                    return None;
+                };
+                Some(match name {
+                    "reply" => Action::Reply {
+                        to,
+                        target,
+                        text: arg.to_owned(),
+                    },
+                    "react" => Action::React {
+                        to,
+                        target,
+                        emoji: Some(arg.to_owned()),
+                    },
+                    _ => Action::React {
+                        to,
+                        target,
+                        emoji: None,
+                    },
+                })
+            }
+            "edit" | "unsend" => {
+                if name == "edit" && arg.is_empty() {
+                    need("the new text", &mut self.status);
+                    return None;
+                }
+                if !self.can_send() {
+                    return None;
+                }
+                let Some(target) = target(self, true) else {
+                    self.status = Some(format!("/{name}: you have sent nothing here yet"));
+                    return None;
+                };
+                Some(if name == "edit" {
+                    Action::Edit {
+                        to,
+                        target,
+                        text: arg.to_owned(),
+                    }
+                } else {
+                    Action::Unsend { to, target }
+                })
+            }
+            "timer" => {
+                if arg.is_empty() {
+                    need("a duration such as 30s, 5m, 1d, or off", &mut self.status);
+                    return None;
+                }
+                match crate::conversation::parse_timer(arg) {
+                    Ok(secs) if self.can_send() => Some(Action::Timer(to, secs)),
+                    Ok(_) => None,
+                    Err(e) => {
+                        self.status = Some(format!("/timer: {e}"));
+                        None
+                    }
+                }
+            }
+            _ => {
+                self.status = Some(format!(
+                    "unknown command /{}; /help lists them (//text sends /text)",
+                    crate::display::sanitize_line(name)
+                ));
+                None
+            }
+        }
+    }
+
+    /// Shows what a command did, or why it failed (an edit or unsend also
+    /// updates our own line).
+    pub fn done(&mut self, action: &Action, outcome: std::result::Result<(), String>) {
+        match (action, outcome) {
+            (_, Err(e)) => self.status = Some(format!("not done: {e}")),
+            (Action::Edit { to, target, text }, Ok(())) => {
+                let id = hex::decode(target).unwrap_or_default();
+                if let Some(m) = self.conversation_mut(to).message_mut(&id, Some(true)) {
+                    m.text = crate::display::sanitize_text(text, "");
+                    m.edited = true;
+                }
+            }
+            (Action::Unsend { to, target }, Ok(())) => {
+                let id = hex::decode(target).unwrap_or_default();
+                if let Some(m) = self.conversation_mut(to).message_mut(&id, Some(true)) {
+                    m.unsent = true;
+                    m.text.clear();
+                    m.reactions.clear();
+                }
+            }
+            (Action::React { to, target, emoji }, Ok(())) => {
+                let me = self.me.clone();
+                let id = hex::decode(target).unwrap_or_default();
+                if let Some(m) = self.conversation_mut(to).message_mut(&id, None) {
+                    m.reactions.retain(|(w, _)| w != &me);
+                    if let Some(e) = emoji {
+                        m.reactions.push((me, crate::display::sanitize_line(e)));
+                    }
+                }
+            }
+            (Action::Timer(to, secs), Ok(())) => {
+                let by = self.me.clone();
+                self.timers.insert(to.clone(), *secs);
+                self.push_event(to, InlineEvent::Timer { by, secs: *secs });
+            }
+            _ => {}
+        }
     }
 
     /// Records the outcome of the last [`Action::Send`] to `id`: the
     /// pending line gets the server's time, or is removed and the reason
     /// shown (the text goes back into the input so nothing is lost).
-    pub fn sent(&mut self, id: &ConversationId, outcome: std::result::Result<u64, String>) {
+    pub fn sent(&mut self, id: &ConversationId, outcome: std::result::Result<crate::Sent, String>) {
+        let timer = self.timers.get(id).copied().unwrap_or(0);
         let c = self.conversation_mut(id);
         let idx = c
             .items
             .iter()
             .rposition(|i| matches!(i, Item::Message(m) if m.pending));
         match (outcome, idx) {
-            (Ok(ts), Some(i)) => {
+            (Ok(sent), Some(i)) => {
+                let ts = sent.server_timestamp_ms;
                 if let Some(Item::Message(m)) = c.items.get_mut(i) {
                     m.pending = false;
                     m.at_ms = ts;
+                    m.message_id = hex::decode(&sent.id).unwrap_or_default();
+                    m.receipt = Some(ReceiptState::Sent);
+                    m.expire_after_secs = timer;
+                    if timer > 0 {
+                        m.expires_at_ms = Some(ts.saturating_add(timer.saturating_mul(1000)));
+                    }
                 }
                 c.last_activity_ms = c.last_activity_ms.max(ts);
                 self.sort();
@@ -647,11 +1168,66 @@ fn push_entry(c: &mut Conversation, me: &str, e: &HistoryEntry) {
         e.contact.clone()
     };
     c.items.push(Item::Message(MessageItem {
+        message_id: e.message_id.clone(),
         author: crate::display::sanitize_line(&author),
         outgoing: e.outgoing,
         text: crate::display::sanitize_text(&e.text, ""),
         at_ms: e.server_ts_ms,
-        pending: false,
+        receipt: e.outgoing.then_some(ReceiptState::Sent),
+        ..MessageItem::default()
     }));
     c.last_activity_ms = c.last_activity_ms.max(e.server_ts_ms);
+}
+
+/// Copies what `ci` knows beyond its history entry into `m`.
+fn item_details(m: &mut MessageItem, ci: &ConversationItem) {
+    m.reply_to = ci
+        .reply_to
+        .as_ref()
+        .map(|q| quote_line(&q.author, q.text.as_deref()));
+    m.reactions = ci
+        .reactions
+        .iter()
+        .map(|(w, e)| {
+            (
+                crate::display::sanitize_line(w),
+                crate::display::sanitize_line(e),
+            )
+        })
+        .collect();
+    m.edited = !ci.edit_history.is_empty();
+    if ci.unsent {
+        m.unsent = true;
+        m.text.clear();
+    }
+    if ci.entry.outgoing {
+        m.receipt = ci.receipt;
+    }
+    m.expire_after_secs = ci.expire_after_secs;
+    m.expires_at_ms = ci.expires_at_ms;
+}
+
+/// One escaped line for a quoted message: `author: text…`.
+fn quote_line(author: &str, text: Option<&str>) -> String {
+    let author = crate::display::sanitize_line(author);
+    match text {
+        Some(t) => {
+            let flat = crate::display::sanitize_line(&t.replace('\n', " "));
+            let mut short: String = flat.chars().take(QUOTE_CHARS).collect();
+            if flat.chars().count() > QUOTE_CHARS {
+                short.push('…');
+            }
+            format!("{author}: {short}")
+        }
+        None => format!("{author}: (message not available)"),
+    }
+}
+
+/// Order of receipt states: a later receipt never lowers one.
+fn rank(r: ReceiptState) -> u8 {
+    match r {
+        ReceiptState::Sent => 0,
+        ReceiptState::Delivered => 1,
+        ReceiptState::Read => 2,
+    }
 }

@@ -6,11 +6,12 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Paragraph};
 
-use super::rows::{message_rows, window, wrap_line};
+use super::rows::{WRAP_INDENT, message_rows, window, wrap_line};
 use super::state::{
     ChatState, Connection, Conversation, Focus, HELP_CONVERSATION, HELP_LIST, Item,
 };
 use crate::client::{Verification, rfc3339};
+use crate::conversation::{ReceiptState, format_timer};
 
 /// The list pane is shown beside the conversation from this width on.
 const LIST_BESIDE_FROM: u16 = 50;
@@ -34,18 +35,57 @@ pub(crate) fn conversation_rows(c: &Conversation, width: usize) -> Vec<Row> {
     for item in &c.items {
         match item {
             Item::Message(m) => {
-                let header = if m.pending {
-                    format!("[sending] {}: ", m.author)
-                } else {
-                    format!("[{}] {}: ", clock(m.at_ms), m.author)
-                };
-                let style = if m.outgoing {
+                let style = if m.unsent {
+                    Style::default().fg(Color::DarkGray)
+                } else if m.outgoing {
                     Style::default().fg(Color::Cyan)
                 } else {
                     Style::default()
                 };
-                for text in message_rows(&header, &m.text, width) {
+                let dim = Style::default().fg(Color::DarkGray);
+                if let Some(q) = &m.reply_to {
+                    for text in wrap_line(&format!("  ┌ reply to {q}"), width) {
+                        out.push(Row { text, style: dim });
+                    }
+                }
+                let timer = if m.expire_after_secs > 0 {
+                    format!(" ⏱{}", format_timer(m.expire_after_secs))
+                } else {
+                    String::new()
+                };
+                let header = if m.pending {
+                    format!("[sending] {}: ", m.author)
+                } else {
+                    format!("[{}{timer}] {}: ", clock(m.at_ms), m.author)
+                };
+                let mut text = if m.unsent {
+                    "(deleted)".to_owned()
+                } else {
+                    m.text.clone()
+                };
+                if m.edited && !m.unsent {
+                    text.push_str(" (edited)");
+                }
+                if let Some(r) = m.receipt.filter(|_| m.outgoing && !m.pending) {
+                    text.push_str(match r {
+                        ReceiptState::Sent => "  ✓",
+                        ReceiptState::Delivered => "  ✓✓ delivered",
+                        ReceiptState::Read => "  ✓✓ read",
+                    });
+                }
+                for text in message_rows(&header, &text, width) {
                     out.push(Row { text, style });
+                }
+                if !m.reactions.is_empty() {
+                    let line = m
+                        .reactions
+                        .iter()
+                        .map(|(who, e)| format!("{e} {who}"))
+                        .collect::<Vec<_>>()
+                        .join(" · ");
+                    for text in wrap_line(&format!("{WRAP_INDENT}{line}"), width) {
+                        out.push(Row { text, style: dim });
+                    }
                 }
             }
             Item::Event(ev) => {
@@ -171,6 +211,11 @@ fn draw_conversation(state: &mut ChatState, frame: &mut Frame<'_>, area: Rect) {
         .take(range.len())
         .map(|r| Line::styled(r.text, r.style))
         .collect();
+    let typing = if c.typing_until_ms > 0 {
+        format!("{} is typing… ", c.id.label())
+    } else {
+        String::new()
+    };
     let title = Line::from(vec![
         Span::raw(format!(" {} ", c.id.label())),
         Span::styled(
@@ -178,6 +223,7 @@ fn draw_conversation(state: &mut ChatState, frame: &mut Frame<'_>, area: Rect) {
             verification_style(c.verification),
         ),
         Span::raw(" "),
+        Span::styled(typing, Style::default().fg(Color::Green)),
         Span::styled(more, Style::default().fg(Color::Yellow)),
     ]);
     frame.render_widget(
