@@ -178,13 +178,38 @@ pub fn report(
     reporter: &str,
     server_timestamp_ms: u64,
     message_id: &[u8],
+    attachment: Option<&missive_proto::v1::AttachmentPointer>,
 ) -> ApiResult<Verified> {
     let key = FrankingKey::from_bytes(franking_key)
         .map_err(|_| invalid("the franking key must be 32 bytes"))?;
-    if !franking::verify_commitment(&key, message_id, plaintext, commitment) {
+    let committed = match attachment {
+        None => franking::verify_commitment(&key, message_id, plaintext, commitment),
+        Some(p) => missive_crypto::attachment::verify_franking_commitment(
+            &key,
+            message_id,
+            plaintext,
+            &missive_crypto::attachment::PointerBinding {
+                blob_id: &p.blob_id,
+                key_commitment: &p.key_commitment,
+                ciphertext_hash: &p.ciphertext_hash,
+                plaintext_len: p.size,
+                mime_type: &p.mime_type,
+                file_name: &p.file_name,
+            },
+            commitment,
+        ),
+    };
+    if !committed {
         return Err(invalid(
             "the franking commitment does not match the reported text and key",
         ));
+    }
+    // The commitment binds key_commitment, not the key: a reported key must
+    // open to it, or the moderator could be shown another file.
+    if let Some(p) = attachment {
+        missive_crypto::attachment::AttachmentKey::from_bytes(&p.key)
+            .and_then(|k| k.verify_commitment(&p.key_commitment))
+            .map_err(|_| invalid("the reported file key does not match its key commitment"))?;
     }
     keys.verify(
         tag,

@@ -29,6 +29,29 @@ pub struct ExportDocument {
     pub reports_about_account: Vec<ExportReport>,
     /// Number of reports this account filed (a count: no content, no names).
     pub reports_filed: u64,
+    /// The attachment quota ledger: sealed bytes the account reserved for
+    /// uploads, per day (no blob ids: nothing links a blob to its sender or
+    /// its recipients).
+    pub attachment_bytes_reserved: Vec<ExportLedgerDay>,
+}
+
+/// One day of the attachment quota ledger.
+#[derive(Debug, Serialize)]
+pub struct ExportLedgerDay {
+    /// The day (UTC, `YYYY-MM-DD`).
+    pub day: String,
+    /// Sealed bytes reserved that day.
+    pub bytes: u64,
+}
+
+/// The ledger as exported.
+pub fn ledger_days(rows: &[(i64, u64)]) -> Vec<ExportLedgerDay> {
+    rows.iter()
+        .map(|&(day, bytes)| ExportLedgerDay {
+            day: iso_date(day),
+            bytes,
+        })
+        .collect()
 }
 
 /// One device.
@@ -103,6 +126,8 @@ pub fn document(export: AccountExport) -> ExportDocument {
             })
             .collect(),
         reports_filed: export.reports_filed,
+        // Filled from the blob store by `export-account` (another store).
+        attachment_bytes_reserved: Vec::new(),
     }
 }
 

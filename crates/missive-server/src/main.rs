@@ -365,7 +365,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .export_account(&username)
                 .await?
                 .ok_or_else(|| anyhow!("no account named {username:?}"))?;
-            print(&serde_json::to_string_pretty(&export::document(export))?)
+            let account = store
+                .account_named(&username)
+                .await?
+                .ok_or_else(|| anyhow!("no account named {username:?}"))?;
+            let blobs = missive_server::blobs::open(&database_url(&cli), &cli.data_dir)
+                .await
+                .map_err(|e| anyhow!("cannot open the attachment store: {e}"))?;
+            let ledger = blobs.ledger(account.id).await;
+            blobs.close().await;
+            let mut document = export::document(export);
+            document.attachment_bytes_reserved = export::ledger_days(
+                &ledger.map_err(|e| anyhow!("cannot read the attachment ledger: {e}"))?,
+            );
+            print(&serde_json::to_string_pretty(&document)?)
         }
         Some(Command::RotateFrankingKey) => {
             let store = open_existing(&cli).await?;

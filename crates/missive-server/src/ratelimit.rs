@@ -101,6 +101,11 @@ pub struct RateLimits {
     pub send_per_account: Rate,
     /// Sends per client source.
     pub send_per_ip: Rate,
+    /// Attachment calls (create, upload stream, query, finalise, download)
+    /// per account. Bytes are bounded by the quota; this bounds the calls.
+    pub attachment_per_account: Rate,
+    /// Attachment calls per client source.
+    pub attachment_per_ip: Rate,
 }
 
 impl Default for RateLimits {
@@ -115,6 +120,10 @@ impl Default for RateLimits {
             bundles_per_target: Rate::per_hour(30, 30),
             send_per_account: Rate::per_second(200, 2000),
             send_per_ip: Rate::per_second(5000, 20_000),
+            // A resumed transfer costs a query and a stream per try; a
+            // conversation full of images a download each.
+            attachment_per_account: Rate::per_second(10, 100),
+            attachment_per_ip: Rate::per_second(200, 2000),
         }
     }
 }
@@ -150,6 +159,8 @@ pub struct Limiters {
     bundles_target: DefaultKeyedRateLimiter<AccountId>,
     send_account: DefaultKeyedRateLimiter<AccountId>,
     send_ip: DefaultKeyedRateLimiter<Source>,
+    attachment_account: DefaultKeyedRateLimiter<AccountId>,
+    attachment_ip: DefaultKeyedRateLimiter<Source>,
 }
 
 impl std::fmt::Debug for Limiters {
@@ -184,6 +195,8 @@ impl Limiters {
             bundles_target: limiter(rates.bundles_per_target),
             send_account: limiter(rates.send_per_account),
             send_ip: limiter(rates.send_per_ip),
+            attachment_account: limiter(rates.attachment_per_account),
+            attachment_ip: limiter(rates.attachment_per_ip),
         }
     }
 
@@ -239,8 +252,22 @@ impl Limiters {
         })
     }
 
+    /// An attachment call.
+    pub fn attachment(&self, account: AccountId, source: Option<Source>) -> ApiResult<()> {
+        check(
+            &self.attachment_account,
+            &account,
+            "for this account's attachments",
+        )?;
+        source.map_or(Ok(()), |source| {
+            check(&self.attachment_ip, &source, "from this address")
+        })
+    }
+
     /// Forgets keys whose limits have fully recovered.
     pub fn prune(&self) {
+        self.attachment_account.retain_recent();
+        self.attachment_ip.retain_recent();
         self.account_ip.retain_recent();
         self.login_account_ip.retain_recent();
         self.login_success.retain_recent();

@@ -775,6 +775,7 @@ async fn franking_reports_verify_and_tampered_ones_are_refused_and_exports_stay_
         franking_commitment: envelope.franking_commitment.clone(),
         franking_tag: envelope.franking_tag.clone(),
         reason: "spam".into(),
+        attachment: None,
     };
     let mut tampered = Vec::new();
     let mut r = genuine.clone();

@@ -96,6 +96,7 @@ fn report_of(envelope: &Envelope, sent: &Sent) -> ReportRequest {
         franking_commitment: sent.commitment.to_vec(),
         franking_tag: envelope.franking_tag.clone(),
         reason: "spam".into(),
+        attachment: None,
     }
 }
 

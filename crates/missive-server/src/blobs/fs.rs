@@ -292,6 +292,18 @@ impl BlobStore for FsBlobStore {
         Ok(purged)
     }
 
+    async fn ledger(&self, account: i64) -> BlobResult<Vec<(i64, u64)>> {
+        let rows = sqlx::query("SELECT day, bytes FROM blob_usage WHERE account = ? ORDER BY day")
+            .bind(account)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get::<i64, _>(0), to_u64(r.get::<i64, _>(1))))
+            .collect())
+    }
+
     async fn usage(&self, account: i64, since_day: i64) -> BlobResult<u64> {
         let used: i64 = sqlx::query(
             "SELECT COALESCE(SUM(bytes), 0) FROM blob_usage WHERE account = ? AND day >= ?",

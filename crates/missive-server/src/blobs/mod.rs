@@ -166,6 +166,9 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug {
     ) -> BlobResult<u64>;
     /// Bytes the account reserved since `since_day` (for `export-account`).
     async fn usage(&self, account: i64, since_day: i64) -> BlobResult<u64>;
+    /// The account's quota ledger: bytes reserved per day (days since the
+    /// epoch), oldest first; what `export-account` shows. It names no blob.
+    async fn ledger(&self, account: i64) -> BlobResult<Vec<(i64, u64)>>;
     /// Closes connections.
     async fn close(&self);
 }

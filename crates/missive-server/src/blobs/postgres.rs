@@ -296,6 +296,19 @@ impl BlobStore for PgBlobStore {
         Ok(rows.len() as u64)
     }
 
+    async fn ledger(&self, account: i64) -> BlobResult<Vec<(i64, u64)>> {
+        let rows =
+            sqlx::query("SELECT day, bytes FROM attachment_usage WHERE account = $1 ORDER BY day")
+                .bind(account)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(backend)?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get::<i64, _>(0), to_u64(r.get::<i64, _>(1))))
+            .collect())
+    }
+
     async fn usage(&self, account: i64, since_day: i64) -> BlobResult<u64> {
         self.used(account, since_day).await
     }

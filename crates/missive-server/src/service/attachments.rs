@@ -73,6 +73,15 @@ impl AttachmentApi {
         }
     }
 
+    /// Authenticates the call and charges the attachment rate limits.
+    async fn limited<T>(&self, request: &Request<T>) -> Result<crate::storage::Principal, Status> {
+        let principal = self.state.principal(request).await?;
+        if let Some(limiters) = self.state.limiters() {
+            limiters.attachment(principal.address.account, self.state.source(request))?;
+        }
+        Ok(principal)
+    }
+
     fn retention_days(&self) -> i64 {
         (self.state.retention.as_secs() / 86_400) as i64 + 1
     }
@@ -150,7 +159,7 @@ impl AttachmentService for AttachmentApi {
         &self,
         request: Request<CreateUploadRequest>,
     ) -> Result<Response<CreateUploadResponse>, Status> {
-        let principal = self.state.principal(&request).await?;
+        let principal = self.limited(&request).await?;
         let size = request.into_inner().size;
         if size == 0 {
             return Err(Status::invalid_argument(
@@ -189,7 +198,7 @@ impl AttachmentService for AttachmentApi {
         &self,
         request: Request<Streaming<UploadChunk>>,
     ) -> Result<Response<UploadResponse>, Status> {
-        self.state.principal(&request).await?;
+        self.limited(&request).await?;
         // On a task of its own: when the client resets the stream, hyper drops
         // this handler, but the task still sees the broken stream and commits
         // what arrived, so the client resumes from there.
@@ -206,7 +215,7 @@ impl AttachmentService for AttachmentApi {
         &self,
         request: Request<QueryUploadRequest>,
     ) -> Result<Response<QueryUploadResponse>, Status> {
-        self.state.principal(&request).await?;
+        self.limited(&request).await?;
         let id = blob_id(&request.into_inner().blob_id)?;
         let status = self.blobs.status(&id).await?;
         Ok(Response::new(QueryUploadResponse {
@@ -221,7 +230,7 @@ impl AttachmentService for AttachmentApi {
         &self,
         request: Request<FinalizeUploadRequest>,
     ) -> Result<Response<FinalizeUploadResponse>, Status> {
-        self.state.principal(&request).await?;
+        self.limited(&request).await?;
         let id = blob_id(&request.into_inner().blob_id)?;
         self.blobs.finalize(&id).await?;
         Ok(Response::new(FinalizeUploadResponse {}))
@@ -234,7 +243,7 @@ impl AttachmentService for AttachmentApi {
         &self,
         request: Request<DownloadRequest>,
     ) -> Result<Response<Self::DownloadStream>, Status> {
-        self.state.principal(&request).await?;
+        self.limited(&request).await?;
         let request = request.into_inner();
         let id = blob_id(&request.blob_id)?;
         let status = self.blobs.status(&id).await?;

@@ -58,6 +58,7 @@ impl ReportApi {
             &reporter.username,
             request.server_timestamp_ms,
             &request.message_id,
+            request.attachment.as_ref(),
         )?;
         // The tag binds the sender's account id. A tag from before key ids
         // binds only the name: it is attributed to the account holding the
