@@ -53,6 +53,10 @@
 //! - **Rewrite content**: [`Liar::rewrite`] installs a hook run on every
 //!   envelope delivered downstream (real or injected), with the receiving
 //!   username.
+//! - **Attachment lies**: [`Liar::rewrite_downloads`] runs a hook on every
+//!   downloaded chunk, [`Liar::swap_blob`] serves another blob than the one
+//!   asked for, [`Liar::cut_downloads`] ends download streams early (as if
+//!   complete). Uploads are forwarded as they are.
 //! - **Status lies**: [`Liar::fail`] / [`Liar::fail_times`] make an [`Rpc`]
 //!   answer a chosen status without forwarding.
 //!
@@ -80,6 +84,8 @@ use missive_proto::v1::{
     self,
     account_service_client::AccountServiceClient,
     account_service_server::{AccountService, AccountServiceServer},
+    attachment_service_client::AttachmentServiceClient,
+    attachment_service_server::{AttachmentService, AttachmentServiceServer},
     key_service_client::KeyServiceClient,
     key_service_server::{KeyService, KeyServiceServer},
     message_service_client::MessageServiceClient,
@@ -130,6 +136,16 @@ pub enum Rpc {
     Acknowledge,
     /// `ReportService.Report`.
     Report,
+    /// `AttachmentService.CreateUpload`.
+    CreateUpload,
+    /// `AttachmentService.Upload`.
+    Upload,
+    /// `AttachmentService.QueryUpload`.
+    QueryUpload,
+    /// `AttachmentService.FinalizeUpload`.
+    FinalizeUpload,
+    /// `AttachmentService.Download`.
+    Download,
 }
 
 /// How long [`LyingServer::inject`], `redeliver` and `release` wait for a
@@ -182,6 +198,7 @@ pub struct Delivery {
 
 type Predicate = Arc<dyn Fn(&v1::Envelope) -> bool + Send + Sync>;
 type Rewrite = Arc<dyn Fn(&str, &mut v1::Envelope) + Send + Sync>;
+type ChunkRewrite = Arc<dyn Fn(&mut v1::DownloadChunk) + Send + Sync>;
 
 struct Queued {
     envelope: v1::Envelope,
@@ -212,6 +229,10 @@ pub struct Script {
     swaps: HashMap<String, String>,
     drained: HashSet<String>,
     rewrite: Option<Rewrite>,
+    chunk_rewrite: Option<ChunkRewrite>,
+    created_blobs: Vec<Vec<u8>>,
+    blob_swaps: HashMap<Vec<u8>, Vec<u8>>,
+    download_cut: Option<u64>,
     failures: HashMap<Rpc, Failure>,
     events: Vec<String>,
     started: Option<Instant>,
@@ -565,6 +586,37 @@ impl Liar {
         s.rewrite = Some(Arc::new(f));
     }
 
+    /// Runs `f` on every attachment chunk downloaded from now on (flip
+    /// bytes, move offsets, shorten data).
+    pub fn rewrite_downloads(&self, f: impl Fn(&mut v1::DownloadChunk) + Send + Sync + 'static) {
+        let mut s = self.script();
+        s.event("download rewrite hook: on".to_owned());
+        s.chunk_rewrite = Some(Arc::new(f));
+    }
+
+    /// The blob ids of every upload created through the proxy, in order.
+    pub fn created_blobs(&self) -> Vec<Vec<u8>> {
+        self.script().created_blobs.clone()
+    }
+
+    /// Answers every download of blob `asked` with blob `served` instead.
+    pub fn swap_blob(&self, asked: &[u8], served: &[u8]) {
+        let mut s = self.script();
+        s.event(format!(
+            "download of blob {} serves {}",
+            hex::encode(asked),
+            hex::encode(served)
+        ));
+        s.blob_swaps.insert(asked.to_vec(), served.to_vec());
+    }
+
+    /// Ends every download stream, successfully, after `bytes` bytes of data.
+    pub fn cut_downloads(&self, bytes: u64) {
+        let mut s = self.script();
+        s.event(format!("downloads end after {bytes} bytes"));
+        s.download_cut = Some(bytes);
+    }
+
     /// Removes the rewrite hook.
     pub fn clear_rewrite(&self) {
         let mut s = self.script();
@@ -611,6 +663,9 @@ impl Liar {
         s.swaps.clear();
         s.drained.clear();
         s.rewrite = None;
+        s.chunk_rewrite = None;
+        s.blob_swaps.clear();
+        s.download_cut = None;
         s.failures.clear();
     }
 }
@@ -989,6 +1044,146 @@ impl ReportService for Proxy {
     }
 }
 
+#[tonic::async_trait]
+impl AttachmentService for Proxy {
+    async fn create_upload(
+        &self,
+        request: Request<v1::CreateUploadRequest>,
+    ) -> Result<Response<v1::CreateUploadResponse>, Status> {
+        if let Some(s) = self.shared.lie(Rpc::CreateUpload) {
+            return Err(s);
+        }
+        let msg = request.get_ref().clone();
+        let resp = AttachmentServiceClient::new(self.upstream.clone())
+            .create_upload(forward(&request, msg))
+            .await
+            .map_err(relay)?
+            .into_inner();
+        self.shared
+            .script()
+            .created_blobs
+            .push(resp.blob_id.clone());
+        Ok(Response::new(resp))
+    }
+
+    async fn upload(
+        &self,
+        request: Request<tonic::Streaming<v1::UploadChunk>>,
+    ) -> Result<Response<v1::UploadResponse>, Status> {
+        if let Some(s) = self.shared.lie(Rpc::Upload) {
+            return Err(s);
+        }
+        let mut metadata_only = Request::new(());
+        if let Some(v) = request.metadata().get("authorization") {
+            metadata_only
+                .metadata_mut()
+                .insert("authorization", v.clone());
+        }
+        let mut incoming = request.into_inner();
+        let (tx, rx) = mpsc::channel::<v1::UploadChunk>(8);
+        tokio::spawn(async move {
+            while let Ok(Some(chunk)) = incoming.message().await {
+                if tx.send(chunk).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let resp = AttachmentServiceClient::new(self.upstream.clone())
+            .upload(forward_stream(&metadata_only, ReceiverStream::new(rx)))
+            .await
+            .map_err(relay)?;
+        Ok(Response::new(resp.into_inner()))
+    }
+
+    async fn query_upload(
+        &self,
+        request: Request<v1::QueryUploadRequest>,
+    ) -> Result<Response<v1::QueryUploadResponse>, Status> {
+        if let Some(s) = self.shared.lie(Rpc::QueryUpload) {
+            return Err(s);
+        }
+        let msg = request.get_ref().clone();
+        let resp = AttachmentServiceClient::new(self.upstream.clone())
+            .query_upload(forward(&request, msg))
+            .await
+            .map_err(relay)?;
+        Ok(Response::new(resp.into_inner()))
+    }
+
+    async fn finalize_upload(
+        &self,
+        request: Request<v1::FinalizeUploadRequest>,
+    ) -> Result<Response<v1::FinalizeUploadResponse>, Status> {
+        if let Some(s) = self.shared.lie(Rpc::FinalizeUpload) {
+            return Err(s);
+        }
+        let msg = request.get_ref().clone();
+        let resp = AttachmentServiceClient::new(self.upstream.clone())
+            .finalize_upload(forward(&request, msg))
+            .await
+            .map_err(relay)?;
+        Ok(Response::new(resp.into_inner()))
+    }
+
+    type DownloadStream =
+        Pin<Box<dyn Stream<Item = Result<v1::DownloadChunk, Status>> + Send + 'static>>;
+
+    async fn download(
+        &self,
+        request: Request<v1::DownloadRequest>,
+    ) -> Result<Response<Self::DownloadStream>, Status> {
+        if let Some(s) = self.shared.lie(Rpc::Download) {
+            return Err(s);
+        }
+        let mut msg = request.get_ref().clone();
+        let (rewrite, cut) = {
+            let mut s = self.shared.script();
+            if let Some(served) = s.blob_swaps.get(&msg.blob_id).cloned() {
+                s.event(format!(
+                    "Download {}: serving {}",
+                    hex::encode(&msg.blob_id),
+                    hex::encode(&served)
+                ));
+                msg.blob_id = served;
+            }
+            (s.chunk_rewrite.clone(), s.download_cut)
+        };
+        let mut upstream = AttachmentServiceClient::new(self.upstream.clone())
+            .download(forward_stream(&request, msg))
+            .await
+            .map_err(relay)?
+            .into_inner();
+        let (tx, rx) = mpsc::channel::<Result<v1::DownloadChunk, Status>>(8);
+        tokio::spawn(async move {
+            let mut sent = 0u64;
+            loop {
+                let item = match upstream.message().await {
+                    Ok(Some(mut chunk)) => {
+                        if let Some(limit) = cut {
+                            if sent >= limit {
+                                break;
+                            }
+                            let room = usize::try_from(limit - sent).unwrap_or(usize::MAX);
+                            chunk.data.truncate(room);
+                        }
+                        sent += chunk.data.len() as u64;
+                        if let Some(f) = &rewrite {
+                            f(&mut chunk);
+                        }
+                        Ok(chunk)
+                    }
+                    Ok(None) => break,
+                    Err(s) => Err(relay(s)),
+                };
+                if tx.send(item).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
 type Outbox = mpsc::Sender<Result<v1::ReceiveResponse, Status>>;
 
 fn envelope_item(env: v1::Envelope) -> v1::ReceiveResponse {
@@ -1193,7 +1388,8 @@ async fn serve(
         .add_service(AccountServiceServer::new(proxy.clone()))
         .add_service(KeyServiceServer::new(proxy.clone()))
         .add_service(MessageServiceServer::new(proxy.clone()))
-        .add_service(ReportServiceServer::new(proxy));
+        .add_service(ReportServiceServer::new(proxy.clone()))
+        .add_service(AttachmentServiceServer::new(proxy));
     let serving =
         router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             let _ = graceful.wait_for(|stop| *stop).await;

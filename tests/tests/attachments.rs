@@ -180,3 +180,384 @@ async fn a_download_resumes_and_a_tampered_blob_is_refused() {
         .to_string();
     assert!(error.contains("expired"), "{error}");
 }
+
+// ---- through the real binaries: `send --file`, `recv`, `attachments` ------
+
+/// Bob's one received message (recv --json), with a file.
+fn received_file(run: &missive_e2e::Run) -> serde_json::Value {
+    let lines = run.json_lines().unwrap();
+    let files: Vec<_> = lines
+        .into_iter()
+        .filter(|v| v.get("file_name").is_some())
+        .collect();
+    assert_eq!(
+        files.len(),
+        1,
+        "stdout: {}\nstderr: {}",
+        run.stdout,
+        run.stderr
+    );
+    files.into_iter().next().unwrap()
+}
+
+#[test]
+fn the_cli_sends_and_saves_files_of_every_edge_size() {
+    let (root, server, alice, bob) = setup();
+    let dir = root.path().join("files");
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifty = file_bytes(50 * 1024 * 1024, 50);
+    for (name, bytes) in [
+        ("empty.bin", Vec::new()),
+        ("one.bin", vec![0x5a]),
+        ("boundary.bin", file_bytes(ATTACHMENT_CHUNK_LEN, 3)),
+        ("fifty.bin", fifty.clone()),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, &bytes).unwrap();
+        let sent = alice
+            .ok(
+                &server,
+                &["send", "bob", "--file", path.to_str().unwrap(), "a caption"],
+            )
+            .unwrap();
+        assert!(sent.stdout.contains("with the file"), "{}", sent.stdout);
+        let run = bob.ok(&server, &["recv", "--json"]).unwrap();
+        let m = received_file(&run);
+        assert_eq!(m["file_name"], name);
+        assert_eq!(m["size"], bytes.len() as u64);
+        assert_eq!(m["text"], "a caption");
+        assert!(m["file_error"].is_null());
+        let saved = std::path::PathBuf::from(m["file"].as_str().unwrap());
+        assert_eq!(saved.parent().unwrap(), bob.home.join("attachments"));
+        assert!(std::fs::read(&saved).unwrap() == bytes, "{name} differs");
+    }
+    // The server's data directory never holds the plaintext.
+    for start in [0usize, 20_000_000, 50 * 1024 * 1024 - 64] {
+        assert_eq!(
+            dir_contains(server.data_dir(), &fifty[start..start + 64]).unwrap(),
+            None
+        );
+    }
+
+    // The same name again, into --save-dir where that name exists: a new name.
+    let save = root.path().join("elsewhere");
+    std::fs::create_dir_all(&save).unwrap();
+    std::fs::write(save.join("one.bin"), b"mine").unwrap();
+    let path = dir.join("one.bin");
+    alice
+        .ok(&server, &["send", "bob", "--file", path.to_str().unwrap()])
+        .unwrap();
+    let run = bob
+        .ok(
+            &server,
+            &["recv", "--json", "--save-dir", save.to_str().unwrap()],
+        )
+        .unwrap();
+    let m = received_file(&run);
+    assert_eq!(m["file"], save.join("one (2).bin").to_str().unwrap());
+    assert_eq!(m["text"], "");
+    assert_eq!(std::fs::read(save.join("one.bin")).unwrap(), b"mine");
+    // The plain output says where.
+    alice
+        .ok(
+            &server,
+            &["send", "bob", "--file", path.to_str().unwrap(), "again"],
+        )
+        .unwrap();
+    let run = bob.ok(&server, &["recv"]).unwrap();
+    assert!(
+        run.stdout.contains("[file] one.bin (1 B), saved to "),
+        "{}",
+        run.stdout
+    );
+
+    // `attachments` lists both sides; `history --json` carries the file.
+    let list = bob
+        .ok(&server, &["attachments", "--json"])
+        .unwrap()
+        .json_lines()
+        .unwrap();
+    assert_eq!(list.len(), 6);
+    assert!(
+        list.iter()
+            .all(|v| v["from"] == "alice" && !v["file"].is_null())
+    );
+    let sent = alice.ok(&server, &["attachments"]).unwrap();
+    assert_eq!(sent.stdout.lines().count(), 6, "{}", sent.stdout);
+    assert!(
+        sent.stdout.contains("fifty.bin\tto bob\t50.0 MiB"),
+        "{}",
+        sent.stdout
+    );
+    let history = bob
+        .ok(&server, &["history", "alice", "--json"])
+        .unwrap()
+        .json_lines()
+        .unwrap();
+    assert_eq!(
+        history
+            .iter()
+            .filter(|v| v["file_name"] == "fifty.bin")
+            .count(),
+        1
+    );
+
+    // A message with a file is reported with its pointer, and verifies.
+    let id = history
+        .iter()
+        .find(|v| v["file_name"] == "boundary.bin")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let report = bob
+        .ok(&server, &["report", &id, "--reason", "unwanted file"])
+        .unwrap();
+    assert!(
+        report.stdout.contains("accepted by the server"),
+        "{}",
+        report.stdout
+    );
+
+    // A file that does not exist: one sentence, non-zero exit.
+    let missing = alice
+        .run(&server, &["send", "bob", "--file", "/nonexistent/x.bin"])
+        .unwrap();
+    assert!(!missing.ok());
+    assert!(
+        missing.stderr.contains("cannot read /nonexistent/x.bin"),
+        "{}",
+        missing.stderr
+    );
+}
+
+#[test]
+fn killed_uploads_and_downloads_resume_and_two_processes_save_once() {
+    let (root, server, alice, bob) = setup();
+    let dir = root.path().join("files");
+    std::fs::create_dir_all(&dir).unwrap();
+    let bytes = file_bytes(3_000_000, 11);
+    let path = dir.join("big.bin");
+    std::fs::write(&path, &bytes).unwrap();
+    let p = path.to_str().unwrap();
+
+    // Killed after ~1.5 MB: nothing sent, the server keeps what arrived.
+    let killed = alice
+        .run_with(
+            &server,
+            &["send", "bob", "--file", p],
+            &[("MISSIVE_TEST_CRASH_AFTER_BYTES", "1500000")],
+            None,
+        )
+        .unwrap();
+    assert_eq!(killed.code, Some(75), "{killed:?}");
+    // The server commits what arrived once it sees the stream break.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let resumed = alice.ok(&server, &["send", "bob", "--file", p]).unwrap();
+    let note = resumed
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("resuming the upload of"))
+        .unwrap_or_else(|| panic!("no resume note: {}", resumed.stderr));
+    let at: u64 = note
+        .split(" at ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(at >= 1_000_000, "resumed at {at}: {note}");
+    // Bob's download is killed half-way: no message shown, a .part kept.
+    let killed = bob
+        .run_with(
+            &server,
+            &["recv", "--json"],
+            &[("MISSIVE_TEST_CRASH_AFTER_BYTES", "1500000")],
+            None,
+        )
+        .unwrap();
+    assert_eq!(killed.code, Some(75), "{killed:?}");
+    assert!(!killed.stdout.contains("big.bin"), "{}", killed.stdout);
+    let parts: Vec<_> = std::fs::read_dir(bob.home.join("attachments"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(parts.iter().all(|n| n.ends_with(".part")), "{parts:?}");
+    assert_eq!(parts.len(), 1);
+    // The next recv resumes it and only then shows the message.
+    let run = bob.ok(&server, &["recv", "--json"]).unwrap();
+    assert!(
+        run.stderr.contains("resuming the download of big.bin at"),
+        "{}",
+        run.stderr
+    );
+    let m = received_file(&run);
+    assert!(std::fs::read(m["file"].as_str().unwrap()).unwrap() == bytes);
+    assert!(!bob.home.join("attachments").join(&parts[0]).exists());
+
+    // Two recv processes on one home at once: the file is saved once.
+    // A sent file leaves no unfinished upload behind: this one starts afresh.
+    let fresh = alice
+        .ok(&server, &["send", "bob", "--file", p, "twice?"])
+        .unwrap();
+    assert!(!fresh.stderr.contains("resuming"), "{}", fresh.stderr);
+    let a = bob.spawn(&server, &["recv", "--json"]).unwrap();
+    let b = bob.spawn(&server, &["recv", "--json"]).unwrap();
+    let (a, b) = (a.wait().unwrap(), b.wait().unwrap());
+    assert!(a.ok() && b.ok(), "{a:?} {b:?}");
+    // One of them (or a later recv) shows it; never both.
+    let shown = [&a, &b]
+        .iter()
+        .filter(|r| r.stdout.contains("big.bin"))
+        .count();
+    let later = bob.ok(&server, &["recv", "--json"]).unwrap();
+    assert_eq!(
+        shown + usize::from(later.stdout.contains("big.bin")),
+        1,
+        "{a:?} {b:?} {later:?}"
+    );
+    let saved: Vec<_> = std::fs::read_dir(bob.home.join("attachments"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    let mut saved = saved;
+    saved.sort();
+    assert_eq!(saved, ["big (2).bin", "big.bin"]);
+}
+
+#[test]
+fn a_tampered_blob_is_refused_by_recv_and_never_saved() {
+    let (root, server, alice, bob) = setup();
+    let dir = root.path().join("files");
+    std::fs::create_dir_all(&dir).unwrap();
+    let bytes = file_bytes(1_000_000, 5);
+    let path = dir.join("photo.jpg");
+    std::fs::write(&path, &bytes).unwrap();
+    alice
+        .ok(&server, &["send", "bob", "--file", path.to_str().unwrap()])
+        .unwrap();
+    let blobs = server.data_dir().join("blobs").join("data");
+    let blob = std::fs::read_dir(&blobs)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut stored = std::fs::read(&blob).unwrap();
+    stored[2 * (ATTACHMENT_CHUNK_LEN + 16) + 100] ^= 1;
+    std::fs::write(&blob, &stored).unwrap();
+    let run = bob.ok(&server, &["recv", "--json"]).unwrap();
+    assert!(
+        run.stderr.contains("chunk 2 does not authenticate"),
+        "{}",
+        run.stderr
+    );
+    let m = received_file(&run);
+    assert!(m["file"].is_null());
+    assert!(m["file_error"].as_str().unwrap().contains("chunk 2"));
+    let saved = bob.home.join("attachments");
+    assert!(!saved.join("photo.jpg").exists());
+    // Refused for good: not fetched again, listed as refused.
+    let again = bob.ok(&server, &["recv", "--json"]).unwrap();
+    assert!(!again.stdout.contains("photo.jpg"), "{}", again.stdout);
+    let list = bob.ok(&server, &["attachments"]).unwrap();
+    assert!(list.stdout.contains("refused"), "{}", list.stdout);
+}
+
+/// The lying server serves another blob, flips a byte, cuts the stream
+/// short or lies about the size: each file is refused or left unsaved,
+/// never shown as complete, and an honest server afterwards delivers it.
+#[test]
+fn a_lying_server_cannot_pass_off_a_wrong_tampered_or_cut_file() {
+    let w = missive_e2e::liar::World::new();
+    let alice = w.user("alice");
+    let bob = w.user("bob");
+    let dir = w.root.path().join("files");
+    std::fs::create_dir_all(&dir).unwrap();
+    let send = |name: &str, bytes: &[u8]| {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        alice
+            .ok(&w.liar, &["send", "bob", "--file", path.to_str().unwrap()])
+            .unwrap();
+        w.liar.created_blobs().last().unwrap().clone()
+    };
+    let saved = bob.home.join("attachments");
+
+    // Another genuine blob, under another key, in place of the one sent.
+    let a = file_bytes(300_000, 21);
+    let blob_a = send("a.bin", &a);
+    let blob_b = send("b.bin", &file_bytes(300_000, 22));
+    w.liar.swap_blob(&blob_b, &blob_a);
+    let run = bob.ok(&w.liar, &["recv", "--json"]).unwrap();
+    let lines = run.json_lines().unwrap();
+    let by_name = |n: &str| lines.iter().find(|v| v["file_name"] == n).unwrap().clone();
+    assert!(std::fs::read(by_name("a.bin")["file"].as_str().unwrap()).unwrap() == a);
+    let b = by_name("b.bin");
+    assert!(b["file"].is_null(), "{b}");
+    assert!(
+        b["file_error"]
+            .as_str()
+            .unwrap()
+            .contains("does not authenticate"),
+        "{b}"
+    );
+    assert!(!saved.join("b.bin").exists());
+    w.liar.stop_lying();
+
+    // One flipped bit in the second chunk.
+    send("c.bin", &file_bytes(200_000, 23));
+    w.liar.rewrite_downloads(|chunk| {
+        if chunk.offset <= ATTACHMENT_CHUNK_LEN as u64 + 100
+            && chunk.offset + chunk.data.len() as u64 > ATTACHMENT_CHUNK_LEN as u64 + 100
+        {
+            let i = (ATTACHMENT_CHUNK_LEN as u64 + 100 - chunk.offset) as usize;
+            chunk.data[i] ^= 1;
+        }
+    });
+    let run = bob.ok(&w.liar, &["recv", "--json"]).unwrap();
+    let c = received_file(&run);
+    assert!(c["file"].is_null(), "{c}");
+    assert!(
+        c["file_error"]
+            .as_str()
+            .unwrap()
+            .contains("does not authenticate"),
+        "{c}"
+    );
+    assert!(!saved.join("c.bin").exists());
+    w.liar.stop_lying();
+
+    // A size other than the message announced.
+    send("d.bin", &file_bytes(100_000, 24));
+    w.liar.rewrite_downloads(|chunk| chunk.size += 1);
+    let run = bob.ok(&w.liar, &["recv", "--json"]).unwrap();
+    let d = received_file(&run);
+    assert!(d["file_error"].as_str().unwrap().contains("size"), "{d}");
+    w.liar.stop_lying();
+
+    // Streams that end early, as if complete: the message waits, unsaved.
+    let e = file_bytes(400_000, 25);
+    send("e.bin", &e);
+    w.liar.cut_downloads(30_000);
+    let run = bob.ok(&w.liar, &["recv", "--json"]).unwrap();
+    assert!(!run.stdout.contains("e.bin"), "{}", run.stdout);
+    assert!(run.stderr.contains("not saved yet"), "{}", run.stderr);
+    assert!(!saved.join("e.bin").exists());
+    w.liar.stop_lying();
+    let run = bob.ok(&w.liar, &["recv", "--json"]).unwrap();
+    let m = received_file(&run);
+    assert!(std::fs::read(m["file"].as_str().unwrap()).unwrap() == e);
+
+    // Refused files stay refused and are never fetched again.
+    let list = bob.ok(&w.liar, &["attachments"]).unwrap();
+    for name in ["b.bin", "c.bin", "d.bin"] {
+        assert!(
+            list.stdout
+                .lines()
+                .any(|l| l.contains(name) && l.contains("refused")),
+            "{}",
+            list.stdout
+        );
+    }
+}

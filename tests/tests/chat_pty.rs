@@ -442,3 +442,55 @@ fn chat_shows_receipts_typing_reactions_edits_deletions_and_timers() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[test]
+fn chat_shows_files_and_saves_them_on_command() {
+    let w = World::new();
+    let alice = w.user("alice");
+    let bob = w.user("bob");
+    alice.ok(&w.server, &["send", "bob", "hello"]).unwrap();
+    let mut chat = Pty::spawn(&bob, &w.server, &["chat", "alice"], 30, 120);
+    chat.wait_text("alice: hello");
+    chat.wait_text("connected");
+
+    // A file arrives while the chat is open: its line, not yet saved.
+    let dir = w.root.path().join("files");
+    std::fs::create_dir_all(&dir).unwrap();
+    let bytes: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let path = dir.join("plan.pdf");
+    std::fs::write(&path, &bytes).unwrap();
+    alice
+        .ok(
+            &w.server,
+            &["send", "bob", "--file", path.to_str().unwrap(), "the plan"],
+        )
+        .unwrap();
+    chat.wait_text("plan.pdf (195.3 KiB), /save downloads it");
+    chat.send("/save\r");
+    let saved = bob.home.join("attachments").join("plan.pdf");
+    chat.wait_text("saved to");
+    assert!(std::fs::read(&saved).unwrap() == bytes);
+    chat.send("/save\r");
+    chat.wait_text("no file here waits to be saved");
+    // A refused command stays in the input; Ctrl-U clears it.
+    chat.send("\x15");
+
+    // Bob sends one back from the chat; alice's recv saves it.
+    let reply = dir.join("notes.txt");
+    std::fs::write(&reply, b"noted").unwrap();
+    chat.send(&format!("/file {}\r", reply.display()));
+    chat.wait_text("notes.txt (5 B), sent from");
+    let got = alice.ok(&w.server, &["recv", "--json"]).unwrap();
+    let m = got
+        .json_lines()
+        .unwrap()
+        .into_iter()
+        .find(|v| v["file_name"] == "notes.txt")
+        .unwrap_or_else(|| panic!("{got:?}"));
+    assert_eq!(
+        std::fs::read(m["file"].as_str().unwrap()).unwrap(),
+        b"noted"
+    );
+    chat.send("/quit\r");
+    chat.wait_exit();
+}

@@ -15,8 +15,9 @@
 
 use std::path::{Path, PathBuf};
 
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use missive_crypto::attachment::{
-    ATTACHMENT_CHUNK_LEN, AttachmentCipher, AttachmentKey, CiphertextHasher, Layout,
+    ATTACHMENT_CHUNK_LEN, AttachmentCipher, AttachmentKey, CiphertextHasher, Layout, PointerBinding,
 };
 use missive_proto::v1::attachment_service_client::AttachmentServiceClient;
 use missive_proto::v1::{
@@ -24,10 +25,13 @@ use missive_proto::v1::{
     QueryUploadRequest, UploadChunk,
 };
 use rand::rngs::OsRng;
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use zeroize::Zeroize as _;
 
-use crate::client::Client;
+use crate::client::{Client, RecvEvent};
 use crate::error::{ClientError, Result};
+use crate::store::HistoryEntry;
 
 /// Sealed chunks queued ahead of the upload stream.
 pub const UPLOAD_QUEUE: usize = 8;
@@ -46,7 +50,7 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ClientError {
 }
 
 fn refused(name: &str, error: impl std::fmt::Display) -> ClientError {
-    ClientError::Crypto(format!("the attachment {name:?} was not saved: {error}"))
+    ClientError::Attachment(format!("the attachment {name:?} was not saved: {error}"))
 }
 
 /// The name a file is saved under: the pointer's name without directories or
@@ -91,6 +95,142 @@ fn crash_after() -> Option<u64> {
     std::env::var(CRASH_AFTER_BYTES_ENV).ok()?.parse().ok()
 }
 
+/// Longest MIME type accepted in a pointer, bytes.
+pub const MAX_MIME_TYPE_BYTES: usize = 255;
+/// Longest file name accepted in a pointer, bytes (it is cut to
+/// [`MAX_FILE_NAME_BYTES`] when saved).
+pub const MAX_POINTER_NAME_BYTES: usize = 1024;
+/// Largest thumbnail accepted in a pointer, bytes (none is shown yet).
+pub const MAX_THUMBNAIL_BYTES: usize = 64 * 1024;
+/// Meta key of the uploads not yet sent (sealed like every meta value).
+const META_UPLOADS: &str = "attachment_uploads";
+/// An unfinished upload is forgotten after this long (the server deletes
+/// uploads never finalised after 24 hours).
+const UPLOAD_KEEP_MS: u64 = 24 * 3600 * 1000;
+/// A claim of a download by another live process is honoured this long.
+const CLAIM_TTL_MS: u64 = 3600 * 1000;
+
+/// Checks a received pointer before anything is stored: field lengths, a
+/// size the format allows, and the key against its commitment.
+pub fn check_pointer(p: &AttachmentPointer) -> std::result::Result<(), String> {
+    if p.blob_id.len() != 16 {
+        return Err("its blob id is not 16 bytes".into());
+    }
+    if p.key_commitment.len() != missive_crypto::attachment::ATTACHMENT_DIGEST_LEN
+        || p.ciphertext_hash.len() != missive_crypto::attachment::ATTACHMENT_DIGEST_LEN
+    {
+        return Err("its key commitment or ciphertext hash is not 32 bytes".into());
+    }
+    let key = AttachmentKey::from_bytes(&p.key).map_err(|e| e.to_string())?;
+    key.verify_commitment(&p.key_commitment)
+        .map_err(|e| e.to_string())?;
+    Layout::new(p.size).map_err(|e| e.to_string())?;
+    if p.mime_type.len() > MAX_MIME_TYPE_BYTES {
+        return Err(format!(
+            "its MIME type is longer than {MAX_MIME_TYPE_BYTES} bytes"
+        ));
+    }
+    if p.file_name.len() > MAX_POINTER_NAME_BYTES {
+        return Err(format!(
+            "its file name is longer than {MAX_POINTER_NAME_BYTES} bytes"
+        ));
+    }
+    if p.thumbnail.len() > MAX_THUMBNAIL_BYTES {
+        return Err(format!(
+            "its thumbnail is larger than {MAX_THUMBNAIL_BYTES} bytes"
+        ));
+    }
+    Ok(())
+}
+
+/// What the franking commitment binds of `p`.
+pub fn binding(p: &AttachmentPointer) -> PointerBinding<'_> {
+    PointerBinding {
+        blob_id: &p.blob_id,
+        key_commitment: &p.key_commitment,
+        ciphertext_hash: &p.ciphertext_hash,
+        plaintext_len: p.size,
+        mime_type: &p.mime_type,
+        file_name: &p.file_name,
+    }
+}
+
+/// An upload begun but not yet sent in a message, kept in the encrypted
+/// store (its key never reaches a plain file) so that `send --file` after a
+/// killed client resumes at the server's committed offset.
+#[derive(Clone, Serialize, Deserialize)]
+struct PendingUpload {
+    /// The file, canonical path.
+    path: String,
+    size: u64,
+    /// Modification time, ns since the epoch: a changed file starts afresh.
+    mtime_ns: u128,
+    blob_id: String,
+    key: String,
+    created_ms: u64,
+}
+
+impl Drop for PendingUpload {
+    fn drop(&mut self) {
+        self.key.zeroize();
+    }
+}
+
+fn mtime_ns(m: &std::fs::Metadata) -> u128 {
+    m.modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos())
+}
+
+fn pending_uploads(db: &crate::store::Db<'_>) -> Result<Vec<PendingUpload>> {
+    Ok(match db.get_meta(META_UPLOADS)? {
+        Some(json) => serde_json::from_slice(&json).unwrap_or_default(),
+        None => Vec::new(),
+    })
+}
+
+fn put_pending_uploads(db: &crate::store::Db<'_>, list: &[PendingUpload]) -> Result<()> {
+    let json = zeroize::Zeroizing::new(
+        serde_json::to_vec(list).map_err(|e| ClientError::Attachment(e.to_string()))?,
+    );
+    db.set_meta(META_UPLOADS, &json)
+}
+
+/// A progress bar on standard error when `show` and it is a terminal
+/// (bytes, rate, ETA); hidden otherwise.
+fn progress_bar(show: bool, total: u64, start: u64, label: &str) -> ProgressBar {
+    use std::io::IsTerminal as _;
+    if !show || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template(
+        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(crate::display::sanitize_line(label));
+    // A resumed transfer starts where it stands; its rate counts from now.
+    bar.set_position(start);
+    bar.reset_eta();
+    bar
+}
+
+/// Whether process `pid` is alive (Linux: /proc; elsewhere assumed alive,
+/// and the claim expires after [`CLAIM_TTL_MS`]).
+fn alive(pid: u32) -> bool {
+    let proc = Path::new("/proc");
+    !proc.exists() || proc.join(pid.to_string()).exists()
+}
+
+/// One step of a transfer said to the caller (`Client::set_transfer_notes`).
+fn note(client: &Client, line: String) {
+    if client.transfer_notes() {
+        eprintln!("{}", crate::display::sanitize_line(&line));
+    }
+}
+
 async fn read_chunk(
     file: &mut tokio::fs::File,
     layout: &Layout,
@@ -115,7 +255,11 @@ async fn read_chunk(
 
 impl Client {
     /// Seals `path` under a fresh key, uploads it (resuming after broken
-    /// streams) and returns the pointer to send.
+    /// streams) and returns the pointer to send. An upload of the same file
+    /// (same path, size and modification time) that a killed process left
+    /// unfinished is resumed at the server's committed offset: its blob id
+    /// and key are in the encrypted store until the message is sent
+    /// ([`Client::forget_upload`]).
     pub async fn upload_attachment(&mut self, path: &Path) -> Result<AttachmentPointer> {
         let what = format!("cannot read {}", path.display());
         let metadata = tokio::fs::metadata(path).await.map_err(io(&what))?;
@@ -126,22 +270,100 @@ impl Client {
             });
         }
         let size = metadata.len();
-        let key = AttachmentKey::generate(&mut OsRng);
-        let cipher = AttachmentCipher::new(&key, size)
-            .map_err(|e| refused(&path.display().to_string(), e))?;
-        let layout = *cipher.layout();
-        let channel = self.attachment_channel().await?;
-        let request = self
-            .attachment_request(CreateUploadRequest {
-                size: layout.ciphertext_len(),
-            })
-            .await?;
-        let blob_id = AttachmentServiceClient::new(channel.clone())
-            .create_upload(request)
+        let canonical = tokio::fs::canonicalize(path)
             .await
-            .map_err(|s| self.attachment_status(&s))?
-            .into_inner()
-            .blob_id;
+            .map_err(io(&what))?
+            .to_string_lossy()
+            .into_owned();
+        let mtime = mtime_ns(&metadata);
+        let shown_name = path.display().to_string();
+        let channel = self.attachment_channel().await?;
+
+        // An unfinished upload of this very file, if the server still has it.
+        let now = crate::store::now_ms();
+        let earlier = self.store_mut().write(|db| {
+            let mut list = pending_uploads(db)?;
+            let before = list.len();
+            list.retain(|u| now.saturating_sub(u.created_ms) < UPLOAD_KEEP_MS);
+            if list.len() != before {
+                put_pending_uploads(db, &list)?;
+            }
+            Ok(list
+                .into_iter()
+                .find(|u| u.path == canonical && u.size == size && u.mtime_ns == mtime))
+        })?;
+        let mut resumed = None;
+        if let Some(u) = earlier
+            && let Ok(blob_id) = hex::decode(&u.blob_id)
+            && let Ok(raw) = hex::decode(&u.key).map(zeroize::Zeroizing::new)
+            && let Ok(key) = AttachmentKey::from_bytes(&raw)
+        {
+            let request = self
+                .attachment_request(QueryUploadRequest {
+                    blob_id: blob_id.clone(),
+                })
+                .await?;
+            if let Ok(status) = AttachmentServiceClient::new(channel.clone())
+                .query_upload(request)
+                .await
+            {
+                let status = status.into_inner();
+                let layout = Layout::new(size).map_err(|e| refused(&shown_name, e))?;
+                if status.size == layout.ciphertext_len() {
+                    note(
+                        self,
+                        format!(
+                            "resuming the upload of {shown_name} at {} of {} bytes (the server kept them)",
+                            status.committed,
+                            layout.ciphertext_len()
+                        ),
+                    );
+                    resumed = Some((blob_id, key, status.finalized));
+                }
+            }
+        }
+        let (blob_id, key, finalized) = match resumed {
+            Some(r) => r,
+            None => {
+                let key = AttachmentKey::generate(&mut OsRng);
+                let layout = Layout::new(size).map_err(|e| refused(&shown_name, e))?;
+                let request = self
+                    .attachment_request(CreateUploadRequest {
+                        size: layout.ciphertext_len(),
+                    })
+                    .await?;
+                let blob_id = AttachmentServiceClient::new(channel.clone())
+                    .create_upload(request)
+                    .await
+                    .map_err(|s| self.attachment_status(&s))?
+                    .into_inner()
+                    .blob_id;
+                let entry = PendingUpload {
+                    path: canonical.clone(),
+                    size,
+                    mtime_ns: mtime,
+                    blob_id: hex::encode(&blob_id),
+                    key: hex::encode(key.as_bytes()),
+                    created_ms: now,
+                };
+                self.store_mut().write(|db| {
+                    let mut list = pending_uploads(db)?;
+                    list.retain(|u| u.path != canonical);
+                    list.push(entry.clone());
+                    put_pending_uploads(db, &list)
+                })?;
+                (blob_id, key, false)
+            }
+        };
+        let cipher = AttachmentCipher::new(&key, size).map_err(|e| refused(&shown_name, e))?;
+        let layout = *cipher.layout();
+        let show = self.progress();
+        let bar = progress_bar(
+            show,
+            layout.ciphertext_len(),
+            0,
+            &format!("sending {shown_name}"),
+        );
 
         let mut hash = None;
         for _attempt in 0..TRANSFER_ATTEMPTS {
@@ -155,7 +377,13 @@ impl Client {
                 .await
                 .map_err(|s| self.attachment_status(&s))?
                 .into_inner();
-            let committed = status.committed;
+            let committed = if finalized || status.finalized {
+                layout.ciphertext_len()
+            } else {
+                status.committed
+            };
+            bar.set_position(committed);
+            bar.reset_eta();
             // Seal every chunk in order (to feed the hash); send the bytes at
             // and after the committed offset.
             let (tx, rx) = tokio::sync::mpsc::channel::<UploadChunk>(UPLOAD_QUEUE);
@@ -163,6 +391,7 @@ impl Client {
                 let path = path.to_owned();
                 let blob_id = blob_id.clone();
                 let key = key.clone();
+                let bar = bar.clone();
                 tokio::spawn(async move {
                     let cipher = AttachmentCipher::new(&key, size)
                         .map_err(|e| ClientError::Crypto(e.to_string()))?;
@@ -188,9 +417,11 @@ impl Client {
                             offset: start + skip as u64,
                             data: sealed[skip..].to_vec(),
                         };
+                        let len = chunk.data.len() as u64;
                         if tx.send(chunk).await.is_err() {
                             return Ok(None);
                         }
+                        bar.inc(len);
                         if let Some(limit) = crash
                             && end >= limit
                         {
@@ -202,17 +433,24 @@ impl Client {
                     Ok::<_, ClientError>(Some(hasher.finalize()))
                 })
             };
-            let request = self
-                .attachment_stream_request(tokio_stream::wrappers::ReceiverStream::new(rx))
-                .await?;
-            let sent = AttachmentServiceClient::new(channel.clone())
-                .upload(request)
-                .await;
+            let sent = if committed < layout.ciphertext_len() {
+                let request = self
+                    .attachment_stream_request(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await?;
+                AttachmentServiceClient::new(channel.clone())
+                    .upload(request)
+                    .await
+                    .map(|_| ())
+            } else {
+                // Everything is on the server: only the hash is computed.
+                drop(rx);
+                Ok(())
+            };
             let produced = producer
                 .await
                 .map_err(|e| ClientError::Protocol(format!("upload task failed: {e}")))??;
             match sent {
-                Ok(_) => {
+                Ok(()) => {
                     hash = produced;
                     if hash.is_some() {
                         break;
@@ -232,20 +470,28 @@ impl Client {
                 Err(s) => return Err(self.attachment_status(&s)),
             }
         }
+        bar.finish_and_clear();
         let Some(hash) = hash else {
             return Err(ClientError::Server(
-                "the upload kept breaking; try again later".into(),
+                "the upload kept breaking; run the command again to resume it".into(),
             ));
         };
-        let request = self
-            .attachment_request(FinalizeUploadRequest {
-                blob_id: blob_id.clone(),
-            })
-            .await?;
-        AttachmentServiceClient::new(channel)
-            .finalize_upload(request)
-            .await
-            .map_err(|s| self.attachment_status(&s))?;
+        if !finalized {
+            let request = self
+                .attachment_request(FinalizeUploadRequest {
+                    blob_id: blob_id.clone(),
+                })
+                .await?;
+            let done = AttachmentServiceClient::new(channel)
+                .finalize_upload(request)
+                .await;
+            // Finalised by an earlier try whose answer was lost: fine.
+            if let Err(s) = done
+                && s.code() != tonic::Code::FailedPrecondition
+            {
+                return Err(self.attachment_status(&s));
+            }
+        }
         let file_name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -260,6 +506,42 @@ impl Client {
             file_name: safe_file_name(&file_name),
             thumbnail: Vec::new(),
         })
+    }
+
+    /// Forgets the unfinished upload of `path` (its message was sent).
+    pub fn forget_upload(&mut self, path: &Path) -> Result<()> {
+        let canonical = std::fs::canonicalize(path)
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.store_mut().write(|db| {
+            let mut list = pending_uploads(db)?;
+            let before = list.len();
+            list.retain(|u| u.path != canonical);
+            if list.len() != before {
+                put_pending_uploads(db, &list)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Uploads `path` and sends it to `recipient` with `caption` (may be
+    /// empty) in one message.
+    pub async fn send_file(
+        &mut self,
+        recipient: &str,
+        path: &Path,
+        caption: &str,
+    ) -> Result<crate::client::Sent> {
+        let recipient = crate::client::normalize_username(recipient)?;
+        if recipient == self.username() {
+            return Err(ClientError::SendToSelf);
+        }
+        let pointer = self.upload_attachment(path).await?;
+        let sent = self
+            .send_text_with(&recipient, caption, None, Some((&pointer, path)))
+            .await?;
+        self.forget_upload(path)?;
+        Ok(sent)
     }
 
     /// Downloads, verifies and saves the attachment into `dir`, resuming a
@@ -299,6 +581,22 @@ impl Client {
         file.set_len(layout.chunk_file_offset(next).min(pointer.size))
             .await
             .map_err(io(format!("cannot write {}", part.display())))?;
+        if next > 0 {
+            note(
+                self,
+                format!(
+                    "resuming the download of {name} at {} of {} bytes",
+                    layout.chunk_ciphertext_offset(next),
+                    layout.ciphertext_len()
+                ),
+            );
+        }
+        let bar = progress_bar(
+            self.progress(),
+            layout.ciphertext_len(),
+            layout.chunk_ciphertext_offset(next),
+            &format!("receiving {name}"),
+        );
         let mut hasher = CiphertextHasher::new(&layout);
         for index in 0..next {
             let bytes = read_chunk(&mut file, &layout, index, &part).await?;
@@ -376,6 +674,7 @@ impl Client {
                         .open_chunk(next, sealed)
                         .map_err(|e| refused(&name, e))?;
                     hasher.update(sealed);
+                    bar.inc(len as u64);
                     used += len;
                     file.write_all(&opened)
                         .await
@@ -398,19 +697,261 @@ impl Client {
                 }
             }
         }
-        hasher
-            .verify(&pointer.ciphertext_hash)
-            .map_err(|e| refused(&name, e))?;
+        bar.finish_and_clear();
+        if let Err(e) = hasher.verify(&pointer.ciphertext_hash) {
+            // Nothing of it is kept: a later try starts from scratch.
+            drop(file);
+            let _ = tokio::fs::remove_file(&part).await;
+            return Err(refused(&name, e));
+        }
         file.sync_all()
             .await
             .map_err(io(format!("cannot write {}", part.display())))?;
         drop(file);
-        let target = free_name(dir, &name).await;
-        tokio::fs::rename(&part, &target)
-            .await
-            .map_err(io(format!("cannot save {}", target.display())))?;
-        Ok(target)
+        save_as_new(&part, dir, &name).await
     }
+}
+
+/// The outcome of saving one received attachment.
+enum Saved {
+    /// Saved or refused for good: the entry to show.
+    Done(Box<HistoryEntry>, Option<String>),
+    /// Not now (another process is saving it, or it is not pending).
+    Skipped,
+}
+
+const RECORD_AT: &str = "SELECT seq, contact_tag, id_tag, sealed FROM messages WHERE seq = ?1";
+
+impl Client {
+    /// Saves received files into `dir` (`recv` does, into
+    /// `HOME/attachments` unless `--save-dir`); `None` leaves them on the
+    /// server for later.
+    pub fn set_attachment_dir(&mut self, dir: Option<PathBuf>) {
+        self.attachment_dir = dir;
+    }
+
+    /// The directory received files are saved into, if any.
+    pub fn attachment_dir(&self) -> Option<&Path> {
+        self.attachment_dir.as_deref()
+    }
+
+    /// Shows progress bars (on standard error, only when it is a terminal)
+    /// and says on standard error when a transfer resumes.
+    pub fn set_progress(&mut self, on: bool) {
+        self.progress = on;
+    }
+
+    pub(crate) fn progress(&self) -> bool {
+        self.progress
+    }
+
+    pub(crate) fn transfer_notes(&self) -> bool {
+        self.progress
+    }
+
+    /// Downloads, verifies and saves into `dir` the file of `contact`'s
+    /// message `message_id` (hex, as the CLI and the chat take it) and
+    /// returns where it is; one already saved is not fetched again. A file
+    /// that failed verification stays refused (its error is returned).
+    pub async fn save_attachment(
+        &mut self,
+        contact: &str,
+        message_id: &str,
+        dir: &Path,
+    ) -> Result<PathBuf> {
+        let contact = crate::client::normalize_username(contact)?;
+        let id = hex::decode(message_id).map_err(|_| {
+            ClientError::Conversation(format!("{message_id:?} is not a message id"))
+        })?;
+        let found = self
+            .store()
+            .db()
+            .find_messages(&contact, &id)?
+            .into_iter()
+            .find(|(_, r)| !r.outgoing && r.attachment.is_some());
+        let Some((seq, rec)) = found else {
+            return Err(ClientError::Conversation(format!(
+                "{contact} sent no file in message {message_id}"
+            )));
+        };
+        if let Some(a) = &rec.attachment {
+            if let Some(p) = &a.saved_path {
+                return Ok(PathBuf::from(p));
+            }
+            if let Some(why) = &a.error {
+                return Err(ClientError::Attachment(why.clone()));
+            }
+        }
+        match self.save_one(seq, dir).await? {
+            Saved::Done(entry, None) => entry
+                .attachment
+                .and_then(|a| a.saved_path)
+                .ok_or_else(|| ClientError::Attachment("the file was not saved".into())),
+            Saved::Done(_, Some(why)) => Err(ClientError::Attachment(why)),
+            Saved::Skipped => Err(ClientError::Conversation(
+                "another missive process is saving this file now; try again when it is done".into(),
+            )),
+        }
+    }
+
+    /// Every attachment of this account, sent and received (quarantined
+    /// messages excluded), oldest first.
+    pub fn attachments(&self) -> Result<Vec<HistoryEntry>> {
+        let db = self.store().db();
+        let mut out = Vec::new();
+        for (seq, rec) in db.records(
+            "SELECT seq, contact_tag, id_tag, sealed FROM messages WHERE quarantined = 0 ORDER BY seq",
+            &[],
+        )? {
+            if rec.attachment.is_some() && !rec.conv.is_event() {
+                out.push(db.entry(seq, &rec)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Downloads, verifies and saves every received attachment not yet
+    /// saved (including those a killed process left half-way: their `.part`
+    /// files are resumed), telling `sink` each message once its file is
+    /// saved or refused. Two processes on one home never save one file
+    /// twice: each claims a file in the store before fetching it.
+    pub async fn save_pending_attachments(&mut self, sink: &mut impl FnMut(&RecvEvent)) {
+        let Some(dir) = self.attachment_dir.clone() else {
+            return;
+        };
+        let pending: Vec<i64> = match self.store().db().records(
+            "SELECT seq, contact_tag, id_tag, sealed FROM messages WHERE quarantined = 0 ORDER BY seq",
+            &[],
+        ) {
+            Ok(rows) => rows
+                .into_iter()
+                .filter(|(_, r)| !r.outgoing && r.attachment.as_ref().is_some_and(|a| a.pending()))
+                .map(|(seq, _)| seq)
+                .collect(),
+            Err(e) => {
+                sink(&RecvEvent::Warning(format!("cannot list received files: {e}")));
+                return;
+            }
+        };
+        for seq in pending {
+            match self.save_one(seq, &dir).await {
+                Ok(Saved::Done(entry, refusal)) => {
+                    if let Some(why) = refusal {
+                        sink(&RecvEvent::Warning(format!(
+                            "the file from {} was refused and not saved: {why}",
+                            entry.contact
+                        )));
+                    }
+                    sink(&RecvEvent::Message(*entry));
+                }
+                Ok(Saved::Skipped) => {}
+                Err(e) => sink(&RecvEvent::Warning(format!(
+                    "a received file is not saved yet ({}); `missive recv` resumes it",
+                    e.brief()
+                ))),
+            }
+        }
+    }
+
+    async fn save_one(&mut self, seq: i64, dir: &Path) -> Result<Saved> {
+        let me = std::process::id();
+        let now = crate::store::now_ms();
+        let claimed = self.store_mut().write(|db| {
+            let Some((_, mut rec)) = db.records(RECORD_AT, &[&seq])?.pop() else {
+                return Ok(None);
+            };
+            let Some(a) = rec.attachment.as_mut() else {
+                return Ok(None);
+            };
+            if !a.pending() {
+                return Ok(None);
+            }
+            if let Some((pid, since)) = a.claim
+                && pid != me
+                && alive(pid)
+                && now.saturating_sub(since) < CLAIM_TTL_MS
+            {
+                return Ok(None);
+            }
+            a.claim = Some((me, now));
+            let pointer = a.pointer()?;
+            db.reseal_message(seq, &rec)?;
+            Ok(Some(pointer))
+        })?;
+        let Some(pointer) = claimed else {
+            return Ok(Saved::Skipped);
+        };
+        let result = self.download_attachment(&pointer, dir).await;
+        let (saved, refusal) = match result {
+            Ok(path) => (Some(path), None),
+            // Verification failures and a blob the server no longer has are final.
+            Err(ClientError::Attachment(why)) => (None, Some(why)),
+            Err(e) => {
+                // Let another try (this process or another) take it.
+                self.store_mut().write(|db| {
+                    if let Some((_, mut rec)) = db.records(RECORD_AT, &[&seq])?.pop()
+                        && let Some(a) = rec.attachment.as_mut()
+                    {
+                        a.claim = None;
+                        db.reseal_message(seq, &rec)?;
+                    }
+                    Ok(())
+                })?;
+                return Err(e);
+            }
+        };
+        let entry = self.store_mut().write(|db| {
+            let Some((_, mut rec)) = db.records(RECORD_AT, &[&seq])?.pop() else {
+                return Ok(None);
+            };
+            if let Some(a) = rec.attachment.as_mut() {
+                a.claim = None;
+                a.saved_path = saved.as_ref().map(|p| p.to_string_lossy().into_owned());
+                a.error = refusal.clone();
+            }
+            db.reseal_message(seq, &rec)?;
+            db.entry(seq, &rec).map(Some)
+        })?;
+        Ok(match entry {
+            Some(e) => Saved::Done(Box::new(e), refusal),
+            // Deleted meanwhile (disappeared, or the contact rejected).
+            None => Saved::Skipped,
+        })
+    }
+}
+
+/// Gives the verified `part` its name in `dir`: `name`, or `name (2)`, ...
+/// Never replaces a file, even one another process creates meanwhile (a
+/// hard link fails if the name exists).
+async fn save_as_new(part: &Path, dir: &Path, name: &str) -> Result<PathBuf> {
+    for _ in 0..1000 {
+        let target = free_name(dir, name).await;
+        match tokio::fs::hard_link(part, &target).await {
+            Ok(()) => {
+                let _ = tokio::fs::remove_file(part).await;
+                return Ok(target);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => {
+                // No hard links here (some file systems): a rename that does
+                // not replace what free_name just found free.
+                if tokio::fs::metadata(&target).await.is_err() {
+                    tokio::fs::rename(part, &target)
+                        .await
+                        .map_err(io(format!("cannot save {}", target.display())))?;
+                    return Ok(target);
+                }
+                return Err(ClientError::Io {
+                    what: format!("cannot save {}", target.display()),
+                    source: e,
+                });
+            }
+        }
+    }
+    Err(ClientError::Attachment(format!(
+        "cannot find a free name for {name:?} in {}",
+        dir.display()
+    )))
 }
 
 /// `dir/name`, or `dir/name (2)`, ... if taken.

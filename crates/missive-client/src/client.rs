@@ -243,6 +243,10 @@ pub struct Client {
     acked: Vec<(String, u32, Vec<u8>)>,
     /// Conversation events and receipts not yet said or sent.
     conv: crate::conversation::ConvState,
+    /// Where `recv` saves received files (`attachments.rs`); `None`: not saved.
+    pub(crate) attachment_dir: Option<PathBuf>,
+    /// Progress bars and resume notes on standard error (the CLI).
+    pub(crate) progress: bool,
 }
 
 impl std::fmt::Debug for Client {
@@ -294,6 +298,8 @@ impl Client {
             token: None,
             acked: Vec::new(),
             conv: Default::default(),
+            attachment_dir: None,
+            progress: false,
         })
         .and_then(|mut c| {
             // Disappeared messages go before anything reads the history.
@@ -410,6 +416,8 @@ impl Client {
             token: None,
             acked: Vec::new(),
             conv: Default::default(),
+            attachment_dir: None,
+            progress: false,
         };
         if let Some(session) = resp.session {
             client.remember_token(&session.token, session.expires_at_ms)?;
@@ -793,6 +801,18 @@ impl Client {
         recipient: &str,
         body: v1::content::Body,
     ) -> Result<crate::conversation::SentContent> {
+        self.send_content_with(recipient, body, None).await
+    }
+
+    /// [`Client::send_content`] with an attachment pointer inside the
+    /// `Content`; the commitment then covers it too
+    /// (`missive_crypto::attachment::franking_commit`).
+    pub(crate) async fn send_content_with(
+        &mut self,
+        recipient: &str,
+        body: v1::content::Body,
+        attachment: Option<&v1::AttachmentPointer>,
+    ) -> Result<crate::conversation::SentContent> {
         let recipient = normalize_username(recipient)?;
         let franked =
             crate::conversation::franked_plaintext(&body).map_err(ClientError::Conversation)?;
@@ -815,15 +835,25 @@ impl Client {
         let mut message_id = [0u8; 16];
         OsRng.fill_bytes(&mut message_id);
         let franking_key = FrankingKey::generate(&mut OsRng);
-        let commitment = if std::env::var(FORGE_COMMITMENT_ENV).as_deref() == Ok("1") {
-            franking::commit(&franking_key, &message_id, b"not the text that was sent")
+        let forge = std::env::var(FORGE_COMMITMENT_ENV).as_deref() == Ok("1");
+        let franked_bytes: &[u8] = if forge {
+            b"not the text that was sent"
         } else {
-            franking::commit(&franking_key, &message_id, franked.as_bytes())
+            franked.as_bytes()
+        };
+        let commitment = match attachment {
+            None => franking::commit(&franking_key, &message_id, franked_bytes),
+            Some(p) => missive_crypto::attachment::franking_commit(
+                &franking_key,
+                &message_id,
+                franked_bytes,
+                &crate::attachments::binding(p),
+            ),
         };
         let content = Zeroizing::new(
             v1::Content {
                 body: Some(body),
-                attachment: None,
+                attachment: attachment.cloned(),
                 franking_key: franking_key.as_bytes().to_vec(),
             }
             .encode_to_vec(),
@@ -1088,9 +1118,9 @@ impl Client {
         if self.was_rolled_back() {
             sink(&RecvEvent::RolledBack);
         }
-        for e in self.take_unshown(None)? {
-            sink(&RecvEvent::Message(e));
-        }
+        self.deliver_unshown(&mut sink).await?;
+        // Files an earlier (perhaps killed) run did not finish saving.
+        self.save_pending_attachments(&mut sink).await;
         for w in self.send_pending_receipts().await {
             sink(&RecvEvent::Warning(w));
         }
@@ -1152,9 +1182,7 @@ impl Client {
                     for ev in self.process_envelope(env).await? {
                         sink(&ev);
                     }
-                    for e in self.take_unshown(None)? {
-                        sink(&RecvEvent::Message(e));
-                    }
+                    self.deliver_unshown(&mut sink).await?;
                     for w in self.send_pending_receipts().await {
                         sink(&RecvEvent::Warning(w));
                     }
@@ -1169,6 +1197,30 @@ impl Client {
             Err(e) => sink(&RecvEvent::Warning(format!(
                 "could not refresh prekeys on the server: {e}"
             ))),
+        }
+        Ok(())
+    }
+
+    /// Shows the messages stored but not yet shown; one with a file (when
+    /// files are saved) is shown only once the file is verified and saved,
+    /// or refused.
+    async fn deliver_unshown(&mut self, sink: &mut impl FnMut(&RecvEvent)) -> Result<()> {
+        let saving = self.attachment_dir.is_some();
+        let mut waiting = false;
+        for e in self.take_unshown(None)? {
+            if saving
+                && !e.quarantined
+                && e.attachment
+                    .as_ref()
+                    .is_some_and(|a| a.saved_path.is_none() && a.error.is_none())
+            {
+                waiting = true;
+                continue;
+            }
+            sink(&RecvEvent::Message(e));
+        }
+        if waiting {
+            self.save_pending_attachments(sink).await;
         }
         Ok(())
     }
@@ -1386,6 +1438,7 @@ impl Client {
                     franking_commitment: hexd(&m.sealed.commitment)?,
                     franking_tag: hexd(&m.sealed.tag)?,
                     reason: reason.chars().take(1000).collect(),
+                    attachment: m.attachment.clone(),
                 },
                 true,
             )
@@ -1704,9 +1757,16 @@ impl Client {
 
     /// Maps a status of an attachment call.
     pub(crate) fn attachment_status(&mut self, s: &Status) -> ClientError {
-        if s.code() == Code::ResourceExhausted {
+        if s.code() == Code::ResourceExhausted && !s.message().contains("rate") {
             // A quota or size limit, not a rate limit: say what the server said.
             return ClientError::Server(sanitize_line(s.message()));
+        }
+        if s.code() == Code::NotFound {
+            // Final: the blob expired (or never existed); retrying cannot help.
+            return ClientError::Attachment(format!(
+                "the file is no longer on the server: {}",
+                sanitize_line(s.message())
+            ));
         }
         self.authed_err(s)
     }

@@ -24,7 +24,9 @@ use zeroize::Zeroize;
 use crate::client::{Client, Refusal, Sent, clamp_sender_clock, normalize_username};
 use crate::error::{ClientError, Result};
 use crate::limits::MAX_TEXT_BYTES;
-use crate::store::{Db, HistoryEntry, MessageRecord, NewIncoming, SealedMessage, Store, now_ms};
+use crate::store::{
+    AttachmentRecord, Db, HistoryEntry, MessageRecord, NewIncoming, SealedMessage, Store, now_ms,
+};
 
 /// First line of every franked plaintext that is not a bare text.
 pub const FRANKED_V2_PREFIX: &str = "missive content v2\n";
@@ -171,6 +173,19 @@ pub fn check_conversation_content(
     message_id: &[u8],
     commitment: &[u8],
 ) -> std::result::Result<(Body, FrankingKey, String), String> {
+    checked_content(plaintext, message_id, commitment).map(|(b, k, f, _)| (b, k, f))
+}
+
+/// [`check_conversation_content`], and the attachment pointer the message
+/// carries: checked as a pointer (`attachments::check_pointer`, key
+/// commitment included) and covered by the commitment
+/// (`missive_crypto::attachment::franking_commit`). Only a text may carry one.
+#[allow(clippy::type_complexity)]
+pub fn checked_content(
+    plaintext: &[u8],
+    message_id: &[u8],
+    commitment: &[u8],
+) -> std::result::Result<(Body, FrankingKey, String, Option<v1::AttachmentPointer>), String> {
     let content =
         v1::Content::decode(plaintext).map_err(|_| "its content is malformed".to_owned())?;
     let body = content
@@ -186,10 +201,29 @@ pub fn check_conversation_content(
     }
     let franking_key = FrankingKey::from_bytes(&content.franking_key)
         .map_err(|_| "it carries no valid franking key".to_owned())?;
-    if !franking::verify_commitment(&franking_key, message_id, franked.as_bytes(), commitment) {
+    let committed = match &content.attachment {
+        None => {
+            franking::verify_commitment(&franking_key, message_id, franked.as_bytes(), commitment)
+        }
+        Some(p) => {
+            if !matches!(body, Body::Text(_)) {
+                return Err("it attaches a file to something that is not a text message".into());
+            }
+            crate::attachments::check_pointer(p)
+                .map_err(|why| format!("its attachment pointer is malformed: {why}"))?;
+            missive_crypto::attachment::verify_franking_commitment(
+                &franking_key,
+                message_id,
+                franked.as_bytes(),
+                &crate::attachments::binding(p),
+                commitment,
+            )
+        }
+    };
+    if !committed {
         return Err("its franking commitment does not match its content".into());
     }
-    Ok((body, franking_key, franked))
+    Ok((body, franking_key, franked, content.attachment))
 }
 
 /// Checks a reaction: one emoji-like cluster, no letters, digits, spaces or
@@ -600,8 +634,8 @@ pub(crate) fn receive_content(
     out: &mut Received,
 ) -> std::result::Result<(), Refusal> {
     let commitment = env.franking_commitment.as_slice();
-    let (body, franking_key, _) =
-        check_conversation_content(plaintext, &env.message_id, commitment)?;
+    let (body, franking_key, _, attachment) =
+        checked_content(plaintext, &env.message_id, commitment)?;
     let sender = env.sender.as_str();
     let server_ts = env.server_timestamp_ms.min(crate::client::MAX_RFC3339_MS);
     let now = now_ms();
@@ -669,6 +703,7 @@ pub(crate) fn receive_content(
                 },
                 conv,
                 false,
+                attachment.as_ref().map(AttachmentRecord::from_pointer),
             )?;
             if quarantine.is_none() {
                 out.delivery
@@ -835,6 +870,7 @@ pub(crate) fn receive_content(
                     ..ConvRecord::default()
                 },
                 true,
+                None,
             )?;
             out.events.push(ConversationEvent::TimerChanged {
                 from: sender.to_owned(),
@@ -975,6 +1011,11 @@ pub(crate) fn report_material(
             server_ts_ms: rec.server_ts_ms,
             message_id: message_id.to_vec(),
             sealed,
+            attachment: rec
+                .attachment
+                .as_ref()
+                .map(AttachmentRecord::pointer)
+                .transpose()?,
         }];
         for e in &rec.conv.edits {
             let edit_id = hex::decode(&e.message_id).unwrap_or_default();
@@ -995,6 +1036,7 @@ pub(crate) fn report_material(
                     tag: e.tag.clone(),
                     sender_device: e.sender_device,
                 },
+                attachment: None,
             });
         }
         out.push(versions);
@@ -1174,8 +1216,22 @@ impl Client {
         text: &str,
         reply_to: Option<&str>,
     ) -> Result<Sent> {
+        self.send_text_with(recipient, text, reply_to, None).await
+    }
+
+    /// [`Client::send_text`] with a file already uploaded
+    /// (`Client::upload_attachment`): its pointer goes inside the franked
+    /// `Content`, `sent_path` is remembered in our history. With a file the
+    /// text (its caption) may be empty.
+    pub async fn send_text_with(
+        &mut self,
+        recipient: &str,
+        text: &str,
+        reply_to: Option<&str>,
+        attachment: Option<(&v1::AttachmentPointer, &std::path::Path)>,
+    ) -> Result<Sent> {
         let recipient = normalize_username(recipient)?;
-        if text.trim().is_empty() {
+        if text.trim().is_empty() && attachment.is_none() {
             return Err(ClientError::EmptyMessage);
         }
         if text.len() > MAX_TEXT_BYTES {
@@ -1215,7 +1271,14 @@ impl Client {
         if franked_len > franking::MAX_REPORTABLE_BYTES {
             return Err(ClientError::MessageTooLong(franked_len));
         }
-        let sent = self.send_content(&recipient, body).await?;
+        let sent = self
+            .send_content_with(&recipient, body, attachment.map(|(p, _)| p))
+            .await?;
+        let attachment = attachment.map(|(p, path)| {
+            let mut rec = AttachmentRecord::from_pointer(p);
+            rec.saved_path = Some(path.to_string_lossy().into_owned());
+            rec
+        });
         let conv = ConvRecord {
             quote: quote.map(|q| RefRecord {
                 message_id: hex::encode(&q.message_id),
@@ -1244,6 +1307,7 @@ impl Client {
                 sent_at_ms,
                 sent.server_timestamp_ms,
                 conv,
+                attachment,
             )
         })?;
         Ok(sent.public())
@@ -1423,6 +1487,7 @@ impl Client {
                     timer_event: Some(secs),
                     ..ConvRecord::default()
                 },
+                None,
             )
         })?;
         Ok(sent.public())

@@ -73,6 +73,21 @@ pub fn json_inert(json: &str) -> String {
     out
 }
 
+/// A byte count as people read it: 0 B, 1 B, 64.0 KiB, 50.0 MiB.
+pub fn human_size(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

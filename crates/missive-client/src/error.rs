@@ -203,6 +203,11 @@ pub enum ClientError {
     /// cannot be done; the sentence says why.
     #[error("{0}")]
     Conversation(String),
+    /// An attachment that cannot be sent or saved; the sentence says which
+    /// file and why (a wrong key, a tampered or truncated chunk, a blob that
+    /// does not match its hash, a quota).
+    #[error("{0}")]
+    Attachment(String),
 }
 
 /// Result alias.

@@ -11,8 +11,8 @@ use missive_client::client::{RecvEvent, rfc3339};
 use missive_client::conversation::{
     ConversationEvent, ConversationItem, Quoted, ReceiptState, format_timer, parse_timer,
 };
-use missive_client::display::{json_inert, sanitize_line, sanitize_text};
-use missive_client::store::HistoryEntry;
+use missive_client::display::{human_size, json_inert, sanitize_line, sanitize_text};
+use missive_client::store::{AttachmentInfo, HistoryEntry};
 use missive_client::{Client, ClientError, ServerConfig};
 
 /// Writes a line to standard output. A closed pipe (`missive ... | head -1`)
@@ -76,12 +76,18 @@ enum Command {
         /// 3 to 32 characters among a-z, 0-9, '.', '_' and '-'.
         username: String,
     },
-    /// Send TEXT to USERNAME ("-" reads the text from standard input).
+    /// Send TEXT to USERNAME ("-" reads the text from standard input), or
+    /// a file with --file (TEXT is then its optional caption).
     Send {
         /// Recipient.
         username: String,
-        /// Message text, or "-" for standard input.
-        text: String,
+        /// Message text, or "-" for standard input; with --file, the caption.
+        #[arg(required_unless_present = "file")]
+        text: Option<String>,
+        /// Send this file, end-to-end encrypted (any size; an interrupted
+        /// upload resumes when the same command is run again).
+        #[arg(long, value_name = "PATH")]
+        file: Option<PathBuf>,
     },
     /// Receive, decrypt, store and acknowledge pending messages.
     Recv {
@@ -99,6 +105,17 @@ enum Command {
         /// printed.
         #[arg(long)]
         receipts: bool,
+        /// Save received files here (default: HOME/attachments). A file is
+        /// saved, and its message shown, only once verified; an existing file
+        /// is never replaced.
+        #[arg(long, value_name = "DIR")]
+        save_dir: Option<PathBuf>,
+    },
+    /// List the files sent and received: name, size, who, where saved.
+    Attachments {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
     },
     /// The terminal messenger: the conversation list, or USERNAME's conversation.
     Chat {
@@ -426,6 +443,9 @@ fn print_item(item: &ConversationItem, me: &str, json: bool, style: Style) {
         rfc3339(m.server_ts_ms),
         style.paint("1", &who)
     );
+    if let Some(a) = &m.attachment {
+        out!("{}", attachment_line(a, m.outgoing, style));
+    }
     print_item_details(
         item.reply_to.as_ref(),
         &item.reactions,
@@ -652,7 +672,7 @@ fn shown_from(m: &HistoryEntry, me: &str) -> String {
 }
 
 fn message_json(m: &HistoryEntry, me: &str) -> serde_json::Value {
-    serde_json::json!({
+    let mut v = serde_json::json!({
         "id": hex::encode(&m.message_id),
         "from": if m.outgoing { me } else { m.contact.as_str() },
         "outgoing": m.outgoing,
@@ -664,7 +684,43 @@ fn message_json(m: &HistoryEntry, me: &str) -> serde_json::Value {
         "sender_clock": rfc3339(m.sender_clock_ms),
         "sender_clock_clamped": m.sender_clock_clamped,
         "quarantined": m.quarantined,
-    })
+    });
+    if let (Some(a), Some(o)) = (&m.attachment, v.as_object_mut()) {
+        o.insert(
+            "file".into(),
+            a.saved_path.as_ref().map_or(serde_json::Value::Null, |p| {
+                p.to_string_lossy().into_owned().into()
+            }),
+        );
+        o.insert("file_name".into(), a.file_name.clone().into());
+        o.insert("size".into(), a.size.into());
+        o.insert("mime_type".into(), a.mime_type.clone().into());
+        o.insert(
+            "file_error".into(),
+            a.error
+                .clone()
+                .map_or(serde_json::Value::Null, serde_json::Value::from),
+        );
+    }
+    v
+}
+
+/// The line under a message that carries a file.
+fn attachment_line(a: &AttachmentInfo, outgoing: bool, style: Style) -> String {
+    let name = sanitize_line(&a.file_name);
+    let size = human_size(a.size);
+    let state = match (&a.saved_path, &a.error) {
+        (Some(p), _) if outgoing => {
+            format!("sent from {}", sanitize_line(&p.display().to_string()))
+        }
+        (Some(p), _) => format!("saved to {}", sanitize_line(&p.display().to_string())),
+        (None, Some(e)) => format!("REFUSED, not saved: {}", sanitize_line(e)),
+        (None, None) => "not saved yet (`missive recv` saves it)".to_owned(),
+    };
+    format!(
+        "    {} {name} ({size}), {state}",
+        style.paint("2", "[file]")
+    )
 }
 
 fn print_message(m: &HistoryEntry, me: &str, json: bool) {
@@ -677,6 +733,9 @@ fn print_message(m: &HistoryEntry, me: &str, json: bool) {
             sanitize_line(&shown_from(m, me)),
             sanitize_text(&m.text, "    | ")
         );
+        if let Some(a) = &m.attachment {
+            out!("{}", attachment_line(a, m.outgoing, Style { color: false }));
+        }
     }
 }
 
@@ -803,18 +862,83 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 client.public_identity().fingerprint()
             );
         }
-        Command::Send { username, text } => {
-            let text = read_text_arg(text)?;
+        Command::Send {
+            username,
+            text,
+            file,
+        } => {
+            let text = text.map(read_text_arg).transpose()?.unwrap_or_default();
             let mut client = open_client(&home, server)?;
-            let sent = client.send(&username, &text).await?;
-            out!("sent {} to {}", sent.id, username.to_ascii_lowercase());
+            client.set_progress(true);
+            match file {
+                Some(path) => {
+                    let sent = client.send_file(&username, &path, &text).await?;
+                    out!(
+                        "sent {} with the file {} to {}",
+                        sent.id,
+                        sanitize_line(&path.display().to_string()),
+                        username.to_ascii_lowercase()
+                    );
+                }
+                None => {
+                    let sent = client.send(&username, &text).await?;
+                    out!("sent {} to {}", sent.id, username.to_ascii_lowercase());
+                }
+            }
+        }
+        Command::Attachments { json } => {
+            let client = open_client(&home, server)?;
+            let me = client.username().to_owned();
+            let list = client.attachments()?;
+            if list.is_empty() && !json {
+                out!("no attachments yet");
+            }
+            for m in list {
+                let Some(a) = &m.attachment else { continue };
+                if json {
+                    let mut v = message_json(&m, &me);
+                    if let Some(o) = v.as_object_mut() {
+                        o.remove("text");
+                        o.insert(
+                            "to".into(),
+                            if m.outgoing {
+                                m.contact.as_str()
+                            } else {
+                                me.as_str()
+                            }
+                            .into(),
+                        );
+                    }
+                    out!("{}", json_inert(&v.to_string()));
+                } else {
+                    let who = if m.outgoing {
+                        format!("to {}", sanitize_line(&m.contact))
+                    } else {
+                        format!("from {}", sanitize_line(&shown_from(&m, &me)))
+                    };
+                    let place = match (&a.saved_path, &a.error) {
+                        (Some(p), _) => sanitize_line(&p.display().to_string()),
+                        (None, Some(e)) => format!("refused: {}", sanitize_line(e)),
+                        (None, None) => "not saved yet".to_owned(),
+                    };
+                    out!(
+                        "{}\t{}\t{who}\t{}\t{place}",
+                        short_id(&m.message_id),
+                        sanitize_line(&a.file_name),
+                        human_size(a.size)
+                    );
+                }
+            }
         }
         Command::Recv {
             json,
             wait,
             receipts,
+            save_dir,
         } => {
             let mut client = open_client(&home, server)?;
+            client.set_progress(true);
+            client.set_attachment_dir(Some(save_dir.unwrap_or_else(|| home.join("attachments"))));
             let me = client.username().to_owned();
             let style = Style {
                 color: use_color(cli.color),

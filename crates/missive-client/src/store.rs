@@ -218,8 +218,117 @@ pub(crate) struct MessageRecord {
         skip_serializing_if = "crate::conversation::ConvRecord::is_empty"
     )]
     pub(crate) conv: crate::conversation::ConvRecord,
+    /// The file sent with the message (docs/PROTOCOL.md, "Attachments"):
+    /// its pointer, key included, lives only inside this sealed record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) attachment: Option<AttachmentRecord>,
     #[serde(default)]
     pad: String,
+}
+
+/// An attachment pointer as stored, sealed inside its history row, with
+/// where the file was saved. No schema change: sealed records are JSON and
+/// older ones simply have none.
+#[derive(Clone, Serialize, Deserialize, Default)]
+pub(crate) struct AttachmentRecord {
+    /// Blob id, hex.
+    pub(crate) blob_id: String,
+    /// The file key, hex (zeroized on drop).
+    pub(crate) key: String,
+    /// Key commitment, hex.
+    pub(crate) key_commitment: String,
+    /// Ciphertext hash, hex.
+    pub(crate) ciphertext_hash: String,
+    /// File length in bytes.
+    pub(crate) size: u64,
+    /// MIME type as sent (never trusted).
+    pub(crate) mime_type: String,
+    /// File name as sent (sanitized before any use on disk).
+    pub(crate) file_name: String,
+    /// Where the verified file was saved (incoming), or the file sent (outgoing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) saved_path: Option<String>,
+    /// Why it could not be saved (a verification failure; not retried).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) error: Option<String>,
+    /// A process saving it now: (pid, since ms); see `attachments.rs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) claim: Option<(u32, u64)>,
+}
+
+impl Drop for AttachmentRecord {
+    fn drop(&mut self) {
+        self.key.zeroize();
+    }
+}
+
+impl AttachmentRecord {
+    /// The pointer as stored.
+    pub(crate) fn from_pointer(p: &missive_proto::v1::AttachmentPointer) -> Self {
+        AttachmentRecord {
+            blob_id: hex::encode(&p.blob_id),
+            key: hex::encode(&p.key),
+            key_commitment: hex::encode(&p.key_commitment),
+            ciphertext_hash: hex::encode(&p.ciphertext_hash),
+            size: p.size,
+            mime_type: p.mime_type.clone(),
+            file_name: p.file_name.clone(),
+            saved_path: None,
+            error: None,
+            claim: None,
+        }
+    }
+
+    /// Back to the pointer (for a download or a report).
+    pub(crate) fn pointer(&self) -> Result<missive_proto::v1::AttachmentPointer> {
+        let d = |h: &str| {
+            hex::decode(h)
+                .map_err(|_| ClientError::Attachment("a stored attachment is malformed".into()))
+        };
+        Ok(missive_proto::v1::AttachmentPointer {
+            blob_id: d(&self.blob_id)?,
+            key: d(&self.key)?,
+            key_commitment: d(&self.key_commitment)?,
+            ciphertext_hash: d(&self.ciphertext_hash)?,
+            size: self.size,
+            mime_type: self.mime_type.clone(),
+            file_name: self.file_name.clone(),
+            thumbnail: Vec::new(),
+        })
+    }
+
+    /// Neither saved nor refused yet.
+    pub(crate) fn pending(&self) -> bool {
+        self.saved_path.is_none() && self.error.is_none()
+    }
+
+    fn info(&self) -> AttachmentInfo {
+        AttachmentInfo {
+            file_name: self.file_name.clone(),
+            mime_type: self.mime_type.clone(),
+            size: self.size,
+            saved_path: self.saved_path.as_ref().map(PathBuf::from),
+            error: self.error.clone(),
+        }
+    }
+}
+
+/// What a history entry shows of its attachment (no key material).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttachmentInfo {
+    /// The file name as sent (pass it through `attachments::safe_file_name`
+    /// or `display::sanitize_line` before showing or using it).
+    pub file_name: String,
+    /// The MIME type as sent (a claim of the sender, never trusted).
+    pub mime_type: String,
+    /// File length in bytes.
+    pub size: u64,
+    /// Incoming: where the verified file was saved (`None` while it is not,
+    /// or if it failed verification). Outgoing: the file that was sent.
+    pub saved_path: Option<PathBuf>,
+    /// Why an incoming file was refused (key commitment, a chunk or the
+    /// hash did not verify); the file was not saved.
+    pub error: Option<String>,
 }
 
 /// One history entry, decrypted.
@@ -245,6 +354,8 @@ pub struct HistoryEntry {
     pub server_ts_ms: u64,
     /// From a changed identity of `contact` that the user has not accepted.
     pub quarantined: bool,
+    /// The file sent with the message, if any.
+    pub attachment: Option<AttachmentInfo>,
 }
 
 /// Everything needed to report an incoming message.
@@ -257,6 +368,8 @@ pub struct ReportMaterial {
     pub message_id: Vec<u8>,
     /// Sealed content.
     pub sealed: SealedMessage,
+    /// The attachment pointer the message carried (its commitment covers it).
+    pub attachment: Option<missive_proto::v1::AttachmentPointer>,
 }
 
 /// A received message to store (see [`Db::add_incoming`]).
@@ -1602,6 +1715,7 @@ impl Db<'_> {
             quarantine_identity: None,
             body: sealed,
             conv: Default::default(),
+            attachment: None,
             pad: String::new(),
         };
         self.insert_record(&mut rec, true)
@@ -1619,6 +1733,7 @@ impl Db<'_> {
             quarantine_identity: m.quarantine_identity.map(|i| hex::encode(i.to_bytes())),
             body: m.sealed,
             conv: Default::default(),
+            attachment: None,
             pad: String::new(),
         };
         self.insert_record(&mut rec, false)
@@ -1736,6 +1851,7 @@ impl Db<'_> {
                     sender_clock_clamped: rec.sender_clock_clamped,
                     server_ts_ms: rec.server_ts_ms,
                     quarantined: rec.quarantine_identity.is_some(),
+                    attachment: rec.attachment.as_ref().map(AttachmentRecord::info),
                 })
             }
         }
@@ -1799,6 +1915,11 @@ impl Db<'_> {
                 server_ts_ms: rec.server_ts_ms,
                 message_id: message_id.to_vec(),
                 sealed: rec.body.clone(),
+                attachment: rec
+                    .attachment
+                    .as_ref()
+                    .map(AttachmentRecord::pointer)
+                    .transpose()?,
             });
         }
         Ok(out)
@@ -1812,6 +1933,7 @@ impl Db<'_> {
         m: NewIncoming<'_>,
         conv: crate::conversation::ConvRecord,
         shown: bool,
+        attachment: Option<AttachmentRecord>,
     ) -> Result<()> {
         let mut rec = MessageRecord {
             contact: m.sender.to_owned(),
@@ -1823,12 +1945,15 @@ impl Db<'_> {
             quarantine_identity: m.quarantine_identity.map(|i| hex::encode(i.to_bytes())),
             body: m.sealed,
             conv,
+            attachment,
             pad: String::new(),
         };
         self.insert_record(&mut rec, shown)
     }
 
     /// Stores an outgoing message (already sent) with its conversation data.
+    // Each argument is one field of the record; a struct would only rename them.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn add_outgoing_with(
         &self,
         contact: &str,
@@ -1837,6 +1962,7 @@ impl Db<'_> {
         sent_at_ms: u64,
         server_ts_ms: u64,
         conv: crate::conversation::ConvRecord,
+        attachment: Option<AttachmentRecord>,
     ) -> Result<()> {
         let mut rec = MessageRecord {
             contact: contact.to_owned(),
@@ -1848,6 +1974,7 @@ impl Db<'_> {
             quarantine_identity: None,
             body: sealed,
             conv,
+            attachment,
             pad: String::new(),
         };
         self.insert_record(&mut rec, true)
@@ -2122,6 +2249,7 @@ fn migrate_v1(tx: &Connection, old: &Keys, new: &Keys, path: &Path, key_path: &P
             quarantine_identity: None,
             body,
             conv: Default::default(),
+            attachment: None,
             pad: String::new(),
         };
         db.insert_record(&mut rec, shown)?;

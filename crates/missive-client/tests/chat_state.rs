@@ -22,6 +22,7 @@ fn entry(seq: i64, contact: &str, outgoing: bool, text: &str) -> HistoryEntry {
         sender_clock_clamped: false,
         server_ts_ms: 1_700_000_000_500 + seq as u64 * 1000,
         quarantined: false,
+        attachment: None,
     }
 }
 
@@ -575,4 +576,119 @@ fn slash_commands_become_actions_and_typing_is_said_once() {
         })
     );
     assert_eq!(run(&mut s, "/quit"), Some(Action::Quit));
+}
+
+#[test]
+fn files_show_their_name_and_size_and_save_on_command() {
+    let file = |name: &str, size: u64, saved: Option<&str>| missive_client::store::AttachmentInfo {
+        file_name: name.into(),
+        mime_type: "application/octet-stream".into(),
+        size,
+        saved_path: saved.map(Into::into),
+        error: None,
+    };
+    let mut old = entry(1, "bob", false, "the report");
+    old.attachment = Some(file(
+        "report.pdf",
+        3 * 1024 * 1024,
+        Some("/h/attachments/report.pdf"),
+    ));
+    let mut new = entry(2, "bob", false, "");
+    // A hostile name cannot reach the terminal raw.
+    new.attachment = Some(file("cat\u{1b}[2J.png", 1, None));
+    let mut ours = entry(3, "bob", true, "mine");
+    ours.attachment = Some(file("notes.txt", 0, Some("/tmp/notes.txt")));
+    let mut s = ChatState::new("alice", false);
+    s.add_conversation(bob(), Verification::Unverified, &[old, new, ours]);
+    s.open(&bob());
+    let shown = screen_at(&mut s, 120, 24);
+    assert!(
+        shown.contains("report.pdf (3.0 MiB), saved to /h/attachments/report.pdf"),
+        "{shown}"
+    );
+    assert!(shown.contains("(1 B), /save downloads it"), "{shown}");
+    assert!(!shown.contains('\u{1b}'), "{shown}");
+    assert!(
+        shown.contains("notes.txt (0 B), sent from /tmp/notes.txt"),
+        "{shown}"
+    );
+
+    // /save takes the newest file not yet saved.
+    let run = |s: &mut ChatState, line: &str| {
+        s.handle_key(ctrl('u'));
+        type_text(s, line);
+        s.handle_key(key(KeyCode::Enter))
+    };
+    let target = hex::encode([2u8; 16]);
+    assert_eq!(
+        run(&mut s, "/save"),
+        Some(Action::Save {
+            to: bob(),
+            target: target.clone()
+        })
+    );
+    // A failed verification marks it refused, on screen and for /save.
+    s.file_saved(
+        &bob(),
+        &target,
+        Err(missive_client::ClientError::Attachment(
+            "chunk 0 does not authenticate".into(),
+        )),
+    );
+    let shown = screen_at(&mut s, 120, 24);
+    assert!(
+        shown.contains("REFUSED: chunk 0 does not authenticate"),
+        "{shown}"
+    );
+    assert_eq!(run(&mut s, "/save"), None);
+    assert!(s.status().unwrap().contains("refused"), "{:?}", s.status());
+    // A broken connection leaves it to save later.
+    s.file_saved(
+        &bob(),
+        &hex::encode([1u8; 16]),
+        Err(missive_client::ClientError::Server("unreachable".into())),
+    );
+    assert!(
+        s.status().unwrap().starts_with("not saved yet"),
+        "{:?}",
+        s.status()
+    );
+    assert_eq!(
+        run(&mut s, "/file /tmp/a b.txt"),
+        Some(Action::SendFile {
+            to: bob(),
+            path: "/tmp/a b.txt".into()
+        })
+    );
+    assert_eq!(run(&mut s, "/file"), None);
+}
+
+#[test]
+fn a_saved_file_says_where() {
+    let mut e = entry(1, "bob", false, "");
+    e.attachment = Some(missive_client::store::AttachmentInfo {
+        file_name: "a.bin".into(),
+        mime_type: String::new(),
+        size: 10,
+        saved_path: None,
+        error: None,
+    });
+    let mut s = ChatState::new("alice", false);
+    s.add_conversation(bob(), Verification::Unverified, &[e]);
+    s.open(&bob());
+    s.file_saved(
+        &bob(),
+        &hex::encode([1u8; 16]),
+        Ok("/home/alice/.missive/attachments/a.bin".into()),
+    );
+    let shown = screen_at(&mut s, 120, 24);
+    assert!(
+        shown.contains("a.bin (10 B), saved to /home/alice/.missive/attachments/a.bin"),
+        "{shown}"
+    );
+    assert!(
+        s.status().unwrap().starts_with("saved to"),
+        "{:?}",
+        s.status()
+    );
 }

@@ -24,8 +24,8 @@ use missive_proto::v1;
 pub use backoff::{BACKOFF_MAX, BACKOFF_MIN, Backoff};
 pub use state::{
     Action, COMMANDS_HELP, ChatState, Connection, Conversation, ConversationId, DeliveryState,
-    Focus, HELP_CONVERSATION, HELP_LIST, InlineEvent, Item, MessageItem, TYPING_RESEND_MS,
-    TYPING_SHOWN_MS,
+    FileItem, Focus, HELP_CONVERSATION, HELP_LIST, InlineEvent, Item, MessageItem,
+    TYPING_RESEND_MS, TYPING_SHOWN_MS,
 };
 pub use view::render;
 
@@ -149,20 +149,7 @@ async fn perform(client: &mut Client, state: &mut ChatState, action: &Action) {
         Action::Reply { to, target, text } => {
             let ConversationId::Direct(name) = to;
             match client.send_text(name, text, Some(target)).await {
-                Ok(sent) => {
-                    // Shown from the store, with its quote.
-                    match client.conversation(name) {
-                        Ok(items) => {
-                            if let Some(ci) = items.iter().rev().find(|ci| {
-                                ci.entry.outgoing && hex::encode(&ci.entry.message_id) == sent.id
-                            }) {
-                                state.push_live_item(ci);
-                            }
-                            Ok(())
-                        }
-                        Err(e) => Err(e.to_string()),
-                    }
-                }
+                Ok(sent) => show_sent(client, state, name, &sent.id),
                 Err(e) => Err(e.to_string()),
             }
         }
@@ -190,6 +177,24 @@ async fn perform(client: &mut Client, state: &mut ChatState, action: &Action) {
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         }
+        Action::Save { to, target } => {
+            let ConversationId::Direct(name) = to;
+            let dir = client
+                .attachment_dir()
+                .map(std::path::Path::to_path_buf)
+                .unwrap_or_else(|| client.home().join("attachments"));
+            let outcome = client.save_attachment(name, target, &dir).await;
+            state.file_saved(to, target, outcome);
+            return;
+        }
+        Action::SendFile { to, path } => {
+            let ConversationId::Direct(name) = to;
+            let file = std::path::Path::new(path);
+            match client.send_file(name, file, "").await {
+                Ok(sent) => show_sent(client, state, name, &sent.id),
+                Err(e) => Err(e.to_string()),
+            }
+        }
         Action::Timer(ConversationId::Direct(name), secs) => client
             .set_timer(name, *secs)
             .await
@@ -198,6 +203,25 @@ async fn perform(client: &mut Client, state: &mut ChatState, action: &Action) {
         Action::Quit => return,
     };
     state.done(action, outcome);
+}
+
+/// Shows our message `id` to `name` as the store has it (with its quote or
+/// its file).
+fn show_sent(
+    client: &mut Client,
+    state: &mut ChatState,
+    name: &str,
+    id: &str,
+) -> std::result::Result<(), String> {
+    let items = client.conversation(name).map_err(|e| e.to_string())?;
+    if let Some(ci) = items
+        .iter()
+        .rev()
+        .find(|ci| ci.entry.outgoing && hex::encode(&ci.entry.message_id) == id)
+    {
+        state.push_live_item(ci);
+    }
+    Ok(())
 }
 
 /// Describes a lost receive stream in a short clause.

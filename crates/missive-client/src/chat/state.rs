@@ -148,6 +148,51 @@ pub struct MessageItem {
     pub expire_after_secs: u64,
     /// When it disappears, ms.
     pub expires_at_ms: Option<u64>,
+    /// The file it carries, if any.
+    pub file: Option<FileItem>,
+}
+
+/// A file carried by a message, as the chat shows it (every text escaped).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct FileItem {
+    /// Its name as sent.
+    pub name: String,
+    /// Its length, bytes.
+    pub size: u64,
+    /// Where it is on this machine: saved (theirs) or sent from (ours).
+    pub saved: Option<String>,
+    /// Why it was refused (it did not verify); it is not saved.
+    pub refused: Option<String>,
+}
+
+impl FileItem {
+    fn from_info(a: &crate::store::AttachmentInfo) -> Self {
+        FileItem {
+            name: crate::display::sanitize_line(&a.file_name),
+            size: a.size,
+            saved: a
+                .saved_path
+                .as_ref()
+                .map(|p| crate::display::sanitize_line(&p.display().to_string())),
+            refused: a.error.as_deref().map(crate::display::sanitize_line),
+        }
+    }
+
+    /// The line shown under the message.
+    pub fn line(&self, outgoing: bool) -> String {
+        let state = match (&self.saved, &self.refused) {
+            (Some(p), _) if outgoing => format!("sent from {p}"),
+            (Some(p), _) => format!("saved to {p}"),
+            (None, Some(why)) => format!("REFUSED: {why}"),
+            (None, None) if outgoing => "sent".to_owned(),
+            (None, None) => "/save downloads it".to_owned(),
+        };
+        format!(
+            "📎 {} ({}), {state}",
+            self.name,
+            crate::display::human_size(self.size)
+        )
+    }
 }
 
 /// One item of a conversation.
@@ -264,6 +309,21 @@ pub enum Action {
     },
     /// `/timer DURATION|off`.
     Timer(ConversationId, u64),
+    /// `/save`: download, verify and save the newest file received here
+    /// that is not saved yet.
+    Save {
+        /// Conversation.
+        to: ConversationId,
+        /// Their message carrying it.
+        target: String,
+    },
+    /// `/file PATH`: send this file.
+    SendFile {
+        /// Conversation.
+        to: ConversationId,
+        /// The file, as typed.
+        path: String,
+    },
     /// Tell the contact we started (or stopped) typing.
     Typing(ConversationId, bool),
     /// Leave the chat.
@@ -271,7 +331,7 @@ pub enum Action {
 }
 
 /// The chat's commands, shown by `/help`.
-pub const COMMANDS_HELP: &str = "/reply TEXT · /react EMOJI · /unreact · /edit TEXT · /unsend · /timer 5m|off · /quit · //text sends /text";
+pub const COMMANDS_HELP: &str = "/reply TEXT · /react EMOJI · /unreact · /edit TEXT · /unsend · /timer 5m|off · /file PATH · /save · /quit · //text sends /text";
 
 /// Everything the chat screen shows.
 pub struct ChatState {
@@ -1055,6 +1115,50 @@ impl ChatState {
                     Action::Unsend { to, target }
                 })
             }
+            "file" => {
+                if arg.is_empty() {
+                    need("the path of a file", &mut self.status);
+                    return None;
+                }
+                if !self.can_send() {
+                    return None;
+                }
+                Some(Action::SendFile {
+                    to,
+                    path: arg.to_owned(),
+                })
+            }
+            "save" => {
+                let newest = self.current().and_then(|c| {
+                    c.items.iter().rev().find_map(|i| match i {
+                        Item::Message(m)
+                            if !m.outgoing
+                                && !m.unsent
+                                && m.file.as_ref().is_some_and(|f| f.saved.is_none()) =>
+                        {
+                            Some(m)
+                        }
+                        _ => None,
+                    })
+                });
+                match newest {
+                    Some(m) if m.file.as_ref().is_some_and(|f| f.refused.is_some()) => {
+                        self.status = Some(
+                            "/save: the newest file here was refused (it did not verify)".into(),
+                        );
+                        None
+                    }
+                    Some(m) => {
+                        let target = hex::encode(&m.message_id);
+                        self.status = Some("saving the file…".into());
+                        Some(Action::Save { to, target })
+                    }
+                    None => {
+                        self.status = Some("/save: no file here waits to be saved".into());
+                        None
+                    }
+                }
+            }
             "timer" => {
                 if arg.is_empty() {
                     need("a duration such as 30s, 5m, 1d, or off", &mut self.status);
@@ -1076,6 +1180,36 @@ impl ChatState {
                 ));
                 None
             }
+        }
+    }
+
+    /// Records the outcome of [`Action::Save`]: where the file was saved,
+    /// or why not (a verification failure marks it refused for good).
+    pub fn file_saved(
+        &mut self,
+        to: &ConversationId,
+        target: &str,
+        outcome: std::result::Result<std::path::PathBuf, crate::ClientError>,
+    ) {
+        let id = hex::decode(target).unwrap_or_default();
+        let m = self.conversation_mut(to).message_mut(&id, Some(false));
+        let file = m.and_then(|m| m.file.as_mut());
+        match outcome {
+            Ok(path) => {
+                let shown = crate::display::sanitize_line(&path.display().to_string());
+                if let Some(f) = file {
+                    f.saved = Some(shown.clone());
+                }
+                self.status = Some(format!("saved to {shown}"));
+            }
+            Err(crate::ClientError::Attachment(why)) => {
+                let why = crate::display::sanitize_line(&why);
+                if let Some(f) = file {
+                    f.refused = Some(why.clone());
+                }
+                self.status = Some(format!("not saved: {why}"));
+            }
+            Err(e) => self.status = Some(format!("not saved yet: {}", e.brief())),
         }
     }
 
@@ -1108,6 +1242,9 @@ impl ChatState {
                         m.reactions.push((me, crate::display::sanitize_line(e)));
                     }
                 }
+            }
+            (Action::SendFile { path, .. }, Ok(())) => {
+                self.status = Some(format!("sent {}", crate::display::sanitize_line(path)));
             }
             (Action::Timer(to, secs), Ok(())) => {
                 let by = self.me.clone();
@@ -1174,6 +1311,7 @@ fn push_entry(c: &mut Conversation, me: &str, e: &HistoryEntry) {
         text: crate::display::sanitize_text(&e.text, ""),
         at_ms: e.server_ts_ms,
         receipt: e.outgoing.then_some(ReceiptState::Sent),
+        file: e.attachment.as_ref().map(FileItem::from_info),
         ..MessageItem::default()
     }));
     c.last_activity_ms = c.last_activity_ms.max(e.server_ts_ms);

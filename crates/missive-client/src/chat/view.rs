@@ -76,6 +76,19 @@ pub(crate) fn conversation_rows(c: &Conversation, width: usize) -> Vec<Row> {
                 for text in message_rows(&header, &text, width) {
                     out.push(Row { text, style });
                 }
+                if let Some(f) = m.file.as_ref().filter(|_| !m.unsent) {
+                    let file_style = if f.refused.is_some() {
+                        Style::default().fg(Color::Red)
+                    } else {
+                        Style::default().fg(Color::Yellow)
+                    };
+                    for text in wrap_line(&format!("{WRAP_INDENT}{}", f.line(m.outgoing)), width) {
+                        out.push(Row {
+                            text,
+                            style: file_style,
+                        });
+                    }
+                }
                 if !m.reactions.is_empty() {
                     let line = m
                         .reactions
