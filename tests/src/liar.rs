@@ -1053,7 +1053,7 @@ impl AttachmentService for Proxy {
         if let Some(s) = self.shared.lie(Rpc::CreateUpload) {
             return Err(s);
         }
-        let msg = request.get_ref().clone();
+        let msg = *request.get_ref();
         let resp = AttachmentServiceClient::new(self.upstream.clone())
             .create_upload(forward(&request, msg))
             .await

@@ -318,6 +318,67 @@ fn the_cli_sends_and_saves_files_of_every_edge_size() {
         "{}",
         report.stdout
     );
+    // The moderator sees the file in the report, and fetches, opens and
+    // checks it with the key the reporter disclosed.
+    let report_id = report.stdout.split_whitespace().nth(1).unwrap().to_owned();
+    let shown = server.admin(&["reports", "show", &report_id]).unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.contains("file:      \"boundary.bin\""), "{shown}");
+    let out = root.path().join("moderator.bin");
+    let saved = server
+        .admin(&[
+            "reports",
+            "save-file",
+            &report_id,
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .unwrap();
+    assert!(saved.status.success(), "{saved:?}");
+    assert!(std::fs::read(&out).unwrap() == file_bytes(ATTACHMENT_CHUNK_LEN, 3));
+    // Never over an existing file.
+    let again = server
+        .admin(&[
+            "reports",
+            "save-file",
+            &report_id,
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("exists"),
+        "{again:?}"
+    );
+    // A blob changed on the server after the report does not verify: nothing saved.
+    let blob = shown
+        .split("blob ")
+        .nth(1)
+        .and_then(|r| r.split(';').next())
+        .unwrap()
+        .to_owned();
+    let blob_path = server.data_dir().join("blobs").join("data").join(&blob);
+    let mut stored = std::fs::read(&blob_path).unwrap();
+    stored[10] ^= 1;
+    std::fs::write(&blob_path, &stored).unwrap();
+    let out = root.path().join("tampered.bin");
+    let refused = server
+        .admin(&[
+            "reports",
+            "save-file",
+            &report_id,
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("does not verify"),
+        "{refused:?}"
+    );
+    assert!(!out.exists());
+    assert!(!root.path().join("tampered.bin.part").exists());
 
     // A file that does not exist: one sentence, non-zero exit.
     let missing = alice

@@ -1,9 +1,10 @@
 //! Encrypted attachments on the client: seal and upload a file, download,
 //! verify and save one (docs/PROTOCOL.md, "Attachments").
 //!
-//! Memory is bounded whatever the file size: one 64 KiB chunk is read,
-//! sealed and queued at a time (at most [`UPLOAD_QUEUE`] ahead of the
-//! network), and a download writes each chunk as it opens.
+//! Memory is bounded whatever the file size: one 64 KiB chunk is read and
+//! sealed at a time, sealed chunks leave in messages of up to 1 MiB (at most
+//! [`UPLOAD_QUEUE`] of them ahead of the network), and a download writes
+//! each chunk as it opens.
 //!
 //! Resumption. An upload whose stream breaks asks the server for its
 //! committed offset and continues there (re-sealing the earlier chunks only
@@ -33,8 +34,9 @@ use crate::client::{Client, RecvEvent};
 use crate::error::{ClientError, Result};
 use crate::store::HistoryEntry;
 
-/// Sealed chunks queued ahead of the upload stream.
-pub const UPLOAD_QUEUE: usize = 8;
+/// Upload messages (each up to 1 MiB of sealed chunks) queued ahead of the
+/// upload stream.
+pub const UPLOAD_QUEUE: usize = 4;
 /// Times an upload or download is resumed after a broken stream before giving up.
 pub const TRANSFER_ATTEMPTS: usize = 5;
 /// Longest file name kept from a pointer.
@@ -231,6 +233,35 @@ fn note(client: &Client, line: String) {
     }
 }
 
+/// Most sealed bytes in one upload message (the server takes up to 1 MiB).
+const UPLOAD_MESSAGE_BYTES: usize = 256 * 1024;
+
+/// Sends `batch` as one upload message at `offset` and empties it; false
+/// once the stream is gone.
+async fn flush(
+    tx: &tokio::sync::mpsc::Sender<UploadChunk>,
+    blob_id: &[u8],
+    batch: &mut Vec<u8>,
+    offset: &mut u64,
+    bar: &ProgressBar,
+) -> bool {
+    if batch.is_empty() {
+        return true;
+    }
+    let len = batch.len();
+    let chunk = UploadChunk {
+        blob_id: blob_id.to_vec(),
+        offset: *offset,
+        data: std::mem::replace(batch, Vec::with_capacity(UPLOAD_MESSAGE_BYTES)),
+    };
+    if tx.send(chunk).await.is_err() {
+        return false;
+    }
+    *offset += len as u64;
+    bar.inc(len as u64);
+    true
+}
+
 async fn read_chunk(
     file: &mut tokio::fs::File,
     layout: &Layout,
@@ -400,6 +431,11 @@ impl Client {
                         .await
                         .map_err(io(format!("cannot read {}", path.display())))?;
                     let crash = crash_after();
+                    // Sealed chunks go out in messages of up to
+                    // UPLOAD_MESSAGE_BYTES: fewer messages, fewer writes on
+                    // the server.
+                    let mut batch: Vec<u8> = Vec::with_capacity(UPLOAD_MESSAGE_BYTES);
+                    let mut batch_offset = committed;
                     for index in 0..layout.chunk_count() {
                         let bytes = read_chunk(&mut file, &layout, index, &path).await?;
                         let sealed = cipher
@@ -412,19 +448,20 @@ impl Client {
                             continue;
                         }
                         let skip = committed.saturating_sub(start) as usize;
-                        let chunk = UploadChunk {
-                            blob_id: blob_id.clone(),
-                            offset: start + skip as u64,
-                            data: sealed[skip..].to_vec(),
-                        };
-                        let len = chunk.data.len() as u64;
-                        if tx.send(chunk).await.is_err() {
+                        if batch.len() + sealed.len() - skip > UPLOAD_MESSAGE_BYTES
+                            && !flush(&tx, &blob_id, &mut batch, &mut batch_offset, &bar).await
+                        {
                             return Ok(None);
                         }
-                        bar.inc(len);
-                        if let Some(limit) = crash
-                            && end >= limit
+                        batch.extend_from_slice(&sealed[skip..]);
+                        let last = index + 1 == layout.chunk_count();
+                        let crashing = crash.is_some_and(|limit| end >= limit);
+                        if (last || crashing)
+                            && !flush(&tx, &blob_id, &mut batch, &mut batch_offset, &bar).await
                         {
+                            return Ok(None);
+                        }
+                        if crashing {
                             // Let the queued chunks reach the server first.
                             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                             std::process::exit(crate::client::CRASH_EXIT_CODE);

@@ -133,8 +133,20 @@ pub fn document(export: AccountExport) -> ExportDocument {
 
 /// A report for a moderator, human-readable.
 pub fn report_text(report: &ReportRecord) -> String {
+    let file = match &report.file {
+        Some(f) => format!(
+            "  file:      {name:?} ({size} bytes, {mime:?}), blob {blob}; ciphertext hash {hash}\n             (`missive-server reports save-file {id} --out PATH` fetches, opens and checks it)\n",
+            name = f.file_name,
+            size = f.size,
+            mime = f.mime_type,
+            blob = f.blob_id,
+            hash = f.ciphertext_hash,
+            id = report.id,
+        ),
+        None => String::new(),
+    };
     format!(
-        "report {id}\n  reporter:  {reporter}\n  sender:    {sender}\n  sender key: {fingerprint}\n  sent at:   {sent}\n  reported:  {reported}\n  verified:  {verified}\n  message:   {message}\n  reason:    {reason}\n  text:\n{text}\n",
+        "report {id}\n  reporter:  {reporter}\n  sender:    {sender}\n  sender key: {fingerprint}\n  sent at:   {sent}\n  reported:  {reported}\n  verified:  {verified}\n  message:   {message}\n  reason:    {reason}\n{file}  text:\n{text}\n",
         id = report.id,
         reporter = account_name(&report.reporter, report.reporter_account),
         sender = account_name(&report.sender, report.sender_account),

@@ -155,6 +155,16 @@ enum ReportsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Fetch the file of a reported message from the attachment store, open
+    /// it with the key the reporter disclosed and check it against the
+    /// commitment the sender made; save it to PATH only if it verifies.
+    SaveFile {
+        /// Report id.
+        id: u64,
+        /// Where to save the file (never replaced if it exists).
+        #[arg(long, value_name = "PATH")]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -439,6 +449,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 print(&export::report_text(&report))
             }
+        }
+        Some(Command::Reports {
+            command: ReportsCommand::SaveFile { id, out },
+        }) => {
+            let store = open_existing(&cli).await?;
+            let report = store
+                .report(*id)
+                .await?
+                .ok_or_else(|| anyhow!("no report with id {id}"))?;
+            let blobs = missive_server::blobs::open(&database_url(&cli), &cli.data_dir)
+                .await
+                .map_err(|e| anyhow!("cannot open the attachment store: {e}"))?;
+            let saved =
+                missive_server::moderation::save_reported_file(blobs.as_ref(), &report, out).await;
+            blobs.close().await;
+            let size = saved?;
+            print(&format!(
+                "saved {} ({size} bytes): key commitment, every chunk and the ciphertext hash verified",
+                out.display()
+            ))
         }
     }
 }

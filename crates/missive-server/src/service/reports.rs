@@ -94,6 +94,10 @@ impl ReportApi {
                 plaintext: text,
                 reason: request.reason,
                 created_at_ms: time::now_ms(),
+                attachment: request
+                    .attachment
+                    .as_ref()
+                    .map(prost::Message::encode_to_vec),
             })
             .await?;
         tracing::info!(report_id, "verified abuse report stored");

@@ -294,6 +294,9 @@ pub struct NewReport {
     pub reason: String,
     /// When the report arrived.
     pub created_at_ms: u64,
+    /// The attachment pointer of a message with a file, protobuf-encoded as
+    /// reported (its key included: the reporter disclosed the file).
+    pub attachment: Option<Vec<u8>>,
 }
 
 /// A stored report.
@@ -327,6 +330,53 @@ pub struct ReportRecord {
     pub created_at_ms: u64,
     /// Both MACs verified (only verified reports are stored).
     pub verified: bool,
+    /// The file the reported message carried, if any.
+    pub file: Option<ReportedFile>,
+}
+
+/// The file of a reported message, as its pointer describes it.
+#[derive(Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ReportedFile {
+    /// Hex of the blob id.
+    pub blob_id: String,
+    /// File name as the sender gave it.
+    pub file_name: String,
+    /// MIME type as the sender gave it.
+    pub mime_type: String,
+    /// Plaintext length, bytes.
+    pub size: u64,
+    /// Hex of the key commitment (checked against the key when reported).
+    pub key_commitment: String,
+    /// Hex of the ciphertext hash the franking commitment binds.
+    pub ciphertext_hash: String,
+    /// The whole pointer, key included: never printed (`save-file` uses it).
+    #[serde(skip)]
+    pub pointer: Vec<u8>,
+}
+
+impl std::fmt::Debug for ReportedFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReportedFile")
+            .field("blob_id", &self.blob_id)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The reported file of a stored pointer (`None`: none, or not decodable).
+pub(crate) fn reported_file(pointer: Option<Vec<u8>>) -> Option<ReportedFile> {
+    use prost::Message as _;
+    let bytes = pointer?;
+    let p = missive_proto::v1::AttachmentPointer::decode(bytes.as_slice()).ok()?;
+    Some(ReportedFile {
+        blob_id: hex::encode(&p.blob_id),
+        file_name: p.file_name.clone(),
+        mime_type: p.mime_type.clone(),
+        size: p.size,
+        key_commitment: hex::encode(&p.key_commitment),
+        ciphertext_hash: hex::encode(&p.ciphertext_hash),
+        pointer: bytes,
+    })
 }
 
 /// One device in an account export.

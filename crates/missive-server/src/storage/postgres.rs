@@ -262,12 +262,14 @@ fn report_of(row: &PgRow) -> Result<ReportRecord> {
         reason: get(row, "reason")?,
         created_at_ms: u64_of(get(row, "created_at_ms")?)?,
         verified: get(row, "verified")?,
+        file: super::reported_file(get(row, "attachment")?),
     })
 }
 
 const REPORT_COLUMNS: &str = "id, reporter_account, reporter_username, sender_account, \
                               sender_username, sender_identity, franking_key_id, message_id, \
-                              message_server_timestamp_ms, plaintext, reason, created_at_ms, verified";
+                              message_server_timestamp_ms, plaintext, reason, created_at_ms, verified, \
+                              attachment";
 
 /// A device's bundle without one-time keys: the last-resort KEM key.
 fn last_resort_bundle(row: &PgRow, device: u32) -> Result<BundleRecord> {
@@ -1070,7 +1072,7 @@ impl Storage for PostgresStorage {
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO reports (reporter_account, reporter_username, sender_account, sender_username, \
              sender_identity, franking_key_id, message_id, message_server_timestamp_ms, plaintext, \
-             reason, created_at_ms, verified) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, TRUE) \
+             reason, created_at_ms, verified, attachment) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, TRUE, $12) \
              RETURNING id",
         )
         .bind(report.reporter_account)
@@ -1084,6 +1086,7 @@ impl Storage for PostgresStorage {
         .bind(&report.plaintext)
         .bind(&report.reason)
         .bind(int(report.created_at_ms))
+        .bind(&report.attachment)
         .fetch_one(&self.pool)
         .await
         .map_err(map_err)?;

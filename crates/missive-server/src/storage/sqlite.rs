@@ -293,12 +293,14 @@ fn report_of(row: &SqliteRow) -> Result<ReportRecord> {
         reason: get(row, "reason")?,
         created_at_ms: u64_of(get(row, "created_at_ms")?)?,
         verified: get::<i64>(row, "verified")? != 0,
+        file: super::reported_file(get(row, "attachment")?),
     })
 }
 
 const REPORT_COLUMNS: &str = "id, reporter_account, reporter_username, sender_account, \
                               sender_username, sender_identity, franking_key_id, message_id, \
-                              message_server_timestamp_ms, plaintext, reason, created_at_ms, verified";
+                              message_server_timestamp_ms, plaintext, reason, created_at_ms, verified, \
+                              attachment";
 
 #[async_trait]
 impl Storage for SqliteStorage {
@@ -932,7 +934,7 @@ impl Storage for SqliteStorage {
                 let id: i64 = sqlx::query_scalar(
                     "INSERT INTO reports (reporter_account, reporter_username, sender_account, sender_username, \
                      sender_identity, franking_key_id, message_id, message_server_timestamp_ms, plaintext, \
-                     reason, created_at_ms, verified) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1) RETURNING id",
+                     reason, created_at_ms, verified, attachment) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?) RETURNING id",
                 )
                 .bind(report.reporter_account)
                 .bind(&report.reporter)
@@ -945,6 +947,7 @@ impl Storage for SqliteStorage {
                 .bind(&report.plaintext)
                 .bind(&report.reason)
                 .bind(int(report.created_at_ms))
+                .bind(&report.attachment)
                 .fetch_one(&self.pool)
                 .await
                 .map_err(map_err)?;

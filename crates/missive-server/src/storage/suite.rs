@@ -454,6 +454,7 @@ fn report(reporter: (AccountId, &str), sender: (Option<AccountId>, &str)) -> New
         plaintext: "reported words".into(),
         reason: "spam".into(),
         created_at_ms: 6,
+        attachment: None,
     }
 }
 
@@ -489,8 +490,31 @@ pub async fn reports_and_export(store: &dyn Storage) {
         stored.sender_identity_fingerprint.as_deref(),
         Some(crate::checks::fingerprint(&[7; 32]).as_str())
     );
+    assert!(stored.file.is_none());
     assert!(store.reports().await.unwrap().iter().any(|r| r.id == id));
     assert!(store.report(id + 1000).await.unwrap().is_none());
+    // A report of a message with a file keeps its pointer, key and all.
+    let pointer = missive_proto::v1::AttachmentPointer {
+        blob_id: vec![9; 16],
+        key: vec![4; 32],
+        key_commitment: vec![5; 32],
+        ciphertext_hash: vec![6; 32],
+        size: 1234,
+        mime_type: "image/png".into(),
+        file_name: "cat.png".into(),
+        thumbnail: Vec::new(),
+    };
+    let with_file = NewReport {
+        attachment: Some(prost::Message::encode_to_vec(&pointer)),
+        ..report((reporter, "suite-r1"), (Some(sender), "suite-r2"))
+    };
+    let file_id = store.insert_report(&with_file).await.unwrap();
+    let file = store.report(file_id).await.unwrap().unwrap().file.unwrap();
+    assert_eq!(
+        (file.file_name.as_str(), file.size, file.blob_id.as_str()),
+        ("cat.png", 1234, hex::encode([9u8; 16]).as_str())
+    );
+    assert_eq!(file.pointer, prost::Message::encode_to_vec(&pointer));
     // A report whose sender account is unknown is in no export.
     store
         .insert_report(&report((reporter, "suite-r1"), (None, "suite-r2")))
@@ -505,11 +529,12 @@ pub async fn reports_and_export(store: &dyn Storage) {
             one_time_kem: 2
         }
     );
-    assert_eq!(export.reports_against.len(), 1);
+    assert_eq!(export.reports_against.len(), 2);
     assert_eq!(export.reports_against[0].id, id);
+    assert_eq!(export.reports_against[1].id, file_id);
     assert_eq!(export.reports_filed, 0);
     let filed = store.export_account("suite-r1").await.unwrap().unwrap();
-    assert_eq!(filed.reports_filed, 2);
+    assert_eq!(filed.reports_filed, 3);
     assert!(store.export_account("nobody").await.unwrap().is_none());
 
     // Both names change hands: the new holders inherit nothing.
