@@ -49,8 +49,20 @@ fn bench(args: &[String]) -> Result<(), String> {
     if args.is_empty() {
         return cargo(&["bench", "-p", "missive-crypto"]);
     }
-    // missive-bench starts the server binary that sits next to it.
-    cargo(&["build", "--release", "--bin", "missive-server"])?;
+    // missive-bench starts the server binary that sits next to it, and in
+    // attachment mode the `missive` CLI too.
+    if args.iter().any(|a| a.starts_with("--attachment-size")) {
+        cargo(&[
+            "build",
+            "--release",
+            "--bin",
+            "missive-server",
+            "--bin",
+            "missive",
+        ])?;
+    } else {
+        cargo(&["build", "--release", "--bin", "missive-server"])?;
+    }
     let mut full = vec!["run", "--release", "-p", "missive-bench", "--"];
     full.extend(args.iter().map(String::as_str));
     cargo(&full)

@@ -4,6 +4,7 @@
 //! (`--baseline`), so the relay's cost is a ratio measured in the same run.
 #![forbid(unsafe_code)]
 
+mod attachment;
 mod baseline;
 mod driver;
 mod nodes;
@@ -83,6 +84,12 @@ struct Args {
     /// Give up waiting for deliveries after this many seconds.
     #[arg(long, default_value_t = 120)]
     deadline_secs: u64,
+    /// Attachment mode (issue 15): send a file of BYTES bytes with the real
+    /// `missive` CLI (`send --file`, then `recv`) and report upload and
+    /// download throughput and both sides' peak RSS, instead of the message
+    /// load. Repeatable, or a comma-separated list; sizes run in the order given.
+    #[arg(long = "attachment-size", value_name = "BYTES", value_delimiter = ',')]
+    attachment_sizes: Vec<u64>,
     /// Print one JSON object as the last line.
     #[arg(long)]
     json: bool,
@@ -127,6 +134,8 @@ fn main() -> std::process::ExitCode {
 struct Target {
     urls: Vec<String>,
     ca: Certificate,
+    /// The CA's PEM file (for the `missive` CLI in attachment mode).
+    ca_path: PathBuf,
     nodes: Vec<Node>,
     /// Certificate and key of node 0, reused by the baseline.
     tls: Option<(PathBuf, PathBuf)>,
@@ -141,6 +150,7 @@ async fn start_target(args: &Args) -> anyhow::Result<Target> {
         return Ok(Target {
             urls: vec![url.clone()],
             ca: Certificate::from_pem(ca),
+            ca_path: ca_path.clone(),
             nodes: Vec::new(),
             tls: None,
             _dir: None,
@@ -191,6 +201,7 @@ async fn start_target(args: &Args) -> anyhow::Result<Target> {
     Ok(Target {
         urls: started.iter().map(|n| n.url.clone()).collect(),
         ca: Certificate::from_pem(ca),
+        ca_path: node0.join("ca.pem"),
         nodes: started,
         tls: Some((node0.join("server.pem"), node0.join("server.key"))),
         _dir: Some(dir),
@@ -200,6 +211,24 @@ async fn start_target(args: &Args) -> anyhow::Result<Target> {
 async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(Command::BaselineServer { listen, cert, key }) = &args.command {
         return baseline::serve(*listen, cert, key).await;
+    }
+    if !args.attachment_sizes.is_empty() {
+        if args.idle.is_some() || args.baseline || args.kill_node_every.is_some() {
+            bail!(
+                "--attachment-size cannot be combined with --idle, --baseline or --kill-node-every"
+            );
+        }
+        let target = start_target(&args).await?;
+        let server = attachment::Server {
+            url: target.urls[0].clone(),
+            ca: target.ca_path.clone(),
+            pid: target.nodes.first().map(Node::pid),
+        };
+        let outcome = attachment::run(&server, &args.attachment_sizes, args.json).await;
+        for node in target.nodes {
+            node.stop().await;
+        }
+        return outcome;
     }
     if args.clients < 2 || !args.clients.is_multiple_of(2) {
         bail!("--clients must be an even number of at least 2");
