@@ -525,6 +525,15 @@ fn a_tampered_blob_is_refused_by_recv_and_never_saved() {
     assert!(list.stdout.contains("refused"), "{}", list.stdout);
 }
 
+/// `m` (a `recv --json` object) carries a file refused for `why`, not saved.
+fn assert_refused(m: &serde_json::Value, why: &str) {
+    assert!(m["file"].is_null(), "{m}");
+    assert!(
+        m["file_error"].as_str().unwrap_or_default().contains(why),
+        "{m}"
+    );
+}
+
 /// The lying server serves another blob, flips a byte, cuts the stream
 /// short or lies about the size: each file is refused or left unsaved,
 /// never shown as complete, and an honest server afterwards delivers it.
@@ -555,14 +564,7 @@ fn a_lying_server_cannot_pass_off_a_wrong_tampered_or_cut_file() {
     let by_name = |n: &str| lines.iter().find(|v| v["file_name"] == n).unwrap().clone();
     assert!(std::fs::read(by_name("a.bin")["file"].as_str().unwrap()).unwrap() == a);
     let b = by_name("b.bin");
-    assert!(b["file"].is_null(), "{b}");
-    assert!(
-        b["file_error"]
-            .as_str()
-            .unwrap()
-            .contains("does not authenticate"),
-        "{b}"
-    );
+    assert_refused(&b, "does not authenticate");
     assert!(!saved.join("b.bin").exists());
     w.liar.stop_lying();
 
@@ -578,14 +580,7 @@ fn a_lying_server_cannot_pass_off_a_wrong_tampered_or_cut_file() {
     });
     let run = bob.ok(&w.liar, &["recv", "--json"]).unwrap();
     let c = received_file(&run);
-    assert!(c["file"].is_null(), "{c}");
-    assert!(
-        c["file_error"]
-            .as_str()
-            .unwrap()
-            .contains("does not authenticate"),
-        "{c}"
-    );
+    assert_refused(&c, "does not authenticate");
     assert!(!saved.join("c.bin").exists());
     w.liar.stop_lying();
 

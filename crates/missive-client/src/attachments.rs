@@ -772,6 +772,11 @@ impl Client {
         self.attachment_dir.as_deref()
     }
 
+    /// Where files are saved unless told otherwise: `HOME/attachments`.
+    pub fn default_attachment_dir(&self) -> PathBuf {
+        self.home().join("attachments")
+    }
+
     /// Shows progress bars (on standard error, only when it is a terminal)
     /// and says on standard error when a transfer resumes.
     pub fn set_progress(&mut self, on: bool) {

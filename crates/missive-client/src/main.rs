@@ -938,7 +938,8 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
         } => {
             let mut client = open_client(&home, server)?;
             client.set_progress(true);
-            client.set_attachment_dir(Some(save_dir.unwrap_or_else(|| home.join("attachments"))));
+            let dir = save_dir.unwrap_or_else(|| client.default_attachment_dir());
+            client.set_attachment_dir(Some(dir));
             let me = client.username().to_owned();
             let style = Style {
                 color: use_color(cli.color),

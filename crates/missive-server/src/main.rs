@@ -357,6 +357,24 @@ async fn open_existing(cli: &Cli) -> anyhow::Result<std::sync::Arc<dyn storage::
         })
 }
 
+/// Report `id` from the store, or an error naming it.
+async fn load_report(cli: &Cli, id: u64) -> anyhow::Result<storage::ReportRecord> {
+    open_existing(cli)
+        .await?
+        .report(id)
+        .await?
+        .ok_or_else(|| anyhow!("no report with id {id}"))
+}
+
+/// The attachment blob store beside the database.
+async fn open_blobs(
+    cli: &Cli,
+) -> anyhow::Result<std::sync::Arc<dyn missive_server::blobs::BlobStore>> {
+    missive_server::blobs::open(&database_url(cli), &cli.data_dir)
+        .await
+        .map_err(|e| anyhow!("cannot open the attachment store: {e}"))
+}
+
 fn print(text: &str) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "{text}")
@@ -379,9 +397,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .account_named(&username)
                 .await?
                 .ok_or_else(|| anyhow!("no account named {username:?}"))?;
-            let blobs = missive_server::blobs::open(&database_url(&cli), &cli.data_dir)
-                .await
-                .map_err(|e| anyhow!("cannot open the attachment store: {e}"))?;
+            let blobs = open_blobs(&cli).await?;
             let ledger = blobs.ledger(account.id).await;
             blobs.close().await;
             let mut document = export::document(export);
@@ -439,11 +455,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Reports {
             command: ReportsCommand::Show { id, json },
         }) => {
-            let store = open_existing(&cli).await?;
-            let report = store
-                .report(*id)
-                .await?
-                .ok_or_else(|| anyhow!("no report with id {id}"))?;
+            let report = load_report(&cli, *id).await?;
             if *json {
                 print(&serde_json::to_string_pretty(&report)?)
             } else {
@@ -453,14 +465,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Reports {
             command: ReportsCommand::SaveFile { id, out },
         }) => {
-            let store = open_existing(&cli).await?;
-            let report = store
-                .report(*id)
-                .await?
-                .ok_or_else(|| anyhow!("no report with id {id}"))?;
-            let blobs = missive_server::blobs::open(&database_url(&cli), &cli.data_dir)
-                .await
-                .map_err(|e| anyhow!("cannot open the attachment store: {e}"))?;
+            let report = load_report(&cli, *id).await?;
+            let blobs = open_blobs(&cli).await?;
             let saved =
                 missive_server::moderation::save_reported_file(blobs.as_ref(), &report, out).await;
             blobs.close().await;

@@ -182,7 +182,7 @@ async fn perform(client: &mut Client, state: &mut ChatState, action: &Action) {
             let dir = client
                 .attachment_dir()
                 .map(std::path::Path::to_path_buf)
-                .unwrap_or_else(|| client.home().join("attachments"));
+                .unwrap_or_else(|| client.default_attachment_dir());
             let outcome = client.save_attachment(name, target, &dir).await;
             state.file_saved(to, target, outcome);
             return;
