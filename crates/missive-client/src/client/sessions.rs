@@ -1,0 +1,410 @@
+//! Sending: bundles fetched and checked against the pinned identity, one
+//! pairwise session per recipient device (advanced inside one store
+//! transaction), the server's device-mismatch answers, and this device's
+//! prekeys (refill and rotation).
+
+use missive_crypto::franking::{self, FrankingKey};
+use missive_crypto::{
+    IdentityKeyPair, KemPrekeyPair, MessageKind, OneTimePrekeyPair, Session, SignedPrekeyPair,
+};
+use missive_proto::v1::{
+    self, key_service_client::KeyServiceClient, message_service_client::MessageServiceClient,
+};
+use prost::Message as _;
+use rand::RngCore as _;
+use rand::rngs::OsRng;
+use tonic::Code;
+use zeroize::Zeroizing;
+
+use crate::display::sanitize_line;
+use crate::error::{ClientError, Result};
+use crate::limits::{
+    ONE_TIME_PREKEY_REFILL_BELOW, ONE_TIME_PREKEY_TARGET, SEND_ATTEMPTS, SIGNED_PREKEY_GRACE,
+    SIGNED_PREKEY_ROTATION,
+};
+use crate::proto_conv;
+use crate::store::{PrekeyKind, SessionRow, Slot, Store, now_ms};
+
+use super::{
+    COUNTER_KEM, COUNTER_ONE_TIME, COUNTER_SIGNED, Client, META_KEM_LAST_RESORT_ID,
+    META_ROTATED_AT, META_SIGNED_ID, Sent, key_err, normalize_username,
+};
+
+/// Test hook: when `1`, `send` commits to a different text than it encrypts,
+/// as a malicious sender would (end-to-end test of the recipient's check).
+pub const FORGE_COMMITMENT_ENV: &str = "MISSIVE_TEST_FORGE_COMMITMENT";
+
+impl Client {
+    // ---- sending ------------------------------------------------------
+
+    pub(super) async fn fetch_sessions(
+        &mut self,
+        username: &str,
+        device_id: u32,
+    ) -> Result<Vec<SessionRow>> {
+        let channel = self.channel().await?;
+        let req = self
+            .authed(
+                v1::GetBundlesRequest {
+                    username: username.to_owned(),
+                    device_id,
+                },
+                true,
+            )
+            .await?;
+        let resp = match KeyServiceClient::new(channel).get_bundles(req).await {
+            Ok(r) => r.into_inner(),
+            Err(s) if s.code() == Code::NotFound => {
+                return Err(ClientError::UnknownUser(username.to_owned()));
+            }
+            Err(s) => return Err(self.authed_err(&s)),
+        };
+        if resp.bundles.is_empty() {
+            return Err(ClientError::UnknownUser(username.to_owned()));
+        }
+        let mut rows = Vec::new();
+        for b in &resp.bundles {
+            let (device_id, registration_id, bundle) = proto_conv::bundle(b)?;
+            self.check_identity(username, &bundle.identity)?;
+            let session = Session::initiate(&mut OsRng, &self.identity, &bundle)
+                .map_err(|e| ClientError::Protocol(format!("{username}'s prekeys: {e}")))?;
+            rows.push(SessionRow {
+                device_id,
+                registration_id,
+                session,
+            });
+        }
+        Ok(rows)
+    }
+
+    /// Encrypts `text` for every device of `recipient` and sends it.
+    ///
+    /// Each attempt loads, advances and stores the sessions in one write
+    /// transaction, so a second process on this home can never encrypt
+    /// under the same message key; the network call happens after the
+    /// commit (a crash then loses a message, never reuses a key).
+    pub async fn send(&mut self, recipient: &str, text: &str) -> Result<Sent> {
+        // Under the conversation's disappearing timer (conversation.rs).
+        self.send_text(recipient, text, None).await
+    }
+
+    /// Encrypts the franked `body` for every device of `recipient` and sends
+    /// it (the commitment covers `conversation::franked_plaintext(body)`).
+    /// Stores nothing but the sessions: the caller records what it sent.
+    pub(crate) async fn send_content(
+        &mut self,
+        recipient: &str,
+        body: v1::content::Body,
+    ) -> Result<crate::conversation::SentContent> {
+        self.send_content_with(recipient, body, None).await
+    }
+
+    /// [`Client::send_content`] with an attachment pointer inside the
+    /// `Content`; the commitment then covers it too
+    /// (`missive_crypto::attachment::franking_commit`).
+    pub(crate) async fn send_content_with(
+        &mut self,
+        recipient: &str,
+        body: v1::content::Body,
+        attachment: Option<&v1::AttachmentPointer>,
+    ) -> Result<crate::conversation::SentContent> {
+        let recipient = normalize_username(recipient)?;
+        let franked =
+            crate::conversation::franked_plaintext(&body).map_err(ClientError::Conversation)?;
+        let (online_only, retention_secs) = crate::conversation::send_options(&body);
+        if recipient == self.username {
+            return Err(ClientError::SendToSelf);
+        }
+        if let Some(c) = self.store.contact(&recipient)?
+            && c.changed_identity.is_some()
+        {
+            return Err(ClientError::IdentityChanged {
+                username: recipient,
+            });
+        }
+        let mut update = DeviceUpdate::default();
+        if self.store.sessions(&recipient)?.is_empty() {
+            update.add = self.fetch_sessions(&recipient, 0).await?;
+        }
+
+        let mut message_id = [0u8; 16];
+        OsRng.fill_bytes(&mut message_id);
+        let franking_key = FrankingKey::generate(&mut OsRng);
+        let forge = std::env::var(FORGE_COMMITMENT_ENV).as_deref() == Ok("1");
+        let franked_bytes: &[u8] = if forge {
+            b"not the text that was sent"
+        } else {
+            franked.as_bytes()
+        };
+        let commitment = match attachment {
+            None => franking::commit(&franking_key, &message_id, franked_bytes),
+            Some(p) => missive_crypto::attachment::franking_commit(
+                &franking_key,
+                &message_id,
+                franked_bytes,
+                &crate::attachments::binding(p),
+            ),
+        };
+        let content = Zeroizing::new(
+            v1::Content {
+                body: Some(body),
+                attachment: attachment.cloned(),
+                franking_key: franking_key.as_bytes().to_vec(),
+            }
+            .encode_to_vec(),
+        );
+
+        for _attempt in 0..SEND_ATTEMPTS {
+            let envelopes = self.store.write(|db| {
+                let mut sessions = db.sessions(&recipient, Slot::Current)?;
+                update.apply(&mut sessions);
+                if sessions.is_empty() {
+                    return Err(ClientError::UnknownUser(recipient.clone()));
+                }
+                let mut envelopes = Vec::with_capacity(sessions.len());
+                for row in &mut sessions {
+                    let out = row
+                        .session
+                        .encrypt(&mut OsRng, &content, &commitment)
+                        .map_err(key_err)?;
+                    envelopes.push(v1::OutgoingEnvelope {
+                        device_id: row.device_id,
+                        registration_id: row.registration_id,
+                        r#type: match out.kind {
+                            MessageKind::Prekey => v1::EnvelopeType::PrekeyMessage,
+                            MessageKind::Normal => v1::EnvelopeType::Message,
+                        } as i32,
+                        content: out.bytes,
+                        franking_commitment: commitment.to_vec(),
+                    });
+                }
+                db.save_sessions(&recipient, &sessions, &update.remove)?;
+                Ok(envelopes)
+            })?;
+
+            let channel = self.channel().await?;
+            let req = self
+                .authed(
+                    v1::SendRequest {
+                        recipient: recipient.clone(),
+                        message_id: message_id.to_vec(),
+                        envelopes,
+                        online_only,
+                        retention_secs,
+                    },
+                    true,
+                )
+                .await?;
+            match MessageServiceClient::new(channel).send(req).await {
+                Ok(resp) => {
+                    return Ok(crate::conversation::SentContent {
+                        message_id,
+                        commitment_hex: hex::encode(commitment),
+                        server_timestamp_ms: resp.into_inner().server_timestamp_ms,
+                    });
+                }
+                Err(s) if s.code() == Code::NotFound => {
+                    return Err(ClientError::UnknownUser(recipient));
+                }
+                Err(s) if s.code() == Code::FailedPrecondition => {
+                    let mismatch = v1::DeviceMismatch::decode(s.details()).map_err(|_| {
+                        ClientError::Protocol(format!(
+                            "device list out of date but no details: {}",
+                            sanitize_line(s.message())
+                        ))
+                    })?;
+                    update = self.device_update(&recipient, &mismatch).await?;
+                }
+                Err(s) => return Err(self.authed_err(&s)),
+            }
+        }
+        Err(ClientError::Server(format!(
+            "{recipient}'s devices kept changing during the send; try again"
+        )))
+    }
+
+    /// Fetches fresh sessions for the devices the server says we lack or
+    /// hold stale sessions for; applied inside the next send transaction.
+    pub(super) async fn device_update(
+        &mut self,
+        recipient: &str,
+        mismatch: &v1::DeviceMismatch,
+    ) -> Result<DeviceUpdate> {
+        let mut refetch: Vec<u32> = mismatch
+            .missing_devices
+            .iter()
+            .chain(&mismatch.stale_devices)
+            .copied()
+            .collect();
+        refetch.sort_unstable();
+        refetch.dedup();
+        let mut update = DeviceUpdate {
+            remove: mismatch.extra_devices.clone(),
+            ..DeviceUpdate::default()
+        };
+        for device in refetch {
+            update
+                .replace
+                .extend(self.fetch_sessions(recipient, device).await?);
+        }
+        Ok(update)
+    }
+
+    // ---- prekeys ------------------------------------------------------
+
+    /// Refills one-time prekeys below the threshold and rotates the signed
+    /// prekeys on schedule. Returns a warning for the user when the server
+    /// reports the one-time prekeys drained faster than a client refills.
+    pub async fn maintain_prekeys(&mut self) -> Result<Option<String>> {
+        let channel = self.channel().await?;
+        let mut keys = KeyServiceClient::new(channel);
+        let req = self.authed(v1::GetPrekeyCountRequest {}, true).await?;
+        let count = match keys.get_prekey_count(req).await {
+            Ok(r) => r.into_inner(),
+            Err(s) => return Err(self.authed_err(&s)),
+        };
+        let warning = count.drained_recently.then(|| {
+            format!(
+                "your one-time prekeys are being requested unusually often ({} in the last hour); someone may be trying to exhaust them. New conversations still start securely, on your last-resort key.",
+                count.one_time_prekeys_taken_last_hour
+            )
+        });
+        if count.one_time_prekeys < ONE_TIME_PREKEY_REFILL_BELOW
+            || count.one_time_kem_prekeys < ONE_TIME_PREKEY_REFILL_BELOW
+        {
+            let n_otk = ONE_TIME_PREKEY_TARGET.saturating_sub(count.one_time_prekeys);
+            let n_kem = ONE_TIME_PREKEY_TARGET.saturating_sub(count.one_time_kem_prekeys);
+            let (otks, kems) = generate_one_time(&mut self.store, &self.identity, n_otk, n_kem)?;
+            let req = self
+                .authed(
+                    v1::UploadPrekeysRequest {
+                        one_time_prekeys: otks,
+                        one_time_kem_prekeys: kems,
+                    },
+                    true,
+                )
+                .await?;
+            if let Err(s) = keys.upload_prekeys(req).await {
+                return Err(self.authed_err(&s));
+            }
+        }
+        let rotated = self.store.get_meta_u64(META_ROTATED_AT)?.unwrap_or(0);
+        let rotation_ms = u64::try_from(SIGNED_PREKEY_ROTATION.as_millis()).unwrap_or(u64::MAX);
+        if now_ms().saturating_sub(rotated) >= rotation_ms {
+            self.rotate_signed_prekeys().await?;
+        }
+        Ok(warning)
+    }
+
+    /// Replaces the signed X25519 prekey and the last-resort KEM prekey.
+    pub async fn rotate_signed_prekeys(&mut self) -> Result<()> {
+        let identity = &self.identity;
+        let (spk, kem) = self.store.write(|db| {
+            let spk_id = db.take_ids(COUNTER_SIGNED, 1)?;
+            let spk = SignedPrekeyPair::generate(&mut OsRng, spk_id, identity);
+            let kem_id = db.take_ids(COUNTER_KEM, 1)?;
+            let kem = KemPrekeyPair::generate(&mut OsRng, kem_id, identity);
+            db.put_prekey(PrekeyKind::Signed, spk_id, &spk.to_secret_bytes())?;
+            db.put_prekey(PrekeyKind::KemLastResort, kem_id, &kem.to_secret_bytes())?;
+            Ok((spk, kem))
+        })?;
+        let (spk_id, kem_id) = (spk.public().id, kem.public().id);
+        let channel = self.channel().await?;
+        let req = self
+            .authed(
+                v1::ReplaceSignedPrekeysRequest {
+                    signed_prekey: Some(proto_conv::signed_prekey(&spk.public())),
+                    last_resort_kem_prekey: Some(proto_conv::kem_prekey(&kem.public())),
+                },
+                true,
+            )
+            .await?;
+        if let Err(s) = KeyServiceClient::new(channel)
+            .replace_signed_prekeys(req)
+            .await
+        {
+            return Err(self.authed_err(&s));
+        }
+        let now = now_ms();
+        // Old keys stay for in-flight messages, then go (with the record of
+        // the base keys accepted under them).
+        let keep_ms = u64::try_from((SIGNED_PREKEY_ROTATION + SIGNED_PREKEY_GRACE).as_millis())
+            .unwrap_or(u64::MAX);
+        let cutoff = now.saturating_sub(keep_ms);
+        self.store.write(|db| {
+            db.set_meta_u64(META_SIGNED_ID, u64::from(spk_id))?;
+            db.set_meta_u64(META_KEM_LAST_RESORT_ID, u64::from(kem_id))?;
+            db.set_meta_u64(META_ROTATED_AT, now)?;
+            db.prune_signed(PrekeyKind::Signed, spk_id, cutoff)?;
+            db.prune_signed(PrekeyKind::KemLastResort, kem_id, cutoff)
+        })
+    }
+}
+
+/// Sessions to merge into the stored ones inside a send transaction.
+#[derive(Default)]
+pub(super) struct DeviceUpdate {
+    /// First contact: used only for devices that still have no session (a
+    /// second process may have created one meanwhile, and it may be in use).
+    add: Vec<SessionRow>,
+    /// Fresh sessions for stale or missing devices: replace what is stored.
+    replace: Vec<SessionRow>,
+    /// Devices the recipient no longer has.
+    remove: Vec<u32>,
+}
+
+impl DeviceUpdate {
+    fn apply(&mut self, sessions: &mut Vec<SessionRow>) {
+        sessions.retain(|r| !self.remove.contains(&r.device_id));
+        for fresh in self.add.drain(..) {
+            if sessions.iter().all(|r| r.device_id != fresh.device_id) {
+                sessions.push(fresh);
+            }
+        }
+        for fresh in self.replace.drain(..) {
+            match sessions.iter_mut().find(|r| r.device_id == fresh.device_id) {
+                // A session we accepted from that device, whose registration
+                // id we only learn now: keep it.
+                Some(existing)
+                    if existing.registration_id == 0
+                        && existing.session.remote_identity()
+                            == fresh.session.remote_identity() =>
+                {
+                    existing.registration_id = fresh.registration_id;
+                }
+                Some(existing) => *existing = fresh,
+                None => sessions.push(fresh),
+            }
+        }
+    }
+}
+
+/// Generates, stores and returns the public halves of one-time prekeys.
+pub(super) fn generate_one_time(
+    store: &mut Store,
+    identity: &IdentityKeyPair,
+    n_otk: u32,
+    n_kem: u32,
+) -> Result<(Vec<v1::OneTimePrekey>, Vec<v1::KemPrekey>)> {
+    let n_otk = n_otk.min(ONE_TIME_PREKEY_TARGET);
+    let n_kem = n_kem.min(ONE_TIME_PREKEY_TARGET);
+    // Ids are taken and the keys stored in one transaction: two processes
+    // refilling at once never hand out the same id.
+    store.write(|db| {
+        let first_otk = db.take_ids(COUNTER_ONE_TIME, n_otk)?;
+        let first_kem = db.take_ids(COUNTER_KEM, n_kem)?;
+        let mut otks = Vec::new();
+        let mut kems = Vec::new();
+        for id in first_otk..first_otk + n_otk {
+            let k = OneTimePrekeyPair::generate(&mut OsRng, id);
+            db.put_prekey(PrekeyKind::OneTime, id, &k.to_secret_bytes())?;
+            otks.push(proto_conv::one_time_prekey(&k.public()));
+        }
+        for id in first_kem..first_kem + n_kem {
+            let k = KemPrekeyPair::generate(&mut OsRng, id, identity);
+            db.put_prekey(PrekeyKind::KemOneTime, id, &k.to_secret_bytes())?;
+            kems.push(proto_conv::kem_prekey(&k.public()));
+        }
+        Ok((otks, kems))
+    })
+}

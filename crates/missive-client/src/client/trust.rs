@@ -1,0 +1,222 @@
+//! Trust on first use and its repair: pinned identities, changed identities
+//! held apart until the user accepts or rejects them, safety numbers.
+
+use missive_crypto::PublicIdentity;
+
+use crate::error::{ClientError, Result};
+use crate::store::{SessionRow, Slot};
+
+use super::{Client, normalize_username};
+
+/// A safety number with what the user needs to compare it.
+#[derive(Clone, Debug)]
+pub struct SafetyNumberView {
+    /// 12 groups of 5 digits.
+    pub groups: Vec<String>,
+    /// QR payload.
+    pub qr_payload: Vec<u8>,
+    /// Whether the user marked the pinned identity verified.
+    pub verified: bool,
+    /// Whether this is for a changed identity not yet trusted.
+    pub for_changed_identity: bool,
+}
+
+/// Verification state of a contact.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verification {
+    /// Pinned on first use, not compared.
+    Unverified,
+    /// Safety number compared and confirmed.
+    Verified,
+    /// The identity changed and was not yet accepted.
+    Changed,
+}
+
+impl std::fmt::Display for Verification {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Verification::Unverified => "unverified",
+            Verification::Verified => "verified",
+            Verification::Changed => "IDENTITY CHANGED",
+        })
+    }
+}
+
+impl Client {
+    // ---- trust --------------------------------------------------------
+
+    /// Pins a first-seen identity, or refuses a changed one (recording it).
+    pub(super) fn check_identity(
+        &mut self,
+        username: &str,
+        identity: &PublicIdentity,
+    ) -> Result<()> {
+        let changed = self.store.write(|db| match db.contact(username)? {
+            None => db.pin_contact(username, identity).map(|()| false),
+            Some(c) if &c.identity == identity && c.changed_identity.is_none() => Ok(false),
+            Some(c) if &c.identity == identity => Ok(true),
+            Some(_) => {
+                db.mark_identity_changed(username, identity)?;
+                Ok(true)
+            }
+        })?;
+        if changed {
+            return Err(ClientError::IdentityChanged {
+                username: username.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Verification state of `username`.
+    pub fn verification(&self, username: &str) -> Result<Option<Verification>> {
+        Ok(self.store.contact(username)?.map(|c| verification_of(&c)))
+    }
+
+    /// All contacts with their verification state and pinned fingerprint.
+    pub fn contacts(&self) -> Result<Vec<(String, Verification, String)>> {
+        Ok(self
+            .store
+            .contacts()?
+            .into_iter()
+            .map(|c| {
+                let v = verification_of(&c);
+                (c.username, v, c.identity.fingerprint().to_string())
+            })
+            .collect())
+    }
+
+    pub(super) fn known_contact(&self, username: &str) -> Result<(String, crate::store::Contact)> {
+        let username = normalize_username(username)?;
+        let c = self
+            .store
+            .contact(&username)?
+            .ok_or_else(|| ClientError::UnknownContact(username.clone()))?;
+        Ok((username, c))
+    }
+
+    pub(super) fn safety_number_with(
+        &self,
+        username: &str,
+        theirs: &PublicIdentity,
+    ) -> missive_crypto::SafetyNumber {
+        missive_crypto::safety_number(&self.username, self.identity.public(), username, theirs)
+    }
+
+    /// The safety number with `username` (fetching and pinning their
+    /// identity first if we never talked).
+    pub async fn safety_number(&mut self, username: &str) -> Result<SafetyNumberView> {
+        let username = normalize_username(username)?;
+        if self.store.contact(&username)?.is_none() {
+            let rows = self.fetch_sessions(&username, 0).await?;
+            self.store.write(|db| {
+                let existing = db.sessions(&username, Slot::Current)?;
+                let fresh: Vec<SessionRow> = rows
+                    .into_iter()
+                    .filter(|r| existing.iter().all(|e| e.device_id != r.device_id))
+                    .collect();
+                db.save_sessions(&username, &fresh, &[])
+            })?;
+        }
+        let (username, c) = self.known_contact(&username)?;
+        let (theirs, for_changed) = match &c.changed_identity {
+            Some(changed) => (changed, true),
+            None => (&c.identity, false),
+        };
+        let sn = self.safety_number_with(&username, theirs);
+        Ok(SafetyNumberView {
+            groups: sn.groups(),
+            qr_payload: sn.qr_payload(),
+            verified: c.verified && !for_changed,
+            for_changed_identity: for_changed,
+        })
+    }
+
+    /// Checks a safety number typed by the user against the one for `theirs`.
+    pub(super) fn check_typed_number(
+        &self,
+        username: &str,
+        theirs: &PublicIdentity,
+        typed: &str,
+    ) -> Result<()> {
+        let digits: String = typed.chars().filter(|c| !c.is_whitespace()).collect();
+        let expected: String = self.safety_number_with(username, theirs).groups().concat();
+        if digits.len() != expected.len() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(ClientError::SafetyNumberMismatch {
+                username: username.to_owned(),
+                detail: format!("a safety number has {} digits", expected.len()),
+            });
+        }
+        if !missive_crypto::primitives::ct_eq(digits.as_bytes(), expected.as_bytes()) {
+            return Err(ClientError::SafetyNumberMismatch {
+                username: username.to_owned(),
+                detail: "the key may have changed since you compared".to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Marks `username`'s pinned identity as verified, if `typed` is the
+    /// safety number of exactly that identity.
+    pub fn verify(&mut self, username: &str, typed: &str) -> Result<()> {
+        let (username, c) = self.known_contact(username)?;
+        if c.changed_identity.is_some() {
+            return Err(ClientError::SafetyNumberMismatch {
+                detail: format!(
+                    "{username}'s identity key changed since it was pinned; accept the new key with `missive trust {username} SAFETY_NUMBER` or discard it with `missive reject {username}` first"
+                ),
+                username,
+            });
+        }
+        self.check_typed_number(&username, &c.identity, typed)?;
+        let pinned = c.identity;
+        self.store.write(|db| {
+            // Compare-and-set: the identity must still be the one compared.
+            match db.contact(&username)? {
+                Some(now) if now.identity == pinned && now.changed_identity.is_none() => {
+                    db.set_verified(&username, true)
+                }
+                _ => Err(ClientError::SafetyNumberMismatch {
+                    username: username.clone(),
+                    detail: "the key changed while verifying".to_owned(),
+                }),
+            }
+        })
+    }
+
+    /// Accepts `username`'s changed identity if `typed` is its safety number.
+    /// Returns false if nothing changed.
+    pub fn trust(&mut self, username: &str, typed: &str) -> Result<bool> {
+        let (username, c) = self.known_contact(username)?;
+        let Some(new) = c.changed_identity else {
+            return Ok(false);
+        };
+        self.check_typed_number(&username, &new, typed)?;
+        self.store.write(|db| match db.contact(&username)? {
+            Some(now) if now.changed_identity.as_ref() == Some(&new) => {
+                db.accept_changed_identity(&username, &new).map(|()| true)
+            }
+            _ => Err(ClientError::SafetyNumberMismatch {
+                username: username.clone(),
+                detail: "the key changed again while trusting it".to_owned(),
+            }),
+        })
+    }
+
+    /// Discards `username`'s changed identity and its quarantined messages.
+    /// Returns false if there was none.
+    pub fn reject(&mut self, username: &str) -> Result<bool> {
+        let (username, _) = self.known_contact(username)?;
+        self.store.write(|db| db.reject_changed_identity(&username))
+    }
+}
+
+pub(super) fn verification_of(c: &crate::store::Contact) -> Verification {
+    if c.changed_identity.is_some() {
+        Verification::Changed
+    } else if c.verified {
+        Verification::Verified
+    } else {
+        Verification::Unverified
+    }
+}
