@@ -2,9 +2,11 @@
 //! verify and save one (docs/PROTOCOL.md, "Attachments").
 //!
 //! Memory is bounded whatever the file size: one 64 KiB chunk is read and
-//! sealed at a time, sealed chunks leave in messages of up to 1 MiB (at most
-//! [`UPLOAD_QUEUE`] of them ahead of the network), and a download writes
-//! each chunk as it opens.
+//! sealed at a time, sealed chunks leave in messages of up to 256 KiB (at
+//! most [`UPLOAD_QUEUE`] of them ahead of the network), and a download
+//! writes each chunk as it opens, through a 1 MiB buffer. The crypto runs
+//! on blocking threads (the sealing producer, the opening worker), so the
+//! network and the AEAD use different cores.
 //!
 //! Resumption. An upload whose stream breaks asks the server for its
 //! committed offset and continues there (re-sealing the earlier chunks only
@@ -27,16 +29,20 @@ use missive_proto::v1::{
 };
 use rand::rngs::OsRng;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::AsyncSeekExt;
 use zeroize::Zeroize as _;
 
 use crate::client::{Client, RecvEvent};
 use crate::error::{ClientError, Result};
 use crate::store::HistoryEntry;
 
-/// Upload messages (each up to 1 MiB of sealed chunks) queued ahead of the
+/// Upload messages (each up to 256 KiB of sealed chunks) queued ahead of the
 /// upload stream.
 pub const UPLOAD_QUEUE: usize = 4;
+/// Download messages (each up to 1 MiB) queued ahead of the opening worker.
+const DOWNLOAD_QUEUE: usize = 4;
+/// Bytes a download buffers before writing them to its `.part` file.
+const DOWNLOAD_WRITE_BUFFER: usize = 1024 * 1024;
 /// Times an upload or download is resumed after a broken stream before giving up.
 pub const TRANSFER_ATTEMPTS: usize = 5;
 /// Longest file name kept from a pointer.
@@ -237,8 +243,8 @@ fn note(client: &Client, line: String) {
 const UPLOAD_MESSAGE_BYTES: usize = 256 * 1024;
 
 /// Sends `batch` as one upload message at `offset` and empties it; false
-/// once the stream is gone.
-async fn flush(
+/// once the stream is gone. Called from the blocking sealing thread.
+fn flush(
     tx: &tokio::sync::mpsc::Sender<UploadChunk>,
     blob_id: &[u8],
     batch: &mut Vec<u8>,
@@ -254,7 +260,7 @@ async fn flush(
         offset: *offset,
         data: std::mem::replace(batch, Vec::with_capacity(UPLOAD_MESSAGE_BYTES)),
     };
-    if tx.send(chunk).await.is_err() {
+    if tx.blocking_send(chunk).is_err() {
         return false;
     }
     *offset += len as u64;
@@ -262,26 +268,62 @@ async fn flush(
     true
 }
 
-async fn read_chunk(
-    file: &mut tokio::fs::File,
+/// The file bytes of chunk `index`. Blocking: sealing runs on a blocking
+/// thread, where a read is one system call rather than a hop to one.
+fn read_chunk(
+    file: &mut std::fs::File,
     layout: &Layout,
     index: u64,
     path: &Path,
 ) -> Result<Vec<u8>> {
+    use std::io::{Read as _, Seek as _};
     let len = layout
         .file_bytes_in_chunk(index)
         .map_err(|e| ClientError::Crypto(e.to_string()))?;
     let mut buffer = vec![0u8; len];
     if len > 0 {
         file.seek(std::io::SeekFrom::Start(layout.chunk_file_offset(index)))
-            .await
             .map_err(io(format!("cannot read {}", path.display())))?;
-        file.read_exact(&mut buffer).await.map_err(io(format!(
+        file.read_exact(&mut buffer).map_err(io(format!(
             "{} changed while it was being sent",
             path.display()
         )))?;
     }
     Ok(buffer)
+}
+
+/// Feeds the hash with the first `chunks` chunks of `path`, re-sealed
+/// (STREAM is deterministic under the key), on a blocking thread.
+async fn rehash_saved_chunks(
+    key: &AttachmentKey,
+    size: u64,
+    path: &Path,
+    chunks: u64,
+    name: &str,
+) -> Result<CiphertextHasher> {
+    let key = key.clone();
+    let path = path.to_owned();
+    let name = name.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let cipher = AttachmentCipher::new(&key, size).map_err(|e| refused(&name, e))?;
+        let layout = *cipher.layout();
+        let mut hasher = CiphertextHasher::new(&layout);
+        if chunks == 0 {
+            return Ok(hasher);
+        }
+        let mut file =
+            std::fs::File::open(&path).map_err(io(format!("cannot read {}", path.display())))?;
+        for index in 0..chunks {
+            let bytes = read_chunk(&mut file, &layout, index, &path)?;
+            let sealed = cipher
+                .seal_chunk(index, &bytes)
+                .map_err(|e| refused(&name, e))?;
+            hasher.update(&sealed);
+        }
+        Ok(hasher)
+    })
+    .await
+    .map_err(|e| ClientError::Protocol(format!("hashing task failed: {e}")))?
 }
 
 impl Client {
@@ -423,12 +465,11 @@ impl Client {
                 let blob_id = blob_id.clone();
                 let key = key.clone();
                 let bar = bar.clone();
-                tokio::spawn(async move {
+                tokio::task::spawn_blocking(move || {
                     let cipher = AttachmentCipher::new(&key, size)
                         .map_err(|e| ClientError::Crypto(e.to_string()))?;
                     let mut hasher = CiphertextHasher::new(&layout);
-                    let mut file = tokio::fs::File::open(&path)
-                        .await
+                    let mut file = std::fs::File::open(&path)
                         .map_err(io(format!("cannot read {}", path.display())))?;
                     let crash = crash_after();
                     // Sealed chunks go out in messages of up to
@@ -437,7 +478,7 @@ impl Client {
                     let mut batch: Vec<u8> = Vec::with_capacity(UPLOAD_MESSAGE_BYTES);
                     let mut batch_offset = committed;
                     for index in 0..layout.chunk_count() {
-                        let bytes = read_chunk(&mut file, &layout, index, &path).await?;
+                        let bytes = read_chunk(&mut file, &layout, index, &path)?;
                         let sealed = cipher
                             .seal_chunk(index, &bytes)
                             .map_err(|e| ClientError::Crypto(e.to_string()))?;
@@ -449,7 +490,7 @@ impl Client {
                         }
                         let skip = committed.saturating_sub(start) as usize;
                         if batch.len() + sealed.len() - skip > UPLOAD_MESSAGE_BYTES
-                            && !flush(&tx, &blob_id, &mut batch, &mut batch_offset, &bar).await
+                            && !flush(&tx, &blob_id, &mut batch, &mut batch_offset, &bar)
                         {
                             return Ok(None);
                         }
@@ -457,13 +498,13 @@ impl Client {
                         let last = index + 1 == layout.chunk_count();
                         let crashing = crash.is_some_and(|limit| end >= limit);
                         if (last || crashing)
-                            && !flush(&tx, &blob_id, &mut batch, &mut batch_offset, &bar).await
+                            && !flush(&tx, &blob_id, &mut batch, &mut batch_offset, &bar)
                         {
                             return Ok(None);
                         }
                         if crashing {
                             // Let the queued chunks reach the server first.
-                            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                            std::thread::sleep(std::time::Duration::from_millis(500));
                             std::process::exit(crate::client::CRASH_EXIT_CODE);
                         }
                     }
@@ -614,7 +655,7 @@ impl Client {
             .map_err(io(format!("cannot read {}", part.display())))?
             .len();
         // Chunks before `saved / 64 KiB` hold only file bytes and are complete.
-        let mut next = (saved / ATTACHMENT_CHUNK_LEN as u64).min(layout.chunk_count() - 1);
+        let next = (saved / ATTACHMENT_CHUNK_LEN as u64).min(layout.chunk_count() - 1);
         file.set_len(layout.chunk_file_offset(next).min(pointer.size))
             .await
             .map_err(io(format!("cannot write {}", part.display())))?;
@@ -634,36 +675,35 @@ impl Client {
             layout.chunk_ciphertext_offset(next),
             &format!("receiving {name}"),
         );
-        let mut hasher = CiphertextHasher::new(&layout);
-        for index in 0..next {
-            let bytes = read_chunk(&mut file, &layout, index, &part).await?;
-            let sealed = cipher
-                .seal_chunk(index, &bytes)
-                .map_err(|e| refused(&name, e))?;
-            hasher.update(&sealed);
-        }
+        let hasher = rehash_saved_chunks(&key, pointer.size, &part, next, &name).await?;
         file.seek(std::io::SeekFrom::Start(
             layout.chunk_file_offset(next).min(pointer.size),
         ))
         .await
         .map_err(io(format!("cannot write {}", part.display())))?;
+        // Opening, hashing and writing run on a blocking thread, beside the
+        // network on the runtime; one write per MiB.
+        let mut state = Receiving {
+            cipher,
+            hasher,
+            file: std::io::BufWriter::with_capacity(DOWNLOAD_WRITE_BUFFER, file.into_std().await),
+            next,
+        };
 
         let crash = crash_after();
-        let mut pending: Vec<u8> = Vec::with_capacity(2 * ATTACHMENT_CHUNK_LEN);
         let mut attempts = 0;
-        while next < layout.chunk_count() {
+        while state.next < layout.chunk_count() {
             attempts += 1;
             if attempts > TRANSFER_ATTEMPTS {
                 return Err(ClientError::Server(format!(
                     "the download of {name:?} kept breaking; run the command again to resume it"
                 )));
             }
-            pending.clear();
             let channel = self.attachment_channel().await?;
             let request = self
                 .attachment_request(DownloadRequest {
                     blob_id: pointer.blob_id.clone(),
-                    offset: layout.chunk_ciphertext_offset(next),
+                    offset: layout.chunk_ciphertext_offset(state.next),
                 })
                 .await?;
             let mut stream = match AttachmentServiceClient::new(channel)
@@ -674,10 +714,18 @@ impl Client {
                 Err(s) if s.code() == tonic::Code::Unavailable => continue,
                 Err(s) => return Err(self.attachment_status(&s)),
             };
-            loop {
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(DOWNLOAD_QUEUE);
+            let worker = {
+                let (bar, name, part) = (bar.clone(), name.clone(), part.clone());
+                tokio::task::spawn_blocking(move || {
+                    let opened = state.open_stream(&mut rx, &bar, crash, &name, &part);
+                    (state, opened)
+                })
+            };
+            let received: Result<()> = loop {
                 let message = match stream.message().await {
                     Ok(Some(message)) => message,
-                    Ok(None) => break,
+                    Ok(None) => break Ok(()),
                     Err(s)
                         if matches!(
                             s.code(),
@@ -686,55 +734,36 @@ impl Client {
                                 | tonic::Code::Cancelled
                         ) =>
                     {
-                        break;
+                        break Ok(());
                     }
-                    Err(s) => return Err(self.attachment_status(&s)),
+                    Err(s) => break Err(self.attachment_status(&s)),
                 };
                 if message.size != layout.ciphertext_len() {
-                    return Err(refused(
+                    break Err(refused(
                         &name,
                         "the server's blob does not have the size the message announced",
                     ));
                 }
-                pending.extend_from_slice(&message.data);
-                // Open every whole chunk in `pending`, then keep the rest.
-                let mut used = 0;
-                while next < layout.chunk_count() {
-                    let len = layout
-                        .chunk_ciphertext_len(next)
-                        .map_err(|e| refused(&name, e))?;
-                    if pending.len() - used < len {
-                        break;
-                    }
-                    let sealed = &pending[used..used + len];
-                    let opened = cipher
-                        .open_chunk(next, sealed)
-                        .map_err(|e| refused(&name, e))?;
-                    hasher.update(sealed);
-                    bar.inc(len as u64);
-                    used += len;
-                    file.write_all(&opened)
-                        .await
-                        .map_err(io(format!("cannot write {}", part.display())))?;
-                    next += 1;
-                    if let Some(limit) = crash
-                        && layout.chunk_ciphertext_offset(next) >= limit
-                    {
-                        let _ = file.flush().await;
-                        let _ = file.sync_data().await;
-                        std::process::exit(crate::client::CRASH_EXIT_CODE);
-                    }
+                if tx.send(message.data).await.is_err() {
+                    // The worker stopped: its error says why.
+                    break Ok(());
                 }
-                pending.drain(..used);
-                if !pending.is_empty() && next == layout.chunk_count() {
-                    return Err(refused(
-                        &name,
-                        "the server sent bytes past the end of the blob",
-                    ));
-                }
-            }
+            };
+            drop(tx);
+            let (returned, opened) = worker
+                .await
+                .map_err(|e| ClientError::Protocol(format!("download task failed: {e}")))?;
+            state = returned;
+            opened?;
+            received?;
         }
         bar.finish_and_clear();
+        let Receiving { hasher, file, .. } = state;
+        let file = file
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .map_err(io(format!("cannot write {}", part.display())))?;
+        let file = tokio::fs::File::from_std(file);
         if let Err(e) = hasher.verify(&pointer.ciphertext_hash) {
             // Nothing of it is kept: a later try starts from scratch.
             drop(file);
@@ -746,6 +775,94 @@ impl Client {
             .map_err(io(format!("cannot write {}", part.display())))?;
         drop(file);
         save_as_new(&part, dir, &name).await
+    }
+}
+
+/// A download in progress: what the blocking worker of each attempt takes
+/// and gives back.
+struct Receiving {
+    cipher: AttachmentCipher,
+    hasher: CiphertextHasher,
+    file: std::io::BufWriter<std::fs::File>,
+    /// The next chunk to open.
+    next: u64,
+}
+
+impl Receiving {
+    /// Opens, hashes and writes every whole chunk of the messages in `rx`,
+    /// in order, until the stream of one attempt ends. A partial chunk left
+    /// when it ends is dropped: the next attempt starts at `next`.
+    fn open_stream(
+        &mut self,
+        rx: &mut tokio::sync::mpsc::Receiver<Vec<u8>>,
+        bar: &ProgressBar,
+        crash: Option<u64>,
+        name: &str,
+        part: &Path,
+    ) -> Result<()> {
+        // Bytes of a chunk split across two messages (the server sends whole
+        // chunks, so normally none).
+        let mut pending: Vec<u8> = Vec::new();
+        while let Some(data) = rx.blocking_recv() {
+            if pending.is_empty() {
+                let used = self.open_whole_chunks(&data, bar, crash, name, part)?;
+                pending.extend_from_slice(&data[used..]);
+            } else {
+                pending.extend_from_slice(&data);
+                let used = self.open_whole_chunks(&pending, bar, crash, name, part)?;
+                pending.drain(..used);
+            }
+            if !pending.is_empty() && self.next == self.cipher.layout().chunk_count() {
+                return Err(refused(
+                    name,
+                    "the server sent bytes past the end of the blob",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens the whole chunks at the start of `bytes`; returns how many bytes
+    /// they took.
+    fn open_whole_chunks(
+        &mut self,
+        bytes: &[u8],
+        bar: &ProgressBar,
+        crash: Option<u64>,
+        name: &str,
+        part: &Path,
+    ) -> Result<usize> {
+        use std::io::Write as _;
+        let layout = *self.cipher.layout();
+        let mut used = 0;
+        while self.next < layout.chunk_count() {
+            let len = layout
+                .chunk_ciphertext_len(self.next)
+                .map_err(|e| refused(name, e))?;
+            if bytes.len() - used < len {
+                break;
+            }
+            let sealed = &bytes[used..used + len];
+            let opened = self
+                .cipher
+                .open_chunk(self.next, sealed)
+                .map_err(|e| refused(name, e))?;
+            self.hasher.update(sealed);
+            bar.inc(len as u64);
+            used += len;
+            self.file
+                .write_all(&opened)
+                .map_err(io(format!("cannot write {}", part.display())))?;
+            self.next += 1;
+            if let Some(limit) = crash
+                && layout.chunk_ciphertext_offset(self.next) >= limit
+            {
+                let _ = self.file.flush();
+                let _ = self.file.get_ref().sync_data();
+                std::process::exit(crate::client::CRASH_EXIT_CODE);
+            }
+        }
+        Ok(used)
     }
 }
 

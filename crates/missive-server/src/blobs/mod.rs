@@ -149,7 +149,9 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug {
     /// ended (the committed length for the first write after
     /// [`Self::begin_append`]). Not durable until [`Self::commit`].
     async fn write(&self, id: &BlobId, offset: u64, data: &[u8]) -> BlobResult<()>;
-    /// Makes every write durable and records `committed` as the committed length.
+    /// Makes every write that ended at or before `committed` durable and
+    /// records `committed` as the committed length. Later writes of the same
+    /// upload may run meanwhile.
     async fn commit(&self, id: &BlobId, committed: u64) -> BlobResult<()>;
     /// Marks a fully committed upload finalised.
     async fn finalize(&self, id: &BlobId) -> BlobResult<()>;

@@ -45,8 +45,10 @@ pub const DOWNLOAD_READ_BYTES: usize =
     16 * missive_crypto::attachment::ATTACHMENT_CHUNK_CIPHERTEXT_LEN;
 /// Download messages queued ahead of the network.
 pub const DOWNLOAD_QUEUE: usize = 2;
-/// Uploaded bytes between two durable commits: a broken upload repeats at most this much.
-pub const COMMIT_EVERY_BYTES: u64 = 4 * 1024 * 1024;
+/// Uploaded bytes between two durable commits: a broken upload repeats at most
+/// this much. An fsync every 4 MiB cost this machine's disk 0.3–1.2 s per
+/// 256 MiB, every 16 MiB 0.2–0.26 s (docs/BENCHMARKS.md, "Issue 15").
+pub const COMMIT_EVERY_BYTES: u64 = 16 * 1024 * 1024;
 /// An upload not finalised within this time is deleted.
 pub const UPLOAD_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
@@ -98,6 +100,9 @@ impl AttachmentApi {
         let committed = self.blobs.begin_append(&id).await?;
         let mut next = committed;
         let mut last_commit = committed;
+        // The commit of the previous 16 MiB runs while the next ones arrive;
+        // at most one is in flight, so commits land in order.
+        let mut in_flight: Option<tokio::task::JoinHandle<Result<(), BlobError>>> = None;
         let mut chunk = Some(first);
         let outcome: Result<(), Status> = loop {
             let Some(message) = chunk.take() else {
@@ -135,18 +140,35 @@ impl AttachmentApi {
             }
             next += message.data.len() as u64;
             if next - last_commit >= COMMIT_EVERY_BYTES {
-                if let Err(error) = self.blobs.commit(&id, next).await {
-                    break Err(error.into());
+                if let Err(error) = finish_commit(in_flight.take()).await {
+                    break Err(error);
                 }
+                let blobs = Arc::clone(&self.blobs);
+                let at = next;
+                in_flight = Some(tokio::spawn(async move { blobs.commit(&id, at).await }));
                 last_commit = next;
             }
         };
+        finish_commit(in_flight).await?;
         // Whatever arrived intact is kept, also when the stream broke, so the
         // client resumes from here.
         if next != last_commit {
             self.blobs.commit(&id, next).await?;
         }
         outcome.map(|()| next)
+    }
+}
+
+/// Waits for an upload's commit in flight, if any.
+async fn finish_commit(
+    in_flight: Option<tokio::task::JoinHandle<Result<(), BlobError>>>,
+) -> Result<(), Status> {
+    match in_flight {
+        None => Ok(()),
+        Some(task) => task
+            .await
+            .map_err(|_| Status::internal("the upload failed on the server"))?
+            .map_err(Status::from),
     }
 }
 
