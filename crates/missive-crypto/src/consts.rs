@@ -60,3 +60,10 @@ pub const ATTACHMENT_MIN_PADDED_LEN: u64 = 541;
 /// Largest attachment: 4 GiB. Far below STREAM's 2^32 chunks (256 TiB); a
 /// server's per-account quota is usually the tighter bound.
 pub const MAX_ATTACHMENT_LEN: u64 = 4 * 1024 * 1024 * 1024;
+
+/// Most devices in one account's signed device list: a primary plus five
+/// linked devices (WhatsApp allows a phone plus four companions). A sender
+/// encrypts each message once per device of the recipient and of itself, so
+/// the bound caps that fan-out; it is also the most entries a device-list
+/// parser allocates for (docs/PROTOCOL.md, "Device lists (protocol v2)").
+pub const MAX_DEVICES: usize = 6;

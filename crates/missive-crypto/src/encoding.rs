@@ -52,9 +52,25 @@ impl<'a> Reader<'a> {
         self.array::<4>().map(u32::from_be_bytes)
     }
 
+    pub(crate) fn u64(&mut self) -> Option<u64> {
+        self.array::<8>().map(u64::from_be_bytes)
+    }
+
+    /// Takes a field written by [`put_field`], or `None` when its length prefix
+    /// is incomplete or names more bytes than remain (nothing is allocated).
+    pub(crate) fn field(&mut self) -> Option<&'a [u8]> {
+        let len = usize::try_from(self.u64()?).ok()?;
+        self.take(len)
+    }
+
     /// Everything not yet read.
     pub(crate) fn rest(self) -> &'a [u8] {
         self.bytes
+    }
+
+    /// How many bytes are not yet read.
+    pub(crate) fn remaining(&self) -> usize {
+        self.bytes.len()
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -83,5 +99,23 @@ mod tests {
         assert_eq!(r.array::<2>(), Some([2, 3]));
         assert!(r.is_empty());
         assert_eq!(r.take(1), None);
+    }
+
+    #[test]
+    fn reader_reads_fields_and_u64() {
+        let mut out = Vec::new();
+        put_field(&mut out, b"ab");
+        put_u64(&mut out, 9);
+        let mut r = Reader::new(&out);
+        assert_eq!(r.field(), Some(&b"ab"[..]));
+        assert_eq!(r.remaining(), 8);
+        assert_eq!(r.u64(), Some(9));
+        assert!(r.is_empty());
+        // A length naming more bytes than remain, or an absurd length, is `None`.
+        let mut short = Vec::new();
+        put_field(&mut short, b"abc");
+        assert_eq!(Reader::new(&short[..10]).field(), None);
+        assert_eq!(Reader::new(&[0xff; 12]).field(), None);
+        assert_eq!(Reader::new(&[0, 0, 0]).field(), None);
     }
 }

@@ -141,3 +141,96 @@ pub enum StateError {
     #[error("stored state is malformed: {0}")]
     Malformed(&'static str),
 }
+
+/// A signed device list (protocol v2) was refused: it could not be parsed,
+/// does not verify, breaks a list invariant, or goes back in time.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum DeviceListError {
+    /// The encoding could not be parsed (truncated, trailing bytes, a wrong
+    /// label or field length, an invalid key).
+    #[error("device list cannot be parsed: {0}")]
+    Decode(#[from] DecodeError),
+    /// The list names another account key than the one pinned for this account.
+    #[error(
+        "device list is signed for a different account key than the one pinned for this account"
+    )]
+    AccountMismatch,
+    /// The account signature over the list does not verify.
+    #[error("device list signature does not verify under the account key: the list was altered")]
+    BadSignature,
+    /// The list is for another username than the one asked for.
+    #[error("device list is for user {actual:?}, not {expected:?}")]
+    UsernameMismatch {
+        /// The username the caller asked for.
+        expected: String,
+        /// The username the list names.
+        actual: String,
+    },
+    /// The list has no device.
+    #[error("device list has no devices")]
+    Empty,
+    /// The list has more devices than [`crate::consts::MAX_DEVICES`].
+    #[error("device list has {count} devices, more than the allowed {max}")]
+    TooManyDevices {
+        /// How many devices the list has (or claims to have).
+        count: usize,
+        /// The bound, [`crate::consts::MAX_DEVICES`].
+        max: usize,
+    },
+    /// The list's version is 0; versions start at 1.
+    #[error("device list version must be at least 1")]
+    VersionZero,
+    /// A device id appears twice.
+    #[error("device {device_id} is listed twice")]
+    DuplicateDeviceId {
+        /// The repeated id.
+        device_id: u32,
+    },
+    /// The devices are not in strictly ascending id order.
+    #[error("device {device_id} is out of order: device ids must be strictly ascending")]
+    DevicesOutOfOrder {
+        /// The first device whose id is below its predecessor's.
+        device_id: u32,
+    },
+    /// A device's identity key is the account key, which signs only device lists.
+    #[error("device {device_id} uses the account key as its identity key")]
+    DeviceIsAccountKey {
+        /// The offending device.
+        device_id: u32,
+    },
+    /// Two devices share one identity key.
+    #[error("device {device_id} has the same identity key as device {other_device_id}")]
+    DuplicateDeviceKey {
+        /// The later of the two devices.
+        device_id: u32,
+        /// The earlier device with the same key.
+        other_device_id: u32,
+    },
+    /// A device's link signature does not verify under its own identity key.
+    #[error(
+        "device {device_id}'s link signature does not verify: that device did not agree to be listed with this account, username, id and registration id"
+    )]
+    BadLinkSignature {
+        /// The device whose link signature failed.
+        device_id: u32,
+    },
+    /// The offered list is older than one already seen.
+    #[error(
+        "device list version {offered} is older than version {seen} already seen: the server is rolling the list back"
+    )]
+    Rollback {
+        /// The version seen before.
+        seen: u64,
+        /// The version offered now.
+        offered: u64,
+    },
+    /// The offered list has the version of one already seen but other contents.
+    #[error(
+        "two different device lists carry version {version}: the server or the account key is equivocating"
+    )]
+    Equivocation {
+        /// The version both lists carry.
+        version: u64,
+    },
+}

@@ -1,6 +1,6 @@
 //! Sans-I/O protocol core of Missive.
 //!
-//! Identities, prekeys, PQXDH, the Double Ratchet, message franking, safety
+//! Identities, signed device lists, prekeys, PQXDH, the Double Ratchet, message franking, safety
 //! numbers and sealing of stored state. Nothing here performs I/O, reads a
 //! clock or owns a random number generator: randomness is always a parameter,
 //! so tests, vectors and fuzzers are deterministic.
@@ -12,6 +12,7 @@
 
 pub mod attachment;
 pub mod consts;
+pub mod devices;
 mod encoding;
 mod error;
 pub mod franking;
@@ -30,7 +31,10 @@ mod storage;
 pub mod transcript;
 mod wire;
 
-pub use error::{DecodeError, DecryptError, EncryptError, KeyError, SessionError, StateError};
+pub use devices::{DeviceEntry, DeviceList, ListChange, SignedDeviceList};
+pub use error::{
+    DecodeError, DecryptError, DeviceListError, EncryptError, KeyError, SessionError, StateError,
+};
 pub use identity::{Fingerprint, IdentityKeyPair, PublicIdentity};
 pub use prekeys::{
     KEM_CIPHERTEXT_LEN, KEM_PUBLIC_KEY_LEN, KemPrekeyPair, KemPrekeyPublic, OneTimePrekeyPair,
