@@ -928,6 +928,31 @@ impl KeyService for Proxy {
         }
         Ok(Response::new(resp))
     }
+
+    // Device lists (protocol v2) are not scripted yet: forwarded unchanged.
+    async fn publish_device_list(
+        &self,
+        request: Request<v1::PublishDeviceListRequest>,
+    ) -> Result<Response<v1::PublishDeviceListResponse>, Status> {
+        let msg = request.get_ref().clone();
+        let resp = KeyServiceClient::new(self.upstream.clone())
+            .publish_device_list(forward(&request, msg))
+            .await
+            .map_err(relay)?;
+        Ok(Response::new(resp.into_inner()))
+    }
+
+    async fn get_device_list(
+        &self,
+        request: Request<v1::GetDeviceListRequest>,
+    ) -> Result<Response<v1::GetDeviceListResponse>, Status> {
+        let msg = request.get_ref().clone();
+        let resp = KeyServiceClient::new(self.upstream.clone())
+            .get_device_list(forward(&request, msg))
+            .await
+            .map_err(relay)?;
+        Ok(Response::new(resp.into_inner()))
+    }
 }
 
 type ReceiveItems = Pin<Box<dyn Stream<Item = Result<v1::ReceiveResponse, Status>> + Send>>;

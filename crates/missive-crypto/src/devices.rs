@@ -18,7 +18,7 @@
 //! list hash   = SHA256(field("Missive device list hash v2") || list)
 //! ```
 //!
-//! Not yet used on the wire.
+//! The server stores and serves signed lists; clients do not use them yet.
 
 use core::fmt;
 

@@ -223,9 +223,90 @@ pub fn report(
     .map_err(|e| invalid(e.to_string()))
 }
 
+/// Checks a published signed device list (protocol v2) for `username`'s
+/// account, whose account key is `account`: bounded in size (before any
+/// parsing), parsed strictly and verified by `missive-crypto`, with a version
+/// the stores can hold. Returns the verified list's version.
+pub fn device_list(bytes: &[u8], account: &PublicIdentity, username: &str) -> ApiResult<u64> {
+    let max = crate::limits::MAX_DEVICE_LIST_BYTES;
+    if bytes.len() > max {
+        return Err(invalid(format!(
+            "a signed device list is at most {max} bytes ({} devices), not {}",
+            missive_crypto::consts::MAX_DEVICES,
+            bytes.len()
+        )));
+    }
+    // The crypto errors' sentences quote any peer text with `{:?}` (escaped).
+    let signed = missive_crypto::SignedDeviceList::from_bytes(bytes)
+        .map_err(|e| invalid(format!("the signed device list was refused: {e}")))?;
+    let list = signed
+        .verify(account, username)
+        .map_err(|e| invalid(format!("the signed device list was refused: {e}")))?;
+    let most = crate::limits::MAX_DEVICE_LIST_VERSION;
+    if list.version > most {
+        return Err(invalid(format!(
+            "device list version {} is above the highest this server stores, {most}",
+            list.version
+        )));
+    }
+    Ok(list.version)
+}
+
 /// Lower-case hex fingerprint of a stored identity.
 pub fn fingerprint(identity: &[u8]) -> String {
     PublicIdentity::from_bytes(identity)
         .map(|id| id.fingerprint().to_string())
         .unwrap_or_else(|_| "unparseable".into())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use missive_crypto::consts::MAX_DEVICES;
+    use missive_crypto::{DeviceEntry, DeviceList, IdentityKeyPair};
+    use rand::rngs::OsRng;
+
+    use super::*;
+    use crate::limits::{MAX_DEVICE_LIST_BYTES, MAX_USERNAME_BYTES};
+
+    fn list(account: &IdentityKeyPair, username: &str, version: u64, count: u32) -> Vec<u8> {
+        let devices = (1..=count)
+            .map(|id| {
+                let device = IdentityKeyPair::generate(&mut OsRng);
+                DeviceEntry::link(&device, username, account.public(), id, id)
+            })
+            .collect();
+        DeviceList {
+            username: username.to_owned(),
+            version,
+            timestamp_ms: 0,
+            devices,
+        }
+        .sign(account)
+        .unwrap()
+        .to_bytes()
+    }
+
+    #[test]
+    fn the_largest_valid_device_list_is_exactly_the_bound() {
+        let account = IdentityKeyPair::generate(&mut OsRng);
+        let username = "u".repeat(MAX_USERNAME_BYTES);
+        let bytes = list(&account, &username, 1, MAX_DEVICES as u32);
+        assert_eq!(bytes.len(), MAX_DEVICE_LIST_BYTES);
+        assert_eq!(device_list(&bytes, account.public(), &username).unwrap(), 1);
+    }
+
+    #[test]
+    fn versions_beyond_what_the_stores_hold_are_refused() {
+        let account = IdentityKeyPair::generate(&mut OsRng);
+        let most = crate::limits::MAX_DEVICE_LIST_VERSION;
+        let bytes = list(&account, "alice", most, 1);
+        assert_eq!(
+            device_list(&bytes, account.public(), "alice").unwrap(),
+            most
+        );
+        let bytes = list(&account, "alice", most + 1, 1);
+        let error = device_list(&bytes, account.public(), "alice").unwrap_err();
+        assert!(matches!(error, ApiError::InvalidArgument(_)), "{error}");
+    }
 }

@@ -33,6 +33,10 @@ pub enum ApiError {
     /// Something does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// The request conflicts with what the server holds (e.g. a device list
+    /// version that is not above the stored one); the sentence says what.
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// The sender's device list is out of date.
     #[error("the recipient's devices have changed: fetch their bundles again and re-encrypt")]
     DeviceMismatch(DeviceMismatch),
@@ -71,6 +75,7 @@ impl From<ApiError> for Status {
             }
             ApiError::UsernameTaken(_) => Status::already_exists(message),
             ApiError::NotFound(_) => Status::not_found(message),
+            ApiError::FailedPrecondition(_) => Status::failed_precondition(message),
             ApiError::DeviceMismatch(mismatch) => Status::with_details(
                 Code::FailedPrecondition,
                 message,

@@ -33,6 +33,11 @@ pub struct ExportDocument {
     /// uploads, per day (no blob ids: nothing links a blob to its sender or
     /// its recipients).
     pub attachment_bytes_reserved: Vec<ExportLedgerDay>,
+    /// Version of the signed device list the account published last (`null`
+    /// when it never published one).
+    pub device_list_version: Option<u64>,
+    /// The device ids that list names (no keys, no list bytes).
+    pub device_list_devices: Vec<u32>,
 }
 
 /// One day of the attachment quota ledger.
@@ -128,6 +133,8 @@ pub fn document(export: AccountExport) -> ExportDocument {
         reports_filed: export.reports_filed,
         // Filled from the blob store by `export-account` (another store).
         attachment_bytes_reserved: Vec::new(),
+        device_list_version: export.device_list_version,
+        device_list_devices: export.device_list_devices,
     }
 }
 

@@ -23,6 +23,34 @@ pub const MAX_REPORT_PLAINTEXT_BYTES: usize = missive_crypto::franking::MAX_REPO
 pub const MAX_REPORT_REASON_CHARS: usize = 1000;
 /// Registration ids are chosen in `1..=16380`.
 pub const MAX_REGISTRATION_ID: u32 = 16380;
+/// Longest username, bytes (`service::normalize_username`).
+pub const MAX_USERNAME_BYTES: usize = 32;
+/// Largest `SignedDeviceList` encoding a valid list can have: its fields for
+/// [`missive_crypto::consts::MAX_DEVICES`] devices and a username of
+/// [`MAX_USERNAME_BYTES`] (docs/PROTOCOL.md, "Device lists (protocol v2)"):
+/// 914 bytes. A larger `PublishDeviceList` is refused before it is parsed.
+pub const MAX_DEVICE_LIST_BYTES: usize = {
+    // A length-prefixed field: u64 length, then the bytes.
+    const FIELD: usize = 8;
+    const LABEL: usize = b"Missive device list v2".len();
+    const KEY: usize = 32;
+    const SIGNATURE: usize = 64;
+    const DEVICE: usize = 4 + FIELD + KEY + 4 + FIELD + SIGNATURE;
+    FIELD
+        + LABEL
+        + FIELD
+        + MAX_USERNAME_BYTES
+        + FIELD
+        + KEY
+        + 8
+        + 8
+        + 4
+        + missive_crypto::consts::MAX_DEVICES * DEVICE
+        + SIGNATURE
+};
+/// Highest device list version the server stores (its databases keep signed
+/// 64-bit integers); a client counting up from 1 never gets near it.
+pub const MAX_DEVICE_LIST_VERSION: u64 = i64::MAX as u64;
 
 /// Largest decoded request of `MessageService`: 16 envelopes of 96 KiB plus framing.
 pub const MAX_MESSAGE_REQUEST_BYTES: usize =

@@ -85,9 +85,10 @@ pub struct RateLimits {
     /// Successful logins per account (charged after the signature verified,
     /// so only the key holder can spend it; bounds the tokens issued).
     pub login_success_per_account: Rate,
-    /// Bundle fetches per requesting account.
+    /// Bundle fetches per requesting account; device-list calls
+    /// (`PublishDeviceList`, `GetDeviceList`) are charged here too.
     pub bundles_per_account: Rate,
-    /// Bundle fetches per client source.
+    /// Bundle fetches (and device-list calls) per client source.
     pub bundles_per_ip: Rate,
     /// Bundle fetches per (requesting account, target account): past it the
     /// requester is refused.
@@ -241,6 +242,16 @@ impl Limiters {
         Ok(match self.bundles_target.check_key(&target) {
             Ok(_) => BundleAllowance::Consume,
             Err(_) => BundleAllowance::WithoutOneTimeKeys,
+        })
+    }
+
+    /// A device-list call (publish or fetch) by `account` from `source`:
+    /// charged to the same per-account and per-source limits as bundle
+    /// fetches (a list names no prekeys, so no per-target limit applies).
+    pub fn device_list(&self, account: AccountId, source: Option<Source>) -> ApiResult<()> {
+        check(&self.bundles_account, &account, "for this account")?;
+        source.map_or(Ok(()), |source| {
+            check(&self.bundles_ip, &source, "from this address")
         })
     }
 

@@ -1,12 +1,14 @@
 //! `KeyService`: one-time prekey upload and counts, signed prekey rotation,
-//! bundle distribution.
+//! bundle distribution, and each account's signed device list (protocol v2),
+//! which the server checks, stores and serves but can never make.
 
 use std::sync::Arc;
 
 use missive_proto::v1::key_service_server::KeyService;
 use missive_proto::v1::{
-    GetBundlesRequest, GetBundlesResponse, GetPrekeyCountRequest, KemPrekey, OneTimePrekey,
-    PrekeyBundle, PrekeyCount, PublicIdentity, ReplaceSignedPrekeysRequest,
+    GetBundlesRequest, GetBundlesResponse, GetDeviceListRequest, GetDeviceListResponse,
+    GetPrekeyCountRequest, KemPrekey, OneTimePrekey, PrekeyBundle, PrekeyCount, PublicIdentity,
+    PublishDeviceListRequest, PublishDeviceListResponse, ReplaceSignedPrekeysRequest,
     ReplaceSignedPrekeysResponse, SignedPrekey, UploadPrekeysRequest, UploadPrekeysResponse,
 };
 use tonic::{Request, Response, Status};
@@ -16,7 +18,7 @@ use crate::checks;
 use crate::error::{ApiError, ApiResult};
 use crate::limits::MAX_PREKEYS_STORED;
 use crate::ratelimit::BundleAllowance;
-use crate::storage::{AccountId, DeviceAddress, PrekeyCounts, StorageError};
+use crate::storage::{AccountId, DeviceAddress, PrekeyCounts, PutOutcome, StorageError};
 
 /// The key service.
 #[derive(Clone, Debug)]
@@ -205,6 +207,83 @@ impl KeyService for KeyApi {
                 }),
             })
             .collect();
-        Ok(Response::new(GetBundlesResponse { username, bundles }))
+        let signed_device_list = self
+            .state
+            .storage
+            .device_list(target)
+            .await
+            .map_err(ApiError::from)?
+            .map(|(_, bytes)| bytes)
+            .unwrap_or_default();
+        Ok(Response::new(GetBundlesResponse {
+            username,
+            bundles,
+            signed_device_list,
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn publish_device_list(
+        &self,
+        request: Request<PublishDeviceListRequest>,
+    ) -> Result<Response<PublishDeviceListResponse>, Status> {
+        let principal = self.state.principal(&request).await?;
+        if let Some(limiters) = self.state.limiters() {
+            limiters.device_list(principal.address.account, self.state.source(&request))?;
+        }
+        let bytes = request.into_inner().signed_device_list;
+        let account = principal.address.account;
+        let identity = self.identity(account).await?;
+        let version = checks::device_list(&bytes, &identity, &principal.username)?;
+        let outcome = self
+            .state
+            .storage
+            .put_device_list(account, version, &bytes)
+            .await
+            .map_err(|e| match e {
+                StorageError::NotFound => ApiError::Unauthenticated("the account no longer exists"),
+                other => other.into(),
+            })?;
+        match outcome {
+            PutOutcome::Stored => tracing::info!(version, "device list published"),
+            PutOutcome::Unchanged => {}
+            PutOutcome::Stale { stored_version } => {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "the server holds device list version {stored_version}; a published list \
+                     must have a higher version (version {version} was refused; a list with \
+                     the same version and other contents is never accepted)"
+                ))
+                .into());
+            }
+        }
+        Ok(Response::new(PublishDeviceListResponse { version }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn get_device_list(
+        &self,
+        request: Request<GetDeviceListRequest>,
+    ) -> Result<Response<GetDeviceListResponse>, Status> {
+        let principal = self.state.principal(&request).await?;
+        if let Some(limiters) = self.state.limiters() {
+            limiters.device_list(principal.address.account, self.state.source(&request))?;
+        }
+        let username = normalize_username(&request.into_inner().username)?;
+        let account = self
+            .state
+            .storage
+            .account_named(&username)
+            .await
+            .map_err(ApiError::from)?
+            .ok_or_else(|| ApiError::NotFound(format!("there is no user named {username:?}")))?;
+        let signed_device_list = self
+            .state
+            .storage
+            .device_list(account.id)
+            .await
+            .map_err(ApiError::from)?
+            .map(|(_, bytes)| bytes)
+            .unwrap_or_default();
+        Ok(Response::new(GetDeviceListResponse { signed_device_list }))
     }
 }

@@ -100,7 +100,7 @@ impl State {
 /// Case-folds and validates a username: 3 to 32 of `a-z0-9._-`.
 pub fn normalize_username(username: &str) -> ApiResult<String> {
     let folded = username.to_ascii_lowercase();
-    let valid = (3..=32).contains(&folded.len())
+    let valid = (3..=crate::limits::MAX_USERNAME_BYTES).contains(&folded.len())
         && folded
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));

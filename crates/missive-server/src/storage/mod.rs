@@ -409,6 +409,39 @@ pub struct AccountExport {
     pub reports_against: Vec<ReportRecord>,
     /// Number of reports the account filed.
     pub reports_filed: u64,
+    /// Version of the stored signed device list (`None`: never published).
+    pub device_list_version: Option<u64>,
+    /// Device ids the stored list names, ascending (empty without a list).
+    pub device_list_devices: Vec<u32>,
+}
+
+/// What [`Storage::put_device_list`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// The list is stored now (the first, or a higher version).
+    Stored,
+    /// The stored list is byte for byte this one; nothing changed.
+    Unchanged,
+    /// A list with this version or a higher one, and other bytes, is stored;
+    /// nothing changed.
+    Stale {
+        /// The stored list's version.
+        stored_version: u64,
+    },
+}
+
+/// The device ids a stored signed device list names, for the export. The
+/// list was verified when it was published; one that no longer parses is a
+/// storage failure.
+pub(crate) fn listed_device_ids(signed_list: &[u8]) -> Result<Vec<u32>> {
+    let signed = missive_crypto::SignedDeviceList::from_bytes(signed_list)
+        .map_err(|_| StorageError::Backend("a stored device list does not parse".into()))?;
+    Ok(signed
+        .unverified_list()
+        .devices
+        .iter()
+        .map(|d| d.device_id)
+        .collect())
 }
 
 /// Storage failures, backend-independent.
@@ -486,8 +519,26 @@ pub trait Storage: Send + Sync + 'static {
     async fn authenticate(&self, token_hash: &[u8; 32], now_ms: u64) -> Result<Option<Principal>>;
     /// Marks the account seen on `today` (day granularity).
     async fn touch_last_seen(&self, account: AccountId, today: i64) -> Result<()>;
-    /// Deletes the account, its devices, keys, tokens and pending envelopes.
+    /// Deletes the account, its devices, keys, tokens, pending envelopes and
+    /// device list.
     async fn delete_account(&self, account: AccountId) -> Result<()>;
+
+    /// Stores `signed_list` (verified by the caller; its version is
+    /// `version`) as the account's device list, atomically compare-and-set:
+    /// only if no list is stored or the stored one has a lower version. The
+    /// same bytes as the stored list are [`PutOutcome::Unchanged`]; a stored
+    /// version at or above `version` with other bytes is
+    /// [`PutOutcome::Stale`]. Of two concurrent calls with one version and
+    /// different bytes exactly one stores. [`StorageError::NotFound`] when the
+    /// account does not exist.
+    async fn put_device_list(
+        &self,
+        account: AccountId,
+        version: u64,
+        signed_list: &[u8],
+    ) -> Result<PutOutcome>;
+    /// The account's stored device list: its version and bytes as published.
+    async fn device_list(&self, account: AccountId) -> Result<Option<(u64, Vec<u8>)>>;
 
     /// Adds one-time prekeys. [`StorageError::Conflict`] on a reused id,
     /// [`StorageError::QuotaExceeded`] beyond `max_stored` of a kind; nothing

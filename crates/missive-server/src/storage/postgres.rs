@@ -27,8 +27,8 @@ use sqlx::{Postgres, Row, Transaction};
 use super::{
     AccountExport, AccountId, AccountRecord, BundleRecord, Bundles, DAY_MS, DeviceAddress,
     DeviceExport, DeviceRecord, KemPrekeyRecord, NewAccount, NewReport, OneTimePrekeyRecord,
-    OpenMode, PrekeyCounts, Principal, PurgeCounts, ReportRecord, Result, SendItem, SendOutcome,
-    SignedPrekeyRecord, Storage, StorageError, StoredEnvelope,
+    OpenMode, PrekeyCounts, Principal, PurgeCounts, PutOutcome, ReportRecord, Result, SendItem,
+    SendOutcome, SignedPrekeyRecord, Storage, StorageError, StoredEnvelope,
 };
 
 pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -504,6 +504,64 @@ impl Storage for PostgresStorage {
             return Err(StorageError::NotFound);
         }
         Ok(())
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn put_device_list(
+        &self,
+        account: AccountId,
+        version: u64,
+        signed_list: &[u8],
+    ) -> Result<PutOutcome> {
+        let version = i64::try_from(version).map_err(|_| {
+            StorageError::Backend(format!("device list version {version} is out of range"))
+        })?;
+        let mut tx = self.begin().await?;
+        // One statement decides: insert, or replace a lower version.
+        let stored: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO device_lists (account, version, signed_list) VALUES ($1, $2, $3) \
+             ON CONFLICT (account) DO UPDATE SET version = excluded.version, \
+             signed_list = excluded.signed_list WHERE excluded.version > device_lists.version \
+             RETURNING version",
+        )
+        .bind(account)
+        .bind(version)
+        .bind(signed_list)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let outcome = if stored.is_some() {
+            PutOutcome::Stored
+        } else {
+            let row =
+                sqlx::query("SELECT version, signed_list FROM device_lists WHERE account = $1")
+                    .bind(account)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+            let held: Vec<u8> = get(&row, "signed_list")?;
+            // The version is inside the bytes: equal bytes, equal version.
+            if held == signed_list {
+                PutOutcome::Unchanged
+            } else {
+                PutOutcome::Stale {
+                    stored_version: u64_of(get(&row, "version")?)?,
+                }
+            }
+        };
+        tx.commit().await.map_err(map_err)?;
+        Ok(outcome)
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn device_list(&self, account: AccountId) -> Result<Option<(u64, Vec<u8>)>> {
+        let row = sqlx::query("SELECT version, signed_list FROM device_lists WHERE account = $1")
+            .bind(account)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err)?;
+        row.map(|r| Ok((u64_of(get(&r, "version")?)?, get(&r, "signed_list")?)))
+            .transpose()
     }
 
     #[tracing::instrument(skip_all)]
@@ -1173,6 +1231,19 @@ impl Storage for PostgresStorage {
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(map_err)?;
+        let device_list =
+            sqlx::query("SELECT version, signed_list FROM device_lists WHERE account = $1")
+                .bind(account_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        let (device_list_version, device_list_devices) = match device_list {
+            None => (None, Vec::new()),
+            Some(row) => (
+                Some(u64_of(get(&row, "version")?)?),
+                super::listed_device_ids(&get::<Vec<u8>>(&row, "signed_list")?)?,
+            ),
+        };
         tx.commit().await.map_err(map_err)?;
         Ok(Some(AccountExport {
             username: get(&account, "username")?,
@@ -1182,6 +1253,8 @@ impl Storage for PostgresStorage {
             devices,
             reports_against,
             reports_filed: u64_of(reports_filed)?,
+            device_list_version,
+            device_list_devices,
         }))
     }
 

@@ -71,6 +71,136 @@ pub async fn run_all(store: &dyn Storage) {
     reports_and_export(store).await;
     secrets_and_franking_keys(store).await;
     deletion(store).await;
+    device_lists(store).await;
+}
+
+/// A correctly signed device list for `username` at `version` naming
+/// `device_ids` (ascending), under a fresh account key and fresh device keys.
+/// `timestamp_ms` lets two lists of one version differ. Storage does not
+/// verify it; the export parses it.
+pub fn signed_device_list(
+    username: &str,
+    version: u64,
+    timestamp_ms: u64,
+    device_ids: &[u32],
+) -> Vec<u8> {
+    use missive_crypto::{DeviceEntry, DeviceList, IdentityKeyPair};
+    let mut rng = rand::rngs::OsRng;
+    let account = IdentityKeyPair::generate(&mut rng);
+    let devices = device_ids
+        .iter()
+        .map(|&id| {
+            let device = IdentityKeyPair::generate(&mut rng);
+            DeviceEntry::link(&device, username, account.public(), id, 100 + id)
+        })
+        .collect();
+    DeviceList {
+        username: username.to_owned(),
+        version,
+        timestamp_ms,
+        devices,
+    }
+    .sign(&account)
+    .unwrap()
+    .to_bytes()
+}
+
+/// Device lists: compare-and-set on the version (atomic: of two concurrent
+/// puts of one version exactly one stores), idempotent for the same bytes,
+/// exported as version and device ids, deleted with the account.
+pub async fn device_lists(store: &dyn Storage) {
+    let id = store
+        .create_account(&account("suite-l", 0, 0))
+        .await
+        .unwrap();
+    assert_eq!(store.device_list(id).await.unwrap(), None);
+    let export = store.export_account("suite-l").await.unwrap().unwrap();
+    assert_eq!(
+        (export.device_list_version, export.device_list_devices),
+        (None, vec![])
+    );
+
+    let v2 = signed_device_list("suite-l", 2, 1, &[1, 3]);
+    assert_eq!(
+        store.put_device_list(id, 2, &v2).await.unwrap(),
+        PutOutcome::Stored
+    );
+    assert_eq!(store.device_list(id).await.unwrap(), Some((2, v2.clone())));
+    // The same bytes again: nothing changes.
+    assert_eq!(
+        store.put_device_list(id, 2, &v2).await.unwrap(),
+        PutOutcome::Unchanged
+    );
+    // A lower version, and the same version with other bytes: refused.
+    let v1 = signed_device_list("suite-l", 1, 1, &[1]);
+    assert_eq!(
+        store.put_device_list(id, 1, &v1).await.unwrap(),
+        PutOutcome::Stale { stored_version: 2 }
+    );
+    let other_v2 = signed_device_list("suite-l", 2, 2, &[1, 3]);
+    assert_eq!(
+        store.put_device_list(id, 2, &other_v2).await.unwrap(),
+        PutOutcome::Stale { stored_version: 2 }
+    );
+    assert_eq!(store.device_list(id).await.unwrap(), Some((2, v2.clone())));
+    // An older list the server once held is refused like any lower version.
+    let v3 = signed_device_list("suite-l", 3, 1, &[2, 5, 6]);
+    assert_eq!(
+        store.put_device_list(id, 3, &v3).await.unwrap(),
+        PutOutcome::Stored
+    );
+    assert_eq!(
+        store.put_device_list(id, 2, &v2).await.unwrap(),
+        PutOutcome::Stale { stored_version: 3 }
+    );
+    let export = store.export_account("suite-l").await.unwrap().unwrap();
+    assert_eq!(
+        (export.device_list_version, export.device_list_devices),
+        (Some(3), vec![2, 5, 6])
+    );
+
+    // Two puts of one version at once, replacing a list and creating one:
+    // exactly one stores, the other is told the version now held.
+    let fresh = store
+        .create_account(&account("suite-l2", 0, 0))
+        .await
+        .unwrap();
+    for (account, version) in [(id, 4), (fresh, 1)] {
+        let a = signed_device_list("suite-l", version, 1, &[1]);
+        let b = signed_device_list("suite-l", version, 2, &[1, 2]);
+        let (x, y) = tokio::join!(
+            store.put_device_list(account, version, &a),
+            store.put_device_list(account, version, &b)
+        );
+        let (x, y) = (x.unwrap(), y.unwrap());
+        let stale = PutOutcome::Stale {
+            stored_version: version,
+        };
+        let winner = match (x, y) {
+            (PutOutcome::Stored, other) if other == stale => a,
+            (other, PutOutcome::Stored) if other == stale => b,
+            other => panic!("two puts of version {version}: {other:?}"),
+        };
+        assert_eq!(
+            store.device_list(account).await.unwrap(),
+            Some((version, winner))
+        );
+    }
+
+    // No list without an account; deleting the account deletes its list.
+    assert!(matches!(
+        store.put_device_list(fresh + 1000, 1, &v1).await,
+        Err(StorageError::NotFound)
+    ));
+    store.delete_account(id).await.unwrap();
+    assert_eq!(store.device_list(id).await.unwrap(), None);
+    let again = store
+        .create_account(&account("suite-l", 0, 0))
+        .await
+        .unwrap();
+    assert_eq!(store.device_list(again).await.unwrap(), None);
+    let export = store.export_account("suite-l").await.unwrap().unwrap();
+    assert_eq!(export.device_list_version, None);
 }
 
 /// Usernames are unique; tokens authenticate until they expire.
