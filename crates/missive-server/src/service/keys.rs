@@ -50,6 +50,17 @@ impl KeyApi {
             .ok_or(ApiError::Unauthenticated("the account no longer exists"))?;
         checks::stored_identity(&bytes)
     }
+
+    /// The account's signed device list as published; empty without one.
+    async fn signed_device_list(&self, account: AccountId) -> ApiResult<Vec<u8>> {
+        Ok(self
+            .state
+            .storage
+            .device_list(account)
+            .await?
+            .map(|(_, bytes)| bytes)
+            .unwrap_or_default())
+    }
 }
 
 #[tonic::async_trait]
@@ -207,14 +218,7 @@ impl KeyService for KeyApi {
                 }),
             })
             .collect();
-        let signed_device_list = self
-            .state
-            .storage
-            .device_list(target)
-            .await
-            .map_err(ApiError::from)?
-            .map(|(_, bytes)| bytes)
-            .unwrap_or_default();
+        let signed_device_list = self.signed_device_list(target).await?;
         Ok(Response::new(GetBundlesResponse {
             username,
             bundles,
@@ -276,14 +280,7 @@ impl KeyService for KeyApi {
             .await
             .map_err(ApiError::from)?
             .ok_or_else(|| ApiError::NotFound(format!("there is no user named {username:?}")))?;
-        let signed_device_list = self
-            .state
-            .storage
-            .device_list(account.id)
-            .await
-            .map_err(ApiError::from)?
-            .map(|(_, bytes)| bytes)
-            .unwrap_or_default();
+        let signed_device_list = self.signed_device_list(account.id).await?;
         Ok(Response::new(GetDeviceListResponse { signed_device_list }))
     }
 }
