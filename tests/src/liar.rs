@@ -50,6 +50,12 @@
 //!   user with no one-time prekey and the user's *last-resort* KEM prekey
 //!   (`kem_prekey_is_last_resort = true`), learnt from the `RegisterRequest`
 //!   / `ReplaceSignedPrekeysRequest` the proxy forwarded.
+//! - **Device-list lies** (protocol v2): [`Liar::add_ghost_device`] appends
+//!   to a user's `GetBundles` answer a device 2 with keys of the liar's own,
+//!   prekeys validly signed by it for the user's real account key — the
+//!   "ghost device" — while the signed list stays the real one;
+//!   [`Liar::serve_device_list`] answers the user's list (in `GetBundles` and
+//!   `GetDeviceList`) with the given bytes (forged, tampered or replayed).
 //! - **Rewrite content**: [`Liar::rewrite`] installs a hook run on every
 //!   envelope delivered downstream (real or injected), with the receiving
 //!   username.
@@ -118,6 +124,8 @@ pub enum Rpc {
     Register,
     /// `AccountService.Login`.
     Login,
+    /// `AccountService.AddDevice`.
+    AddDevice,
     /// `AccountService.DeleteAccount`.
     DeleteAccount,
     /// `KeyService.UploadPrekeys`.
@@ -228,6 +236,8 @@ pub struct Script {
     suppressed: HashMap<String, HashSet<u64>>,
     swaps: HashMap<String, String>,
     drained: HashSet<String>,
+    ghost_devices: HashSet<String>,
+    list_overrides: HashMap<String, Vec<u8>>,
     rewrite: Option<Rewrite>,
     chunk_rewrite: Option<ChunkRewrite>,
     created_blobs: Vec<Vec<u8>>,
@@ -567,6 +577,34 @@ impl Liar {
 
     /// Whether `GetBundles` for `user` answers drained bundles (no one-time
     /// prekey, the last-resort KEM prekey).
+    /// Adds a ghost device 2 to `user`'s bundles from now on (see the module docs).
+    pub fn add_ghost_device(&self, user: &str) {
+        let mut s = self.script();
+        s.event(format!("GetBundles {user}: adds a ghost device 2"));
+        s.ghost_devices.insert(user.to_owned());
+    }
+
+    /// Stops adding the ghost device of [`Liar::add_ghost_device`].
+    pub fn remove_ghost_device(&self, user: &str) {
+        let mut s = self.script();
+        s.event(format!("GetBundles {user}: no more ghost device"));
+        s.ghost_devices.remove(user);
+    }
+
+    /// Serves `list` as `user`'s signed device list from now on (`None`:
+    /// the real one again).
+    pub fn serve_device_list(&self, user: &str, list: Option<Vec<u8>>) {
+        let mut s = self.script();
+        s.event(format!(
+            "device list of {user}: {}",
+            if list.is_some() { "forged" } else { "real" }
+        ));
+        match list {
+            Some(l) => s.list_overrides.insert(user.to_owned(), l),
+            None => s.list_overrides.remove(user),
+        };
+    }
+
     pub fn drain_bundles(&self, user: &str, on: bool) {
         let mut s = self.script();
         s.event(format!("GetBundles {user}: drained {on}"));
@@ -797,6 +835,41 @@ impl AccountService for Proxy {
         Ok(Response::new(resp))
     }
 
+    async fn add_device(
+        &self,
+        request: Request<v1::AddDeviceRequest>,
+    ) -> Result<Response<v1::RegisterResponse>, Status> {
+        if let Some(s) = self.shared.lie(Rpc::AddDevice) {
+            return Err(s);
+        }
+        let msg = request.get_ref().clone();
+        let resp = AccountServiceClient::new(self.upstream.clone())
+            .add_device(forward(&request, msg.clone()))
+            .await
+            .map_err(relay)?
+            .into_inner();
+        {
+            let mut s = self.shared.script();
+            if let Some(session) = &resp.session {
+                s.tokens.insert(
+                    encode_token(&session.token),
+                    (msg.username.clone(), resp.device_id),
+                );
+            }
+            s.registration_ids
+                .insert((msg.username.clone(), resp.device_id), msg.registration_id);
+            if let Some(kem) = msg.last_resort_kem_prekey {
+                s.last_resort
+                    .insert((msg.username.clone(), resp.device_id), kem);
+            }
+            s.event(format!(
+                "AddDevice {} device {}",
+                msg.username, resp.device_id
+            ));
+        }
+        Ok(Response::new(resp))
+    }
+
     async fn delete_account(
         &self,
         request: Request<v1::DeleteAccountRequest>,
@@ -926,6 +999,15 @@ impl KeyService for Proxy {
             }
             s.event(format!("GetBundles {asked}: drained"));
         }
+        if s.ghost_devices.contains(&asked) {
+            s.event(format!("GetBundles {asked}: added ghost device 2"));
+            if let Some(ghost) = ghost_bundle(&resp.signed_device_list) {
+                resp.bundles.push(ghost);
+            }
+        }
+        if let Some(list) = s.list_overrides.get(&asked) {
+            resp.signed_device_list = list.clone();
+        }
         Ok(Response::new(resp))
     }
 
@@ -947,11 +1029,16 @@ impl KeyService for Proxy {
         request: Request<v1::GetDeviceListRequest>,
     ) -> Result<Response<v1::GetDeviceListResponse>, Status> {
         let msg = request.get_ref().clone();
-        let resp = KeyServiceClient::new(self.upstream.clone())
+        let asked = msg.username.clone();
+        let mut resp = KeyServiceClient::new(self.upstream.clone())
             .get_device_list(forward(&request, msg))
             .await
-            .map_err(relay)?;
-        Ok(Response::new(resp.into_inner()))
+            .map_err(relay)?
+            .into_inner();
+        if let Some(list) = self.shared.script().list_overrides.get(&asked) {
+            resp.signed_device_list = list.clone();
+        }
+        Ok(Response::new(resp))
     }
 }
 
@@ -1592,4 +1679,41 @@ impl Default for World {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// A bundle for device 2 of the account whose real list is `list`, with keys
+/// the liar made: its prekeys verify under its own key for the real account
+/// key, so only the signed list can tell it is not the user's.
+fn ghost_bundle(list: &[u8]) -> Option<v1::PrekeyBundle> {
+    use missive_crypto::{
+        IdentityKeyPair, KemPrekeyPair, PrekeyOwner, SignedDeviceList, SignedPrekeyPair,
+    };
+    let list = SignedDeviceList::from_bytes(list).ok()?;
+    let mut rng = rand::rngs::OsRng;
+    let ghost = IdentityKeyPair::generate(&mut rng);
+    let owner = PrekeyOwner {
+        account: list.account().clone(),
+        device_id: 2,
+    };
+    let spk = SignedPrekeyPair::generate(&mut rng, 1, &ghost, &owner).public();
+    let kem = KemPrekeyPair::generate(&mut rng, 1, &ghost, &owner).public();
+    Some(v1::PrekeyBundle {
+        device_id: 2,
+        registration_id: 4242,
+        identity: Some(v1::PublicIdentity {
+            signing_key: ghost.public().signing_key().to_vec(),
+        }),
+        signed_prekey: Some(v1::SignedPrekey {
+            id: spk.id,
+            public_key: spk.public_key.to_vec(),
+            signature: spk.signature.to_vec(),
+        }),
+        kem_prekey: Some(v1::KemPrekey {
+            id: kem.id,
+            public_key: kem.public_key,
+            signature: kem.signature.to_vec(),
+        }),
+        kem_prekey_is_last_resort: true,
+        one_time_prekey: None,
+    })
 }

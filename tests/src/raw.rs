@@ -17,8 +17,9 @@ use std::collections::HashMap;
 use base64::Engine as _;
 use missive_crypto::franking::{self, FrankingKey};
 use missive_crypto::{
-    IdentityKeyPair, KemPrekeyPair, KemPrekeyPublic, MessageKind, OneTimePrekeyPublic,
-    PrekeyBundle, PublicIdentity, Session, SignedPrekeyPair, SignedPrekeyPublic, transcript,
+    Address, DeviceEntry, DeviceList, IdentityKeyPair, KemPrekeyPair, KemPrekeyPublic, MessageKind,
+    OneTimePrekeyPublic, PrekeyBundle, PrekeyOwner, PublicIdentity, Session, SignedDeviceList,
+    SignedPrekeyPair, SignedPrekeyPublic, transcript,
 };
 use missive_proto::v1::{
     self, account_service_client::AccountServiceClient, key_service_client::KeyServiceClient,
@@ -52,6 +53,8 @@ pub fn text_content(text: &str, sent_at_ms: u64) -> v1::Content {
         })),
         attachment: None,
         franking_key: key.as_bytes().to_vec(),
+        // No sender device list view: raw peers are not clients.
+        sender_devices: None,
     }
 }
 
@@ -79,9 +82,16 @@ struct PeerSession {
     session: Session,
 }
 
+/// The server name raw peers sign in their transcripts (the name the
+/// harness verifies TLS for).
+pub const SERVER_NAME: &str = "localhost";
+
 /// An account registered over raw gRPC (device 1).
 pub struct RawPeer {
     name: String,
+    /// The account key (signs the device list and the registration).
+    account: IdentityKeyPair,
+    /// Device 1's key (signs its prekeys; IK in PQXDH).
     identity: IdentityKeyPair,
     token: String,
     channel: Channel,
@@ -102,8 +112,27 @@ fn arr<const N: usize>(bytes: &[u8], what: &str) -> Result<[u8; N], HarnessError
         .map_err(|_| herr(format!("{what} is {} bytes, expected {N}", bytes.len())))
 }
 
-/// A wire bundle as missive-crypto's [`PrekeyBundle`].
-pub fn bundle_from_proto(b: &v1::PrekeyBundle) -> Result<PrekeyBundle, HarnessError> {
+/// The account key a `GetBundles` answer's signed device list names for
+/// `user`, checked against the list's own signature (raw peers pin nothing).
+pub fn account_key_from_list(
+    signed_device_list: &[u8],
+    user: &str,
+) -> Result<PublicIdentity, HarnessError> {
+    let signed = SignedDeviceList::from_bytes(signed_device_list)
+        .map_err(|e| herr(format!("{user}'s device list: {e}")))?;
+    let account = signed.account().clone();
+    signed
+        .verify(&account, user)
+        .map_err(|e| herr(format!("{user}'s device list: {e}")))?;
+    Ok(account)
+}
+
+/// A wire bundle as missive-crypto's [`PrekeyBundle`]; `account` is the
+/// account key of its owner (from the signed device list).
+pub fn bundle_from_proto(
+    b: &v1::PrekeyBundle,
+    account: &PublicIdentity,
+) -> Result<PrekeyBundle, HarnessError> {
     let id = b
         .identity
         .as_ref()
@@ -127,6 +156,10 @@ pub fn bundle_from_proto(b: &v1::PrekeyBundle) -> Result<PrekeyBundle, HarnessEr
     };
     Ok(PrekeyBundle {
         identity,
+        owner: PrekeyOwner {
+            account: account.clone(),
+            device_id: b.device_id,
+        },
         signed_prekey: SignedPrekeyPublic {
             id: spk.id,
             public_key: arr(&spk.public_key, "signed prekey")?,
@@ -150,10 +183,31 @@ impl RawPeer {
         name: &str,
     ) -> Result<RawPeer, HarnessError> {
         let channel = crate::liar::connect(endpoint.url(), &endpoint.ca()).await?;
+        let account_key = IdentityKeyPair::generate(&mut OsRng);
         let identity = IdentityKeyPair::generate(&mut OsRng);
-        let spk = SignedPrekeyPair::generate(&mut OsRng, 1, &identity);
-        let kem = KemPrekeyPair::generate(&mut OsRng, 1, &identity);
+        let owner = PrekeyOwner {
+            account: account_key.public().clone(),
+            device_id: 1,
+        };
+        let spk = SignedPrekeyPair::generate(&mut OsRng, 1, &identity, &owner);
+        let kem = KemPrekeyPair::generate(&mut OsRng, 1, &identity, &owner);
         let registration_id = 4242;
+        let folded = name.to_ascii_lowercase();
+        let signed_device_list = DeviceList {
+            username: folded.clone(),
+            version: 1,
+            timestamp_ms: now_ms(),
+            devices: vec![DeviceEntry::link(
+                &identity,
+                &folded,
+                account_key.public(),
+                1,
+                registration_id,
+            )],
+        }
+        .sign(&account_key)
+        .map_err(|e| herr(format!("device list for {name}: {e}")))?
+        .to_bytes();
         let mut account = AccountServiceClient::new(channel.clone());
         let challenge = account
             .get_challenge(v1::GetChallengeRequest {
@@ -164,15 +218,25 @@ impl RawPeer {
             .map_err(|s| herr(format!("GetChallenge for {name}: {s}")))?
             .into_inner()
             .challenge;
-        let signature = identity.sign(&transcript::registration(&challenge, name, registration_id));
+        let signature = account_key.sign(&transcript::registration(
+            &challenge,
+            SERVER_NAME,
+            name,
+            registration_id,
+        ));
         let (spk, kem) = (spk.public(), kem.public());
         let resp = account
             .register(v1::RegisterRequest {
                 username: name.into(),
                 challenge,
                 identity: Some(v1::PublicIdentity {
+                    signing_key: account_key.public().signing_key().to_vec(),
+                }),
+                device_identity: Some(v1::PublicIdentity {
                     signing_key: identity.public().signing_key().to_vec(),
                 }),
+                signed_device_list,
+                server_name: SERVER_NAME.into(),
                 registration_id,
                 signed_prekey: Some(v1::SignedPrekey {
                     id: spk.id,
@@ -196,7 +260,8 @@ impl RawPeer {
             .ok_or_else(|| herr("Register returned no session"))?
             .token;
         Ok(RawPeer {
-            name: name.to_owned(),
+            name: folded,
+            account: account_key,
             identity,
             token: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token),
             channel,
@@ -209,9 +274,14 @@ impl RawPeer {
         &self.name
     }
 
-    /// Public identity.
+    /// Device 1's public key (IK in PQXDH, what recipients see).
     pub fn identity(&self) -> &PublicIdentity {
         self.identity.public()
+    }
+
+    /// The account key (safety numbers are computed from it).
+    pub fn account_identity(&self) -> &PublicIdentity {
+        self.account.public()
     }
 
     /// The bearer token (base64url, no padding).
@@ -254,11 +324,14 @@ impl RawPeer {
             return Ok(());
         }
         let resp = self.bundles(user).await?;
+        let account = account_key_from_list(&resp.signed_device_list, &resp.username)?;
+        let local = Address::new(self.name.clone(), 1);
         let mut rows = Vec::new();
         for b in &resp.bundles {
-            let bundle = bundle_from_proto(b)?;
-            let session = Session::initiate(&mut OsRng, &self.identity, &bundle)
-                .map_err(|e| herr(format!("{user}'s bundle: {e}")))?;
+            let bundle = bundle_from_proto(b, &account)?;
+            let session =
+                Session::initiate(&mut OsRng, &self.identity, &local, &resp.username, &bundle)
+                    .map_err(|e| herr(format!("{user}'s bundle: {e}")))?;
             rows.push((
                 b.device_id,
                 PeerSession {

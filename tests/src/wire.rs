@@ -8,8 +8,8 @@
 //! `crates/missive-crypto/src/wire.rs`:
 //!
 //! ```text
-//! normal  = 0x01 || ratchet_key (32) || counter (u32) || previous_counter (u32) || aead
-//! prekey  = 0x02 || sender_identity (32) || base_key (32) || signed_prekey_id (u32)
+//! normal  = 0x03 || ratchet_key (32) || counter (u32) || previous_counter (u32) || aead
+//! prekey  = 0x04 || sender_identity (32) || base_key (32) || signed_prekey_id (u32)
 //!                || kem_prekey_id (u32) || has_one_time (u8) || one_time_prekey_id (u32)
 //!                || kem_ciphertext (1088) || normal
 //! ```
@@ -50,7 +50,8 @@ fn normal_header(bytes: &[u8]) -> Result<([u8; 32], u32, u32), HarnessError> {
     let header = bytes
         .get(..NORMAL_HEADER_LEN)
         .ok_or_else(|| herr("message shorter than a ratchet header"))?;
-    if header[0] != 0x01 {
+    // Protocol v2's type byte of a normal message.
+    if header[0] != 0x03 {
         return Err(herr(format!("not a normal message (type {})", header[0])));
     }
     let mut key = [0u8; 32];

@@ -107,24 +107,29 @@ fn injected_envelopes_are_delivered_and_their_acks_swallowed() {
 }
 
 #[test]
-fn swapped_bundles_make_the_sender_encrypt_to_the_impostor() {
+fn swapped_bundles_are_refused_by_the_signed_device_list() {
     let w = World::new();
     let alice = w.user("alice");
     let bob = w.user("bob");
     let carol = w.user("carol");
     w.liar.swap_bundles("bob", "carol");
-    alice
-        .ok(&w.liar, &["send", "bob", "for bob's eyes"])
+    // Carol's bundles come with carol's signed list, which names carol:
+    // protocol v2 refuses it for bob, and nothing is encrypted to carol's keys.
+    let r = alice
+        .run(&w.liar, &["send", "bob", "for bob's eyes"])
         .unwrap();
-    // Bob cannot decrypt what was encrypted to carol's keys.
-    let r = bob.ok(&w.liar, &["recv", "--json"]).unwrap();
-    assert!(texts(&r).is_empty(), "{r:?}");
+    assert_eq!(r.code, Some(1), "{r:?}");
     assert!(
-        r.stderr.contains("dropped a message from alice"),
+        r.stderr.contains("bob's device list was refused"),
         "{}",
         r.stderr
     );
-    // The envelope went to bob's mailbox all the same: carol got nothing.
+    assert!(
+        w.liar.sends().is_empty(),
+        "nothing may be sent: {:?}",
+        w.liar.sends()
+    );
+    assert!(texts(&bob.ok(&w.liar, &["recv", "--json"]).unwrap()).is_empty());
     assert!(texts(&carol.ok(&w.liar, &["recv", "--json"]).unwrap()).is_empty());
 }
 

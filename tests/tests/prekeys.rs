@@ -3,7 +3,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use base64::Engine as _;
-use missive_crypto::{IdentityKeyPair, KemPrekeyPair, SignedPrekeyPair, transcript};
+use missive_crypto::{
+    DeviceEntry, DeviceList, IdentityKeyPair, KemPrekeyPair, PrekeyOwner, SignedPrekeyPair,
+    transcript,
+};
 use missive_e2e::{Server, User};
 use missive_proto::v1::{
     self, account_service_client::AccountServiceClient, key_service_client::KeyServiceClient,
@@ -43,9 +46,31 @@ async fn channel(server: &Server) -> Channel {
 
 /// Registers `name` directly over gRPC and returns its bearer token.
 async fn raw_account(channel: Channel, name: &str) -> String {
+    // The name the generated certificate is valid for (as is 127.0.0.1).
+    const SERVER_NAME: &str = "localhost";
+    let account_key = IdentityKeyPair::generate(&mut OsRng);
     let identity = IdentityKeyPair::generate(&mut OsRng);
-    let spk = SignedPrekeyPair::generate(&mut OsRng, 1, &identity);
-    let kem = KemPrekeyPair::generate(&mut OsRng, 1, &identity);
+    let owner = PrekeyOwner {
+        account: account_key.public().clone(),
+        device_id: 1,
+    };
+    let spk = SignedPrekeyPair::generate(&mut OsRng, 1, &identity, &owner);
+    let kem = KemPrekeyPair::generate(&mut OsRng, 1, &identity, &owner);
+    let signed_device_list = DeviceList {
+        username: name.to_ascii_lowercase(),
+        version: 1,
+        timestamp_ms: 0,
+        devices: vec![DeviceEntry::link(
+            &identity,
+            &name.to_ascii_lowercase(),
+            account_key.public(),
+            1,
+            7,
+        )],
+    }
+    .sign(&account_key)
+    .unwrap()
+    .to_bytes();
     let mut account = AccountServiceClient::new(channel);
     let challenge = account
         .get_challenge(v1::GetChallengeRequest {
@@ -56,16 +81,20 @@ async fn raw_account(channel: Channel, name: &str) -> String {
         .unwrap()
         .into_inner()
         .challenge;
-    let signature = identity.sign(&transcript::registration(&challenge, name, 7));
-    let id = identity.public();
+    let signature = account_key.sign(&transcript::registration(&challenge, SERVER_NAME, name, 7));
     let (spk, kem) = (spk.public(), kem.public());
     let resp = account
         .register(v1::RegisterRequest {
             username: name.into(),
             challenge,
             identity: Some(v1::PublicIdentity {
-                signing_key: id.signing_key().to_vec(),
+                signing_key: account_key.public().signing_key().to_vec(),
             }),
+            device_identity: Some(v1::PublicIdentity {
+                signing_key: identity.public().signing_key().to_vec(),
+            }),
+            signed_device_list,
+            server_name: SERVER_NAME.into(),
             registration_id: 7,
             signed_prekey: Some(v1::SignedPrekey {
                 id: spk.id,

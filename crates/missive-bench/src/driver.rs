@@ -11,9 +11,9 @@ use anyhow::{Context as _, anyhow, bail};
 use base64::Engine as _;
 use missive_crypto::franking::{self, FrankingKey};
 use missive_crypto::{
-    IdentityKeyPair, KemPrekeyPair, KemPrekeyPublic, OneTimePrekeyPair, OneTimePrekeyPublic,
-    PrekeyBundle, PrekeyMessage, PublicIdentity, Session, SignedPrekeyPair, SignedPrekeyPublic,
-    transcript,
+    Address, DeviceEntry, DeviceList, IdentityKeyPair, KemPrekeyPair, KemPrekeyPublic,
+    OneTimePrekeyPair, OneTimePrekeyPublic, PrekeyBundle, PrekeyMessage, PrekeyOwner,
+    PublicIdentity, Session, SignedDeviceList, SignedPrekeyPair, SignedPrekeyPublic, transcript,
 };
 use missive_proto::v1::account_service_client::AccountServiceClient;
 use missive_proto::v1::key_service_client::KeyServiceClient;
@@ -123,7 +123,7 @@ pub(crate) async fn connect(url: &str, ca: &Certificate) -> anyhow::Result<Chann
         .tls_config(
             ClientTlsConfig::new()
                 .ca_certificate(ca.clone())
-                .domain_name("localhost"),
+                .domain_name(SERVER_NAME),
         )?
         .tcp_nodelay(true);
     endpoint
@@ -131,6 +131,10 @@ pub(crate) async fn connect(url: &str, ca: &Certificate) -> anyhow::Result<Chann
         .await
         .with_context(|| format!("could not connect to {url}"))
 }
+
+/// The name the nodes' TLS certificates are verified for (and that the
+/// login and registration transcripts name).
+const SERVER_NAME: &str = "localhost";
 
 struct Keys {
     identity: IdentityKeyPair,
@@ -192,11 +196,30 @@ impl Device {
     /// A relay device: generates its identity and prekeys and registers.
     pub(crate) async fn register(channel: Channel, name: String) -> anyhow::Result<Self> {
         let mut rng = OsRng;
+        let account = IdentityKeyPair::generate(&mut rng);
         let identity = IdentityKeyPair::generate(&mut rng);
-        let signed = SignedPrekeyPair::generate(&mut rng, 1, &identity);
-        let kem = KemPrekeyPair::generate(&mut rng, 1, &identity);
+        let owner = PrekeyOwner {
+            account: account.public().clone(),
+            device_id: 1,
+        };
+        let signed = SignedPrekeyPair::generate(&mut rng, 1, &identity, &owner);
+        let kem = KemPrekeyPair::generate(&mut rng, 1, &identity, &owner);
         let one_time = OneTimePrekeyPair::generate(&mut rng, 1);
         let registration_id = rng.gen_range(1..=16380);
+        let list = DeviceList {
+            username: name.clone(),
+            version: 1,
+            timestamp_ms: 0,
+            devices: vec![DeviceEntry::link(
+                &identity,
+                &name,
+                account.public(),
+                1,
+                registration_id,
+            )],
+        }
+        .sign(&account)
+        .map_err(|e| anyhow!("signing {name}'s device list: {e}"))?;
 
         let mut accounts = AccountServiceClient::new(channel.clone());
         let challenge = accounts
@@ -208,12 +231,13 @@ impl Device {
             .map_err(|s| anyhow!("asking a challenge for {name} failed: {}", sentence(&s)))?
             .into_inner()
             .challenge;
-        let signature = identity.sign(&transcript::registration(
+        let signature = account.sign(&transcript::registration(
             &challenge,
+            SERVER_NAME,
             &name,
             registration_id,
         ));
-        let public = identity.public();
+        let public = account.public();
         let spk = signed.public();
         let kpk = kem.public();
         let opk = one_time.public();
@@ -241,6 +265,11 @@ impl Device {
                 }],
                 one_time_kem_prekeys: Vec::new(),
                 signature: signature.to_vec(),
+                device_identity: Some(v1::PublicIdentity {
+                    signing_key: identity.public().signing_key().to_vec(),
+                }),
+                signed_device_list: list.to_bytes(),
+                server_name: SERVER_NAME.to_owned(),
             })
             .await
             .map_err(|s| anyhow!("registering {name} failed: {}", sentence(&s)))?
@@ -335,6 +364,7 @@ impl Device {
             })),
             attachment: None,
             franking_key: franking_key.as_bytes().to_vec(),
+            sender_devices: None,
         }
         .encode_to_vec();
         let Crypto { session, rng } = &mut *crypto;
@@ -365,8 +395,11 @@ impl Device {
                     .map_err(|e| anyhow!("prekey message: {e}"))?;
                 let one_time = (message.one_time_prekey_id() == Some(keys.one_time.id()))
                     .then_some(&keys.one_time);
+                let sender = Address::new(envelope.sender.clone(), envelope.sender_device);
                 let (session, plaintext) = Session::accept(
                     &keys.identity,
+                    &Address::new(self.name.clone(), 1),
+                    &sender,
                     &keys.signed,
                     &keys.kem,
                     one_time,
@@ -444,7 +477,13 @@ impl Device {
     }
 }
 
-fn bundle_from_wire(bundle: &v1::PrekeyBundle) -> anyhow::Result<PrekeyBundle> {
+/// The bench trusts the relay's list (it measures the relay, not trust).
+fn bundle_from_wire(
+    bundle: &v1::PrekeyBundle,
+    signed_device_list: &[u8],
+) -> anyhow::Result<PrekeyBundle> {
+    let list = SignedDeviceList::from_bytes(signed_device_list)
+        .map_err(|e| anyhow!("device list: {e}"))?;
     let identity = bundle
         .identity
         .as_ref()
@@ -460,6 +499,10 @@ fn bundle_from_wire(bundle: &v1::PrekeyBundle) -> anyhow::Result<PrekeyBundle> {
     let err = |e: missive_crypto::KeyError| anyhow!("{e}");
     Ok(PrekeyBundle {
         identity: PublicIdentity::from_bytes(&identity.signing_key).map_err(err)?,
+        owner: PrekeyOwner {
+            account: list.account().clone(),
+            device_id: bundle.device_id,
+        },
         signed_prekey: SignedPrekeyPublic {
             id: spk.id,
             public_key: spk.public_key.as_slice().try_into()?,
@@ -497,12 +540,21 @@ pub(crate) async fn pair_up(a: &Device, b: &Device) -> anyhow::Result<()> {
         .await
         .map_err(|s| anyhow!("fetching {}'s bundle failed: {}", b.name, sentence(&s)))?
         .into_inner();
-    let bundle = bundle_from_wire(bundles.bundles.first().context("no bundle")?)?;
+    let bundle = bundle_from_wire(
+        bundles.bundles.first().context("no bundle")?,
+        &bundles.signed_device_list,
+    )?;
     {
         let mut crypto = a.crypto.lock().map_err(|_| anyhow!("poisoned"))?;
         let keys = a.keys.as_ref().context("no keys")?;
-        let session = Session::initiate(&mut crypto.rng, &keys.identity, &bundle)
-            .map_err(|e| anyhow!("initiate: {e}"))?;
+        let session = Session::initiate(
+            &mut crypto.rng,
+            &keys.identity,
+            &Address::new(a.name.clone(), 1),
+            &b.name,
+            &bundle,
+        )
+        .map_err(|e| anyhow!("initiate: {e}"))?;
         crypto.session = Some(session);
     }
     a.send(b, "hello".to_owned()).await?;

@@ -556,6 +556,9 @@ pub(crate) struct Received {
     pub(crate) events: Vec<ConversationEvent>,
     /// (contact, message id) to acknowledge with a delivery receipt.
     pub(crate) delivery: Vec<(String, Vec<u8>)>,
+    /// (sender, version, hash) of the sender's device list as its message
+    /// names it (checked by `Client::check_list_hints`).
+    pub(crate) sender_devices: Option<(String, u64, [u8; 32])>,
 }
 
 /// Where conversation events go (see `Client::set_conversation_hook`).
@@ -1712,6 +1715,7 @@ mod tests {
             let content = v1::Content {
                 body: Some(body.clone()),
                 franking_key: vec![5u8; 32],
+                sender_devices: None,
                 attachment: None,
             }
             .encode_to_vec();

@@ -70,6 +70,31 @@ pub enum ClientError {
         "the server no longer accepts this account ({0}). If it was deleted, remove this home directory and register again."
     )]
     AccountRejected(String),
+    /// A home made by a protocol v1 client: one key for account and device.
+    #[error(
+        "{0} holds an account made by an older Missive (protocol v1), which this version cannot use: its account and device share one key. Register again with another --home (your contacts will see a new identity)."
+    )]
+    ProtocolV1Home(PathBuf),
+    /// A contact's signed device list is missing, does not verify, or goes back in time.
+    #[error(
+        "{username}'s device list was refused: {reason}. Nothing was sent to {username}. The server may be trying to add or hide a device."
+    )]
+    DeviceListRefused {
+        /// The contact.
+        username: String,
+        /// Why, a sentence.
+        reason: String,
+    },
+    /// A device the server offered is not on the contact's signed device list.
+    #[error(
+        "device {device} of {username} is not on {username}'s signed device list; nothing was encrypted to it. The server may be trying to add a device that {username} never linked."
+    )]
+    DeviceNotListed {
+        /// The contact.
+        username: String,
+        /// The device id.
+        device: u32,
+    },
     /// The contact's identity key differs from the pinned one.
     #[error(
         "the identity key of {username} has changed since you last talked (they reinstalled, or someone is intercepting). Nothing was sent. Compare safety numbers with `missive safety-number {username}` in person or over a trusted channel, then accept the new key with `missive trust {username} SAFETY_NUMBER`, or discard it with `missive reject {username}`."

@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 
 use missive_crypto::franking::{self, FrankingKey};
 use missive_crypto::{
-    IdentityKeyPair, KemPrekeyPair, OneTimePrekeyPair, PrekeyBundle, Session, SignedPrekeyPair,
+    Address, DeviceEntry, DeviceList, IdentityKeyPair, KemPrekeyPair, OneTimePrekeyPair,
+    PrekeyBundle, PrekeyOwner, Session, SignedPrekeyPair,
 };
 use missive_proto::v1;
 use prost::Message as _;
@@ -56,6 +57,7 @@ fn envelope(session: &mut Session, text: &str, sent_at_ms: u64, id: u64) -> v1::
         })),
         attachment: None,
         franking_key: key.as_bytes().to_vec(),
+        sender_devices: None,
     }
     .encode_to_vec();
     let out = session.encrypt(&mut OsRng, &content, &commitment);
@@ -85,28 +87,49 @@ impl Fixture {
     /// session from bob already accepted.
     pub fn create(home: &Path) -> Result<Self> {
         let alice = IdentityKeyPair::generate(&mut OsRng);
+        let alice_account = IdentityKeyPair::generate(&mut OsRng);
+        let owner = PrekeyOwner {
+            account: alice_account.public().clone(),
+            device_id: 1,
+        };
         let mut store = Store::open_with(home, true, &KeySource::KeyFile)?;
-        let spk = SignedPrekeyPair::generate(&mut OsRng, 1, &alice);
-        let kem = KemPrekeyPair::generate(&mut OsRng, 1, &alice);
+        let spk = SignedPrekeyPair::generate(&mut OsRng, 1, &alice, &owner);
+        let kem = KemPrekeyPair::generate(&mut OsRng, 1, &alice, &owner);
         let otk = OneTimePrekeyPair::generate(&mut OsRng, 1);
+        let bob = IdentityKeyPair::generate(&mut OsRng);
+        let bob_account = IdentityKeyPair::generate(&mut OsRng);
+        let crypto = |e: missive_crypto::DeviceListError| crate::ClientError::Crypto(e.to_string());
+        let bob_list = DeviceList {
+            username: "bob".into(),
+            version: 1,
+            timestamp_ms: 1_765_000_000_000,
+            devices: vec![DeviceEntry::link(&bob, "bob", bob_account.public(), 1, 7)],
+        }
+        .sign(&bob_account)
+        .map_err(crypto)?;
         store.write(|db| {
             db.set_meta("username", b"alice")?;
             db.set_meta_u64("device_id", 1)?;
-            db.set_meta("identity", &alice.to_secret_bytes())?;
+            db.set_meta("device_key", &alice.to_secret_bytes())?;
+            db.set_meta("account_public", &alice_account.public().to_bytes())?;
             db.put_prekey(PrekeyKind::Signed, 1, &spk.to_secret_bytes())?;
             db.put_prekey(PrekeyKind::KemLastResort, 1, &kem.to_secret_bytes())?;
-            db.put_prekey(PrekeyKind::OneTime, 1, &otk.to_secret_bytes())
+            db.put_prekey(PrekeyKind::OneTime, 1, &otk.to_secret_bytes())?;
+            // Bob's account and list, as `learn_sender_device` would keep them.
+            db.pin_contact("bob", bob_account.public())?;
+            db.set_device_list("bob", &bob_list).map(drop)
         })?;
         drop(store);
-        let bob = IdentityKeyPair::generate(&mut OsRng);
         let bundle = PrekeyBundle {
             identity: alice.public().clone(),
+            owner,
             signed_prekey: spk.public(),
             kem_prekey: kem.public(),
             one_time_prekey: Some(otk.public()),
         };
-        let mut bob_session = Session::initiate(&mut OsRng, &bob, &bundle)
-            .map_err(|e| crate::ClientError::Crypto(e.to_string()))?;
+        let mut bob_session =
+            Session::initiate(&mut OsRng, &bob, &Address::new("bob", 1), "alice", &bundle)
+                .map_err(|e| crate::ClientError::Crypto(e.to_string()))?;
         let server = ServerConfig {
             url: "https://127.0.0.1:9".into(),
             ca: None,

@@ -127,6 +127,13 @@ enum Command {
     },
     /// List contacts with their verification state.
     Contacts,
+    /// List this account's devices, from its signed device list (checked
+    /// against the account key): id, name, key fingerprint.
+    Devices {
+        /// One JSON object per line (`id`, `name`, `current`, `fingerprint`).
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the conversation with USERNAME.
     History {
         /// Contact.
@@ -883,6 +890,33 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 None => {
                     let sent = client.send(&username, &text).await?;
                     out!("sent {} to {}", sent.id, username.to_ascii_lowercase());
+                }
+            }
+            for notice in client.take_notices() {
+                eprintln!("note: {}", sanitize_line(&notice));
+            }
+        }
+        Command::Devices { json } => {
+            let mut client = open_client(&home, server)?;
+            for d in client.devices().await? {
+                if json {
+                    out!(
+                        "{}",
+                        serde_json::json!({
+                            "id": d.id,
+                            "name": d.name,
+                            "current": d.current,
+                            "fingerprint": d.fingerprint,
+                        })
+                    );
+                } else {
+                    let mark = if d.current { " (this device)" } else { "" };
+                    out!(
+                        "{}\t{}{mark}\t{}",
+                        d.id,
+                        d.name,
+                        d.fingerprint.get(..16).unwrap_or(&d.fingerprint)
+                    );
                 }
             }
         }

@@ -17,6 +17,25 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
+    /// The host name of the URL: the name the TLS certificate is verified
+    /// for, which the login and registration transcripts name (protocol v2).
+    pub fn name(&self) -> Result<String> {
+        let url = self.url.trim_end_matches('/');
+        let rest = url
+            .strip_prefix("https://")
+            .ok_or_else(|| ClientError::BadServerUrl(url.to_owned()))?;
+        let authority = rest.split('/').next().unwrap_or_default();
+        let host = if let Some(v6) = authority.strip_prefix('[') {
+            v6.split(']').next().unwrap_or_default()
+        } else {
+            authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+        };
+        if host.is_empty() {
+            return Err(ClientError::BadServerUrl(url.to_owned()));
+        }
+        Ok(host.to_ascii_lowercase())
+    }
+
     /// The CA to trust for the account in `home`: the one given (`--ca` or
     /// `MISSIVE_CA`), else the one remembered in `HOME/ca.pem` at
     /// registration, else none (the system roots). Never a file that merely

@@ -1,7 +1,8 @@
 //! Conversions between missive-crypto key types and their wire form.
 
 use missive_crypto::{
-    KemPrekeyPublic, OneTimePrekeyPublic, PrekeyBundle, PublicIdentity, SignedPrekeyPublic,
+    KemPrekeyPublic, OneTimePrekeyPublic, PrekeyBundle, PrekeyOwner, PublicIdentity,
+    SignedPrekeyPublic,
 };
 use missive_proto::v1;
 
@@ -42,8 +43,12 @@ fn arr<const N: usize>(bytes: &[u8], what: &str) -> Result<[u8; N]> {
     })
 }
 
-/// A bundle from the server: `(device_id, registration_id, bundle)`.
-pub(crate) fn bundle(b: &v1::PrekeyBundle) -> Result<(u32, u32, PrekeyBundle)> {
+/// A bundle from the server: `(device_id, registration_id, bundle)`; its
+/// prekey signatures must name `account` (checked by `Session::initiate`).
+pub(crate) fn bundle(
+    b: &v1::PrekeyBundle,
+    account: &PublicIdentity,
+) -> Result<(u32, u32, PrekeyBundle)> {
     let id = b
         .identity
         .as_ref()
@@ -70,6 +75,10 @@ pub(crate) fn bundle(b: &v1::PrekeyBundle) -> Result<(u32, u32, PrekeyBundle)> {
         b.registration_id,
         PrekeyBundle {
             identity,
+            owner: PrekeyOwner {
+                account: account.clone(),
+                device_id: b.device_id,
+            },
             signed_prekey: SignedPrekeyPublic {
                 id: spk.id,
                 public_key: arr(&spk.public_key, "signed prekey")?,

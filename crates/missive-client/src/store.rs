@@ -25,7 +25,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use hmac::{Hmac, Mac};
-use missive_crypto::{PublicIdentity, Session, StorageKey};
+use missive_crypto::{PublicIdentity, Session, SignedDeviceList, StorageKey};
 use rand::RngCore;
 use rand::rngs::OsRng;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -153,12 +153,38 @@ pub enum Slot {
 pub struct Contact {
     /// Username.
     pub username: String,
-    /// The pinned identity.
+    /// The pinned account key (protocol v2: it signs the device list; the
+    /// safety number is computed from it).
     pub identity: PublicIdentity,
     /// Whether the user compared safety numbers for the pinned identity.
     pub verified: bool,
     /// The latest different identity seen since pinning, awaiting a decision.
     pub changed_identity: Option<PublicIdentity>,
+    /// The newest device list seen signed by `identity` (verified when stored).
+    pub device_list: Option<SignedDeviceList>,
+    /// The newest device list seen signed by `changed_identity`.
+    pub changed_device_list: Option<SignedDeviceList>,
+}
+
+impl Contact {
+    /// Whether the pinned account's newest seen list names `device` with `key`.
+    pub fn lists_device(&self, device: u32, key: &PublicIdentity) -> bool {
+        lists(self.device_list.as_ref(), device, key)
+    }
+
+    /// Whether the changed account's newest seen list names `device` with `key`.
+    pub fn changed_lists_device(&self, device: u32, key: &PublicIdentity) -> bool {
+        lists(self.changed_device_list.as_ref(), device, key)
+    }
+}
+
+fn lists(list: Option<&SignedDeviceList>, device: u32, key: &PublicIdentity) -> bool {
+    list.is_some_and(|l| {
+        l.unverified_list()
+            .devices
+            .iter()
+            .any(|d| d.device_id == device && &d.identity == key)
+    })
 }
 
 /// A session row.
@@ -627,6 +653,11 @@ struct ContactRecord {
     verified: bool,
     #[serde(default)]
     changed_identity: Option<String>,
+    /// `SignedDeviceList::to_bytes`, hex.
+    #[serde(default)]
+    device_list: Option<String>,
+    #[serde(default)]
+    changed_device_list: Option<String>,
 }
 
 /// The local store.
@@ -1299,11 +1330,18 @@ impl Db<'_> {
             let b = hex::decode(h).map_err(|e| self.err(format!("contact key: {e}")))?;
             PublicIdentity::from_bytes(&b).map_err(|e| self.err(format!("contact key: {e}")))
         };
+        let list = |h: &str| -> Result<SignedDeviceList> {
+            let b = hex::decode(h).map_err(|e| self.err(format!("contact device list: {e}")))?;
+            SignedDeviceList::from_bytes(&b)
+                .map_err(|e| self.err(format!("contact device list: {e}")))
+        };
         Ok(Contact {
             username: rec.username.clone(),
             identity: key(&rec.identity)?,
             verified: rec.verified,
             changed_identity: rec.changed_identity.as_deref().map(key).transpose()?,
+            device_list: rec.device_list.as_deref().map(list).transpose()?,
+            changed_device_list: rec.changed_device_list.as_deref().map(list).transpose()?,
         })
     }
 
@@ -1352,6 +1390,11 @@ impl Db<'_> {
                 .changed_identity
                 .as_ref()
                 .map(|i| hex::encode(i.to_bytes())),
+            device_list: c.device_list.as_ref().map(|l| hex::encode(l.to_bytes())),
+            changed_device_list: c
+                .changed_device_list
+                .as_ref()
+                .map(|l| hex::encode(l.to_bytes())),
         };
         let json = serde_json::to_vec(&rec).map_err(|e| self.err(e))?;
         let sealed = self.keys.seal(&json, &ad("contact", &[&tag]));
@@ -1374,7 +1417,27 @@ impl Db<'_> {
             identity: identity.clone(),
             verified: false,
             changed_identity: None,
+            device_list: None,
+            changed_device_list: None,
         })
+    }
+
+    /// Keeps `list` (already verified by the caller, and not older than the
+    /// one kept) as the newest list of whichever of `username`'s pinned or
+    /// changed account keys signed it. Returns whether it was kept.
+    pub fn set_device_list(&self, username: &str, list: &SignedDeviceList) -> Result<bool> {
+        let Some(mut c) = self.contact(username)? else {
+            return Ok(false);
+        };
+        if list.account() == &c.identity {
+            c.device_list = Some(list.clone());
+        } else if c.changed_identity.as_ref() == Some(list.account()) {
+            c.changed_device_list = Some(list.clone());
+        } else {
+            return Ok(false);
+        }
+        self.put_contact(&c)?;
+        Ok(true)
     }
 
     /// Records `identity` as `username`'s changed identity. Returns whether
@@ -1388,6 +1451,7 @@ impl Db<'_> {
             return Ok(false);
         }
         c.changed_identity = Some(identity.clone());
+        c.changed_device_list = None;
         self.put_contact(&c)?;
         Ok(true)
     }
@@ -1400,18 +1464,25 @@ impl Db<'_> {
         let Some(mut c) = self.contact(username)? else {
             return Err(ClientError::UnknownContact(username.to_owned()));
         };
+        let new_list = if c.changed_identity.as_ref() == Some(identity) {
+            c.changed_device_list.take()
+        } else {
+            None
+        };
         c.identity = identity.clone();
         c.verified = false;
         c.changed_identity = None;
+        c.device_list = new_list;
         self.put_contact(&c)?;
         let tag = self.keys.contact_tag(username);
+        // Sessions belong to the account whose list names their device key.
         for row in self.sessions(username, Slot::Current)? {
-            if row.session.remote_identity() != identity {
+            if !c.lists_device(row.device_id, row.session.remote_identity()) {
                 self.delete_session(&tag, row.device_id, Slot::Current)?;
             }
         }
         for row in self.sessions(username, Slot::Pending)? {
-            if row.session.remote_identity() == identity {
+            if c.lists_device(row.device_id, row.session.remote_identity()) {
                 self.put_session(username, &row, Slot::Current)?;
             }
             self.delete_session(&tag, row.device_id, Slot::Pending)?;
@@ -1443,6 +1514,7 @@ impl Db<'_> {
         let quarantined = self.quarantined(username)?;
         let had = c.changed_identity.is_some() || !pending.is_empty() || !quarantined.is_empty();
         c.changed_identity = None;
+        c.changed_device_list = None;
         self.put_contact(&c)?;
         for row in pending {
             self.delete_session(&tag, row.device_id, Slot::Pending)?;
@@ -2215,6 +2287,8 @@ fn migrate_v1(tx: &Connection, old: &Keys, new: &Keys, path: &Path, key_path: &P
             identity: key(&identity)?,
             verified,
             changed_identity: changed.as_deref().map(key).transpose()?,
+            device_list: None,
+            changed_device_list: None,
         })?;
     }
     for (username, device_id, registration_id, state) in sessions {

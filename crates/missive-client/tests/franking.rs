@@ -17,6 +17,7 @@ fn payload(text: &str, key: &FrankingKey) -> Vec<u8> {
         })),
         attachment: None,
         franking_key: key.as_bytes().to_vec(),
+        sender_devices: None,
     }
     .encode_to_vec()
 }
@@ -55,6 +56,7 @@ fn mismatches_are_dropped() {
         })),
         attachment: None,
         franking_key: vec![],
+        sender_devices: None,
     }
     .encode_to_vec();
     assert!(check_content(&no_key, &id, &c).is_err());

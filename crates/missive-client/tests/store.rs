@@ -10,7 +10,9 @@ use missive_client::ClientError;
 use missive_client::store::{
     KeySource, NewIncoming, PROCESSED_KEEP_ACKED, SealedMessage, SessionRow, Slot, Store,
 };
-use missive_crypto::{IdentityKeyPair, KemPrekeyPair, PrekeyBundle, Session, SignedPrekeyPair};
+use missive_crypto::{
+    Address, IdentityKeyPair, KemPrekeyPair, PrekeyBundle, PrekeyOwner, Session, SignedPrekeyPair,
+};
 use rand::rngs::OsRng;
 use zeroize::Zeroizing;
 
@@ -39,13 +41,22 @@ fn text(t: &str) -> SealedMessage {
 fn session() -> (Session, IdentityKeyPair) {
     let me = IdentityKeyPair::generate(&mut OsRng);
     let peer = IdentityKeyPair::generate(&mut OsRng);
+    let owner = PrekeyOwner {
+        account: IdentityKeyPair::generate(&mut OsRng).public().clone(),
+        device_id: 1,
+    };
     let bundle = PrekeyBundle {
         identity: peer.public().clone(),
-        signed_prekey: SignedPrekeyPair::generate(&mut OsRng, 1, &peer).public(),
-        kem_prekey: KemPrekeyPair::generate(&mut OsRng, 1, &peer).public(),
+        signed_prekey: SignedPrekeyPair::generate(&mut OsRng, 1, &peer, &owner).public(),
+        kem_prekey: KemPrekeyPair::generate(&mut OsRng, 1, &peer, &owner).public(),
+        owner,
         one_time_prekey: None,
     };
-    (Session::initiate(&mut OsRng, &me, &bundle).unwrap(), peer)
+    let me_at = Address::new("alice", 1);
+    (
+        Session::initiate(&mut OsRng, &me, &me_at, "bob", &bundle).unwrap(),
+        peer,
+    )
 }
 
 fn row(device_id: u32) -> SessionRow {

@@ -3,15 +3,26 @@
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use missive_crypto::{
-    IdentityKeyPair, KemPrekeyPair, OneTimePrekeyPair, PrekeyBundle, PrekeyMessage, Session,
-    SignedPrekeyPair,
+    Address, IdentityKeyPair, KemPrekeyPair, OneTimePrekeyPair, PrekeyBundle, PrekeyMessage,
+    PrekeyOwner, Session, SignedPrekeyPair,
 };
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use std::hint::black_box;
 
+fn alice_address() -> Address {
+    Address::new("alice", 1)
+}
+
+fn bob_address() -> Address {
+    Address::new("bob", 1)
+}
+
+/// Device 1 of Bob's account: the device key signs the prekeys for the
+/// account key (a different key) and the device id.
 struct Responder {
     identity: IdentityKeyPair,
+    owner: PrekeyOwner,
     signed_prekey: SignedPrekeyPair,
     kem_prekey: KemPrekeyPair,
     one_time_prekey: OneTimePrekeyPair,
@@ -20,17 +31,23 @@ struct Responder {
 impl Responder {
     fn new(rng: &mut ChaCha20Rng) -> Self {
         let identity = IdentityKeyPair::generate(rng);
+        let owner = PrekeyOwner {
+            account: IdentityKeyPair::generate(rng).public().clone(),
+            device_id: 1,
+        };
         Self {
-            signed_prekey: SignedPrekeyPair::generate(rng, 1, &identity),
-            kem_prekey: KemPrekeyPair::generate(rng, 2, &identity),
+            signed_prekey: SignedPrekeyPair::generate(rng, 1, &identity, &owner),
+            kem_prekey: KemPrekeyPair::generate(rng, 2, &identity, &owner),
             one_time_prekey: OneTimePrekeyPair::generate(rng, 3),
             identity,
+            owner,
         }
     }
 
     fn bundle(&self) -> PrekeyBundle {
         PrekeyBundle {
             identity: self.identity.public().clone(),
+            owner: self.owner.clone(),
             signed_prekey: self.signed_prekey.public(),
             kem_prekey: self.kem_prekey.public(),
             one_time_prekey: Some(self.one_time_prekey.public()),
@@ -41,6 +58,8 @@ impl Responder {
         let message = PrekeyMessage::parse(bytes).unwrap();
         Session::accept(
             &self.identity,
+            &bob_address(),
+            &alice_address(),
             &self.signed_prekey,
             &self.kem_prekey,
             Some(&self.one_time_prekey),
@@ -56,7 +75,7 @@ impl Responder {
 fn conversing(rng: &mut ChaCha20Rng) -> (Session, Session) {
     let alice = IdentityKeyPair::generate(rng);
     let bob = Responder::new(rng);
-    let mut a = Session::initiate(rng, &alice, &bob.bundle()).unwrap();
+    let mut a = Session::initiate(rng, &alice, &alice_address(), "bob", &bob.bundle()).unwrap();
     let first = a.encrypt(rng, b"hello", b"").unwrap();
     let mut b = bob.accept(&first.bytes);
     let reply = b.encrypt(rng, b"hi", b"").unwrap();
@@ -71,18 +90,32 @@ fn establishment(c: &mut Criterion) {
     let bundle = bob.bundle();
     c.bench_function("pqxdh/initiator (initiate + first encrypt)", |bench| {
         bench.iter(|| {
-            let mut a = Session::initiate(&mut rng, &alice, black_box(&bundle)).unwrap();
+            let mut a = Session::initiate(
+                &mut rng,
+                &alice,
+                &alice_address(),
+                "bob",
+                black_box(&bundle),
+            )
+            .unwrap();
             black_box(a.encrypt(&mut rng, b"hello", b"").unwrap())
         })
     });
-    let mut a = Session::initiate(&mut rng, &alice, &bundle).unwrap();
+    let mut a = Session::initiate(&mut rng, &alice, &alice_address(), "bob", &bundle).unwrap();
     let first = a.encrypt(&mut rng, b"hello", b"").unwrap().bytes;
     c.bench_function("pqxdh/responder (parse + accept + decrypt)", |bench| {
         bench.iter(|| black_box(bob.accept(black_box(&first))))
     });
     c.bench_function("pqxdh/both sides", |bench| {
         bench.iter(|| {
-            let mut a = Session::initiate(&mut rng, &alice, black_box(&bundle)).unwrap();
+            let mut a = Session::initiate(
+                &mut rng,
+                &alice,
+                &alice_address(),
+                "bob",
+                black_box(&bundle),
+            )
+            .unwrap();
             let first = a.encrypt(&mut rng, b"hello", b"").unwrap();
             black_box(bob.accept(&first.bytes))
         })
@@ -176,7 +209,11 @@ fn primitives(c: &mut Criterion) {
     c.bench_function("primitive/Ed25519 verify (strict)", |bench| {
         bench.iter(|| p::ed25519_verify(&public, black_box(b"message"), &sig).unwrap())
     });
-    let kem = KemPrekeyPair::generate(&mut rng, 1, &id)
+    let owner = PrekeyOwner {
+        account: IdentityKeyPair::generate(&mut rng).public().clone(),
+        device_id: 1,
+    };
+    let kem = KemPrekeyPair::generate(&mut rng, 1, &id, &owner)
         .public()
         .public_key;
     c.bench_function(

@@ -44,6 +44,9 @@ pub enum DecodeError {
     /// The first byte names no known message type or version.
     #[error("unknown message type 0x{0:02x}; the sender may run a newer Missive")]
     UnknownType(u8),
+    /// A protocol v1 message (type byte 0x01 or 0x02): v2 has no v1 sessions.
+    #[error("a protocol v1 message (type 0x{0:02x}): the sender runs an old Missive")]
+    RetiredVersion(u8),
     /// The message ended before a field was complete.
     #[error("message is truncated in {0}")]
     Truncated(&'static str),
@@ -134,6 +137,12 @@ pub enum StateError {
     /// The stored bytes use a format version this build does not know.
     #[error("stored state has unsupported format version {0}; was it written by a newer Missive?")]
     UnsupportedVersion(u32),
+    /// A protocol v1 session (state formats 1 and 2): it binds no addresses,
+    /// so protocol v2 cannot continue it.
+    #[error(
+        "stored state is a protocol v1 session (format {0}), which protocol v2 cannot continue"
+    )]
+    RetiredVersion(u32),
     /// Sealed state does not authenticate: wrong key, wrong associated data or tampered.
     #[error("stored state does not authenticate: wrong storage key or the data was altered")]
     AuthenticationFailed,

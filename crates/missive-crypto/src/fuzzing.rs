@@ -10,8 +10,8 @@ use std::sync::OnceLock;
 use rand_core::{CryptoRng, Error, RngCore};
 
 use crate::{
-    IdentityKeyPair, KemPrekeyPair, OneTimePrekeyPair, PrekeyBundle, PrekeyMessage, PublicIdentity,
-    Session, SignedPrekeyPair, StorageKey,
+    Address, IdentityKeyPair, KemPrekeyPair, OneTimePrekeyPair, PrekeyBundle, PrekeyMessage,
+    PrekeyOwner, PublicIdentity, Session, SignedPrekeyPair, StorageKey,
 };
 
 /// A deterministic generator (SplitMix64) so fuzz runs are reproducible; never use
@@ -70,6 +70,14 @@ pub struct Fixture {
     pub bob_session: Session,
 }
 
+fn alice_address() -> Address {
+    Address::new("alice", 1)
+}
+
+fn bob_address() -> Address {
+    Address::new("bob", 1)
+}
+
 /// The fixture, built once per process.
 pub fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
@@ -77,20 +85,29 @@ pub fn fixture() -> &'static Fixture {
         let mut rng = FuzzRng::new(0x4d69_7373_6976_6531);
         let alice_id = IdentityKeyPair::generate(&mut rng);
         let bob = IdentityKeyPair::generate(&mut rng);
-        let signed_prekey = SignedPrekeyPair::generate(&mut rng, 1, &bob);
-        let kem_prekey = KemPrekeyPair::generate(&mut rng, 2, &bob);
+        let bob_account = IdentityKeyPair::generate(&mut rng);
+        let owner = PrekeyOwner {
+            account: bob_account.public().clone(),
+            device_id: 1,
+        };
+        let signed_prekey = SignedPrekeyPair::generate(&mut rng, 1, &bob, &owner);
+        let kem_prekey = KemPrekeyPair::generate(&mut rng, 2, &bob, &owner);
         let one_time_prekey = OneTimePrekeyPair::generate(&mut rng, 3);
         let bundle = PrekeyBundle {
             identity: bob.public().clone(),
+            owner,
             signed_prekey: signed_prekey.public(),
             kem_prekey: kem_prekey.public(),
             one_time_prekey: Some(one_time_prekey.public()),
         };
-        let mut alice = Session::initiate(&mut rng, &alice_id, &bundle).expect("fixture");
+        let mut alice = Session::initiate(&mut rng, &alice_id, &alice_address(), "bob", &bundle)
+            .expect("fixture");
         let first = alice.encrypt(&mut rng, b"hello", b"").expect("fixture");
         let message = PrekeyMessage::parse(&first.bytes).expect("fixture");
         let (mut bob_session, _) = Session::accept(
             &bob,
+            &bob_address(),
+            &alice_address(),
             &signed_prekey,
             &kem_prekey,
             Some(&one_time_prekey),
@@ -173,6 +190,8 @@ pub fn decrypt(data: &[u8]) -> bool {
             .map(|_| &fixture.one_time_prekey);
         decrypted |= Session::accept(
             &fixture.bob,
+            &bob_address(),
+            &alice_address(),
             &fixture.signed_prekey,
             &fixture.kem_prekey,
             otk,

@@ -10,7 +10,7 @@ use zeroize::Zeroizing;
 
 use crate::encoding::Reader;
 use crate::error::KeyError;
-use crate::prekeys::{KemPrekeyPublic, SignedPrekeyPublic};
+use crate::prekeys::{KemPrekeyPublic, PrekeyOwner, SignedPrekeyPublic};
 use crate::primitives;
 
 /// Format version of [`IdentityKeyPair::to_secret_bytes`]: the Ed25519 seed alone.
@@ -177,23 +177,33 @@ impl PublicIdentity {
             .map_err(|_| KeyError::BadSignature)
     }
 
-    /// Verifies a signed X25519 prekey's signature.
-    pub fn verify_signed_prekey(&self, prekey: &SignedPrekeyPublic) -> Result<(), KeyError> {
-        self.verify(&prekey.signature_input(), &prekey.signature)
+    /// Verifies a signed X25519 prekey's signature by this device key for `owner`.
+    pub fn verify_signed_prekey(
+        &self,
+        prekey: &SignedPrekeyPublic,
+        owner: &PrekeyOwner,
+    ) -> Result<(), KeyError> {
+        self.verify(&prekey.signature_input(owner), &prekey.signature)
     }
 
-    /// Verifies an ML-KEM prekey's signature and that its key is well formed.
-    pub fn verify_kem_prekey(&self, prekey: &KemPrekeyPublic) -> Result<(), KeyError> {
-        self.verify_kem_prekey_key(prekey).map(drop)
+    /// Verifies an ML-KEM prekey's signature by this device key for `owner`
+    /// and that its key is well formed.
+    pub fn verify_kem_prekey(
+        &self,
+        prekey: &KemPrekeyPublic,
+        owner: &PrekeyOwner,
+    ) -> Result<(), KeyError> {
+        self.verify_kem_prekey_key(prekey, owner).map(drop)
     }
 
     /// [`Self::verify_kem_prekey`], returning the parsed key.
     pub(crate) fn verify_kem_prekey_key(
         &self,
         prekey: &KemPrekeyPublic,
+        owner: &PrekeyOwner,
     ) -> Result<primitives::KemEncapsulationKey, KeyError> {
         let key = prekey.check_key()?;
-        self.verify(&prekey.signature_input(), &prekey.signature)?;
+        self.verify(&prekey.signature_input(owner), &prekey.signature)?;
         Ok(key)
     }
 }

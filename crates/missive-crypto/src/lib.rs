@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod address;
 pub mod attachment;
 pub mod consts;
 pub mod devices;
@@ -31,6 +32,7 @@ mod storage;
 pub mod transcript;
 mod wire;
 
+pub use address::Address;
 pub use devices::{DeviceEntry, DeviceList, ListChange, SignedDeviceList};
 pub use error::{
     DecodeError, DecryptError, DeviceListError, EncryptError, KeyError, SessionError, StateError,
@@ -38,7 +40,7 @@ pub use error::{
 pub use identity::{Fingerprint, IdentityKeyPair, PublicIdentity};
 pub use prekeys::{
     KEM_CIPHERTEXT_LEN, KEM_PUBLIC_KEY_LEN, KemPrekeyPair, KemPrekeyPublic, OneTimePrekeyPair,
-    OneTimePrekeyPublic, PrekeyBundle, SignedPrekeyPair, SignedPrekeyPublic,
+    OneTimePrekeyPublic, PrekeyBundle, PrekeyOwner, SignedPrekeyPair, SignedPrekeyPublic,
 };
 pub use safety::{SAFETY_NUMBER_ITERATIONS, SafetyNumber, safety_number};
 pub use session::Session;

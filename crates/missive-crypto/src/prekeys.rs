@@ -17,9 +17,27 @@ pub const KEM_PUBLIC_KEY_LEN: usize = primitives::KEM_EK_LEN;
 /// ML-KEM-768 ciphertext length.
 pub const KEM_CIPHERTEXT_LEN: usize = primitives::KEM_CT_LEN;
 
-const SIGNED_PREKEY_LABEL: &[u8] = b"Missive signed prekey X25519 v1";
-const KEM_PREKEY_LABEL: &[u8] = b"Missive KEM prekey ML-KEM-768 v1";
+const SIGNED_PREKEY_LABEL: &[u8] = b"Missive signed prekey X25519 v2";
+const KEM_PREKEY_LABEL: &[u8] = b"Missive KEM prekey ML-KEM-768 v2";
 const SECRET_FORMAT_V1: u8 = 1;
+
+/// Whose prekey a signature vouches for: the device's account key and the
+/// device id, both inside every prekey signature (protocol v2), so a server
+/// cannot serve one device's prekeys as another device's or another account's.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct PrekeyOwner {
+    /// The account key of the account the device belongs to.
+    pub account: PublicIdentity,
+    /// The device id within that account.
+    pub device_id: u32,
+}
+
+impl PrekeyOwner {
+    fn put(&self, out: &mut Vec<u8>) {
+        put_field(out, &self.account.to_bytes());
+        put_u32(out, self.device_id);
+    }
+}
 
 /// Public half of a signed X25519 prekey.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -33,10 +51,12 @@ pub struct SignedPrekeyPublic {
 }
 
 impl SignedPrekeyPublic {
-    /// `field("Missive signed prekey X25519 v1") || u32 id || field(public_key)`.
-    pub fn signature_input(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(87);
+    /// `field("Missive signed prekey X25519 v2") || field(account) || u32 device_id
+    /// || u32 id || field(public_key)`.
+    pub fn signature_input(&self, owner: &PrekeyOwner) -> Vec<u8> {
+        let mut out = Vec::with_capacity(135);
         put_field(&mut out, SIGNED_PREKEY_LABEL);
+        owner.put(&mut out);
         put_u32(&mut out, self.id);
         put_field(&mut out, &self.public_key);
         out
@@ -55,10 +75,12 @@ pub struct KemPrekeyPublic {
 }
 
 impl KemPrekeyPublic {
-    /// `field("Missive KEM prekey ML-KEM-768 v1") || u32 id || field(public_key)`.
-    pub fn signature_input(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(48 + 12 + self.public_key.len());
+    /// `field("Missive KEM prekey ML-KEM-768 v2") || field(account) || u32 device_id
+    /// || u32 id || field(public_key)`.
+    pub fn signature_input(&self, owner: &PrekeyOwner) -> Vec<u8> {
+        let mut out = Vec::with_capacity(100 + 12 + self.public_key.len());
         put_field(&mut out, KEM_PREKEY_LABEL);
+        owner.put(&mut out);
         put_u32(&mut out, self.id);
         put_field(&mut out, &self.public_key);
         out
@@ -86,11 +108,13 @@ pub struct OneTimePrekeyPublic {
     pub public_key: [u8; 32],
 }
 
-/// What an initiator fetches to start a session.
+/// What an initiator fetches to start a session with one device.
 #[derive(Clone, Debug)]
 pub struct PrekeyBundle {
-    /// The responder's identity.
+    /// The responder device's identity key (not its account key).
     pub identity: PublicIdentity,
+    /// The account and device id the prekey signatures name.
+    pub owner: PrekeyOwner,
     /// The responder's signed X25519 prekey.
     pub signed_prekey: SignedPrekeyPublic,
     /// A one-time ML-KEM prekey, or the last-resort one.
@@ -125,11 +149,12 @@ pub struct SignedPrekeyPair {
 impl SignedPrekeyPair {
     const SECRET_LEN: usize = 1 + 4 + 32 + 64;
 
-    /// Generates a prekey signed by `identity`.
+    /// Generates a prekey signed by the device key `identity` for `owner`.
     pub fn generate<R: CryptoRng + RngCore>(
         rng: &mut R,
         id: u32,
         identity: &IdentityKeyPair,
+        owner: &PrekeyOwner,
     ) -> Self {
         let secret = Box::new(StaticSecret::random_from_rng(rng));
         let mut public = SignedPrekeyPublic {
@@ -137,7 +162,7 @@ impl SignedPrekeyPair {
             public_key: primitives::x25519_public(&secret),
             signature: [0u8; 64],
         };
-        public.signature = identity.sign(&public.signature_input());
+        public.signature = identity.sign(&public.signature_input(owner));
         Self { secret, public }
     }
 
@@ -213,11 +238,12 @@ pub struct KemPrekeyPair {
 impl KemPrekeyPair {
     const SECRET_LEN: usize = 1 + 4 + primitives::KEM_SEED_LEN + 64;
 
-    /// Generates a prekey signed by `identity`.
+    /// Generates a prekey signed by the device key `identity` for `owner`.
     pub fn generate<R: CryptoRng + RngCore>(
         rng: &mut R,
         id: u32,
         identity: &IdentityKeyPair,
+        owner: &PrekeyOwner,
     ) -> Self {
         let mut seed = Box::new(Zeroizing::new([0u8; primitives::KEM_SEED_LEN]));
         rng.fill_bytes(&mut seed[..]);
@@ -227,7 +253,7 @@ impl KemPrekeyPair {
             public_key: primitives::kem_encode_public(&ek),
             signature: [0u8; 64],
         };
-        public.signature = identity.sign(&public.signature_input());
+        public.signature = identity.sign(&public.signature_input(owner));
         Self {
             seed,
             decapsulation_key,
@@ -247,6 +273,10 @@ impl KemPrekeyPair {
 
     pub(crate) fn decapsulation_key(&self) -> &KemDecapsulationKey {
         &self.decapsulation_key
+    }
+
+    pub(crate) fn public_key(&self) -> &[u8] {
+        &self.public.public_key
     }
 
     /// `0x01 || u32 id || seed d||z (64) || signature (64)`.
@@ -375,51 +405,124 @@ mod tests {
     use rand_chacha::ChaCha20Rng;
     use rand_core::SeedableRng;
 
-    fn setup() -> (ChaCha20Rng, IdentityKeyPair) {
+    /// A device key and the owner its prekeys are signed for: device 1 of an
+    /// account whose key is a different key.
+    fn setup() -> (ChaCha20Rng, IdentityKeyPair, PrekeyOwner) {
         let mut rng = ChaCha20Rng::seed_from_u64(11);
         let id = IdentityKeyPair::generate(&mut rng);
-        (rng, id)
+        let account = IdentityKeyPair::generate(&mut rng);
+        let owner = PrekeyOwner {
+            account: account.public().clone(),
+            device_id: 1,
+        };
+        (rng, id, owner)
+    }
+
+    /// Owners that differ from `owner` in exactly one element.
+    fn other_owners(rng: &mut ChaCha20Rng, owner: &PrekeyOwner) -> [PrekeyOwner; 2] {
+        [
+            PrekeyOwner {
+                account: IdentityKeyPair::generate(rng).public().clone(),
+                device_id: owner.device_id,
+            },
+            PrekeyOwner {
+                account: owner.account.clone(),
+                device_id: owner.device_id + 1,
+            },
+        ]
     }
 
     #[test]
     fn signed_prekey_verifies_and_round_trips() {
-        let (mut rng, id) = setup();
-        let spk = SignedPrekeyPair::generate(&mut rng, 7, &id);
+        let (mut rng, id, owner) = setup();
+        let spk = SignedPrekeyPair::generate(&mut rng, 7, &id, &owner);
         assert_eq!(spk.id(), 7);
-        id.public().verify_signed_prekey(&spk.public()).unwrap();
+        id.public()
+            .verify_signed_prekey(&spk.public(), &owner)
+            .unwrap();
         let restored = SignedPrekeyPair::from_secret_bytes(&spk.to_secret_bytes()).unwrap();
         assert_eq!(restored.public(), spk.public());
     }
 
     #[test]
     fn signed_prekey_tampering_is_rejected() {
-        let (mut rng, id) = setup();
+        let (mut rng, id, owner) = setup();
         let other = IdentityKeyPair::generate(&mut rng);
-        let spk = SignedPrekeyPair::generate(&mut rng, 7, &id);
+        let spk = SignedPrekeyPair::generate(&mut rng, 7, &id, &owner);
         let mut p = spk.public();
         p.id = 8;
         assert_eq!(
-            id.public().verify_signed_prekey(&p),
+            id.public().verify_signed_prekey(&p, &owner),
             Err(KeyError::BadSignature)
         );
         let mut p = spk.public();
         p.public_key[0] ^= 1;
         assert_eq!(
-            id.public().verify_signed_prekey(&p),
+            id.public().verify_signed_prekey(&p, &owner),
             Err(KeyError::BadSignature)
         );
         assert_eq!(
-            other.public().verify_signed_prekey(&spk.public()),
+            other.public().verify_signed_prekey(&spk.public(), &owner),
             Err(KeyError::BadSignature)
         );
     }
 
     #[test]
+    fn signatures_bind_the_owner() {
+        let (mut rng, id, owner) = setup();
+        let spk = SignedPrekeyPair::generate(&mut rng, 7, &id, &owner).public();
+        let kem = KemPrekeyPair::generate(&mut rng, 9, &id, &owner).public();
+        for other in other_owners(&mut rng, &owner) {
+            assert_ne!(spk.signature_input(&other), spk.signature_input(&owner));
+            assert_eq!(
+                id.public().verify_signed_prekey(&spk, &other),
+                Err(KeyError::BadSignature)
+            );
+            assert_eq!(
+                id.public().verify_kem_prekey(&kem, &other),
+                Err(KeyError::BadSignature)
+            );
+        }
+        // The device key signs, not the account key the owner names.
+        assert_eq!(
+            owner.account.verify_signed_prekey(&spk, &owner),
+            Err(KeyError::BadSignature)
+        );
+        assert_eq!(
+            owner.account.verify_kem_prekey(&kem, &owner),
+            Err(KeyError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn signature_input_layout_is_pinned() {
+        let (mut rng, id, owner) = setup();
+        let spk = SignedPrekeyPair::generate(&mut rng, 7, &id, &owner).public();
+        let mut expected = Vec::new();
+        put_field(&mut expected, b"Missive signed prekey X25519 v2");
+        put_field(&mut expected, &owner.account.to_bytes());
+        expected.extend_from_slice(&1u32.to_be_bytes());
+        expected.extend_from_slice(&7u32.to_be_bytes());
+        put_field(&mut expected, &spk.public_key);
+        assert_eq!(spk.signature_input(&owner), expected);
+        let kem = KemPrekeyPair::generate(&mut rng, 9, &id, &owner).public();
+        let mut expected = Vec::new();
+        put_field(&mut expected, b"Missive KEM prekey ML-KEM-768 v2");
+        put_field(&mut expected, &owner.account.to_bytes());
+        expected.extend_from_slice(&1u32.to_be_bytes());
+        expected.extend_from_slice(&9u32.to_be_bytes());
+        put_field(&mut expected, &kem.public_key);
+        assert_eq!(kem.signature_input(&owner), expected);
+    }
+
+    #[test]
     fn kem_prekey_verifies_and_round_trips() {
-        let (mut rng, id) = setup();
-        let kem = KemPrekeyPair::generate(&mut rng, 9, &id);
+        let (mut rng, id, owner) = setup();
+        let kem = KemPrekeyPair::generate(&mut rng, 9, &id, &owner);
         assert_eq!(kem.public().public_key.len(), KEM_PUBLIC_KEY_LEN);
-        id.public().verify_kem_prekey(&kem.public()).unwrap();
+        id.public()
+            .verify_kem_prekey(&kem.public(), &owner)
+            .unwrap();
         let restored = KemPrekeyPair::from_secret_bytes(&kem.to_secret_bytes()).unwrap();
         assert_eq!(restored.public(), kem.public());
         assert_eq!(restored.id(), 9);
@@ -427,32 +530,32 @@ mod tests {
 
     #[test]
     fn kem_prekey_tampering_is_rejected() {
-        let (mut rng, id) = setup();
-        let kem = KemPrekeyPair::generate(&mut rng, 9, &id);
+        let (mut rng, id, owner) = setup();
+        let kem = KemPrekeyPair::generate(&mut rng, 9, &id, &owner);
         let mut p = kem.public();
         p.public_key[100] ^= 1;
         assert_eq!(
-            id.public().verify_kem_prekey(&p),
+            id.public().verify_kem_prekey(&p, &owner),
             Err(KeyError::BadSignature)
         );
         let mut p = kem.public();
         p.public_key.pop();
         assert!(matches!(
-            id.public().verify_kem_prekey(&p),
+            id.public().verify_kem_prekey(&p, &owner),
             Err(KeyError::InvalidLength { .. })
         ));
         let mut p = kem.public();
         p.public_key[0] = 0xff;
         p.public_key[1] |= 0x0f;
         assert_eq!(
-            id.public().verify_kem_prekey(&p),
+            id.public().verify_kem_prekey(&p, &owner),
             Err(KeyError::InvalidPublicKey("ML-KEM-768 public key"))
         );
     }
 
     #[test]
     fn one_time_prekey_round_trips() {
-        let (mut rng, _) = setup();
+        let (mut rng, _, _) = setup();
         let otk = OneTimePrekeyPair::generate(&mut rng, 3);
         let restored = OneTimePrekeyPair::from_secret_bytes(&otk.to_secret_bytes()).unwrap();
         assert_eq!(restored.public(), otk.public());
@@ -460,9 +563,9 @@ mod tests {
 
     #[test]
     fn secret_bytes_reject_bad_input() {
-        let (mut rng, id) = setup();
-        let spk = SignedPrekeyPair::generate(&mut rng, 1, &id).to_secret_bytes();
-        let kem = KemPrekeyPair::generate(&mut rng, 1, &id).to_secret_bytes();
+        let (mut rng, id, owner) = setup();
+        let spk = SignedPrekeyPair::generate(&mut rng, 1, &id, &owner).to_secret_bytes();
+        let kem = KemPrekeyPair::generate(&mut rng, 1, &id, &owner).to_secret_bytes();
         let otk = OneTimePrekeyPair::generate(&mut rng, 1).to_secret_bytes();
         assert!(SignedPrekeyPair::from_secret_bytes(&spk[..spk.len() - 1]).is_err());
         assert!(KemPrekeyPair::from_secret_bytes(&kem[..kem.len() - 1]).is_err());
@@ -479,7 +582,7 @@ mod tests {
 
     #[test]
     fn debug_hides_secrets() {
-        let (mut rng, _) = setup();
+        let (mut rng, _, _) = setup();
         let otk = OneTimePrekeyPair::generate(&mut rng, 3);
         let secret = otk.to_secret_bytes();
         let debug = format!("{otk:?}");

@@ -10,6 +10,7 @@ use rand_core::{CryptoRng, RngCore};
 use x25519_dalek::StaticSecret;
 use zeroize::Zeroizing;
 
+use crate::address::Address;
 use crate::consts::{
     MAX_MESSAGE_GAP, MAX_PREVIOUS_RATCHET_KEYS, MAX_SKIPPED_KEY_AGE_MS, MAX_SKIPPED_KEYS,
 };
@@ -20,8 +21,7 @@ use crate::prekeys::{KemPrekeyPair, OneTimePrekeyPair, PrekeyBundle, SignedPreke
 use crate::primitives;
 use crate::ratchet::{ChainKey, MessageKey, RatchetKeyPair, RootKey};
 use crate::state::{
-    ReceivingChainPickle, SESSION_STATE_VERSION, SESSION_STATE_VERSION_1, SessionPickle,
-    SkippedKeyPickle,
+    AddressPickle, ReceivingChainPickle, SESSION_STATE_VERSION, SessionPickle, SkippedKeyPickle,
 };
 use crate::storage::{self, StorageKey};
 use crate::wire::{
@@ -59,6 +59,8 @@ struct SkippedKey {
 pub struct Session {
     local: PublicIdentity,
     remote: PublicIdentity,
+    local_address: Address,
+    remote_address: Address,
     root: RootKey,
     our_ratchet: RatchetKeyPair,
     sending: Option<ChainKey>,
@@ -86,20 +88,40 @@ fn dh_decrypt(
     primitives::x25519(secret, public).map_err(|_| DecryptError::NonContributory)
 }
 
-/// AEAD associated data: `sender (32) || recipient (32) || [PQXDH header (1166), prekey
-/// messages only] || ratchet header (41) || caller AD`.
+/// One end of a session as the AD names it: its address and its device key.
+#[derive(Clone, Copy)]
+struct Party<'a> {
+    address: &'a Address,
+    identity: &'a PublicIdentity,
+}
+
+impl Party<'_> {
+    fn put(&self, out: &mut Vec<u8>) {
+        self.address.put(out);
+        out.extend_from_slice(&self.identity.to_array());
+    }
+}
+
+/// AEAD associated data: `field(sender username) || u32 sender device || sender key (32)
+/// || field(recipient username) || u32 recipient device || recipient key (32)
+/// || [PQXDH header (1166), prekey messages only] || ratchet header (41) || caller AD`.
 fn aead_ad(
-    sender: &PublicIdentity,
-    recipient: &PublicIdentity,
+    sender: Party<'_>,
+    recipient: Party<'_>,
     prekey_header: &[u8],
     header: &[u8; NORMAL_HEADER_LEN],
     associated_data: &[u8],
 ) -> Vec<u8> {
     let mut ad = Vec::with_capacity(
-        2 * PUBLIC_IDENTITY_LEN + prekey_header.len() + NORMAL_HEADER_LEN + associated_data.len(),
+        2 * (PUBLIC_IDENTITY_LEN + 12)
+            + sender.address.username.len()
+            + recipient.address.username.len()
+            + prekey_header.len()
+            + NORMAL_HEADER_LEN
+            + associated_data.len(),
     );
-    ad.extend_from_slice(&sender.to_array());
-    ad.extend_from_slice(&recipient.to_array());
+    sender.put(&mut ad);
+    recipient.put(&mut ad);
     ad.extend_from_slice(prekey_header);
     ad.extend_from_slice(header);
     ad.extend_from_slice(associated_data);
@@ -110,8 +132,8 @@ fn aead_ad(
 /// PQXDH header (prekey messages) and the ratchet header.
 fn open_message(
     key: &MessageKey,
-    sender: &PublicIdentity,
-    recipient: &PublicIdentity,
+    sender: Party<'_>,
+    recipient: Party<'_>,
     message: &NormalMessage,
     prekey_header: &[u8],
     associated_data: &[u8],
@@ -129,16 +151,21 @@ fn open_message(
 }
 
 impl Session {
-    /// Initiator: verifies the bundle's signatures and runs PQXDH. Until the first
-    /// reply arrives, every [`Self::encrypt`] yields [`MessageKind::Prekey`].
+    /// Initiator: verifies the bundle's signatures (by the device key
+    /// `theirs.identity`, for `theirs.owner`) and runs PQXDH from our device
+    /// key `ours` at `local` to device `theirs.owner.device_id` of
+    /// `remote_username`. Until the first reply arrives, every
+    /// [`Self::encrypt`] yields [`MessageKind::Prekey`].
     pub fn initiate<R: CryptoRng + RngCore>(
         rng: &mut R,
         ours: &IdentityKeyPair,
+        local: &Address,
+        remote_username: &str,
         theirs: &PrekeyBundle,
     ) -> Result<Session, SessionError> {
         let identity = &theirs.identity;
-        identity.verify_signed_prekey(&theirs.signed_prekey)?;
-        let kem_key = identity.verify_kem_prekey_key(&theirs.kem_prekey)?;
+        identity.verify_signed_prekey(&theirs.signed_prekey, &theirs.owner)?;
+        let kem_key = identity.verify_kem_prekey_key(&theirs.kem_prekey, &theirs.owner)?;
         let spk = theirs.signed_prekey.public_key;
 
         let base = StaticSecret::random_from_rng(&mut *rng);
@@ -154,7 +181,16 @@ impl Session {
             primitives::kem_encapsulate(&kem_key, rng).map_err(|_| {
                 SessionError::Key(crate::KeyError::InvalidPublicKey("ML-KEM-768 public key"))
             })?;
-        let sk = pqxdh::derive_secret(&dh1, &dh2, &dh3, dh4.as_deref(), &kem_secret);
+        let transcript = pqxdh::Transcript {
+            initiator_identity: &ours.public().to_array(),
+            responder_identity: &identity.to_array(),
+            signed_prekey: &spk,
+            kem_prekey: &theirs.kem_prekey.public_key,
+            one_time_prekey: theirs.one_time_prekey.as_ref().map(|k| &k.public_key),
+            base_key: &base_key,
+            kem_ciphertext: &kem_ciphertext,
+        };
+        let sk = pqxdh::derive_secret(&dh1, &dh2, &dh3, dh4.as_deref(), &kem_secret, &transcript);
 
         // First sending ratchet step against the signed prekey (Double Ratchet §3.3)
         // with the base key as Alice's first ratchet key: X25519(DHs, DHr) is then
@@ -173,6 +209,8 @@ impl Session {
         Ok(Session {
             local: ours.public().clone(),
             remote: identity.clone(),
+            local_address: local.clone(),
+            remote_address: Address::new(remote_username, theirs.owner.device_id),
             root,
             our_ratchet,
             sending: Some(sending),
@@ -189,9 +227,14 @@ impl Session {
 
     /// Responder: runs PQXDH with the private prekeys named in `message` and
     /// decrypts the message it carries. The caller looks the prekeys up by the
-    /// ids in `message` (and deletes a one-time prekey once the session is stored).
+    /// ids in `message` (and deletes a one-time prekey once the session is
+    /// stored). `ours` is our device key at `local`; `sender` is the address
+    /// the server delivered the message from, which the message's AD must name.
+    #[allow(clippy::too_many_arguments)]
     pub fn accept(
         ours: &IdentityKeyPair,
+        local: &Address,
+        sender_address: &Address,
         signed_prekey: &SignedPrekeyPair,
         kem_prekey: &KemPrekeyPair,
         one_time_prekey: Option<&OneTimePrekeyPair>,
@@ -232,10 +275,22 @@ impl Session {
         let kem_secret =
             primitives::kem_decapsulate(kem_prekey.decapsulation_key(), &message.kem_ciphertext)
                 .map_err(|_| DecryptError::AuthenticationFailed)?;
-        let sk = pqxdh::derive_secret(&dh1, &dh2, &dh3, dh4.as_deref(), &kem_secret);
+        let one_time_public = one_time_prekey.map(OneTimePrekeyPair::public);
+        let transcript = pqxdh::Transcript {
+            initiator_identity: &sender.to_array(),
+            responder_identity: &ours.public().to_array(),
+            signed_prekey: &signed_prekey.public_key(),
+            kem_prekey: kem_prekey.public_key(),
+            one_time_prekey: one_time_public.as_ref().map(|k| &k.public_key),
+            base_key: &message.base_key,
+            kem_ciphertext: &message.kem_ciphertext,
+        };
+        let sk = pqxdh::derive_secret(&dh1, &dh2, &dh3, dh4.as_deref(), &kem_secret, &transcript);
         let mut session = Session {
             local: ours.public().clone(),
             remote: sender.clone(),
+            local_address: local.clone(),
+            remote_address: sender_address.clone(),
             root: sk,
             our_ratchet: RatchetKeyPair::from_parts(
                 Box::new(signed_prekey.secret().clone()),
@@ -292,7 +347,19 @@ impl Session {
         let (message_key, next_chain) = chain.step();
         let cipher = message_key.expand();
         let prefix = self.pending_prekey.as_deref().unwrap_or_default();
-        let ad = aead_ad(&self.local, &self.remote, prefix, &header, associated_data);
+        let ad = aead_ad(
+            Party {
+                address: &self.local_address,
+                identity: &self.local,
+            },
+            Party {
+                address: &self.remote_address,
+                identity: &self.remote,
+            },
+            prefix,
+            &header,
+            associated_data,
+        );
         let mut bytes = Vec::with_capacity(
             prefix.len() + NORMAL_HEADER_LEN + plaintext.len() + primitives::AEAD_TAG_LEN,
         );
@@ -450,8 +517,14 @@ impl Session {
         let (key, next_chain) = chain.chain.step();
         let plaintext = open_message(
             &key,
-            &self.remote,
-            &self.local,
+            Party {
+                address: &self.remote_address,
+                identity: &self.remote,
+            },
+            Party {
+                address: &self.local_address,
+                identity: &self.local,
+            },
             message,
             prekey_header,
             associated_data,
@@ -495,8 +568,14 @@ impl Session {
         };
         let plaintext = open_message(
             &key,
-            &self.remote,
-            &self.local,
+            Party {
+                address: &self.remote_address,
+                identity: &self.remote,
+            },
+            Party {
+                address: &self.local_address,
+                identity: &self.local,
+            },
             message,
             prekey_header,
             associated_data,
@@ -604,9 +683,19 @@ impl Session {
         Ok(key)
     }
 
-    /// The peer's identity.
+    /// The peer device's identity key.
     pub fn remote_identity(&self) -> &PublicIdentity {
         &self.remote
+    }
+
+    /// The peer's address.
+    pub fn remote_address(&self) -> &Address {
+        &self.remote_address
+    }
+
+    /// Our address.
+    pub fn local_address(&self) -> &Address {
+        &self.local_address
     }
 
     /// Our identity.
@@ -625,6 +714,8 @@ impl Session {
             version: SESSION_STATE_VERSION,
             local_identity: self.local.to_bytes(),
             remote_identity: self.remote.to_bytes(),
+            local_address: Some(AddressPickle::of(&self.local_address)),
+            remote_address: Some(AddressPickle::of(&self.remote_address)),
             root_key: self.root.as_bytes().to_vec(),
             our_ratchet_secret: self.our_ratchet.secret().as_bytes().to_vec(),
             sending_chain_key: self.sending.as_ref().map(|c| c.as_bytes().to_vec()),
@@ -661,9 +752,8 @@ impl Session {
     }
 
     /// Restores a session written by [`Self::to_bytes`], checking every field.
-    /// States of format 1 still load (docs/PROTOCOL.md, "Session state"): their
-    /// skipped keys count their age from the next time the session is given, and
-    /// those of chains whose ratchet key was already evicted are dropped.
+    /// States of formats 1 and 2 are protocol v1 sessions and are refused
+    /// (docs/PROTOCOL.md, "Session state").
     pub fn from_bytes(bytes: &[u8]) -> Result<Session, StateError> {
         let mut pickle = SessionPickle::decode(bytes)
             .map_err(|_| StateError::Malformed("not a Missive session state"))?;
@@ -676,12 +766,22 @@ impl Session {
         fn key32(bytes: &[u8], what: &'static str) -> Result<[u8; 32], StateError> {
             bytes.try_into().map_err(|_| StateError::Malformed(what))
         }
-        let format_1 = match p.version {
-            SESSION_STATE_VERSION => false,
-            SESSION_STATE_VERSION_1 => true,
+        match p.version {
+            SESSION_STATE_VERSION => {}
             0 => return Err(StateError::Malformed("missing format version")),
+            old @ (1 | 2) => return Err(StateError::RetiredVersion(old)),
             other => return Err(StateError::UnsupportedVersion(other)),
-        };
+        }
+        let local_address = p
+            .local_address
+            .as_ref()
+            .map(AddressPickle::address)
+            .ok_or(StateError::Malformed("local address"))?;
+        let remote_address = p
+            .remote_address
+            .as_ref()
+            .map(AddressPickle::address)
+            .ok_or(StateError::Malformed("remote address"))?;
         let local = PublicIdentity::from_bytes(&p.local_identity)
             .map_err(|_| StateError::Malformed("local identity"))?;
         let remote = PublicIdentity::from_bytes(&p.remote_identity)
@@ -723,15 +823,14 @@ impl Session {
             .iter()
             .map(|k| key32(k, "previous ratchet key"))
             .collect::<Result<_, _>>()?;
-        let mut skipped: VecDeque<SkippedKey> = p
+        let skipped: VecDeque<SkippedKey> = p
             .skipped
             .iter()
             .map(|s| {
                 Ok(SkippedKey {
                     ratchet_key: key32(&s.ratchet_key, "skipped key ratchet key")?,
                     counter: s.counter,
-                    // Format 1 has no field 4: a later writer's value is ignored.
-                    stored_at_ms: if format_1 { None } else { s.stored_at_ms },
+                    stored_at_ms: s.stored_at_ms,
                     key: MessageKey::from_slice(&s.message_key)
                         .ok_or(StateError::Malformed("skipped message key"))?,
                 })
@@ -741,11 +840,7 @@ impl Session {
             receiving.as_ref().is_some_and(|r| r.ratchet_key == *key)
                 || previous_ratchet_keys.contains(key)
         };
-        if format_1 {
-            // Format 1 kept the keys of evicted chains; format 2 drops them with
-            // the chain's ratchet key.
-            skipped.retain(|s| remembered(&s.ratchet_key));
-        } else if !skipped.iter().all(|s| remembered(&s.ratchet_key)) {
+        if !skipped.iter().all(|s| remembered(&s.ratchet_key)) {
             return Err(StateError::Malformed(
                 "skipped key of a chain that is not remembered",
             ));
@@ -767,6 +862,8 @@ impl Session {
         Ok(Session {
             local,
             remote,
+            local_address,
+            remote_address,
             root,
             our_ratchet,
             sending,
@@ -800,6 +897,8 @@ impl fmt::Debug for Session {
         let Session {
             local,
             remote,
+            local_address,
+            remote_address,
             root: _,
             our_ratchet: _,
             sending,
@@ -815,6 +914,8 @@ impl fmt::Debug for Session {
         f.debug_struct("Session")
             .field("local", &local.fingerprint())
             .field("remote", &remote.fingerprint())
+            .field("local_address", local_address)
+            .field("remote_address", remote_address)
             .field("sending_ready", &sending.is_some())
             .field("sending_counter", sending_counter)
             .field("previous_counter", previous_counter)
@@ -832,21 +933,45 @@ mod tests {
     use rand_chacha::ChaCha20Rng;
     use rand_core::SeedableRng;
 
+    fn alice_address() -> Address {
+        Address::new("alice", 1)
+    }
+
+    fn bob_address() -> Address {
+        Address::new("bob", 1)
+    }
+
     fn pair(rng: &mut ChaCha20Rng) -> (Session, Session) {
         let alice = IdentityKeyPair::generate(rng);
         let bob = IdentityKeyPair::generate(rng);
-        let spk = SignedPrekeyPair::generate(rng, 1, &bob);
-        let kem = KemPrekeyPair::generate(rng, 2, &bob);
+        let bob_account = IdentityKeyPair::generate(rng);
+        let owner = crate::PrekeyOwner {
+            account: bob_account.public().clone(),
+            device_id: 1,
+        };
+        let spk = SignedPrekeyPair::generate(rng, 1, &bob, &owner);
+        let kem = KemPrekeyPair::generate(rng, 2, &bob, &owner);
         let bundle = PrekeyBundle {
             identity: bob.public().clone(),
+            owner,
             signed_prekey: spk.public(),
             kem_prekey: kem.public(),
             one_time_prekey: None,
         };
-        let mut a = Session::initiate(rng, &alice, &bundle).unwrap();
+        let mut a = Session::initiate(rng, &alice, &alice_address(), "bob", &bundle).unwrap();
         let m = a.encrypt(rng, b"x", b"").unwrap();
         let message = PrekeyMessage::parse(&m.bytes).unwrap();
-        let (b, _) = Session::accept(&bob, &spk, &kem, None, &message, b"").unwrap();
+        let (b, _) = Session::accept(
+            &bob,
+            &bob_address(),
+            &alice_address(),
+            &spk,
+            &kem,
+            None,
+            &message,
+            b"",
+        )
+        .unwrap();
         (a, b)
     }
 
@@ -958,26 +1083,114 @@ mod tests {
     }
 
     #[test]
-    fn format_1_skipped_keys_lose_their_time_and_evicted_chains() {
+    fn protocol_v1_state_formats_are_retired() {
         let mut rng = ChaCha20Rng::seed_from_u64(5);
         let b = with_skipped(&mut rng);
+        assert_eq!(b.to_bytes()[..2], [0x08, 0x03]);
         let mut pickle = SessionPickle::decode(&b.to_bytes()[..]).unwrap();
-        pickle.version = SESSION_STATE_VERSION_1;
-        // Format 1 kept keys of chains whose ratchet key was evicted.
-        let mut orphan = pickle.skipped[0].clone();
-        orphan.ratchet_key = vec![9u8; 32];
-        pickle.skipped.insert(0, orphan);
+        for version in [1, 2] {
+            pickle.version = version;
+            let mut bytes = Vec::new();
+            pickle.encode_raw(&mut bytes);
+            assert_eq!(
+                Session::from_bytes(&bytes).err(),
+                Some(StateError::RetiredVersion(version))
+            );
+            // Even without the addresses format 3 added, as v1 wrote them.
+            let mut v1 = pickle.clone();
+            (v1.local_address, v1.remote_address) = (None, None);
+            let mut bytes = Vec::new();
+            v1.encode_raw(&mut bytes);
+            assert_eq!(
+                Session::from_bytes(&bytes).err(),
+                Some(StateError::RetiredVersion(version))
+            );
+        }
+        pickle.version = 4;
         let mut bytes = Vec::new();
         pickle.encode_raw(&mut bytes);
-        let loaded = Session::from_bytes(&bytes).unwrap();
-        let kept: Vec<_> = loaded
-            .skipped
-            .iter()
-            .map(|s| (s.counter, s.stored_at_ms))
-            .collect();
-        assert_eq!(kept, [(0, None), (2, None)]);
-        // Saved again, the state is format 2.
-        assert_eq!(loaded.to_bytes()[..2], [0x08, 0x02]);
+        assert_eq!(
+            Session::from_bytes(&bytes).err(),
+            Some(StateError::UnsupportedVersion(4))
+        );
+    }
+
+    #[test]
+    fn format_3_needs_both_addresses() {
+        let mut rng = ChaCha20Rng::seed_from_u64(7);
+        let (a, _) = pair(&mut rng);
+        let pickle = SessionPickle::decode(&a.to_bytes()[..]).unwrap();
+        assert_eq!(
+            pickle.local_address,
+            Some(AddressPickle::of(&alice_address()))
+        );
+        assert_eq!(
+            pickle.remote_address,
+            Some(AddressPickle::of(&bob_address()))
+        );
+        let encode = |p: &SessionPickle| {
+            let mut bytes = Vec::new();
+            p.encode_raw(&mut bytes);
+            bytes
+        };
+        let mut no_local = pickle.clone();
+        no_local.local_address = None;
+        assert_eq!(
+            Session::from_bytes(&encode(&no_local)).err(),
+            Some(StateError::Malformed("local address"))
+        );
+        let mut no_remote = pickle.clone();
+        no_remote.remote_address = None;
+        assert_eq!(
+            Session::from_bytes(&encode(&no_remote)).err(),
+            Some(StateError::Malformed("remote address"))
+        );
+        let loaded = Session::from_bytes(&encode(&pickle)).unwrap();
+        assert_eq!(loaded.local_address(), &alice_address());
+        assert_eq!(loaded.remote_address(), &bob_address());
+    }
+
+    /// A normal message opened by a session that names another sender or
+    /// recipient address fails authentication and commits nothing.
+    #[test]
+    fn a_wrong_address_fails_authentication_and_changes_nothing() {
+        let mut rng = ChaCha20Rng::seed_from_u64(8);
+        let (mut a, mut b) = pair(&mut rng);
+        let reply = b.encrypt(&mut rng, b"r", b"").unwrap().bytes;
+        a.decrypt(&reply, b"").unwrap();
+        let m = a.encrypt(&mut rng, b"normal", b"ad").unwrap().bytes;
+        assert_eq!(message_kind(&m), Ok(MessageKind::Normal));
+        // The sender's username or device id differs, or the recipient's.
+        let wrong_remote = [Address::new("alicf", 1), Address::new("alice", 2)];
+        let wrong_local = [Address::new("bob2", 1), Address::new("bob", 2)];
+        let cases = wrong_remote
+            .into_iter()
+            .map(|address| (true, address))
+            .chain(wrong_local.into_iter().map(|address| (false, address)));
+        for (remote, address) in cases {
+            let mut bad = b.clone();
+            if remote {
+                bad.remote_address = address.clone();
+            } else {
+                bad.local_address = address.clone();
+            }
+            let before = bad.to_bytes();
+            assert_eq!(
+                bad.decrypt(&m, b"ad").err(),
+                Some(DecryptError::AuthenticationFailed),
+                "{address}"
+            );
+            assert_eq!(bad.to_bytes(), before, "{address}");
+        }
+        // Swapping both ends is wrong too (the AD names the sender first).
+        let mut swapped = b.clone();
+        swapped.local_address = alice_address();
+        swapped.remote_address = bob_address();
+        assert_eq!(
+            swapped.decrypt(&m, b"ad").err(),
+            Some(DecryptError::AuthenticationFailed)
+        );
+        assert_eq!(&b.decrypt(&m, b"ad").unwrap()[..], b"normal");
     }
 
     #[test]

@@ -5,15 +5,11 @@
 
 use zeroize::Zeroize;
 
-/// Current session state format version: 2 adds `SkippedKeyPickle::stored_at_ms`
-/// and drops the skipped keys of evicted chains.
-pub(crate) const SESSION_STATE_VERSION: u32 = 2;
+/// Current session state format version: 3 (protocol v2) adds both ends'
+/// addresses. Formats 1 and 2 were protocol v1 sessions and are refused.
+pub(crate) const SESSION_STATE_VERSION: u32 = 3;
 
-/// The first format: skipped keys carry no time and may belong to chains whose
-/// ratchet key was evicted. Still loaded (docs/PROTOCOL.md, "Session state").
-pub(crate) const SESSION_STATE_VERSION_1: u32 = 1;
-
-/// Serialised session, format versions 1 and 2.
+/// Serialised session, format version 3.
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct SessionPickle {
     #[prost(uint32, tag = "1")]
@@ -44,6 +40,32 @@ pub(crate) struct SessionPickle {
     pub(crate) pending_prekey: Option<Vec<u8>>,
     #[prost(bytes = "vec", tag = "14")]
     pub(crate) base_key: Vec<u8>,
+    #[prost(message, optional, tag = "15")]
+    pub(crate) local_address: Option<AddressPickle>,
+    #[prost(message, optional, tag = "16")]
+    pub(crate) remote_address: Option<AddressPickle>,
+}
+
+/// One end's address.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct AddressPickle {
+    #[prost(string, tag = "1")]
+    pub(crate) username: String,
+    #[prost(uint32, tag = "2")]
+    pub(crate) device_id: u32,
+}
+
+impl AddressPickle {
+    pub(crate) fn of(address: &crate::Address) -> Self {
+        Self {
+            username: address.username.clone(),
+            device_id: address.device_id,
+        }
+    }
+
+    pub(crate) fn address(&self) -> crate::Address {
+        crate::Address::new(self.username.clone(), self.device_id)
+    }
 }
 
 /// The current receiving chain.

@@ -1,8 +1,8 @@
 //! Message formats on the wire (docs/PROTOCOL.md, "Messages").
 //!
 //! ```text
-//! normal  = 0x01 || ratchet_key (32) || counter (u32) || previous_counter (u32) || aead (>= 16)
-//! prekey  = 0x02 || sender_identity (32) || base_key (32) || signed_prekey_id (u32)
+//! normal  = 0x03 || ratchet_key (32) || counter (u32) || previous_counter (u32) || aead (>= 16)
+//! prekey  = 0x04 || sender_identity (32) || base_key (32) || signed_prekey_id (u32)
 //!                || kem_prekey_id (u32) || has_one_time (u8: 0|1) || one_time_prekey_id (u32, 0 if absent)
 //!                || kem_ciphertext (1088) || normal
 //! ```
@@ -14,10 +14,12 @@ use crate::error::DecodeError;
 use crate::identity::{PUBLIC_IDENTITY_LEN, PublicIdentity};
 use crate::primitives::{AEAD_TAG_LEN, KEM_CT_LEN};
 
-/// Type byte of a normal ratchet message, format version 1.
-pub(crate) const TYPE_NORMAL_V1: u8 = 0x01;
-/// Type byte of a PQXDH prekey message, format version 1.
-pub(crate) const TYPE_PREKEY_V1: u8 = 0x02;
+/// Type byte of a normal ratchet message, protocol v2 (v1 used 0x01).
+pub(crate) const TYPE_NORMAL_V2: u8 = 0x03;
+/// Type byte of a PQXDH prekey message, protocol v2 (v1 used 0x02).
+pub(crate) const TYPE_PREKEY_V2: u8 = 0x04;
+/// Type bytes of protocol v1 messages, refused by name.
+const RETIRED_TYPES: [u8; 2] = [0x01, 0x02];
 /// Length of a normal message header (type byte included).
 pub(crate) const NORMAL_HEADER_LEN: usize = 1 + 32 + 4 + 4;
 /// Length of a prekey message header, before the embedded normal message.
@@ -56,8 +58,9 @@ impl fmt::Debug for OutgoingMessage {
 pub fn message_kind(bytes: &[u8]) -> Result<MessageKind, DecodeError> {
     match bytes.first() {
         None => Err(DecodeError::Empty),
-        Some(&TYPE_NORMAL_V1) => Ok(MessageKind::Normal),
-        Some(&TYPE_PREKEY_V1) => Ok(MessageKind::Prekey),
+        Some(&TYPE_NORMAL_V2) => Ok(MessageKind::Normal),
+        Some(&TYPE_PREKEY_V2) => Ok(MessageKind::Prekey),
+        Some(&old) if RETIRED_TYPES.contains(&old) => Err(DecodeError::RetiredVersion(old)),
         Some(&other) => Err(DecodeError::UnknownType(other)),
     }
 }
@@ -107,7 +110,7 @@ impl NormalMessage {
         previous_counter: u32,
     ) -> [u8; NORMAL_HEADER_LEN] {
         let mut header = [0u8; NORMAL_HEADER_LEN];
-        header[0] = TYPE_NORMAL_V1;
+        header[0] = TYPE_NORMAL_V2;
         header[1..33].copy_from_slice(ratchet_key);
         header[33..37].copy_from_slice(&counter.to_be_bytes());
         header[37..41].copy_from_slice(&previous_counter.to_be_bytes());
@@ -207,7 +210,7 @@ impl PrekeyMessage {
         kem_ciphertext: &[u8],
     ) -> Vec<u8> {
         let mut out = Vec::with_capacity(PREKEY_HEADER_LEN);
-        out.push(TYPE_PREKEY_V1);
+        out.push(TYPE_PREKEY_V2);
         out.extend_from_slice(&sender.to_array());
         out.extend_from_slice(base_key);
         out.extend_from_slice(&signed_prekey_id.to_be_bytes());
@@ -251,10 +254,12 @@ mod tests {
 
     #[test]
     fn kinds() {
-        assert_eq!(message_kind(&[1]), Ok(MessageKind::Normal));
-        assert_eq!(message_kind(&[2, 0]), Ok(MessageKind::Prekey));
+        assert_eq!(message_kind(&[3]), Ok(MessageKind::Normal));
+        assert_eq!(message_kind(&[4, 0]), Ok(MessageKind::Prekey));
         assert_eq!(message_kind(&[]), Err(DecodeError::Empty));
-        assert_eq!(message_kind(&[3]), Err(DecodeError::UnknownType(3)));
+        assert_eq!(message_kind(&[1]), Err(DecodeError::RetiredVersion(1)));
+        assert_eq!(message_kind(&[2]), Err(DecodeError::RetiredVersion(2)));
+        assert_eq!(message_kind(&[5]), Err(DecodeError::UnknownType(5)));
     }
 
     #[test]

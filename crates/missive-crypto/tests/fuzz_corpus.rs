@@ -30,6 +30,25 @@ fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
     files
 }
 
+/// Whom the fixture's prekeys are signed for: device 1 of Bob's account. The
+/// fixture keeps no account key, so this replays its generator's draws (Alice's
+/// key, Bob's device key, Bob's account key) and checks Bob's key against it.
+fn fixture_owner() -> missive_crypto::PrekeyOwner {
+    let mut rng = FuzzRng::new(0x4d69_7373_6976_6531);
+    let _alice = missive_crypto::IdentityKeyPair::generate(&mut rng);
+    let bob = missive_crypto::IdentityKeyPair::generate(&mut rng);
+    assert_eq!(
+        bob.public(),
+        fuzzing::fixture().bob.public(),
+        "fixture draws changed"
+    );
+    let account = missive_crypto::IdentityKeyPair::generate(&mut rng);
+    missive_crypto::PrekeyOwner {
+        account: account.public().clone(),
+        device_id: 1,
+    }
+}
+
 fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     let fixture = fuzzing::fixture();
     let mut rng = FuzzRng::new(99);
@@ -41,11 +60,16 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     with_ad.extend_from_slice(b"adad");
     with_ad.extend_from_slice(&alice.encrypt(&mut rng, b"ad", b"adad").unwrap().bytes);
     let carol = missive_crypto::IdentityKeyPair::generate(&mut rng);
+    // A new PQXDH run to Bob from a new device key at the address the oracle
+    // accepts prekey messages from ("alice" device 1), with Bob's bundle.
     let mut initiator = missive_crypto::Session::initiate(
         &mut rng,
         &carol,
+        &missive_crypto::Address::new("alice", 1),
+        "bob",
         &missive_crypto::PrekeyBundle {
             identity: fixture.bob.public().clone(),
+            owner: fixture_owner(),
             signed_prekey: fixture.signed_prekey.public(),
             kem_prekey: fixture.kem_prekey.public(),
             one_time_prekey: Some(fixture.one_time_prekey.public()),

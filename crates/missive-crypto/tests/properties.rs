@@ -1,12 +1,20 @@
 //! Property tests over random delivery and clock schedules, plus forward secrecy
-//! and post-compromise security. `PROPTEST_CASES=N` runs more cases (default 24).
+//! and post-compromise security, and the bindings of protocol v2: prekey
+//! signatures name their owner (account key, device id), every message's AD
+//! names both ends' addresses, the PQXDH root commits to its transcript, v1
+//! messages are refused by name and proof-of-possession transcripts name the
+//! server. `PROPTEST_CASES=N` runs more cases (default 24).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
 use common::{Party, conversing, rng};
 use missive_crypto::consts::{MAX_PREVIOUS_RATCHET_KEYS, MAX_SKIPPED_KEY_AGE_MS};
-use missive_crypto::{DecryptError, MessageKind, Session, message_kind};
+use missive_crypto::{
+    Address, DecodeError, DecryptError, IdentityKeyPair, KemPrekeyPair, KeyError, MessageKind,
+    OneTimePrekeyPair, PrekeyMessage, PrekeyOwner, Session, SessionError, SignedPrekeyPair,
+    message_kind, transcript,
+};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use rand_chacha::ChaCha20Rng;
@@ -185,12 +193,15 @@ impl World {
         let mut r = rng(seed);
         // As `common::established`, keeping the first message: Bob accepts it
         // (seq 0) and its chain.
-        let alice_party = Party::new(&mut r);
-        let bob_party = Party::new(&mut r);
-        let bundle = bob_party.bundle(seed.is_multiple_of(2));
-        let mut alice = Session::initiate(&mut r, &alice_party.identity, &bundle).unwrap();
+        let alice_party = Party::new(&mut r, "alice");
+        let bob_party = Party::new(&mut r, "bob");
+        let mut alice = alice_party
+            .initiate(&mut r, &bob_party, seed.is_multiple_of(2))
+            .unwrap();
         let first = alice.encrypt(&mut r, b"hello", b"ad").unwrap().bytes;
-        let (bob, _) = bob_party.accept(&first, b"ad").unwrap();
+        let (bob, _) = bob_party
+            .accept(&alice_party.address, &first, b"ad")
+            .unwrap();
         World {
             r,
             alice,
@@ -407,4 +418,340 @@ fn post_compromise_security_after_dh_round_trip() {
     assert!(eve.decrypt(&later, b"").is_err());
     let mut eve = Session::from_bytes(&stolen).unwrap();
     assert!(eve.decrypt(&later, b"").is_err());
+}
+
+// Protocol v2 bindings.
+
+const BAD_SIGNATURE: Option<SessionError> = Some(SessionError::Key(KeyError::BadSignature));
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// A server serving a device's prekeys as another device's (another device
+    /// id, or another account) is caught by `initiate`: the signatures name the
+    /// owner. So are prekeys the device key signed for another owner, and a
+    /// bundle naming the account key as the device key.
+    #[test]
+    fn prekeys_of_another_owner_fail_initiate(
+        seed in any::<u64>(),
+        device_id in 1..u32::MAX,
+        other_device in 1..u32::MAX,
+    ) {
+        prop_assume!(device_id != other_device);
+        let mut r = rng(seed);
+        let alice = Party::new(&mut r, "alice");
+        let bob = Party::device(&mut r, "bob", device_id);
+        let session = alice.initiate(&mut r, &bob, true).unwrap();
+        prop_assert_eq!(session.remote_address(), &bob.address);
+        let other_account = IdentityKeyPair::generate(&mut r);
+        let other_owners = [
+            PrekeyOwner { account: bob.account.public().clone(), device_id: other_device },
+            PrekeyOwner { account: other_account.public().clone(), device_id },
+        ];
+        for other in &other_owners {
+            // The bundle names another owner than the signatures do.
+            let mut bundle = bob.bundle(true);
+            bundle.owner = other.clone();
+            prop_assert_eq!(alice.initiate_to(&mut r, "bob", &bundle).err(), BAD_SIGNATURE);
+            // The bundle names the real owner, one prekey was signed for another.
+            let mut bundle = bob.bundle(true);
+            bundle.signed_prekey = SignedPrekeyPair::generate(&mut r, 1, &bob.identity, other).public();
+            prop_assert_eq!(alice.initiate_to(&mut r, "bob", &bundle).err(), BAD_SIGNATURE);
+            let mut bundle = bob.bundle(true);
+            bundle.kem_prekey = KemPrekeyPair::generate(&mut r, 2, &bob.identity, other).public();
+            prop_assert_eq!(alice.initiate_to(&mut r, "bob", &bundle).err(), BAD_SIGNATURE);
+        }
+        // The account key is not the device key that signed the prekeys.
+        let mut bundle = bob.bundle(true);
+        bundle.identity = bob.account.public().clone();
+        prop_assert_eq!(alice.initiate_to(&mut r, "bob", &bundle).err(), BAD_SIGNATURE);
+    }
+
+    /// A prekey message accepted, or a normal message decrypted, with a sender
+    /// or recipient address that differs from the one the sender used (in the
+    /// username or the device id) fails authentication and changes nothing.
+    #[test]
+    fn a_wrong_address_fails_authentication(
+        seed in any::<u64>(),
+        wrong in wrong_address(),
+    ) {
+        let mut r = rng(seed);
+        let alice = Party::new(&mut r, "alice");
+        let bob = Party::new(&mut r, "bob");
+        let (sender, recipient) = wrong.apply(&alice.address, &bob.address);
+        prop_assume!((&sender, &recipient) != (&alice.address, &bob.address));
+
+        let mut a = alice.initiate(&mut r, &bob, seed.is_multiple_of(2)).unwrap();
+        let first = a.encrypt(&mut r, b"first", b"ad").unwrap().bytes;
+        prop_assert_eq!(
+            bob.accept_at(&recipient, &sender, &first, b"ad").err(),
+            Some(DecryptError::AuthenticationFailed)
+        );
+        let (mut b, _) = bob.accept(&alice.address, &first, b"ad").unwrap();
+
+        // Alice's next prekey message, then (after Bob's reply) a normal one,
+        // each opened by a copy of Bob's session naming the wrong addresses.
+        let second = a.encrypt(&mut r, b"second", b"ad").unwrap().bytes;
+        let mut b_after = b.clone();
+        b_after.decrypt(&second, b"ad").unwrap();
+        let reply = b_after.encrypt(&mut r, b"reply", b"").unwrap().bytes;
+        let mut a_after = a.clone();
+        a_after.decrypt(&reply, b"").unwrap();
+        let normal = a_after.encrypt(&mut r, b"normal", b"ad").unwrap().bytes;
+        prop_assert_eq!(message_kind(&normal), Ok(MessageKind::Normal));
+        for (session, message) in [(&b, &second), (&b_after, &normal)] {
+            let mut bad = with_addresses(session, &recipient, &sender);
+            prop_assert_eq!(bad.local_address(), &recipient);
+            prop_assert_eq!(bad.remote_address(), &sender);
+            let before = bad.to_bytes();
+            prop_assert_eq!(
+                bad.decrypt(message, b"ad").err(),
+                Some(DecryptError::AuthenticationFailed)
+            );
+            prop_assert_eq!(bad.to_bytes(), before);
+            // The session with the right addresses opens it.
+            prop_assert!(session.clone().decrypt(message, b"ad").is_ok());
+        }
+        // The same holds for what Bob sends: Alice with wrong addresses fails.
+        let from_bob = b.encrypt(&mut r, b"to alice", b"").unwrap().bytes;
+        let mut bad = with_addresses(&a, &sender, &recipient);
+        let before = bad.to_bytes();
+        prop_assert_eq!(
+            bad.decrypt(&from_bob, b"").err(),
+            Some(DecryptError::AuthenticationFailed)
+        );
+        prop_assert_eq!(bad.to_bytes(), before);
+        prop_assert!(a.decrypt(&from_bob, b"").is_ok());
+    }
+
+    /// Messages with a protocol v1 type byte (0x01 normal, 0x02 prekey) are
+    /// refused by name, wherever the byte is, and change nothing.
+    #[test]
+    fn v1_type_bytes_are_refused_by_name(seed in any::<u64>(), v1 in 1u8..=2) {
+        let mut r = rng(seed);
+        let (mut a, mut b) = common::established(&mut r, true);
+        let prekey = a.encrypt(&mut r, b"prekey", b"").unwrap().bytes;
+        let mut a2 = a.clone();
+        let reply = b.encrypt(&mut r, b"reply", b"").unwrap().bytes;
+        a2.decrypt(&reply, b"").unwrap();
+        let normal = a2.encrypt(&mut r, b"normal", b"").unwrap().bytes;
+        let retired = Some(DecryptError::Decode(DecodeError::RetiredVersion(v1)));
+        for (message, at) in [(&prekey, 0), (&prekey, PREKEY_HEADER_LEN), (&normal, 0)] {
+            let mut old = message.clone();
+            old[at] = v1;
+            let before = b.to_bytes();
+            prop_assert_eq!(b.decrypt(&old, b"").err(), retired.clone());
+            prop_assert_eq!(b.to_bytes(), before);
+            prop_assert_eq!(PrekeyMessage::parse(&old).err(), Some(DecodeError::RetiredVersion(v1)));
+            if at == 0 {
+                prop_assert_eq!(message_kind(&old), Err(DecodeError::RetiredVersion(v1)));
+            }
+        }
+        prop_assert_eq!(&b.decrypt(&normal, b"").unwrap()[..], b"normal");
+    }
+
+    /// Proof-of-possession transcripts name the server: the same challenge,
+    /// username and ids for two server names give two transcripts, and a
+    /// signature over one does not verify the other.
+    #[test]
+    fn transcripts_for_different_servers_differ(
+        server in "[a-z]{1,12}\\.example",
+        other in "[a-z]{1,12}\\.example",
+        challenge in prop::collection::vec(any::<u8>(), 0..48),
+        username in "[a-z]{1,16}",
+        device_id in any::<u32>(),
+        registration_id in any::<u32>(),
+    ) {
+        prop_assume!(server != other);
+        let key = IdentityKeyPair::generate(&mut rng(u64::from(device_id)));
+        let pairs = [
+            (
+                transcript::registration(&challenge, &server, &username, registration_id),
+                transcript::registration(&challenge, &other, &username, registration_id),
+            ),
+            (
+                transcript::login(&challenge, &server, &username, device_id),
+                transcript::login(&challenge, &other, &username, device_id),
+            ),
+            (
+                transcript::add_device(&challenge, &server, &username, device_id, registration_id),
+                transcript::add_device(&challenge, &other, &username, device_id, registration_id),
+            ),
+        ];
+        for (ours, theirs) in &pairs {
+            prop_assert_ne!(ours, theirs);
+            let signature = key.sign(ours);
+            prop_assert!(key.public().verify(ours, &signature).is_ok());
+            prop_assert!(key.public().verify(theirs, &signature).is_err());
+        }
+    }
+}
+
+/// Which address the receiving side gets wrong, and how.
+#[derive(Clone, Debug)]
+enum WrongAddress {
+    SenderUsername(String),
+    SenderDevice(u32),
+    RecipientUsername(String),
+    RecipientDevice(u32),
+}
+
+fn wrong_address() -> impl Strategy<Value = WrongAddress> {
+    prop_oneof![
+        "[a-z]{1,8}".prop_map(WrongAddress::SenderUsername),
+        (1..u32::MAX).prop_map(WrongAddress::SenderDevice),
+        "[a-z]{1,8}".prop_map(WrongAddress::RecipientUsername),
+        (1..u32::MAX).prop_map(WrongAddress::RecipientDevice),
+    ]
+}
+
+impl WrongAddress {
+    /// The (sender, recipient) addresses the receiving side assumes.
+    fn apply(&self, sender: &Address, recipient: &Address) -> (Address, Address) {
+        let (mut sender, mut recipient) = (sender.clone(), recipient.clone());
+        match self {
+            WrongAddress::SenderUsername(u) => sender.username.clone_from(u),
+            WrongAddress::SenderDevice(d) => sender.device_id = *d,
+            WrongAddress::RecipientUsername(u) => recipient.username.clone_from(u),
+            WrongAddress::RecipientDevice(d) => recipient.device_id = *d,
+        }
+        (sender, recipient)
+    }
+}
+
+/// `session` with other addresses, through its stored form: protobuf merges a
+/// repeated embedded message field into the earlier one, so appending fields
+/// 15 (local address) and 16 (remote address) replaces a non-empty username
+/// and a non-zero device id.
+fn with_addresses(session: &Session, local: &Address, remote: &Address) -> Session {
+    fn varint(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+    fn address_field(out: &mut Vec<u8>, field: u64, address: &Address) {
+        assert!(!address.username.is_empty() && address.device_id != 0);
+        let mut inner = vec![0x0a];
+        varint(&mut inner, address.username.len() as u64);
+        inner.extend_from_slice(address.username.as_bytes());
+        inner.push(0x10);
+        varint(&mut inner, u64::from(address.device_id));
+        varint(out, (field << 3) | 2);
+        varint(out, inner.len() as u64);
+        out.extend_from_slice(&inner);
+    }
+    let mut bytes = session.to_bytes().to_vec();
+    address_field(&mut bytes, 15, local);
+    address_field(&mut bytes, 16, remote);
+    let edited = Session::from_bytes(&bytes).unwrap();
+    assert_eq!(
+        (edited.local_address(), edited.remote_address()),
+        (local, remote)
+    );
+    edited
+}
+
+/// Two PQXDH runs with the same randomness that differ in one transcript
+/// element (the one-time prekey's presence or identity, the KEM prekey, the
+/// signed prekey, either identity) give different first messages, and Bob's
+/// keys for the other run do not open them.
+#[test]
+fn each_transcript_element_changes_the_first_message() {
+    let mut r = rng(200);
+    let alice = Party::new(&mut r, "alice");
+    let bob = Party::new(&mut r, "bob");
+    let other_alice = Party::with_account(
+        &mut r,
+        IdentityKeyPair::generate(&mut rng(201)),
+        IdentityKeyPair::from_secret_bytes(&alice.account.to_secret_bytes()).unwrap(),
+        "alice",
+        1,
+    );
+    // Bob's device with other prekeys under the same ids, and another device key.
+    let owner = bob.owner();
+    let other_otk = OneTimePrekeyPair::generate(&mut r, 3);
+    let other_kem = KemPrekeyPair::generate(&mut r, 2, &bob.identity, &owner);
+    let other_spk = SignedPrekeyPair::generate(&mut r, 1, &bob.identity, &owner);
+    let other_bob = Party::with_account(
+        &mut r,
+        IdentityKeyPair::generate(&mut rng(202)),
+        IdentityKeyPair::from_secret_bytes(&bob.account.to_secret_bytes()).unwrap(),
+        "bob",
+        1,
+    );
+
+    let seed = rng(203);
+    // The first message of a run from `from` to `bundle`, with the same randomness.
+    let run = |from: &Party, bundle: &missive_crypto::PrekeyBundle| {
+        let mut r = seed.clone();
+        let mut s = from.initiate_to(&mut r, "bob", bundle).unwrap();
+        s.encrypt(&mut r, b"same plaintext", b"same ad")
+            .unwrap()
+            .bytes
+    };
+    let reference = run(&alice, &bob.bundle(true));
+    let body = |m: &[u8]| m[PREKEY_HEADER_LEN + 41..].to_vec();
+    assert_eq!(
+        run(&alice, &bob.bundle(true)),
+        reference,
+        "runs are reproducible"
+    );
+
+    let with = |change: &dyn Fn(&mut missive_crypto::PrekeyBundle)| {
+        let mut bundle = bob.bundle(true);
+        change(&mut bundle);
+        bundle
+    };
+    let variants = [
+        ("one-time prekey absent", run(&alice, &bob.bundle(false))),
+        (
+            "another one-time prekey",
+            run(
+                &alice,
+                &with(&|b| b.one_time_prekey = Some(other_otk.public())),
+            ),
+        ),
+        (
+            "another KEM prekey",
+            run(&alice, &with(&|b| b.kem_prekey = other_kem.public())),
+        ),
+        (
+            "another signed prekey",
+            run(&alice, &with(&|b| b.signed_prekey = other_spk.public())),
+        ),
+        (
+            "another responder identity",
+            run(&alice, &other_bob.bundle(true)),
+        ),
+        (
+            "another initiator identity",
+            run(&other_alice, &bob.bundle(true)),
+        ),
+    ];
+    let mut bodies = vec![body(&reference)];
+    for (name, message) in &variants {
+        let b = body(message);
+        assert!(!bodies.contains(&b), "{name}: same ciphertext");
+        bodies.push(b);
+    }
+    // Bob's genuine keys open the reference run only.
+    assert!(bob.accept(&alice.address, &reference, b"same ad").is_ok());
+    let (absent, other_one_time) = (&variants[0].1, &variants[1].1);
+    assert!(bob.accept(&alice.address, absent, b"same ad").is_ok());
+    assert_eq!(
+        bob.accept(&alice.address, other_one_time, b"same ad").err(),
+        Some(DecryptError::AuthenticationFailed)
+    );
+    // A message that used no one-time prekey, with the header claiming it did:
+    // the header is bound, whatever Bob's one-time key.
+    let mut claims_one_time = absent.clone();
+    claims_one_time[1 + 32 + 32 + 8] = 1;
+    claims_one_time[1 + 32 + 32 + 9..1 + 32 + 32 + 13].copy_from_slice(&3u32.to_be_bytes());
+    assert_eq!(
+        bob.accept(&alice.address, &claims_one_time, b"same ad")
+            .err(),
+        Some(DecryptError::AuthenticationFailed)
+    );
 }

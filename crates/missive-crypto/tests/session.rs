@@ -32,9 +32,9 @@ fn establishment_with_and_without_one_time_prekey() {
 #[test]
 fn prekey_message_exposes_ids() {
     let mut r = rng(2);
-    let alice = Party::new(&mut r);
-    let bob = Party::new(&mut r);
-    let mut a = Session::initiate(&mut r, &alice.identity, &bob.bundle(true)).unwrap();
+    let alice = Party::new(&mut r, "alice");
+    let bob = Party::new(&mut r, "bob");
+    let mut a = alice.initiate(&mut r, &bob, true).unwrap();
     let m = a.encrypt(&mut r, b"x", b"").unwrap();
     assert_eq!(message_kind(&m.bytes), Ok(MessageKind::Prekey));
     let parsed = PrekeyMessage::parse(&m.bytes).unwrap();
@@ -42,7 +42,7 @@ fn prekey_message_exposes_ids() {
     assert_eq!(parsed.signed_prekey_id(), 1);
     assert_eq!(parsed.kem_prekey_id(), 2);
     assert_eq!(parsed.one_time_prekey_id(), Some(3));
-    let mut a2 = Session::initiate(&mut r, &alice.identity, &bob.bundle(false)).unwrap();
+    let mut a2 = alice.initiate(&mut r, &bob, false).unwrap();
     let m2 = a2.encrypt(&mut r, b"x", b"").unwrap();
     assert_eq!(
         PrekeyMessage::parse(&m2.bytes)
@@ -72,33 +72,33 @@ fn long_conversation_with_ping_pong_and_bursts() {
 #[test]
 fn bad_bundle_signatures_are_rejected() {
     let mut r = rng(4);
-    let alice = Party::new(&mut r);
-    let bob = Party::new(&mut r);
-    let mallory = Party::new(&mut r);
+    let alice = Party::new(&mut r, "alice");
+    let bob = Party::new(&mut r, "bob");
+    let mallory = Party::new(&mut r, "mallory");
 
     let mut bundle = bob.bundle(true);
     bundle.signed_prekey.signature[0] ^= 1;
     assert_eq!(
-        Session::initiate(&mut r, &alice.identity, &bundle).err(),
+        alice.initiate_to(&mut r, "bob", &bundle).err(),
         Some(SessionError::Key(KeyError::BadSignature))
     );
     let mut bundle = bob.bundle(true);
     bundle.kem_prekey.signature[5] ^= 1;
     assert_eq!(
-        Session::initiate(&mut r, &alice.identity, &bundle).err(),
+        alice.initiate_to(&mut r, "bob", &bundle).err(),
         Some(SessionError::Key(KeyError::BadSignature))
     );
     // Keys signed by another identity.
     let mut bundle = bob.bundle(true);
     bundle.signed_prekey = mallory.signed_prekey.public();
-    assert!(Session::initiate(&mut r, &alice.identity, &bundle).is_err());
+    assert!(alice.initiate_to(&mut r, "bob", &bundle).is_err());
     let mut bundle = bob.bundle(true);
     bundle.kem_prekey = mallory.kem_prekey.public();
-    assert!(Session::initiate(&mut r, &alice.identity, &bundle).is_err());
+    assert!(alice.initiate_to(&mut r, "bob", &bundle).is_err());
     let mut bundle = bob.bundle(true);
     bundle.kem_prekey.public_key.truncate(100);
     assert!(matches!(
-        Session::initiate(&mut r, &alice.identity, &bundle),
+        alice.initiate_to(&mut r, "bob", &bundle),
         Err(SessionError::Key(KeyError::InvalidLength { .. }))
     ));
 }
@@ -106,8 +106,8 @@ fn bad_bundle_signatures_are_rejected() {
 #[test]
 fn low_order_keys_are_rejected() {
     let mut r = rng(5);
-    let alice = Party::new(&mut r);
-    let bob = Party::new(&mut r);
+    let alice = Party::new(&mut r, "alice");
+    let bob = Party::new(&mut r, "bob");
     // A low-order one-time prekey (unsigned, so an attacker can substitute it).
     let mut bundle = bob.bundle(true);
     bundle.one_time_prekey = Some(OneTimePrekeyPublic {
@@ -115,16 +115,16 @@ fn low_order_keys_are_rejected() {
         public_key: [0u8; 32],
     });
     assert_eq!(
-        Session::initiate(&mut r, &alice.identity, &bundle).err(),
+        alice.initiate_to(&mut r, "bob", &bundle).err(),
         Some(SessionError::NonContributory)
     );
     // A prekey message whose base key (and so its first ratchet key) has low order.
-    let mut a = Session::initiate(&mut r, &alice.identity, &bob.bundle(false)).unwrap();
+    let mut a = alice.initiate(&mut r, &bob, false).unwrap();
     let mut m = a.encrypt(&mut r, b"x", b"").unwrap().bytes;
     m[33..65].copy_from_slice(&[0u8; 32]);
     m[1167..1199].copy_from_slice(&[0u8; 32]);
     assert_eq!(
-        bob.accept(&m, b"").err(),
+        bob.accept(&alice.address, &m, b"").err(),
         Some(DecryptError::NonContributory)
     );
     // A normal message whose ratchet key has low order.
@@ -320,13 +320,13 @@ fn wrong_recipient_cannot_decrypt() {
     assert!(d.decrypt(&m, b"").is_err());
     assert_eq!(d.to_bytes(), before);
     // A prekey message accepted by the wrong party.
-    let alice = Party::new(&mut r);
-    let bob = Party::new(&mut r);
-    let carol = Party::new(&mut r);
-    let mut s = Session::initiate(&mut r, &alice.identity, &bob.bundle(false)).unwrap();
+    let alice = Party::new(&mut r, "alice");
+    let bob = Party::new(&mut r, "bob");
+    let carol = Party::new(&mut r, "carol");
+    let mut s = alice.initiate(&mut r, &bob, false).unwrap();
     let m = s.encrypt(&mut r, b"x", b"").unwrap().bytes;
     assert_eq!(
-        carol.accept(&m, b"").err(),
+        carol.accept(&alice.address, &m, b"").err(),
         Some(DecryptError::AuthenticationFailed)
     );
 }
@@ -334,39 +334,39 @@ fn wrong_recipient_cannot_decrypt() {
 #[test]
 fn accept_checks_prekey_ids() {
     let mut r = rng(12);
-    let alice = Party::new(&mut r);
-    let bob = Party::new(&mut r);
-    let mut s = Session::initiate(&mut r, &alice.identity, &bob.bundle(true)).unwrap();
+    let alice = Party::new(&mut r, "alice");
+    let bob = Party::new(&mut r, "bob");
+    let mut s = alice.initiate(&mut r, &bob, true).unwrap();
     let m = PrekeyMessage::parse(&s.encrypt(&mut r, b"x", b"").unwrap().bytes).unwrap();
-    let other_spk = SignedPrekeyPair::generate(&mut r, 9, &bob.identity);
-    let other_kem = KemPrekeyPair::generate(&mut r, 9, &bob.identity);
+    let other_spk = SignedPrekeyPair::generate(&mut r, 9, &bob.identity, &bob.owner());
+    let other_kem = KemPrekeyPair::generate(&mut r, 9, &bob.identity, &bob.owner());
     let other_otk = OneTimePrekeyPair::generate(&mut r, 9);
-    let id = &bob.identity;
+    let (id, to, from) = (&bob.identity, &bob.address, &alice.address);
     let (spk, kem, otk) = (&bob.signed_prekey, &bob.kem_prekey, &bob.one_time_prekey);
     let cases = [
-        Session::accept(id, &other_spk, kem, Some(otk), &m, b""),
-        Session::accept(id, spk, &other_kem, Some(otk), &m, b""),
-        Session::accept(id, spk, kem, Some(&other_otk), &m, b""),
-        Session::accept(id, spk, kem, None, &m, b""),
+        Session::accept(id, to, from, &other_spk, kem, Some(otk), &m, b""),
+        Session::accept(id, to, from, spk, &other_kem, Some(otk), &m, b""),
+        Session::accept(id, to, from, spk, kem, Some(&other_otk), &m, b""),
+        Session::accept(id, to, from, spk, kem, None, &m, b""),
     ];
     for case in cases {
         assert!(matches!(case, Err(DecryptError::PrekeyMismatch(_))));
     }
-    let mut s = Session::initiate(&mut r, &alice.identity, &bob.bundle(false)).unwrap();
+    let mut s = alice.initiate(&mut r, &bob, false).unwrap();
     let m = PrekeyMessage::parse(&s.encrypt(&mut r, b"x", b"").unwrap().bytes).unwrap();
     assert!(matches!(
-        Session::accept(id, spk, kem, Some(otk), &m, b""),
+        Session::accept(id, to, from, spk, kem, Some(otk), &m, b""),
         Err(DecryptError::PrekeyMismatch(_))
     ));
     // Same ids, different key material (e.g. a rotated signed prekey reusing an id).
-    let same_id_spk = SignedPrekeyPair::generate(&mut r, 1, &bob.identity);
+    let same_id_spk = SignedPrekeyPair::generate(&mut r, 1, &bob.identity, &bob.owner());
     assert_eq!(
-        Session::accept(id, &same_id_spk, kem, None, &m, b"").err(),
+        Session::accept(id, to, from, &same_id_spk, kem, None, &m, b"").err(),
         Some(DecryptError::AuthenticationFailed)
     );
-    let same_id_kem = KemPrekeyPair::generate(&mut r, 2, &bob.identity);
+    let same_id_kem = KemPrekeyPair::generate(&mut r, 2, &bob.identity, &bob.owner());
     assert_eq!(
-        Session::accept(id, spk, &same_id_kem, None, &m, b"").err(),
+        Session::accept(id, to, from, spk, &same_id_kem, None, &m, b"").err(),
         Some(DecryptError::AuthenticationFailed)
     );
 }
@@ -374,21 +374,21 @@ fn accept_checks_prekey_ids() {
 #[test]
 fn prekey_message_for_another_session_is_reported() {
     let mut r = rng(13);
-    let alice = Party::new(&mut r);
-    let bob = Party::new(&mut r);
-    let mut s1 = Session::initiate(&mut r, &alice.identity, &bob.bundle(false)).unwrap();
+    let alice = Party::new(&mut r, "alice");
+    let bob = Party::new(&mut r, "bob");
+    let mut s1 = alice.initiate(&mut r, &bob, false).unwrap();
     let m1 = s1.encrypt(&mut r, b"one", b"").unwrap().bytes;
-    let (mut b, _) = bob.accept(&m1, b"").unwrap();
+    let (mut b, _) = bob.accept(&alice.address, &m1, b"").unwrap();
     // Alice restarts (e.g. lost her state): a new PQXDH with a new base key.
-    let mut s2 = Session::initiate(&mut r, &alice.identity, &bob.bundle(false)).unwrap();
+    let mut s2 = alice.initiate(&mut r, &bob, false).unwrap();
     let m2 = s2.encrypt(&mut r, b"two", b"").unwrap().bytes;
     assert_eq!(
         b.decrypt(&m2, b"").err(),
         Some(DecryptError::SessionMismatch)
     );
     // A prekey message from someone else.
-    let carol = Party::new(&mut r);
-    let mut s3 = Session::initiate(&mut r, &carol.identity, &bob.bundle(false)).unwrap();
+    let carol = Party::new(&mut r, "carol");
+    let mut s3 = carol.initiate(&mut r, &bob, false).unwrap();
     let m3 = s3.encrypt(&mut r, b"three", b"").unwrap().bytes;
     assert_eq!(
         b.decrypt(&m3, b"").err(),
@@ -402,9 +402,9 @@ fn prekey_message_for_another_session_is_reported() {
 #[test]
 fn tampered_sender_identity_in_prekey_message_is_rejected() {
     let mut r = rng(14);
-    let alice = Party::new(&mut r);
-    let bob = Party::new(&mut r);
-    let mut s = Session::initiate(&mut r, &alice.identity, &bob.bundle(false)).unwrap();
+    let alice = Party::new(&mut r, "alice");
+    let bob = Party::new(&mut r, "bob");
+    let mut s = alice.initiate(&mut r, &bob, false).unwrap();
     let m = s.encrypt(&mut r, b"x", b"").unwrap().bytes;
     // y = 2 is not a curve point, so not an identity key.
     let mut bad = m.clone();
@@ -416,16 +416,16 @@ fn tampered_sender_identity_in_prekey_message_is_rejected() {
     );
     // Substituting another valid identity fails authentication.
     let mut bad = m.clone();
-    bad[1..33].copy_from_slice(&Party::new(&mut r).identity.public().to_bytes());
+    bad[1..33].copy_from_slice(&Party::new(&mut r, "mallory").identity.public().to_bytes());
     assert_eq!(
-        bob.accept(&bad, b"").err(),
+        bob.accept(&alice.address, &bad, b"").err(),
         Some(DecryptError::AuthenticationFailed)
     );
     // KEM ciphertext tampering fails authentication (implicit rejection).
     let mut bad = m.clone();
     bad[200] ^= 1;
     assert_eq!(
-        bob.accept(&bad, b"").err(),
+        bob.accept(&alice.address, &bad, b"").err(),
         Some(DecryptError::AuthenticationFailed)
     );
     // Bad one-time flag.
@@ -494,14 +494,24 @@ fn malformed_state_is_rejected() {
         // Truncations either fail cleanly or (at a field boundary) fail validation.
         assert!(Session::from_bytes(&bytes[..len]).is_err(), "len {len}");
     }
-    // Version 3 is refused with a clear error: field 1 (varint) = 3.
-    assert_eq!(&bytes[..2], &[0x08, 0x02]);
-    let mut v3 = vec![0x08, 0x03];
-    v3.extend_from_slice(&bytes[2..]);
+    // Version 4 is refused with a clear error: field 1 (varint) = 4.
+    assert_eq!(&bytes[..2], &[0x08, 0x03]);
+    let with_version = |v: u8| {
+        let mut edited = vec![0x08, v];
+        edited.extend_from_slice(&bytes[2..]);
+        edited
+    };
     assert_eq!(
-        Session::from_bytes(&v3).err(),
-        Some(StateError::UnsupportedVersion(3))
+        Session::from_bytes(&with_version(4)).err(),
+        Some(StateError::UnsupportedVersion(4))
     );
+    // Formats 1 and 2 were protocol v1 sessions: refused by name.
+    for v in [1, 2] {
+        assert_eq!(
+            Session::from_bytes(&with_version(v)).err(),
+            Some(StateError::RetiredVersion(u32::from(v)))
+        );
+    }
     // An unknown field added by a later revision is skipped (field 99, varint 1).
     let mut extended = bytes.to_vec();
     extended.extend_from_slice(&[0x98, 0x06, 0x01]);
@@ -590,7 +600,9 @@ fn session_debug_is_pinned() {
     let mut r = rng(20);
     let (a, b) = conversing(&mut r);
     let expected = format!(
-        "Session {{ local: Fingerprint({}), remote: Fingerprint({}), sending_ready: false, \
+        "Session {{ local: Fingerprint({}), remote: Fingerprint({}), \
+         local_address: Address {{ username: \"alice\", device_id: 1 }}, \
+         remote_address: Address {{ username: \"bob\", device_id: 1 }}, sending_ready: false, \
          sending_counter: 0, previous_counter: 1, receiving_next: Some(1), skipped_keys: 0, \
          awaiting_reply: false }}",
         a.local_identity().fingerprint(),
@@ -603,9 +615,9 @@ fn session_debug_is_pinned() {
 #[test]
 fn message_debug_shows_no_ciphertext() {
     let mut r = rng(21);
-    let alice = Party::new(&mut r);
-    let bob = Party::new(&mut r);
-    let mut s = Session::initiate(&mut r, &alice.identity, &bob.bundle(true)).unwrap();
+    let alice = Party::new(&mut r, "alice");
+    let bob = Party::new(&mut r, "bob");
+    let mut s = alice.initiate(&mut r, &bob, true).unwrap();
     let m = s.encrypt(&mut r, b"x", b"").unwrap();
     let debug = format!("{m:?}");
     assert_eq!(

@@ -2,7 +2,9 @@
 //! implements a primitive). Every key is verified before it is stored.
 
 use missive_crypto::franking::{self, FrankingKey};
-use missive_crypto::{KEM_PUBLIC_KEY_LEN, KemPrekeyPublic, PublicIdentity, SignedPrekeyPublic};
+use missive_crypto::{
+    KEM_PUBLIC_KEY_LEN, KemPrekeyPublic, PrekeyOwner, PublicIdentity, SignedPrekeyPublic,
+};
 use missive_proto::v1;
 
 use crate::error::{ApiError, ApiResult};
@@ -21,9 +23,14 @@ fn array<const N: usize>(bytes: &[u8], what: &str) -> ApiResult<[u8; N]> {
 
 /// Parses the identity key (a canonical Ed25519 key of large order).
 pub fn identity(identity: Option<&v1::PublicIdentity>) -> ApiResult<PublicIdentity> {
-    let identity = identity.ok_or_else(|| invalid("the identity is missing"))?;
+    key(identity, "identity")
+}
+
+/// Parses a key named `what` in messages ("identity", "device identity").
+pub fn key(identity: Option<&v1::PublicIdentity>, what: &str) -> ApiResult<PublicIdentity> {
+    let identity = identity.ok_or_else(|| invalid(format!("the {what} is missing")))?;
     PublicIdentity::from_bytes(&identity.signing_key)
-        .map_err(|e| invalid(format!("invalid identity: {e}")))
+        .map_err(|e| invalid(format!("invalid {what}: {e}")))
 }
 
 /// A stored identity (`to_bytes()`).
@@ -39,37 +46,67 @@ pub fn stored_identity(bytes: &[u8]) -> ApiResult<PublicIdentity> {
     })
 }
 
-/// Verifies the proof of possession over a registration transcript.
+/// Verifies the proof of possession over a registration transcript (by the
+/// account key).
 pub fn registration(
     identity: &PublicIdentity,
     challenge: &[u8],
+    server_name: &str,
     username: &str,
     registration_id: u32,
     signature: &[u8],
 ) -> ApiResult<()> {
-    let transcript = missive_crypto::transcript::registration(challenge, username, registration_id);
+    let transcript =
+        missive_crypto::transcript::registration(challenge, server_name, username, registration_id);
     identity
         .verify(&transcript, signature)
         .map_err(|_| ApiError::BadSignature)
 }
 
-/// Verifies the proof of possession over a login transcript.
+/// Verifies the proof of possession over a login transcript (by the device
+/// key).
 pub fn login(
     identity: &PublicIdentity,
     challenge: &[u8],
+    server_name: &str,
     username: &str,
     device_id: u32,
     signature: &[u8],
 ) -> ApiResult<()> {
-    let transcript = missive_crypto::transcript::login(challenge, username, device_id);
+    let transcript = missive_crypto::transcript::login(challenge, server_name, username, device_id);
     identity
         .verify(&transcript, signature)
         .map_err(|_| ApiError::BadSignature)
 }
 
-/// Checks a signed X25519 prekey's length and signature.
+/// Verifies a linked device's proof of possession over an add-device
+/// transcript (by its device key).
+pub fn add_device(
+    identity: &PublicIdentity,
+    challenge: &[u8],
+    server_name: &str,
+    username: &str,
+    device_id: u32,
+    registration_id: u32,
+    signature: &[u8],
+) -> ApiResult<()> {
+    let transcript = missive_crypto::transcript::add_device(
+        challenge,
+        server_name,
+        username,
+        device_id,
+        registration_id,
+    );
+    identity
+        .verify(&transcript, signature)
+        .map_err(|_| ApiError::BadSignature)
+}
+
+/// Checks a signed X25519 prekey's length and its signature by the device
+/// key `identity` for `owner`.
 pub fn signed_prekey(
     identity: &PublicIdentity,
+    owner: &PrekeyOwner,
     key: Option<&v1::SignedPrekey>,
 ) -> ApiResult<SignedPrekeyRecord> {
     let key = key.ok_or_else(|| invalid("the signed prekey is missing"))?;
@@ -78,7 +115,7 @@ pub fn signed_prekey(
         public_key: array(&key.public_key, "a signed prekey")?,
         signature: array(&key.signature, "a prekey signature")?,
     };
-    identity.verify_signed_prekey(&public).map_err(|_| {
+    identity.verify_signed_prekey(&public, owner).map_err(|_| {
         invalid(format!(
             "the signature of signed prekey {} does not verify",
             key.id
@@ -91,9 +128,11 @@ pub fn signed_prekey(
     })
 }
 
-/// Checks an ML-KEM prekey's length and signature.
+/// Checks an ML-KEM prekey's length and its signature by the device key
+/// `identity` for `owner`.
 pub fn kem_prekey(
     identity: &PublicIdentity,
+    owner: &PrekeyOwner,
     key: Option<&v1::KemPrekey>,
 ) -> ApiResult<KemPrekeyRecord> {
     let key = key.ok_or_else(|| invalid("the KEM prekey is missing"))?;
@@ -109,7 +148,7 @@ pub fn kem_prekey(
         public_key: key.public_key.clone(),
         signature: array(&key.signature, "a prekey signature")?,
     };
-    identity.verify_kem_prekey(&public).map_err(|_| {
+    identity.verify_kem_prekey(&public, owner).map_err(|_| {
         invalid(format!(
             "the signature of KEM prekey {} does not verify",
             key.id
@@ -125,6 +164,7 @@ pub fn kem_prekey(
 /// Checks a batch of one-time prekeys: bounded, well-formed, ids unique.
 pub fn one_time_prekeys(
     identity: &PublicIdentity,
+    owner: &PrekeyOwner,
     one_time: &[v1::OneTimePrekey],
     kem: &[v1::KemPrekey],
 ) -> ApiResult<(Vec<OneTimePrekeyRecord>, Vec<KemPrekeyRecord>)> {
@@ -158,7 +198,7 @@ pub fn one_time_prekeys(
                 key.id
             )));
         }
-        kems.push(kem_prekey(identity, Some(key))?);
+        kems.push(kem_prekey(identity, owner, Some(key))?);
     }
     Ok((x25519, kems))
 }
@@ -250,6 +290,68 @@ pub fn device_list(bytes: &[u8], account: &PublicIdentity, username: &str) -> Ap
         )));
     }
     Ok(list.version)
+}
+
+/// Checks the first signed device list of a registration: it verifies
+/// against the account key and username ([`device_list`]), has version 1
+/// and names exactly device 1 with `device_identity` and `registration_id`.
+pub fn first_device_list(
+    bytes: &[u8],
+    account: &PublicIdentity,
+    username: &str,
+    device_identity: &PublicIdentity,
+    registration_id: u32,
+) -> ApiResult<()> {
+    if bytes.is_empty() {
+        return Err(invalid(
+            "the signed device list is missing: a registration publishes version 1 naming device 1",
+        ));
+    }
+    let version = device_list(bytes, account, username)?;
+    if version != 1 {
+        return Err(invalid(format!(
+            "the first device list must have version 1, not {version}"
+        )));
+    }
+    let signed = missive_crypto::SignedDeviceList::from_bytes(bytes)
+        .map_err(|e| invalid(format!("the signed device list was refused: {e}")))?;
+    match signed.unverified_list().devices.as_slice() {
+        [only] if only.device_id == 1 => {
+            if &only.identity != device_identity {
+                Err(invalid(
+                    "the device list names device 1 with another key than the device identity",
+                ))
+            } else if only.registration_id != registration_id {
+                Err(invalid(format!(
+                    "the device list names device 1 with registration id {}, not {registration_id}",
+                    only.registration_id
+                )))
+            } else {
+                Ok(())
+            }
+        }
+        devices => Err(invalid(format!(
+            "the first device list must name exactly device 1, not devices {:?}",
+            devices.iter().map(|d| d.device_id).collect::<Vec<_>>()
+        ))),
+    }
+}
+
+/// The account's stored signed device list, parsed and verified again
+/// against the account key and username (it was verified when published;
+/// one that no longer verifies is a storage failure, never trusted).
+pub fn stored_device_list(
+    bytes: &[u8],
+    account: &PublicIdentity,
+    username: &str,
+) -> ApiResult<missive_crypto::DeviceList> {
+    let corrupt = |_| {
+        ApiError::Storage(crate::storage::StorageError::Backend(
+            "the stored device list does not verify".into(),
+        ))
+    };
+    let signed = missive_crypto::SignedDeviceList::from_bytes(bytes).map_err(corrupt)?;
+    signed.verify(account, username).cloned().map_err(corrupt)
 }
 
 /// Lower-case hex fingerprint of a stored identity.

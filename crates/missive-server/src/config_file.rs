@@ -52,6 +52,8 @@ pub struct FileSettings {
     pub storage_reserve: Option<String>,
     /// `--attachment-quota`, a size such as "2GiB".
     pub attachment_quota: Option<String>,
+    /// `--server-name`, repeated: a list such as `["chat.example.org"]`.
+    pub server_names: Option<Vec<String>>,
 }
 
 /// A configuration file that cannot be used.
@@ -198,6 +200,13 @@ mod tests {
         );
         assert_eq!(settings.storage_reserve.as_deref(), Some("64MiB"));
         assert_eq!(settings.attachment_quota.as_deref(), Some("1GiB"));
+        let names = FileSettings::parse("server_names = [\"chat.example.org\", \"b.example\"]")
+            .unwrap()
+            .server_names;
+        assert_eq!(
+            names,
+            Some(vec!["chat.example.org".to_owned(), "b.example".to_owned()])
+        );
         assert_eq!(settings.listen.unwrap().port(), 7443);
         assert_eq!(settings.mailbox_limit, Some(500));
         assert_eq!(settings.metrics_listen.unwrap().port(), 9464);

@@ -19,6 +19,9 @@ pub enum ApiError {
     /// No, malformed, unknown or expired bearer token.
     #[error("{0}")]
     Unauthenticated(&'static str),
+    /// [`Self::Unauthenticated`] with a sentence naming what the peer sent.
+    #[error("{0}")]
+    UnauthenticatedBecause(String),
     /// The challenge is unknown, used, expired or for something else.
     #[error(
         "the challenge is unknown, already used, expired or for another username or purpose; request a new one"
@@ -70,9 +73,9 @@ impl From<ApiError> for Status {
             ApiError::InvalidArgument(_) | ApiError::BadSignature => {
                 Status::invalid_argument(message)
             }
-            ApiError::Unauthenticated(_) | ApiError::BadChallenge => {
-                Status::unauthenticated(message)
-            }
+            ApiError::Unauthenticated(_)
+            | ApiError::UnauthenticatedBecause(_)
+            | ApiError::BadChallenge => Status::unauthenticated(message),
             ApiError::UsernameTaken(_) => Status::already_exists(message),
             ApiError::NotFound(_) => Status::not_found(message),
             ApiError::FailedPrecondition(_) => Status::failed_precondition(message),

@@ -66,7 +66,8 @@ pub struct ExportDevice {
     pub device_id: u32,
     /// Day the device registered.
     pub registered: String,
-    /// SHA-256 fingerprint of the identity keys the device uses.
+    /// SHA-256 fingerprint of the device's own public key (protocol v2;
+    /// the account key's for devices registered before device keys).
     pub identity_fingerprint: String,
     /// Envelopes waiting for this device (a count).
     pub pending_envelopes: u64,
@@ -110,7 +111,7 @@ pub fn document(export: AccountExport) -> ExportDocument {
             .map(|d| ExportDevice {
                 device_id: d.device_id,
                 registered: iso_date(d.created_day),
-                identity_fingerprint: fingerprint.clone(),
+                identity_fingerprint: crate::checks::fingerprint(&d.identity),
                 pending_envelopes: d.pending_envelopes,
                 one_time_prekeys: d.prekeys.one_time,
                 one_time_kem_prekeys: d.prekeys.one_time_kem,

@@ -102,6 +102,19 @@ struct Cli {
     /// period, e.g. "2GiB" (docs/DEPLOYMENT.md, "Blob storage").
     #[arg(long, env = "MISSIVE_ATTACHMENT_QUOTA", default_value = "2GiB", value_parser = missive_server::config_file::parse_size, global = true)]
     attachment_quota: u64,
+    /// A name of this server that clients may sign in login and
+    /// registration transcripts (the name they verified TLS for), besides
+    /// every name the TLS certificate is valid for; repeatable (the
+    /// environment variable takes a comma-separated list). Give the public
+    /// name when a proxy terminates TLS with another certificate.
+    #[arg(
+        long = "server-name",
+        value_name = "NAME",
+        env = "MISSIVE_SERVER_NAMES",
+        value_delimiter = ',',
+        global = true
+    )]
+    server_name: Vec<String>,
     /// Log filter (tracing EnvFilter syntax, e.g. "info" or "missive_server=debug");
     /// logs go to stderr. Falls back to RUST_LOG, then "info".
     #[arg(long, env = "MISSIVE_LOG", global = true)]
@@ -269,6 +282,11 @@ fn apply_config_file(cli: &mut Cli, matches: &ArgMatches) -> anyhow::Result<()> 
         cli.attachment_quota =
             missive_server::config_file::parse_size(&quota).map_err(|e| anyhow!(e))?;
     }
+    if let Some(names) = file.server_names
+        && unset("server_name")
+    {
+        cli.server_name = names;
+    }
     if let Some(list) = file.proxy_protocol_from
         && unset("proxy_protocol_from")
     {
@@ -307,6 +325,7 @@ fn config(cli: &Cli) -> Config {
         trusted_proxies: cli.trusted_proxy.clone(),
         storage_reserve: cli.storage_reserve,
         attachment_quota: cli.attachment_quota,
+        server_names: cli.server_name.clone(),
     }
 }
 

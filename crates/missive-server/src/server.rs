@@ -74,6 +74,10 @@ pub struct Config {
     /// Bytes of attachment blobs an account may reserve within the retention
     /// period (`--attachment-quota`).
     pub attachment_quota: u64,
+    /// Names of this server clients may sign in login, registration and
+    /// add-device transcripts, besides those its TLS certificate is valid
+    /// for (`--server-name`; [`crate::tls::ServerNames`]).
+    pub server_names: Vec<String>,
 }
 
 impl Config {
@@ -96,6 +100,7 @@ impl Config {
             trusted_proxies: TrustedProxies::default(),
             storage_reserve: limits::DEFAULT_STORAGE_RESERVE,
             attachment_quota: crate::service::attachments::DEFAULT_ATTACHMENT_QUOTA,
+            server_names: Vec::new(),
         }
     }
 
@@ -322,6 +327,7 @@ async fn serve(
         drain: Default::default(),
         expiry: Default::default(),
         forwarders: config.trusted_proxies.clone(),
+        server_names: tls::ServerNames::new(&config.server_names, &tls.cert_pem),
     });
     let housekeeping = tokio::spawn(housekeeping(Arc::clone(&state), shutdown_rx.clone()));
     let blobs = crate::blobs::open(&config.database_url(), &config.data_dir).await?;

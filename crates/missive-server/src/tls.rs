@@ -31,6 +31,89 @@ pub enum TlsError {
     Incomplete,
 }
 
+/// The names clients may sign in login, registration and add-device
+/// transcripts (protocol v2): the names the operator configured
+/// (`--server-name`) and every name the node's TLS end-entity certificate is
+/// valid for. A client signs the name it verified TLS for, so a look-alike
+/// server that relays a challenge gets a signature naming itself, which this
+/// server refuses.
+#[derive(Clone, Default)]
+pub struct ServerNames {
+    /// Configured names, ASCII lower case.
+    configured: Vec<String>,
+    /// The first certificate of the chain the node serves (DER).
+    certificate: Option<rustls::pki_types::CertificateDer<'static>>,
+}
+
+impl std::fmt::Debug for ServerNames {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerNames")
+            .field("configured", &self.configured)
+            .field("certificate", &self.certificate.is_some())
+            .finish()
+    }
+}
+
+impl ServerNames {
+    /// `configured` names plus those the first certificate of `cert_pem` is
+    /// valid for (none if it does not parse: the listener refuses it anyway).
+    pub fn new(configured: &[String], cert_pem: &[u8]) -> Self {
+        use rustls::pki_types::pem::PemObject;
+        let certificate = rustls::pki_types::CertificateDer::pem_slice_iter(cert_pem)
+            .next()
+            .and_then(Result::ok);
+        Self {
+            configured: configured
+                .iter()
+                .map(|n| n.trim().to_ascii_lowercase())
+                .filter(|n| !n.is_empty())
+                .collect(),
+            certificate,
+        }
+    }
+
+    /// Whether `name` names this server: configured, or covered by the
+    /// certificate (a DNS name or an IP address; `[::1]` as in a URL too).
+    pub fn accepts(&self, name: &str) -> bool {
+        if name.is_empty() {
+            return false;
+        }
+        let folded = name.to_ascii_lowercase();
+        if self.configured.contains(&folded) {
+            return true;
+        }
+        let Some(der) = &self.certificate else {
+            return false;
+        };
+        let Ok(parsed) = rustls::server::ParsedCertificate::try_from(der) else {
+            return false;
+        };
+        // `[::1]` as in a URL: brackets only around an IPv6 address.
+        let host = match folded.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+            Some(inner) if inner.parse::<std::net::Ipv6Addr>().is_ok() => inner,
+            Some(_) => return false,
+            None => &folded,
+        };
+        match rustls::pki_types::ServerName::try_from(host) {
+            Ok(server_name) => rustls::client::verify_server_name(&parsed, &server_name).is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    /// The sentence refusing `name` when it does not name this server.
+    pub fn check(&self, name: &str) -> Result<(), String> {
+        if self.accepts(name) {
+            Ok(())
+        } else if name.is_empty() {
+            Err("the server name is missing: a client signs the name it verified TLS for".into())
+        } else {
+            Err(format!(
+                "the server name {name:?} is not a name of this server"
+            ))
+        }
+    }
+}
+
 /// PEM certificate chain and private key for the listener.
 pub struct TlsMaterial {
     /// Certificate chain, PEM.
@@ -143,4 +226,54 @@ fn generate() -> Result<(String, String, String), TlsError> {
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &ca)?;
     Ok((ca.pem(), cert.pem(), key.serialize_pem()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn names_come_from_the_configuration_and_the_certificate() {
+        let (_, cert, _) = generate().unwrap();
+        let names = ServerNames::new(&["Chat.Example.org".to_owned()], cert.as_bytes());
+        for good in [
+            "chat.example.org",
+            "CHAT.example.ORG",
+            "localhost",
+            "LocalHost",
+            "127.0.0.1",
+            "::1",
+            "[::1]",
+        ] {
+            assert!(names.accepts(good), "{good}");
+            assert!(names.check(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "evil.example",
+            "chat.example.org.evil",
+            "127.0.0.2",
+            "local host",
+            "localhost\0",
+            "[localhost]",
+        ] {
+            assert!(!names.accepts(bad), "{bad:?}");
+        }
+        assert_eq!(
+            names.check("evil.example").unwrap_err(),
+            "the server name \"evil.example\" is not a name of this server"
+        );
+        assert!(names.check("").unwrap_err().contains("missing"));
+    }
+
+    #[test]
+    fn without_a_usable_certificate_only_configured_names_count() {
+        let names = ServerNames::new(&["a.example".to_owned(), " ".to_owned()], b"not pem");
+        assert!(names.accepts("a.example"));
+        assert!(!names.accepts("localhost"));
+        assert!(!names.accepts(" "));
+        let none = ServerNames::default();
+        assert!(!none.accepts("localhost"));
+    }
 }

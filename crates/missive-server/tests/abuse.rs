@@ -212,6 +212,7 @@ async fn failing_logins_cannot_lock_the_owner_out() {
                 device_id: 1,
                 challenge,
                 signature: vec![0; 64],
+                server_name: SERVER_NAME.into(),
             })
             .await
             .unwrap_err();

@@ -44,6 +44,7 @@ fn seal(shared: &StorageKey, text: &str) -> Sealed {
         })),
         attachment: None,
         franking_key: key.as_bytes().to_vec(),
+        ..Default::default()
     };
     let ciphertext =
         missive_crypto::seal(&mut OsRng, shared, &content.encode_to_vec(), &commitment);
@@ -294,14 +295,15 @@ async fn registration_and_login_need_fresh_challenges_and_real_signatures() {
     let mut accounts =
         missive_proto::v1::account_service_client::AccountServiceClient::new(channel.clone());
 
+    let account = missive_crypto::IdentityKeyPair::generate(&mut OsRng);
     let identity = missive_crypto::IdentityKeyPair::generate(&mut OsRng);
-    let request = registration(&channel, "carol", &identity, 2, 2).await;
+    let request = registration(&channel, "carol", &account, &identity, 2, 2).await;
     accounts.register(request.clone()).await.unwrap();
     // Replaying the same request: the challenge is spent.
     let replay = accounts.register(request.clone()).await.unwrap_err();
     assert_eq!(replay.code(), Code::Unauthenticated, "{replay:?}");
     // Case-folded and unique.
-    let again = registration(&channel, "Carol", &identity, 0, 0).await;
+    let again = registration(&channel, "Carol", &account, &identity, 0, 0).await;
     assert_eq!(
         accounts.register(again).await.unwrap_err().code(),
         Code::AlreadyExists
@@ -309,10 +311,11 @@ async fn registration_and_login_need_fresh_challenges_and_real_signatures() {
 
     // A signature by another key.
     let other = missive_crypto::IdentityKeyPair::generate(&mut OsRng);
-    let mut forged = registration(&channel, "dave", &identity, 0, 0).await;
+    let mut forged = registration(&channel, "dave", &account, &identity, 0, 0).await;
     forged.signature = other
         .sign(&missive_crypto::transcript::registration(
             &forged.challenge,
+            SERVER_NAME,
             "dave",
             forged.registration_id,
         ))
@@ -321,13 +324,39 @@ async fn registration_and_login_need_fresh_challenges_and_real_signatures() {
         accounts.register(forged).await.unwrap_err().code(),
         Code::InvalidArgument
     );
-    // A prekey signed by another identity.
-    let mut bad_prekey = registration(&channel, "dave", &identity, 0, 0).await;
-    bad_prekey.signed_prekey = Some(signed_prekey(&other, 1));
+    // The registration signed by the device key instead of the account key.
+    let mut by_device = registration(&channel, "dave", &account, &identity, 0, 0).await;
+    by_device.signature = identity
+        .sign(&missive_crypto::transcript::registration(
+            &by_device.challenge,
+            SERVER_NAME,
+            "dave",
+            by_device.registration_id,
+        ))
+        .to_vec();
+    assert_eq!(
+        accounts.register(by_device).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    // A prekey signed by another identity, by the account key, or for
+    // another device id.
+    for (key, device) in [(&other, 1), (&account, 1), (&identity, 2)] {
+        let mut bad_prekey = registration(&channel, "dave", &account, &identity, 0, 0).await;
+        bad_prekey.signed_prekey = Some(signed_prekey(key, &owner(&account, device), 1));
+        let status = accounts.register(bad_prekey).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(
+            status.message().contains("signed prekey"),
+            "{}",
+            status.message()
+        );
+    }
+    let mut bad_prekey = registration(&channel, "dave", &account, &identity, 0, 0).await;
+    bad_prekey.last_resort_kem_prekey = Some(kem_prekey(&identity, &owner(&other, 1), 1000));
     let status = accounts.register(bad_prekey).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(
-        status.message().contains("signed prekey"),
+        status.message().contains("KEM prekey"),
         "{}",
         status.message()
     );
@@ -344,7 +373,9 @@ async fn registration_and_login_need_fresh_challenges_and_real_signatures() {
     // Login: a good signature gets a working token, a register challenge or a bad signature does not.
     let user = User {
         username: "carol".into(),
+        account,
         identity,
+        device_id: 1,
         registration_id: 1234,
         token: vec![],
         channel: channel.clone(),
@@ -360,6 +391,7 @@ async fn registration_and_login_need_fresh_challenges_and_real_signatures() {
     let wrong_purpose = common::challenge(&channel, "carol", ChallengePurpose::Register).await;
     let signature = user.identity.sign(&missive_crypto::transcript::login(
         &wrong_purpose,
+        SERVER_NAME,
         "carol",
         1,
     ));
@@ -369,22 +401,48 @@ async fn registration_and_login_need_fresh_challenges_and_real_signatures() {
             device_id: 1,
             challenge: wrong_purpose,
             signature: signature.to_vec(),
+            server_name: SERVER_NAME.into(),
         })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
     let fresh = common::challenge(&channel, "carol", ChallengePurpose::Login).await;
-    let signature = other.sign(&missive_crypto::transcript::login(&fresh, "carol", 1));
+    let signature = other.sign(&missive_crypto::transcript::login(
+        &fresh,
+        SERVER_NAME,
+        "carol",
+        1,
+    ));
     let status = accounts
         .login(LoginRequest {
             username: "carol".into(),
             device_id: 1,
             challenge: fresh,
             signature: signature.to_vec(),
+            server_name: SERVER_NAME.into(),
         })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
+    // The account key is not a device key: it cannot log in.
+    let fresh = common::challenge(&channel, "carol", ChallengePurpose::Login).await;
+    let signature = user.account.sign(&missive_crypto::transcript::login(
+        &fresh,
+        SERVER_NAME,
+        "carol",
+        1,
+    ));
+    let status = accounts
+        .login(LoginRequest {
+            username: "carol".into(),
+            device_id: 1,
+            challenge: fresh,
+            signature: signature.to_vec(),
+            server_name: SERVER_NAME.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     server.shutdown().await.unwrap();
 }
 
@@ -396,6 +454,7 @@ async fn one_time_prekeys_are_handed_out_once_then_last_resort() {
     let alice = register(&channel, "alice", 3, 2).await;
     let bob = register(&channel, "bob", 0, 0).await;
     let identity = PublicIdentity::from_bytes(&wire_identity(&alice.identity).signing_key).unwrap();
+    let alice_owner = owner(&alice.account, 1);
 
     let mut one_time_ids = std::collections::HashSet::new();
     let mut kem_ids = std::collections::HashSet::new();
@@ -414,19 +473,25 @@ async fn one_time_prekeys_are_handed_out_once_then_last_resort() {
         assert_eq!(bundle.registration_id, alice.registration_id);
         let spk = bundle.signed_prekey.as_ref().unwrap();
         identity
-            .verify_signed_prekey(&SignedPrekeyPublic {
-                id: spk.id,
-                public_key: spk.public_key.clone().try_into().unwrap(),
-                signature: spk.signature.clone().try_into().unwrap(),
-            })
+            .verify_signed_prekey(
+                &SignedPrekeyPublic {
+                    id: spk.id,
+                    public_key: spk.public_key.clone().try_into().unwrap(),
+                    signature: spk.signature.clone().try_into().unwrap(),
+                },
+                &alice_owner,
+            )
             .unwrap();
         let kem = bundle.kem_prekey.as_ref().unwrap();
         identity
-            .verify_kem_prekey(&KemPrekeyPublic {
-                id: kem.id,
-                public_key: kem.public_key.clone(),
-                signature: kem.signature.clone().try_into().unwrap(),
-            })
+            .verify_kem_prekey(
+                &KemPrekeyPublic {
+                    id: kem.id,
+                    public_key: kem.public_key.clone(),
+                    signature: kem.signature.clone().try_into().unwrap(),
+                },
+                &alice_owner,
+            )
             .unwrap();
         if round < 2 {
             assert!(!bundle.kem_prekey_is_last_resort);

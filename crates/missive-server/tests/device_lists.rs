@@ -41,10 +41,10 @@ fn list_by(
     .to_bytes()
 }
 
-/// A valid list of `user`'s: signed by the identity it registered with.
+/// A valid list of `user`'s: signed by the account key it registered with.
 fn list_of(user: &User, version: u64, timestamp_ms: u64, device_ids: &[u32]) -> Vec<u8> {
     list_by(
-        &user.identity,
+        &user.account,
         &user.username,
         version,
         timestamp_ms,
@@ -102,11 +102,17 @@ async fn a_published_device_list_is_served_by_get_device_list_and_get_bundles() 
     let channel = channel(&server).await;
     let alice = register(&channel, "alice", 2, 2).await;
     let bob = register(&channel, "bob", 0, 0).await;
-    assert!(fetch(&bob, "alice").await.is_empty(), "a list before any");
-    assert!(bundles_list(&bob, "alice").await.is_empty());
+    // Registration stored version 1, naming device 1 with its own key.
+    let first = fetch(&bob, "alice").await;
+    let parsed = SignedDeviceList::from_bytes(&first).unwrap();
+    let verified = parsed.verify(alice.account.public(), "alice").unwrap();
+    assert_eq!(verified.version, 1);
+    assert_eq!(verified.devices.len(), 1);
+    assert_eq!(&verified.devices[0].identity, alice.identity.public());
+    assert_eq!(bundles_list(&bob, "alice").await, first);
 
-    let list = list_of(&alice, 1, 1_700_000_000_000, &[1, 2]);
-    assert_eq!(publish(&alice, &list).await.unwrap(), 1);
+    let list = list_of(&alice, 2, 1_700_000_000_000, &[1, 2]);
+    assert_eq!(publish(&alice, &list).await.unwrap(), 2);
     // Served byte for byte, to anyone, under the case-folded name.
     let served = fetch(&bob, "Alice").await;
     assert_eq!(served, list);
@@ -114,7 +120,7 @@ async fn a_published_device_list_is_served_by_get_device_list_and_get_bundles() 
     assert_eq!(bundles_list(&bob, "alice").await, list);
     // A client verifies it against the identity it pinned.
     let parsed = SignedDeviceList::from_bytes(&served).unwrap();
-    let verified = parsed.verify(alice.identity.public(), "alice").unwrap();
+    let verified = parsed.verify(alice.account.public(), "alice").unwrap();
     assert_eq!(
         verified
             .devices
@@ -123,8 +129,12 @@ async fn a_published_device_list_is_served_by_get_device_list_and_get_bundles() 
             .collect::<Vec<_>>(),
         vec![1, 2]
     );
-    // Bob's list is his own business.
-    assert!(fetch(&alice, "bob").await.is_empty());
+    // Bob's list is his own.
+    let bobs = fetch(&alice, "bob").await;
+    SignedDeviceList::from_bytes(&bobs)
+        .unwrap()
+        .verify(bob.account.public(), "bob")
+        .unwrap();
 
     let status = bob
         .keys()
@@ -152,10 +162,15 @@ async fn device_lists_that_do_not_verify_are_refused() {
     let channel = channel(&server).await;
     let alice = register(&channel, "alice", 0, 0).await;
     let bob = register(&channel, "bob", 0, 0).await;
+    let first = fetch(&bob, "alice").await;
 
-    // Signed by another key than the identity alice registered (bob's, or
-    // any other): whoever holds it is not alice's account.
-    for key in [&bob.identity, &IdentityKeyPair::generate(&mut OsRng)] {
+    // Signed by another key than the account key alice registered (bob's,
+    // her device key, or any other): whoever holds it is not alice's account.
+    for key in [
+        &bob.account,
+        &alice.identity,
+        &IdentityKeyPair::generate(&mut OsRng),
+    ] {
         let foreign = list_by(key, "alice", 1, 1, &[1]);
         refused(
             publish(&alice, &foreign).await,
@@ -164,7 +179,7 @@ async fn device_lists_that_do_not_verify_are_refused() {
         );
     }
     // Alice's key, but the list is for bob.
-    let bobs = list_by(&alice.identity, "bob", 1, 1, &[1]);
+    let bobs = list_by(&alice.account, "bob", 2, 1, &[1]);
     let status = refused(
         publish(&alice, &bobs).await,
         Code::InvalidArgument,
@@ -176,7 +191,7 @@ async fn device_lists_that_do_not_verify_are_refused() {
             .starts_with("the signed device list was refused")
     );
     // Peer text in a refusal is escaped.
-    let hostile = list_by(&alice.identity, "alice\u{1b}[2J", 1, 1, &[1]);
+    let hostile = list_by(&alice.account, "alice\u{1b}[2J", 2, 1, &[1]);
     let status = refused(
         publish(&alice, &hostile).await,
         Code::InvalidArgument,
@@ -211,8 +226,9 @@ async fn device_lists_that_do_not_verify_are_refused() {
         "at most",
     );
 
-    assert!(
-        fetch(&bob, "alice").await.is_empty(),
+    assert_eq!(
+        fetch(&bob, "alice").await,
+        first,
         "a refused list was stored"
     );
     server.shutdown().await.unwrap();
@@ -265,7 +281,7 @@ async fn of_two_lists_published_at_once_with_one_version_exactly_one_is_stored()
     let server = start(dir.path()).await;
     let channel = channel(&server).await;
     let alice = register(&channel, "alice", 0, 0).await;
-    for version in [1, 2, 3] {
+    for version in [2, 3, 4] {
         let a = list_of(&alice, version, 1, &[1]);
         let b = list_of(&alice, version, 2, &[1, 2]);
         let (x, y) = tokio::join!(publish(&alice, &a), publish(&alice, &b));
@@ -288,7 +304,7 @@ async fn device_list_calls_need_a_token() {
     let server = start(dir.path()).await;
     let channel = channel(&server).await;
     let alice = register(&channel, "alice", 0, 0).await;
-    let list = list_of(&alice, 1, 1, &[1]);
+    let list = list_of(&alice, 2, 1, &[1]);
     let mut keys = alice.keys();
     for token in [None, Some(vec![7u8; 32])] {
         let publish_request = PublishDeviceListRequest {
@@ -309,7 +325,7 @@ async fn device_list_calls_need_a_token() {
         let status = keys.get_device_list(get).await.unwrap_err();
         assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     }
-    assert!(fetch(&alice, "alice").await.is_empty());
+    assert_ne!(fetch(&alice, "alice").await, list);
     server.shutdown().await.unwrap();
 }
 
@@ -348,8 +364,8 @@ async fn export_names_the_list_and_deleting_the_account_deletes_it() {
         assert!(!text.contains(&key), "the export holds a device key");
     }
     let json = export("bob");
-    assert!(json["device_list_version"].is_null(), "{json}");
-    assert_eq!(json["device_list_devices"], serde_json::json!([]));
+    assert_eq!(json["device_list_version"], 1, "{json}");
+    assert_eq!(json["device_list_devices"], serde_json::json!([1]));
 
     let store = storage::open(
         &format!("sqlite://{}", dir.path().join("server.db").display()),
@@ -365,10 +381,13 @@ async fn export_names_the_list_and_deleting_the_account_deletes_it() {
         .await
         .unwrap();
     assert_eq!(store.device_list(account).await.unwrap(), None);
-    // The name's next holder starts without a list.
-    let _alice = register(&channel, "alice", 0, 0).await;
-    assert!(fetch(&bob, "alice").await.is_empty());
-    assert!(export("alice")["device_list_version"].is_null());
+    // The name's next holder starts with its own first list.
+    let next = register(&channel, "alice", 0, 0).await;
+    SignedDeviceList::from_bytes(&fetch(&bob, "alice").await)
+        .unwrap()
+        .verify(next.account.public(), "alice")
+        .unwrap();
+    assert_eq!(export("alice")["device_list_version"], 1);
     store.close().await;
     server.shutdown().await.unwrap();
 }

@@ -228,6 +228,7 @@ async fn on_a_full_disk_acknowledgements_work_and_writers_get_resource_exhausted
                 &channel,
                 "carol",
                 &missive_crypto::IdentityKeyPair::generate(&mut rand::rngs::OsRng),
+                &missive_crypto::IdentityKeyPair::generate(&mut rand::rngs::OsRng),
                 0,
                 0,
             )

@@ -6,7 +6,9 @@
 //!
 //! - this file: the account life cycle (register, open, delete);
 //! - [`transport`]: the channel, tokens and logins, status mapping;
-//! - [`trust`]: pinned identities, safety numbers, verification;
+//! - [`trust`]: pinned account keys, contacts' device lists, safety numbers,
+//!   verification;
+//! - [`devices`]: this account's own signed device list;
 //! - [`sessions`]: fetching bundles, encrypting to every device, prekeys;
 //! - [`receive`]: decrypting and storing envelopes, the `recv` loop;
 //! - [`history`]: the stored conversation and abuse reports.
@@ -14,7 +16,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use missive_crypto::{IdentityKeyPair, KemPrekeyPair, PublicIdentity, SignedPrekeyPair};
+use missive_crypto::{
+    Address, DeviceEntry, DeviceList, IdentityKeyPair, KemPrekeyPair, PrekeyOwner, PublicIdentity,
+    SignedDeviceList, SignedPrekeyPair,
+};
 use missive_proto::v1::{self, account_service_client::AccountServiceClient};
 use rand::Rng as _;
 use rand::rngs::OsRng;
@@ -28,12 +33,14 @@ use crate::net::{ServerConfig, connect};
 use crate::proto_conv;
 use crate::store::{HistoryEntry, PrekeyKind, Store, now_ms};
 
+mod devices;
 mod history;
 mod receive;
 mod sessions;
 mod transport;
 mod trust;
 
+pub use devices::OwnDevice;
 pub(crate) use receive::Refusal;
 pub use receive::check_content;
 pub use sessions::FORGE_COMMITMENT_ENV;
@@ -53,12 +60,23 @@ pub const CRASH_EXIT_CODE: i32 = 75;
 const META_USERNAME: &str = "username";
 const META_DEVICE_ID: &str = "device_id";
 const META_REGISTRATION_ID: &str = "registration_id";
-const META_IDENTITY: &str = "identity";
+/// Protocol v1's single identity secret: its presence marks a v1 home.
+const META_V1_IDENTITY: &str = "identity";
+/// The account key's secret (on the device that holds it: the primary).
+const META_ACCOUNT_KEY: &str = "account_key";
+/// The account key's public half (on every device).
+const META_ACCOUNT_PUBLIC: &str = "account_public";
+/// This device's own key.
+const META_DEVICE_KEY: &str = "device_key";
+/// Our account's newest signed device list, as published.
+const META_DEVICE_LIST: &str = "device_list";
 const META_TOKEN: &str = "token";
 const META_TOKEN_EXPIRY: &str = "token_expires_at_ms";
 const META_SIGNED_ID: &str = "current_signed_prekey_id";
 const META_KEM_LAST_RESORT_ID: &str = "current_kem_last_resort_id";
 const META_ROTATED_AT: &str = "signed_prekeys_rotated_at_ms";
+/// The device id of an account's first device.
+const FIRST_DEVICE: u32 = 1;
 const COUNTER_SIGNED: &str = "next_signed_prekey_id";
 const COUNTER_KEM: &str = "next_kem_prekey_id";
 const COUNTER_ONE_TIME: &str = "next_one_time_prekey_id";
@@ -147,7 +165,12 @@ pub struct Client {
     home: PathBuf,
     server: ServerConfig,
     store: Store,
+    /// This device's key: signs its prekeys and logins, IK in PQXDH.
     identity: IdentityKeyPair,
+    /// The account key, which signs device lists and gives safety numbers.
+    account: PublicIdentity,
+    /// Its secret, on the device that holds it (the primary).
+    account_key: Option<IdentityKeyPair>,
     username: String,
     device_id: u32,
     channel: Option<Channel>,
@@ -161,6 +184,12 @@ pub struct Client {
     pub(crate) attachment_dir: Option<PathBuf>,
     /// Progress bars and resume notes on standard error (the CLI).
     pub(crate) progress: bool,
+    /// What a send learnt that the user should hear ("bob linked a new
+    /// device"); taken by [`Client::take_notices`].
+    notices: Vec<String>,
+    /// Device-list versions and hashes named inside received messages, not
+    /// yet compared with the lists the server serves.
+    list_hints: Vec<(String, u64, [u8; 32])>,
 }
 
 impl std::fmt::Debug for Client {
@@ -197,15 +226,28 @@ impl Client {
             .get_meta_u64(META_DEVICE_ID)?
             .and_then(|v| u32::try_from(v).ok())
             .ok_or_else(|| ClientError::NotRegistered(home.to_path_buf()))?;
-        let secret = store
-            .get_meta(META_IDENTITY)?
-            .ok_or_else(|| ClientError::NotRegistered(home.to_path_buf()))?;
+        let Some(secret) = store.get_meta(META_DEVICE_KEY)? else {
+            if store.get_meta(META_V1_IDENTITY)?.is_some() {
+                return Err(ClientError::ProtocolV1Home(home.to_path_buf()));
+            }
+            return Err(ClientError::NotRegistered(home.to_path_buf()));
+        };
         let identity = IdentityKeyPair::from_secret_bytes(&secret).map_err(key_err)?;
+        let account_key = store
+            .get_meta(META_ACCOUNT_KEY)?
+            .map(|s| IdentityKeyPair::from_secret_bytes(&s).map_err(key_err))
+            .transpose()?;
+        let account = store
+            .get_meta(META_ACCOUNT_PUBLIC)?
+            .ok_or_else(|| ClientError::NotRegistered(home.to_path_buf()))?;
+        let account = PublicIdentity::from_bytes(&account).map_err(key_err)?;
         Ok(Client {
             home: home.to_path_buf(),
             server,
             store,
             identity,
+            account,
+            account_key,
             username,
             device_id,
             channel: None,
@@ -214,6 +256,8 @@ impl Client {
             conv: Default::default(),
             attachment_dir: None,
             progress: false,
+            notices: Vec::new(),
+            list_hints: Vec::new(),
         })
         .and_then(|mut c| {
             // Disappeared messages go before anything reads the history.
@@ -252,15 +296,37 @@ impl Client {
     ) -> Result<Self> {
         let mut store = Store::open(home, true)?;
         let rng = &mut OsRng;
+        let account_key = IdentityKeyPair::generate(rng);
         let identity = IdentityKeyPair::generate(rng);
         let registration_id: u32 = rng.gen_range(1..=16380);
+        let owner = PrekeyOwner {
+            account: account_key.public().clone(),
+            device_id: FIRST_DEVICE,
+        };
+        let list = DeviceList {
+            username: username.to_owned(),
+            version: 1,
+            timestamp_ms: now_ms(),
+            devices: vec![DeviceEntry::link(
+                &identity,
+                username,
+                account_key.public(),
+                FIRST_DEVICE,
+                registration_id,
+            )],
+        }
+        .sign(&account_key)
+        .map_err(key_err)?;
         let (spk, kem) = store.write(|db| {
-            db.set_meta(META_IDENTITY, &identity.to_secret_bytes())?;
+            db.set_meta(META_ACCOUNT_KEY, &account_key.to_secret_bytes())?;
+            db.set_meta(META_ACCOUNT_PUBLIC, &account_key.public().to_bytes())?;
+            db.set_meta(META_DEVICE_KEY, &identity.to_secret_bytes())?;
+            db.set_meta(META_DEVICE_LIST, &list.to_bytes())?;
             db.set_meta_u64(META_REGISTRATION_ID, u64::from(registration_id))?;
             let spk_id = db.take_ids(COUNTER_SIGNED, 1)?;
-            let spk = SignedPrekeyPair::generate(&mut OsRng, spk_id, &identity);
+            let spk = SignedPrekeyPair::generate(&mut OsRng, spk_id, &identity, &owner);
             let kem_id = db.take_ids(COUNTER_KEM, 1)?;
-            let kem = KemPrekeyPair::generate(&mut OsRng, kem_id, &identity);
+            let kem = KemPrekeyPair::generate(&mut OsRng, kem_id, &identity, &owner);
             db.put_prekey(PrekeyKind::Signed, spk_id, &spk.to_secret_bytes())?;
             db.put_prekey(PrekeyKind::KemLastResort, kem_id, &kem.to_secret_bytes())?;
             db.set_meta_u64(META_SIGNED_ID, u64::from(spk_id))?;
@@ -271,6 +337,7 @@ impl Client {
         let (otks, kems) = generate_one_time(
             &mut store,
             &identity,
+            &owner,
             ONE_TIME_PREKEY_TARGET,
             ONE_TIME_PREKEY_TARGET,
         )?;
@@ -295,8 +362,10 @@ impl Client {
             .map_err(|s| register_status(&s, username, &url))?
             .into_inner()
             .challenge;
-        let signature = identity.sign(&missive_crypto::transcript::registration(
+        let server_name = server.name()?;
+        let signature = account_key.sign(&missive_crypto::transcript::registration(
             &challenge,
+            &server_name,
             username,
             registration_id,
         ));
@@ -304,7 +373,10 @@ impl Client {
             .register(with_timeout(v1::RegisterRequest {
                 username: username.to_owned(),
                 challenge,
-                identity: Some(proto_conv::identity(identity.public())),
+                identity: Some(proto_conv::identity(account_key.public())),
+                device_identity: Some(proto_conv::identity(identity.public())),
+                signed_device_list: list.to_bytes(),
+                server_name,
                 registration_id,
                 signed_prekey: Some(proto_conv::signed_prekey(&spk.public())),
                 last_resort_kem_prekey: Some(proto_conv::kem_prekey(&kem.public())),
@@ -324,6 +396,8 @@ impl Client {
             server: server.clone(),
             store,
             identity,
+            account: account_key.public().clone(),
+            account_key: Some(account_key),
             username: username.to_owned(),
             device_id: resp.device_id,
             channel: Some(channel),
@@ -332,6 +406,8 @@ impl Client {
             conv: Default::default(),
             attachment_dir: None,
             progress: false,
+            notices: Vec::new(),
+            list_hints: Vec::new(),
         };
         if let Some(session) = resp.session {
             client.remember_token(&session.token, session.expires_at_ms)?;
@@ -371,9 +447,40 @@ impl Client {
         self.device_id
     }
 
-    /// Our public identity.
+    /// Our account key (safety numbers are computed from it).
     pub fn public_identity(&self) -> &PublicIdentity {
+        &self.account
+    }
+
+    /// Notices gathered since the last call (new devices of contacts).
+    pub fn take_notices(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notices)
+    }
+
+    /// This device's own key.
+    pub fn device_identity(&self) -> &PublicIdentity {
         self.identity.public()
+    }
+
+    /// This device's address.
+    pub(crate) fn address(&self) -> Address {
+        Address::new(self.username.clone(), self.device_id)
+    }
+
+    /// Whom our prekey signatures name.
+    pub(crate) fn prekey_owner(&self) -> PrekeyOwner {
+        PrekeyOwner {
+            account: self.account.clone(),
+            device_id: self.device_id,
+        }
+    }
+
+    /// Our account's newest signed device list, as this device last saw it.
+    pub fn own_device_list(&self) -> Result<Option<SignedDeviceList>> {
+        self.store
+            .get_meta(META_DEVICE_LIST)?
+            .map(|b| SignedDeviceList::from_bytes(&b).map_err(key_err))
+            .transpose()
     }
 
     /// Deletes the account on the server, then the local store.

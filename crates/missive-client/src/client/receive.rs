@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use missive_crypto::franking::{self, FrankingKey};
 use missive_crypto::{
-    IdentityKeyPair, KemPrekeyPair, OneTimePrekeyPair, PrekeyMessage, Session, SignedPrekeyPair,
+    Address, IdentityKeyPair, KemPrekeyPair, OneTimePrekeyPair, PrekeyMessage, PublicIdentity,
+    Session, SignedPrekeyPair,
 };
 use missive_proto::v1::{self, message_service_client::MessageServiceClient};
 use prost::Message as _;
@@ -100,7 +101,9 @@ impl Client {
     /// online-only envelope (a typing indicator) is not in the server's
     /// store: it is not acknowledged.
     pub async fn process_envelope(&mut self, env: v1::Envelope) -> Result<Vec<RecvEvent>> {
-        let mut events = self.store_envelope(&env)?;
+        let mut events = self.learn_sender_device(&env).await;
+        events.extend(self.store_envelope(&env)?);
+        events.extend(self.check_list_hints().await);
         if !env.online_only {
             if std::env::var(CRASH_BEFORE_ACK_ENV).as_deref() == Ok("1")
                 && events
@@ -128,7 +131,7 @@ impl Client {
     /// server put in `env`, the worst outcome is a `Dropped` event.
     pub fn store_envelope(&mut self, env: &v1::Envelope) -> Result<Vec<RecvEvent>> {
         let identity = &self.identity;
-        let me = self.username.as_str();
+        let me = &Address::new(self.username.clone(), self.device_id);
         let mut received = crate::conversation::Received::default();
         let out = &mut received;
         let result = self.store.write(|db| {
@@ -140,14 +143,9 @@ impl Client {
             // no session, no pinned contact, no consumed prekey.
             db.savepoint()?;
             match receive_in(db, identity, me, env, out) {
-                Ok(changed) => {
-                    db.release_savepoint()?;
-                    if changed {
-                        events.push(RecvEvent::IdentityChanged {
-                            username: env.sender.clone(),
-                        });
-                    }
-                }
+                // A changed account key was said when its list was fetched
+                // (`learn_sender_device`), before this transaction.
+                Ok(()) => db.release_savepoint()?,
                 Err(Refusal::Local(e)) => return Err(e),
                 Err(Refusal::Drop(reason)) => {
                     db.rollback_to_savepoint()?;
@@ -167,6 +165,9 @@ impl Client {
             Ok(events)
         });
         if result.is_ok() {
+            if let Some(hint) = received.sender_devices.take() {
+                self.list_hints.push(hint);
+            }
             self.conv.absorb(received);
         }
         result
@@ -387,14 +388,14 @@ impl Client {
 }
 
 /// Decrypts `env` and stores what it changes, inside the caller's write
-/// transaction. Returns whether it revealed a new changed identity.
+/// transaction.
 pub(super) fn receive_in(
     db: &Db<'_>,
     identity: &IdentityKeyPair,
-    me: &str,
+    me: &Address,
     env: &v1::Envelope,
     out: &mut crate::conversation::Received,
-) -> std::result::Result<bool, Refusal> {
+) -> std::result::Result<(), Refusal> {
     let commitment = env.franking_commitment.as_slice();
     if commitment.len() != franking::COMMITMENT_LEN {
         return Err("it carries no valid franking commitment".into());
@@ -404,7 +405,7 @@ pub(super) fn receive_in(
     }
     let sender = env.sender.as_str();
     let device = env.sender_device;
-    let mut changed = false;
+    let sender_address = Address::new(sender, device);
     // Skipped message keys older than the bound are dropped on the way.
     let now = now_ms();
     let (plaintext, quarantine) = if env.r#type == v1::EnvelopeType::PrekeyMessage as i32 {
@@ -424,7 +425,8 @@ pub(super) fn receive_in(
             }
         }
         match found {
-            Some((pt, slot)) => (pt, (slot == Slot::Pending).then_some(sender_identity)),
+            Some((pt, Slot::Pending)) => (pt, pending_account(db, sender)?),
+            Some((pt, _)) => (pt, None),
             None => {
                 if db.base_key_seen(&msg.base_key())? {
                     return Err(
@@ -432,19 +434,25 @@ pub(super) fn receive_in(
                             .into(),
                     );
                 }
-                let (session, pt, consumed) = accept(db, identity, &msg, commitment)?;
+                // The device key must be on a signed list of the sender's
+                // account (fetched by `learn_sender_device` before this
+                // transaction): the pinned account's, else a changed one's,
+                // whose messages wait in quarantine for the user's decision.
                 let contact = db.contact(sender)?;
-                let slot = match &contact {
-                    None => {
-                        db.pin_contact(sender, &sender_identity)?;
-                        Slot::Current
+                let (slot, quarantine_account) = match &contact {
+                    Some(c) if c.lists_device(device, &sender_identity) => (Slot::Current, None),
+                    Some(c) if c.changed_lists_device(device, &sender_identity) => {
+                        (Slot::Pending, c.changed_identity.clone())
                     }
-                    Some(c) if c.identity == sender_identity => Slot::Current,
-                    Some(_) => {
-                        changed = db.mark_identity_changed(sender, &sender_identity)?;
-                        Slot::Pending
+                    _ => {
+                        return Err(format!(
+                            "device {device} of {sender} is not on {sender}'s signed device list"
+                        )
+                        .into());
                     }
                 };
+                let (session, pt, consumed) =
+                    accept(db, identity, me, &sender_address, &msg, commitment)?;
                 let registration_id = db
                     .session(sender, device, slot)?
                     .filter(|r| r.session.remote_identity() == &sender_identity)
@@ -462,7 +470,7 @@ pub(super) fn receive_in(
                     db.delete_prekey(kind, id)?;
                 }
                 db.remember_base_key(&msg.base_key(), msg.signed_prekey_id())?;
-                (pt, (slot == Slot::Pending).then_some(sender_identity))
+                (pt, quarantine_account)
             }
         }
     } else {
@@ -472,7 +480,10 @@ pub(super) fn receive_in(
                 && let Ok(pt) = row.session.decrypt_at(&env.content, commitment, now)
             {
                 db.put_session(sender, &row, slot)?;
-                let q = (slot == Slot::Pending).then(|| row.session.remote_identity().clone());
+                let q = match slot {
+                    Slot::Pending => pending_account(db, sender)?,
+                    _ => None,
+                };
                 found = Some((pt, q));
                 break;
             }
@@ -481,14 +492,38 @@ pub(super) fn receive_in(
             .ok_or("no session with the sending device decrypts it (a replay, or a lost session)")?
     };
     // Every content kind, franked (conversation.rs).
-    crate::conversation::receive_content(db, me, env, &plaintext, quarantine.as_ref(), out)?;
-    Ok(changed)
+    // The sender's own view of its device list, checked after the commit.
+    if let Ok(content) = v1::Content::decode(plaintext.as_slice())
+        && let Some(d) = content.sender_devices
+        && let Ok(hash) = <[u8; 32]>::try_from(d.list_hash.as_slice())
+    {
+        out.sender_devices = Some((sender.to_owned(), d.list_version, hash));
+    }
+    crate::conversation::receive_content(
+        db,
+        &me.username,
+        env,
+        &plaintext,
+        quarantine.as_ref(),
+        out,
+    )?;
+    Ok(())
+}
+
+/// The changed account key a pending session's messages are quarantined under.
+fn pending_account(
+    db: &Db<'_>,
+    sender: &str,
+) -> std::result::Result<Option<PublicIdentity>, Refusal> {
+    Ok(db.contact(sender)?.and_then(|c| c.changed_identity))
 }
 
 #[allow(clippy::type_complexity)]
 pub(super) fn accept(
     db: &Db<'_>,
     identity: &IdentityKeyPair,
+    me: &Address,
+    sender: &Address,
     msg: &PrekeyMessage,
     ad: &[u8],
 ) -> std::result::Result<(Session, Zeroizing<Vec<u8>>, Vec<(PrekeyKind, u32)>), Refusal> {
@@ -518,7 +553,7 @@ pub(super) fn accept(
         }
         None => None,
     };
-    let (session, pt) =
-        Session::accept(identity, &spk, &kem, otk.as_ref(), msg, ad).map_err(|e| e.to_string())?;
+    let (session, pt) = Session::accept(identity, me, sender, &spk, &kem, otk.as_ref(), msg, ad)
+        .map_err(|e| e.to_string())?;
     Ok((session, pt, consumed))
 }

@@ -5,7 +5,8 @@
 
 use missive_crypto::franking::{self, FrankingKey};
 use missive_crypto::{
-    IdentityKeyPair, KemPrekeyPair, MessageKind, OneTimePrekeyPair, Session, SignedPrekeyPair,
+    IdentityKeyPair, KemPrekeyPair, MessageKind, OneTimePrekeyPair, PrekeyOwner, Session,
+    SignedPrekeyPair,
 };
 use missive_proto::v1::{
     self, key_service_client::KeyServiceClient, message_service_client::MessageServiceClient,
@@ -62,11 +63,28 @@ impl Client {
         if resp.bundles.is_empty() {
             return Err(ClientError::UnknownUser(username.to_owned()));
         }
+        // Only the account key can sign the list, and only listed device
+        // keys get a session: a device the server adds is refused by name.
+        let (list, added) = self.verified_device_list(username, &resp.signed_device_list)?;
+        for w in super::trust::new_device_notices(username, list.unverified_list(), &added) {
+            self.notices.push(w);
+        }
+        let me = self.address();
         let mut rows = Vec::new();
         for b in &resp.bundles {
-            let (device_id, registration_id, bundle) = proto_conv::bundle(b)?;
-            self.check_identity(username, &bundle.identity)?;
-            let session = Session::initiate(&mut OsRng, &self.identity, &bundle)
+            let (device_id, registration_id, bundle) = proto_conv::bundle(b, list.account())?;
+            let listed = list.unverified_list().devices.iter().any(|d| {
+                d.device_id == device_id
+                    && d.identity == bundle.identity
+                    && d.registration_id == registration_id
+            });
+            if !listed {
+                return Err(ClientError::DeviceNotListed {
+                    username: username.to_owned(),
+                    device: device_id,
+                });
+            }
+            let session = Session::initiate(&mut OsRng, &self.identity, &me, username, &bundle)
                 .map_err(|e| ClientError::Protocol(format!("{username}'s prekeys: {e}")))?;
             rows.push(SessionRow {
                 device_id,
@@ -145,11 +163,16 @@ impl Client {
                 &crate::attachments::binding(p),
             ),
         };
+        let sender_devices = self.own_device_list()?.map(|l| v1::SenderDevices {
+            list_version: l.version(),
+            list_hash: l.list_hash().to_vec(),
+        });
         let content = Zeroizing::new(
             v1::Content {
                 body: Some(body),
                 attachment: attachment.cloned(),
                 franking_key: franking_key.as_bytes().to_vec(),
+                sender_devices,
             }
             .encode_to_vec(),
         );
@@ -274,7 +297,9 @@ impl Client {
         {
             let n_otk = ONE_TIME_PREKEY_TARGET.saturating_sub(count.one_time_prekeys);
             let n_kem = ONE_TIME_PREKEY_TARGET.saturating_sub(count.one_time_kem_prekeys);
-            let (otks, kems) = generate_one_time(&mut self.store, &self.identity, n_otk, n_kem)?;
+            let owner = self.prekey_owner();
+            let (otks, kems) =
+                generate_one_time(&mut self.store, &self.identity, &owner, n_otk, n_kem)?;
             let req = self
                 .authed(
                     v1::UploadPrekeysRequest {
@@ -299,11 +324,12 @@ impl Client {
     /// Replaces the signed X25519 prekey and the last-resort KEM prekey.
     pub async fn rotate_signed_prekeys(&mut self) -> Result<()> {
         let identity = &self.identity;
+        let owner = &self.prekey_owner();
         let (spk, kem) = self.store.write(|db| {
             let spk_id = db.take_ids(COUNTER_SIGNED, 1)?;
-            let spk = SignedPrekeyPair::generate(&mut OsRng, spk_id, identity);
+            let spk = SignedPrekeyPair::generate(&mut OsRng, spk_id, identity, owner);
             let kem_id = db.take_ids(COUNTER_KEM, 1)?;
-            let kem = KemPrekeyPair::generate(&mut OsRng, kem_id, identity);
+            let kem = KemPrekeyPair::generate(&mut OsRng, kem_id, identity, owner);
             db.put_prekey(PrekeyKind::Signed, spk_id, &spk.to_secret_bytes())?;
             db.put_prekey(PrekeyKind::KemLastResort, kem_id, &kem.to_secret_bytes())?;
             Ok((spk, kem))
@@ -383,6 +409,7 @@ impl DeviceUpdate {
 pub(super) fn generate_one_time(
     store: &mut Store,
     identity: &IdentityKeyPair,
+    owner: &PrekeyOwner,
     n_otk: u32,
     n_kem: u32,
 ) -> Result<(Vec<v1::OneTimePrekey>, Vec<v1::KemPrekey>)> {
@@ -401,7 +428,7 @@ pub(super) fn generate_one_time(
             otks.push(proto_conv::one_time_prekey(&k.public()));
         }
         for id in first_kem..first_kem + n_kem {
-            let k = KemPrekeyPair::generate(&mut OsRng, id, identity);
+            let k = KemPrekeyPair::generate(&mut OsRng, id, identity, owner);
             db.put_prekey(PrekeyKind::KemOneTime, id, &k.to_secret_bytes())?;
             kems.push(proto_conv::kem_prekey(&k.public()));
         }

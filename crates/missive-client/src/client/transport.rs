@@ -79,8 +79,10 @@ impl Client {
             .map_err(|s| self.login_status(&s))?
             .into_inner()
             .challenge;
+        let server_name = self.server.name()?;
         let signature = self.identity.sign(&missive_crypto::transcript::login(
             &challenge,
+            &server_name,
             &self.username,
             self.device_id,
         ));
@@ -90,6 +92,7 @@ impl Client {
                 device_id: self.device_id,
                 challenge,
                 signature: signature.to_vec(),
+                server_name,
             }))
             .await
             .map_err(|s| self.login_status(&s))?

@@ -1,12 +1,14 @@
 //! Trust on first use and its repair: pinned identities, changed identities
 //! held apart until the user accepts or rejects them, safety numbers.
 
-use missive_crypto::PublicIdentity;
+use missive_crypto::{DeviceList, ListChange, PublicIdentity, SignedDeviceList};
+use missive_proto::v1::{self, key_service_client::KeyServiceClient};
+use tonic::Code;
 
 use crate::error::{ClientError, Result};
 use crate::store::{SessionRow, Slot};
 
-use super::{Client, normalize_username};
+use super::{Client, RecvEvent, normalize_username, rfc3339};
 
 /// A safety number with what the user needs to compare it.
 #[derive(Clone, Debug)]
@@ -68,6 +70,167 @@ impl Client {
         Ok(())
     }
 
+    /// Checks the signed device list the server sent for `username`: it must
+    /// verify under the account key it names, that key must be the pinned
+    /// one (pinned now on first contact), and it must not be older than, or
+    /// differ at the same version from, the newest list seen. Keeps it and
+    /// returns it with the devices it adds to the one seen before (empty on
+    /// first contact). A changed account key is kept apart with its list and
+    /// reported as [`ClientError::IdentityChanged`].
+    pub(super) fn verified_device_list(
+        &mut self,
+        username: &str,
+        bytes: &[u8],
+    ) -> Result<(SignedDeviceList, Vec<u32>)> {
+        let refused = |reason: String| ClientError::DeviceListRefused {
+            username: username.to_owned(),
+            reason,
+        };
+        if bytes.is_empty() {
+            return Err(refused("the server sent none".into()));
+        }
+        let list = SignedDeviceList::from_bytes(bytes).map_err(|e| refused(e.to_string()))?;
+        list.verify(list.account(), username)
+            .map_err(|e| refused(e.to_string()))?;
+        let pinned = self.check_identity(username, list.account());
+        let contact = self.store.contact(username)?;
+        let seen = contact.as_ref().and_then(|c| {
+            if &c.identity == list.account() {
+                c.device_list.as_ref()
+            } else {
+                c.changed_device_list.as_ref()
+            }
+        });
+        let (_, change) = list
+            .verify_change(
+                list.account(),
+                username,
+                seen.map(|l| (l.version(), l.list_hash())),
+            )
+            .map_err(|e| refused(e.to_string()))?;
+        let added = match (change, seen) {
+            (ListChange::Newer, Some(old)) => {
+                list.unverified_list().added_since(old.unverified_list())
+            }
+            _ => Vec::new(),
+        };
+        if change != ListChange::Unchanged {
+            self.store.write(|db| db.set_device_list(username, &list))?;
+        }
+        pinned?;
+        Ok((list, added))
+    }
+
+    /// Fetches and checks `username`'s signed device list (as
+    /// [`Self::verified_device_list`]).
+    pub(super) async fn fetch_device_list(
+        &mut self,
+        username: &str,
+    ) -> Result<(SignedDeviceList, Vec<u32>)> {
+        let channel = self.channel().await?;
+        let req = self
+            .authed(
+                v1::GetDeviceListRequest {
+                    username: username.to_owned(),
+                },
+                true,
+            )
+            .await?;
+        let bytes = match KeyServiceClient::new(channel).get_device_list(req).await {
+            Ok(r) => r.into_inner().signed_device_list,
+            Err(s) if s.code() == Code::NotFound => {
+                return Err(ClientError::UnknownUser(username.to_owned()));
+            }
+            Err(s) => return Err(self.authed_err(&s)),
+        };
+        self.verified_device_list(username, &bytes)
+    }
+
+    /// Before a prekey message from a device whose key no list we hold
+    /// names: fetch the sender's list, so the store transaction can decide.
+    /// What it learns is reported; a failure only means the message is
+    /// refused by name afterwards.
+    pub(super) async fn learn_sender_device(&mut self, env: &v1::Envelope) -> Vec<RecvEvent> {
+        if env.r#type != v1::EnvelopeType::PrekeyMessage as i32 {
+            return Vec::new();
+        }
+        let Ok(msg) = missive_crypto::PrekeyMessage::parse(&env.content) else {
+            return Vec::new();
+        };
+        let Ok(sender) = normalize_username(&env.sender) else {
+            return Vec::new();
+        };
+        if sender != env.sender {
+            return Vec::new();
+        }
+        let known = self.store.contact(&sender).ok().flatten().is_some_and(|c| {
+            c.lists_device(env.sender_device, msg.sender_identity())
+                || c.changed_lists_device(env.sender_device, msg.sender_identity())
+        });
+        if known {
+            return Vec::new();
+        }
+        match self.fetch_device_list(&sender).await {
+            Ok((list, added)) => new_device_notices(&sender, list.unverified_list(), &added)
+                .into_iter()
+                .map(RecvEvent::Warning)
+                .collect(),
+            Err(ClientError::IdentityChanged { username }) => {
+                vec![RecvEvent::IdentityChanged { username }]
+            }
+            Err(e) => vec![RecvEvent::Warning(format!(
+                "could not check {sender}'s devices: {}",
+                e.brief()
+            ))],
+        }
+    }
+
+    /// Compares the device lists named inside received messages with the
+    /// newest seen from the server: an older view is refetched; a list the
+    /// server still serves older, or different at the same version, is a
+    /// hidden or frozen list, said as a warning.
+    pub(super) async fn check_list_hints(&mut self) -> Vec<RecvEvent> {
+        let mut events = Vec::new();
+        for (sender, version, hash) in std::mem::take(&mut self.list_hints) {
+            let seen = |c: Option<crate::store::Contact>| {
+                c.and_then(|c| c.device_list)
+                    .map(|l| (l.version(), l.list_hash()))
+            };
+            let Ok(mut view) = self.store.contact(&sender).map(seen) else {
+                continue;
+            };
+            if view.is_none_or(|(v, _)| v < version) {
+                match self.fetch_device_list(&sender).await {
+                    Ok((list, added)) => {
+                        events.extend(
+                            new_device_notices(&sender, list.unverified_list(), &added)
+                                .into_iter()
+                                .map(RecvEvent::Warning),
+                        );
+                        view = Some((list.version(), list.list_hash()));
+                    }
+                    Err(e) => {
+                        events.push(RecvEvent::Warning(format!(
+                            "could not check {sender}'s devices: {}",
+                            e.brief()
+                        )));
+                        continue;
+                    }
+                }
+            }
+            match view {
+                Some((v, _)) if v < version => events.push(RecvEvent::Warning(format!(
+                    "{sender}'s message names their device list version {version}, but the server serves version {v}: the server may be hiding one of {sender}'s devices from you"
+                ))),
+                Some((v, h)) if v == version && h != hash => events.push(RecvEvent::Warning(format!(
+                    "{sender}'s device list version {version} differs from the one their message names: the server may be showing you a different list than {sender} published"
+                ))),
+                _ => {}
+            }
+        }
+        events
+    }
+
     /// Verification state of `username`.
     pub fn verification(&self, username: &str) -> Result<Option<Verification>> {
         Ok(self.store.contact(username)?.map(|c| verification_of(&c)))
@@ -100,7 +263,7 @@ impl Client {
         username: &str,
         theirs: &PublicIdentity,
     ) -> missive_crypto::SafetyNumber {
-        missive_crypto::safety_number(&self.username, self.identity.public(), username, theirs)
+        missive_crypto::safety_number(&self.username, &self.account, username, theirs)
     }
 
     /// The safety number with `username` (fetching and pinning their
@@ -219,4 +382,18 @@ pub(super) fn verification_of(c: &crate::store::Contact) -> Verification {
     } else {
         Verification::Unverified
     }
+}
+
+/// "bob linked a new device on …" for each device a newer list added.
+pub(super) fn new_device_notices(username: &str, list: &DeviceList, added: &[u32]) -> Vec<String> {
+    added
+        .iter()
+        .map(|id| {
+            format!(
+                "{username} linked a new device (device {id}, list version {} of {}); their account key vouches for it, so their safety number is unchanged",
+                list.version,
+                rfc3339(list.timestamp_ms),
+            )
+        })
+        .collect()
 }

@@ -1,11 +1,13 @@
-//! `AccountService`: challenges, registration with proof of possession,
-//! login, deletion.
+//! `AccountService`: challenges, registration with proof of possession of
+//! the account and device keys, login per device, linked devices joining
+//! their account (protocol v2), deletion.
 
 use std::sync::Arc;
 
+use missive_crypto::PrekeyOwner;
 use missive_proto::v1::account_service_server::AccountService;
 use missive_proto::v1::{
-    ChallengePurpose as WirePurpose, DeleteAccountRequest, DeleteAccountResponse,
+    AddDeviceRequest, ChallengePurpose as WirePurpose, DeleteAccountRequest, DeleteAccountResponse,
     GetChallengeRequest, GetChallengeResponse, LoginRequest, LoginResponse, RegisterRequest,
     RegisterResponse,
 };
@@ -18,7 +20,7 @@ use crate::checks;
 use crate::error::{ApiError, ApiResult};
 use crate::limits::{CHALLENGE_TTL, MAX_REGISTRATION_ID, TOKEN_VALID_DAYS};
 use crate::storage::{
-    ChallengePurpose, DAY_MS, DeviceAddress, NewAccount, StorageError, challenge_hash,
+    ChallengePurpose, DAY_MS, DeviceAddress, NewAccount, NewDevice, StorageError, challenge_hash,
 };
 use crate::time;
 
@@ -65,11 +67,38 @@ impl AccountApi {
                 "the registration id must be between 1 and {MAX_REGISTRATION_ID}"
             )));
         }
-        let identity = checks::identity(request.identity.as_ref())?;
-        let signed_prekey = checks::signed_prekey(&identity, request.signed_prekey.as_ref())?;
-        let last_resort = checks::kem_prekey(&identity, request.last_resort_kem_prekey.as_ref())?;
-        let (one_time, kem) = checks::one_time_prekeys(
+        self.state
+            .server_names
+            .check(&request.server_name)
+            .map_err(ApiError::InvalidArgument)?;
+        let identity = checks::key(request.identity.as_ref(), "account identity")?;
+        let device_identity = checks::key(request.device_identity.as_ref(), "device identity")?;
+        if device_identity == identity {
+            return Err(ApiError::InvalidArgument(
+                "the device identity must be a key of its own, not the account identity".into(),
+            ));
+        }
+        checks::first_device_list(
+            &request.signed_device_list,
             &identity,
+            &username,
+            &device_identity,
+            request.registration_id,
+        )?;
+        let owner = PrekeyOwner {
+            account: identity.clone(),
+            device_id: 1,
+        };
+        let signed_prekey =
+            checks::signed_prekey(&device_identity, &owner, request.signed_prekey.as_ref())?;
+        let last_resort = checks::kem_prekey(
+            &device_identity,
+            &owner,
+            request.last_resort_kem_prekey.as_ref(),
+        )?;
+        let (one_time, kem) = checks::one_time_prekeys(
+            &device_identity,
+            &owner,
             &request.one_time_prekeys,
             &request.one_time_kem_prekeys,
         )?;
@@ -90,6 +119,7 @@ impl AccountApi {
         checks::registration(
             &identity,
             &request.challenge,
+            &request.server_name,
             &request.username,
             request.registration_id,
             &request.signature,
@@ -97,6 +127,8 @@ impl AccountApi {
         let account = NewAccount {
             username: username.clone(),
             identity: identity.to_bytes(),
+            device_identity: device_identity.to_bytes(),
+            signed_device_list: request.signed_device_list,
             registration_id: request.registration_id,
             signed_prekey,
             last_resort_kem_prekey: last_resort,
@@ -133,6 +165,10 @@ impl AccountApi {
             limiters.account_op(source)?;
             limiters.login_attempt(&username, source)?;
         }
+        self.state
+            .server_names
+            .check(&request.server_name)
+            .map_err(ApiError::UnauthenticatedBecause)?;
         let fresh = self
             .state
             .storage
@@ -152,10 +188,12 @@ impl AccountApi {
         else {
             return Err(ApiError::Unauthenticated("no such username and device"));
         };
+        // The device's own key (protocol v2), never the account key.
         let identity = checks::stored_identity(&identity)?;
         checks::login(
             &identity,
             &request.challenge,
+            &request.server_name,
             &username,
             request.device_id,
             &request.signature,
@@ -170,6 +208,148 @@ impl AccountApi {
             device: request.device_id,
         })
         .await
+    }
+
+    async fn add_device_inner(
+        &self,
+        request: Request<AddDeviceRequest>,
+    ) -> ApiResult<RegisterResponse> {
+        if let Some(limiters) = self.state.limiters() {
+            limiters.account_op(self.state.source(&request))?;
+        }
+        let request = request.into_inner();
+        let username = normalize_username(&request.username)?;
+        let device_id = request.device_id;
+        if device_id == 0 {
+            return Err(ApiError::InvalidArgument(
+                "the device id is missing (0): give the id the device list names".into(),
+            ));
+        }
+        if !(1..=MAX_REGISTRATION_ID).contains(&request.registration_id) {
+            return Err(ApiError::InvalidArgument(format!(
+                "the registration id must be between 1 and {MAX_REGISTRATION_ID}"
+            )));
+        }
+        self.state
+            .server_names
+            .check(&request.server_name)
+            .map_err(ApiError::InvalidArgument)?;
+        // The challenge is consumed whatever happens next: no replay.
+        if !self
+            .state
+            .storage
+            .take_challenge(
+                &challenge_hash(&request.challenge, &username, ChallengePurpose::AddDevice),
+                time::now_ms(),
+            )
+            .await?
+        {
+            return Err(ApiError::BadChallenge);
+        }
+        let account = self
+            .state
+            .storage
+            .account_named(&username)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("there is no user named {username:?}")))?;
+        let account_key = checks::stored_identity(&account.identity)?;
+        let unlisted = || {
+            ApiError::FailedPrecondition(format!(
+                "the account's device list does not name device {device_id}: the primary \
+                 device must publish a list naming it first"
+            ))
+        };
+        // The key comes from the list the account key signed, never from the
+        // request: the server cannot add a device the primary did not link.
+        let (_, list) = self
+            .state
+            .storage
+            .device_list(account.id)
+            .await?
+            .ok_or_else(unlisted)?;
+        let entry = checks::stored_device_list(&list, &account_key, &username)?
+            .devices
+            .into_iter()
+            .find(|d| d.device_id == device_id)
+            .ok_or_else(unlisted)?;
+        if entry.registration_id != request.registration_id {
+            return Err(ApiError::FailedPrecondition(format!(
+                "the account's device list names device {device_id} with registration id {}, \
+                 not {}",
+                entry.registration_id, request.registration_id
+            )));
+        }
+        let address = DeviceAddress {
+            account: account.id,
+            device: device_id,
+        };
+        let registered = || {
+            ApiError::FailedPrecondition(format!(
+                "device {device_id} is already registered; a device id joins once (the \
+                 primary device removes it from the list to free it)"
+            ))
+        };
+        if self.state.storage.device_key(address).await?.is_some() {
+            return Err(registered());
+        }
+        let device_key = entry.identity;
+        checks::add_device(
+            &device_key,
+            &request.challenge,
+            &request.server_name,
+            &request.username,
+            device_id,
+            request.registration_id,
+            &request.signature,
+        )
+        .map_err(|_| {
+            ApiError::InvalidArgument(format!(
+                "the add-device signature does not verify with the key the device list names \
+                 for device {device_id}"
+            ))
+        })?;
+        let owner = PrekeyOwner {
+            account: account_key,
+            device_id,
+        };
+        let signed_prekey =
+            checks::signed_prekey(&device_key, &owner, request.signed_prekey.as_ref())?;
+        let last_resort =
+            checks::kem_prekey(&device_key, &owner, request.last_resort_kem_prekey.as_ref())?;
+        let (one_time, kem) = checks::one_time_prekeys(
+            &device_key,
+            &owner,
+            &request.one_time_prekeys,
+            &request.one_time_kem_prekeys,
+        )?;
+        let device = NewDevice {
+            address,
+            identity: device_key.to_bytes(),
+            registration_id: request.registration_id,
+            signed_prekey,
+            last_resort_kem_prekey: last_resort,
+            one_time_prekeys: one_time,
+            one_time_kem_prekeys: kem,
+            today: time::day_of(time::now_ms()),
+        };
+        match self.state.storage.add_device(&device).await {
+            Ok(()) => {}
+            Err(StorageError::Conflict) => return Err(registered()),
+            Err(StorageError::NotFound) => {
+                return Err(ApiError::NotFound(format!(
+                    "there is no user named {username:?}"
+                )));
+            }
+            Err(other) => return Err(other.into()),
+        }
+        // Senders see the new device at once.
+        self.state.caches.forget_account(account.id);
+        tracing::info!(device_id, "device added");
+        let session = self.issue_token(address).await?;
+        Ok(RegisterResponse {
+            device_id,
+            session: Some(session),
+        })
     }
 }
 
@@ -189,9 +369,10 @@ impl AccountService for AccountApi {
             let purpose = match WirePurpose::try_from(request.purpose) {
                 Ok(WirePurpose::Register) => ChallengePurpose::Register,
                 Ok(WirePurpose::Login) => ChallengePurpose::Login,
+                Ok(WirePurpose::AddDevice) => ChallengePurpose::AddDevice,
                 _ => {
                     return Err(ApiError::InvalidArgument(
-                        "the challenge purpose must be REGISTER or LOGIN".into(),
+                        "the challenge purpose must be REGISTER, LOGIN or ADD_DEVICE".into(),
                     ));
                 }
             };
@@ -228,6 +409,14 @@ impl AccountService for AccountApi {
         request: Request<LoginRequest>,
     ) -> Result<Response<LoginResponse>, Status> {
         Ok(Response::new(self.login_inner(request).await?))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn add_device(
+        &self,
+        request: Request<AddDeviceRequest>,
+    ) -> Result<Response<RegisterResponse>, Status> {
+        Ok(Response::new(self.add_device_inner(request).await?))
     }
 
     #[tracing::instrument(skip_all)]

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use missive_crypto::PrekeyOwner;
 use missive_proto::v1::key_service_server::KeyService;
 use missive_proto::v1::{
     GetBundlesRequest, GetBundlesResponse, GetDeviceListRequest, GetDeviceListResponse,
@@ -51,6 +52,29 @@ impl KeyApi {
         checks::stored_identity(&bytes)
     }
 
+    /// The caller device's key and the owner its prekey signatures name
+    /// (the account key and the device id, protocol v2).
+    async fn device_key(
+        &self,
+        device: DeviceAddress,
+    ) -> ApiResult<(missive_crypto::PublicIdentity, PrekeyOwner)> {
+        let account = self.identity(device.account).await?;
+        let bytes = self
+            .state
+            .storage
+            .device_key(device)
+            .await?
+            .ok_or(ApiError::Unauthenticated("the device no longer exists"))?;
+        let key = checks::stored_identity(&bytes)?;
+        Ok((
+            key,
+            PrekeyOwner {
+                account,
+                device_id: device.device,
+            },
+        ))
+    }
+
     /// The account's signed device list as published; empty without one.
     async fn signed_device_list(&self, account: AccountId) -> ApiResult<Vec<u8>> {
         Ok(self
@@ -72,9 +96,10 @@ impl KeyService for KeyApi {
     ) -> Result<Response<UploadPrekeysResponse>, Status> {
         let principal = self.state.principal(&request).await?;
         let request = request.into_inner();
-        let identity = self.identity(principal.address.account).await?;
+        let (identity, owner) = self.device_key(principal.address).await?;
         let (one_time, kem) = checks::one_time_prekeys(
             &identity,
+            &owner,
             &request.one_time_prekeys,
             &request.one_time_kem_prekeys,
         )?;
@@ -127,16 +152,16 @@ impl KeyService for KeyApi {
     ) -> Result<Response<ReplaceSignedPrekeysResponse>, Status> {
         let principal = self.state.principal(&request).await?;
         let request = request.into_inner();
-        let identity = self.identity(principal.address.account).await?;
+        let (identity, owner) = self.device_key(principal.address).await?;
         let signed = request
             .signed_prekey
             .as_ref()
-            .map(|k| checks::signed_prekey(&identity, Some(k)))
+            .map(|k| checks::signed_prekey(&identity, &owner, Some(k)))
             .transpose()?;
         let kem = request
             .last_resort_kem_prekey
             .as_ref()
-            .map(|k| checks::kem_prekey(&identity, Some(k)))
+            .map(|k| checks::kem_prekey(&identity, &owner, Some(k)))
             .transpose()?;
         self.state
             .storage
@@ -190,17 +215,20 @@ impl KeyService for KeyApi {
             ))
             .into());
         }
-        let identity = checks::stored_identity(&bundles.identity)?;
-        let wire_identity = PublicIdentity {
-            signing_key: identity.signing_key().to_vec(),
-        };
-        let bundles = bundles
-            .bundles
+        // Each device's own key (protocol v2); the account key is in the list.
+        let mut wire = Vec::with_capacity(bundles.bundles.len());
+        for b in bundles.bundles {
+            let identity = checks::stored_identity(&b.identity)?;
+            wire.push((identity, b));
+        }
+        let bundles = wire
             .into_iter()
-            .map(|b| PrekeyBundle {
+            .map(|(identity, b)| PrekeyBundle {
                 device_id: b.device_id,
                 registration_id: b.registration_id,
-                identity: Some(wire_identity.clone()),
+                identity: Some(PublicIdentity {
+                    signing_key: identity.signing_key().to_vec(),
+                }),
                 signed_prekey: Some(SignedPrekey {
                     id: b.signed_prekey.id,
                     public_key: b.signed_prekey.public_key,
@@ -239,6 +267,24 @@ impl KeyService for KeyApi {
         let account = principal.address.account;
         let identity = self.identity(account).await?;
         let version = checks::device_list(&bytes, &identity, &principal.username)?;
+        // Checked above; parsed again for the ids it names.
+        let names_caller = missive_crypto::SignedDeviceList::from_bytes(&bytes)
+            .map(|signed| {
+                signed
+                    .unverified_list()
+                    .devices
+                    .iter()
+                    .any(|d| d.device_id == principal.address.device)
+            })
+            .unwrap_or(false);
+        if !names_caller {
+            return Err(ApiError::FailedPrecondition(format!(
+                "a device cannot remove itself: the list does not name the calling device {} \
+                 (another device of the account must publish it)",
+                principal.address.device
+            ))
+            .into());
+        }
         let outcome = self
             .state
             .storage
@@ -249,7 +295,12 @@ impl KeyService for KeyApi {
                 other => other.into(),
             })?;
         match outcome {
-            PutOutcome::Stored => tracing::info!(version, "device list published"),
+            PutOutcome::Stored => {
+                // Devices the list no longer names were deleted with their
+                // tokens: refuse their cached tokens at once.
+                self.state.caches.forget_account(account);
+                tracing::info!(version, "device list published");
+            }
             PutOutcome::Unchanged => {}
             PutOutcome::Stale { stored_version } => {
                 return Err(ApiError::FailedPrecondition(format!(

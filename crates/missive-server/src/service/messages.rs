@@ -708,6 +708,7 @@ mod tests {
             drain: Default::default(),
             expiry: Default::default(),
             forwarders: Default::default(),
+            server_names: Default::default(),
         });
         let principal = Principal {
             address: DeviceAddress { account, device: 1 },

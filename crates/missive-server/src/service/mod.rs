@@ -39,6 +39,8 @@ pub struct State {
     pub(crate) expiry: expiry::ExpiryWatch,
     /// Peers whose `x-forwarded-for` names the client.
     pub(crate) forwarders: TrustedProxies,
+    /// The names transcripts may name (protocol v2).
+    pub(crate) server_names: crate::tls::ServerNames,
 }
 
 impl std::fmt::Debug for State {

@@ -55,6 +55,8 @@ pub enum ChallengePurpose {
     Register,
     /// Login.
     Login,
+    /// A linked device joining its account (protocol v2).
+    AddDevice,
 }
 
 impl ChallengePurpose {
@@ -63,6 +65,7 @@ impl ChallengePurpose {
         match self {
             Self::Register => 1,
             Self::Login => 2,
+            Self::AddDevice => 3,
         }
     }
 }
@@ -103,8 +106,13 @@ pub struct OneTimePrekeyRecord {
 pub struct NewAccount {
     /// Case-folded, validated username.
     pub username: String,
-    /// `PublicIdentity::to_bytes()` (the 32-byte Ed25519 key).
+    /// The account key, `PublicIdentity::to_bytes()` (the 32-byte Ed25519 key).
     pub identity: Vec<u8>,
+    /// Device 1's own key (protocol v2), `PublicIdentity::to_bytes()`.
+    pub device_identity: Vec<u8>,
+    /// The account's first signed device list (version 1, naming device 1),
+    /// stored in the same transaction as the account.
+    pub signed_device_list: Vec<u8>,
     /// Registration id of device 1.
     pub registration_id: u32,
     /// Signed prekey of device 1.
@@ -116,6 +124,29 @@ pub struct NewAccount {
     /// One-time KEM prekeys of device 1.
     pub one_time_kem_prekeys: Vec<KemPrekeyRecord>,
     /// Days since the Unix epoch (creation and last-seen day).
+    pub today: i64,
+}
+
+/// A linked device joining an existing account (protocol v2). Its key and
+/// registration id come from the account's verified device list; its prekey
+/// signatures are verified before.
+#[derive(Clone, Debug)]
+pub struct NewDevice {
+    /// The device's address (its account and listed device id).
+    pub address: DeviceAddress,
+    /// The device key, `PublicIdentity::to_bytes()`.
+    pub identity: Vec<u8>,
+    /// Registration id.
+    pub registration_id: u32,
+    /// Signed prekey.
+    pub signed_prekey: SignedPrekeyRecord,
+    /// Last-resort KEM prekey.
+    pub last_resort_kem_prekey: KemPrekeyRecord,
+    /// One-time X25519 prekeys.
+    pub one_time_prekeys: Vec<OneTimePrekeyRecord>,
+    /// One-time KEM prekeys.
+    pub one_time_kem_prekeys: Vec<KemPrekeyRecord>,
+    /// Days since the Unix epoch (creation day).
     pub today: i64,
 }
 
@@ -135,6 +166,8 @@ pub struct BundleRecord {
     pub device_id: u32,
     /// Registration id.
     pub registration_id: u32,
+    /// The device's own key (protocol v2), `PublicIdentity::to_bytes()`.
+    pub identity: Vec<u8>,
     /// Current signed prekey.
     pub signed_prekey: SignedPrekeyRecord,
     /// A one-time KEM prekey, else the last-resort one.
@@ -148,9 +181,9 @@ pub struct BundleRecord {
 /// The answer to a bundle fetch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Bundles {
-    /// `PublicIdentity::to_bytes()` of the account.
+    /// `PublicIdentity::to_bytes()` of the account key.
     pub identity: Vec<u8>,
-    /// One per selected device.
+    /// One per selected device, each with its own device key.
     pub bundles: Vec<BundleRecord>,
 }
 
@@ -386,6 +419,8 @@ pub struct DeviceExport {
     pub device_id: u32,
     /// Day the device registered (days since the epoch).
     pub created_day: i64,
+    /// The device key, `PublicIdentity::to_bytes()` (public).
+    pub identity: Vec<u8>,
     /// Pending envelopes (a count only).
     pub pending_envelopes: u64,
     /// One-time prekeys left.
@@ -493,16 +528,23 @@ pub trait Storage: Send + Sync + 'static {
     async fn put_challenge(&self, challenge_hash: &[u8; 32], expires_at_ms: u64) -> Result<()>;
     /// Deletes the challenge and says whether it existed and had not expired.
     async fn take_challenge(&self, challenge_hash: &[u8; 32], now_ms: u64) -> Result<bool>;
-    /// Creates an account with device 1. [`StorageError::Conflict`] when the
-    /// username is taken.
+    /// Creates an account with device 1 and its first device list, in one
+    /// transaction. [`StorageError::Conflict`] when the username is taken.
     async fn create_account(&self, account: &NewAccount) -> Result<AccountId>;
-    /// The account id and identity for a login.
+    /// Adds a linked device to an existing account (protocol v2), with its
+    /// prekeys, in one transaction. [`StorageError::Conflict`] when the
+    /// device id is registered already (or a prekey id repeats),
+    /// [`StorageError::NotFound`] when the account does not exist.
+    async fn add_device(&self, device: &NewDevice) -> Result<()>;
+    /// The account id and the DEVICE key (`devices.identity`) for a login.
     async fn device_identity(
         &self,
         username: &str,
         device_id: u32,
     ) -> Result<Option<(AccountId, Vec<u8>)>>;
-    /// The identity of an account (to verify uploaded prekey signatures).
+    /// The key of one registered device (to verify its prekey signatures).
+    async fn device_key(&self, device: DeviceAddress) -> Result<Option<Vec<u8>>>;
+    /// The account key of an account (to verify device lists).
     async fn account_identity(&self, account: AccountId) -> Result<Option<Vec<u8>>>;
     /// The account `username` names now.
     async fn account_named(&self, username: &str) -> Result<Option<AccountRecord>>;
@@ -531,6 +573,12 @@ pub trait Storage: Send + Sync + 'static {
     /// [`PutOutcome::Stale`]. Of two concurrent calls with one version and
     /// different bytes exactly one stores. [`StorageError::NotFound`] when the
     /// account does not exist.
+    ///
+    /// When the list is [`PutOutcome::Stored`], every registered device of
+    /// the account that the list does not name is deleted in the same
+    /// transaction: its row, prekeys, tokens and pending envelopes (the
+    /// caller then drops its caches for the account). A list that does not
+    /// parse is a [`StorageError::Backend`] (the caller verified it).
     async fn put_device_list(
         &self,
         account: AccountId,

@@ -26,9 +26,9 @@ use sqlx::{Postgres, Row, Transaction};
 
 use super::{
     AccountExport, AccountId, AccountRecord, BundleRecord, Bundles, DAY_MS, DeviceAddress,
-    DeviceExport, DeviceRecord, KemPrekeyRecord, NewAccount, NewReport, OneTimePrekeyRecord,
-    OpenMode, PrekeyCounts, Principal, PurgeCounts, PutOutcome, ReportRecord, Result, SendItem,
-    SendOutcome, SignedPrekeyRecord, Storage, StorageError, StoredEnvelope,
+    DeviceExport, DeviceRecord, KemPrekeyRecord, NewAccount, NewDevice, NewReport,
+    OneTimePrekeyRecord, OpenMode, PrekeyCounts, Principal, PurgeCounts, PutOutcome, ReportRecord,
+    Result, SendItem, SendOutcome, SignedPrekeyRecord, Storage, StorageError, StoredEnvelope,
 };
 
 pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -202,6 +202,37 @@ async fn counts(
     })
 }
 
+/// Inserts a device row and its one-time prekeys.
+async fn insert_device(tx: &mut Transaction<'static, Postgres>, device: &NewDevice) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO devices (account_id, device_id, registration_id, created_day, identity, \
+         signed_prekey_id, signed_prekey, signed_prekey_signature, \
+         kem_prekey_id, kem_prekey, kem_prekey_signature) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    )
+    .bind(device.address.account)
+    .bind(i64::from(device.address.device))
+    .bind(i64::from(device.registration_id))
+    .bind(device.today)
+    .bind(&device.identity)
+    .bind(i64::from(device.signed_prekey.id))
+    .bind(&device.signed_prekey.public_key)
+    .bind(&device.signed_prekey.signature)
+    .bind(i64::from(device.last_resort_kem_prekey.id))
+    .bind(&device.last_resort_kem_prekey.public_key)
+    .bind(&device.last_resort_kem_prekey.signature)
+    .execute(&mut **tx)
+    .await
+    .map_err(map_err)?;
+    insert_prekeys(
+        tx,
+        device.address,
+        &device.one_time_prekeys,
+        &device.one_time_kem_prekeys,
+    )
+    .await
+}
+
 async fn insert_prekeys(
     tx: &mut Transaction<'static, Postgres>,
     device: DeviceAddress,
@@ -276,6 +307,7 @@ fn last_resort_bundle(row: &PgRow, device: u32) -> Result<BundleRecord> {
     Ok(BundleRecord {
         device_id: device,
         registration_id: u32_of(get(row, "registration_id")?)?,
+        identity: get(row, "identity")?,
         signed_prekey: SignedPrekeyRecord {
             id: u32_of(get(row, "signed_prekey_id")?)?,
             public_key: get(row, "signed_prekey")?,
@@ -350,37 +382,35 @@ impl Storage for PostgresStorage {
         .fetch_one(&mut *tx)
         .await
         .map_err(map_err)?;
-        sqlx::query(
-            "INSERT INTO devices (account_id, device_id, registration_id, created_day, \
-             signed_prekey_id, signed_prekey, signed_prekey_signature, \
-             kem_prekey_id, kem_prekey, kem_prekey_signature) \
-             VALUES ($1, 1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(id)
-        .bind(i64::from(account.registration_id))
-        .bind(account.today)
-        .bind(i64::from(account.signed_prekey.id))
-        .bind(&account.signed_prekey.public_key)
-        .bind(&account.signed_prekey.signature)
-        .bind(i64::from(account.last_resort_kem_prekey.id))
-        .bind(&account.last_resort_kem_prekey.public_key)
-        .bind(&account.last_resort_kem_prekey.signature)
-        .execute(&mut *tx)
-        .await
-        .map_err(map_err)?;
-        let device = DeviceAddress {
-            account: id,
-            device: 1,
+        let device = NewDevice {
+            address: DeviceAddress {
+                account: id,
+                device: 1,
+            },
+            identity: account.device_identity.clone(),
+            registration_id: account.registration_id,
+            signed_prekey: account.signed_prekey.clone(),
+            last_resort_kem_prekey: account.last_resort_kem_prekey.clone(),
+            one_time_prekeys: account.one_time_prekeys.clone(),
+            one_time_kem_prekeys: account.one_time_kem_prekeys.clone(),
+            today: account.today,
         };
-        insert_prekeys(
-            &mut tx,
-            device,
-            &account.one_time_prekeys,
-            &account.one_time_kem_prekeys,
-        )
-        .await?;
+        insert_device(&mut tx, &device).await?;
+        sqlx::query("INSERT INTO device_lists (account, version, signed_list) VALUES ($1, 1, $2)")
+            .bind(id)
+            .bind(&account.signed_device_list)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
         tx.commit().await.map_err(map_err)?;
         Ok(id)
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn add_device(&self, device: &NewDevice) -> Result<()> {
+        let mut tx = self.begin().await?;
+        insert_device(&mut tx, device).await?;
+        tx.commit().await.map_err(map_err)
     }
 
     #[tracing::instrument(skip_all)]
@@ -390,7 +420,7 @@ impl Storage for PostgresStorage {
         device_id: u32,
     ) -> Result<Option<(AccountId, Vec<u8>)>> {
         let row = sqlx::query(
-            "SELECT a.id AS id, a.identity AS identity FROM accounts a \
+            "SELECT a.id AS id, d.identity AS identity FROM accounts a \
              JOIN devices d ON d.account_id = a.id WHERE a.username = $1 AND d.device_id = $2",
         )
         .bind(username)
@@ -400,6 +430,16 @@ impl Storage for PostgresStorage {
         .map_err(map_err)?;
         row.map(|r| Ok((get(&r, "id")?, get(&r, "identity")?)))
             .transpose()
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn device_key(&self, device: DeviceAddress) -> Result<Option<Vec<u8>>> {
+        sqlx::query_scalar("SELECT identity FROM devices WHERE account_id = $1 AND device_id = $2")
+            .bind(device.account)
+            .bind(i64::from(device.device))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err)
     }
 
     #[tracing::instrument(skip_all)]
@@ -516,6 +556,10 @@ impl Storage for PostgresStorage {
         let version = i64::try_from(version).map_err(|_| {
             StorageError::Backend(format!("device list version {version} is out of range"))
         })?;
+        let listed: Vec<i64> = super::listed_device_ids(signed_list)?
+            .into_iter()
+            .map(i64::from)
+            .collect();
         let mut tx = self.begin().await?;
         // One statement decides: insert, or replace a lower version.
         let stored: Option<i64> = sqlx::query_scalar(
@@ -531,6 +575,14 @@ impl Storage for PostgresStorage {
         .await
         .map_err(map_err)?;
         let outcome = if stored.is_some() {
+            // Devices the new list no longer names go with it; their prekeys,
+            // tokens and envelopes cascade.
+            sqlx::query("DELETE FROM devices WHERE account_id = $1 AND NOT (device_id = ANY($2))")
+                .bind(account)
+                .bind(&listed)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
             PutOutcome::Stored
         } else {
             let row =
@@ -655,8 +707,8 @@ impl Storage for PostgresStorage {
         let account_id: i64 = get(&account, "id")?;
         let identity: Vec<u8> = get(&account, "identity")?;
         let rows = sqlx::query(
-            "SELECT device_id, registration_id, signed_prekey_id, signed_prekey, signed_prekey_signature, \
-             kem_prekey_id, kem_prekey, kem_prekey_signature FROM devices \
+            "SELECT device_id, registration_id, identity, signed_prekey_id, signed_prekey, \
+             signed_prekey_signature, kem_prekey_id, kem_prekey, kem_prekey_signature FROM devices \
              WHERE account_id = $1 AND ($2::BIGINT IS NULL OR device_id = $2) ORDER BY device_id",
         )
         .bind(account_id)
@@ -724,6 +776,7 @@ impl Storage for PostgresStorage {
             bundles.push(BundleRecord {
                 device_id: device,
                 registration_id: u32_of(get(&row, "registration_id")?)?,
+                identity: get(&row, "identity")?,
                 signed_prekey: SignedPrekeyRecord {
                     id: u32_of(get(&row, "signed_prekey_id")?)?,
                     public_key: get(&row, "signed_prekey")?,
@@ -1192,7 +1245,7 @@ impl Storage for PostgresStorage {
         };
         let account_id: i64 = get(&account, "id")?;
         let rows = sqlx::query(
-            "SELECT d.device_id AS device_id, d.created_day AS created_day, \
+            "SELECT d.device_id AS device_id, d.created_day AS created_day, d.identity AS identity, \
              (SELECT COUNT(*) FROM envelopes e WHERE e.recipient_account = d.account_id \
               AND e.recipient_device = d.device_id) AS pending \
              FROM devices d WHERE d.account_id = $1 ORDER BY d.device_id",
@@ -1211,6 +1264,7 @@ impl Storage for PostgresStorage {
             devices.push(DeviceExport {
                 device_id: device,
                 created_day: get(&row, "created_day")?,
+                identity: get(&row, "identity")?,
                 pending_envelopes: u64_of(get(&row, "pending")?)?,
                 prekeys: counts(&mut tx, address).await?,
             });

@@ -20,9 +20,9 @@ use super::reserve::Reserve;
 use super::sqlite_hot;
 use super::{
     AccountExport, AccountId, AccountRecord, BundleRecord, Bundles, DAY_MS, DeviceAddress,
-    DeviceExport, DeviceRecord, KemPrekeyRecord, NewAccount, NewReport, OneTimePrekeyRecord,
-    OpenMode, PrekeyCounts, Principal, PurgeCounts, PutOutcome, ReportRecord, Result, SendItem,
-    SendOutcome, SignedPrekeyRecord, Storage, StorageError, StoredEnvelope,
+    DeviceExport, DeviceRecord, KemPrekeyRecord, NewAccount, NewDevice, NewReport,
+    OneTimePrekeyRecord, OpenMode, PrekeyCounts, Principal, PurgeCounts, PutOutcome, ReportRecord,
+    Result, SendItem, SendOutcome, SignedPrekeyRecord, Storage, StorageError, StoredEnvelope,
 };
 
 pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -352,36 +352,43 @@ impl Storage for SqliteStorage {
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(map_err)?;
+                let device = NewDevice {
+                    address: DeviceAddress {
+                        account: id,
+                        device: 1,
+                    },
+                    identity: account.device_identity.clone(),
+                    registration_id: account.registration_id,
+                    signed_prekey: account.signed_prekey.clone(),
+                    last_resort_kem_prekey: account.last_resort_kem_prekey.clone(),
+                    one_time_prekeys: account.one_time_prekeys.clone(),
+                    one_time_kem_prekeys: account.one_time_kem_prekeys.clone(),
+                    today: account.today,
+                };
+                insert_device(&mut tx, &device).await?;
                 sqlx::query(
-                    "INSERT INTO devices (account_id, device_id, registration_id, created_day, \
-                     signed_prekey_id, signed_prekey, signed_prekey_signature, \
-                     kem_prekey_id, kem_prekey, kem_prekey_signature) VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO device_lists (account, version, signed_list) VALUES (?, 1, ?)",
                 )
                 .bind(id)
-                .bind(i64::from(account.registration_id))
-                .bind(account.today)
-                .bind(i64::from(account.signed_prekey.id))
-                .bind(&account.signed_prekey.public_key)
-                .bind(&account.signed_prekey.signature)
-                .bind(i64::from(account.last_resort_kem_prekey.id))
-                .bind(&account.last_resort_kem_prekey.public_key)
-                .bind(&account.last_resort_kem_prekey.signature)
+                .bind(&account.signed_device_list)
                 .execute(&mut *tx)
                 .await
                 .map_err(map_err)?;
-                let device = DeviceAddress {
-                    account: id,
-                    device: 1,
-                };
-                insert_prekeys(
-                    &mut tx,
-                    device,
-                    &account.one_time_prekeys,
-                    &account.one_time_kem_prekeys,
-                )
-                .await?;
                 tx.commit().await.map_err(map_err)?;
                 Ok(id)
+            }
+            .await,
+        )
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn add_device(&self, device: &NewDevice) -> Result<()> {
+        self.growth()?;
+        self.spent(
+            async move {
+                let mut tx = self.write().await?;
+                insert_device(&mut tx, device).await?;
+                tx.commit().await.map_err(map_err)
             }
             .await,
         )
@@ -394,7 +401,7 @@ impl Storage for SqliteStorage {
         device_id: u32,
     ) -> Result<Option<(AccountId, Vec<u8>)>> {
         let row = sqlx::query(
-            "SELECT a.id AS id, a.identity AS identity FROM accounts a \
+            "SELECT a.id AS id, d.identity AS identity FROM accounts a \
              JOIN devices d ON d.account_id = a.id WHERE a.username = ? AND d.device_id = ?",
         )
         .bind(username)
@@ -404,6 +411,16 @@ impl Storage for SqliteStorage {
         .map_err(map_err)?;
         row.map(|r| Ok((get(&r, "id")?, get(&r, "identity")?)))
             .transpose()
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn device_key(&self, device: DeviceAddress) -> Result<Option<Vec<u8>>> {
+        sqlx::query_scalar("SELECT identity FROM devices WHERE account_id = ? AND device_id = ?")
+            .bind(device.account)
+            .bind(i64::from(device.device))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err)
     }
 
     #[tracing::instrument(skip_all)]
@@ -533,6 +550,7 @@ impl Storage for SqliteStorage {
         let version = i64::try_from(version).map_err(|_| {
             StorageError::Backend(format!("device list version {version} is out of range"))
         })?;
+        let listed = super::listed_device_ids(signed_list)?;
         self.growth()?;
         self.spent(
             async move {
@@ -551,6 +569,24 @@ impl Storage for SqliteStorage {
                 .await
                 .map_err(map_err)?;
                 let outcome = if stored.is_some() {
+                    // Devices the new list no longer names go with it; their
+                    // prekeys, tokens and envelopes cascade.
+                    let registered: Vec<i64> =
+                        sqlx::query_scalar("SELECT device_id FROM devices WHERE account_id = ?")
+                            .bind(account)
+                            .fetch_all(&mut *tx)
+                            .await
+                            .map_err(map_err)?;
+                    for device in registered {
+                        if !listed.contains(&u32_of(device)?) {
+                            sqlx::query("DELETE FROM devices WHERE account_id = ? AND device_id = ?")
+                                .bind(account)
+                                .bind(device)
+                                .execute(&mut *tx)
+                                .await
+                                .map_err(map_err)?;
+                        }
+                    }
                     PutOutcome::Stored
                 } else {
                     let row = sqlx::query(
@@ -687,8 +723,8 @@ impl Storage for SqliteStorage {
         let account_id: i64 = get(&account, "id")?;
         let identity: Vec<u8> = get(&account, "identity")?;
         let rows = sqlx::query(
-            "SELECT device_id, registration_id, signed_prekey_id, signed_prekey, signed_prekey_signature, \
-             kem_prekey_id, kem_prekey, kem_prekey_signature FROM devices \
+            "SELECT device_id, registration_id, identity, signed_prekey_id, signed_prekey, \
+             signed_prekey_signature, kem_prekey_id, kem_prekey, kem_prekey_signature FROM devices \
              WHERE account_id = ? AND (? IS NULL OR device_id = ?) ORDER BY device_id",
         )
         .bind(account_id)
@@ -753,6 +789,7 @@ impl Storage for SqliteStorage {
             bundles.push(BundleRecord {
                 device_id: device,
                 registration_id: u32_of(get(&row, "registration_id")?)?,
+                identity: get(&row, "identity")?,
                 signed_prekey: SignedPrekeyRecord {
                     id: u32_of(get(&row, "signed_prekey_id")?)?,
                     public_key: get(&row, "signed_prekey")?,
@@ -1058,7 +1095,7 @@ impl Storage for SqliteStorage {
         };
         let account_id: i64 = get(&account, "id")?;
         let rows = sqlx::query(
-            "SELECT device_id, created_day FROM devices WHERE account_id = ? ORDER BY device_id",
+            "SELECT device_id, created_day, identity FROM devices WHERE account_id = ? ORDER BY device_id",
         )
         .bind(account_id)
         .fetch_all(&mut *tx)
@@ -1082,6 +1119,7 @@ impl Storage for SqliteStorage {
             devices.push(DeviceExport {
                 device_id: device,
                 created_day: get(&row, "created_day")?,
+                identity: get(&row, "identity")?,
                 pending_envelopes: u64_of(pending)?,
                 prekeys: counts(&mut tx, address).await?,
             });
@@ -1151,6 +1189,7 @@ fn last_resort_bundle(row: &SqliteRow, device: u32) -> Result<BundleRecord> {
     Ok(BundleRecord {
         device_id: device,
         registration_id: u32_of(get(row, "registration_id")?)?,
+        identity: get(row, "identity")?,
         signed_prekey: SignedPrekeyRecord {
             id: u32_of(get(row, "signed_prekey_id")?)?,
             public_key: get(row, "signed_prekey")?,
@@ -1164,6 +1203,36 @@ fn last_resort_bundle(row: &SqliteRow, device: u32) -> Result<BundleRecord> {
         kem_prekey_is_last_resort: true,
         one_time_prekey: None,
     })
+}
+
+/// Inserts a device row and its one-time prekeys.
+async fn insert_device(tx: &mut Transaction<'static, Sqlite>, device: &NewDevice) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO devices (account_id, device_id, registration_id, created_day, identity, \
+         signed_prekey_id, signed_prekey, signed_prekey_signature, \
+         kem_prekey_id, kem_prekey, kem_prekey_signature) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(device.address.account)
+    .bind(i64::from(device.address.device))
+    .bind(i64::from(device.registration_id))
+    .bind(device.today)
+    .bind(&device.identity)
+    .bind(i64::from(device.signed_prekey.id))
+    .bind(&device.signed_prekey.public_key)
+    .bind(&device.signed_prekey.signature)
+    .bind(i64::from(device.last_resort_kem_prekey.id))
+    .bind(&device.last_resort_kem_prekey.public_key)
+    .bind(&device.last_resort_kem_prekey.signature)
+    .execute(&mut **tx)
+    .await
+    .map_err(map_err)?;
+    insert_prekeys(
+        tx,
+        device.address,
+        &device.one_time_prekeys,
+        &device.one_time_kem_prekeys,
+    )
+    .await
 }
 
 async fn insert_prekeys(

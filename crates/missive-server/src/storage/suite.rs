@@ -5,12 +5,20 @@
 
 use super::*;
 
+/// The filler account key of [`account`].
+pub const ACCOUNT_KEY: [u8; 32] = [7; 32];
+/// The filler device key of device 1 in [`account`].
+pub const DEVICE_KEY: [u8; 32] = [13; 32];
+
 /// A registration with `one_time` X25519 and `kem` ML-KEM one-time prekeys
-/// (filler key bytes; storage does not check them).
+/// (filler key bytes; storage does not check them) and a version 1 device
+/// list naming device 1.
 pub fn account(username: &str, one_time: u32, kem: u32) -> NewAccount {
     NewAccount {
         username: username.to_owned(),
-        identity: vec![7; 32],
+        identity: ACCOUNT_KEY.to_vec(),
+        device_identity: DEVICE_KEY.to_vec(),
+        signed_device_list: signed_device_list(username, 1, 0, &[1]),
         registration_id: 42,
         signed_prekey: SignedPrekeyRecord {
             id: 1,
@@ -72,6 +80,172 @@ pub async fn run_all(store: &dyn Storage) {
     secrets_and_franking_keys(store).await;
     deletion(store).await;
     device_lists(store).await;
+    linked_devices(store).await;
+}
+
+/// A linked device `device_id` of `account` with key `[key; 32]` and
+/// `one_time` one-time prekeys of each kind.
+pub fn linked(account: AccountId, device_id: u32, key: u8, one_time: u32) -> NewDevice {
+    let base = self::account("unused", one_time, one_time);
+    NewDevice {
+        address: DeviceAddress {
+            account,
+            device: device_id,
+        },
+        identity: vec![key; 32],
+        registration_id: 100 + device_id,
+        signed_prekey: base.signed_prekey,
+        last_resort_kem_prekey: base.last_resort_kem_prekey,
+        one_time_prekeys: base.one_time_prekeys,
+        one_time_kem_prekeys: base.one_time_kem_prekeys,
+        today: 20_001,
+    }
+}
+
+/// Linked devices (protocol v2): added with their own key and prekeys,
+/// served with their own key; a device id is added once; a stored list that
+/// no longer names a device deletes it with its prekeys, tokens and
+/// envelopes, in the same transaction.
+pub async fn linked_devices(store: &dyn Storage) {
+    let id = store
+        .create_account(&account("suite-linked", 1, 1))
+        .await
+        .unwrap();
+    let one = DeviceAddress {
+        account: id,
+        device: 1,
+    };
+    let two = DeviceAddress {
+        account: id,
+        device: 2,
+    };
+    assert_eq!(
+        store.device_key(one).await.unwrap(),
+        Some(DEVICE_KEY.to_vec())
+    );
+    assert_eq!(store.device_key(two).await.unwrap(), None);
+    store.add_device(&linked(id, 2, 21, 2)).await.unwrap();
+    assert!(matches!(
+        store.add_device(&linked(id, 2, 22, 0)).await,
+        Err(StorageError::Conflict)
+    ));
+    assert!(matches!(
+        store.add_device(&linked(id + 1000, 2, 21, 0)).await,
+        Err(StorageError::NotFound)
+    ));
+    assert_eq!(store.device_key(two).await.unwrap(), Some(vec![21; 32]));
+    let (found, key) = store
+        .device_identity("suite-linked", 2)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((found, key), (id, vec![21; 32]));
+    assert_eq!(
+        store.prekey_counts(two).await.unwrap(),
+        PrekeyCounts {
+            one_time: 2,
+            one_time_kem: 2
+        }
+    );
+    let (_, bundles) = store
+        .take_bundles("suite-linked", None, true)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(bundles.identity, ACCOUNT_KEY.to_vec());
+    let keys: Vec<_> = bundles
+        .bundles
+        .iter()
+        .map(|b| (b.device_id, b.registration_id, b.identity.clone()))
+        .collect();
+    assert_eq!(
+        keys,
+        vec![(1, 42, DEVICE_KEY.to_vec()), (2, 102, vec![21; 32])]
+    );
+    let export = store.export_account("suite-linked").await.unwrap().unwrap();
+    let exported: Vec<_> = export
+        .devices
+        .iter()
+        .map(|d| (d.device_id, d.identity.clone()))
+        .collect();
+    assert_eq!(exported, vec![(1, DEVICE_KEY.to_vec()), (2, vec![21; 32])]);
+
+    // Device 2 has a token and a pending envelope; device 1 too.
+    store
+        .insert_token(&[61; 32], one, 30_000, 20_001)
+        .await
+        .unwrap();
+    store
+        .insert_token(&[62; 32], two, 30_000, 20_001)
+        .await
+        .unwrap();
+    let mut item = send("suite-x", id, 61, 5, 100);
+    item.envelopes.push(NewEnvelope {
+        recipient_device: 2,
+        ..item.envelopes[0].clone()
+    });
+    assert!(matches!(
+        store.store_envelopes(&[item]).await.unwrap()[0],
+        SendOutcome::Stored { .. }
+    ));
+    assert_eq!(store.pending_envelopes(two, 0, 10).await.unwrap().len(), 1);
+
+    // A list that is refused removes nothing.
+    let stale = signed_device_list("suite-linked", 1, 9, &[1]);
+    assert_eq!(
+        store.put_device_list(id, 1, &stale).await.unwrap(),
+        PutOutcome::Stale { stored_version: 1 }
+    );
+    assert_eq!(store.device_key(two).await.unwrap(), Some(vec![21; 32]));
+    // A list naming both keeps both.
+    let both = signed_device_list("suite-linked", 2, 0, &[1, 2]);
+    assert_eq!(
+        store.put_device_list(id, 2, &both).await.unwrap(),
+        PutOutcome::Stored
+    );
+    assert!(store.device_key(two).await.unwrap().is_some());
+    // A list naming device 1 only removes device 2 with everything it had.
+    let only_one = signed_device_list("suite-linked", 3, 0, &[1, 3]);
+    assert_eq!(
+        store.put_device_list(id, 3, &only_one).await.unwrap(),
+        PutOutcome::Stored
+    );
+    assert_eq!(store.device_key(two).await.unwrap(), None);
+    assert!(
+        store
+            .device_identity("suite-linked", 2)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(store.authenticate(&[62; 32], 0).await.unwrap().is_none());
+    assert!(
+        store
+            .pending_envelopes(two, 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.prekey_counts(two).await.unwrap(),
+        PrekeyCounts::default()
+    );
+    let (_, devices) = store.devices("suite-linked").await.unwrap().unwrap();
+    assert_eq!(devices.iter().map(|d| d.device_id).collect::<Vec<_>>(), [1]);
+    // Device 1 keeps its token and envelope.
+    assert!(store.authenticate(&[61; 32], 0).await.unwrap().is_some());
+    assert_eq!(store.pending_envelopes(one, 0, 10).await.unwrap().len(), 1);
+    // A removed device id can be added again (a new device).
+    store.add_device(&linked(id, 2, 23, 0)).await.unwrap();
+    assert_eq!(store.device_key(two).await.unwrap(), Some(vec![23; 32]));
+    assert!(
+        store
+            .pending_envelopes(two, 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store.delete_account(id).await.unwrap();
 }
 
 /// A correctly signed device list for `username` at `version` naming
@@ -113,11 +287,13 @@ pub async fn device_lists(store: &dyn Storage) {
         .create_account(&account("suite-l", 0, 0))
         .await
         .unwrap();
-    assert_eq!(store.device_list(id).await.unwrap(), None);
+    // Registration stores version 1, naming device 1.
+    let first = store.device_list(id).await.unwrap().unwrap();
+    assert_eq!(first.0, 1);
     let export = store.export_account("suite-l").await.unwrap().unwrap();
     assert_eq!(
         (export.device_list_version, export.device_list_devices),
-        (None, vec![])
+        (Some(1), vec![1])
     );
 
     let v2 = signed_device_list("suite-l", 2, 1, &[1, 3]);
@@ -159,13 +335,13 @@ pub async fn device_lists(store: &dyn Storage) {
         (Some(3), vec![2, 5, 6])
     );
 
-    // Two puts of one version at once, replacing a list and creating one:
-    // exactly one stores, the other is told the version now held.
+    // Two puts of one version at once, replacing a list: exactly one
+    // stores, the other is told the version now held.
     let fresh = store
         .create_account(&account("suite-l2", 0, 0))
         .await
         .unwrap();
-    for (account, version) in [(id, 4), (fresh, 1)] {
+    for (account, version) in [(id, 4), (fresh, 2)] {
         let a = signed_device_list("suite-l", version, 1, &[1]);
         let b = signed_device_list("suite-l", version, 2, &[1, 2]);
         let (x, y) = tokio::join!(
@@ -198,9 +374,9 @@ pub async fn device_lists(store: &dyn Storage) {
         .create_account(&account("suite-l", 0, 0))
         .await
         .unwrap();
-    assert_eq!(store.device_list(again).await.unwrap(), None);
+    assert_eq!(store.device_list(again).await.unwrap().unwrap().0, 1);
     let export = store.export_account("suite-l").await.unwrap().unwrap();
-    assert_eq!(export.device_list_version, None);
+    assert_eq!(export.device_list_version, Some(1));
 }
 
 /// Usernames are unique; tokens authenticate until they expire.
@@ -214,7 +390,7 @@ pub async fn accounts_and_tokens(store: &dyn Storage) {
         Err(StorageError::Conflict)
     ));
     let (found, identity) = store.device_identity("suite-a", 1).await.unwrap().unwrap();
-    assert_eq!((found, identity), (id, vec![7; 32]));
+    assert_eq!((found, identity), (id, DEVICE_KEY.to_vec()));
     assert!(store.device_identity("suite-a", 2).await.unwrap().is_none());
     let device = DeviceAddress {
         account: id,

@@ -10,14 +10,18 @@
 
 use std::path::{Path, PathBuf};
 
-use missive_crypto::{IdentityKeyPair, KemPrekeyPair, OneTimePrekeyPair, SignedPrekeyPair};
+use missive_crypto::{
+    DeviceEntry, DeviceList, IdentityKeyPair, KemPrekeyPair, OneTimePrekeyPair, PrekeyOwner,
+    SignedPrekeyPair,
+};
 use missive_proto::v1::account_service_client::AccountServiceClient;
 use missive_proto::v1::key_service_client::KeyServiceClient;
 use missive_proto::v1::message_service_client::MessageServiceClient;
 use missive_proto::v1::report_service_client::ReportServiceClient;
 use missive_proto::v1::{
-    ChallengePurpose, GetChallengeRequest, KemPrekey, LoginRequest, OneTimePrekey, PublicIdentity,
-    RegisterRequest, SignedPrekey,
+    AddDeviceRequest, ChallengePurpose, GetChallengeRequest, KemPrekey, LoginRequest,
+    OneTimePrekey, PublicIdentity, PublishDeviceListRequest, RegisterRequest, RegisterResponse,
+    SignedPrekey,
 };
 use missive_server::{Config, RouteHook, RunningServer};
 use rand::rngs::OsRng;
@@ -62,9 +66,16 @@ pub async fn channel(server: &RunningServer) -> Channel {
     connect(&server.url(), server.ca_path().unwrap()).await
 }
 
+/// The name test clients verify TLS for (the generated certificate's).
+pub const SERVER_NAME: &str = "localhost";
+
 pub struct User {
     pub username: String,
+    /// The account key (signs device lists and the registration).
+    pub account: IdentityKeyPair,
+    /// This device's own key (signs its prekeys and logins).
     pub identity: IdentityKeyPair,
+    pub device_id: u32,
     pub registration_id: u32,
     pub token: Vec<u8>,
     pub channel: Channel,
@@ -77,8 +88,16 @@ pub fn wire_identity(identity: &IdentityKeyPair) -> PublicIdentity {
     }
 }
 
-pub fn signed_prekey(identity: &IdentityKeyPair, id: u32) -> SignedPrekey {
-    let public = SignedPrekeyPair::generate(&mut OsRng, id, identity).public();
+/// Whose prekeys a device signs: its account key and device id.
+pub fn owner(account: &IdentityKeyPair, device_id: u32) -> PrekeyOwner {
+    PrekeyOwner {
+        account: account.public().clone(),
+        device_id,
+    }
+}
+
+pub fn signed_prekey(identity: &IdentityKeyPair, owner: &PrekeyOwner, id: u32) -> SignedPrekey {
+    let public = SignedPrekeyPair::generate(&mut OsRng, id, identity, owner).public();
     SignedPrekey {
         id,
         public_key: public.public_key.to_vec(),
@@ -86,8 +105,8 @@ pub fn signed_prekey(identity: &IdentityKeyPair, id: u32) -> SignedPrekey {
     }
 }
 
-pub fn kem_prekey(identity: &IdentityKeyPair, id: u32) -> KemPrekey {
-    let public = KemPrekeyPair::generate(&mut OsRng, id, identity).public();
+pub fn kem_prekey(identity: &IdentityKeyPair, owner: &PrekeyOwner, id: u32) -> KemPrekey {
+    let public = KemPrekeyPair::generate(&mut OsRng, id, identity, owner).public();
     KemPrekey {
         id,
         public_key: public.public_key.clone(),
@@ -115,37 +134,164 @@ pub async fn challenge(channel: &Channel, username: &str, purpose: ChallengePurp
         .challenge
 }
 
-/// A complete, correctly signed registration request.
+/// A device list for `username` at `version` naming `devices` (id, device
+/// key, registration id; ascending ids), signed by `account`.
+pub fn device_list(
+    account: &IdentityKeyPair,
+    username: &str,
+    version: u64,
+    devices: &[(u32, &IdentityKeyPair, u32)],
+) -> Vec<u8> {
+    DeviceList {
+        username: username.to_owned(),
+        version,
+        timestamp_ms: 0,
+        devices: devices
+            .iter()
+            .map(|&(id, key, registration_id)| {
+                DeviceEntry::link(key, username, account.public(), id, registration_id)
+            })
+            .collect(),
+    }
+    .sign(account)
+    .unwrap()
+    .to_bytes()
+}
+
+/// A complete, correctly signed registration request: `account` is the
+/// account key, `device` device 1's key.
 pub async fn registration(
     channel: &Channel,
     username: &str,
-    identity: &IdentityKeyPair,
+    account: &IdentityKeyPair,
+    device: &IdentityKeyPair,
     one_time: u32,
     kem: u32,
 ) -> RegisterRequest {
     let challenge = challenge(channel, username, ChallengePurpose::Register).await;
     let registration_id = 1234;
-    let signature = identity.sign(&missive_crypto::transcript::registration(
+    let signature = account.sign(&missive_crypto::transcript::registration(
         &challenge,
+        SERVER_NAME,
         username,
         registration_id,
     ));
+    let owner = owner(account, 1);
     RegisterRequest {
         username: username.into(),
         challenge,
-        identity: Some(wire_identity(identity)),
+        identity: Some(wire_identity(account)),
         registration_id,
-        signed_prekey: Some(signed_prekey(identity, 1)),
-        last_resort_kem_prekey: Some(kem_prekey(identity, 1000)),
+        signed_prekey: Some(signed_prekey(device, &owner, 1)),
+        last_resort_kem_prekey: Some(kem_prekey(device, &owner, 1000)),
         one_time_prekeys: (1..=one_time).map(one_time_prekey).collect(),
-        one_time_kem_prekeys: (1..=kem).map(|id| kem_prekey(identity, id)).collect(),
+        one_time_kem_prekeys: (1..=kem).map(|id| kem_prekey(device, &owner, id)).collect(),
+        signature: signature.to_vec(),
+        device_identity: Some(wire_identity(device)),
+        signed_device_list: device_list(
+            account,
+            &username.to_ascii_lowercase(),
+            1,
+            &[(1, device, registration_id)],
+        ),
+        server_name: SERVER_NAME.into(),
+    }
+}
+
+/// A complete, correctly signed add-device request for `device` (key
+/// `device_key`) of `username`'s account (account key `account`).
+pub async fn add_device_request(
+    channel: &Channel,
+    username: &str,
+    account: &IdentityKeyPair,
+    device_key: &IdentityKeyPair,
+    device_id: u32,
+    registration_id: u32,
+    one_time: u32,
+) -> AddDeviceRequest {
+    let challenge = challenge(channel, username, ChallengePurpose::AddDevice).await;
+    let signature = device_key.sign(&missive_crypto::transcript::add_device(
+        &challenge,
+        SERVER_NAME,
+        username,
+        device_id,
+        registration_id,
+    ));
+    let owner = owner(account, device_id);
+    AddDeviceRequest {
+        username: username.into(),
+        challenge,
+        device_id,
+        registration_id,
+        signed_prekey: Some(signed_prekey(device_key, &owner, 1)),
+        last_resort_kem_prekey: Some(kem_prekey(device_key, &owner, 1000)),
+        one_time_prekeys: (1..=one_time).map(one_time_prekey).collect(),
+        one_time_kem_prekeys: (1..=one_time)
+            .map(|id| kem_prekey(device_key, &owner, id))
+            .collect(),
+        server_name: SERVER_NAME.into(),
         signature: signature.to_vec(),
     }
 }
 
+/// `primary` publishes a list naming itself and a new device `device_id`
+/// (registration id `100 + device_id`), which then joins; the new device's
+/// user handle.
+pub async fn link_device(primary: &User, device_id: u32, one_time: u32) -> User {
+    let key = IdentityKeyPair::generate(&mut OsRng);
+    let registration_id = 100 + device_id;
+    let list = device_list(
+        &primary.account,
+        &primary.username,
+        2,
+        &[
+            (
+                primary.device_id,
+                &primary.identity,
+                primary.registration_id,
+            ),
+            (device_id, &key, registration_id),
+        ],
+    );
+    primary
+        .keys()
+        .publish_device_list(primary.req(PublishDeviceListRequest {
+            signed_device_list: list,
+        }))
+        .await
+        .unwrap();
+    let request = add_device_request(
+        &primary.channel,
+        &primary.username,
+        &primary.account,
+        &key,
+        device_id,
+        registration_id,
+        one_time,
+    )
+    .await;
+    let response: RegisterResponse = primary
+        .accounts()
+        .add_device(request)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response.device_id, device_id);
+    User {
+        username: primary.username.clone(),
+        account: IdentityKeyPair::from_secret_bytes(&primary.account.to_secret_bytes()).unwrap(),
+        identity: key,
+        device_id,
+        registration_id,
+        token: response.session.unwrap().token,
+        channel: primary.channel.clone(),
+    }
+}
+
 pub async fn register(channel: &Channel, username: &str, one_time: u32, kem: u32) -> User {
+    let account = IdentityKeyPair::generate(&mut OsRng);
     let identity = IdentityKeyPair::generate(&mut OsRng);
-    let request = registration(channel, username, &identity, one_time, kem).await;
+    let request = registration(channel, username, &account, &identity, one_time, kem).await;
     let registration_id = request.registration_id;
     let response = AccountServiceClient::new(channel.clone())
         .register(request)
@@ -155,7 +301,9 @@ pub async fn register(channel: &Channel, username: &str, one_time: u32, kem: u32
     assert_eq!(response.device_id, 1);
     User {
         username: username.into(),
+        account,
         identity,
+        device_id: 1,
         registration_id,
         token: response.session.unwrap().token,
         channel: channel.clone(),
@@ -167,15 +315,17 @@ pub async fn login(user: &User) -> Vec<u8> {
     let challenge = challenge(&user.channel, &user.username, ChallengePurpose::Login).await;
     let signature = user.identity.sign(&missive_crypto::transcript::login(
         &challenge,
+        SERVER_NAME,
         &user.username,
-        1,
+        user.device_id,
     ));
     AccountServiceClient::new(user.channel.clone())
         .login(LoginRequest {
             username: user.username.clone(),
-            device_id: 1,
+            device_id: user.device_id,
             challenge,
             signature: signature.to_vec(),
+            server_name: SERVER_NAME.into(),
         })
         .await
         .unwrap()

@@ -1,0 +1,96 @@
+//! This account's own devices: its signed device list as the server serves
+//! it, checked against our account key before anything is shown.
+
+use missive_crypto::{ListChange, SignedDeviceList};
+use missive_proto::v1::{self, key_service_client::KeyServiceClient};
+
+use crate::error::{ClientError, Result};
+
+use super::{Client, META_DEVICE_LIST};
+
+/// One device of this account.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnDevice {
+    /// Device id.
+    pub id: u32,
+    /// A name for people ("primary" for the device holding the account key).
+    pub name: String,
+    /// Whether it is the device running this command.
+    pub current: bool,
+    /// Fingerprint of its device key, hex.
+    pub fingerprint: String,
+}
+
+impl Client {
+    /// Whether this device holds the account key (the primary).
+    pub fn holds_account_key(&self) -> bool {
+        self.account_key.is_some()
+    }
+
+    /// The account's devices, from the newest list the server serves that
+    /// verifies under our account key and is not older than the newest we saw.
+    pub async fn devices(&mut self) -> Result<Vec<OwnDevice>> {
+        let list = self.fetch_own_device_list().await?;
+        Ok(list
+            .unverified_list()
+            .devices
+            .iter()
+            .map(|d| OwnDevice {
+                id: d.device_id,
+                name: if d.device_id == super::FIRST_DEVICE {
+                    "primary".to_owned()
+                } else {
+                    format!("device {}", d.device_id)
+                },
+                current: d.device_id == self.device_id,
+                fingerprint: d.identity.fingerprint().to_string(),
+            })
+            .collect())
+    }
+
+    /// Our own list from the server, verified and kept if newer.
+    pub(super) async fn fetch_own_device_list(&mut self) -> Result<SignedDeviceList> {
+        let channel = self.channel().await?;
+        let req = self
+            .authed(
+                v1::GetDeviceListRequest {
+                    username: self.username.clone(),
+                },
+                true,
+            )
+            .await?;
+        let bytes = match KeyServiceClient::new(channel).get_device_list(req).await {
+            Ok(r) => r.into_inner().signed_device_list,
+            Err(s) => return Err(self.authed_err(&s)),
+        };
+        let refused = |reason: String| ClientError::DeviceListRefused {
+            username: self.username.clone(),
+            reason,
+        };
+        let list = SignedDeviceList::from_bytes(&bytes).map_err(|e| refused(e.to_string()))?;
+        let seen = self.own_device_list()?;
+        let (_, change) = list
+            .verify_change(
+                &self.account,
+                &self.username,
+                seen.as_ref().map(|l| (l.version(), l.list_hash())),
+            )
+            .map_err(|e| refused(e.to_string()))?;
+        if change == ListChange::Newer {
+            self.store
+                .write(|db| db.set_meta(META_DEVICE_LIST, &list.to_bytes()))?;
+        }
+        if !list
+            .unverified_list()
+            .devices
+            .iter()
+            .any(|d| d.device_id == self.device_id && &d.identity == self.identity.public())
+        {
+            return Err(refused(format!(
+                "it does not name this device ({}); it was removed from the account",
+                self.device_id
+            )));
+        }
+        Ok(list)
+    }
+}
