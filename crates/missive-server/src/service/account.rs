@@ -53,6 +53,29 @@ impl AccountApi {
         })
     }
 
+    /// Consumes a challenge whatever happens next (no replay); refuses an
+    /// unknown, used or expired one.
+    async fn take_challenge(
+        &self,
+        challenge: &[u8],
+        username: &str,
+        purpose: ChallengePurpose,
+    ) -> ApiResult<()> {
+        let fresh = self
+            .state
+            .storage
+            .take_challenge(
+                &challenge_hash(challenge, username, purpose),
+                time::now_ms(),
+            )
+            .await?;
+        if fresh {
+            Ok(())
+        } else {
+            Err(ApiError::BadChallenge)
+        }
+    }
+
     async fn register_inner(
         &self,
         request: Request<RegisterRequest>,
@@ -62,11 +85,7 @@ impl AccountApi {
         }
         let request = request.into_inner();
         let username = normalize_username(&request.username)?;
-        if !(1..=MAX_REGISTRATION_ID).contains(&request.registration_id) {
-            return Err(ApiError::InvalidArgument(format!(
-                "the registration id must be between 1 and {MAX_REGISTRATION_ID}"
-            )));
-        }
+        check_registration_id(request.registration_id)?;
         self.state
             .server_names
             .check(&request.server_name)
@@ -102,18 +121,8 @@ impl AccountApi {
             &request.one_time_prekeys,
             &request.one_time_kem_prekeys,
         )?;
-        // The challenge is consumed whatever happens next: no replay.
-        if !self
-            .state
-            .storage
-            .take_challenge(
-                &challenge_hash(&request.challenge, &username, ChallengePurpose::Register),
-                time::now_ms(),
-            )
-            .await?
-        {
-            return Err(ApiError::BadChallenge);
-        }
+        self.take_challenge(&request.challenge, &username, ChallengePurpose::Register)
+            .await?;
         // The transcript carries the username as the client sent it (the
         // challenge itself is bound to the case-folded name).
         checks::registration(
@@ -169,17 +178,8 @@ impl AccountApi {
             .server_names
             .check(&request.server_name)
             .map_err(ApiError::UnauthenticatedBecause)?;
-        let fresh = self
-            .state
-            .storage
-            .take_challenge(
-                &challenge_hash(&request.challenge, &username, ChallengePurpose::Login),
-                time::now_ms(),
-            )
+        self.take_challenge(&request.challenge, &username, ChallengePurpose::Login)
             .await?;
-        if !fresh {
-            return Err(ApiError::BadChallenge);
-        }
         let Some((account, identity)) = self
             .state
             .storage
@@ -225,27 +225,13 @@ impl AccountApi {
                 "the device id is missing (0): give the id the device list names".into(),
             ));
         }
-        if !(1..=MAX_REGISTRATION_ID).contains(&request.registration_id) {
-            return Err(ApiError::InvalidArgument(format!(
-                "the registration id must be between 1 and {MAX_REGISTRATION_ID}"
-            )));
-        }
+        check_registration_id(request.registration_id)?;
         self.state
             .server_names
             .check(&request.server_name)
             .map_err(ApiError::InvalidArgument)?;
-        // The challenge is consumed whatever happens next: no replay.
-        if !self
-            .state
-            .storage
-            .take_challenge(
-                &challenge_hash(&request.challenge, &username, ChallengePurpose::AddDevice),
-                time::now_ms(),
-            )
-            .await?
-        {
-            return Err(ApiError::BadChallenge);
-        }
+        self.take_challenge(&request.challenge, &username, ChallengePurpose::AddDevice)
+            .await?;
         let account = self
             .state
             .storage
@@ -433,5 +419,15 @@ impl AccountService for AccountApi {
         self.state.caches.forget_account(principal.address.account);
         tracing::info!("account deleted");
         Ok(Response::new(DeleteAccountResponse {}))
+    }
+}
+
+fn check_registration_id(id: u32) -> ApiResult<()> {
+    if (1..=MAX_REGISTRATION_ID).contains(&id) {
+        Ok(())
+    } else {
+        Err(ApiError::InvalidArgument(format!(
+            "the registration id must be between 1 and {MAX_REGISTRATION_ID}"
+        )))
     }
 }
