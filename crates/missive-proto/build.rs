@@ -12,6 +12,7 @@ const PROTOS: &[&str] = &[
     "missive/v1/reports.proto",
     "missive/v1/content.proto",
     "missive/v1/attachments.proto",
+    "missive/v1/link.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

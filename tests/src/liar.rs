@@ -63,6 +63,8 @@
 //!   downloaded chunk, [`Liar::swap_blob`] serves another blob than the one
 //!   asked for, [`Liar::cut_downloads`] ends download streams early (as if
 //!   complete). Uploads are forwarded as they are.
+//! - **Link lies**: [`Liar::rewrite_links`] runs a hook on every `GetLink`
+//!   answer (swap the new device's offer, alter a sealed message).
 //! - **Status lies**: [`Liar::fail`] / [`Liar::fail_times`] make an [`Rpc`]
 //!   answer a chosen status without forwarding.
 //!
@@ -94,6 +96,8 @@ use missive_proto::v1::{
     attachment_service_server::{AttachmentService, AttachmentServiceServer},
     key_service_client::KeyServiceClient,
     key_service_server::{KeyService, KeyServiceServer},
+    link_service_client::LinkServiceClient,
+    link_service_server::{LinkService, LinkServiceServer},
     message_service_client::MessageServiceClient,
     message_service_server::{MessageService, MessageServiceServer},
     receive_response::Item,
@@ -154,6 +158,14 @@ pub enum Rpc {
     FinalizeUpload,
     /// `AttachmentService.Download`.
     Download,
+    /// `LinkService.OpenLink`.
+    OpenLink,
+    /// `LinkService.GetLink`.
+    GetLink,
+    /// `LinkService.PostLink`.
+    PostLink,
+    /// `LinkService.CloseLink`.
+    CloseLink,
 }
 
 /// How long [`LyingServer::inject`], `redeliver` and `release` wait for a
@@ -207,6 +219,7 @@ pub struct Delivery {
 type Predicate = Arc<dyn Fn(&v1::Envelope) -> bool + Send + Sync>;
 type Rewrite = Arc<dyn Fn(&str, &mut v1::Envelope) + Send + Sync>;
 type ChunkRewrite = Arc<dyn Fn(&mut v1::DownloadChunk) + Send + Sync>;
+type LinkRewrite = Arc<dyn Fn(&mut v1::GetLinkResponse) + Send + Sync>;
 
 struct Queued {
     envelope: v1::Envelope,
@@ -240,6 +253,7 @@ pub struct Script {
     list_overrides: HashMap<String, Vec<u8>>,
     rewrite: Option<Rewrite>,
     chunk_rewrite: Option<ChunkRewrite>,
+    link_rewrite: Option<LinkRewrite>,
     created_blobs: Vec<Vec<u8>>,
     blob_swaps: HashMap<Vec<u8>, Vec<u8>>,
     download_cut: Option<u64>,
@@ -589,6 +603,15 @@ impl Liar {
         let mut s = self.script();
         s.event(format!("GetBundles {user}: no more ghost device"));
         s.ghost_devices.remove(user);
+    }
+
+    /// Runs `hook` on every `GetLink` answer before it goes downstream
+    /// (`None`: serve mailboxes as they are): swap the new device's offer,
+    /// alter a sealed message.
+    pub fn rewrite_links(&self, hook: Option<LinkRewrite>) {
+        let mut s = self.script();
+        s.event(format!("GetLink rewrite: {}", hook.is_some()));
+        s.link_rewrite = hook;
     }
 
     /// Serves `list` as `user`'s signed device list from now on (`None`:
@@ -1139,6 +1162,74 @@ impl MessageService for Proxy {
 }
 
 #[tonic::async_trait]
+impl LinkService for Proxy {
+    async fn open_link(
+        &self,
+        request: Request<v1::OpenLinkRequest>,
+    ) -> Result<Response<v1::OpenLinkResponse>, Status> {
+        if let Some(s) = self.shared.lie(Rpc::OpenLink) {
+            return Err(s);
+        }
+        let msg = request.get_ref().clone();
+        let resp = LinkServiceClient::new(self.upstream.clone())
+            .open_link(forward(&request, msg))
+            .await
+            .map_err(relay)?;
+        Ok(Response::new(resp.into_inner()))
+    }
+
+    async fn get_link(
+        &self,
+        request: Request<v1::GetLinkRequest>,
+    ) -> Result<Response<v1::GetLinkResponse>, Status> {
+        if let Some(s) = self.shared.lie(Rpc::GetLink) {
+            return Err(s);
+        }
+        let msg = request.get_ref().clone();
+        let mut resp = LinkServiceClient::new(self.upstream.clone())
+            .get_link(forward(&request, msg))
+            .await
+            .map_err(relay)?
+            .into_inner();
+        let hook = self.shared.script().link_rewrite.clone();
+        if let Some(hook) = hook {
+            hook(&mut resp);
+        }
+        Ok(Response::new(resp))
+    }
+
+    async fn post_link(
+        &self,
+        request: Request<v1::PostLinkRequest>,
+    ) -> Result<Response<v1::PostLinkResponse>, Status> {
+        if let Some(s) = self.shared.lie(Rpc::PostLink) {
+            return Err(s);
+        }
+        let msg = request.get_ref().clone();
+        let resp = LinkServiceClient::new(self.upstream.clone())
+            .post_link(forward(&request, msg))
+            .await
+            .map_err(relay)?;
+        Ok(Response::new(resp.into_inner()))
+    }
+
+    async fn close_link(
+        &self,
+        request: Request<v1::CloseLinkRequest>,
+    ) -> Result<Response<v1::CloseLinkResponse>, Status> {
+        if let Some(s) = self.shared.lie(Rpc::CloseLink) {
+            return Err(s);
+        }
+        let msg = request.get_ref().clone();
+        let resp = LinkServiceClient::new(self.upstream.clone())
+            .close_link(forward(&request, msg))
+            .await
+            .map_err(relay)?;
+        Ok(Response::new(resp.into_inner()))
+    }
+}
+
+#[tonic::async_trait]
 impl ReportService for Proxy {
     async fn report(
         &self,
@@ -1501,7 +1592,8 @@ async fn serve(
         .add_service(KeyServiceServer::new(proxy.clone()))
         .add_service(MessageServiceServer::new(proxy.clone()))
         .add_service(ReportServiceServer::new(proxy.clone()))
-        .add_service(AttachmentServiceServer::new(proxy));
+        .add_service(AttachmentServiceServer::new(proxy.clone()))
+        .add_service(LinkServiceServer::new(proxy));
     let serving =
         router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             let _ = graceful.wait_for(|stop| *stop).await;

@@ -29,8 +29,8 @@ pub mod wire;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 /// How long a server may take to print its listening line.
@@ -482,21 +482,48 @@ impl User {
     }
 }
 
-/// Reads a pipe to its end on a thread (so a chatty child never blocks).
-fn drain(mut pipe: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = pipe.read_to_end(&mut buf);
-        buf
-    })
+/// What a pipe has delivered so far, and the thread reading it to its end
+/// (so a chatty child never blocks).
+struct Drained {
+    seen: Arc<Mutex<Vec<u8>>>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+fn drain(mut pipe: impl std::io::Read + Send + 'static) -> Drained {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&seen);
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(&buf[..n]);
+        }
+    });
+    Drained { seen, reader }
+}
+
+impl Drained {
+    fn so_far(&self) -> String {
+        String::from_utf8_lossy(&self.seen.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+    }
+
+    fn finish(self) -> String {
+        let Drained { seen, reader } = self;
+        let _ = reader.join();
+        String::from_utf8_lossy(&seen.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+    }
 }
 
 /// A `missive` child process started by [`User::spawn`].
 pub struct Running {
     child: Child,
     stdin: Option<ChildStdin>,
-    stdout: Option<std::thread::JoinHandle<Vec<u8>>>,
-    stderr: Option<std::thread::JoinHandle<Vec<u8>>>,
+    stdout: Option<Drained>,
+    stderr: Option<Drained>,
 }
 
 impl Running {
@@ -515,6 +542,32 @@ impl Running {
         pipe.write_all(text.as_bytes())
             .and_then(|()| pipe.flush())
             .map_err(|e| herr(format!("stdin: {e}")))
+    }
+
+    /// What it printed on standard output so far.
+    pub fn stdout_so_far(&self) -> String {
+        self.stdout
+            .as_ref()
+            .map(Drained::so_far)
+            .unwrap_or_default()
+    }
+
+    /// Waits up to `limit` for a line of its standard output starting with
+    /// `prefix`, and returns the rest of that line.
+    pub fn wait_for_line(&self, prefix: &str, limit: Duration) -> Result<String, HarnessError> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let out = self.stdout_so_far();
+            if let Some(rest) = out.lines().find_map(|l| l.strip_prefix(prefix)) {
+                return Ok(rest.trim().to_owned());
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(herr(format!(
+                    "no line {prefix:?} within {limit:?}; stdout: {out}"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Closes its standard input (end of file).
@@ -560,15 +613,10 @@ impl Running {
     }
 
     fn collect(&mut self, code: Option<i32>) -> Run {
-        let take = |h: Option<std::thread::JoinHandle<Vec<u8>>>| {
-            h.and_then(|h| h.join().ok())
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
-                .unwrap_or_default()
-        };
         Run {
             code,
-            stdout: take(self.stdout.take()),
-            stderr: take(self.stderr.take()),
+            stdout: self.stdout.take().map(Drained::finish).unwrap_or_default(),
+            stderr: self.stderr.take().map(Drained::finish).unwrap_or_default(),
         }
     }
 }
@@ -580,6 +628,22 @@ impl Drop for Running {
             let _ = self.child.wait();
         }
     }
+}
+
+/// The 60 digits of a `missive safety-number` output, as 12 groups of five
+/// separated by spaces (the lines of the QR code are left out).
+pub fn safety_digits(stdout: &str) -> String {
+    stdout
+        .lines()
+        .filter(|l| {
+            let parts: Vec<&str> = l.split(' ').collect();
+            !parts.is_empty()
+                && parts
+                    .iter()
+                    .all(|p| p.len() == 5 && p.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// A job for [`concurrently`].

@@ -55,6 +55,7 @@ pub fn text_content(text: &str, sent_at_ms: u64) -> v1::Content {
         franking_key: key.as_bytes().to_vec(),
         // No sender device list view: raw peers are not clients.
         sender_devices: None,
+        sent_to: String::new(),
     }
 }
 

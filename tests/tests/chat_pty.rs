@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use missive_e2e::liar::{LyingServer, Rpc};
-use missive_e2e::{Endpoint, Server, User, binaries};
+use missive_e2e::{Endpoint, Server, User, binaries, safety_digits};
 use portable_pty::{CommandBuilder, MasterPty, PtySize, native_pty_system};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -159,20 +159,6 @@ impl World {
         u.ok(&self.server, &["register", name]).unwrap();
         u
     }
-}
-
-fn safety_digits(stdout: &str) -> String {
-    stdout
-        .lines()
-        .filter(|l| {
-            let parts: Vec<&str> = l.split(' ').collect();
-            !parts.is_empty()
-                && parts
-                    .iter()
-                    .all(|p| p.len() == 5 && p.bytes().all(|b| b.is_ascii_digit()))
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 #[test]

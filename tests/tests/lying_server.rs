@@ -617,6 +617,7 @@ fn a_report_names_the_sender_when_a_message_id_is_reused() {
         attachment: None,
         franking_key: vec![7u8; 32],
         sender_devices: None,
+        sent_to: String::new(),
     };
     mallory
         .send_content("bob", &hex_decode(&id), &content)

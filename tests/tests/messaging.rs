@@ -2,7 +2,7 @@
 //! 127.0.0.1 (see `missive_e2e` for how the binaries are built and found).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use missive_e2e::{Server, User, dir_contains};
+use missive_e2e::{Server, User, dir_contains, safety_digits};
 use serde_json::Value;
 
 struct World {
@@ -42,20 +42,6 @@ fn texts(lines: &[Value]) -> Vec<String> {
         .iter()
         .map(|v| v["text"].as_str().unwrap().to_owned())
         .collect()
-}
-
-fn safety_digits(stdout: &str) -> String {
-    stdout
-        .lines()
-        .filter(|l| {
-            let parts: Vec<&str> = l.split(' ').collect();
-            !parts.is_empty()
-                && parts
-                    .iter()
-                    .all(|p| p.len() == 5 && p.bytes().all(|b| b.is_ascii_digit()))
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! acknowledged workload, for the relay (real registration, PQXDH sessions and
 //! Double Ratchet encryption, franking) and for the bare-tonic baseline.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -47,6 +47,8 @@ pub(crate) struct Workload {
     /// Total offered load in messages per second; `None` is closed loop.
     pub(crate) rate: Option<f64>,
     pub(crate) deadline: Duration,
+    /// Devices per account (consecutive in the device list).
+    pub(crate) devices_per_account: usize,
 }
 
 /// How long a call is retried through a node restart before the run gives up.
@@ -144,24 +146,101 @@ struct Keys {
     registration_id: u32,
 }
 
-/// The crypto state a device shares between its send and receive tasks.
+/// A pairwise session with one device of another (or this) account, and the
+/// registration id the sender quotes for it.
+struct PeerSession {
+    session: Session,
+    registration_id: u32,
+}
+
+/// The crypto state a device shares between its send and receive tasks: one
+/// session per (username, device id) it talks with.
 struct Crypto {
-    session: Option<Session>,
+    sessions: BTreeMap<(String, u32), PeerSession>,
     rng: StdRng,
 }
 
-/// Envelope type, ciphertext, franking commitment and message id.
-type Sealed = (v1::EnvelopeType, Vec<u8>, Vec<u8>, Vec<u8>);
+/// One message sealed for a peer account and for the sender's other devices.
+pub(crate) struct Sealed {
+    message_id: Vec<u8>,
+    /// One envelope per device of the peer account.
+    to_peer: Vec<v1::OutgoingEnvelope>,
+    /// One envelope per other device of the sender's own account (none with
+    /// one device per account, and then no second Send).
+    to_own: Vec<v1::OutgoingEnvelope>,
+}
+
+/// The account key of an account being set up, and its list so far.
+struct AccountKey {
+    key: IdentityKeyPair,
+    list: DeviceList,
+}
 
 /// One simulated device, on a connection of its own or shared with others.
 pub(crate) struct Device {
+    /// The account's username (every device of an account has the same).
     pub(crate) name: String,
+    pub(crate) device_id: u32,
     channel: Channel,
     auth: (&'static str, MetadataValue<tonic::metadata::Ascii>),
     keys: Option<Keys>,
     crypto: Mutex<Crypto>,
     /// Sends repeated because an attempt failed (a node restart).
     resent: AtomicU64,
+    /// Envelopes and encoded SendRequest bytes sent in the measured phase
+    /// (first attempts only).
+    envelopes_sent: AtomicU64,
+    request_bytes: AtomicU64,
+}
+
+/// A registered device's prekeys, for the register and add-device requests.
+fn prekeys(
+    rng: &mut OsRng,
+    identity: IdentityKeyPair,
+    owner: &PrekeyOwner,
+    registration_id: u32,
+) -> Keys {
+    Keys {
+        signed: SignedPrekeyPair::generate(rng, 1, &identity, owner),
+        kem: KemPrekeyPair::generate(rng, 1, &identity, owner),
+        one_time: OneTimePrekeyPair::generate(rng, 1),
+        identity,
+        registration_id,
+    }
+}
+
+fn wire_signed_prekey(keys: &Keys) -> v1::SignedPrekey {
+    let spk = keys.signed.public();
+    v1::SignedPrekey {
+        id: spk.id,
+        public_key: spk.public_key.to_vec(),
+        signature: spk.signature.to_vec(),
+    }
+}
+
+fn wire_kem_prekey(keys: &Keys) -> v1::KemPrekey {
+    let kpk = keys.kem.public();
+    v1::KemPrekey {
+        id: kpk.id,
+        public_key: kpk.public_key.clone(),
+        signature: kpk.signature.to_vec(),
+    }
+}
+
+fn wire_one_time_prekeys(keys: &Keys) -> Vec<v1::OneTimePrekey> {
+    let opk = keys.one_time.public();
+    vec![v1::OneTimePrekey {
+        id: opk.id,
+        public_key: opk.public_key.to_vec(),
+    }]
+}
+
+fn bearer(token: &[u8]) -> anyhow::Result<MetadataValue<tonic::metadata::Ascii>> {
+    let bearer = format!(
+        "Bearer {}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token)
+    );
+    Ok(MetadataValue::try_from(bearer)?)
 }
 
 impl Device {
@@ -177,24 +256,59 @@ impl Device {
         MessageServiceClient::new(self.channel.clone()).max_decoding_message_size(256 * 1024)
     }
 
-    /// A baseline device: no account, named by a header.
-    pub(crate) fn baseline(channel: Channel, name: String) -> anyhow::Result<Self> {
-        let value = MetadataValue::try_from(name.as_str())?;
-        Ok(Device {
+    fn new(
+        name: String,
+        device_id: u32,
+        channel: Channel,
+        auth: (&'static str, MetadataValue<tonic::metadata::Ascii>),
+        keys: Option<Keys>,
+    ) -> Self {
+        Device {
             name,
+            device_id,
             channel,
-            auth: (DEVICE_HEADER, value),
-            keys: None,
+            auth,
+            keys,
             crypto: Mutex::new(Crypto {
-                session: None,
+                sessions: BTreeMap::new(),
                 rng: StdRng::from_entropy(),
             }),
             resent: AtomicU64::new(0),
-        })
+            envelopes_sent: AtomicU64::new(0),
+            request_bytes: AtomicU64::new(0),
+        }
     }
 
-    /// A relay device: generates its identity and prekeys and registers.
-    pub(crate) async fn register(channel: Channel, name: String) -> anyhow::Result<Self> {
+    /// A baseline device: no account, named by a header.
+    pub(crate) fn baseline(channel: Channel, name: String) -> anyhow::Result<Self> {
+        let value = MetadataValue::try_from(name.as_str())?;
+        Ok(Device::new(name, 1, channel, (DEVICE_HEADER, value), None))
+    }
+
+    /// Registers an account with one device per channel in `channels`:
+    /// device 1 registers (list version 1), then each further device is
+    /// named in the next list version, which device 1 publishes, and joins
+    /// with AddDevice, as a primary device links a new one.
+    pub(crate) async fn register_account(
+        channels: Vec<Channel>,
+        name: String,
+    ) -> anyhow::Result<Vec<Self>> {
+        let mut channels = channels.into_iter();
+        let first = channels.next().context("an account needs a device")?;
+        let (primary, mut account) = Device::register(first, name).await?;
+        let mut devices = vec![primary];
+        for (channel, device_id) in channels.zip(2..) {
+            let device = devices[0]
+                .add_device(channel, &mut account, device_id)
+                .await?;
+            devices.push(device);
+        }
+        Ok(devices)
+    }
+
+    /// A relay device 1: generates the account key, its identity and
+    /// prekeys, and registers with list version 1.
+    async fn register(channel: Channel, name: String) -> anyhow::Result<(Self, AccountKey)> {
         let mut rng = OsRng;
         let account = IdentityKeyPair::generate(&mut rng);
         let identity = IdentityKeyPair::generate(&mut rng);
@@ -202,9 +316,6 @@ impl Device {
             account: account.public().clone(),
             device_id: 1,
         };
-        let signed = SignedPrekeyPair::generate(&mut rng, 1, &identity, &owner);
-        let kem = KemPrekeyPair::generate(&mut rng, 1, &identity, &owner);
-        let one_time = OneTimePrekeyPair::generate(&mut rng, 1);
         let registration_id = rng.gen_range(1..=16380);
         let list = DeviceList {
             username: name.clone(),
@@ -217,9 +328,12 @@ impl Device {
                 1,
                 registration_id,
             )],
-        }
-        .sign(&account)
-        .map_err(|e| anyhow!("signing {name}'s device list: {e}"))?;
+        };
+        let signed_list = list
+            .sign(&account)
+            .map_err(|e| anyhow!("signing {name}'s device list: {e}"))?;
+        let device_key = identity.public().signing_key().to_vec();
+        let keys = prekeys(&mut rng, identity, &owner, registration_id);
 
         let mut accounts = AccountServiceClient::new(channel.clone());
         let challenge = accounts
@@ -237,38 +351,23 @@ impl Device {
             &name,
             registration_id,
         ));
-        let public = account.public();
-        let spk = signed.public();
-        let kpk = kem.public();
-        let opk = one_time.public();
         let response = accounts
             .register(v1::RegisterRequest {
                 username: name.clone(),
                 challenge,
                 identity: Some(v1::PublicIdentity {
-                    signing_key: public.signing_key().to_vec(),
+                    signing_key: account.public().signing_key().to_vec(),
                 }),
                 registration_id,
-                signed_prekey: Some(v1::SignedPrekey {
-                    id: spk.id,
-                    public_key: spk.public_key.to_vec(),
-                    signature: spk.signature.to_vec(),
-                }),
-                last_resort_kem_prekey: Some(v1::KemPrekey {
-                    id: kpk.id,
-                    public_key: kpk.public_key.clone(),
-                    signature: kpk.signature.to_vec(),
-                }),
-                one_time_prekeys: vec![v1::OneTimePrekey {
-                    id: opk.id,
-                    public_key: opk.public_key.to_vec(),
-                }],
+                signed_prekey: Some(wire_signed_prekey(&keys)),
+                last_resort_kem_prekey: Some(wire_kem_prekey(&keys)),
+                one_time_prekeys: wire_one_time_prekeys(&keys),
                 one_time_kem_prekeys: Vec::new(),
                 signature: signature.to_vec(),
                 device_identity: Some(v1::PublicIdentity {
-                    signing_key: identity.public().signing_key().to_vec(),
+                    signing_key: device_key,
                 }),
-                signed_device_list: list.to_bytes(),
+                signed_device_list: signed_list.to_bytes(),
                 server_name: SERVER_NAME.to_owned(),
             })
             .await
@@ -278,31 +377,127 @@ impl Device {
             .session
             .context("registration returned no token")?
             .token;
-        let bearer = format!(
-            "Bearer {}",
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token)
-        );
-        Ok(Device {
+        let device = Device::new(
             name,
+            1,
             channel,
-            auth: ("authorization", MetadataValue::try_from(bearer)?),
-            keys: Some(Keys {
-                identity,
-                signed,
-                kem,
-                one_time,
-                registration_id,
-            }),
-            crypto: Mutex::new(Crypto {
-                session: None,
-                rng: StdRng::from_entropy(),
-            }),
-            resent: AtomicU64::new(0),
-        })
+            ("authorization", bearer(&token)?),
+            Some(keys),
+        );
+        Ok((device, AccountKey { key: account, list }))
     }
 
-    fn registration_id(&self) -> u32 {
-        self.keys.as_ref().map_or(0, |k| k.registration_id)
+    /// On device 1 (which holds the account key): names a new device
+    /// `device_id` in the next list version, publishes it, and lets the new
+    /// device join with AddDevice on `channel`.
+    async fn add_device(
+        &self,
+        channel: Channel,
+        account: &mut AccountKey,
+        device_id: u32,
+    ) -> anyhow::Result<Self> {
+        let name = self.name.clone();
+        let mut rng = OsRng;
+        let identity = IdentityKeyPair::generate(&mut rng);
+        let owner = PrekeyOwner {
+            account: account.key.public().clone(),
+            device_id,
+        };
+        let registration_id = rng.gen_range(1..=16380);
+        let mut next = account.list.clone();
+        next.version += 1;
+        next.devices.push(DeviceEntry::link(
+            &identity,
+            &name,
+            account.key.public(),
+            device_id,
+            registration_id,
+        ));
+        let signed_list = next
+            .sign(&account.key)
+            .map_err(|e| anyhow!("signing {name}'s device list: {e}"))?;
+        KeyServiceClient::new(self.channel.clone())
+            .publish_device_list(self.request(v1::PublishDeviceListRequest {
+                signed_device_list: signed_list.to_bytes(),
+            }))
+            .await
+            .map_err(|s| {
+                anyhow!(
+                    "publishing {name}'s device list version {} failed: {}",
+                    next.version,
+                    sentence(&s)
+                )
+            })?;
+        account.list = next;
+
+        let mut accounts = AccountServiceClient::new(channel.clone());
+        let challenge = accounts
+            .get_challenge(v1::GetChallengeRequest {
+                username: name.clone(),
+                purpose: v1::ChallengePurpose::AddDevice as i32,
+            })
+            .await
+            .map_err(|s| {
+                anyhow!(
+                    "asking an add-device challenge for {name} failed: {}",
+                    sentence(&s)
+                )
+            })?
+            .into_inner()
+            .challenge;
+        let signature = identity.sign(&transcript::add_device(
+            &challenge,
+            SERVER_NAME,
+            &name,
+            device_id,
+            registration_id,
+        ));
+        let keys = prekeys(&mut rng, identity, &owner, registration_id);
+        let response = accounts
+            .add_device(v1::AddDeviceRequest {
+                username: name.clone(),
+                challenge,
+                device_id,
+                registration_id,
+                signed_prekey: Some(wire_signed_prekey(&keys)),
+                last_resort_kem_prekey: Some(wire_kem_prekey(&keys)),
+                one_time_prekeys: wire_one_time_prekeys(&keys),
+                one_time_kem_prekeys: Vec::new(),
+                server_name: SERVER_NAME.to_owned(),
+                signature: signature.to_vec(),
+                // `signed_device_list` is for recovery only: device 1 published
+                // the list naming this device above.
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| {
+                anyhow!(
+                    "adding device {device_id} to {name} failed: {}",
+                    sentence(&s)
+                )
+            })?
+            .into_inner();
+        if response.device_id != device_id {
+            bail!(
+                "adding device {device_id} to {name}: the server answered device {}",
+                response.device_id
+            );
+        }
+        let token = response
+            .session
+            .context("AddDevice returned no token")?
+            .token;
+        Ok(Device::new(
+            name,
+            device_id,
+            channel,
+            ("authorization", bearer(&token)?),
+            Some(keys),
+        ))
+    }
+
+    fn address(&self) -> Address {
+        Address::new(self.name.clone(), self.device_id)
     }
 
     /// Opens the receive stream and waits for the end of the backlog.
@@ -316,7 +511,7 @@ impl Device {
             .map_err(|s| {
                 anyhow!(
                     "opening {}'s receive stream failed: {}",
-                    self.name,
+                    self.label(),
                     sentence(&s)
                 )
             })?
@@ -326,7 +521,7 @@ impl Device {
             let item = stream
                 .message()
                 .await
-                .map_err(|s| anyhow!("{}'s receive stream failed: {}", self.name, sentence(&s)))?
+                .map_err(|s| anyhow!("{}'s receive stream failed: {}", self.label(), sentence(&s)))?
                 .context("the receive stream closed before the end of the backlog")?;
             match item.item {
                 Some(receive_response::Item::Envelope(e)) => backlog.push(e),
@@ -336,27 +531,42 @@ impl Device {
         }
     }
 
+    /// `name` for device 1 (as before devices per account), else `name/id`.
+    pub(crate) fn label(&self) -> String {
+        if self.device_id == 1 {
+            self.name.clone()
+        } else {
+            format!("{}/{}", self.name, self.device_id)
+        }
+    }
+
     /// Opens the receive stream and keeps it, for the connection-scale mode.
     pub(crate) async fn hold_stream(&self) -> anyhow::Result<Streaming<v1::ReceiveResponse>> {
         Ok(self.open_stream().await?.0)
     }
 
-    /// Encrypts (relay) or frames (baseline) one benchmark message.
-    fn seal(&self, body: String) -> anyhow::Result<Sealed> {
+    /// Encrypts (relay) or frames (baseline) one benchmark message for every
+    /// device of `peer` and every other device of this account.
+    fn seal(&self, peer: &str, body: String) -> anyhow::Result<Sealed> {
         let mut crypto = self.crypto.lock().map_err(|_| anyhow!("poisoned"))?;
         let mut message_id = vec![0u8; 16];
         crypto.rng.fill_bytes(&mut message_id);
         if self.keys.is_none() {
-            return Ok((
-                v1::EnvelopeType::Message,
-                body.into_bytes(),
-                vec![0; 32],
+            return Ok(Sealed {
                 message_id,
-            ));
+                to_peer: vec![v1::OutgoingEnvelope {
+                    device_id: 1,
+                    registration_id: 0,
+                    r#type: v1::EnvelopeType::Message as i32,
+                    content: body.into_bytes(),
+                    franking_commitment: vec![0; 32],
+                }],
+                to_own: Vec::new(),
+            });
         }
         let franking_key = FrankingKey::generate(&mut crypto.rng);
         let commitment = franking::commit(&franking_key, &message_id, body.as_bytes());
-        let content = v1::Content {
+        let mut content = v1::Content {
             body: Some(v1::content::Body::Text(v1::TextMessage {
                 body,
                 sent_at_ms: 0,
@@ -365,18 +575,35 @@ impl Device {
             attachment: None,
             franking_key: franking_key.as_bytes().to_vec(),
             sender_devices: None,
-        }
-        .encode_to_vec();
-        let Crypto { session, rng } = &mut *crypto;
-        let session = session.as_mut().context("no session")?;
-        let out = session
-            .encrypt(rng, &content, &commitment)
-            .map_err(|e| anyhow!("encrypt: {e}"))?;
-        let kind = match out.kind {
-            missive_crypto::MessageKind::Prekey => v1::EnvelopeType::PrekeyMessage,
-            missive_crypto::MessageKind::Normal => v1::EnvelopeType::Message,
+            sent_to: String::new(),
         };
-        Ok((kind, out.bytes, commitment.to_vec(), message_id))
+        let for_peer = content.encode_to_vec();
+        let Crypto { sessions, rng } = &mut *crypto;
+        let to_peer = encrypt_for(sessions, rng, peer, None, &for_peer, &commitment)?;
+        if to_peer.is_empty() {
+            bail!("{} has no session with {peer}", self.label());
+        }
+        // The copy for this account's other devices says whom it was sent to,
+        // as the client's does.
+        let to_own = if sessions.keys().any(|(user, _)| *user == self.name) {
+            content.sent_to = peer.to_owned();
+            let for_own = content.encode_to_vec();
+            encrypt_for(
+                sessions,
+                rng,
+                &self.name,
+                Some(self.device_id),
+                &for_own,
+                &commitment,
+            )?
+        } else {
+            Vec::new()
+        };
+        Ok(Sealed {
+            message_id,
+            to_peer,
+            to_own,
+        })
     }
 
     /// Decrypts (relay) or reads (baseline) one envelope back to its text.
@@ -386,8 +613,10 @@ impl Device {
         };
         let mut crypto = self.crypto.lock().map_err(|_| anyhow!("poisoned"))?;
         let ad = &envelope.franking_commitment;
-        let plaintext = match crypto.session.as_mut() {
-            Some(session) => session
+        let from = (envelope.sender.clone(), envelope.sender_device);
+        let plaintext = match crypto.sessions.get_mut(&from) {
+            Some(peer) => peer
+                .session
                 .decrypt(&envelope.content, ad)
                 .map_err(|e| anyhow!("decrypt: {e}"))?,
             None => {
@@ -398,7 +627,7 @@ impl Device {
                 let sender = Address::new(envelope.sender.clone(), envelope.sender_device);
                 let (session, plaintext) = Session::accept(
                     &keys.identity,
-                    &Address::new(self.name.clone(), 1),
+                    &self.address(),
                     &sender,
                     &keys.signed,
                     &keys.kem,
@@ -407,7 +636,14 @@ impl Device {
                     ad,
                 )
                 .map_err(|e| anyhow!("accept: {e}"))?;
-                crypto.session = Some(session);
+                crypto.sessions.insert(
+                    from,
+                    PeerSession {
+                        session,
+                        // Learnt from the in-process device (`learn_registration_ids`).
+                        registration_id: 0,
+                    },
+                );
                 plaintext
             }
         };
@@ -428,29 +664,47 @@ impl Device {
         Ok(text.body)
     }
 
-    async fn send(&self, to: &Device, body: String) -> anyhow::Result<()> {
-        let sealed = self.seal(body)?;
-        self.deliver(to, sealed).await
+    async fn send(&self, peer: &str, body: String) -> anyhow::Result<()> {
+        let sealed = self.seal(peer, body)?;
+        self.deliver(peer, sealed).await
     }
 
-    /// Sends one sealed message, repeating it unchanged (same message id,
-    /// so the relay and the receiver can tell it is the same) until a node
+    /// Sends one sealed message: one Send to the peer account and, with
+    /// several devices per account, a second to this account (the server
+    /// skips the sending device), each repeated unchanged (same message id,
+    /// so the relay and the receivers can tell it is the same) until a node
     /// answers.
-    async fn deliver(&self, to: &Device, sealed: Sealed) -> anyhow::Result<()> {
-        let (kind, content, commitment, message_id) = sealed;
-        let request = v1::SendRequest {
-            recipient: to.name.clone(),
+    async fn deliver(&self, peer: &str, sealed: Sealed) -> anyhow::Result<()> {
+        let Sealed {
             message_id,
-            envelopes: vec![v1::OutgoingEnvelope {
-                device_id: 1,
-                registration_id: to.registration_id(),
-                r#type: kind as i32,
-                content,
-                franking_commitment: commitment,
-            }],
+            to_peer,
+            to_own,
+        } = sealed;
+        self.deliver_to(peer, message_id.clone(), to_peer).await?;
+        if !to_own.is_empty() {
+            let own = self.name.clone();
+            self.deliver_to(&own, message_id, to_own).await?;
+        }
+        Ok(())
+    }
+
+    async fn deliver_to(
+        &self,
+        recipient: &str,
+        message_id: Vec<u8>,
+        envelopes: Vec<v1::OutgoingEnvelope>,
+    ) -> anyhow::Result<()> {
+        let request = v1::SendRequest {
+            recipient: recipient.to_owned(),
+            message_id,
+            envelopes,
             ..Default::default()
         };
-        let what = format!("sending from {} to {}", self.name, to.name);
+        self.envelopes_sent
+            .fetch_add(request.envelopes.len() as u64, Ordering::Relaxed);
+        self.request_bytes
+            .fetch_add(request.encoded_len() as u64, Ordering::Relaxed);
+        let what = format!("sending from {} to {recipient}", self.label());
         let ((), failed) = retrying(&what, || {
             let request = self.request(request.clone());
             let mut client = self.messages();
@@ -464,7 +718,7 @@ impl Device {
     /// Acknowledges on the relay and on the baseline alike, so both see the
     /// same call pattern (send, stream, acknowledge).
     async fn acknowledge(&self, ids: Vec<u64>) -> anyhow::Result<()> {
-        let what = format!("acknowledging for {}", self.name);
+        let what = format!("acknowledging for {}", self.label());
         retrying(&what, || {
             let request = self.request(v1::AcknowledgeRequest {
                 envelope_ids: ids.clone(),
@@ -475,6 +729,132 @@ impl Device {
         .await?;
         Ok(())
     }
+
+    /// Fetches the bundles of `username`'s devices this device has no session
+    /// with (all at once: device id 0) and initiates those sessions.
+    async fn initiate_missing(&self, username: &str, want: usize) -> anyhow::Result<()> {
+        let Some(keys) = &self.keys else {
+            return Ok(());
+        };
+        if self.sessions_with(username)? >= want {
+            return Ok(());
+        }
+        let bundles = KeyServiceClient::new(self.channel.clone())
+            .get_bundles(self.request(v1::GetBundlesRequest {
+                username: username.to_owned(),
+                device_id: 0,
+            }))
+            .await
+            .map_err(|s| anyhow!("fetching {username}'s bundles failed: {}", sentence(&s)))?
+            .into_inner();
+        if bundles.bundles.is_empty() {
+            bail!("{username} has no bundle");
+        }
+        let mut crypto = self.crypto.lock().map_err(|_| anyhow!("poisoned"))?;
+        let Crypto { sessions, rng } = &mut *crypto;
+        for wire in &bundles.bundles {
+            let key = (username.to_owned(), wire.device_id);
+            if (username == self.name && wire.device_id == self.device_id)
+                || sessions.contains_key(&key)
+            {
+                continue;
+            }
+            let bundle = bundle_from_wire(wire, &bundles.signed_device_list)?;
+            initiate(
+                sessions,
+                rng,
+                keys,
+                &self.address(),
+                key,
+                wire.registration_id,
+                &bundle,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl Device {
+    fn sessions_with(&self, username: &str) -> anyhow::Result<usize> {
+        let crypto = self.crypto.lock().map_err(|_| anyhow!("poisoned"))?;
+        Ok(crypto
+            .sessions
+            .keys()
+            .filter(|(u, _)| u == username)
+            .count())
+    }
+
+    /// Sets the registration id of every session this device accepted from
+    /// the device in `devices` (as the driver knows them in-process; the
+    /// bench does not fetch device lists).
+    fn learn_registration_ids(&self, devices: &[&Arc<Device>]) -> anyhow::Result<()> {
+        let mut crypto = self.crypto.lock().map_err(|_| anyhow!("poisoned"))?;
+        for ((user, device_id), peer) in crypto.sessions.iter_mut() {
+            if let Some(other) = devices
+                .iter()
+                .find(|d| d.name == *user && d.device_id == *device_id)
+            {
+                peer.registration_id = other.keys.as_ref().map_or(0, |k| k.registration_id);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs PQXDH as `local` with the device `key` names, from its `bundle`.
+fn initiate(
+    sessions: &mut BTreeMap<(String, u32), PeerSession>,
+    rng: &mut StdRng,
+    keys: &Keys,
+    local: &Address,
+    key: (String, u32),
+    registration_id: u32,
+    bundle: &PrekeyBundle,
+) -> anyhow::Result<()> {
+    let session = Session::initiate(rng, &keys.identity, local, &key.0, bundle)
+        .map_err(|e| anyhow!("initiate: {e}"))?;
+    sessions.insert(
+        key,
+        PeerSession {
+            session,
+            registration_id,
+        },
+    );
+    Ok(())
+}
+
+/// Encrypts `content` once per session with a device of `username` (but
+/// `skip`), in device order.
+fn encrypt_for(
+    sessions: &mut BTreeMap<(String, u32), PeerSession>,
+    rng: &mut StdRng,
+    username: &str,
+    skip: Option<u32>,
+    content: &[u8],
+    commitment: &[u8],
+) -> anyhow::Result<Vec<v1::OutgoingEnvelope>> {
+    let mut envelopes = Vec::new();
+    for ((user, device_id), peer) in sessions.iter_mut() {
+        if user != username || Some(*device_id) == skip {
+            continue;
+        }
+        let out = peer
+            .session
+            .encrypt(rng, content, commitment)
+            .map_err(|e| anyhow!("encrypt: {e}"))?;
+        let kind = match out.kind {
+            missive_crypto::MessageKind::Prekey => v1::EnvelopeType::PrekeyMessage,
+            missive_crypto::MessageKind::Normal => v1::EnvelopeType::Message,
+        };
+        envelopes.push(v1::OutgoingEnvelope {
+            device_id: *device_id,
+            registration_id: peer.registration_id,
+            r#type: kind as i32,
+            content: out.bytes,
+            franking_commitment: commitment.to_vec(),
+        });
+    }
+    Ok(envelopes)
 }
 
 /// The bench trusts the relay's list (it measures the relay, not trust).
@@ -526,41 +906,51 @@ fn bundle_from_wire(
     })
 }
 
-/// Runs PQXDH between a pair and one reply, so the measured phase uses
-/// established sessions (normal ratchet messages) in both directions.
-pub(crate) async fn pair_up(a: &Device, b: &Device) -> anyhow::Result<()> {
-    if a.keys.is_none() {
+/// Sets up every pairwise session between the devices of two accounts (and
+/// within each), so the measured phase uses established sessions (normal
+/// ratchet messages) in both directions. In turn, each device initiates
+/// sessions with the devices it has none with and sends one message to the
+/// other account (and a copy to its own other devices), which every other
+/// device receives and decrypts; a device later in turn so replies on every
+/// session an earlier one initiated. With one device per account this is
+/// PQXDH from `a` to `b`, a message, and a reply.
+pub(crate) async fn pair_up(a: &[Arc<Device>], b: &[Arc<Device>]) -> anyhow::Result<()> {
+    if a.iter().chain(b).any(|d| d.keys.is_none()) {
         return Ok(());
     }
-    let bundles = KeyServiceClient::new(a.channel.clone())
-        .get_bundles(a.request(v1::GetBundlesRequest {
-            username: b.name.clone(),
-            device_id: 0,
-        }))
-        .await
-        .map_err(|s| anyhow!("fetching {}'s bundle failed: {}", b.name, sentence(&s)))?
-        .into_inner();
-    let bundle = bundle_from_wire(
-        bundles.bundles.first().context("no bundle")?,
-        &bundles.signed_device_list,
-    )?;
-    {
-        let mut crypto = a.crypto.lock().map_err(|_| anyhow!("poisoned"))?;
-        let keys = a.keys.as_ref().context("no keys")?;
-        let session = Session::initiate(
-            &mut crypto.rng,
-            &keys.identity,
-            &Address::new(a.name.clone(), 1),
-            &b.name,
-            &bundle,
-        )
-        .map_err(|e| anyhow!("initiate: {e}"))?;
-        crypto.session = Some(session);
+    let (Some(a_name), Some(b_name)) = (a.first().map(|d| &d.name), b.first().map(|d| &d.name))
+    else {
+        bail!("an account without devices");
+    };
+    let all: Vec<&Arc<Device>> = a.iter().chain(b).collect();
+    for (turn, device) in all.iter().enumerate() {
+        let (own, peer) = if turn < a.len() {
+            (a_name, b_name)
+        } else {
+            (b_name, a_name)
+        };
+        let (own_len, peer_len) = if turn < a.len() {
+            (a.len(), b.len())
+        } else {
+            (b.len(), a.len())
+        };
+        device.initiate_missing(peer, peer_len).await?;
+        if own_len > 1 {
+            device.initiate_missing(own, own_len - 1).await?;
+        }
+        device.learn_registration_ids(&all)?;
+        let text = if turn < a.len() {
+            "hello"
+        } else {
+            "hello back"
+        };
+        device.send(peer, text.to_owned()).await?;
+        for (other, receiver) in all.iter().enumerate() {
+            if other != turn {
+                receive_one(receiver).await?;
+            }
+        }
     }
-    a.send(b, "hello".to_owned()).await?;
-    receive_one(b).await?;
-    b.send(a, "hello back".to_owned()).await?;
-    receive_one(a).await?;
     Ok(())
 }
 
@@ -572,7 +962,13 @@ async fn receive_one(device: &Device) -> anyhow::Result<()> {
             let item = stream
                 .message()
                 .await
-                .map_err(|s| anyhow!("{}'s receive stream failed: {}", device.name, sentence(&s)))?
+                .map_err(|s| {
+                    anyhow!(
+                        "{}'s receive stream failed: {}",
+                        device.label(),
+                        sentence(&s)
+                    )
+                })?
                 .context("the receive stream closed")?;
             if let Some(receive_response::Item::Envelope(e)) = item.item {
                 break e;
@@ -598,20 +994,24 @@ fn parse_body(body: &str) -> Option<(u64, u64)> {
 }
 
 struct DeviceOutcome {
-    delivered: u64,
-    duplicated: u64,
-    redelivered: u64,
+    inbox: Inbox,
     reconnects: u64,
-    latencies_us: Vec<u32>,
     finished: Instant,
 }
 
-/// Runs the measured phase on paired devices (device 2k talks with 2k+1).
+/// Runs the measured phase on paired accounts (account 2k talks with 2k+1),
+/// `workload.devices_per_account` consecutive devices to an account. Every
+/// device sends `workload.messages` messages to the peer account (a copy to
+/// each of its devices, and to each other device of its own account).
 pub(crate) async fn run(
     devices: Vec<Arc<Device>>,
     workload: &Workload,
 ) -> anyhow::Result<RunResult> {
     let n = devices.len();
+    let k = workload.devices_per_account.max(1);
+    if !n.is_multiple_of(2 * k) {
+        bail!("{n} devices do not make pairs of accounts of {k} devices");
+    }
     let barrier = Arc::new(Barrier::new(n + 1));
     let epoch = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
@@ -620,19 +1020,20 @@ pub(crate) async fn run(
     let per_device_interval = workload
         .rate
         .map(|rate| Duration::from_secs_f64(n as f64 / rate.max(1.0)));
+    let sent_before = sent_totals(&devices);
 
     for (i, device) in devices.iter().enumerate() {
-        let partner = Arc::clone(&devices[i ^ 1]);
+        let peer = devices[((i / k) ^ 1) * k].name.clone();
         let device = Arc::clone(device);
         let (stream, backlog) = device.open_stream().await?;
         if !backlog.is_empty() {
-            bail!("{} has a backlog before the run", device.name);
+            bail!("{} has a backlog before the run", device.label());
         }
-        let expected = workload.messages;
+        let inbox = Inbox::new(device.name.clone(), device.device_id, k, workload.messages);
         let stop_rx = Arc::clone(&stop);
         let rx_device = Arc::clone(&device);
         receivers.push(tokio::spawn(receive_loop(
-            rx_device, stream, expected, epoch, stop_rx,
+            rx_device, stream, inbox, epoch, stop_rx,
         )));
 
         let barrier = Arc::clone(&barrier);
@@ -645,6 +1046,7 @@ pub(crate) async fn run(
             // Finished sends are reaped as the loop goes, so a long run does not
             // keep every completed task's memory until the end.
             let mut inflight = JoinSet::new();
+            let peer = Arc::new(peer);
             for seq in 0..messages {
                 if let Some(t) = ticker.as_mut() {
                     t.tick().await;
@@ -652,12 +1054,12 @@ pub(crate) async fn run(
                 let permit = Arc::clone(&window).acquire_owned().await?;
                 let sent_ns = epoch.elapsed().as_nanos() as u64;
                 let text = body(seq, sent_ns, payload);
-                let sealed = device.seal(text)?;
+                let sealed = device.seal(&peer, text)?;
                 let device = Arc::clone(&device);
-                let partner = Arc::clone(&partner);
+                let peer = Arc::clone(&peer);
                 inflight.spawn(async move {
                     let _permit = permit;
-                    device.deliver(&partner, sealed).await
+                    device.deliver(&peer, sealed).await
                 });
                 while let Some(done) = inflight.try_join_next() {
                     done??;
@@ -685,54 +1087,162 @@ pub(crate) async fn run(
     }
     let mut result = RunResult {
         expected: (n * workload.messages) as u64,
+        own_expected: if k > 1 {
+            (n * workload.messages) as u64
+        } else {
+            0
+        },
+        devices_per_account: k,
         ..Default::default()
     };
     let mut last = start;
+    let mut inboxes = Vec::with_capacity(n);
     for receiver in receivers {
         let outcome = receiver.await??;
-        result.delivered += outcome.delivered;
-        result.duplicated += outcome.duplicated;
-        result.redelivered += outcome.redelivered;
+        result.duplicated += outcome.inbox.duplicated;
+        result.redelivered += outcome.inbox.redelivered;
         result.reconnects += outcome.reconnects;
-        result.latencies_us.extend(outcome.latencies_us);
         last = last.max(outcome.finished);
+        inboxes.push(outcome.inbox);
     }
     watchdog.abort();
+    for account in inboxes.chunks(k) {
+        for sender in 1..=k {
+            // The peer account's device `sender`, to every device here.
+            let tables: Vec<&[Option<u32>]> = account
+                .iter()
+                .map(|inbox| inbox.peer_table(sender))
+                .collect();
+            let latencies = last_arrivals(&tables, workload.messages);
+            result.delivered += latencies.len() as u64;
+            result.latencies_us.extend(latencies);
+            // Device `sender` here, to the other devices of this account.
+            let tables: Vec<&[Option<u32>]> = account
+                .iter()
+                .filter(|inbox| inbox.device_id as usize != sender)
+                .map(|inbox| inbox.own_table(sender))
+                .collect();
+            if !tables.is_empty() {
+                let latencies = last_arrivals(&tables, workload.messages);
+                result.own_delivered += latencies.len() as u64;
+                result.own_latencies_us.extend(latencies);
+            }
+        }
+    }
     result.resent = devices
         .iter()
         .map(|d| d.resent.load(Ordering::Relaxed))
         .sum();
+    let sent_after = sent_totals(&devices);
+    result.envelopes_sent = sent_after.0 - sent_before.0;
+    result.request_bytes = sent_after.1 - sent_before.1;
     result.elapsed = last - start;
     Ok(result)
 }
 
-/// What a device has received: each benchmark sequence number once, and the
-/// message ids seen, so a redelivery (an envelope whose acknowledgement was
-/// lost in a restart, or a resend stored twice) is recognised by its message
-/// id before decryption, as a real client does.
+/// Envelopes and SendRequest bytes the devices sent so far.
+fn sent_totals(devices: &[Arc<Device>]) -> (u64, u64) {
+    devices.iter().fold((0, 0), |(e, b), d| {
+        (
+            e + d.envelopes_sent.load(Ordering::Relaxed),
+            b + d.request_bytes.load(Ordering::Relaxed),
+        )
+    })
+}
+
+/// For each of `messages` sequence numbers decrypted by every one of
+/// `receivers` (one latency table each), the latency to the last of them;
+/// a message some receiver lacks is not delivered.
+fn last_arrivals(receivers: &[&[Option<u32>]], messages: usize) -> Vec<u32> {
+    (0..messages)
+        .filter_map(|seq| {
+            receivers.iter().try_fold(0u32, |last, table| {
+                table.get(seq).copied().flatten().map(|us| last.max(us))
+            })
+        })
+        .collect()
+}
+
+/// What a device has received: each benchmark sequence number of each
+/// sending device once (with its latency), and the message ids seen, so a
+/// redelivery (an envelope whose acknowledgement was lost in a restart, or
+/// a resend stored twice) is recognised by its message id before
+/// decryption, as a real client does.
 struct Inbox {
-    seen: Vec<bool>,
+    /// This device's account and id (own copies come from this account).
+    account: String,
+    device_id: u32,
+    /// Latency in µs per sequence number, one table per device of the peer
+    /// account (index: device id − 1).
+    peer: Vec<Vec<Option<u32>>>,
+    /// The same for copies from the other devices of this account (this
+    /// device's own table is empty).
+    own: Vec<Vec<Option<u32>>>,
     message_ids: HashSet<Vec<u8>>,
-    delivered: u64,
+    /// Distinct (sender, sequence number) pairs decrypted.
+    received: u64,
+    /// What `received` reaches when everything arrived.
+    expected: u64,
     duplicated: u64,
     redelivered: u64,
-    latencies_us: Vec<u32>,
 }
 
 impl Inbox {
-    fn new(expected: usize) -> Self {
+    fn new(account: String, device_id: u32, per_account: usize, messages: usize) -> Self {
+        let own = (1..=per_account)
+            .map(|d| {
+                if d == device_id as usize {
+                    Vec::new()
+                } else {
+                    vec![None; messages]
+                }
+            })
+            .collect();
         Self {
-            seen: vec![false; expected],
-            message_ids: HashSet::with_capacity(expected),
-            delivered: 0,
+            account,
+            device_id,
+            peer: vec![vec![None; messages]; per_account],
+            own,
+            message_ids: HashSet::with_capacity(messages * (2 * per_account - 1)),
+            received: 0,
+            expected: (messages * (2 * per_account - 1)) as u64,
             duplicated: 0,
             redelivered: 0,
-            latencies_us: Vec::with_capacity(expected),
         }
     }
 
-    /// Counts one envelope; `duplicated` counts a sequence number decrypted
-    /// twice under different message ids (what a user would see twice).
+    fn peer_table(&self, device_id: usize) -> &[Option<u32>] {
+        self.peer.get(device_id - 1).map_or(&[], Vec::as_slice)
+    }
+
+    fn own_table(&self, device_id: usize) -> &[Option<u32>] {
+        self.own.get(device_id - 1).map_or(&[], Vec::as_slice)
+    }
+
+    /// Records the message `seq` from `sender`'s device `sender_device`,
+    /// `latency_us` after it was sealed; `duplicated` counts a sequence number
+    /// decrypted twice under different message ids (what a user would see
+    /// twice), or one no device sent.
+    fn record(&mut self, sender: &str, sender_device: u32, seq: u64, latency_us: u32) {
+        let tables = if sender == self.account {
+            &mut self.own
+        } else {
+            &mut self.peer
+        };
+        let slot = (sender_device as usize)
+            .checked_sub(1)
+            .and_then(|i| tables.get_mut(i))
+            .and_then(|t| t.get_mut(usize::try_from(seq).ok()?));
+        match slot {
+            Some(slot) if slot.is_none() => {
+                *slot = Some(latency_us);
+                self.received += 1;
+            }
+            _ => self.duplicated += 1,
+        }
+    }
+
+    /// Counts one envelope.
     fn accept(
         &mut self,
         device: &Device,
@@ -746,16 +1256,13 @@ impl Inbox {
         let text = device.open(envelope)?;
         let (seq, sent_ns) = parse_body(&text).context("malformed benchmark message")?;
         let now_ns = epoch.elapsed().as_nanos() as u64;
-        match self.seen.get_mut(seq as usize) {
-            Some(slot) if !*slot => {
-                *slot = true;
-                self.delivered += 1;
-                let us = now_ns.saturating_sub(sent_ns) / 1000;
-                self.latencies_us
-                    .push(u32::try_from(us).unwrap_or(u32::MAX));
-            }
-            _ => self.duplicated += 1,
-        }
+        let us = now_ns.saturating_sub(sent_ns) / 1000;
+        self.record(
+            &envelope.sender,
+            envelope.sender_device,
+            seq,
+            u32::try_from(us).unwrap_or(u32::MAX),
+        );
         Ok(())
     }
 }
@@ -763,7 +1270,7 @@ impl Inbox {
 async fn receive_loop(
     device: Arc<Device>,
     stream: Streaming<v1::ReceiveResponse>,
-    expected: usize,
+    mut inbox: Inbox,
     epoch: Instant,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<DeviceOutcome> {
@@ -776,11 +1283,10 @@ async fn receive_loop(
         }
         Ok::<_, anyhow::Error>(Instant::now())
     });
-    let mut inbox = Inbox::new(expected);
     let mut stream = Some(stream);
     let mut reconnects = 0u64;
     let mut down_since: Option<Instant> = None;
-    while (inbox.delivered as usize) < expected && !stop.load(Ordering::Relaxed) {
+    while inbox.received < inbox.expected && !stop.load(Ordering::Relaxed) {
         let Some(open) = stream.as_mut() else {
             // The node went away: reopen (the backlog holds whatever was
             // stored and not acknowledged) until it answers.
@@ -800,7 +1306,7 @@ async fn receive_loop(
                 }
                 Err(error) => bail!(
                     "{} could not reopen its receive stream for {} s: {error:#}",
-                    device.name,
+                    device.label(),
                     RETRY_FOR.as_secs()
                 ),
             }
@@ -819,7 +1325,7 @@ async fn receive_loop(
             }
             Ok(Err(status)) => bail!(
                 "{}'s receive stream failed: {}",
-                device.name,
+                device.label(),
                 sentence(&status)
             ),
         };
@@ -832,11 +1338,8 @@ async fn receive_loop(
     drop(ack_tx);
     let finished = acker.await??;
     Ok(DeviceOutcome {
-        delivered: inbox.delivered,
-        duplicated: inbox.duplicated,
-        redelivered: inbox.redelivered,
+        inbox,
         reconnects,
-        latencies_us: inbox.latencies_us,
         finished,
     })
 }
@@ -888,6 +1391,138 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(failed, 2);
+    }
+
+    #[test]
+    fn a_message_is_delivered_when_the_last_device_decrypted_it() {
+        let first = [Some(10), Some(20), None, Some(5)];
+        let second = [Some(30), Some(15), Some(1), None];
+        assert_eq!(last_arrivals(&[&first, &second], 4), vec![30, 20]);
+        assert_eq!(last_arrivals(&[&first], 4), vec![10, 20, 5]);
+        // A short table (a device that sent nothing) delivers nothing past it.
+        assert_eq!(last_arrivals(&[&first, &[Some(1)]], 4), vec![10]);
+    }
+
+    #[test]
+    fn an_inbox_keeps_peer_and_own_copies_apart() {
+        let mut inbox = Inbox::new("alice".into(), 2, 3, 4);
+        assert_eq!(inbox.expected, 4 * 5);
+        assert!(inbox.own_table(2).is_empty());
+        inbox.record("bob", 3, 0, 7);
+        inbox.record("alice", 1, 0, 9);
+        assert_eq!(inbox.peer_table(3)[0], Some(7));
+        assert_eq!(inbox.own_table(1)[0], Some(9));
+        assert_eq!(inbox.peer_table(1)[0], None);
+        assert_eq!((inbox.received, inbox.duplicated), (2, 0));
+        // The same sequence number again, an unknown device, this device
+        // itself and a sequence number out of range are all duplicates.
+        inbox.record("bob", 3, 0, 8);
+        inbox.record("bob", 4, 0, 1);
+        inbox.record("bob", 0, 0, 1);
+        inbox.record("alice", 2, 1, 1);
+        inbox.record("bob", 1, 4, 1);
+        assert_eq!((inbox.received, inbox.duplicated), (2, 5));
+        assert_eq!(inbox.peer_table(3)[0], Some(7));
+    }
+
+    /// A device of `name` with fresh keys, on a channel that never connects.
+    fn offline_device(name: &str, device_id: u32, account: &IdentityKeyPair) -> Device {
+        let mut rng = OsRng;
+        let owner = PrekeyOwner {
+            account: account.public().clone(),
+            device_id,
+        };
+        let identity = IdentityKeyPair::generate(&mut rng);
+        let keys = prekeys(&mut rng, identity, &owner, 100 + device_id);
+        let channel = Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
+        let auth = ("authorization", MetadataValue::from_static("Bearer x"));
+        Device::new(name.into(), device_id, channel, auth, Some(keys))
+    }
+
+    fn bundle_of(device: &Device, account: &IdentityKeyPair) -> PrekeyBundle {
+        let keys = device.keys.as_ref().unwrap();
+        PrekeyBundle {
+            identity: keys.identity.public().clone(),
+            owner: PrekeyOwner {
+                account: account.public().clone(),
+                device_id: device.device_id,
+            },
+            signed_prekey: keys.signed.public(),
+            kem_prekey: keys.kem.public(),
+            one_time_prekey: Some(keys.one_time.public()),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_send_encrypts_for_every_peer_device_and_every_other_own_device() {
+        let mut rng = OsRng;
+        let (alice, bob) = (
+            IdentityKeyPair::generate(&mut rng),
+            IdentityKeyPair::generate(&mut rng),
+        );
+        let a: Vec<Device> = (1..=3)
+            .map(|d| offline_device("alice", d, &alice))
+            .collect();
+        let b: Vec<Device> = (1..=3).map(|d| offline_device("bob", d, &bob)).collect();
+        let sender = &a[0];
+        {
+            let mut crypto = sender.crypto.lock().unwrap();
+            let Crypto { sessions, rng } = &mut *crypto;
+            let keys = sender.keys.as_ref().unwrap();
+            for (others, account) in [(&b[..], &bob), (&a[1..], &alice)] {
+                for other in others {
+                    let key = (other.name.clone(), other.device_id);
+                    let registration_id = other.keys.as_ref().unwrap().registration_id;
+                    let bundle = bundle_of(other, account);
+                    initiate(
+                        sessions,
+                        rng,
+                        keys,
+                        &sender.address(),
+                        key,
+                        registration_id,
+                        &bundle,
+                    )
+                    .unwrap();
+                }
+            }
+        }
+        let text = body(3, 42, 64);
+        let sealed = sender.seal("bob", text.clone()).unwrap();
+        let ids = |e: &[v1::OutgoingEnvelope]| -> Vec<(u32, u32)> {
+            e.iter().map(|e| (e.device_id, e.registration_id)).collect()
+        };
+        assert_eq!(ids(&sealed.to_peer), vec![(1, 101), (2, 102), (3, 103)]);
+        assert_eq!(ids(&sealed.to_own), vec![(2, 102), (3, 103)]);
+        let receivers = b
+            .iter()
+            .zip(&sealed.to_peer)
+            .chain(a[1..].iter().zip(&sealed.to_own));
+        for (receiver, envelope) in receivers {
+            let envelope = v1::Envelope {
+                sender: "alice".into(),
+                sender_device: 1,
+                content: envelope.content.clone(),
+                message_id: sealed.message_id.clone(),
+                franking_commitment: envelope.franking_commitment.clone(),
+                ..Default::default()
+            };
+            assert_eq!(receiver.open(&envelope).unwrap(), text);
+            assert_eq!(receiver.sessions_with("alice").unwrap(), 1);
+        }
+        // One device per account: one envelope, and no second Send.
+        let lone = offline_device("carol", 1, &alice);
+        {
+            let mut crypto = lone.crypto.lock().unwrap();
+            let Crypto { sessions, rng } = &mut *crypto;
+            let bundle = bundle_of(&b[0], &bob);
+            let keys = lone.keys.as_ref().unwrap();
+            let key = ("bob".to_owned(), 1);
+            initiate(sessions, rng, keys, &lone.address(), key, 101, &bundle).unwrap();
+        }
+        let sealed = lone.seal("bob", text).unwrap();
+        assert_eq!(ids(&sealed.to_peer), vec![(1, 101)]);
+        assert!(sealed.to_own.is_empty());
     }
 
     #[test]

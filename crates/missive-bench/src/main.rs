@@ -36,9 +36,18 @@ struct Args {
     /// CA certificate (PEM) for --server.
     #[arg(long)]
     ca: Option<PathBuf>,
-    /// Simulated devices (even: device 2k talks with 2k+1).
+    /// Simulated accounts (even: account 2k talks with 2k+1), each with
+    /// --devices-per-account devices.
     #[arg(long, default_value_t = 64)]
     clients: usize,
+    /// Devices per account (protocol v2): device 1 registers, the others are
+    /// named in the account's signed device list and join with AddDevice.
+    /// Every device sends --messages messages, encrypted once per device of
+    /// the peer account and once per other device of its own account (a
+    /// second Send, to its own account); a message counts as delivered when
+    /// every device of the peer account decrypted it.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=6))]
+    devices_per_account: u16,
     /// Messages each device sends.
     #[arg(long, default_value_t = 500)]
     messages: usize,
@@ -233,6 +242,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.clients < 2 || !args.clients.is_multiple_of(2) {
         bail!("--clients must be an even number of at least 2");
     }
+    if args.devices_per_account > 1
+        && (args.idle.is_some() || args.baseline || !args.attachment_sizes.is_empty())
+    {
+        bail!(
+            "--devices-per-account cannot be combined with --idle, --baseline or --attachment-size"
+        );
+    }
     if args.payload < 32 {
         bail!("--payload must be at least 32 bytes");
     }
@@ -257,34 +273,39 @@ async fn run(args: Args) -> anyhow::Result<()> {
     outcome
 }
 
-/// Registers (relay) or names (baseline) `count` devices, `per_connection` to
-/// each connection; connections are spread over `urls` in turn.
+/// Registers (relay) or names (baseline) `count` accounts of `per_account`
+/// devices (consecutive in the answer), `per_connection` devices to each
+/// connection; connections are spread over `urls` in turn.
 async fn make_devices(
     mode: Mode,
     urls: &[String],
     ca: &Certificate,
     count: usize,
+    per_account: usize,
     per_connection: usize,
 ) -> anyhow::Result<Vec<Arc<Device>>> {
     let run_tag: u32 = rand::thread_rng().gen_range(0..1_000_000);
-    let channels = in_parallel(count.div_ceil(per_connection), |c| {
+    let per_account = per_account.max(1);
+    let channels = in_parallel((count * per_account).div_ceil(per_connection), |c| {
         let url = urls[c % urls.len()].clone();
         let ca = ca.clone();
         async move { driver::connect(&url, &ca).await }
     })
     .await?;
-    let devices = in_parallel(count, |i| {
-        let channel = channels[i / per_connection].clone();
+    let accounts = in_parallel(count, |i| {
+        let channels: Vec<_> = (i * per_account..(i + 1) * per_account)
+            .map(|d| channels[d / per_connection].clone())
+            .collect();
         let name = format!("b{run_tag:06}-{i}");
         async move {
             match mode {
-                Mode::Relay => Device::register(channel, name).await,
-                Mode::Baseline => Device::baseline(channel, name),
+                Mode::Relay => Device::register_account(channels, name).await,
+                Mode::Baseline => Ok(vec![Device::baseline(channels[0].clone(), name)?]),
             }
         }
     })
     .await?;
-    Ok(devices.into_iter().map(Arc::new).collect())
+    Ok(accounts.into_iter().flatten().map(Arc::new).collect())
 }
 
 /// Runs `make(0..count)` as tasks, 32 at a time (enough to hide connection and
@@ -315,6 +336,7 @@ fn workload(args: &Args) -> Workload {
         window: args.window.max(1),
         rate: args.rate,
         deadline: Duration::from_secs(args.deadline_secs),
+        devices_per_account: args.devices_per_account.into(),
     }
 }
 
@@ -357,22 +379,33 @@ async fn measure(
         urls,
         ca,
         args.clients,
+        args.devices_per_account.into(),
         args.devices_per_connection.into(),
     )
     .await?;
+    let per_account = usize::from(args.devices_per_account);
     let mut pairs = Vec::new();
-    for pair in devices.chunks(2) {
-        let (a, b) = (Arc::clone(&pair[0]), Arc::clone(&pair[1]));
+    for pair in devices.chunks(2 * per_account) {
+        let (a, b) = pair.split_at(per_account);
+        let (a, b) = (a.to_vec(), b.to_vec());
         pairs.push(tokio::spawn(async move { driver::pair_up(&a, &b).await }));
     }
     for pair in pairs {
         pair.await??;
     }
-    eprintln!(
-        "{mode:?}: {} devices registered and paired in {:.1} s",
-        devices.len(),
-        setup.elapsed().as_secs_f64()
-    );
+    if per_account > 1 {
+        eprintln!(
+            "{mode:?}: {} accounts of {per_account} devices registered, linked and paired in {:.1} s",
+            args.clients,
+            setup.elapsed().as_secs_f64()
+        );
+    } else {
+        eprintln!(
+            "{mode:?}: {} devices registered and paired in {:.1} s",
+            devices.len(),
+            setup.elapsed().as_secs_f64()
+        );
+    }
     let Some(every) = args.kill_node_every.filter(|_| !nodes.is_empty()) else {
         return driver::run(devices, &workload(args)).await;
     };
@@ -447,6 +480,19 @@ async fn load(args: &Args, target: &mut Target) -> anyhow::Result<()> {
         relay.server_cpu_seconds,
         relay.server_peak_rss_mib
     );
+    let per_account = relay.devices_per_account;
+    let envelopes_per_message = relay.per_message(relay.envelopes_sent);
+    let bytes_per_message = relay.per_message(relay.request_bytes);
+    let (o50, o95, o99) = relay.own_percentiles();
+    if per_account > 1 {
+        println!(
+            "fan-out:  {per_account} devices per account: {envelopes_per_message:.2} envelopes ({:.0}/s) and {bytes_per_message:.0} SendRequest bytes per message; own-device copies {} of {} delivered to each of the {} other devices, p50 {o50:.2} ms, p99 {o99:.2} ms",
+            relay.envelopes_sent as f64 / relay.elapsed.as_secs_f64().max(1e-9),
+            relay.own_delivered,
+            relay.own_expected,
+            per_account - 1
+        );
+    }
     if args.kill_node_every.is_some() {
         println!(
             "faults:   {} node kills (SIGKILL + restart), {} receive streams reopened, {} sends repeated, {} envelopes redelivered and recognised by message id",
@@ -469,7 +515,17 @@ async fn load(args: &Args, target: &mut Target) -> anyhow::Result<()> {
         "reconnects": relay.reconnects,
         "resent": relay.resent,
         "redelivered": relay.redelivered,
+        "devices_per_account": per_account,
+        "envelopes_per_message": (envelopes_per_message * 100.0).round() / 100.0,
+        "send_request_bytes_per_message": bytes_per_message.round(),
     });
+    if per_account > 1 {
+        json["own_copies"] = serde_json::json!({
+            "expected": relay.own_expected,
+            "delivered": relay.own_delivered,
+            "latency_ms": {"p50": o50, "p95": o95, "p99": o99},
+        });
+    }
     if let Some(mut base) = baseline {
         let (b50, _, b99) = base.percentiles();
         println!(
@@ -490,6 +546,13 @@ async fn load(args: &Args, target: &mut Target) -> anyhow::Result<()> {
             relay.duplicated
         );
     }
+    if relay.own_delivered < relay.own_expected {
+        bail!(
+            "{} of {} own-device copies did not reach all of the sender's other devices",
+            relay.own_expected - relay.own_delivered,
+            relay.own_expected
+        );
+    }
     Ok(())
 }
 
@@ -501,8 +564,15 @@ async fn idle(args: &Args, target: &Target, count: usize) -> anyhow::Result<()> 
     let before = procstat::rss_mib(node.pid()).unwrap_or(0.0);
     let started = Instant::now();
     let per_connection = usize::from(args.devices_per_connection);
-    let devices =
-        make_devices(Mode::Relay, &target.urls, &target.ca, count, per_connection).await?;
+    let devices = make_devices(
+        Mode::Relay,
+        &target.urls,
+        &target.ca,
+        count,
+        1,
+        per_connection,
+    )
+    .await?;
     let registered = procstat::rss_mib(node.pid()).unwrap_or(0.0);
     let mut streams = Vec::with_capacity(count);
     for device in &devices {

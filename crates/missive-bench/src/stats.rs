@@ -26,8 +26,20 @@ pub(crate) struct RunResult {
     /// Nodes killed (SIGKILL) and restarted during the run.
     pub(crate) kills: u64,
     pub(crate) elapsed: Duration,
-    /// Send → decrypted latency, microseconds, one sample per delivered message.
+    /// Send → decrypted latency, microseconds, one sample per delivered
+    /// message: to the last device of the recipient account to decrypt it.
     pub(crate) latencies_us: Vec<u32>,
+    /// Devices per account.
+    pub(crate) devices_per_account: usize,
+    /// Copies for the sender's other devices: expected (one per message
+    /// with more than one device per account), delivered to all of them,
+    /// and the latency to the last of them.
+    pub(crate) own_expected: u64,
+    pub(crate) own_delivered: u64,
+    pub(crate) own_latencies_us: Vec<u32>,
+    /// Envelopes and encoded SendRequest bytes sent in the measured phase.
+    pub(crate) envelopes_sent: u64,
+    pub(crate) request_bytes: u64,
     pub(crate) server_cpu_seconds: f64,
     pub(crate) server_peak_rss_mib: f64,
 }
@@ -48,14 +60,31 @@ impl RunResult {
 
     /// (p50, p95, p99) in milliseconds.
     pub(crate) fn percentiles(&mut self) -> (f64, f64, f64) {
-        self.latencies_us.sort_unstable();
-        let s = &self.latencies_us;
-        (
-            percentile_ms(s, 50.0),
-            percentile_ms(s, 95.0),
-            percentile_ms(s, 99.0),
-        )
+        three_percentiles(&mut self.latencies_us)
     }
+
+    /// (p50, p95, p99) in milliseconds of the own-device copies.
+    pub(crate) fn own_percentiles(&mut self) -> (f64, f64, f64) {
+        three_percentiles(&mut self.own_latencies_us)
+    }
+
+    /// Per message sent (not per envelope); 0 before any.
+    pub(crate) fn per_message(&self, total: u64) -> f64 {
+        if self.expected == 0 {
+            0.0
+        } else {
+            total as f64 / self.expected as f64
+        }
+    }
+}
+
+fn three_percentiles(samples: &mut [u32]) -> (f64, f64, f64) {
+    samples.sort_unstable();
+    (
+        percentile_ms(samples, 50.0),
+        percentile_ms(samples, 95.0),
+        percentile_ms(samples, 99.0),
+    )
 }
 
 #[cfg(test)]

@@ -628,6 +628,67 @@ fn their_message(
 
 /// Decrypted `plaintext` of `env` from `env.sender`: checks its franking
 /// commitment and applies it inside the caller's receive transaction.
+/// Stores the copy of a text another device of this account sent to
+/// `sent_to`, as sent by us, to be shown once (protocol v2 fan-out).
+pub(crate) fn receive_own_copy(
+    db: &Db<'_>,
+    me: &str,
+    env: &v1::Envelope,
+    plaintext: &[u8],
+    sent_to: &str,
+) -> std::result::Result<(), Refusal> {
+    let commitment = env.franking_commitment.as_slice();
+    let (body, _, _, attachment) = checked_content(plaintext, &env.message_id, commitment)?;
+    let peer = normalize_username(sent_to)
+        .ok()
+        .filter(|p| p == sent_to && p != me)
+        .ok_or("it comes from another device of this account but names no conversation")?;
+    let Body::Text(t) = body else {
+        return Err(
+            "another device of this account copied something that is not a text message".into(),
+        );
+    };
+    if t.body.len() > MAX_TEXT_BYTES || t.expire_after_secs > MAX_TIMER_SECS {
+        return Err("its text or timer is out of bounds".into());
+    }
+    id16(&env.message_id, "message")?;
+    if !db.find_messages(&peer, &env.message_id)?.is_empty() {
+        return Ok(());
+    }
+    let now = now_ms();
+    let mut conv = ConvRecord::default();
+    if let Some(q) = &t.quote {
+        id16(&q.message_id, "quote")?;
+        conv.quote = Some(RefRecord {
+            message_id: hex::encode(&q.message_id),
+            author: normalize_username(&q.author)
+                .map_err(|_| Refusal::Drop("its quote names no valid author".into()))?,
+        });
+    }
+    if t.expire_after_secs > 0 {
+        conv.expire_after_secs = t.expire_after_secs;
+        conv.expires_at_ms = now.saturating_add(t.expire_after_secs.saturating_mul(1000));
+    }
+    let sealed = SealedMessage {
+        text: t.body,
+        franking_key: String::new(),
+        commitment: hex::encode(commitment),
+        tag: String::new(),
+        sender_device: env.sender_device,
+    };
+    let (sender_clock_ms, _) = clamp_sender_clock(t.sent_at_ms, env.server_timestamp_ms);
+    db.add_outgoing_copy(
+        &peer,
+        &env.message_id,
+        sealed,
+        sender_clock_ms,
+        env.server_timestamp_ms.min(crate::client::MAX_RFC3339_MS),
+        conv,
+        attachment.as_ref().map(AttachmentRecord::from_pointer),
+    )?;
+    Ok(())
+}
+
 pub(crate) fn receive_content(
     db: &Db<'_>,
     me: &str,
@@ -1716,6 +1777,7 @@ mod tests {
                 body: Some(body.clone()),
                 franking_key: vec![5u8; 32],
                 sender_devices: None,
+                sent_to: String::new(),
                 attachment: None,
             }
             .encode_to_vec();

@@ -95,6 +95,45 @@ pub enum ClientError {
         /// The device id.
         device: u32,
     },
+    /// A step of linking a device failed (a sentence from the link protocol).
+    #[error("linking failed: {0}. Nothing was changed; run `missive link` again for a new code.")]
+    Link(String),
+    /// No mailbox for this code on the server.
+    #[error(
+        "no device is waiting with this link code: it expired, was already used, or was mistyped. Run `missive link` on the new device for a new code."
+    )]
+    LinkCodeUnknown,
+    /// The code's mailbox already has a primary.
+    #[error(
+        "this link code was already used by another device; run `missive link` on the new device for a new code"
+    )]
+    LinkCodeUsed,
+    /// The other side did not answer in time.
+    #[error(
+        "the other device did not answer within {0} seconds; run `missive link` on the new device again"
+    )]
+    LinkTimedOut(u64),
+    /// A recovery code could not restore the account.
+    #[error("recovery failed: {0}. Nothing was changed.")]
+    Recovery(String),
+    /// Only the device holding the account key signs device lists.
+    #[error(
+        "only the account's primary device (the one that registered it, which holds the account key) can add or remove devices"
+    )]
+    NotPrimary,
+    /// The primary cannot remove itself.
+    #[error(
+        "this is the primary device; it cannot remove itself (delete the account with `missive delete-account` instead)"
+    )]
+    RemoveSelf,
+    /// No device with this id on the list.
+    #[error("this account has no device {0}; `missive devices` lists them")]
+    NoSuchDevice(u32),
+    /// The list is full.
+    #[error(
+        "this account already has {0} devices, the most it can have; remove one first with `missive devices remove ID`"
+    )]
+    TooManyDevices(usize),
     /// The contact's identity key differs from the pinned one.
     #[error(
         "the identity key of {username} has changed since you last talked (they reinstalled, or someone is intercepting). Nothing was sent. Compare safety numbers with `missive safety-number {username}` in person or over a trusted channel, then accept the new key with `missive trust {username} SAFETY_NUMBER`, or discard it with `missive reject {username}`."

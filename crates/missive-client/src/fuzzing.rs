@@ -58,6 +58,7 @@ fn envelope(session: &mut Session, text: &str, sent_at_ms: u64, id: u64) -> v1::
         attachment: None,
         franking_key: key.as_bytes().to_vec(),
         sender_devices: None,
+        sent_to: String::new(),
     }
     .encode_to_vec();
     let out = session.encrypt(&mut OsRng, &content, &commitment);

@@ -70,6 +70,26 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+enum DevicesAction {
+    /// Link the new device showing CODE (from `missive link`) to this
+    /// account: publishes a new signed device list naming it and gives it
+    /// your contacts, end-to-end encrypted. Only on the primary device.
+    Add {
+        /// The code `missive link` printed (dashes and case do not matter).
+        code: String,
+        /// How long to wait for the new device's answer, in seconds.
+        #[arg(long, value_name = "SECS", default_value_t = 120)]
+        wait: u64,
+    },
+    /// Unlink device ID: publishes a signed device list without it; the
+    /// server then refuses it and deletes what was waiting for it.
+    Remove {
+        /// Device id, as `missive devices` lists it.
+        id: u32,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum Command {
     /// Create an identity and prekeys locally and register USERNAME.
     Register {
@@ -128,11 +148,29 @@ enum Command {
     /// List contacts with their verification state.
     Contacts,
     /// List this account's devices, from its signed device list (checked
-    /// against the account key): id, name, key fingerprint.
+    /// against the account key): id, name, key fingerprint. `devices add
+    /// CODE` links a new device, `devices remove ID` unlinks one.
     Devices {
         /// One JSON object per line (`id`, `name`, `current`, `fingerprint`).
         #[arg(long)]
         json: bool,
+        #[command(subcommand)]
+        action: Option<DevicesAction>,
+    },
+    /// On a new device (with its own --home), when the primary is lost:
+    /// restore USERNAME's account key from the recovery code printed at
+    /// registration (read from standard input) and join the account as a
+    /// new primary.
+    Recover {
+        /// The account's username.
+        username: String,
+    },
+    /// On a new device (with its own --home): show a link code and QR code,
+    /// and wait for the account's primary to run `missive devices add CODE`.
+    Link {
+        /// How long to wait for the primary, in seconds.
+        #[arg(long, value_name = "SECS", default_value_t = 300)]
+        wait: u64,
     },
     /// Show the conversation with USERNAME.
     History {
@@ -324,6 +362,29 @@ fn read_text_arg(text: String) -> Result<String, ClientError> {
         })?;
     let s = String::from_utf8(buf).map_err(|_| ClientError::NotUtf8)?;
     Ok(s.strip_suffix('\n').map(str::to_owned).unwrap_or(s))
+}
+
+/// A secret typed at a prompt without echo on a terminal, else the first
+/// line of standard input.
+fn read_secret_line(prompt: &str) -> Result<zeroize::Zeroizing<String>, ClientError> {
+    use std::io::{BufRead as _, IsTerminal as _};
+    if std::io::stdin().is_terminal() {
+        return rpassword::prompt_password(prompt)
+            .map(zeroize::Zeroizing::new)
+            .map_err(|e| ClientError::Io {
+                what: "cannot read from the terminal".into(),
+                source: e,
+            });
+    }
+    let mut line = zeroize::Zeroizing::new(String::new());
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| ClientError::Io {
+            what: "cannot read from standard input".into(),
+            source: e,
+        })?;
+    Ok(line)
 }
 
 fn short_id(id: &[u8]) -> String {
@@ -683,6 +744,8 @@ fn message_json(m: &HistoryEntry, me: &str) -> serde_json::Value {
         "id": hex::encode(&m.message_id),
         "from": if m.outgoing { me } else { m.contact.as_str() },
         "outgoing": m.outgoing,
+        // The conversation: the recipient of what we sent, or ourselves.
+        "to": if m.outgoing { m.contact.as_str() } else { me },
         "text": m.text,
         // The time shown is the server's: its franking tag binds it, so a
         // report proves it. The sender's own clock is only a claim.
@@ -734,10 +797,16 @@ fn print_message(m: &HistoryEntry, me: &str, json: bool) {
     if json {
         out!("{}", json_inert(&message_json(m, me).to_string()));
     } else {
+        // `recv` shows what another device of ours sent, and to whom.
+        let who = if m.outgoing {
+            format!("{me} (to {})", m.contact)
+        } else {
+            shown_from(m, me)
+        };
         out!(
             "[{}] {}: {}",
             rfc3339(m.server_ts_ms),
-            sanitize_line(&shown_from(m, me)),
+            sanitize_line(&who),
             sanitize_text(&m.text, "    | ")
         );
         if let Some(a) = &m.attachment {
@@ -796,6 +865,28 @@ fn open_client(home: &std::path::Path, server: ServerConfig) -> Result<Client, C
         eprintln!("{ROLLED_BACK_WARNING}");
     }
     Ok(client)
+}
+
+/// Shows a link code as a QR code (on a terminal) and on a line of its own
+/// that scripts can read.
+fn print_link_code(code: &str) {
+    use std::io::{IsTerminal as _, Write as _};
+    let mut stdout = std::io::stdout();
+    if stdout.is_terminal()
+        && let Ok(qr) = qrcode::QrCode::new(code.as_bytes())
+    {
+        let _ = writeln!(
+            stdout,
+            "{}",
+            qr.render::<qrcode::render::unicode::Dense1x2>().build()
+        );
+    }
+    let _ = writeln!(
+        stdout,
+        "On the account's primary device, run: missive devices add CODE"
+    );
+    let _ = writeln!(stdout, "link code: {code}");
+    let _ = stdout.flush();
 }
 
 /// Asks on the terminal before `delete-account`; without a terminal, refuses
@@ -868,6 +959,13 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 cli.server,
                 client.public_identity().fingerprint()
             );
+            if let Some(code) = client.recovery_code() {
+                out!(
+                    "Write down this recovery code and keep it offline; it is shown only this once. With it, `missive recover {}` restores your account on a new device if this one is lost:",
+                    client.username()
+                );
+                out!("recovery code: {}", code.as_str());
+            }
         }
         Command::Send {
             username,
@@ -896,7 +994,50 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 eprintln!("note: {}", sanitize_line(&notice));
             }
         }
-        Command::Devices { json } => {
+        Command::Recover { username } => {
+            let code = read_secret_line("recovery code: ")?;
+            let client = Client::recover(&home, server, &username, &code).await?;
+            out!(
+                "recovered {} as device {}; this device now holds the account key. If a device is lost, remove it with `missive devices remove ID` (see `missive devices`).",
+                client.username(),
+                client.device_id()
+            );
+        }
+        Command::Link { wait } => {
+            let client =
+                Client::link_new_device(&home, server, Duration::from_secs(wait), |code| {
+                    print_link_code(code)
+                })
+                .await?;
+            out!(
+                "linked as device {} of {}; the account's fingerprint is {}",
+                client.device_id(),
+                client.username(),
+                client.public_identity().fingerprint()
+            );
+        }
+        Command::Devices {
+            action: Some(DevicesAction::Add { code, wait }),
+            ..
+        } => {
+            let mut client = open_client(&home, server)?;
+            let added = client.add_device(&code, Duration::from_secs(wait)).await?;
+            out!(
+                "linked device {} (key fingerprint {}); it received {} contacts",
+                added.id,
+                added.fingerprint.get(..16).unwrap_or(&added.fingerprint),
+                added.contacts
+            );
+        }
+        Command::Devices {
+            action: Some(DevicesAction::Remove { id }),
+            ..
+        } => {
+            let mut client = open_client(&home, server)?;
+            client.remove_device(id).await?;
+            out!("removed device {id}; the server no longer accepts it");
+        }
+        Command::Devices { json, action: None } => {
             let mut client = open_client(&home, server)?;
             for d in client.devices().await? {
                 if json {

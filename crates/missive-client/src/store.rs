@@ -178,7 +178,8 @@ impl Contact {
     }
 }
 
-fn lists(list: Option<&SignedDeviceList>, device: u32, key: &PublicIdentity) -> bool {
+/// Whether `list` names `device` with `key`.
+pub(crate) fn lists(list: Option<&SignedDeviceList>, device: u32, key: &PublicIdentity) -> bool {
     list.is_some_and(|l| {
         l.unverified_list()
             .devices
@@ -2050,6 +2051,35 @@ impl Db<'_> {
             pad: String::new(),
         };
         self.insert_record(&mut rec, true)
+    }
+
+    /// Stores a message another device of this account sent (its copy),
+    /// not yet shown here.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn add_outgoing_copy(
+        &self,
+        contact: &str,
+        message_id: &[u8],
+        sealed: SealedMessage,
+        sent_at_ms: u64,
+        server_ts_ms: u64,
+        conv: crate::conversation::ConvRecord,
+        attachment: Option<AttachmentRecord>,
+    ) -> Result<()> {
+        let mut rec = MessageRecord {
+            contact: contact.to_owned(),
+            message_id: hex::encode(message_id),
+            outgoing: true,
+            sender_clock_ms: sent_at_ms,
+            sender_clock_clamped: false,
+            server_ts_ms,
+            quarantine_identity: None,
+            body: sealed,
+            conv,
+            attachment,
+            pad: String::new(),
+        };
+        self.insert_record(&mut rec, false)
     }
 
     /// Every record of the conversation with `contact` (quarantined ones

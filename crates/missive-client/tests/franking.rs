@@ -18,6 +18,7 @@ fn payload(text: &str, key: &FrankingKey) -> Vec<u8> {
         attachment: None,
         franking_key: key.as_bytes().to_vec(),
         sender_devices: None,
+        sent_to: String::new(),
     }
     .encode_to_vec()
 }
@@ -57,6 +58,7 @@ fn mismatches_are_dropped() {
         attachment: None,
         franking_key: vec![],
         sender_devices: None,
+        sent_to: String::new(),
     }
     .encode_to_vec();
     assert!(check_content(&no_key, &id, &c).is_err());

@@ -20,11 +20,13 @@ pub mod franking;
 #[doc(hidden)]
 pub mod fuzzing;
 mod identity;
+pub mod link;
 mod pqxdh;
 mod prekeys;
 #[doc(hidden)]
 pub mod primitives;
 mod ratchet;
+pub mod recovery;
 mod safety;
 mod session;
 mod state;

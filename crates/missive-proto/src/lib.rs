@@ -25,6 +25,7 @@ pub const SERVICE_NAMES: &[&str] = &[
     "missive.v1.MessageService",
     "missive.v1.ReportService",
     "missive.v1.AttachmentService",
+    "missive.v1.LinkService",
 ];
 
 #[cfg(test)]

@@ -36,6 +36,14 @@ pub enum ApiError {
     /// Something does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// Something the call would create exists already (a link rendezvous id
+    /// in use); the sentence says what.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The caller is authenticated but may not do this (a link FINISH from
+    /// another account than the HELLO's); the sentence says why.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// The request conflicts with what the server holds (e.g. a device list
     /// version that is not above the stored one); the sentence says what.
     #[error("{0}")]
@@ -76,7 +84,10 @@ impl From<ApiError> for Status {
             ApiError::Unauthenticated(_)
             | ApiError::UnauthenticatedBecause(_)
             | ApiError::BadChallenge => Status::unauthenticated(message),
-            ApiError::UsernameTaken(_) => Status::already_exists(message),
+            ApiError::UsernameTaken(_) | ApiError::AlreadyExists(_) => {
+                Status::already_exists(message)
+            }
+            ApiError::PermissionDenied(_) => Status::permission_denied(message),
             ApiError::NotFound(_) => Status::not_found(message),
             ApiError::FailedPrecondition(_) => Status::failed_precondition(message),
             ApiError::DeviceMismatch(mismatch) => Status::with_details(

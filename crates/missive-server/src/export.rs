@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::storage::{AccountExport, ReportRecord};
+use crate::storage::{AccountExport, LinkSlot, ReportRecord};
 use crate::time::{iso_date, iso_timestamp};
 
 /// The `export-account` document (every field is explained in
@@ -38,6 +38,20 @@ pub struct ExportDocument {
     pub device_list_version: Option<u64>,
     /// The device ids that list names (no keys, no list bytes).
     pub device_list_devices: Vec<u32>,
+    /// Device links this account started (posted HELLO into) whose mailbox
+    /// the server still holds: at most 10 minutes each (no rendezvous id, no
+    /// payloads).
+    pub pending_links: Vec<ExportLink>,
+}
+
+/// A link mailbox whose HELLO the account posted.
+#[derive(Debug, Serialize)]
+pub struct ExportLink {
+    /// When the mailbox is deleted (UTC, milliseconds); 10 minutes after
+    /// the new device opened it.
+    pub expires_at: String,
+    /// The last message posted: `hello`, `reply` or `finish`.
+    pub step: &'static str,
 }
 
 /// One day of the attachment quota ledger.
@@ -136,6 +150,18 @@ pub fn document(export: AccountExport) -> ExportDocument {
         attachment_bytes_reserved: Vec::new(),
         device_list_version: export.device_list_version,
         device_list_devices: export.device_list_devices,
+        pending_links: export
+            .pending_links
+            .into_iter()
+            .map(|link| ExportLink {
+                expires_at: iso_timestamp(link.expires_at_ms),
+                step: match link.step {
+                    LinkSlot::Hello => "hello",
+                    LinkSlot::Reply => "reply",
+                    LinkSlot::Finish => "finish",
+                },
+            })
+            .collect(),
     }
 }
 

@@ -118,3 +118,27 @@ pub const DRAIN_WINDOW: Duration = Duration::from_secs(60 * 60);
 /// Disk space kept free next to a SQLite database so acknowledgements
 /// succeed on a full disk (`--storage-reserve`).
 pub const DEFAULT_STORAGE_RESERVE: u64 = 16 * 1024 * 1024;
+
+/// How long a link mailbox (`LinkService`, docs/PROTOCOL.md "Linking a
+/// device") lives after `OpenLink`: it and everything in it is deleted then,
+/// and never served after it even before the purge runs.
+pub const LINK_TTL: Duration = Duration::from_secs(10 * 60);
+/// Length of a link rendezvous id (SHA-256 over the link code's secret).
+pub const LINK_RENDEZVOUS_LEN: usize = 32;
+/// Length of a link offer: an X25519 public key (32 bytes) and an ML-KEM-768
+/// encapsulation key (1184 bytes).
+pub const LINK_OFFER_LEN: usize = 32 + 1184;
+/// Largest HELLO payload of a link, bytes.
+pub const MAX_LINK_HELLO_BYTES: usize = 64 * 1024;
+/// Largest REPLY payload of a link, bytes.
+pub const MAX_LINK_REPLY_BYTES: usize = 64 * 1024;
+/// Largest FINISH payload of a link (the sealed device list and contacts),
+/// bytes.
+pub const MAX_LINK_FINISH_BYTES: usize = 1024 * 1024;
+/// Largest decoded request of `LinkService`: a FINISH payload with its
+/// rendezvous id and framing (a larger payload still decodes, and is refused
+/// with `INVALID_ARGUMENT` by the handler up to this).
+pub const MAX_LINK_REQUEST_BYTES: usize = MAX_LINK_FINISH_BYTES + 4096;
+/// Largest encoded response of `LinkService`: a mailbox with every slot full.
+pub const MAX_LINK_RESPONSE_BYTES: usize =
+    LINK_OFFER_LEN + MAX_LINK_HELLO_BYTES + MAX_LINK_REPLY_BYTES + MAX_LINK_FINISH_BYTES + 4096;

@@ -107,6 +107,15 @@ pub struct RateLimits {
     pub attachment_per_account: Rate,
     /// Attachment calls per client source.
     pub attachment_per_ip: Rate,
+    /// Link mailbox reads, posts and closes (`GetLink`, `PostLink`,
+    /// `CloseLink`) per client source. A new device polls `GetLink` about
+    /// twice a second while the user types the code on the primary, so this
+    /// is generous; `OpenLink` is charged to [`Self::account_per_ip`].
+    pub link_per_ip: Rate,
+    /// Link HELLOs per account: each opens the way to a FINISH of up to
+    /// 1 MiB stored for 10 minutes, so this bounds what one account can
+    /// park on the server.
+    pub link_hello_per_account: Rate,
 }
 
 impl Default for RateLimits {
@@ -125,6 +134,10 @@ impl Default for RateLimits {
             // conversation full of images a download each.
             attachment_per_account: Rate::per_second(10, 100),
             attachment_per_ip: Rate::per_second(200, 2000),
+            // Ten devices polling twice a second behind one address.
+            link_per_ip: Rate::per_second(20, 200),
+            // A user retrying a mistyped code a few times.
+            link_hello_per_account: Rate::per_hour(30, 10),
         }
     }
 }
@@ -162,6 +175,8 @@ pub struct Limiters {
     send_ip: DefaultKeyedRateLimiter<Source>,
     attachment_account: DefaultKeyedRateLimiter<AccountId>,
     attachment_ip: DefaultKeyedRateLimiter<Source>,
+    link_ip: DefaultKeyedRateLimiter<Source>,
+    link_hello_account: DefaultKeyedRateLimiter<AccountId>,
 }
 
 impl std::fmt::Debug for Limiters {
@@ -198,6 +213,8 @@ impl Limiters {
             send_ip: limiter(rates.send_per_ip),
             attachment_account: limiter(rates.attachment_per_account),
             attachment_ip: limiter(rates.attachment_per_ip),
+            link_ip: limiter(rates.link_per_ip),
+            link_hello_account: limiter(rates.link_hello_per_account),
         }
     }
 
@@ -275,6 +292,23 @@ impl Limiters {
         })
     }
 
+    /// A link mailbox read, post or close from `source` (`OpenLink` is
+    /// [`Self::account_op`]).
+    pub fn link(&self, source: Option<Source>) -> ApiResult<()> {
+        source.map_or(Ok(()), |source| {
+            check(&self.link_ip, &source, "from this address")
+        })
+    }
+
+    /// A link HELLO by `account`.
+    pub fn link_hello(&self, account: AccountId) -> ApiResult<()> {
+        check(
+            &self.link_hello_account,
+            &account,
+            "for this account's device links",
+        )
+    }
+
     /// Forgets keys whose limits have fully recovered.
     pub fn prune(&self) {
         self.attachment_account.retain_recent();
@@ -288,6 +322,8 @@ impl Limiters {
         self.bundles_target.retain_recent();
         self.send_account.retain_recent();
         self.send_ip.retain_recent();
+        self.link_ip.retain_recent();
+        self.link_hello_account.retain_recent();
     }
 }
 
@@ -343,6 +379,19 @@ mod tests {
         let owner = Some(Source::of(ip("198.51.100.4")));
         while limiters.login_attempt("victim", attacker).is_ok() {}
         assert!(limiters.login_attempt("victim", owner).is_ok());
+    }
+
+    #[test]
+    fn link_polling_twice_a_second_for_five_minutes_passes() {
+        let limiters = Limiters::new(RateLimits::default());
+        let source = Some(Source::of(ip("192.0.2.1")));
+        // Ten pollers behind one address at 2/s each stay under the
+        // sustained rate; a burst of 200 passes at once, then it stops.
+        let passed = (0..1000)
+            .take_while(|_| limiters.link(source).is_ok())
+            .count();
+        assert!((200..1000).contains(&passed), "{passed}");
+        assert!(limiters.link(Some(Source::of(ip("192.0.2.2")))).is_ok());
     }
 
     #[test]

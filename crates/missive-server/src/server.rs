@@ -9,6 +9,7 @@ use std::time::Duration;
 use missive_proto::v1::account_service_server::AccountServiceServer;
 use missive_proto::v1::attachment_service_server::AttachmentServiceServer;
 use missive_proto::v1::key_service_server::KeyServiceServer;
+use missive_proto::v1::link_service_server::LinkServiceServer;
 use missive_proto::v1::message_service_server::MessageServiceServer;
 use missive_proto::v1::report_service_server::ReportServiceServer;
 use tokio::net::TcpListener;
@@ -30,6 +31,7 @@ use crate::service::State;
 use crate::service::account::AccountApi;
 use crate::service::attachments::AttachmentApi;
 use crate::service::keys::KeyApi;
+use crate::service::link::LinkApi;
 use crate::service::messages::{MessageApi, group_commit};
 use crate::service::reports::ReportApi;
 use crate::storage::{self, Storage, StorageError};
@@ -349,6 +351,7 @@ async fn serve(
     health
         .set_serving::<AttachmentServiceServer<AttachmentApi>>()
         .await;
+    health.set_serving::<LinkServiceServer<LinkApi>>().await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(missive_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -391,6 +394,12 @@ async fn serve(
             ))
             .max_decoding_message_size(crate::service::attachments::MAX_UPLOAD_MESSAGE_BYTES)
             .max_encoding_message_size(crate::service::attachments::DOWNLOAD_READ_BYTES + 1024),
+        )
+        .add_service(
+            // A FINISH payload is up to 1 MiB; GetLink returns every slot.
+            LinkServiceServer::new(LinkApi::new(Arc::clone(&state)))
+                .max_decoding_message_size(limits::MAX_LINK_REQUEST_BYTES)
+                .max_encoding_message_size(limits::MAX_LINK_RESPONSE_BYTES),
         );
     if let Some(hook) = hook {
         routes = hook(routes);
@@ -440,6 +449,7 @@ async fn serve(
         health
             .set_not_serving::<MessageServiceServer<MessageApi>>()
             .await;
+        health.set_not_serving::<LinkServiceServer<LinkApi>>().await;
         let _ = housekeeping.await;
         let _ = blob_housekeeping.await;
         // Every State handle is gone once the router and streams are: the
@@ -495,13 +505,17 @@ async fn housekeeping(state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
             .purge_expired(now, crate::time::sub(now, state.retention))
             .await
         {
-            Ok(purged) if purged.envelopes > 0 => {
-                tracing::info!(
-                    envelopes = purged.envelopes,
-                    "expired undelivered envelopes deleted"
-                );
+            Ok(purged) => {
+                if purged.envelopes > 0 {
+                    tracing::info!(
+                        envelopes = purged.envelopes,
+                        "expired undelivered envelopes deleted"
+                    );
+                }
+                if purged.links > 0 {
+                    tracing::debug!(links = purged.links, "expired link mailboxes deleted");
+                }
             }
-            Ok(_) => {}
             Err(error) => tracing::warn!(%error, "purge failed"),
         }
         // What is left expires later (or the purge failed: retry then).

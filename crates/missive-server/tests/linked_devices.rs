@@ -617,3 +617,75 @@ async fn a_list_without_a_device_removes_it_its_token_and_its_mail() {
     assert_eq!(store.device_key(at(2)).await.unwrap(), None);
     store.close().await;
 }
+
+/// A device recovering the account key joins with the next list in its
+/// `AddDevice` (no listed device publishes for it); the list must be signed
+/// by the stored account key, be newer and name the device. The list is
+/// readable without a token.
+#[tokio::test]
+async fn a_recovering_device_publishes_its_list_with_add_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let channel = channel(&server).await;
+    let alice = register(&channel, "alice", 2, 2).await;
+    let recovered = IdentityKeyPair::generate(&mut OsRng);
+    fn entries<'a>(
+        alice: &'a User,
+        key: &'a IdentityKeyPair,
+    ) -> Vec<(u32, &'a IdentityKeyPair, u32)> {
+        vec![
+            (alice.device_id, &alice.identity, alice.registration_id),
+            (2, key, 102),
+        ]
+    }
+    let request = |list: Vec<u8>| {
+        let (channel, account, key) = (channel.clone(), &alice.account, &recovered);
+        async move {
+            let mut r = add_device_request(&channel, "alice", account, key, 2, 102, 1).await;
+            r.signed_device_list = list;
+            r
+        }
+    };
+    let mut accounts = AccountServiceClient::new(channel.clone());
+
+    // Signed by another key: refused, nothing stored.
+    let stranger = IdentityKeyPair::generate(&mut OsRng);
+    let forged = device_list(&stranger, "alice", 2, &entries(&alice, &recovered));
+    refused(
+        accounts.add_device(request(forged).await).await,
+        Code::InvalidArgument,
+        "",
+    );
+    // Not newer than the stored version 1.
+    let stale = device_list(&alice.account, "alice", 1, &entries(&alice, &recovered));
+    refused(
+        accounts.add_device(request(stale).await).await,
+        Code::FailedPrecondition,
+        "must be newer",
+    );
+    // Naming another key for device 2 than the one that signs the request.
+    let other = IdentityKeyPair::generate(&mut OsRng);
+    let wrong = device_list(&alice.account, "alice", 2, &entries(&alice, &other));
+    refused(
+        accounts.add_device(request(wrong).await).await,
+        Code::InvalidArgument,
+        "does not verify",
+    );
+
+    let list = device_list(&alice.account, "alice", 2, &entries(&alice, &recovered));
+    let joined = accounts
+        .add_device(request(list.clone()).await)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(joined.device_id, 2);
+    let served = missive_proto::v1::key_service_client::KeyServiceClient::new(channel.clone())
+        .get_device_list(GetDeviceListRequest {
+            username: "alice".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .signed_device_list;
+    assert_eq!(served, list);
+}

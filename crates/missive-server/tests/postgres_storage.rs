@@ -193,3 +193,73 @@ async fn a_v1_schema_migrates_and_its_franking_key_leaves_it() {
     store.close().await;
     drop(schema);
 }
+
+/// Two "nodes" (two pools) on one schema: a mailbox opened through one is
+/// read through the other, and of two primaries posting HELLO with one code
+/// at once, one through each node, exactly one is stored; the same for two
+/// concurrent opens of one rendezvous id.
+#[tokio::test]
+async fn two_nodes_racing_on_one_link_code_store_one_hello() {
+    use missive_server::storage::{LinkMessage, LinkPost};
+
+    let Some(schema) = services::PgSchema::create("link").await else {
+        return;
+    };
+    let url = schema.url();
+    let node_a = storage::open(&url, OpenMode::Serve).await.unwrap();
+    let node_b = storage::open(&url, OpenMode::Serve).await.unwrap();
+    let alice = node_a
+        .create_account(&suite::account("alice", 0, 0))
+        .await
+        .unwrap();
+    let mallory = node_b
+        .create_account(&suite::account("mallory", 0, 0))
+        .await
+        .unwrap();
+    let (now, expires) = (1_000, 601_000);
+    let offer = vec![1u8; 1216];
+    let mut wins = [0u32; 2];
+    for round in 0..50u8 {
+        let code = [round; 32];
+        let (a, b) = tokio::join!(
+            node_a.open_link(&code, &offer, now, expires),
+            node_b.open_link(&code, &offer, now, expires),
+        );
+        assert!(a.unwrap() ^ b.unwrap(), "both or neither opened {round}");
+        assert!(node_b.link(&code, now).await.unwrap().is_some());
+        let (a, b) = tokio::join!(
+            node_a.post_link(
+                &code,
+                LinkMessage::Hello {
+                    account: alice,
+                    payload: b"alice"
+                },
+                now
+            ),
+            node_b.post_link(
+                &code,
+                LinkMessage::Hello {
+                    account: mallory,
+                    payload: b"mallory"
+                },
+                now
+            ),
+        );
+        let stored = node_a.link(&code, now).await.unwrap().unwrap();
+        match (a.unwrap(), b.unwrap()) {
+            (LinkPost::Posted, LinkPost::AlreadyWritten) => {
+                assert_eq!(stored.hello_account, Some(alice));
+                wins[0] += 1;
+            }
+            (LinkPost::AlreadyWritten, LinkPost::Posted) => {
+                assert_eq!(stored.hello_account, Some(mallory));
+                wins[1] += 1;
+            }
+            outcome => panic!("round {round}: {outcome:?}"),
+        }
+    }
+    assert_eq!(wins[0] + wins[1], 50);
+    node_a.close().await;
+    node_b.close().await;
+    drop(schema);
+}

@@ -298,6 +298,23 @@ async fn lawful_access_lists_exactly_what_the_export_and_the_database_hold() {
         .await
         .unwrap();
     send(&bob, &alice, "pending").await;
+    // A device link alice started and did not finish.
+    let mut links = link_service_client::LinkServiceClient::new(channel.clone());
+    links
+        .open_link(OpenLinkRequest {
+            rendezvous: vec![5; 32],
+            offer: vec![6; 1216],
+        })
+        .await
+        .unwrap();
+    links
+        .post_link(alice.req(PostLinkRequest {
+            rendezvous: vec![5; 32],
+            slot: LinkSlot::Hello as i32,
+            payload: b"sealed hello".to_vec(),
+        }))
+        .await
+        .unwrap();
     server.shutdown().await.unwrap();
 
     let store = storage::open(&server_db(dir.path()), OpenMode::Existing)

@@ -22,6 +22,14 @@ pub struct OwnDevice {
 }
 
 impl Client {
+    /// The recovery code of the account key, on the device that holds it
+    /// (`missive register` prints it once).
+    pub fn recovery_code(&self) -> Option<zeroize::Zeroizing<String>> {
+        self.account_key
+            .as_ref()
+            .map(|k| missive_crypto::recovery::RecoveryCode::of(k).to_text())
+    }
+
     /// Whether this device holds the account key (the primary).
     pub fn holds_account_key(&self) -> bool {
         self.account_key.is_some()
@@ -48,6 +56,32 @@ impl Client {
             .collect())
     }
 
+    /// Our own list as served: it must verify under our account key and not
+    /// go back from the newest we kept; kept if newer.
+    pub(super) fn accept_own_list(&mut self, bytes: &[u8]) -> Result<SignedDeviceList> {
+        let refused = |reason: String| ClientError::DeviceListRefused {
+            username: self.username.clone(),
+            reason,
+        };
+        if bytes.is_empty() {
+            return Err(refused("the server sent none".into()));
+        }
+        let list = SignedDeviceList::from_bytes(bytes).map_err(|e| refused(e.to_string()))?;
+        let seen = self.own_device_list()?;
+        let (_, change) = list
+            .verify_change(
+                &self.account,
+                &self.username,
+                seen.as_ref().map(|l| (l.version(), l.list_hash())),
+            )
+            .map_err(|e| refused(e.to_string()))?;
+        if change == ListChange::Newer {
+            self.store
+                .write(|db| db.set_meta(META_DEVICE_LIST, &list.to_bytes()))?;
+        }
+        Ok(list)
+    }
+
     /// Our own list from the server, verified and kept if newer.
     pub(super) async fn fetch_own_device_list(&mut self) -> Result<SignedDeviceList> {
         let channel = self.channel().await?;
@@ -63,33 +97,20 @@ impl Client {
             Ok(r) => r.into_inner().signed_device_list,
             Err(s) => return Err(self.authed_err(&s)),
         };
-        let refused = |reason: String| ClientError::DeviceListRefused {
-            username: self.username.clone(),
-            reason,
-        };
-        let list = SignedDeviceList::from_bytes(&bytes).map_err(|e| refused(e.to_string()))?;
-        let seen = self.own_device_list()?;
-        let (_, change) = list
-            .verify_change(
-                &self.account,
-                &self.username,
-                seen.as_ref().map(|l| (l.version(), l.list_hash())),
-            )
-            .map_err(|e| refused(e.to_string()))?;
-        if change == ListChange::Newer {
-            self.store
-                .write(|db| db.set_meta(META_DEVICE_LIST, &list.to_bytes()))?;
-        }
+        let list = self.accept_own_list(&bytes)?;
         if !list
             .unverified_list()
             .devices
             .iter()
             .any(|d| d.device_id == self.device_id && &d.identity == self.identity.public())
         {
-            return Err(refused(format!(
-                "it does not name this device ({}); it was removed from the account",
-                self.device_id
-            )));
+            return Err(ClientError::DeviceListRefused {
+                username: self.username.clone(),
+                reason: format!(
+                    "it does not name this device ({}); it was removed from the account",
+                    self.device_id
+                ),
+            });
         }
         Ok(list)
     }

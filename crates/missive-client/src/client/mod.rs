@@ -35,12 +35,14 @@ use crate::store::{HistoryEntry, PrekeyKind, Store, now_ms};
 
 mod devices;
 mod history;
+mod link;
 mod receive;
 mod sessions;
 mod transport;
 mod trust;
 
 pub use devices::OwnDevice;
+pub use link::LinkedDevice;
 pub(crate) use receive::Refusal;
 pub use receive::check_content;
 pub use sessions::FORGE_COMMITMENT_ENV;
@@ -317,40 +319,15 @@ impl Client {
         }
         .sign(&account_key)
         .map_err(key_err)?;
-        let (spk, kem) = store.write(|db| {
+        store.write(|db| {
             db.set_meta(META_ACCOUNT_KEY, &account_key.to_secret_bytes())?;
             db.set_meta(META_ACCOUNT_PUBLIC, &account_key.public().to_bytes())?;
             db.set_meta(META_DEVICE_KEY, &identity.to_secret_bytes())?;
             db.set_meta(META_DEVICE_LIST, &list.to_bytes())?;
-            db.set_meta_u64(META_REGISTRATION_ID, u64::from(registration_id))?;
-            let spk_id = db.take_ids(COUNTER_SIGNED, 1)?;
-            let spk = SignedPrekeyPair::generate(&mut OsRng, spk_id, &identity, &owner);
-            let kem_id = db.take_ids(COUNTER_KEM, 1)?;
-            let kem = KemPrekeyPair::generate(&mut OsRng, kem_id, &identity, &owner);
-            db.put_prekey(PrekeyKind::Signed, spk_id, &spk.to_secret_bytes())?;
-            db.put_prekey(PrekeyKind::KemLastResort, kem_id, &kem.to_secret_bytes())?;
-            db.set_meta_u64(META_SIGNED_ID, u64::from(spk_id))?;
-            db.set_meta_u64(META_KEM_LAST_RESORT_ID, u64::from(kem_id))?;
-            db.set_meta_u64(META_ROTATED_AT, now_ms())?;
-            Ok((spk, kem))
+            db.set_meta_u64(META_REGISTRATION_ID, u64::from(registration_id))
         })?;
-        let (otks, kems) = generate_one_time(
-            &mut store,
-            &identity,
-            &owner,
-            ONE_TIME_PREKEY_TARGET,
-            ONE_TIME_PREKEY_TARGET,
-        )?;
-        if let Some(ca) = &server.ca {
-            // Later commands trust this CA without --ca, and never a file
-            // that happens to sit in the working directory.
-            let pem = std::fs::read(ca).map_err(|source| ClientError::CaFile {
-                path: ca.clone(),
-                source,
-            })?;
-            crate::store::replace_private(&home.join(crate::store::CA_FILE), &pem, true)?;
-        }
-
+        let keys = DeviceKeys::generate(&mut store, &identity, &owner)?;
+        keep_ca(home, server)?;
         let url = server.url.clone();
         let mut account = AccountServiceClient::new(channel.clone());
         let challenge = account
@@ -378,10 +355,10 @@ impl Client {
                 signed_device_list: list.to_bytes(),
                 server_name,
                 registration_id,
-                signed_prekey: Some(proto_conv::signed_prekey(&spk.public())),
-                last_resort_kem_prekey: Some(proto_conv::kem_prekey(&kem.public())),
-                one_time_prekeys: otks,
-                one_time_kem_prekeys: kems,
+                signed_prekey: Some(proto_conv::signed_prekey(&keys.signed.public())),
+                last_resort_kem_prekey: Some(proto_conv::kem_prekey(&keys.kem.public())),
+                one_time_prekeys: keys.one_time,
+                one_time_kem_prekeys: keys.one_time_kem,
                 signature: signature.to_vec(),
             }))
             .await
@@ -443,6 +420,11 @@ impl Client {
         &mut self.conv
     }
 
+    /// This device's id within its account.
+    pub fn device_id(&self) -> u32 {
+        self.device_id
+    }
+
     pub(crate) fn device(&self) -> u32 {
         self.device_id
     }
@@ -495,6 +477,61 @@ impl Client {
         remove_store_files(&home);
         Ok(())
     }
+}
+
+/// A new device's prekeys, stored in its store and ready to upload.
+pub(super) struct DeviceKeys {
+    signed: SignedPrekeyPair,
+    kem: KemPrekeyPair,
+    one_time: Vec<v1::OneTimePrekey>,
+    one_time_kem: Vec<v1::KemPrekey>,
+}
+
+impl DeviceKeys {
+    pub(super) fn generate(
+        store: &mut Store,
+        identity: &IdentityKeyPair,
+        owner: &PrekeyOwner,
+    ) -> Result<DeviceKeys> {
+        let (signed, kem) = store.write(|db| {
+            let spk_id = db.take_ids(COUNTER_SIGNED, 1)?;
+            let spk = SignedPrekeyPair::generate(&mut OsRng, spk_id, identity, owner);
+            let kem_id = db.take_ids(COUNTER_KEM, 1)?;
+            let kem = KemPrekeyPair::generate(&mut OsRng, kem_id, identity, owner);
+            db.put_prekey(PrekeyKind::Signed, spk_id, &spk.to_secret_bytes())?;
+            db.put_prekey(PrekeyKind::KemLastResort, kem_id, &kem.to_secret_bytes())?;
+            db.set_meta_u64(META_SIGNED_ID, u64::from(spk_id))?;
+            db.set_meta_u64(META_KEM_LAST_RESORT_ID, u64::from(kem_id))?;
+            db.set_meta_u64(META_ROTATED_AT, now_ms())?;
+            Ok((spk, kem))
+        })?;
+        let (one_time, one_time_kem) = generate_one_time(
+            store,
+            identity,
+            owner,
+            ONE_TIME_PREKEY_TARGET,
+            ONE_TIME_PREKEY_TARGET,
+        )?;
+        Ok(DeviceKeys {
+            signed,
+            kem,
+            one_time,
+            one_time_kem,
+        })
+    }
+}
+
+/// Keeps the CA given with --ca in the home, so later commands trust it
+/// without --ca, and never a file that happens to sit in the working directory.
+pub(super) fn keep_ca(home: &Path, server: &ServerConfig) -> Result<()> {
+    if let Some(ca) = &server.ca {
+        let pem = std::fs::read(ca).map_err(|source| ClientError::CaFile {
+            path: ca.clone(),
+            source,
+        })?;
+        crate::store::replace_private(&home.join(crate::store::CA_FILE), &pem, true)?;
+    }
+    Ok(())
 }
 
 /// Removes the store files of `home` (best effort).

@@ -439,7 +439,13 @@ pub(super) fn receive_in(
                 // transaction): the pinned account's, else a changed one's,
                 // whose messages wait in quarantine for the user's decision.
                 let contact = db.contact(sender)?;
+                let own_device = sender == me.username
+                    && db
+                        .get_meta(super::META_DEVICE_LIST)?
+                        .and_then(|b| missive_crypto::SignedDeviceList::from_bytes(&b).ok())
+                        .is_some_and(|l| crate::store::lists(Some(&l), device, &sender_identity));
                 let (slot, quarantine_account) = match &contact {
+                    _ if own_device => (Slot::Current, None),
                     Some(c) if c.lists_device(device, &sender_identity) => (Slot::Current, None),
                     Some(c) if c.changed_lists_device(device, &sender_identity) => {
                         (Slot::Pending, c.changed_identity.clone())
@@ -493,11 +499,21 @@ pub(super) fn receive_in(
     };
     // Every content kind, franked (conversation.rs).
     // The sender's own view of its device list, checked after the commit.
-    if let Ok(content) = v1::Content::decode(plaintext.as_slice())
-        && let Some(d) = content.sender_devices
-        && let Ok(hash) = <[u8; 32]>::try_from(d.list_hash.as_slice())
-    {
-        out.sender_devices = Some((sender.to_owned(), d.list_version, hash));
+    let mut sent_to = String::new();
+    if let Ok(content) = v1::Content::decode(plaintext.as_slice()) {
+        if let Some(d) = content.sender_devices
+            && let Ok(hash) = <[u8; 32]>::try_from(d.list_hash.as_slice())
+        {
+            out.sender_devices = Some((sender.to_owned(), d.list_version, hash));
+        }
+        sent_to = content.sent_to;
+    }
+    if sender == me.username {
+        // A copy of what another device of this account sent.
+        return crate::conversation::receive_own_copy(db, &me.username, env, &plaintext, &sent_to);
+    }
+    if !sent_to.is_empty() {
+        return Err("it claims to be a copy of a message this account sent, but it comes from another account".into());
     }
     crate::conversation::receive_content(
         db,

@@ -31,6 +31,16 @@ use super::{
     META_ROTATED_AT, META_SIGNED_ID, Sent, key_err, normalize_username,
 };
 
+/// One encrypted message on its way to the devices of one account.
+#[derive(Clone, Copy)]
+struct Outgoing<'a> {
+    content: &'a [u8],
+    commitment: &'a [u8],
+    message_id: &'a [u8; 16],
+    online_only: bool,
+    retention_secs: u64,
+}
+
 /// Test hook: when `1`, `send` commits to a different text than it encrypts,
 /// as a malicious sender would (end-to-end test of the recipient's check).
 pub const FORGE_COMMITMENT_ENV: &str = "MISSIVE_TEST_FORGE_COMMITMENT";
@@ -167,16 +177,84 @@ impl Client {
             list_version: l.version(),
             list_hash: l.list_hash().to_vec(),
         });
-        let content = Zeroizing::new(
-            v1::Content {
-                body: Some(body),
-                attachment: attachment.cloned(),
-                franking_key: franking_key.as_bytes().to_vec(),
-                sender_devices,
+        let mut content = v1::Content {
+            body: Some(body),
+            attachment: attachment.cloned(),
+            franking_key: franking_key.as_bytes().to_vec(),
+            sender_devices,
+            sent_to: String::new(),
+        };
+        let wire = Zeroizing::new(content.encode_to_vec());
+        let message = Outgoing {
+            content: &wire,
+            commitment: &commitment,
+            message_id: &message_id,
+            online_only,
+            retention_secs,
+        };
+        let server_timestamp_ms = self.deliver(&recipient, update, &message).await?;
+        // The sender's other devices show what it sent (texts and files).
+        if matches!(content.body, Some(v1::content::Body::Text(_))) {
+            content.sent_to.clone_from(&recipient);
+            let copy = Zeroizing::new(content.encode_to_vec());
+            let message = Outgoing {
+                content: &copy,
+                ..message
+            };
+            if let Err(e) = self.deliver_own_copy(&message).await {
+                self.notices.push(format!(
+                    "your other devices did not get a copy of this message: {}",
+                    e.brief()
+                ));
             }
-            .encode_to_vec(),
-        );
+        }
+        Ok(crate::conversation::SentContent {
+            message_id,
+            commitment_hex: hex::encode(commitment),
+            server_timestamp_ms,
+        })
+    }
 
+    /// The copy of a sent message for this account's other devices, through
+    /// their own pairwise sessions (a second `Send`, to our own account).
+    async fn deliver_own_copy(&mut self, message: &Outgoing<'_>) -> Result<()> {
+        let me = self.username.clone();
+        let others: Vec<u32> = match self.own_device_list()? {
+            Some(l) => l
+                .unverified_list()
+                .devices
+                .iter()
+                .map(|d| d.device_id)
+                .filter(|id| *id != self.device_id)
+                .collect(),
+            None => Vec::new(),
+        };
+        if others.is_empty() {
+            return Ok(());
+        }
+        let mut update = DeviceUpdate::default();
+        if self.store.sessions(&me)?.is_empty() {
+            for id in others {
+                update.add.extend(self.fetch_sessions(&me, id).await?);
+            }
+        }
+        self.deliver(&me, update, message).await.map(|_| ())
+    }
+
+    /// Encrypts `message` for every device of `recipient` (and those in
+    /// `update`) and sends it; returns the server's timestamp.
+    ///
+    /// Each attempt loads, advances and stores the sessions in one write
+    /// transaction, so a second process on this home can never encrypt
+    /// under the same message key; the network call happens after the
+    /// commit (a crash then loses a message, never reuses a key).
+    async fn deliver(
+        &mut self,
+        recipient: &str,
+        mut update: DeviceUpdate,
+        message: &Outgoing<'_>,
+    ) -> Result<u64> {
+        let recipient = recipient.to_owned();
         for _attempt in 0..SEND_ATTEMPTS {
             let envelopes = self.store.write(|db| {
                 let mut sessions = db.sessions(&recipient, Slot::Current)?;
@@ -188,7 +266,7 @@ impl Client {
                 for row in &mut sessions {
                     let out = row
                         .session
-                        .encrypt(&mut OsRng, &content, &commitment)
+                        .encrypt(&mut OsRng, message.content, message.commitment)
                         .map_err(key_err)?;
                     envelopes.push(v1::OutgoingEnvelope {
                         device_id: row.device_id,
@@ -198,7 +276,7 @@ impl Client {
                             MessageKind::Normal => v1::EnvelopeType::Message,
                         } as i32,
                         content: out.bytes,
-                        franking_commitment: commitment.to_vec(),
+                        franking_commitment: message.commitment.to_vec(),
                     });
                 }
                 db.save_sessions(&recipient, &sessions, &update.remove)?;
@@ -210,22 +288,16 @@ impl Client {
                 .authed(
                     v1::SendRequest {
                         recipient: recipient.clone(),
-                        message_id: message_id.to_vec(),
+                        message_id: message.message_id.to_vec(),
                         envelopes,
-                        online_only,
-                        retention_secs,
+                        online_only: message.online_only,
+                        retention_secs: message.retention_secs,
                     },
                     true,
                 )
                 .await?;
             match MessageServiceClient::new(channel).send(req).await {
-                Ok(resp) => {
-                    return Ok(crate::conversation::SentContent {
-                        message_id,
-                        commitment_hex: hex::encode(commitment),
-                        server_timestamp_ms: resp.into_inner().server_timestamp_ms,
-                    });
-                }
+                Ok(resp) => return Ok(resp.into_inner().server_timestamp_ms),
                 Err(s) if s.code() == Code::NotFound => {
                     return Err(ClientError::UnknownUser(recipient));
                 }

@@ -86,6 +86,10 @@ impl Client {
             username: username.to_owned(),
             reason,
         };
+        if username == self.username {
+            // Our own devices: checked against our own account key and list.
+            return Ok((self.accept_own_list(bytes)?, Vec::new()));
+        }
         if bytes.is_empty() {
             return Err(refused("the server sent none".into()));
         }
@@ -161,6 +165,18 @@ impl Client {
             return Vec::new();
         };
         if sender != env.sender {
+            return Vec::new();
+        }
+        if sender == self.username {
+            let known = self.own_device_list().ok().flatten().is_some_and(|l| {
+                crate::store::lists(Some(&l), env.sender_device, msg.sender_identity())
+            });
+            if !known && let Err(e) = self.fetch_own_device_list().await {
+                return vec![RecvEvent::Warning(format!(
+                    "could not check your own devices: {}",
+                    e.brief()
+                ))];
+            }
             return Vec::new();
         }
         let known = self.store.contact(&sender).ok().flatten().is_some_and(|c| {

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use missive_crypto::PrekeyOwner;
+use missive_crypto::{PrekeyOwner, PublicIdentity};
 use missive_proto::v1::account_service_server::AccountService;
 use missive_proto::v1::{
     AddDeviceRequest, ChallengePurpose as WirePurpose, DeleteAccountRequest, DeleteAccountResponse,
@@ -20,7 +20,8 @@ use crate::checks;
 use crate::error::{ApiError, ApiResult};
 use crate::limits::{CHALLENGE_TTL, MAX_REGISTRATION_ID, TOKEN_VALID_DAYS};
 use crate::storage::{
-    ChallengePurpose, DAY_MS, DeviceAddress, NewAccount, NewDevice, StorageError, challenge_hash,
+    AccountId, ChallengePurpose, DAY_MS, DeviceAddress, NewAccount, NewDevice, PutOutcome,
+    StorageError, challenge_hash,
 };
 use crate::time;
 
@@ -210,6 +211,63 @@ impl AccountApi {
         .await
     }
 
+    /// A recovering device's list (AddDevice with `signed_device_list`): it
+    /// must verify under the account key, name the device with the key that
+    /// signed this request, and be newer than the stored list; stored as
+    /// PublishDeviceList stores one.
+    async fn store_recovery_list(
+        &self,
+        request: &AddDeviceRequest,
+        username: &str,
+        account: AccountId,
+        account_key: &PublicIdentity,
+    ) -> ApiResult<()> {
+        let bytes = &request.signed_device_list;
+        let version = checks::device_list(bytes, account_key, username)?;
+        let entry = checks::stored_device_list(bytes, account_key, username)?
+            .devices
+            .into_iter()
+            .find(|d| d.device_id == request.device_id)
+            .ok_or_else(|| {
+                ApiError::InvalidArgument(format!(
+                    "the recovery list does not name device {}",
+                    request.device_id
+                ))
+            })?;
+        checks::add_device(
+            &entry.identity,
+            &request.challenge,
+            &request.server_name,
+            &request.username,
+            request.device_id,
+            request.registration_id,
+            &request.signature,
+        )
+        .map_err(|_| {
+            ApiError::InvalidArgument(
+                "the add-device signature does not verify with the key the recovery list names"
+                    .into(),
+            )
+        })?;
+        match self
+            .state
+            .storage
+            .put_device_list(account, version, bytes)
+            .await?
+        {
+            PutOutcome::Stored => {
+                self.state.caches.forget_account(account);
+                tracing::info!(version, "device list published by a recovering device");
+                Ok(())
+            }
+            PutOutcome::Unchanged => Ok(()),
+            PutOutcome::Stale { stored_version } => Err(ApiError::FailedPrecondition(format!(
+                "the server holds device list version {stored_version}; the recovery list \
+                 (version {version}) must be newer"
+            ))),
+        }
+    }
+
     async fn add_device_inner(
         &self,
         request: Request<AddDeviceRequest>,
@@ -239,6 +297,10 @@ impl AccountApi {
             .await?
             .ok_or_else(|| ApiError::NotFound(format!("there is no user named {username:?}")))?;
         let account_key = checks::stored_identity(&account.identity)?;
+        if !request.signed_device_list.is_empty() {
+            self.store_recovery_list(&request, &username, account.id, &account_key)
+                .await?;
+        }
         let unlisted = || {
             ApiError::FailedPrecondition(format!(
                 "the account's device list does not name device {device_id}: the primary \

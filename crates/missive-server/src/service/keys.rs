@@ -319,9 +319,18 @@ impl KeyService for KeyApi {
         &self,
         request: Request<GetDeviceListRequest>,
     ) -> Result<Response<GetDeviceListResponse>, Status> {
-        let principal = self.state.principal(&request).await?;
+        // The token is optional: a device recovering its account has none.
+        let principal = if request.metadata().contains_key("authorization") {
+            Some(self.state.principal(&request).await?)
+        } else {
+            None
+        };
         if let Some(limiters) = self.state.limiters() {
-            limiters.device_list(principal.address.account, self.state.source(&request))?;
+            let source = self.state.source(&request);
+            match &principal {
+                Some(p) => limiters.device_list(p.address.account, source)?,
+                None => limiters.account_op(source)?,
+            }
         }
         let username = normalize_username(&request.into_inner().username)?;
         let account = self

@@ -199,7 +199,10 @@ impl MessageApi {
         let mut fresh = false;
         let recipient_account = loop {
             let ((account, devices), cached) = self.state.recipient(&recipient, fresh).await?;
-            match mismatch(&devices, &request) {
+            // A copy for the sender's other devices (protocol v2 fan-out):
+            // the sending device is not a recipient.
+            let skip = (account == sender.address.account).then_some(sender.address.device);
+            match mismatch(&devices, skip, &request) {
                 None => break account,
                 Some(_) if cached => fresh = true,
                 Some(mismatch) => return Err(ApiError::DeviceMismatch(mismatch)),
@@ -336,9 +339,14 @@ impl MessageApi {
 }
 
 /// How the addressed devices differ from the recipient's current ones.
-fn mismatch(devices: &[DeviceRecord], request: &SendRequest) -> Option<DeviceMismatch> {
+fn mismatch(
+    devices: &[DeviceRecord],
+    skip: Option<u32>,
+    request: &SendRequest,
+) -> Option<DeviceMismatch> {
     let current: BTreeMap<u32, u32> = devices
         .iter()
+        .filter(|d| Some(d.device_id) != skip)
         .map(|d| (d.device_id, d.registration_id))
         .collect();
     let addressed: BTreeMap<u32, u32> = request

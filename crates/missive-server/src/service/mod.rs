@@ -8,6 +8,7 @@ pub mod cache;
 pub mod drain;
 pub mod expiry;
 pub mod keys;
+pub mod link;
 pub mod messages;
 pub mod reports;
 

@@ -297,6 +297,173 @@ pub struct PurgeCounts {
     pub envelopes: u64,
     /// Expired tokens and challenges.
     pub credentials: u64,
+    /// Expired link mailboxes.
+    pub links: u64,
+}
+
+/// A slot of a link mailbox (`LinkService`), in the order slots are posted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkSlot {
+    /// Primary to new device; posted with a token, records its account.
+    Hello,
+    /// New device to primary; unauthenticated.
+    Reply,
+    /// Primary to new device; only from the account that posted HELLO.
+    Finish,
+}
+
+/// One message to post into a link mailbox. The payload is opaque sealed
+/// bytes: its `Debug` shows only its length.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum LinkMessage<'a> {
+    /// HELLO, posted by `account`.
+    Hello {
+        /// The poster's account, recorded with the HELLO.
+        account: AccountId,
+        /// Sealed bytes.
+        payload: &'a [u8],
+    },
+    /// REPLY (unauthenticated).
+    Reply {
+        /// Sealed bytes.
+        payload: &'a [u8],
+    },
+    /// FINISH, posted by `account`, which must be the HELLO's.
+    Finish {
+        /// The poster's account.
+        account: AccountId,
+        /// Sealed bytes.
+        payload: &'a [u8],
+    },
+}
+
+impl LinkMessage<'_> {
+    /// The slot this message goes into.
+    pub fn slot(&self) -> LinkSlot {
+        match self {
+            Self::Hello { .. } => LinkSlot::Hello,
+            Self::Reply { .. } => LinkSlot::Reply,
+            Self::Finish { .. } => LinkSlot::Finish,
+        }
+    }
+
+    /// The sealed bytes.
+    pub fn payload(&self) -> &[u8] {
+        match self {
+            Self::Hello { payload, .. }
+            | Self::Reply { payload }
+            | Self::Finish { payload, .. } => payload,
+        }
+    }
+}
+
+impl std::fmt::Debug for LinkMessage<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut out = f.debug_struct("LinkMessage");
+        out.field("slot", &self.slot());
+        if let Self::Hello { account, .. } | Self::Finish { account, .. } = self {
+            out.field("account", account);
+        }
+        out.field("payload_len", &self.payload().len()).finish()
+    }
+}
+
+/// A link mailbox as stored (unexpired). Every payload is opaque sealed
+/// bytes: `Debug` shows only which slots are written.
+#[derive(Clone, PartialEq, Eq)]
+pub struct LinkMailbox {
+    /// The new device's offer (public keys), exactly
+    /// [`crate::limits::LINK_OFFER_LEN`] bytes.
+    pub offer: Vec<u8>,
+    /// HELLO, once posted.
+    pub hello: Option<Vec<u8>>,
+    /// The account that posted HELLO.
+    pub hello_account: Option<AccountId>,
+    /// REPLY, once posted.
+    pub reply: Option<Vec<u8>>,
+    /// FINISH, once posted.
+    pub finish: Option<Vec<u8>>,
+    /// When it is deleted, ms since the Unix epoch.
+    pub expires_at_ms: u64,
+}
+
+impl std::fmt::Debug for LinkMailbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self {
+            offer,
+            hello,
+            hello_account,
+            reply,
+            finish,
+            expires_at_ms,
+        } = self;
+        f.debug_struct("LinkMailbox")
+            .field("offer_len", &offer.len())
+            .field("hello", &hello.is_some())
+            .field("hello_account", hello_account)
+            .field("reply", &reply.is_some())
+            .field("finish", &finish.is_some())
+            .field("expires_at_ms", expires_at_ms)
+            .finish()
+    }
+}
+
+/// What [`Storage::post_link`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkPost {
+    /// Stored in its slot.
+    Posted,
+    /// No mailbox with that rendezvous id, or it has expired.
+    NotFound,
+    /// The slot is written already (by this or another caller); nothing
+    /// changed.
+    AlreadyWritten,
+    /// The slot before it is not written yet; nothing changed.
+    NotYet,
+    /// A FINISH from another account than the one that posted HELLO;
+    /// nothing changed.
+    OtherAccount,
+}
+
+/// Which slots of an unexpired mailbox are written, for [`link_post_failure`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct LinkSlots {
+    pub(crate) hello: bool,
+    pub(crate) hello_account: Option<AccountId>,
+    pub(crate) reply: bool,
+    pub(crate) finish: bool,
+}
+
+/// Why a conditional slot write changed nothing, from the mailbox's slots
+/// read after it (`None`: no unexpired mailbox). A state in which the write
+/// would have succeeded means the mailbox appeared after the write looked
+/// (closed and opened again in between): [`LinkPost::NotFound`], as the
+/// write saw it.
+pub(crate) fn link_post_failure(slots: Option<LinkSlots>, message: &LinkMessage<'_>) -> LinkPost {
+    let Some(slots) = slots else {
+        return LinkPost::NotFound;
+    };
+    match message {
+        LinkMessage::Hello { .. } if slots.hello => LinkPost::AlreadyWritten,
+        LinkMessage::Reply { .. } if slots.reply => LinkPost::AlreadyWritten,
+        LinkMessage::Reply { .. } if !slots.hello => LinkPost::NotYet,
+        LinkMessage::Finish { .. } if !slots.hello => LinkPost::NotYet,
+        LinkMessage::Finish { account, .. } if slots.hello_account != Some(*account) => {
+            LinkPost::OtherAccount
+        }
+        LinkMessage::Finish { .. } if slots.finish => LinkPost::AlreadyWritten,
+        LinkMessage::Finish { .. } if !slots.reply => LinkPost::NotYet,
+        _ => LinkPost::NotFound,
+    }
+}
+
+/// A link mailbox whose HELLO an account posted, in its export.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkExport {
+    /// When it is (or was, if the purge has not run yet) deleted.
+    pub expires_at_ms: u64,
+    /// The last slot written.
+    pub step: LinkSlot,
 }
 
 /// A verified abuse report to store.
@@ -448,6 +615,8 @@ pub struct AccountExport {
     pub device_list_version: Option<u64>,
     /// Device ids the stored list names, ascending (empty without a list).
     pub device_list_devices: Vec<u32>,
+    /// Link mailboxes whose HELLO the account posted, by expiry.
+    pub pending_links: Vec<LinkExport>,
 }
 
 /// What [`Storage::put_device_list`] did.
@@ -561,8 +730,8 @@ pub trait Storage: Send + Sync + 'static {
     async fn authenticate(&self, token_hash: &[u8; 32], now_ms: u64) -> Result<Option<Principal>>;
     /// Marks the account seen on `today` (day granularity).
     async fn touch_last_seen(&self, account: AccountId, today: i64) -> Result<()>;
-    /// Deletes the account, its devices, keys, tokens, pending envelopes and
-    /// device list.
+    /// Deletes the account, its devices, keys, tokens, pending envelopes,
+    /// device list and the link mailboxes whose HELLO it posted.
     async fn delete_account(&self, account: AccountId) -> Result<()>;
 
     /// Stores `signed_list` (verified by the caller; its version is
@@ -653,7 +822,7 @@ pub trait Storage: Send + Sync + 'static {
     async fn acknowledge(&self, device: DeviceAddress, ids: &[u64]) -> Result<u64>;
     /// Deletes envelopes accepted before `envelope_cutoff_ms` or whose
     /// expiry ([`SendItem::expires_at_ms`]) is at or before `now_ms`, expired
-    /// tokens and challenges, and returns free space to the file system
+    /// tokens, challenges and link mailboxes, and returns free space to the file system
     /// where the backend can.
     async fn purge_expired(&self, now_ms: u64, envelope_cutoff_ms: u64) -> Result<PurgeCounts>;
     /// The earliest per-envelope expiry still stored, if any (the purge
@@ -678,6 +847,34 @@ pub trait Storage: Send + Sync + 'static {
     async fn reports(&self) -> Result<Vec<ReportRecord>>;
     /// One report.
     async fn report(&self, id: u64) -> Result<Option<ReportRecord>>;
+
+    /// Opens a link mailbox holding `offer`, expiring at `expires_at_ms`,
+    /// unless an unexpired one has this rendezvous id: `false` then, and
+    /// nothing changes (of two concurrent opens exactly one succeeds). An
+    /// expired one with this id is replaced.
+    async fn open_link(
+        &self,
+        rendezvous: &[u8; 32],
+        offer: &[u8],
+        now_ms: u64,
+        expires_at_ms: u64,
+    ) -> Result<bool>;
+    /// The mailbox, unless it is unknown or expired at `now_ms`.
+    async fn link(&self, rendezvous: &[u8; 32], now_ms: u64) -> Result<Option<LinkMailbox>>;
+    /// Writes `message` into its slot of the unexpired mailbox, atomically
+    /// compare-and-set in one statement: only if that slot is empty, the
+    /// slot before it is written and, for FINISH, `account` posted HELLO. Of
+    /// two concurrent posts into one slot (also through two nodes) exactly
+    /// one is [`LinkPost::Posted`]. [`StorageError::NotFound`] when a HELLO's
+    /// account does not exist.
+    async fn post_link(
+        &self,
+        rendezvous: &[u8; 32],
+        message: LinkMessage<'_>,
+        now_ms: u64,
+    ) -> Result<LinkPost>;
+    /// Deletes the mailbox, if any (idempotent).
+    async fn close_link(&self, rendezvous: &[u8; 32]) -> Result<()>;
 
     /// Everything stored about the account `username` names now (reports by
     /// account id, never by name).

@@ -20,9 +20,10 @@ use super::reserve::Reserve;
 use super::sqlite_hot;
 use super::{
     AccountExport, AccountId, AccountRecord, BundleRecord, Bundles, DAY_MS, DeviceAddress,
-    DeviceExport, DeviceRecord, KemPrekeyRecord, NewAccount, NewDevice, NewReport,
-    OneTimePrekeyRecord, OpenMode, PrekeyCounts, Principal, PurgeCounts, PutOutcome, ReportRecord,
-    Result, SendItem, SendOutcome, SignedPrekeyRecord, Storage, StorageError, StoredEnvelope,
+    DeviceExport, DeviceRecord, KemPrekeyRecord, LinkExport, LinkMailbox, LinkMessage, LinkPost,
+    LinkSlot, LinkSlots, NewAccount, NewDevice, NewReport, OneTimePrekeyRecord, OpenMode,
+    PrekeyCounts, Principal, PurgeCounts, PutOutcome, ReportRecord, Result, SendItem, SendOutcome,
+    SignedPrekeyRecord, Storage, StorageError, StoredEnvelope, link_post_failure,
 };
 
 pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -935,6 +936,12 @@ impl Storage for SqliteStorage {
             .await
             .map_err(map_err)?
             .rows_affected();
+        let links = sqlx::query("DELETE FROM link_mailboxes WHERE expires_at_ms <= ?")
+            .bind(int(now_ms))
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?
+            .rows_affected();
         tx.commit().await.map_err(map_err)?;
         // Free pages go back to the file system (auto_vacuum = INCREMENTAL),
         // so the file shrinks once mailboxes drain.
@@ -958,6 +965,7 @@ impl Storage for SqliteStorage {
         Ok(PurgeCounts {
             envelopes,
             credentials: tokens + challenges,
+            links,
         })
     }
 
@@ -1081,6 +1089,148 @@ impl Storage for SqliteStorage {
     }
 
     #[tracing::instrument(skip_all)]
+    async fn open_link(
+        &self,
+        rendezvous: &[u8; 32],
+        offer: &[u8],
+        now_ms: u64,
+        expires_at_ms: u64,
+    ) -> Result<bool> {
+        self.growth()?;
+        self.spent(
+            async move {
+                let done = sqlx::query(
+                    "INSERT INTO link_mailboxes (rendezvous, offer, expires_at_ms) VALUES (?, ?, ?) \
+                     ON CONFLICT (rendezvous) DO UPDATE SET offer = excluded.offer, hello = NULL, \
+                     hello_account = NULL, reply = NULL, finish = NULL, \
+                     expires_at_ms = excluded.expires_at_ms WHERE link_mailboxes.expires_at_ms <= ?",
+                )
+                .bind(&rendezvous[..])
+                .bind(offer)
+                .bind(int(expires_at_ms))
+                .bind(int(now_ms))
+                .execute(&self.pool)
+                .await
+                .map_err(map_err)?;
+                // An unexpired mailbox with this id is left alone: no row changes.
+                Ok(done.rows_affected() == 1)
+            }
+            .await,
+        )
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn link(&self, rendezvous: &[u8; 32], now_ms: u64) -> Result<Option<LinkMailbox>> {
+        let row = sqlx::query(
+            "SELECT offer, hello, hello_account, reply, finish, expires_at_ms FROM link_mailboxes \
+             WHERE rendezvous = ? AND expires_at_ms > ?",
+        )
+        .bind(&rendezvous[..])
+        .bind(int(now_ms))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err)?;
+        row.map(|r| {
+            Ok(LinkMailbox {
+                offer: get(&r, "offer")?,
+                hello: get(&r, "hello")?,
+                hello_account: get(&r, "hello_account")?,
+                reply: get(&r, "reply")?,
+                finish: get(&r, "finish")?,
+                expires_at_ms: u64_of(get(&r, "expires_at_ms")?)?,
+            })
+        })
+        .transpose()
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn post_link(
+        &self,
+        rendezvous: &[u8; 32],
+        message: LinkMessage<'_>,
+        now_ms: u64,
+    ) -> Result<LinkPost> {
+        self.growth()?;
+        self.spent(
+            async move {
+                let (rendezvous, now) = (&rendezvous[..], int(now_ms));
+                // One conditional statement per slot: the slot empty, the one before
+                // it written (and for FINISH the HELLO's account), checked and
+                // written atomically, so of two racing posts one changes the row.
+                let query = match message {
+                    LinkMessage::Hello { account, payload } => sqlx::query(
+                        "UPDATE link_mailboxes SET hello = ?, hello_account = ? WHERE rendezvous = ? \
+                         AND expires_at_ms > ? AND hello IS NULL",
+                    )
+                    .bind(payload)
+                    .bind(account)
+                    .bind(rendezvous)
+                    .bind(now),
+                    LinkMessage::Reply { payload } => sqlx::query(
+                        "UPDATE link_mailboxes SET reply = ? WHERE rendezvous = ? AND expires_at_ms > ? \
+                         AND hello IS NOT NULL AND reply IS NULL",
+                    )
+                    .bind(payload)
+                    .bind(rendezvous)
+                    .bind(now),
+                    LinkMessage::Finish { account, payload } => sqlx::query(
+                        "UPDATE link_mailboxes SET finish = ? WHERE rendezvous = ? AND expires_at_ms > ? \
+                         AND reply IS NOT NULL AND finish IS NULL AND hello_account = ?",
+                    )
+                    .bind(payload)
+                    .bind(rendezvous)
+                    .bind(now)
+                    .bind(account),
+                };
+                if query
+                    .execute(&self.pool)
+                    .await
+                    .map_err(map_err)?
+                    .rows_affected()
+                    == 1
+                {
+                    return Ok(LinkPost::Posted);
+                }
+                let slots = sqlx::query(
+                    "SELECT hello IS NOT NULL AS hello, hello_account, reply IS NOT NULL AS reply, \
+                     finish IS NOT NULL AS finish FROM link_mailboxes \
+                     WHERE rendezvous = ? AND expires_at_ms > ?",
+                )
+                .bind(rendezvous)
+                .bind(now)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(map_err)?
+                .map(|row| {
+                    Ok::<_, StorageError>(LinkSlots {
+                        hello: get::<i64>(&row, "hello")? != 0,
+                        hello_account: get(&row, "hello_account")?,
+                        reply: get::<i64>(&row, "reply")? != 0,
+                        finish: get::<i64>(&row, "finish")? != 0,
+                    })
+                })
+                .transpose()?;
+                Ok(link_post_failure(slots, &message))
+            }
+            .await,
+        )
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn close_link(&self, rendezvous: &[u8; 32]) -> Result<()> {
+        // Frees space: works on a full disk too.
+        self.essential(move || async move {
+            sqlx::query("DELETE FROM link_mailboxes WHERE rendezvous = ?")
+                .bind(&rendezvous[..])
+                .execute(&self.pool)
+                .await
+                .map_err(map_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all)]
     async fn export_account(&self, username: &str) -> Result<Option<AccountExport>> {
         let mut tx = self.pool.begin().await.map_err(map_err)?;
         let Some(account) = sqlx::query(
@@ -1153,6 +1303,29 @@ impl Storage for SqliteStorage {
                 super::listed_device_ids(&get::<Vec<u8>>(&row, "signed_list")?)?,
             ),
         };
+        let pending_links = sqlx::query(
+            "SELECT expires_at_ms, reply IS NOT NULL AS reply, finish IS NOT NULL AS finish \
+             FROM link_mailboxes WHERE hello_account = ? ORDER BY expires_at_ms",
+        )
+        .bind(account_id)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(map_err)?
+        .iter()
+        .map(|row| {
+            let step = if get::<i64>(row, "finish")? != 0 {
+                LinkSlot::Finish
+            } else if get::<i64>(row, "reply")? != 0 {
+                LinkSlot::Reply
+            } else {
+                LinkSlot::Hello
+            };
+            Ok(LinkExport {
+                expires_at_ms: u64_of(get(row, "expires_at_ms")?)?,
+                step,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
         tx.commit().await.map_err(map_err)?;
         Ok(Some(AccountExport {
             username: get(&account, "username")?,
@@ -1164,6 +1337,7 @@ impl Storage for SqliteStorage {
             reports_filed: u64_of(reports_filed)?,
             device_list_version,
             device_list_devices,
+            pending_links,
         }))
     }
 

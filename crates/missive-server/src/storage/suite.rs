@@ -81,6 +81,7 @@ pub async fn run_all(store: &dyn Storage) {
     deletion(store).await;
     device_lists(store).await;
     linked_devices(store).await;
+    link_mailboxes(store).await;
 }
 
 /// A linked device `device_id` of `account` with key `[key; 32]` and
@@ -1180,4 +1181,265 @@ pub async fn migrated_from_v1(store: &dyn Storage) {
         .await
         .unwrap();
     assert_eq!(purged.envelopes, 1);
+}
+
+/// Link mailboxes (`LinkService`): opened once per rendezvous id, slots
+/// written once and in order, FINISH only by the HELLO's account, nothing
+/// served after expiry, purged, closed idempotently, deleted with the
+/// account that posted HELLO; of two concurrent HELLOs exactly one wins.
+pub async fn link_mailboxes(store: &dyn Storage) {
+    let primary = store
+        .create_account(&account("suite-link", 0, 0))
+        .await
+        .unwrap();
+    let other = store
+        .create_account(&account("suite-link-other", 0, 0))
+        .await
+        .unwrap();
+    let (now, ttl) = (1_000_000_u64, 600_000_u64);
+    let code = [21u8; 32];
+    let offer = vec![3u8; 1216];
+    let hello = |account, payload| LinkMessage::Hello { account, payload };
+    let reply = |payload| LinkMessage::Reply { payload };
+    let finish = |account, payload| LinkMessage::Finish { account, payload };
+
+    // Unknown.
+    assert!(store.link(&code, now).await.unwrap().is_none());
+    assert_eq!(
+        store
+            .post_link(&code, hello(primary, b"h"), now)
+            .await
+            .unwrap(),
+        LinkPost::NotFound
+    );
+    store.close_link(&code).await.unwrap();
+
+    // Open; a second open of the same id changes nothing.
+    assert!(
+        store
+            .open_link(&code, &offer, now, now + ttl)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .open_link(&code, &[4; 1216], now + 1, now + 1 + ttl)
+            .await
+            .unwrap()
+    );
+    let empty = LinkMailbox {
+        offer: offer.clone(),
+        hello: None,
+        hello_account: None,
+        reply: None,
+        finish: None,
+        expires_at_ms: now + ttl,
+    };
+    assert_eq!(store.link(&code, now).await.unwrap().unwrap(), empty);
+
+    // Nothing before HELLO.
+    assert_eq!(
+        store.post_link(&code, reply(b"r"), now).await.unwrap(),
+        LinkPost::NotYet
+    );
+    assert_eq!(
+        store
+            .post_link(&code, finish(primary, b"f"), now)
+            .await
+            .unwrap(),
+        LinkPost::NotYet
+    );
+    // HELLO once, by whoever comes first.
+    assert_eq!(
+        store
+            .post_link(&code, hello(primary, b"hello"), now)
+            .await
+            .unwrap(),
+        LinkPost::Posted
+    );
+    for account in [primary, other] {
+        assert_eq!(
+            store
+                .post_link(&code, hello(account, b"again"), now)
+                .await
+                .unwrap(),
+            LinkPost::AlreadyWritten
+        );
+    }
+    // FINISH needs REPLY, and the HELLO's account.
+    assert_eq!(
+        store
+            .post_link(&code, finish(primary, b"f"), now)
+            .await
+            .unwrap(),
+        LinkPost::NotYet
+    );
+    assert_eq!(
+        store.post_link(&code, reply(b"reply"), now).await.unwrap(),
+        LinkPost::Posted
+    );
+    assert_eq!(
+        store.post_link(&code, reply(b"again"), now).await.unwrap(),
+        LinkPost::AlreadyWritten
+    );
+    assert_eq!(
+        store
+            .post_link(&code, finish(other, b"f"), now)
+            .await
+            .unwrap(),
+        LinkPost::OtherAccount
+    );
+    assert_eq!(
+        store
+            .post_link(&code, finish(primary, b"finish"), now)
+            .await
+            .unwrap(),
+        LinkPost::Posted
+    );
+    assert_eq!(
+        store
+            .post_link(&code, finish(primary, b"again"), now)
+            .await
+            .unwrap(),
+        LinkPost::AlreadyWritten
+    );
+    assert_eq!(
+        store.link(&code, now).await.unwrap().unwrap(),
+        LinkMailbox {
+            hello: Some(b"hello".to_vec()),
+            hello_account: Some(primary),
+            reply: Some(b"reply".to_vec()),
+            finish: Some(b"finish".to_vec()),
+            ..empty.clone()
+        }
+    );
+    let export = store.export_account("suite-link").await.unwrap().unwrap();
+    assert_eq!(
+        export.pending_links,
+        vec![LinkExport {
+            expires_at_ms: now + ttl,
+            step: LinkSlot::Finish,
+        }]
+    );
+    assert!(
+        store
+            .export_account("suite-link-other")
+            .await
+            .unwrap()
+            .unwrap()
+            .pending_links
+            .is_empty()
+    );
+
+    // Expired: never served or written, even before the purge; its id can
+    // be opened again, empty.
+    let expired = now + ttl;
+    assert!(store.link(&code, expired).await.unwrap().is_none());
+    assert_eq!(
+        store.post_link(&code, reply(b"r"), expired).await.unwrap(),
+        LinkPost::NotFound
+    );
+    assert!(
+        store
+            .open_link(&code, &offer, expired, expired + ttl)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.link(&code, expired).await.unwrap().unwrap(),
+        LinkMailbox {
+            expires_at_ms: expired + ttl,
+            ..empty.clone()
+        }
+    );
+    assert!(
+        store
+            .export_account("suite-link")
+            .await
+            .unwrap()
+            .unwrap()
+            .pending_links
+            .is_empty()
+    );
+
+    // The purge deletes what has expired, and only that.
+    let later = [22u8; 32];
+    assert!(
+        store
+            .open_link(&later, &offer, expired, expired + 2 * ttl)
+            .await
+            .unwrap()
+    );
+    let purged = store.purge_expired(expired + ttl, 0).await.unwrap();
+    assert_eq!(purged.links, 1);
+    assert!(store.link(&code, now).await.unwrap().is_none());
+    assert!(store.link(&later, expired).await.unwrap().is_some());
+
+    // Close: gone at once; twice is fine.
+    store.close_link(&later).await.unwrap();
+    store.close_link(&later).await.unwrap();
+    assert!(store.link(&later, expired).await.unwrap().is_none());
+
+    // Deleting the account that posted HELLO deletes its mailboxes; a HELLO
+    // naming no account is refused.
+    let doomed = store
+        .create_account(&account("suite-link-doomed", 0, 0))
+        .await
+        .unwrap();
+    let theirs = [23u8; 32];
+    assert!(
+        store
+            .open_link(&theirs, &offer, now, now + ttl)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store
+            .post_link(&theirs, hello(doomed, b"h"), now)
+            .await
+            .unwrap(),
+        LinkPost::Posted
+    );
+    store.delete_account(doomed).await.unwrap();
+    assert!(store.link(&theirs, now).await.unwrap().is_none());
+    assert!(
+        store
+            .open_link(&theirs, &offer, now, now + ttl)
+            .await
+            .unwrap()
+    );
+    assert!(matches!(
+        store.post_link(&theirs, hello(doomed, b"h"), now).await,
+        Err(StorageError::NotFound)
+    ));
+    store.close_link(&theirs).await.unwrap();
+
+    // Two primaries racing with one code: exactly one HELLO is stored.
+    for round in 0..20u8 {
+        let race = [100 + round; 32];
+        assert!(
+            store
+                .open_link(&race, &offer, now, now + ttl)
+                .await
+                .unwrap()
+        );
+        let (a, b) = tokio::join!(
+            store.post_link(&race, hello(primary, b"from primary"), now),
+            store.post_link(&race, hello(other, b"from other"), now),
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        let stored = store.link(&race, now).await.unwrap().unwrap();
+        match (a, b) {
+            (LinkPost::Posted, LinkPost::AlreadyWritten) => {
+                assert_eq!(stored.hello_account, Some(primary));
+                assert_eq!(stored.hello.as_deref(), Some(&b"from primary"[..]));
+            }
+            (LinkPost::AlreadyWritten, LinkPost::Posted) => {
+                assert_eq!(stored.hello_account, Some(other));
+                assert_eq!(stored.hello.as_deref(), Some(&b"from other"[..]));
+            }
+            outcome => panic!("two HELLOs for one code: {outcome:?}"),
+        }
+        store.close_link(&race).await.unwrap();
+    }
 }

@@ -231,6 +231,7 @@ pub async fn add_device_request(
             .collect(),
         server_name: SERVER_NAME.into(),
         signature: signature.to_vec(),
+        signed_device_list: Vec::new(),
     }
 }
 
