@@ -380,3 +380,28 @@ fn the_recovery_code_restores_the_account_on_a_new_device() {
     assert_eq!(number(&bob, "alice"), before);
     assert_eq!(alice.run(&w.liar, &["recv"]).unwrap().code, Some(1));
 }
+
+#[test]
+fn two_links_at_once_on_the_primary_home_get_two_devices() {
+    let w = World::new();
+    let alice = w.user("alice");
+    let (_laptop, laptop_link, laptop_code) = start_link(&w, "alice-laptop", "60");
+    let (_tablet, tablet_link, tablet_code) = start_link(&w, "alice-tablet", "60");
+    let runs = concurrently(vec![
+        Box::new(|| {
+            alice
+                .run(&w.liar, &["devices", "add", &laptop_code])
+                .unwrap()
+        }) as Job<'_, _>,
+        Box::new(|| {
+            alice
+                .run(&w.liar, &["devices", "add", &tablet_code])
+                .unwrap()
+        }),
+    ]);
+    assert!(runs.iter().all(|r| r.ok()), "{runs:?}");
+    assert!(laptop_link.wait_timeout(LINK_DONE).unwrap().ok());
+    assert!(tablet_link.wait_timeout(LINK_DONE).unwrap().ok());
+    // Distinct ids, both on the one list: neither publish was lost.
+    assert_eq!(device_ids(&alice, &w), [(1, true), (2, false), (3, false)]);
+}

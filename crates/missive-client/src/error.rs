@@ -113,6 +113,10 @@ pub enum ClientError {
         "the other device did not answer within {0} seconds; run `missive link` on the new device again"
     )]
     LinkTimedOut(u64),
+    /// Another publisher stored the next device-list version first (retried
+    /// internally; said only if it keeps happening).
+    #[error("another device published the account's device list at the same time; try again")]
+    ListRaced,
     /// A recovery code could not restore the account.
     #[error("recovery failed: {0}. Nothing was changed.")]
     Recovery(String),

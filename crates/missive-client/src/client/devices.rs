@@ -84,20 +84,34 @@ impl Client {
 
     /// Our own list from the server, verified and kept if newer.
     pub(super) async fn fetch_own_device_list(&mut self) -> Result<SignedDeviceList> {
-        let channel = self.channel().await?;
-        let req = self
-            .authed(
-                v1::GetDeviceListRequest {
-                    username: self.username.clone(),
-                },
-                true,
-            )
-            .await?;
-        let bytes = match KeyServiceClient::new(channel).get_device_list(req).await {
-            Ok(r) => r.into_inner().signed_device_list,
-            Err(s) => return Err(self.authed_err(&s)),
+        let mut retried = false;
+        let list = loop {
+            let kept = self.own_device_list()?.map(|l| l.version());
+            let channel = self.channel().await?;
+            let req = self
+                .authed(
+                    v1::GetDeviceListRequest {
+                        username: self.username.clone(),
+                    },
+                    true,
+                )
+                .await?;
+            let bytes = match KeyServiceClient::new(channel).get_device_list(req).await {
+                Ok(r) => r.into_inner().signed_device_list,
+                Err(s) => return Err(self.authed_err(&s)),
+            };
+            match self.accept_own_list(&bytes) {
+                // Another process on this home kept a newer list while the
+                // answer was on its way: ask again once. A server that
+                // really rolls the list back answers the old one again.
+                Err(ClientError::DeviceListRefused { .. })
+                    if !retried && self.own_device_list()?.map(|l| l.version()) != kept =>
+                {
+                    retried = true;
+                }
+                other => break other?,
+            }
         };
-        let list = self.accept_own_list(&bytes)?;
         if !list
             .unverified_list()
             .devices

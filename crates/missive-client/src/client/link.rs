@@ -39,6 +39,8 @@ const POLL: Duration = Duration::from_millis(500);
 /// How long the new device waits for the primary's last message once it
 /// has replied (the primary publishes the list and answers at once).
 const FINISH_WAIT: Duration = Duration::from_secs(120);
+/// Publishing attempts when other publishers race this one.
+const PUBLISH_ATTEMPTS: usize = 4;
 /// The highest device id handed out so far (ids are never reused, so a
 /// contact's session with a removed device cannot be mistaken for a new one).
 const META_LAST_DEVICE_ID: &str = "last_device_id";
@@ -259,14 +261,20 @@ impl Client {
         if devices.len() >= MAX_DEVICES {
             return Err(ClientError::TooManyDevices(MAX_DEVICES));
         }
-        let last = self.store.get_meta_u64(META_LAST_DEVICE_ID)?.unwrap_or(0);
         let highest = devices
             .iter()
             .map(|d| u64::from(d.device_id))
             .max()
             .unwrap_or(1);
-        let device_id = u32::try_from(last.max(highest) + 1)
-            .map_err(|_| ClientError::Link("no device id is left".into()))?;
+        // Taken in one transaction: two `devices add` at once on this home
+        // never hand out one id twice, and a crash never reuses one.
+        let device_id = self.store.write(|db| {
+            let last = db.get_meta_u64(META_LAST_DEVICE_ID)?.unwrap_or(0);
+            let id = u32::try_from(last.max(highest) + 1)
+                .map_err(|_| ClientError::Link("no device id is left".into()))?;
+            db.set_meta_u64(META_LAST_DEVICE_ID, u64::from(id))?;
+            Ok(id)
+        })?;
         let invite = LinkInvite {
             username: self.username.clone(),
             account: self.account.clone(),
@@ -275,22 +283,26 @@ impl Client {
         let (hello, link) =
             missive_crypto::link::accept_offer(&mut OsRng, &code, &mailbox.offer, &invite)
                 .map_err(link_err)?;
-        // Burn the id first: a crash after this never hands it out twice.
-        self.store
-            .write(|db| db.set_meta_u64(META_LAST_DEVICE_ID, u64::from(device_id)))?;
         self.post_link(&rendezvous, v1::LinkSlot::Hello, hello)
             .await?;
         let reply = wait_for(&channel, &rendezvous, &url, wait, |r| r.reply).await?;
         let entry = link.open_reply(&reply).map_err(link_err)?;
-        let mut next = current.unverified_list().clone();
-        if next.devices.iter().any(|d| d.identity == entry.identity) {
-            return Err(ClientError::Link(
-                "the new device offered a key another device of this account already has".into(),
-            ));
-        }
-        next.devices.push(entry.clone());
-        next.devices.sort_by_key(|d| d.device_id);
-        let signed = self.publish_list(&account_key, next).await?;
+        let signed = self
+            .publish_next(&account_key, |next| {
+                if next.devices.iter().any(|d| d.identity == entry.identity) {
+                    return Err(ClientError::Link(
+                        "the new device offered a key another device of this account already has"
+                            .into(),
+                    ));
+                }
+                if next.devices.len() >= MAX_DEVICES {
+                    return Err(ClientError::TooManyDevices(MAX_DEVICES));
+                }
+                next.devices.push(entry.clone());
+                next.devices.sort_by_key(|d| d.device_id);
+                Ok(())
+            })
+            .await?;
         let contacts: Vec<LinkedContact> = self
             .store
             .contacts()?
@@ -456,15 +468,38 @@ impl Client {
         if id == self.device_id {
             return Err(ClientError::RemoveSelf);
         }
-        let current = self.fetch_own_device_list().await?;
-        let mut next = current.unverified_list().clone();
-        let before = next.devices.len();
-        next.devices.retain(|d| d.device_id != id);
-        if next.devices.len() == before {
-            return Err(ClientError::NoSuchDevice(id));
-        }
-        self.publish_list(&account_key, next).await?;
+        self.publish_next(&account_key, |next| {
+            let before = next.devices.len();
+            next.devices.retain(|d| d.device_id != id);
+            if next.devices.len() == before {
+                return Err(ClientError::NoSuchDevice(id));
+            }
+            Ok(())
+        })
+        .await?;
         Ok(())
+    }
+
+    /// Applies `change` to the account's current list and publishes the
+    /// result as the next version; when another device or process published
+    /// meanwhile, starts again from the list it published.
+    async fn publish_next(
+        &mut self,
+        account_key: &IdentityKeyPair,
+        change: impl Fn(&mut DeviceList) -> Result<()>,
+    ) -> Result<SignedDeviceList> {
+        for _ in 0..PUBLISH_ATTEMPTS {
+            let current = self.fetch_own_device_list().await?;
+            let mut next = current.unverified_list().clone();
+            change(&mut next)?;
+            match self.publish_list(account_key, next).await {
+                Err(ClientError::ListRaced) => continue,
+                other => return other,
+            }
+        }
+        Err(ClientError::Server(
+            "the account's device list kept changing while this command ran; try again".into(),
+        ))
     }
 
     /// Signs `list` as the version after the current one and publishes it.
@@ -485,11 +520,19 @@ impl Client {
                 true,
             )
             .await?;
-        if let Err(s) = KeyServiceClient::new(channel)
+        match KeyServiceClient::new(channel)
             .publish_device_list(req)
             .await
         {
-            return Err(self.authed_err(&s));
+            Ok(_) => {}
+            // Another publisher took this version first.
+            Err(s)
+                if s.code() == Code::FailedPrecondition
+                    && s.message().contains("holds device list version") =>
+            {
+                return Err(ClientError::ListRaced);
+            }
+            Err(s) => return Err(self.authed_err(&s)),
         }
         self.store
             .write(|db| db.set_meta(META_DEVICE_LIST, &signed.to_bytes()))?;
