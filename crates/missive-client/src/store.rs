@@ -417,6 +417,32 @@ pub struct NewIncoming<'a> {
     pub quarantine_identity: Option<&'a PublicIdentity>,
 }
 
+/// The record of a message this account sent.
+#[allow(clippy::too_many_arguments)]
+fn outgoing_record(
+    contact: &str,
+    message_id: &[u8],
+    sealed: SealedMessage,
+    sent_at_ms: u64,
+    server_ts_ms: u64,
+    conv: crate::conversation::ConvRecord,
+    attachment: Option<AttachmentRecord>,
+) -> MessageRecord {
+    MessageRecord {
+        contact: contact.to_owned(),
+        message_id: hex::encode(message_id),
+        outgoing: true,
+        sender_clock_ms: sent_at_ms,
+        sender_clock_clamped: false,
+        server_ts_ms,
+        quarantine_identity: None,
+        body: sealed,
+        conv,
+        attachment,
+        pad: String::new(),
+    }
+}
+
 /// Current time, ms since the Unix epoch.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -2037,19 +2063,15 @@ impl Db<'_> {
         conv: crate::conversation::ConvRecord,
         attachment: Option<AttachmentRecord>,
     ) -> Result<()> {
-        let mut rec = MessageRecord {
-            contact: contact.to_owned(),
-            message_id: hex::encode(message_id),
-            outgoing: true,
-            sender_clock_ms: sent_at_ms,
-            sender_clock_clamped: false,
+        let mut rec = outgoing_record(
+            contact,
+            message_id,
+            sealed,
+            sent_at_ms,
             server_ts_ms,
-            quarantine_identity: None,
-            body: sealed,
             conv,
             attachment,
-            pad: String::new(),
-        };
+        );
         self.insert_record(&mut rec, true)
     }
 
@@ -2066,19 +2088,15 @@ impl Db<'_> {
         conv: crate::conversation::ConvRecord,
         attachment: Option<AttachmentRecord>,
     ) -> Result<()> {
-        let mut rec = MessageRecord {
-            contact: contact.to_owned(),
-            message_id: hex::encode(message_id),
-            outgoing: true,
-            sender_clock_ms: sent_at_ms,
-            sender_clock_clamped: false,
+        let mut rec = outgoing_record(
+            contact,
+            message_id,
+            sealed,
+            sent_at_ms,
             server_ts_ms,
-            quarantine_identity: None,
-            body: sealed,
             conv,
             attachment,
-            pad: String::new(),
-        };
+        );
         self.insert_record(&mut rec, false)
     }
 

@@ -30,8 +30,8 @@ use crate::store::{Contact, Store, now_ms};
 
 use super::{
     Client, DeviceKeys, FIRST_DEVICE, META_ACCOUNT_PUBLIC, META_DEVICE_ID, META_DEVICE_KEY,
-    META_DEVICE_LIST, META_REGISTRATION_ID, META_USERNAME, keep_ca, key_err, normalize_username,
-    remove_store_files, with_timeout,
+    META_DEVICE_LIST, META_REGISTRATION_ID, META_USERNAME, clear_unregistered_home, keep_ca,
+    key_err, normalize_username, remove_store_files, with_timeout,
 };
 
 /// How often a waiting side looks into the mailbox.
@@ -123,17 +123,7 @@ impl Client {
         wait: Duration,
         show_code: impl FnOnce(&str),
     ) -> Result<Self> {
-        if Store::exists(home) {
-            let store = Store::open(home, false)?;
-            if let Some(existing) = store.get_meta_str(META_USERNAME)? {
-                return Err(ClientError::AlreadyRegistered {
-                    home: home.to_path_buf(),
-                    username: existing,
-                });
-            }
-            drop(store);
-            remove_store_files(home);
-        }
+        clear_unregistered_home(home)?;
         let channel = connect(&server).await?;
         let offer = LinkOffer::generate(&mut OsRng);
         let rendezvous = offer.code().rendezvous();
@@ -341,17 +331,7 @@ impl Client {
         let code = missive_crypto::recovery::RecoveryCode::parse(code)
             .map_err(|e| ClientError::Recovery(e.to_string()))?;
         let account_key = code.account_key().map_err(key_err)?;
-        if Store::exists(home) {
-            let store = Store::open(home, false)?;
-            if let Some(existing) = store.get_meta_str(META_USERNAME)? {
-                return Err(ClientError::AlreadyRegistered {
-                    home: home.to_path_buf(),
-                    username: existing,
-                });
-            }
-            drop(store);
-            remove_store_files(home);
-        }
+        clear_unregistered_home(home)?;
         let channel = connect(&server).await?;
         let result = Self::recover_inner(home, &server, &channel, &username, account_key).await;
         if result.is_err() {

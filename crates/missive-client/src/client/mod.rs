@@ -271,17 +271,7 @@ impl Client {
     /// Creates an identity and prekeys in `home` and registers `username`.
     pub async fn register(home: &Path, server: ServerConfig, username: &str) -> Result<Self> {
         let username = normalize_username(username)?;
-        if Store::exists(home) {
-            let store = Store::open(home, false)?;
-            if let Some(existing) = store.get_meta_str(META_USERNAME)? {
-                return Err(ClientError::AlreadyRegistered {
-                    home: home.to_path_buf(),
-                    username: existing,
-                });
-            }
-            drop(store);
-            remove_store_files(home);
-        }
+        clear_unregistered_home(home)?;
         let channel = connect(&server).await?;
         let result = Self::register_inner(home, &server, channel, &username).await;
         if result.is_err() {
@@ -530,6 +520,23 @@ pub(super) fn keep_ca(home: &Path, server: &ServerConfig) -> Result<()> {
             source,
         })?;
         crate::store::replace_private(&home.join(crate::store::CA_FILE), &pem, true)?;
+    }
+    Ok(())
+}
+
+/// Refuses a home that holds an account; clears what an earlier failed
+/// attempt left in it.
+pub(super) fn clear_unregistered_home(home: &Path) -> Result<()> {
+    if Store::exists(home) {
+        let store = Store::open(home, false)?;
+        if let Some(existing) = store.get_meta_str(META_USERNAME)? {
+            return Err(ClientError::AlreadyRegistered {
+                home: home.to_path_buf(),
+                username: existing,
+            });
+        }
+        drop(store);
+        remove_store_files(home);
     }
     Ok(())
 }
