@@ -206,6 +206,16 @@ fn a_code_links_one_device_once() {
         "{}",
         again.stderr
     );
+    // A well-formed code nobody opened (as one past its 10 minutes: the
+    // server has no mailbox for it).
+    let stale = missive_crypto::link::LinkOffer::generate(&mut rand::rngs::OsRng)
+        .code()
+        .to_text();
+    let r = alice
+        .run(&w.liar, &["devices", "add", stale.as_str()])
+        .unwrap();
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(r.stderr.contains("no device is waiting"), "{}", r.stderr);
     // A mistyped code is a sentence, not a panic.
     let typo = alice
         .run(&w.liar, &["devices", "add", "not-a-code"])
