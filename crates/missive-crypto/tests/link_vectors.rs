@@ -13,6 +13,7 @@ use missive_crypto::IdentityKeyPair;
 use missive_crypto::link::{
     LinkCode, LinkFinish, LinkInvite, LinkOffer, LinkedContact, accept_offer,
 };
+use missive_crypto::recovery::RecoveryCode;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use vector_file::{Vectors, check_frozen, load, regenerating};
@@ -33,6 +34,10 @@ fn generate() -> Vectors {
     let device = IdentityKeyPair::generate(&mut rng(0x32));
     let contact = IdentityKeyPair::generate(&mut rng(0x33));
     v.push("account_identity_public", account.public().to_bytes());
+    v.push(
+        "recovery_code_text",
+        RecoveryCode::of(&account).to_text().as_bytes(),
+    );
     v.push("device_identity_secret", device.to_secret_bytes());
     v.push("device_identity_public", device.public().to_bytes());
     v.push("contact_identity_public", contact.public().to_bytes());
@@ -103,6 +108,11 @@ fn frozen_link_vectors_open() {
         get("transcript_hash")
     );
     let account = IdentityKeyPair::generate(&mut rng(0x31));
+    let recovered = RecoveryCode::parse(core::str::from_utf8(&get("recovery_code_text")).unwrap())
+        .unwrap()
+        .account_key()
+        .unwrap();
+    assert_eq!(recovered.public(), account.public());
     let (_, primary) = accept_offer(
         &mut rng(0x35),
         &code,

@@ -48,34 +48,63 @@ pub const FORGE_COMMITMENT_ENV: &str = "MISSIVE_TEST_FORGE_COMMITMENT";
 impl Client {
     // ---- sending ------------------------------------------------------
 
+    /// The version of the newest list this home kept for `username` (our
+    /// own, or a contact's under either of its keys).
+    fn kept_list_version(&self, username: &str) -> Result<Option<(u64, u64)>> {
+        if username == self.username {
+            return Ok(self.own_device_list()?.map(|l| (l.version(), 0)));
+        }
+        Ok(self.store.contact(username)?.map(|c| {
+            (
+                c.device_list.map_or(0, |l| l.version()),
+                c.changed_device_list.map_or(0, |l| l.version()),
+            )
+        }))
+    }
+
     pub(super) async fn fetch_sessions(
         &mut self,
         username: &str,
         device_id: u32,
     ) -> Result<Vec<SessionRow>> {
-        let channel = self.channel().await?;
-        let req = self
-            .authed(
-                v1::GetBundlesRequest {
-                    username: username.to_owned(),
-                    device_id,
-                },
-                true,
-            )
-            .await?;
-        let resp = match KeyServiceClient::new(channel).get_bundles(req).await {
-            Ok(r) => r.into_inner(),
-            Err(s) if s.code() == Code::NotFound => {
+        let mut retried = false;
+        let (resp, list, added) = loop {
+            let kept = self.kept_list_version(username)?;
+            let channel = self.channel().await?;
+            let req = self
+                .authed(
+                    v1::GetBundlesRequest {
+                        username: username.to_owned(),
+                        device_id,
+                    },
+                    true,
+                )
+                .await?;
+            let resp = match KeyServiceClient::new(channel).get_bundles(req).await {
+                Ok(r) => r.into_inner(),
+                Err(s) if s.code() == Code::NotFound => {
+                    return Err(ClientError::UnknownUser(username.to_owned()));
+                }
+                Err(s) => return Err(self.authed_err(&s)),
+            };
+            if resp.bundles.is_empty() {
                 return Err(ClientError::UnknownUser(username.to_owned()));
             }
-            Err(s) => return Err(self.authed_err(&s)),
+            // Only the account key can sign the list, and only listed device
+            // keys get a session: a device the server adds is refused by name.
+            match self.verified_device_list(username, &resp.signed_device_list) {
+                Ok((list, added)) => break (resp, list, added),
+                // Another process on this home kept a newer list of theirs
+                // while this answer was on its way: ask once more. A server
+                // that really rolls back answers the old list again.
+                Err(ClientError::DeviceListRefused { .. })
+                    if !retried && self.kept_list_version(username)? != kept =>
+                {
+                    retried = true;
+                }
+                Err(e) => return Err(e),
+            }
         };
-        if resp.bundles.is_empty() {
-            return Err(ClientError::UnknownUser(username.to_owned()));
-        }
-        // Only the account key can sign the list, and only listed device
-        // keys get a session: a device the server adds is refused by name.
-        let (list, added) = self.verified_device_list(username, &resp.signed_device_list)?;
         for w in super::trust::new_device_notices(username, list.unverified_list(), &added) {
             self.notices.push(w);
         }
