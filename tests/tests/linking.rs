@@ -72,6 +72,12 @@ fn a_linked_device_receives_sends_and_knows_the_contacts() {
     let laptop = link(&w, &alice, "alice-laptop");
     assert_eq!(device_ids(&laptop, &w), [(1, false), (2, true)]);
     assert_eq!(device_ids(&alice, &w), [(1, true), (2, false)]);
+    // Each listed with the day it joined, as the server recorded it.
+    let listed = alice.ok(&w.liar, &["devices", "--json"]).unwrap();
+    for d in listed.json_lines().unwrap() {
+        let day = d["linked_on"].as_str().unwrap_or_else(|| panic!("{d}"));
+        assert!(day.len() == 10 && day.starts_with("20"), "{d}");
+    }
     // The contact came along with its verification.
     let contacts = laptop.ok(&w.liar, &["contacts"]).unwrap();
     assert!(

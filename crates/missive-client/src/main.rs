@@ -151,7 +151,8 @@ enum Command {
     /// against the account key): id, name, key fingerprint. `devices add
     /// CODE` links a new device, `devices remove ID` unlinks one.
     Devices {
-        /// One JSON object per line (`id`, `name`, `current`, `fingerprint`).
+        /// One JSON object per line (`id`, `name`, `current`, `fingerprint`,
+        /// `linked_on`: the day it joined, as the server recorded it).
         #[arg(long)]
         json: bool,
         #[command(subcommand)]
@@ -1048,14 +1049,16 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                             "name": d.name,
                             "current": d.current,
                             "fingerprint": d.fingerprint,
+                            "linked_on": d.linked_on,
                         })
                     );
                 } else {
                     let mark = if d.current { " (this device)" } else { "" };
                     out!(
-                        "{}\t{}{mark}\t{}",
+                        "{}\t{}{mark}\tlinked {}\t{}",
                         d.id,
                         d.name,
+                        d.linked_on.as_deref().unwrap_or("?"),
                         d.fingerprint.get(..16).unwrap_or(&d.fingerprint)
                     );
                 }

@@ -65,6 +65,7 @@ async fn fetch(by: &User, username: &str) -> Vec<u8> {
     by.keys()
         .get_device_list(by.req(GetDeviceListRequest {
             username: username.into(),
+            with_linked_days: false,
         }))
         .await
         .unwrap()
@@ -140,6 +141,7 @@ async fn a_published_device_list_is_served_by_get_device_list_and_get_bundles() 
         .keys()
         .get_device_list(bob.req(GetDeviceListRequest {
             username: "nobody".into(),
+            with_linked_days: false,
         }))
         .await
         .unwrap_err();
@@ -148,6 +150,7 @@ async fn a_published_device_list_is_served_by_get_device_list_and_get_bundles() 
         .keys()
         .get_device_list(bob.req(GetDeviceListRequest {
             username: "a b".into(),
+            with_linked_days: false,
         }))
         .await
         .unwrap_err();
@@ -312,6 +315,7 @@ async fn publishing_needs_a_token_and_reading_refuses_a_bad_one() {
         };
         let get_request = GetDeviceListRequest {
             username: "alice".into(),
+            with_linked_days: false,
         };
         let (publish, get) = match &token {
             None => (

@@ -682,10 +682,46 @@ async fn a_recovering_device_publishes_its_list_with_add_device() {
     let served = missive_proto::v1::key_service_client::KeyServiceClient::new(channel.clone())
         .get_device_list(GetDeviceListRequest {
             username: "alice".into(),
+            with_linked_days: false,
         })
         .await
         .unwrap()
         .into_inner()
         .signed_device_list;
     assert_eq!(served, list);
+    // The day each device joined: to the account's own devices only.
+    let ask = |user: &User| {
+        user.req(GetDeviceListRequest {
+            username: "alice".into(),
+            with_linked_days: true,
+        })
+    };
+    let days = alice
+        .keys()
+        .get_device_list(ask(&alice))
+        .await
+        .unwrap()
+        .into_inner();
+    let today = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        / 86_400_000
+        * 86_400_000;
+    let mut ids: Vec<(u32, u64)> = days
+        .linked_days
+        .iter()
+        .map(|d| (d.device_id, d.linked_at_ms))
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, [(1, today), (2, today)]);
+    let bob = register(&channel, "bob", 0, 0).await;
+    let theirs = bob
+        .keys()
+        .get_device_list(ask(&bob))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(theirs.linked_days.is_empty());
+    assert_eq!(theirs.signed_device_list, list);
 }

@@ -19,6 +19,9 @@ pub struct OwnDevice {
     pub current: bool,
     /// Fingerprint of its device key, hex.
     pub fingerprint: String,
+    /// The day it joined (`YYYY-MM-DD`, UTC), as the server recorded it (not
+    /// signed: informative); `None` when the server did not say.
+    pub linked_on: Option<String>,
 }
 
 impl Client {
@@ -38,7 +41,7 @@ impl Client {
     /// The account's devices, from the newest list the server serves that
     /// verifies under our account key and is not older than the newest we saw.
     pub async fn devices(&mut self) -> Result<Vec<OwnDevice>> {
-        let list = self.fetch_own_device_list().await?;
+        let (list, days) = self.fetch_own(true).await?;
         Ok(list
             .unverified_list()
             .devices
@@ -52,6 +55,10 @@ impl Client {
                 },
                 current: d.device_id == self.device_id,
                 fingerprint: d.identity.fingerprint().to_string(),
+                linked_on: days
+                    .iter()
+                    .find(|(id, _)| *id == d.device_id)
+                    .map(|(_, ms)| super::rfc3339(*ms).chars().take(10).collect()),
             })
             .collect())
     }
@@ -84,23 +91,41 @@ impl Client {
 
     /// Our own list from the server, verified and kept if newer.
     pub(super) async fn fetch_own_device_list(&mut self) -> Result<SignedDeviceList> {
+        Ok(self.fetch_own(false).await?.0)
+    }
+
+    /// [`Self::fetch_own_device_list`], with the server's record of the day
+    /// each device joined when `linked_days` (device id, ms).
+    async fn fetch_own(
+        &mut self,
+        linked_days: bool,
+    ) -> Result<(SignedDeviceList, Vec<(u32, u64)>)> {
         let mut retried = false;
-        let list = loop {
+        let (list, days) = loop {
             let kept = self.own_device_list()?.map(|l| l.version());
             let channel = self.channel().await?;
             let req = self
                 .authed(
                     v1::GetDeviceListRequest {
                         username: self.username.clone(),
+                        with_linked_days: linked_days,
                     },
                     true,
                 )
                 .await?;
-            let bytes = match KeyServiceClient::new(channel).get_device_list(req).await {
-                Ok(r) => r.into_inner().signed_device_list,
+            let resp = match KeyServiceClient::new(channel).get_device_list(req).await {
+                Ok(r) => r.into_inner(),
                 Err(s) => return Err(self.authed_err(&s)),
             };
-            match self.accept_own_list(&bytes) {
+            let days: Vec<(u32, u64)> = resp
+                .linked_days
+                .iter()
+                .map(|d| (d.device_id, d.linked_at_ms))
+                .collect();
+            match self
+                .accept_own_list(&resp.signed_device_list)
+                .map(|l| (l, days))
+            {
                 // Another process on this home kept a newer list while the
                 // answer was on its way: ask again once. A server that
                 // really rolls the list back answers the old one again.
@@ -126,6 +151,6 @@ impl Client {
                 ),
             });
         }
-        Ok(list)
+        Ok((list, days))
     }
 }

@@ -351,6 +351,7 @@ impl Client {
         let served = KeyServiceClient::new(channel.clone())
             .get_device_list(with_timeout(v1::GetDeviceListRequest {
                 username: username.to_owned(),
+                with_linked_days: false,
             }))
             .await
             .map_err(|s| match s.code() {

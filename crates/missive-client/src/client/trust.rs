@@ -136,6 +136,7 @@ impl Client {
             .authed(
                 v1::GetDeviceListRequest {
                     username: username.to_owned(),
+                    with_linked_days: false,
                 },
                 true,
             )

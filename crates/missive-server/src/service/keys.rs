@@ -7,10 +7,11 @@ use std::sync::Arc;
 use missive_crypto::PrekeyOwner;
 use missive_proto::v1::key_service_server::KeyService;
 use missive_proto::v1::{
-    GetBundlesRequest, GetBundlesResponse, GetDeviceListRequest, GetDeviceListResponse,
-    GetPrekeyCountRequest, KemPrekey, OneTimePrekey, PrekeyBundle, PrekeyCount, PublicIdentity,
-    PublishDeviceListRequest, PublishDeviceListResponse, ReplaceSignedPrekeysRequest,
-    ReplaceSignedPrekeysResponse, SignedPrekey, UploadPrekeysRequest, UploadPrekeysResponse,
+    DeviceLinkedDay, GetBundlesRequest, GetBundlesResponse, GetDeviceListRequest,
+    GetDeviceListResponse, GetPrekeyCountRequest, KemPrekey, OneTimePrekey, PrekeyBundle,
+    PrekeyCount, PublicIdentity, PublishDeviceListRequest, PublishDeviceListResponse,
+    ReplaceSignedPrekeysRequest, ReplaceSignedPrekeysResponse, SignedPrekey, UploadPrekeysRequest,
+    UploadPrekeysResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -332,7 +333,8 @@ impl KeyService for KeyApi {
                 None => limiters.account_op(source)?,
             }
         }
-        let username = normalize_username(&request.into_inner().username)?;
+        let request = request.into_inner();
+        let username = normalize_username(&request.username)?;
         let account = self
             .state
             .storage
@@ -341,6 +343,29 @@ impl KeyService for KeyApi {
             .map_err(ApiError::from)?
             .ok_or_else(|| ApiError::NotFound(format!("there is no user named {username:?}")))?;
         let signed_device_list = self.signed_device_list(account.id).await?;
-        Ok(Response::new(GetDeviceListResponse { signed_device_list }))
+        let own = principal
+            .as_ref()
+            .is_some_and(|p| p.address.account == account.id);
+        let linked_days = if request.with_linked_days && own {
+            self.state
+                .storage
+                .device_created_days(&username)
+                .await
+                .map_err(ApiError::from)?
+                .into_iter()
+                .map(|(device_id, day)| DeviceLinkedDay {
+                    device_id,
+                    linked_at_ms: u64::try_from(day)
+                        .unwrap_or(0)
+                        .saturating_mul(crate::storage::DAY_MS),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(Response::new(GetDeviceListResponse {
+            signed_device_list,
+            linked_days,
+        }))
     }
 }

@@ -880,6 +880,22 @@ pub trait Storage: Send + Sync + 'static {
     /// account id, never by name).
     async fn export_account(&self, username: &str) -> Result<Option<AccountExport>>;
 
+    /// The day each registered device of `username` joined (days since the
+    /// epoch), for the account's own `missive devices`. Rarely called: read
+    /// from the export, which every backend implements.
+    async fn device_created_days(&self, username: &str) -> Result<Vec<(u32, i64)>> {
+        Ok(self
+            .export_account(username)
+            .await?
+            .map(|e| {
+                e.devices
+                    .iter()
+                    .map(|d| (d.device_id, d.created_day))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
     /// Flushes and closes the store (graceful shutdown).
     async fn close(&self) {}
 }
