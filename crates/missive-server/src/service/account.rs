@@ -224,9 +224,13 @@ impl AccountApi {
     ) -> ApiResult<()> {
         let bytes = &request.signed_device_list;
         let version = checks::device_list(bytes, account_key, username)?;
-        let entry = checks::stored_device_list(bytes, account_key, username)?
+        // Verified just above; parsed again only for the entry it names.
+        let parsed = missive_crypto::SignedDeviceList::from_bytes(bytes)
+            .map_err(|e| ApiError::InvalidArgument(format!("the recovery list: {e}")))?;
+        let entry = parsed
+            .unverified_list()
             .devices
-            .into_iter()
+            .iter()
             .find(|d| d.device_id == request.device_id)
             .ok_or_else(|| {
                 ApiError::InvalidArgument(format!(
