@@ -13,6 +13,7 @@ const PROTOS: &[&str] = &[
     "missive/v1/content.proto",
     "missive/v1/attachments.proto",
     "missive/v1/link.proto",
+    "missive/v1/groups.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

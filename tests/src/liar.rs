@@ -1475,7 +1475,7 @@ async fn pump(
                             break;
                         }
                     }
-                    None => {
+                    Some(Item::GroupMessage(_)) | None => {
                         if tx.send(Ok(resp)).await.is_err() {
                             break;
                         }

@@ -526,7 +526,7 @@ impl Device {
             match item.item {
                 Some(receive_response::Item::Envelope(e)) => backlog.push(e),
                 Some(receive_response::Item::QueueEmpty(_)) => return Ok((stream, backlog)),
-                None => {}
+                Some(receive_response::Item::GroupMessage(_)) | None => {}
             }
         }
     }
@@ -722,6 +722,7 @@ impl Device {
         retrying(&what, || {
             let request = self.request(v1::AcknowledgeRequest {
                 envelope_ids: ids.clone(),
+                group_acks: Vec::new(),
             });
             let mut client = self.messages();
             async move { client.acknowledge(request).await.map(|_| ()) }

@@ -1054,24 +1054,33 @@ pub(crate) fn report_material(
     let mut out: Vec<Vec<crate::store::ReportMaterial>> = Vec::new();
     let now = now_ms();
     for (_, rec) in db.records_by_id(message_id)? {
+        // A group message's sender is its author; its events are not
+        // messages anyone sent.
+        let author = rec.group.as_ref().map_or(&rec.contact, |g| &g.author);
         if rec.outgoing
             || rec.conv.is_event()
+            || rec.group.as_ref().is_some_and(|g| g.event)
             || rec.conv.unsent
             || rec.conv.expired(now)
-            || sender.is_some_and(|s| s != rec.contact)
+            || sender.is_some_and(|s| s != author)
         {
             continue;
         }
         if out
             .iter()
-            .any(|v| v.first().is_some_and(|m| m.sender == rec.contact))
+            .any(|v| v.first().is_some_and(|m| &m.sender == author))
         {
             continue;
         }
+        let group_id = match &rec.group {
+            Some(g) => hex::decode(&g.id).map_err(|e| ClientError::Group(e.to_string()))?,
+            None => Vec::new(),
+        };
         let mut sealed = rec.body.clone();
         sealed.text = franked_of_record(&rec).map_err(ClientError::Conversation)?;
         let mut versions = vec![crate::store::ReportMaterial {
-            sender: rec.contact.clone(),
+            group_id,
+            sender: author.clone(),
             server_ts_ms: rec.server_ts_ms,
             message_id: message_id.to_vec(),
             sealed,
@@ -1101,6 +1110,7 @@ pub(crate) fn report_material(
                     sender_device: e.sender_device,
                 },
                 attachment: None,
+                group_id: Vec::new(),
             });
         }
         out.push(versions);

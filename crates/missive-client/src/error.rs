@@ -271,6 +271,10 @@ pub enum ClientError {
     /// cannot be done; the sentence says why.
     #[error("{0}")]
     Conversation(String),
+    /// A group action that cannot be done, or a group message refused; the
+    /// sentence says which and why.
+    #[error("{0}")]
+    Group(String),
     /// An attachment that cannot be sent or saved; the sentence says which
     /// file and why (a wrong key, a tampered or truncated chunk, a blob that
     /// does not match its hash, a quota).

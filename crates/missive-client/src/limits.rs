@@ -23,3 +23,7 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Envelope ids acknowledged per call (server limit: 1000).
 pub const MAX_ACK_BATCH: usize = 1000;
+/// Largest gRPC message of the group service and of the receive stream:
+/// a Welcome carries the ratchet tree (8 MiB, the server's limit) plus its
+/// framing.
+pub const MAX_GROUP_MESSAGE_BYTES: usize = 9 * 1024 * 1024;

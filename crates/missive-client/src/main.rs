@@ -12,7 +12,7 @@ use missive_client::conversation::{
     ConversationEvent, ConversationItem, Quoted, ReceiptState, format_timer, parse_timer,
 };
 use missive_client::display::{human_size, json_inert, sanitize_line, sanitize_text};
-use missive_client::store::{AttachmentInfo, HistoryEntry};
+use missive_client::store::{AttachmentInfo, HistoryEntry, HistoryGroup};
 use missive_client::{Client, ClientError, ServerConfig};
 
 /// Writes a line to standard output. A closed pipe (`missive ... | head -1`)
@@ -70,6 +70,50 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+enum GroupAction {
+    /// Create the group NAME with MEMBERs (usernames) and your other devices.
+    Create {
+        /// The group's name, shown to every member (1 to 64 bytes).
+        name: String,
+        /// Usernames to add.
+        members: Vec<String>,
+    },
+    /// Add MEMBER (every device of the account) to the group NAME.
+    Add {
+        /// The group.
+        name: String,
+        /// Username.
+        member: String,
+    },
+    /// Remove MEMBER (every device of the account) from the group NAME.
+    Remove {
+        /// The group.
+        name: String,
+        /// Username.
+        member: String,
+    },
+    /// Leave the group NAME with this device.
+    Leave {
+        /// The group.
+        name: String,
+    },
+    /// List your groups: name, members, state.
+    List {
+        /// One JSON object per line (`name`, `id`, `members`, `status`).
+        #[arg(long)]
+        json: bool,
+    },
+    /// The members of the group NAME, their devices and verification state.
+    Info {
+        /// The group.
+        name: String,
+        /// One JSON object per member (`username`, `devices`, `verification`).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum DevicesAction {
     /// Link the new device showing CODE (from `missive link`) to this
     /// account: publishes a new signed device list naming it and gives it
@@ -99,11 +143,14 @@ enum Command {
     /// Send TEXT to USERNAME ("-" reads the text from standard input), or
     /// a file with --file (TEXT is then its optional caption).
     Send {
-        /// Recipient.
+        /// Recipient (not with --group, where the first argument is TEXT).
         username: String,
         /// Message text, or "-" for standard input; with --file, the caption.
-        #[arg(required_unless_present = "file")]
+        #[arg(required_unless_present_any = ["file", "group"])]
         text: Option<String>,
+        /// Send TEXT to this group instead (`missive send --group NAME TEXT`).
+        #[arg(long, value_name = "NAME", conflicts_with = "file")]
+        group: Option<String>,
         /// Send this file, end-to-end encrypted (any size; an interrupted
         /// upload resumes when the same command is run again).
         #[arg(long, value_name = "PATH")]
@@ -145,6 +192,13 @@ enum Command {
         #[arg(long)]
         bell: bool,
     },
+    /// Group conversations (MLS, RFC 9420): create, add, remove, leave,
+    /// list, info. Send with `send --group NAME TEXT`, read with `recv` and
+    /// `history --group NAME`.
+    Group {
+        #[command(subcommand)]
+        action: GroupAction,
+    },
     /// List contacts with their verification state.
     Contacts,
     /// List this account's devices, from its signed device list (checked
@@ -173,10 +227,14 @@ enum Command {
         #[arg(long, value_name = "SECS", default_value_t = 300)]
         wait: u64,
     },
-    /// Show the conversation with USERNAME.
+    /// Show the conversation with USERNAME, or a group's with --group.
     History {
         /// Contact.
-        username: String,
+        #[arg(required_unless_present = "group")]
+        username: Option<String>,
+        /// Show this group's conversation instead.
+        #[arg(long, value_name = "NAME", conflicts_with = "username")]
+        group: Option<String>,
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
@@ -794,7 +852,46 @@ fn attachment_line(a: &AttachmentInfo, outgoing: bool, style: Style) -> String {
     )
 }
 
+/// A message or event of a group conversation.
+fn print_group_message(m: &HistoryEntry, group: &HistoryGroup, me: &str, json: bool) {
+    let from = if m.outgoing { me } else { m.contact.as_str() };
+    if json {
+        let v = serde_json::json!({
+            "group": group.name,
+            "group_id": group.id,
+            "id": hex::encode(&m.message_id),
+            "from": from,
+            "outgoing": m.outgoing,
+            "event": group.event,
+            "text": m.text,
+            "sent_at": rfc3339(m.server_ts_ms),
+            "server_time": rfc3339(m.server_ts_ms),
+            "sender_clock": rfc3339(m.sender_clock_ms),
+        });
+        out!("{}", json_inert(&v.to_string()));
+    } else if group.event {
+        out!(
+            "[{}] [{}] * {}",
+            rfc3339(m.server_ts_ms),
+            sanitize_line(&group.name),
+            sanitize_line(&m.text)
+        );
+    } else {
+        out!(
+            "[{}] [{}] {}: {}",
+            rfc3339(m.server_ts_ms),
+            sanitize_line(&group.name),
+            sanitize_line(from),
+            sanitize_text(&m.text, "    | ")
+        );
+    }
+}
+
 fn print_message(m: &HistoryEntry, me: &str, json: bool) {
+    if let Some(group) = &m.group {
+        print_group_message(m, group, me, json);
+        return;
+    }
     if json {
         out!("{}", json_inert(&message_json(m, me).to_string()));
     } else {
@@ -818,6 +915,7 @@ fn print_message(m: &HistoryEntry, me: &str, json: bool) {
 
 fn print_event(ev: &RecvEvent, me: &str, json: bool, style: Style, details: &Details) {
     match ev {
+        RecvEvent::Message(m) if m.group.is_some() => print_message(m, me, json),
         RecvEvent::Message(m) => {
             let extra = details
                 .lock()
@@ -856,6 +954,106 @@ fn print_event(ev: &RecvEvent, me: &str, json: bool, style: Style, details: &Det
         RecvEvent::RolledBack => {}
         RecvEvent::Warning(w) => eprintln!("warning: {}", sanitize_line(w)),
     }
+}
+
+async fn run_group(
+    home: &std::path::Path,
+    server: ServerConfig,
+    action: GroupAction,
+    color: bool,
+) -> Result<(), ClientError> {
+    let mut client = open_client(home, server)?;
+    let style = Style { color };
+    match action {
+        GroupAction::Create { name, members } => {
+            let g = client.create_group(&name, &members).await?;
+            out!(
+                "created the group {} with {}",
+                sanitize_line(&g.name),
+                g.members.join(", ")
+            );
+        }
+        GroupAction::Add { name, member } => {
+            client.group_add(&name, &member).await?;
+            out!(
+                "added {} to {}",
+                member.to_ascii_lowercase(),
+                sanitize_line(&name)
+            );
+        }
+        GroupAction::Remove { name, member } => {
+            client.group_remove(&name, &member).await?;
+            out!(
+                "removed {} from {}",
+                member.to_ascii_lowercase(),
+                sanitize_line(&name)
+            );
+        }
+        GroupAction::Leave { name } => {
+            client.group_leave(&name).await?;
+            out!("left {}", sanitize_line(&name));
+        }
+        GroupAction::List { json } => {
+            for g in client.group_list()? {
+                if json {
+                    out!(
+                        "{}",
+                        json_inert(
+                            &serde_json::json!({
+                                "name": g.name,
+                                "id": g.id,
+                                "members": g.members,
+                                "status": g.status,
+                            })
+                            .to_string()
+                        )
+                    );
+                } else {
+                    out!(
+                        "{}\t{}\t{}",
+                        sanitize_line(&g.name),
+                        g.members.join(", "),
+                        sanitize_line(&g.status)
+                    );
+                }
+            }
+        }
+        GroupAction::Info { name, json } => {
+            let (g, members) = client.group_info(&name)?;
+            if !json {
+                out!(
+                    "{} ({}), {}",
+                    style.paint("1", &sanitize_line(&g.name)),
+                    g.id,
+                    sanitize_line(&g.status)
+                );
+            }
+            for m in members {
+                let devices: Vec<String> = m.devices.iter().map(u32::to_string).collect();
+                if json {
+                    out!(
+                        "{}",
+                        serde_json::json!({
+                            "username": m.username,
+                            "devices": m.devices,
+                            "verification": m.verification,
+                        })
+                    );
+                } else {
+                    out!(
+                        "  {}\tdevices {}\t{}",
+                        m.username,
+                        devices.join(", "),
+                        m.verification
+                    );
+                }
+            }
+        }
+    }
+    for notice in client.take_notices() {
+        eprintln!("note: {}", sanitize_line(&notice));
+    }
+    Ok(())
 }
 
 const ROLLED_BACK_WARNING: &str = "warning: this account's store is older than its last use (restored from a backup?). Its sessions were archived so no message key is used twice; the next message to each contact starts a fresh session.";
@@ -971,7 +1169,32 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
         Command::Send {
             username,
             text,
+            group: Some(group),
+            ..
+        } => {
+            // With --group, the first argument is the text.
+            let text = read_text_arg(match text {
+                Some(_) => {
+                    return Err(ClientError::Group(
+                        "with --group, give only the text: missive send --group NAME TEXT".into(),
+                    )
+                    .into());
+                }
+                None => username,
+            })?;
+            let mut client = open_client(&home, server)?;
+            let sent = client.send_group(&group, &text).await?;
+            out!("sent {} to the group {}", sent.id, sanitize_line(&group));
+            for notice in client.take_notices() {
+                eprintln!("note: {}", sanitize_line(&notice));
+            }
+        }
+        Command::Group { action } => run_group(&home, server, action, use_color(cli.color)).await?,
+        Command::Send {
+            username,
+            text,
             file,
+            group: None,
         } => {
             let text = text.map(read_text_arg).transpose()?.unwrap_or_default();
             let mut client = open_client(&home, server)?;
@@ -1155,7 +1378,25 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 out!("{name}\t{state}\t{}", fp.get(..16).unwrap_or(&fp));
             }
         }
-        Command::History { username, json } => {
+        Command::History {
+            group: Some(group),
+            json,
+            ..
+        } => {
+            let client = open_client(&home, server)?;
+            let me = client.username().to_owned();
+            for m in client.group_history(&group)? {
+                print_message(&m, &me, json);
+            }
+        }
+        Command::History {
+            username,
+            json,
+            group: None,
+        } => {
+            let username = username.ok_or_else(|| {
+                ClientError::Conversation("name a contact, or a group with --group".into())
+            })?;
             let mut client = open_client(&home, server)?;
             let me = client.username().to_owned();
             let style = Style {

@@ -65,7 +65,7 @@ const INDEX_KEY_LABEL: &[u8] = b"Missive store index key v2";
 /// Sealed history records are padded to a multiple of this many bytes so the
 /// file does not tell message lengths.
 const MESSAGE_PAD: usize = 256;
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 const DAY_MS: u64 = 86_400_000;
 
 /// Schema 2: no names, times or lengths in the clear (see the module docs).
@@ -117,6 +117,20 @@ const SCHEMA_V3_DELTA: &str = r#"
 ALTER TABLE messages ADD COLUMN expiring INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX messages_expiring ON messages (expiring) WHERE expiring = 1;
 CREATE TABLE conversations (
+    tag BLOB PRIMARY KEY,
+    sealed BLOB NOT NULL
+);
+"#;
+
+/// Schema 4 adds groups (docs/PROTOCOL.md, "Client store"): openmls's state,
+/// one sealed row per value under a keyed tag (`client/mls_storage.rs`), and
+/// one sealed row per group this device is in.
+const SCHEMA_V4_DELTA: &str = r#"
+CREATE TABLE mls (
+    tag BLOB PRIMARY KEY,
+    sealed BLOB NOT NULL
+);
+CREATE TABLE groups (
     tag BLOB PRIMARY KEY,
     sealed BLOB NOT NULL
 );
@@ -249,8 +263,63 @@ pub(crate) struct MessageRecord {
     /// its pointer, key included, lives only inside this sealed record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) attachment: Option<AttachmentRecord>,
+    /// A message of a group conversation (schema 4): `contact` is then the
+    /// group's conversation key ([`group_conversation`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) group: Option<GroupRef>,
     #[serde(default)]
     pad: String,
+}
+
+/// What makes a history record a group's (sealed inside the record).
+#[derive(Clone, Serialize, Deserialize, Default)]
+pub(crate) struct GroupRef {
+    /// The MLS group id, hex.
+    pub(crate) id: String,
+    /// Who wrote it (for an event: who did it).
+    pub(crate) author: String,
+    /// A membership event ("alice added carol"), not a message.
+    #[serde(default)]
+    pub(crate) event: bool,
+}
+
+/// A group this device is (or was) in, as stored (sealed, in `groups`).
+#[derive(Clone, Serialize, Deserialize)]
+pub(crate) struct GroupRecord {
+    /// The MLS group id, hex.
+    pub(crate) id: String,
+    /// Its name on this device: the name its creator gave it, made unique
+    /// among this device's groups.
+    pub(crate) name: String,
+    /// When this device created or joined it, ms.
+    pub(crate) joined_ms: u64,
+    pub(crate) status: GroupStatus,
+    /// A commit this device made that the server has not yet answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) pending_commit: Option<crate::client::OutgoingCommit>,
+    /// The highest group seq this device processed.
+    #[serde(default)]
+    pub(crate) last_seq: u64,
+}
+
+/// Where this device stands in a group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum GroupStatus {
+    Active,
+    /// This device left.
+    Left,
+    /// A member removed this device.
+    Removed,
+    /// This device refused a change of the group (a device no account
+    /// vouches for, or a change withheld from it); it follows the group no
+    /// further. The reason names what was refused.
+    Stopped(String),
+}
+
+/// The conversation key of a group in the history table: `#` and the hex
+/// group id (no username starts with `#`).
+pub(crate) fn group_conversation(id: &[u8]) -> String {
+    format!("#{}", hex::encode(id))
 }
 
 /// An attachment pointer as stored, sealed inside its history row, with
@@ -383,6 +452,20 @@ pub struct HistoryEntry {
     pub quarantined: bool,
     /// The file sent with the message, if any.
     pub attachment: Option<AttachmentInfo>,
+    /// Set for a message or event of a group conversation; `contact` is
+    /// then the author (ours for an outgoing message).
+    pub group: Option<HistoryGroup>,
+}
+
+/// The group a history entry belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryGroup {
+    /// The group's name on this device.
+    pub name: String,
+    /// The MLS group id, hex.
+    pub id: String,
+    /// A membership event ("alice added carol"): `text` says it.
+    pub event: bool,
 }
 
 /// Everything needed to report an incoming message.
@@ -397,6 +480,8 @@ pub struct ReportMaterial {
     pub sealed: SealedMessage,
     /// The attachment pointer the message carried (its commitment covers it).
     pub attachment: Option<missive_proto::v1::AttachmentPointer>,
+    /// The group of a group message (its MLS group id); empty for 1:1.
+    pub group_id: Vec<u8>,
 }
 
 /// A received message to store (see [`Db::add_incoming`]).
@@ -429,6 +514,7 @@ fn outgoing_record(
     attachment: Option<AttachmentRecord>,
 ) -> MessageRecord {
     MessageRecord {
+        group: None,
         contact: contact.to_owned(),
         message_id: hex::encode(message_id),
         outgoing: true,
@@ -912,11 +998,17 @@ impl Store {
         } else if version == 0 && tables == 0 {
             tx.execute_batch(SCHEMA_V2)
                 .and_then(|()| tx.execute_batch(SCHEMA_V3_DELTA))
+                .and_then(|()| tx.execute_batch(SCHEMA_V4_DELTA))
                 .and_then(|()| tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}")))
                 .map_err(|e| ClientError::store(&path, e))?;
-        } else if version == 2 {
-            // Schema 2 to 3: additive (a column and a table), rows untouched.
-            tx.execute_batch(SCHEMA_V3_DELTA)
+        } else if version == 2 || version == 3 {
+            // Schemas 2 and 3 to 4: additive (a column and tables), rows
+            // untouched.
+            if version == 2 {
+                tx.execute_batch(SCHEMA_V3_DELTA)
+                    .map_err(|e| ClientError::store(&path, e))?;
+            }
+            tx.execute_batch(SCHEMA_V4_DELTA)
                 .and_then(|()| tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}")))
                 .map_err(|e| ClientError::store(&path, e))?;
         } else {
@@ -941,7 +1033,7 @@ impl Store {
             };
         }
         tx.commit().map_err(|e| ClientError::store(&path, e))?;
-        if version != SCHEMA_VERSION && version != 2 && tables > 0 {
+        if version != SCHEMA_VERSION && version != 2 && version != 3 && tables > 0 {
             // Schema-1 pages held names and times: rewrite the file without them.
             self.conn
                 .execute_batch("VACUUM; PRAGMA wal_checkpoint(TRUNCATE);")
@@ -1176,6 +1268,146 @@ impl Db<'_> {
             next.to_string().as_bytes(),
             false,
         )
+    }
+
+    // ---- groups (schema 4) ---------------------------------------------
+
+    fn group_tag(&self, id: &[u8]) -> Vec<u8> {
+        self.keys.tag("group", &[id])
+    }
+
+    /// Stores a group's record.
+    pub(crate) fn put_group(&self, rec: &GroupRecord) -> Result<()> {
+        let id = hex::decode(&rec.id).map_err(|e| self.err(e))?;
+        let tag = self.group_tag(&id);
+        let json = Zeroizing::new(serde_json::to_vec(rec).map_err(|e| self.err(e))?);
+        let sealed = self.keys.seal(&json, &ad("group", &[&tag]));
+        self.conn
+            .execute(
+                "INSERT INTO groups (tag, sealed) VALUES (?1, ?2) ON CONFLICT (tag) DO UPDATE SET sealed = excluded.sealed",
+                params![tag, sealed],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    fn open_group(&self, tag: &[u8], sealed: &[u8]) -> Result<GroupRecord> {
+        let json = self
+            .keys
+            .open(sealed, &ad("group", &[tag]))
+            .map_err(|e| self.err(format!("a stored group does not open: {e}")))?;
+        serde_json::from_slice(&json).map_err(|e| self.err(format!("a stored group does not parse: {e}")))
+    }
+
+    /// The record of the group with this id.
+    pub(crate) fn group(&self, id: &[u8]) -> Result<Option<GroupRecord>> {
+        let tag = self.group_tag(id);
+        let sealed: Option<Vec<u8>> = self
+            .conn
+            .query_row("SELECT sealed FROM groups WHERE tag = ?1", [&tag], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.err(e))?;
+        sealed.map(|s| self.open_group(&tag, &s)).transpose()
+    }
+
+    /// Every group record, by name.
+    pub(crate) fn groups(&self) -> Result<Vec<GroupRecord>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT tag, sealed FROM groups")
+            .map_err(|e| self.err(e))?;
+        let rows: Vec<(Vec<u8>, Vec<u8>)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(|e| self.err(e))?
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| self.err(e))?;
+        let mut out = rows
+            .iter()
+            .map(|(t, s)| self.open_group(t, s))
+            .collect::<Result<Vec<_>>>()?;
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Stores a message or event of a group conversation; `shown` for what
+    /// this device itself did.
+    pub(crate) fn add_group_record(
+        &self,
+        group: GroupRef,
+        message_id: &[u8],
+        sealed: SealedMessage,
+        outgoing: bool,
+        sender_clock_ms: u64,
+        server_ts_ms: u64,
+        shown: bool,
+    ) -> Result<()> {
+        let id = hex::decode(&group.id).map_err(|e| self.err(e))?;
+        let mut rec = MessageRecord {
+            group: Some(group),
+            contact: group_conversation(&id),
+            message_id: hex::encode(message_id),
+            outgoing,
+            sender_clock_ms,
+            sender_clock_clamped: false,
+            server_ts_ms,
+            quarantine_identity: None,
+            body: sealed,
+            conv: crate::conversation::ConvRecord::default(),
+            attachment: None,
+            pad: String::new(),
+        };
+        self.insert_record(&mut rec, shown)
+    }
+
+    /// The name of the group with this hex id, if this device knows it.
+    fn group_name_of(&self, id_hex: &str) -> Result<Option<String>> {
+        let Ok(id) = hex::decode(id_hex) else {
+            return Ok(None);
+        };
+        Ok(self.group(&id)?.map(|g| g.name))
+    }
+
+    // ---- MLS state (schema 4; client/mls_storage.rs) -------------------
+
+    /// Reads and opens one value of openmls's state.
+    pub(crate) fn mls_get(&self, key: &[u8]) -> Result<Option<Zeroizing<Vec<u8>>>> {
+        let tag = self.keys.tag("mls", &[key]);
+        let sealed: Option<Vec<u8>> = self
+            .conn
+            .query_row("SELECT sealed FROM mls WHERE tag = ?1", [&tag], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.err(e))?;
+        match sealed {
+            None => Ok(None),
+            Some(s) => self
+                .keys
+                .open(&s, &ad("mls", &[&tag]))
+                .map(Some)
+                .map_err(|e| self.err(format!("a stored group value does not open: {e}"))),
+        }
+    }
+
+    /// Seals and writes one value of openmls's state.
+    pub(crate) fn mls_put(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        let tag = self.keys.tag("mls", &[key]);
+        let sealed = self.keys.seal(value, &ad("mls", &[&tag]));
+        self.conn
+            .execute(
+                "INSERT INTO mls (tag, sealed) VALUES (?1, ?2) ON CONFLICT (tag) DO UPDATE SET sealed = excluded.sealed",
+                params![tag, sealed],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Deletes one value of openmls's state (overwritten on disk:
+    /// `secure_delete`).
+    pub(crate) fn mls_delete(&self, key: &[u8]) -> Result<()> {
+        let tag = self.keys.tag("mls", &[key]);
+        self.conn
+            .execute("DELETE FROM mls WHERE tag = ?1", [&tag])
+            .map(|_| ())
+            .map_err(|e| self.err(e))
     }
 
     // ---- meta ---------------------------------------------------------
@@ -1805,6 +2037,7 @@ impl Db<'_> {
         server_ts_ms: u64,
     ) -> Result<()> {
         let mut rec = MessageRecord {
+            group: None,
             contact: contact.to_owned(),
             message_id: hex::encode(message_id),
             outgoing: true,
@@ -1823,6 +2056,7 @@ impl Db<'_> {
     /// Stores a received message, not yet shown.
     pub fn add_incoming(&self, m: NewIncoming<'_>) -> Result<()> {
         let mut rec = MessageRecord {
+            group: None,
             contact: m.sender.to_owned(),
             message_id: hex::encode(m.message_id),
             outgoing: false,
@@ -1940,10 +2174,24 @@ impl Db<'_> {
     pub(crate) fn entry(&self, seq: i64, rec: &MessageRecord) -> Result<HistoryEntry> {
         {
             {
+                let group = match &rec.group {
+                    Some(g) => Some(HistoryGroup {
+                        name: self
+                            .group_name_of(&g.id)?
+                            .unwrap_or_else(|| "(a group this device left)".to_owned()),
+                        id: g.id.clone(),
+                        event: g.event,
+                    }),
+                    None => None,
+                };
                 Ok(HistoryEntry {
                     seq,
                     message_id: hex::decode(&rec.message_id).map_err(|e| self.err(e))?,
-                    contact: rec.contact.clone(),
+                    contact: match &rec.group {
+                        Some(g) => g.author.clone(),
+                        None => rec.contact.clone(),
+                    },
+                    group,
                     outgoing: rec.outgoing,
                     text: rec.conv.current_text(&rec.body.text).to_owned(),
                     sender_clock_ms: rec.sender_clock_ms,
@@ -2003,14 +2251,24 @@ impl Db<'_> {
             "SELECT seq, contact_tag, id_tag, sealed FROM messages WHERE id_tag = ?1 ORDER BY seq",
             &[&id_tag],
         )? {
-            if rec.outgoing || sender.is_some_and(|s| s != rec.contact) {
+            // A group message's sender is its author.
+            let author = rec.group.as_ref().map_or(&rec.contact, |g| &g.author);
+            if rec.outgoing
+                || rec.group.as_ref().is_some_and(|g| g.event)
+                || sender.is_some_and(|s| s != author)
+            {
                 continue;
             }
-            if out.iter().any(|m| m.sender == rec.contact) {
+            if out.iter().any(|m| &m.sender == author) {
                 continue;
             }
+            let group_id = match &rec.group {
+                Some(g) => hex::decode(&g.id).map_err(|e| self.err(e))?,
+                None => Vec::new(),
+            };
             out.push(ReportMaterial {
-                sender: rec.contact.clone(),
+                sender: author.clone(),
+                group_id,
                 server_ts_ms: rec.server_ts_ms,
                 message_id: message_id.to_vec(),
                 sealed: rec.body.clone(),
@@ -2035,6 +2293,7 @@ impl Db<'_> {
         attachment: Option<AttachmentRecord>,
     ) -> Result<()> {
         let mut rec = MessageRecord {
+            group: None,
             contact: m.sender.to_owned(),
             message_id: hex::encode(m.message_id),
             outgoing: false,
@@ -2300,6 +2559,7 @@ fn migrate_v1(tx: &Connection, old: &Keys, new: &Keys, path: &Path, key_path: &P
     .map_err(e)?;
     tx.execute_batch(SCHEMA_V2).map_err(e)?;
     tx.execute_batch(SCHEMA_V3_DELTA).map_err(e)?;
+    tx.execute_batch(SCHEMA_V4_DELTA).map_err(e)?;
     let db = Db {
         conn: tx,
         keys: new,
@@ -2362,6 +2622,7 @@ fn migrate_v1(tx: &Connection, old: &Keys, new: &Keys, path: &Path, key_path: &P
         let body: SealedMessage =
             serde_json::from_slice(&json).map_err(|_| bad("a message is malformed"))?;
         let mut rec = MessageRecord {
+            group: None,
             contact,
             message_id: hex::encode(&message_id),
             outgoing,

@@ -23,6 +23,7 @@ fn entry(seq: i64, contact: &str, outgoing: bool, text: &str) -> HistoryEntry {
         server_ts_ms: 1_700_000_000_500 + seq as u64 * 1000,
         quarantined: false,
         attachment: None,
+        group: None,
     }
 }
 

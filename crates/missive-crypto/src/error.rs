@@ -32,6 +32,10 @@ pub enum KeyError {
         "this identity was saved by a pre-release Missive whose identity format is retired; register a new identity"
     )]
     RetiredIdentityFormat,
+    /// Bytes given to [`crate::IdentityKeyPair::sign_mls`] that are not an MLS
+    /// `SignContent`.
+    #[error("refusing to sign: not an MLS SignContent")]
+    NotMlsContent,
 }
 
 /// A protocol message could not be parsed.

@@ -64,6 +64,28 @@ impl IdentityKeyPair {
         self.signing.sign(message).to_bytes()
     }
 
+    /// Ed25519 signature over an MLS `SignContent` (RFC 9420, section
+    /// 5.1.2: the varint-prefixed label `"MLS 1.0 " ‖ Label`, then the
+    /// content), for a device's leaf in a group (docs/PROTOCOL.md, "Groups").
+    /// Anything else is refused, so a device key never signs, through MLS,
+    /// bytes that could read as one of Missive's own transcripts: those
+    /// start with a u64 length, so their first byte is 0, which as an MLS
+    /// varint would be an empty label.
+    pub fn sign_mls(&self, sign_content: &[u8]) -> Result<[u8; 64], KeyError> {
+        const PREFIX: &[u8] = b"MLS 1.0 ";
+        let label_len = usize::from(*sign_content.first().ok_or(KeyError::NotMlsContent)?);
+        // A one-byte varint (top bits 00) holds lengths below 64, which every
+        // RFC 9420 label is.
+        if label_len >= 64
+            || label_len < PREFIX.len()
+            || sign_content.get(1..=PREFIX.len()) != Some(PREFIX)
+            || sign_content.len() < 1 + label_len
+        {
+            return Err(KeyError::NotMlsContent);
+        }
+        Ok(self.sign(sign_content))
+    }
+
     pub(crate) fn agreement_secret(&self) -> &StaticSecret {
         &self.agreement
     }
@@ -253,6 +275,31 @@ mod tests {
         assert_eq!(bytes.len(), 32);
         assert_eq!(bytes, id.public().signing_key());
         assert_eq!(&PublicIdentity::from_bytes(&bytes).unwrap(), id.public());
+    }
+
+    /// Only MLS `SignContent` is signed through `sign_mls`; a Missive
+    /// transcript (a u64-prefixed label) and malformed prefixes are refused.
+    #[test]
+    fn sign_mls_signs_only_mls_content() {
+        let id = identity(3);
+        let label = b"MLS 1.0 LeafNodeTBS";
+        let mut content = vec![label.len() as u8];
+        content.extend_from_slice(label);
+        content.extend_from_slice(&[4, 1, 2, 3, 4]);
+        let sig = id.sign_mls(&content).unwrap();
+        id.public().verify(&content, &sig).unwrap();
+        let transcript = crate::transcript::login(b"challenge", "server", "alice", 1);
+        assert_eq!(id.sign_mls(&transcript), Err(KeyError::NotMlsContent));
+        for bad in [
+            &b""[..],
+            &[0u8][..],
+            &[5, b'M', b'L', b'S', b' ', b'1'][..],
+            &[64, b'M', b'L', b'S', b' ', b'1', b'.', b'0', b' '][..],
+            &[30, b'M', b'L', b'S', b' ', b'1', b'.', b'0', b' ', b'X'][..],
+            &[9, b'M', b'L', b'S', b' ', b'2', b'.', b'0', b' ', b'X'][..],
+        ] {
+            assert_eq!(id.sign_mls(bad), Err(KeyError::NotMlsContent), "{bad:?}");
+        }
     }
 
     /// The X25519 form of the key is the one X25519 computes from the derived secret,

@@ -26,6 +26,7 @@ pub const SERVICE_NAMES: &[&str] = &[
     "missive.v1.ReportService",
     "missive.v1.AttachmentService",
     "missive.v1.LinkService",
+    "missive.v1.GroupService",
 ];
 
 #[cfg(test)]

@@ -100,6 +100,7 @@ impl Client {
                     franking_tag: hexd(&m.sealed.tag)?,
                     reason: reason.chars().take(1000).collect(),
                     attachment: m.attachment.clone(),
+                    group_id: m.group_id.clone(),
                 },
                 true,
             )

@@ -228,6 +228,13 @@ impl Client {
         if let Some(session) = resp.session {
             client.remember_token(&session.token, session.expires_at_ms)?;
         }
+        // So that others can add this device to groups right away.
+        if let Err(e) = client.maintain_key_packages().await {
+            client.notices.push(format!(
+                "could not put group KeyPackages on the server yet: {}",
+                e.brief()
+            ));
+        }
         Ok(client)
     }
 
@@ -435,6 +442,13 @@ impl Client {
         client.channel = Some(channel.clone());
         if let Some(session) = resp.session {
             client.remember_token(&session.token, session.expires_at_ms)?;
+        }
+        // So that others can add this device to groups right away.
+        if let Err(e) = client.maintain_key_packages().await {
+            client.notices.push(format!(
+                "could not put group KeyPackages on the server yet: {}",
+                e.brief()
+            ));
         }
         Ok(client)
     }

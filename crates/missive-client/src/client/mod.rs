@@ -34,15 +34,20 @@ use crate::proto_conv;
 use crate::store::{HistoryEntry, PrekeyKind, Store, now_ms};
 
 mod devices;
+mod group_state;
+mod groups;
 mod history;
 mod link;
+mod mls_storage;
 mod receive;
 mod sessions;
 mod transport;
 mod trust;
 
 pub use devices::OwnDevice;
+pub use groups::{GroupMember, GroupSummary};
 pub use link::LinkedDevice;
+pub(crate) use group_state::OutgoingCommit;
 pub(crate) use receive::Refusal;
 pub use receive::check_content;
 pub use sessions::FORGE_COMMITMENT_ENV;
@@ -378,6 +383,13 @@ impl Client {
         };
         if let Some(session) = resp.session {
             client.remember_token(&session.token, session.expires_at_ms)?;
+        }
+        // So that others can add this device to groups right away.
+        if let Err(e) = client.maintain_key_packages().await {
+            client.notices.push(format!(
+                "could not put group KeyPackages on the server yet: {}",
+                e.brief()
+            ));
         }
         Ok(client)
     }

@@ -85,7 +85,9 @@ impl Client {
         for attempt in 0..2 {
             let channel = self.channel().await?;
             let req = self.authed(v1::ReceiveRequest {}, false).await?;
-            match MessageServiceClient::new(channel).receive(req).await {
+            let mut client = MessageServiceClient::new(channel)
+                .max_decoding_message_size(crate::limits::MAX_GROUP_MESSAGE_BYTES);
+            match client.receive(req).await {
                 Ok(r) => return Ok(r.into_inner()),
                 Err(s) if s.code() == Code::Unauthenticated && attempt == 0 => {
                     self.forget_token()?;
@@ -181,6 +183,7 @@ impl Client {
                 .authed(
                     v1::AcknowledgeRequest {
                         envelope_ids: chunk.to_vec(),
+                        group_acks: Vec::new(),
                     },
                     true,
                 )
@@ -309,6 +312,12 @@ impl Client {
                     for w in self.send_pending_receipts().await {
                         sink(&RecvEvent::Warning(w));
                     }
+                }
+                Some(v1::receive_response::Item::GroupMessage(gm)) => {
+                    for ev in self.process_group_message(gm).await? {
+                        sink(&ev);
+                    }
+                    self.deliver_unshown(&mut sink).await?;
                 }
                 Some(v1::receive_response::Item::QueueEmpty(_)) => backlog_done = true,
                 None => {}

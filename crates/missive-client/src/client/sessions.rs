@@ -419,6 +419,8 @@ impl Client {
         if now_ms().saturating_sub(rotated) >= rotation_ms {
             self.rotate_signed_prekeys().await?;
         }
+        // KeyPackages, so others can add this device to groups (groups.rs).
+        self.maintain_key_packages().await?;
         Ok(warning)
     }
 

@@ -1,0 +1,1084 @@
+//! The MLS half of groups (RFC 9420, through openmls): key packages, group
+//! state and the checks that keep a ghost out, inside one store transaction
+//! and without I/O (the network half is `groups.rs`).
+//!
+//! Every leaf is a device. Its credential is a basic credential naming
+//! `(username, device id)` and its signature key is that device's key; a
+//! leaf is accepted only if the account's signed device list, verified
+//! against the pinned account key, lists that device with that key
+//! ([`vouched`]). This is checked for every member of a group a Welcome
+//! brings this device into, for every leaf a Commit adds or updates, and for
+//! every KeyPackage fetched to add someone. The server, which is not a
+//! member, cannot make a valid commit; what it can do — hand out a KeyPackage
+//! of a device the account never listed, or a Welcome into a group it made
+//! itself with such devices — is refused here.
+
+use missive_crypto::{IdentityKeyPair, PublicIdentity, SignedDeviceList};
+use openmls::prelude::tls_codec::Deserialize as _;
+use openmls::prelude::*;
+use openmls_libcrux_crypto::CryptoProvider as LibcruxCrypto;
+use openmls_traits::OpenMlsProvider;
+use openmls_traits::signatures::{Signer, SignerError};
+use openmls_traits::types::SignatureScheme;
+
+use super::mls_storage::{MlsStore, MlsStoreError};
+use crate::store::Db;
+
+/// The groups' ciphersuite: X-Wing (ML-KEM-768 + X25519) for HPKE, so a
+/// recorded group is as safe from a future quantum computer as a recorded
+/// 1:1 session; ChaCha20-Poly1305, SHA-256, Ed25519 (the device keys), as
+/// in 1:1 sessions. Code point 0x004D; see docs/PROTOCOL.md, "Groups".
+pub(crate) const CIPHERSUITE: Ciphersuite =
+    Ciphersuite::MLS_256_XWING_CHACHA20POLY1305_SHA256_Ed25519;
+
+/// Group context extension holding the group's name (UTF-8), in RFC 9420's
+/// private-use range: only members read it.
+pub(crate) const GROUP_NAME_EXTENSION: u16 = 0xF3A1;
+
+/// Longest group name, bytes.
+pub(crate) const MAX_GROUP_NAME: usize = 64;
+
+/// Epochs whose secrets a member keeps after moving on, so that a message
+/// the server ordered before a commit this device made still decrypts.
+const PAST_EPOCHS: usize = 2;
+
+/// Application messages are padded to a multiple of this many bytes.
+const PADDING: usize = 256;
+
+/// The openmls provider for one store transaction.
+pub(crate) struct Provider<'a, 'c> {
+    crypto: LibcruxCrypto,
+    storage: MlsStore<'a, 'c>,
+}
+
+impl<'a, 'c> Provider<'a, 'c> {
+    /// Fails only when the operating system gives no randomness.
+    pub(crate) fn new(db: &'a Db<'c>) -> std::result::Result<Self, GroupRefusal> {
+        let crypto = LibcruxCrypto::new().map_err(|e| {
+            GroupRefusal::Local(crate::error::ClientError::Crypto(format!(
+                "no randomness for the group layer: {e:?}"
+            )))
+        })?;
+        Ok(Provider {
+            crypto,
+            storage: MlsStore::new(db),
+        })
+    }
+}
+
+impl<'a, 'c> OpenMlsProvider for Provider<'a, 'c> {
+    type CryptoProvider = LibcruxCrypto;
+    type RandProvider = LibcruxCrypto;
+    type StorageProvider = MlsStore<'a, 'c>;
+
+    fn storage(&self) -> &Self::StorageProvider {
+        &self.storage
+    }
+
+    fn crypto(&self) -> &Self::CryptoProvider {
+        &self.crypto
+    }
+
+    fn rand(&self) -> &Self::RandProvider {
+        &self.crypto
+    }
+}
+
+/// This device's key as an MLS signer (it signs only MLS `SignContent`).
+pub(crate) struct DeviceSigner<'a>(pub(crate) &'a IdentityKeyPair);
+
+impl Signer for DeviceSigner<'_> {
+    fn sign(&self, payload: &[u8]) -> Result<Vec<u8>, SignerError> {
+        self.0
+            .sign_mls(payload)
+            .map(|s| s.to_vec())
+            .map_err(|_| SignerError::SigningError)
+    }
+
+    fn signature_scheme(&self) -> SignatureScheme {
+        SignatureScheme::ED25519
+    }
+}
+
+/// A device as a group member.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct DeviceName {
+    pub(crate) username: String,
+    pub(crate) device_id: u32,
+}
+
+impl std::fmt::Display for DeviceName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.username, self.device_id)
+    }
+}
+
+/// The credential identity: `u64 length ‖ username ‖ u32 device id`, all
+/// big-endian (docs/PROTOCOL.md, "Groups").
+pub(crate) fn credential_identity(username: &str, device_id: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + username.len() + 4);
+    out.extend_from_slice(&(username.len() as u64).to_be_bytes());
+    out.extend_from_slice(username.as_bytes());
+    out.extend_from_slice(&device_id.to_be_bytes());
+    out
+}
+
+/// Reads a credential back; `None` for anything that is not exactly one of
+/// ours with a valid username.
+pub(crate) fn parse_credential(credential: &Credential) -> Option<DeviceName> {
+    if credential.credential_type() != CredentialType::Basic {
+        return None;
+    }
+    let bytes = credential.serialized_content();
+    let len = usize::try_from(u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
+    let name = bytes.get(8..8usize.checked_add(len)?)?;
+    let device = bytes.get(8 + len..)?;
+    let device_id = u32::from_be_bytes(device.try_into().ok()?);
+    let username = std::str::from_utf8(name).ok()?;
+    if super::normalize_username(username).ok().as_deref() != Some(username) {
+        return None;
+    }
+    Some(DeviceName {
+        username: username.to_owned(),
+        device_id,
+    })
+}
+
+fn credential_with_key(username: &str, device_id: u32, key: &PublicIdentity) -> CredentialWithKey {
+    CredentialWithKey {
+        credential: BasicCredential::new(credential_identity(username, device_id)).into(),
+        signature_key: key.signing_key().to_vec().into(),
+    }
+}
+
+fn capabilities() -> Capabilities {
+    Capabilities::new(
+        None,
+        Some(&[CIPHERSUITE]),
+        Some(&[ExtensionType::Unknown(GROUP_NAME_EXTENSION)]),
+        None,
+        Some(&[CredentialType::Basic]),
+    )
+}
+
+fn err(what: &str, e: impl std::fmt::Display) -> String {
+    format!("{what}: {e}")
+}
+
+/// Whether the signed device list `list` of `username` names `device` with
+/// the signature key `key`.
+fn list_vouches(list: &SignedDeviceList, device_id: u32, key: &[u8]) -> bool {
+    list.unverified_list()
+        .devices
+        .iter()
+        .any(|d| d.device_id == device_id && d.identity.signing_key().as_slice() == key)
+}
+
+/// Whether the account of `device` vouches for it with signature key `key`:
+/// its newest verified signed device list (ours, or the pinned contact's)
+/// lists the device with that key. A contact whose account key changed and
+/// was not accepted vouches for nothing.
+pub(crate) fn vouched(
+    db: &Db<'_>,
+    me: &str,
+    device: &DeviceName,
+    key: &[u8],
+) -> crate::error::Result<bool> {
+    if device.username == me {
+        let own = db
+            .get_meta(super::META_DEVICE_LIST)?
+            .and_then(|b| SignedDeviceList::from_bytes(&b).ok());
+        return Ok(own.is_some_and(|l| list_vouches(&l, device.device_id, key)));
+    }
+    Ok(db
+        .contact(&device.username)?
+        .and_then(|c| c.device_list)
+        .is_some_and(|l| list_vouches(&l, device.device_id, key)))
+}
+
+/// Why a leaf is refused, naming it.
+fn check_leaf(
+    db: &Db<'_>,
+    me: &str,
+    credential: &Credential,
+    key: &[u8],
+) -> std::result::Result<DeviceName, GroupRefusal> {
+    let Some(device) = parse_credential(credential) else {
+        return Err(GroupRefusal::Refused(
+            "it names a member whose credential is not a Missive device".into(),
+        ));
+    };
+    match vouched(db, me, &device, key) {
+        Ok(true) => Ok(device),
+        Ok(false) => Err(GroupRefusal::Refused(format!(
+            "device {} of {} is not on {}'s signed device list",
+            device.device_id, device.username, device.username
+        ))),
+        Err(e) => Err(GroupRefusal::Local(e)),
+    }
+}
+
+/// Why a group message was not accepted.
+#[derive(Debug)]
+pub(crate) enum GroupRefusal {
+    /// The message is bad or names a device no account vouches for.
+    Refused(String),
+    /// A local failure (store): try again later.
+    Local(crate::error::ClientError),
+}
+
+impl From<MlsStoreError> for GroupRefusal {
+    fn from(e: MlsStoreError) -> Self {
+        GroupRefusal::Local(crate::error::ClientError::Store {
+            path: std::path::PathBuf::new(),
+            detail: e.0,
+        })
+    }
+}
+
+impl From<crate::error::ClientError> for GroupRefusal {
+    fn from(e: crate::error::ClientError) -> Self {
+        GroupRefusal::Local(e)
+    }
+}
+
+/// This device as a group member: its names, key and signer.
+pub(crate) struct Me<'a> {
+    pub(crate) username: &'a str,
+    pub(crate) device_id: u32,
+    pub(crate) identity: &'a IdentityKeyPair,
+}
+
+impl Me<'_> {
+    fn credential(&self) -> CredentialWithKey {
+        credential_with_key(self.username, self.device_id, self.identity.public())
+    }
+
+    fn signer(&self) -> DeviceSigner<'_> {
+        DeviceSigner(self.identity)
+    }
+}
+
+/// New KeyPackages for this device (their private keys stay in the store),
+/// TLS-encoded `MLSMessage`s ready to upload.
+pub(crate) fn new_key_packages(
+    db: &Db<'_>,
+    me: &Me<'_>,
+    count: usize,
+    last_resort: bool,
+) -> std::result::Result<Vec<Vec<u8>>, String> {
+    let provider = Provider::new(db).map_err(|e| format!("{e:?}"))?;
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut builder = KeyPackage::builder().leaf_node_capabilities(capabilities());
+        if last_resort {
+            builder = builder.mark_as_last_resort();
+        }
+        let bundle = builder
+            .build(CIPHERSUITE, &provider, &me.signer(), me.credential())
+            .map_err(|e| err("cannot make a KeyPackage", e))?;
+        let message = MlsMessageOut::from(bundle.key_package().clone());
+        out.push(
+            message
+                .to_bytes()
+                .map_err(|e| err("cannot encode a KeyPackage", e))?,
+        );
+    }
+    Ok(out)
+}
+
+/// Checks a fetched KeyPackage: it parses, its signature verifies, it is for
+/// our ciphersuite, and its leaf names `device` with the key the account's
+/// signed device list gives that device (`key`).
+pub(crate) fn check_key_package(
+    bytes: &[u8],
+    device: &DeviceName,
+    key: &PublicIdentity,
+) -> std::result::Result<KeyPackage, String> {
+    let message = MlsMessageIn::tls_deserialize_exact(bytes)
+        .map_err(|_| format!("the KeyPackage of {device} does not parse"))?;
+    let MlsMessageBodyIn::KeyPackage(kp) = message.extract() else {
+        return Err(format!("what the server gave as {device}'s KeyPackage is not one"));
+    };
+    let kp = kp
+        .validate(
+            &LibcruxCrypto::new().map_err(|e| format!("no randomness: {e:?}"))?,
+            ProtocolVersion::Mls10,
+        )
+        .map_err(|_| format!("the KeyPackage of {device} is not validly signed"))?;
+    if kp.ciphersuite() != CIPHERSUITE {
+        return Err(format!(
+            "the KeyPackage of {device} is for another ciphersuite"
+        ));
+    }
+    let leaf = kp.leaf_node();
+    if parse_credential(leaf.credential()).as_ref() != Some(device) {
+        return Err(format!(
+            "the KeyPackage given for {device} names another device"
+        ));
+    }
+    if leaf.signature_key().as_slice() != key.signing_key().as_slice() {
+        return Err(format!(
+            "the KeyPackage of {device} is not signed by the key {}'s signed device list gives it",
+            device.username
+        ));
+    }
+    Ok(kp)
+}
+
+fn group_id(id: &[u8]) -> GroupId {
+    GroupId::from_slice(id)
+}
+
+/// Loads a group's MLS state.
+pub(crate) fn load(db: &Db<'_>, id: &[u8]) -> std::result::Result<MlsGroup, GroupRefusal> {
+    let provider = Provider::new(db)?;
+    MlsGroup::load(provider.storage(), &group_id(id))?
+        .ok_or_else(|| GroupRefusal::Refused("this device holds no state for the group".into()))
+}
+
+/// The name a group's context carries.
+pub(crate) fn group_name(group: &MlsGroup) -> Option<String> {
+    group.extensions().iter().find_map(|e| match e {
+        Extension::Unknown(t, UnknownExtension(bytes)) if *t == GROUP_NAME_EXTENSION => {
+            String::from_utf8(bytes.clone()).ok()
+        }
+        _ => None,
+    })
+}
+
+/// Creates a group with this device as its only member, at epoch 0.
+pub(crate) fn create(
+    db: &Db<'_>,
+    me: &Me<'_>,
+    id: &[u8; 16],
+    name: &str,
+) -> std::result::Result<(), String> {
+    let provider = Provider::new(db).map_err(|e| format!("{e:?}"))?;
+    let extensions = Extensions::single(Extension::Unknown(
+        GROUP_NAME_EXTENSION,
+        UnknownExtension(name.as_bytes().to_vec()),
+    ))
+    .map_err(|e| err("cannot name the group", e))?;
+    MlsGroup::builder()
+        .with_group_id(group_id(id))
+        .ciphersuite(CIPHERSUITE)
+        .with_capabilities(capabilities())
+        .with_group_context_extensions(extensions)
+        .use_ratchet_tree_extension(true)
+        .max_past_epochs(PAST_EPOCHS)
+        .padding_size(PADDING)
+        .with_wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
+        .build(&provider, &me.signer(), me.credential())
+        .map_err(|e| err("cannot create the group", e))?;
+    Ok(())
+}
+
+/// A commit this device made, waiting for the server to order it.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct OutgoingCommit {
+    /// The epoch it was made in, hex-free.
+    pub(crate) epoch: u64,
+    /// 16 bytes, hex: the idempotency key of its `Commit` call.
+    pub(crate) message_id: String,
+    /// The commit `MLSMessage`, hex.
+    pub(crate) commit: String,
+    /// The Welcome `MLSMessage` for the added devices, hex (empty if none).
+    pub(crate) welcome: String,
+    pub(crate) added: Vec<(String, u32)>,
+    pub(crate) removed: Vec<(String, u32)>,
+}
+
+fn outgoing(
+    epoch: u64,
+    commit: &MlsMessageOut,
+    welcome: Option<&MlsMessageOut>,
+    added: Vec<DeviceName>,
+    removed: Vec<DeviceName>,
+) -> std::result::Result<OutgoingCommit, String> {
+    let commit = commit.to_bytes().map_err(|e| err("cannot encode the commit", e))?;
+    let welcome = match welcome {
+        Some(w) => w.to_bytes().map_err(|e| err("cannot encode the Welcome", e))?,
+        None => Vec::new(),
+    };
+    let message_id: [u8; 16] = rand::random();
+    Ok(OutgoingCommit {
+        epoch,
+        message_id: hex::encode(message_id),
+        commit: hex::encode(commit),
+        welcome: hex::encode(welcome),
+        added: added.into_iter().map(|d| (d.username, d.device_id)).collect(),
+        removed: removed
+            .into_iter()
+            .map(|d| (d.username, d.device_id))
+            .collect(),
+    })
+}
+
+/// The devices in a group, by leaf.
+pub(crate) fn members(group: &MlsGroup) -> Vec<(LeafNodeIndex, Option<DeviceName>)> {
+    group
+        .members()
+        .map(|m| (m.index, parse_credential(&m.credential)))
+        .collect()
+}
+
+/// Makes (and keeps as pending) a commit adding the devices of `key_packages`
+/// (already checked with [`check_key_package`]) and removing the leaves of
+/// `remove`.
+pub(crate) fn stage_commit(
+    db: &Db<'_>,
+    me: &Me<'_>,
+    id: &[u8],
+    key_packages: Vec<(DeviceName, KeyPackage)>,
+    remove: &[DeviceName],
+) -> std::result::Result<OutgoingCommit, GroupRefusal> {
+    let provider = Provider::new(db)?;
+    let mut group = load(db, id)?;
+    if group.pending_commit().is_some() {
+        group.clear_pending_commit(provider.storage())?;
+    }
+    let epoch = group.epoch().as_u64();
+    let leaves: Vec<LeafNodeIndex> = members(&group)
+        .into_iter()
+        .filter(|(_, d)| d.as_ref().is_some_and(|d| remove.contains(d)))
+        .map(|(i, _)| i)
+        .collect();
+    let added: Vec<DeviceName> = key_packages.iter().map(|(d, _)| d.clone()).collect();
+    let mut builder = group.commit_builder();
+    for (_, kp) in key_packages {
+        builder = builder.propose_adds(Some(kp));
+    }
+    builder = builder.propose_removals(leaves.iter().copied());
+    // Proposals received earlier (a member leaving) go in too.
+    let bundle = builder
+        .consume_proposal_store(true)
+        .load_psks(provider.storage())
+        .map_err(|e| GroupRefusal::Refused(err("cannot make the commit", e)))?
+        .build(provider.rand(), provider.crypto(), &me.signer(), |_| true)
+        .map_err(|e| GroupRefusal::Refused(err("cannot make the commit", e)))?
+        .stage_commit(&provider)
+        .map_err(|e| GroupRefusal::Refused(err("cannot make the commit", e)))?;
+    let mut removed: Vec<DeviceName> = remove.to_vec();
+    if let Some(staged) = group.pending_commit() {
+        for r in staged.remove_proposals() {
+            if let Some(Some(d)) = group
+                .member_at(r.remove_proposal().removed())
+                .map(|m| parse_credential(&m.credential))
+                && !removed.contains(&d)
+            {
+                removed.push(d);
+            }
+        }
+    }
+    let (commit, welcome, _) = bundle.into_messages();
+    outgoing(epoch, &commit, welcome.as_ref(), added, removed).map_err(GroupRefusal::Refused)
+}
+
+/// The server took this device's pending commit: apply it.
+pub(crate) fn merge_own_commit(db: &Db<'_>, id: &[u8]) -> std::result::Result<(), GroupRefusal> {
+    let provider = Provider::new(db)?;
+    let mut group = load(db, id)?;
+    group
+        .merge_pending_commit(&provider)
+        .map_err(|e| GroupRefusal::Refused(err("cannot apply our commit", e)))
+}
+
+/// The server refused this device's pending commit (another won the epoch).
+pub(crate) fn discard_own_commit(db: &Db<'_>, id: &[u8]) -> std::result::Result<(), GroupRefusal> {
+    let provider = Provider::new(db)?;
+    let mut group = load(db, id)?;
+    group.clear_pending_commit(provider.storage())?;
+    Ok(())
+}
+
+/// Encrypts an application message; `aad` travels authenticated beside it
+/// (the franking commitment). Returns (epoch, `MLSMessage` bytes).
+pub(crate) fn encrypt(
+    db: &Db<'_>,
+    me: &Me<'_>,
+    id: &[u8],
+    plaintext: &[u8],
+    aad: &[u8],
+) -> std::result::Result<(u64, Vec<u8>), GroupRefusal> {
+    let provider = Provider::new(db)?;
+    let mut group = load(db, id)?;
+    if !group.is_active() {
+        return Err(GroupRefusal::Refused(
+            "this device is no longer a member of the group".into(),
+        ));
+    }
+    group.set_aad(aad.to_vec());
+    let message = group
+        .create_message(&provider, &me.signer(), plaintext)
+        .map_err(|e| GroupRefusal::Refused(err("cannot encrypt to the group", e)))?;
+    let bytes = message
+        .to_bytes()
+        .map_err(|e| GroupRefusal::Refused(err("cannot encode the message", e)))?;
+    Ok((group.epoch().as_u64(), bytes))
+}
+
+/// A leave proposal (a Remove of our own leaf) for the current epoch.
+pub(crate) fn leave(
+    db: &Db<'_>,
+    me: &Me<'_>,
+    id: &[u8],
+) -> std::result::Result<(u64, Vec<u8>), GroupRefusal> {
+    let provider = Provider::new(db)?;
+    let mut group = load(db, id)?;
+    let epoch = group.epoch().as_u64();
+    let proposal = group
+        .leave_group(&provider, &me.signer())
+        .map_err(|e| GroupRefusal::Refused(err("cannot make the leave proposal", e)))?;
+    let bytes = proposal
+        .to_bytes()
+        .map_err(|e| GroupRefusal::Refused(err("cannot encode the proposal", e)))?;
+    Ok((epoch, bytes))
+}
+
+/// What one processed group message did.
+#[derive(Debug)]
+pub(crate) enum Processed {
+    /// An application message from `sender`, with the authenticated data
+    /// it carried.
+    Application {
+        sender: DeviceName,
+        plaintext: Vec<u8>,
+        aad: Vec<u8>,
+    },
+    /// A commit by `by`, applied: who it added and removed; `self_removed`
+    /// when it removed this device.
+    Commit {
+        by: Option<DeviceName>,
+        added: Vec<DeviceName>,
+        removed: Vec<DeviceName>,
+        self_removed: bool,
+    },
+    /// A proposal, kept for the next commit (a member leaving).
+    Proposal { by: Option<DeviceName> },
+}
+
+/// The epoch an `MLSMessage` claims, and its parsed form.
+pub(crate) fn parse_protocol_message(
+    bytes: &[u8],
+) -> std::result::Result<ProtocolMessage, String> {
+    let message = MlsMessageIn::tls_deserialize_exact(bytes)
+        .map_err(|_| "it is not an MLS message".to_owned())?;
+    message
+        .try_into_protocol_message()
+        .map_err(|_| "it is not an MLS group message".to_owned())
+}
+
+/// The accounts whose device lists a message needs checked: those named by
+/// the leaves a commit adds or updates. Read without changing anything.
+pub(crate) fn accounts_to_check(
+    db: &Db<'_>,
+    id: &[u8],
+    bytes: &[u8],
+) -> std::result::Result<Vec<String>, GroupRefusal> {
+    db.savepoint()?;
+    let out = accounts_to_check_in(db, id, bytes);
+    db.rollback_to_savepoint()?;
+    out
+}
+
+fn accounts_to_check_in(
+    db: &Db<'_>,
+    id: &[u8],
+    bytes: &[u8],
+) -> std::result::Result<Vec<String>, GroupRefusal> {
+    let provider = Provider::new(db)?;
+    let mut group = load(db, id)?;
+    let message = parse_protocol_message(bytes).map_err(GroupRefusal::Refused)?;
+    let processed = group
+        .process_message(&provider, message)
+        .map_err(|e| GroupRefusal::Refused(err("it does not process", e)))?;
+    let mut out = Vec::new();
+    if let ProcessedMessageContent::StagedCommitMessage(staged) = processed.into_content() {
+        for (credential, _) in staged_leaves(&staged) {
+            if let Some(d) = parse_credential(&credential)
+                && !out.contains(&d.username)
+            {
+                out.push(d.username);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The (credential, signature key) of every leaf a staged commit adds or
+/// changes.
+fn staged_leaves(staged: &StagedCommit) -> Vec<(Credential, Vec<u8>)> {
+    let mut out = Vec::new();
+    if let Some(leaf) = staged.update_path_leaf_node() {
+        out.push((leaf.credential().clone(), leaf.signature_key().as_slice().to_vec()));
+    }
+    for add in staged.add_proposals() {
+        let leaf = add.add_proposal().key_package().leaf_node();
+        out.push((leaf.credential().clone(), leaf.signature_key().as_slice().to_vec()));
+    }
+    for update in staged.update_proposals() {
+        let leaf = update.update_proposal().leaf_node();
+        out.push((leaf.credential().clone(), leaf.signature_key().as_slice().to_vec()));
+    }
+    out
+}
+
+/// Processes one handshake or application message of a group this device
+/// is in. A commit is applied only if every leaf it adds or changes is
+/// vouched for by its account; a refused commit leaves the group as it was.
+pub(crate) fn process(
+    db: &Db<'_>,
+    me_name: &str,
+    id: &[u8],
+    bytes: &[u8],
+) -> std::result::Result<Processed, GroupRefusal> {
+    let provider = Provider::new(db)?;
+    let mut group = load(db, id)?;
+    let message = parse_protocol_message(bytes).map_err(GroupRefusal::Refused)?;
+    if message.group_id().as_slice() != id {
+        return Err(GroupRefusal::Refused(
+            "it belongs to another group than the one the server filed it under".into(),
+        ));
+    }
+    let ours = group.epoch().as_u64();
+    let theirs = message.epoch().as_u64();
+    if theirs > ours {
+        return Err(GroupRefusal::Refused(format!(
+            "it is for epoch {theirs} while this device is at epoch {ours}: a change of the group \
+             was withheld from this device (the server forked the group)"
+        )));
+    }
+    let processed = group
+        .process_message(&provider, message)
+        .map_err(|e| GroupRefusal::Refused(err("it does not decrypt or verify", e)))?;
+    let sender = parse_credential(processed.credential());
+    let aad = processed.aad().to_vec();
+    match processed.into_content() {
+        ProcessedMessageContent::ApplicationMessage(app) => Ok(Processed::Application {
+            sender: sender.ok_or_else(|| {
+                GroupRefusal::Refused("its sender is not a Missive device".into())
+            })?,
+            plaintext: app.into_bytes(),
+            aad,
+        }),
+        ProcessedMessageContent::StagedCommitMessage(staged) => {
+            for (credential, key) in staged_leaves(&staged) {
+                check_leaf(db, me_name, &credential, &key)?;
+            }
+            let added = staged
+                .add_proposals()
+                .filter_map(|a| parse_credential(a.add_proposal().key_package().leaf_node().credential()))
+                .collect();
+            let removed = staged
+                .remove_proposals()
+                .filter_map(|r| {
+                    group
+                        .member_at(r.remove_proposal().removed())
+                        .and_then(|m| parse_credential(&m.credential))
+                })
+                .collect();
+            let self_removed = staged.self_removed();
+            group
+                .merge_staged_commit(&provider, *staged)
+                .map_err(|e| GroupRefusal::Refused(err("it cannot be applied", e)))?;
+            Ok(Processed::Commit {
+                by: sender,
+                added,
+                removed,
+                self_removed,
+            })
+        }
+        ProcessedMessageContent::ProposalMessage(proposal) => {
+            let removes = match proposal.proposal() {
+                Proposal::Remove(r) => group
+                    .member_at(r.removed())
+                    .and_then(|m| parse_credential(&m.credential))
+                    .into_iter()
+                    .collect(),
+                _ => Vec::new(),
+            };
+            // Only a member's removal of itself (leaving) is kept; anything
+            // else waits for that member's own commit.
+            let leaving = matches!(proposal.proposal(), Proposal::Remove(_))
+                && sender.is_some()
+                && removes.first() == sender.as_ref();
+            if !leaving {
+                return Err(GroupRefusal::Refused(
+                    "it is a proposal other than a member leaving".into(),
+                ));
+            }
+            group.store_pending_proposal(provider.storage(), *proposal)?;
+            Ok(Processed::Proposal { by: sender })
+        }
+        ProcessedMessageContent::ExternalJoinProposalMessage(_) => Err(GroupRefusal::Refused(
+            "it is an external join proposal, which Missive groups do not take".into(),
+        )),
+        ProcessedMessageContent::OwnPendingCommit
+        | ProcessedMessageContent::OwnPrivateMessage => Err(GroupRefusal::Refused(
+            "it is this device's own message, sent back to it".into(),
+        )),
+    }
+}
+
+/// The members (devices) of the group a Welcome brings this device into,
+/// read without joining: nothing it touches (the KeyPackage it consumes)
+/// is kept.
+pub(crate) fn welcome_members(
+    db: &Db<'_>,
+    bytes: &[u8],
+) -> std::result::Result<Vec<DeviceName>, GroupRefusal> {
+    db.savepoint()?;
+    let members = stage_welcome(db, bytes).map(|staged| {
+        staged
+            .members()
+            .filter_map(|m| parse_credential(&m.credential))
+            .collect()
+    });
+    db.rollback_to_savepoint()?;
+    members
+}
+
+fn stage_welcome(
+    db: &Db<'_>,
+    bytes: &[u8],
+) -> std::result::Result<StagedWelcome, GroupRefusal> {
+    let provider = Provider::new(db)?;
+    let message = MlsMessageIn::tls_deserialize_exact(bytes)
+        .map_err(|_| GroupRefusal::Refused("it is not an MLS message".into()))?;
+    let MlsMessageBodyIn::Welcome(welcome) = message.extract() else {
+        return Err(GroupRefusal::Refused("it is not a Welcome".into()));
+    };
+    let config = MlsGroupJoinConfig::builder()
+        .use_ratchet_tree_extension(true)
+        .max_past_epochs(PAST_EPOCHS)
+        .padding_size(PADDING)
+        .wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
+        .build();
+    StagedWelcome::new_from_welcome(&provider, &config, welcome, None)
+        .map_err(|e| GroupRefusal::Refused(err("it does not open", e)))
+}
+
+/// A group joined from a Welcome.
+#[derive(Debug)]
+pub(crate) struct Joined {
+    pub(crate) id: Vec<u8>,
+    pub(crate) name: String,
+    pub(crate) added_by: Option<DeviceName>,
+}
+
+/// Joins the group of a Welcome, if every member is vouched for by its
+/// account (else nothing is kept).
+pub(crate) fn join(
+    db: &Db<'_>,
+    me_name: &str,
+    bytes: &[u8],
+) -> std::result::Result<Joined, GroupRefusal> {
+    let provider = Provider::new(db)?;
+    let staged = stage_welcome(db, bytes)?;
+    for m in staged.members() {
+        check_leaf(db, me_name, &m.credential, &m.signature_key)?;
+    }
+    let added_by = staged
+        .welcome_sender()
+        .ok()
+        .and_then(|l| parse_credential(l.credential()));
+    let group = staged
+        .into_group(&provider)
+        .map_err(|e| GroupRefusal::Refused(err("it cannot be joined", e)))?;
+    let name = group_name(&group).unwrap_or_else(|| "group".to_owned());
+    Ok(Joined {
+        id: group.group_id().as_slice().to_vec(),
+        name,
+        added_by,
+    })
+}
+
+/// Forgets a group's MLS state (after leaving or being removed).
+pub(crate) fn forget(db: &Db<'_>, id: &[u8]) -> std::result::Result<(), GroupRefusal> {
+    let provider = Provider::new(db)?;
+    if let Some(mut group) = MlsGroup::load(provider.storage(), &group_id(id))? {
+        group.delete(provider.storage())?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use crate::store::{Contact, KeySource, Store};
+    use missive_crypto::{DeviceEntry, DeviceList};
+    use rand::rngs::OsRng;
+
+    struct Device {
+        _dir: tempfile::TempDir,
+        store: Store,
+        identity: IdentityKeyPair,
+        username: String,
+        device_id: u32,
+    }
+
+    struct Account {
+        key: IdentityKeyPair,
+        list: SignedDeviceList,
+    }
+
+    fn device(username: &str, device_id: u32) -> Device {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with(&dir.path().join("home"), true, &KeySource::KeyFile).unwrap();
+        Device {
+            _dir: dir,
+            store,
+            identity: IdentityKeyPair::generate(&mut OsRng),
+            username: username.to_owned(),
+            device_id,
+        }
+    }
+
+    fn account(devices: &[&Device]) -> Account {
+        let key = IdentityKeyPair::generate(&mut OsRng);
+        let username = devices[0].username.clone();
+        let list = DeviceList {
+            username: username.clone(),
+            version: 1,
+            timestamp_ms: 1,
+            devices: devices
+                .iter()
+                .map(|d| DeviceEntry::link(&d.identity, &username, key.public(), d.device_id, 7))
+                .collect(),
+        }
+        .sign(&key)
+        .unwrap();
+        Account { key, list }
+    }
+
+    /// `d` knows its own list and the other accounts' lists (as if fetched
+    /// and verified).
+    fn know(d: &mut Device, own: &Account, others: &[&Account]) {
+        d.store
+            .write(|db| {
+                db.set_meta(super::super::META_DEVICE_LIST, &own.list.to_bytes())?;
+                for a in others {
+                    db.put_contact(&Contact {
+                        username: a.list.username().to_owned(),
+                        identity: a.key.public().clone(),
+                        verified: false,
+                        changed_identity: None,
+                        device_list: Some(a.list.clone()),
+                        changed_device_list: None,
+                    })?;
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    fn key_package(d: &mut Device) -> Vec<u8> {
+        let me_name = d.username.clone();
+        let identity = &d.identity;
+        let device_id = d.device_id;
+        d.store
+            .write(|db| {
+                let me = Me {
+                    username: &me_name,
+                    device_id,
+                    identity,
+                };
+                Ok(new_key_packages(db, &me, 1, false).unwrap().pop().unwrap())
+            })
+            .unwrap()
+    }
+
+    fn name(d: &Device) -> DeviceName {
+        DeviceName {
+            username: d.username.clone(),
+            device_id: d.device_id,
+        }
+    }
+
+    fn with<T>(d: &mut Device, f: impl FnOnce(&Db<'_>, &Me<'_>) -> T) -> T {
+        let Device {
+            store,
+            identity,
+            username,
+            device_id,
+            ..
+        } = d;
+        let me = Me {
+            username,
+            device_id: *device_id,
+            identity,
+        };
+        store.write(|db| Ok(f(db, &me))).unwrap()
+    }
+
+    fn refused<T: std::fmt::Debug>(r: std::result::Result<T, GroupRefusal>) -> String {
+        match r {
+            Err(GroupRefusal::Refused(why)) => why,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    /// Alice makes a group with Bob; both read each other; a commit removing
+    /// Bob reaches him as his removal.
+    #[test]
+    fn two_devices_make_a_group_talk_and_part() {
+        let mut alice = device("alice", 1);
+        let mut bob = device("bob", 1);
+        let alice_account = account(&[&alice]);
+        let bob_account = account(&[&bob]);
+        know(&mut alice, &alice_account, &[&bob_account]);
+        know(&mut bob, &bob_account, &[&alice_account]);
+
+        let id = [9u8; 16];
+        with(&mut alice, |db, me| create(db, me, &id, "team")).unwrap();
+        let kp = key_package(&mut bob);
+        let kp = check_key_package(&kp, &name(&bob), bob.identity.public()).unwrap();
+        let commit = with(&mut alice, |db, me| stage_commit(db, me, &id, vec![(name(&bob), kp)], &[]))
+            .unwrap();
+        assert_eq!(commit.epoch, 0);
+        assert_eq!(commit.added, vec![("bob".to_owned(), 1)]);
+        with(&mut alice, |db, _| merge_own_commit(db, &id)).unwrap();
+
+        let welcome = hex::decode(&commit.welcome).unwrap();
+        let members = with(&mut bob, |db, _| welcome_members(db, &welcome)).unwrap();
+        assert_eq!(members, vec![name(&alice), name(&bob)]);
+        let joined = with(&mut bob, |db, _| join(db, "bob", &welcome)).unwrap();
+        assert_eq!(joined.id, id.to_vec());
+        assert_eq!(joined.name, "team");
+        assert_eq!(joined.added_by, Some(name(&alice)));
+
+        let (epoch, wire) = with(&mut alice, |db, me| encrypt(db, me, &id, b"hi bob", &[7; 32])).unwrap();
+        assert_eq!(epoch, 1);
+        match with(&mut bob, |db, _| process(db, "bob", &id, &wire)).unwrap() {
+            Processed::Application { sender, plaintext, aad } => {
+                assert_eq!(sender, name(&alice));
+                assert_eq!(plaintext, b"hi bob");
+                assert_eq!(aad, vec![7; 32]);
+            }
+            other => panic!("{other:?}"),
+        }
+        // A replay does not decrypt twice.
+        refused(with(&mut bob, |db, _| process(db, "bob", &id, &wire)));
+
+        let (_, wire) = with(&mut bob, |db, me| encrypt(db, me, &id, b"hi alice", &[])).unwrap();
+        match with(&mut alice, |db, _| process(db, "alice", &id, &wire)).unwrap() {
+            Processed::Application { sender, plaintext, .. } => {
+                assert_eq!(sender, name(&bob));
+                assert_eq!(plaintext, b"hi alice");
+            }
+            other => panic!("{other:?}"),
+        }
+
+        let removal =
+            with(&mut alice, |db, me| stage_commit(db, me, &id, Vec::new(), &[name(&bob)])).unwrap();
+        assert_eq!(removal.removed, vec![("bob".to_owned(), 1)]);
+        with(&mut alice, |db, _| merge_own_commit(db, &id)).unwrap();
+        let wire = hex::decode(&removal.commit).unwrap();
+        match with(&mut bob, |db, _| process(db, "bob", &id, &wire)).unwrap() {
+            Processed::Commit { by, removed, self_removed, .. } => {
+                assert_eq!(by, Some(name(&alice)));
+                assert_eq!(removed, vec![name(&bob)]);
+                assert!(self_removed);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Bob can no longer read what Alice writes.
+        let (_, wire) = with(&mut alice, |db, me| encrypt(db, me, &id, b"bye", &[])).unwrap();
+        assert!(with(&mut bob, |db, _| process(db, "bob", &id, &wire)).is_err());
+    }
+
+    /// A device that no signed list names — the "ghost" a server would add —
+    /// is refused as a KeyPackage and inside a Welcome; a change withheld
+    /// from a member shows as a fork.
+    #[test]
+    fn ghosts_and_withheld_changes_are_refused() {
+        let mut alice = device("alice", 1);
+        let mut bob = device("bob", 1);
+        let mut carol = device("carol", 1);
+        // The server's ghost claims to be bob's device 7.
+        let mut ghost = device("bob", 7);
+        let alice_account = account(&[&alice]);
+        let bob_account = account(&[&bob]);
+        let carol_account = account(&[&carol]);
+        know(&mut alice, &alice_account, &[&bob_account, &carol_account]);
+        know(&mut bob, &bob_account, &[&alice_account, &carol_account]);
+        know(&mut carol, &carol_account, &[&alice_account, &bob_account]);
+
+        let ghost_kp = key_package(&mut ghost);
+        let why = check_key_package(&ghost_kp, &name(&ghost), bob.identity.public()).unwrap_err();
+        assert!(why.contains("not signed by the key"), "{why}");
+        let why = check_key_package(&ghost_kp, &name(&bob), bob.identity.public()).unwrap_err();
+        assert!(why.contains("names another device"), "{why}");
+
+        // The ghost's own group, with alice invited: alice refuses to join.
+        know(&mut ghost, &bob_account, &[&alice_account]);
+        let ghost_id = [3u8; 16];
+        with(&mut ghost, |db, me| create(db, me, &ghost_id, "trap")).unwrap();
+        let kp = key_package(&mut alice);
+        let kp = check_key_package(&kp, &name(&alice), alice.identity.public()).unwrap();
+        let trap = with(&mut ghost, |db, me| stage_commit(db, me, &ghost_id, vec![(name(&alice), kp)], &[]))
+            .unwrap();
+        let why = refused(with(&mut alice, |db, _| {
+            join(db, "alice", &hex::decode(&trap.welcome).unwrap())
+        }));
+        assert!(why.contains("device 7 of bob is not on bob's signed device list"), "{why}");
+
+        // A real group of three; carol misses the commit adding... nothing:
+        // alice's commit that removes bob is withheld from carol.
+        let id = [4u8; 16];
+        with(&mut alice, |db, me| create(db, me, &id, "three")).unwrap();
+        let kps: Vec<_> = [&mut bob, &mut carol]
+            .into_iter()
+            .map(|d| {
+                let kp = key_package(d);
+                (name(d), check_key_package(&kp, &name(d), d.identity.public()).unwrap())
+            })
+            .collect();
+        let commit = with(&mut alice, |db, me| stage_commit(db, me, &id, kps, &[])).unwrap();
+        with(&mut alice, |db, _| merge_own_commit(db, &id)).unwrap();
+        let welcome = hex::decode(&commit.welcome).unwrap();
+        with(&mut bob, |db, _| join(db, "bob", &welcome)).unwrap();
+        with(&mut carol, |db, _| join(db, "carol", &welcome)).unwrap();
+        let removal =
+            with(&mut alice, |db, me| stage_commit(db, me, &id, Vec::new(), &[name(&bob)])).unwrap();
+        with(&mut alice, |db, _| merge_own_commit(db, &id)).unwrap();
+        let (_, wire) = with(&mut alice, |db, me| encrypt(db, me, &id, b"bob is gone", &[])).unwrap();
+        let why = refused(with(&mut carol, |db, _| process(db, "carol", &id, &wire)));
+        assert!(why.contains("withheld"), "{why}");
+        // Once carol gets the commit, she reads on.
+        let removal = hex::decode(&removal.commit).unwrap();
+        with(&mut carol, |db, _| process(db, "carol", &id, &removal)).unwrap();
+        match with(&mut carol, |db, _| process(db, "carol", &id, &wire)).unwrap() {
+            Processed::Application { plaintext, .. } => assert_eq!(plaintext, b"bob is gone"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn credentials_round_trip_and_reject_strays() {
+        let c: Credential = BasicCredential::new(credential_identity("alice", 3)).into();
+        assert_eq!(
+            parse_credential(&c),
+            Some(DeviceName {
+                username: "alice".into(),
+                device_id: 3
+            })
+        );
+        for bad in [
+            Vec::new(),
+            b"alice".to_vec(),
+            {
+                let mut v = credential_identity("alice", 3);
+                v.push(0);
+                v
+            },
+            credential_identity("Alice", 3),
+            credential_identity("a", 3),
+        ] {
+            let c: Credential = BasicCredential::new(bad.clone()).into();
+            assert_eq!(parse_credential(&c), None, "{bad:?}");
+        }
+    }
+}
