@@ -65,6 +65,13 @@
 //!   complete). Uploads are forwarded as they are.
 //! - **Link lies**: [`Liar::rewrite_links`] runs a hook on every `GetLink`
 //!   answer (swap the new device's offer, alter a sealed message).
+//! - **Group lies** (MLS): [`Liar::withhold_group`] holds back a user's group
+//!   messages matching a predicate and [`Liar::release_group`] lets them go;
+//!   [`Liar::inject_group`] queues a fake group message (its ack is
+//!   swallowed) and [`Liar::redeliver_group`] a real one again (replay);
+//!   [`Liar::rewrite_key_packages`] runs a hook on every `FetchKeyPackages`
+//!   answer (a ghost device's KeyPackage). [`Liar::group_deliveries`] and
+//!   [`Liar::commits`] capture what went through.
 //! - **Status lies**: [`Liar::fail`] / [`Liar::fail_times`] make an [`Rpc`]
 //!   answer a chosen status without forwarding.
 //!
@@ -94,6 +101,8 @@ use missive_proto::v1::{
     account_service_server::{AccountService, AccountServiceServer},
     attachment_service_client::AttachmentServiceClient,
     attachment_service_server::{AttachmentService, AttachmentServiceServer},
+    group_service_client::GroupServiceClient,
+    group_service_server::{GroupService, GroupServiceServer},
     key_service_client::KeyServiceClient,
     key_service_server::{KeyService, KeyServiceServer},
     link_service_client::LinkServiceClient,
@@ -166,6 +175,12 @@ pub enum Rpc {
     PostLink,
     /// `LinkService.CloseLink`.
     CloseLink,
+    /// `GroupService.FetchKeyPackages`.
+    FetchKeyPackages,
+    /// `GroupService.Commit`.
+    Commit,
+    /// `GroupService.SendGroupMessage`.
+    SendGroupMessage,
 }
 
 /// How long [`LyingServer::inject`], `redeliver` and `release` wait for a
@@ -220,6 +235,25 @@ type Predicate = Arc<dyn Fn(&v1::Envelope) -> bool + Send + Sync>;
 type Rewrite = Arc<dyn Fn(&str, &mut v1::Envelope) + Send + Sync>;
 type ChunkRewrite = Arc<dyn Fn(&mut v1::DownloadChunk) + Send + Sync>;
 type LinkRewrite = Arc<dyn Fn(&mut v1::GetLinkResponse) + Send + Sync>;
+type GroupPredicate = Arc<dyn Fn(&v1::GroupMessage) -> bool + Send + Sync>;
+type KeyPackageRewrite = Arc<dyn Fn(&mut v1::FetchKeyPackagesResponse) + Send + Sync>;
+
+/// A group message the proxy delivered downstream.
+#[derive(Clone, Debug)]
+pub struct GroupDelivery {
+    /// Receiving user.
+    pub to: String,
+    /// As delivered.
+    pub message: v1::GroupMessage,
+    /// Injected by the test.
+    pub injected: bool,
+}
+
+struct QueuedGroup {
+    message: v1::GroupMessage,
+    at: At,
+    injected: bool,
+}
 
 struct Queued {
     envelope: v1::Envelope,
@@ -258,6 +292,13 @@ pub struct Script {
     blob_swaps: HashMap<Vec<u8>, Vec<u8>>,
     download_cut: Option<u64>,
     failures: HashMap<Rpc, Failure>,
+    group_withhold: HashMap<String, GroupPredicate>,
+    group_held: HashMap<String, Vec<v1::GroupMessage>>,
+    group_queued: HashMap<String, VecDeque<QueuedGroup>>,
+    group_deliveries: Vec<GroupDelivery>,
+    fake_group_acks: HashMap<String, HashSet<(Vec<u8>, u64)>>,
+    key_package_rewrite: Option<KeyPackageRewrite>,
+    commits: Vec<(String, v1::CommitRequest)>,
     events: Vec<String>,
     started: Option<Instant>,
     open_streams: HashMap<String, usize>,
@@ -326,6 +367,44 @@ impl Shared {
             .partition(|item| only.is_none_or(|at| item.at == at));
         *q = keep;
         take.into()
+    }
+
+    fn take_group_queued(&self, user: &str, only: At) -> Vec<QueuedGroup> {
+        let mut s = self.script();
+        let Some(q) = s.group_queued.get_mut(user) else {
+            return Vec::new();
+        };
+        let (take, keep): (VecDeque<QueuedGroup>, VecDeque<QueuedGroup>) =
+            q.drain(..).partition(|item| item.at == only);
+        *q = keep;
+        take.into()
+    }
+
+    /// Applies group withholding to a real group message; records and
+    /// returns it when it goes downstream now.
+    fn admit_group(&self, user: &str, gm: v1::GroupMessage) -> Option<v1::GroupMessage> {
+        let mut s = self.script();
+        if s.group_withhold.get(user).is_some_and(|p| p(&gm)) {
+            s.event(format!(
+                "Receive {user}: withheld group message seq {} ({:?})",
+                gm.seq,
+                v1::GroupMessageKind::try_from(gm.kind)
+            ));
+            let held = s.group_held.entry(user.to_owned()).or_default();
+            if !held
+                .iter()
+                .any(|h| h.group_id == gm.group_id && h.seq == gm.seq && h.kind == gm.kind)
+            {
+                held.push(gm);
+            }
+            return None;
+        }
+        s.group_deliveries.push(GroupDelivery {
+            to: user.to_owned(),
+            message: gm.clone(),
+            injected: false,
+        });
+        Some(gm)
     }
 
     /// Applies withholding to a real envelope; `None` if it must not be
@@ -572,6 +651,124 @@ impl Liar {
         };
         self.shared.bump();
         n
+    }
+
+    // ---- groups -----------------------------------------------------------
+
+    /// Holds back, from now on, real group messages for `user` matching
+    /// `pred` (they stay pending upstream: not acknowledged).
+    pub fn withhold_group(
+        &self,
+        user: &str,
+        pred: impl Fn(&v1::GroupMessage) -> bool + Send + Sync + 'static,
+    ) {
+        let mut s = self.script();
+        s.event(format!("withhold group messages for {user}: on"));
+        s.group_withhold.insert(user.to_owned(), Arc::new(pred));
+    }
+
+    /// Stops holding back group messages for `user` and queues the held
+    /// ones (as real: acks forwarded). Returns how many.
+    pub fn release_group(&self, user: &str, at: At) -> usize {
+        self.settle(user);
+        let n = {
+            let mut s = self.script();
+            s.group_withhold.remove(user);
+            let held = s.group_held.remove(user).unwrap_or_default();
+            let n = held.len();
+            s.event(format!("release group messages for {user}: {n}"));
+            let q = s.group_queued.entry(user.to_owned()).or_default();
+            for message in held {
+                q.push_back(QueuedGroup {
+                    message,
+                    at,
+                    injected: false,
+                });
+            }
+            n
+        };
+        self.shared.bump();
+        n
+    }
+
+    /// Queues a fake group message for `user`; its acknowledgement is
+    /// swallowed.
+    pub fn inject_group(&self, user: &str, message: v1::GroupMessage, at: At) {
+        self.settle(user);
+        {
+            let mut s = self.script();
+            s.event(format!(
+                "inject group message to {user} ({at:?}): seq {} kind {}",
+                message.seq, message.kind
+            ));
+            s.fake_group_acks
+                .entry(user.to_owned())
+                .or_default()
+                .insert((message.group_id.clone(), message.seq));
+            s.group_queued
+                .entry(user.to_owned())
+                .or_default()
+                .push_back(QueuedGroup {
+                    message,
+                    at,
+                    injected: true,
+                });
+        }
+        self.shared.bump();
+    }
+
+    /// Queues `message` for `user` again, as if the upstream sent it (a
+    /// replay).
+    pub fn redeliver_group(&self, user: &str, message: v1::GroupMessage, at: At) {
+        self.settle(user);
+        {
+            let mut s = self.script();
+            s.event(format!(
+                "redeliver group message to {user}: seq {}",
+                message.seq
+            ));
+            s.group_queued
+                .entry(user.to_owned())
+                .or_default()
+                .push_back(QueuedGroup {
+                    message,
+                    at,
+                    injected: false,
+                });
+        }
+        self.shared.bump();
+    }
+
+    /// The group messages delivered to `user`, in order.
+    pub fn group_deliveries(&self, user: &str) -> Vec<GroupDelivery> {
+        self.script()
+            .group_deliveries
+            .iter()
+            .filter(|d| d.to == user)
+            .cloned()
+            .collect()
+    }
+
+    /// Every `CommitRequest` forwarded, with the committing user.
+    pub fn commits(&self) -> Vec<(String, v1::CommitRequest)> {
+        self.script().commits.clone()
+    }
+
+    /// Runs `hook` on every `FetchKeyPackages` answer from now on.
+    pub fn rewrite_key_packages(
+        &self,
+        hook: impl Fn(&mut v1::FetchKeyPackagesResponse) + Send + Sync + 'static,
+    ) {
+        let mut s = self.script();
+        s.event("FetchKeyPackages rewrite: on".to_owned());
+        s.key_package_rewrite = Some(Arc::new(hook));
+    }
+
+    /// Ends [`Liar::rewrite_key_packages`].
+    pub fn stop_rewriting_key_packages(&self) {
+        let mut s = self.script();
+        s.event("FetchKeyPackages rewrite: off".to_owned());
+        s.key_package_rewrite = None;
     }
 
     // ---- bundles ----------------------------------------------------------
@@ -1114,6 +1311,7 @@ impl MessageService for Proxy {
         let (user, _) = self.who(bearer(&request).as_deref());
         let msg = *request.get_ref();
         let upstream = MessageServiceClient::new(self.upstream.clone())
+            .max_decoding_message_size(GROUP_MESSAGE_LIMIT)
             .receive(forward_stream(&request, msg))
             .await
             .map_err(relay)?
@@ -1150,7 +1348,14 @@ impl MessageService for Proxy {
                 ));
             }
         }
-        if msg.envelope_ids.is_empty() {
+        {
+            let s = self.shared.script();
+            if let Some(fake) = s.fake_group_acks.get(&user) {
+                msg.group_acks
+                    .retain(|a| !fake.contains(&(a.group_id.clone(), a.seq)));
+            }
+        }
+        if msg.envelope_ids.is_empty() && msg.group_acks.is_empty() {
             return Ok(Response::new(v1::AcknowledgeResponse {}));
         }
         let resp = MessageServiceClient::new(self.upstream.clone())
@@ -1223,6 +1428,127 @@ impl LinkService for Proxy {
         let msg = request.get_ref().clone();
         let resp = LinkServiceClient::new(self.upstream.clone())
             .close_link(forward(&request, msg))
+            .await
+            .map_err(relay)?;
+        Ok(Response::new(resp.into_inner()))
+    }
+}
+
+/// The largest group message relayed (a Welcome with its ratchet tree).
+const GROUP_MESSAGE_LIMIT: usize = 9 * 1024 * 1024;
+
+impl Proxy {
+    fn groups(&self) -> GroupServiceClient<Channel> {
+        GroupServiceClient::new(self.upstream.clone())
+            .max_decoding_message_size(GROUP_MESSAGE_LIMIT)
+            .max_encoding_message_size(GROUP_MESSAGE_LIMIT)
+    }
+}
+
+#[tonic::async_trait]
+impl GroupService for Proxy {
+    async fn upload_key_packages(
+        &self,
+        request: Request<v1::UploadKeyPackagesRequest>,
+    ) -> Result<Response<v1::UploadKeyPackagesResponse>, Status> {
+        let msg = request.get_ref().clone();
+        let resp = self
+            .groups()
+            .upload_key_packages(forward(&request, msg))
+            .await
+            .map_err(relay)?;
+        Ok(Response::new(resp.into_inner()))
+    }
+
+    async fn get_key_package_count(
+        &self,
+        request: Request<v1::GetKeyPackageCountRequest>,
+    ) -> Result<Response<v1::KeyPackageCount>, Status> {
+        let msg = *request.get_ref();
+        let resp = self
+            .groups()
+            .get_key_package_count(forward(&request, msg))
+            .await
+            .map_err(relay)?;
+        Ok(Response::new(resp.into_inner()))
+    }
+
+    async fn fetch_key_packages(
+        &self,
+        request: Request<v1::FetchKeyPackagesRequest>,
+    ) -> Result<Response<v1::FetchKeyPackagesResponse>, Status> {
+        if let Some(s) = self.shared.lie(Rpc::FetchKeyPackages) {
+            return Err(s);
+        }
+        let msg = request.get_ref().clone();
+        let mut resp = self
+            .groups()
+            .fetch_key_packages(forward(&request, msg))
+            .await
+            .map_err(relay)?
+            .into_inner();
+        let hook = self.shared.script().key_package_rewrite.clone();
+        if let Some(hook) = hook {
+            hook(&mut resp);
+        }
+        Ok(Response::new(resp))
+    }
+
+    async fn create_group(
+        &self,
+        request: Request<v1::CreateGroupRequest>,
+    ) -> Result<Response<v1::CreateGroupResponse>, Status> {
+        let msg = request.get_ref().clone();
+        let resp = self
+            .groups()
+            .create_group(forward(&request, msg))
+            .await
+            .map_err(relay)?;
+        Ok(Response::new(resp.into_inner()))
+    }
+
+    async fn commit(
+        &self,
+        request: Request<v1::CommitRequest>,
+    ) -> Result<Response<v1::CommitResponse>, Status> {
+        if let Some(s) = self.shared.lie(Rpc::Commit) {
+            return Err(s);
+        }
+        let (user, _) = self.who(bearer(&request).as_deref());
+        let msg = request.get_ref().clone();
+        self.shared.script().commits.push((user, msg.clone()));
+        let resp = self
+            .groups()
+            .commit(forward(&request, msg))
+            .await
+            .map_err(relay)?;
+        Ok(Response::new(resp.into_inner()))
+    }
+
+    async fn send_group_message(
+        &self,
+        request: Request<v1::SendGroupMessageRequest>,
+    ) -> Result<Response<v1::SendGroupMessageResponse>, Status> {
+        if let Some(s) = self.shared.lie(Rpc::SendGroupMessage) {
+            return Err(s);
+        }
+        let msg = request.get_ref().clone();
+        let resp = self
+            .groups()
+            .send_group_message(forward(&request, msg))
+            .await
+            .map_err(relay)?;
+        Ok(Response::new(resp.into_inner()))
+    }
+
+    async fn leave_group(
+        &self,
+        request: Request<v1::LeaveGroupRequest>,
+    ) -> Result<Response<v1::LeaveGroupResponse>, Status> {
+        let msg = request.get_ref().clone();
+        let resp = self
+            .groups()
+            .leave_group(forward(&request, msg))
             .await
             .map_err(relay)?;
         Ok(Response::new(resp.into_inner()))
@@ -1395,6 +1721,27 @@ fn envelope_item(env: v1::Envelope) -> v1::ReceiveResponse {
     }
 }
 
+fn group_item(gm: v1::GroupMessage) -> v1::ReceiveResponse {
+    v1::ReceiveResponse {
+        item: Some(Item::GroupMessage(gm)),
+    }
+}
+
+/// Sends queued group messages downstream; false once the client is gone.
+async fn send_group_queued(shared: &Shared, user: &str, at: At, tx: &Outbox) -> bool {
+    for q in shared.take_group_queued(user, at) {
+        shared.script().group_deliveries.push(GroupDelivery {
+            to: user.to_owned(),
+            message: q.message.clone(),
+            injected: q.injected,
+        });
+        if tx.send(Ok(group_item(q.message))).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
 /// Sends queued envelopes downstream; false once the client is gone.
 async fn send_queued(
     shared: &Shared,
@@ -1425,7 +1772,9 @@ async fn pump(
 ) {
     let mut sent: HashSet<u64> = HashSet::new();
     let before = shared.take_queued(&user, Some(At::BeforeBacklog));
-    if !send_queued(&shared, &user, before, &mut sent, &tx).await {
+    if !send_queued(&shared, &user, before, &mut sent, &tx).await
+        || !send_group_queued(&shared, &user, At::BeforeBacklog, &tx).await
+    {
         return;
     }
     let mut backlog_done = false;
@@ -1440,7 +1789,9 @@ async fn pump(
                 // client has just exited may not have noticed yet, and must
                 // not swallow them.
                 let items = shared.take_queued(&user, Some(At::AfterBacklog));
-                if !send_queued(&shared, &user, items, &mut sent, &tx).await {
+                if !send_queued(&shared, &user, items, &mut sent, &tx).await
+                    || !send_group_queued(&shared, &user, At::AfterBacklog, &tx).await
+                {
                     break;
                 }
             }
@@ -1466,7 +1817,9 @@ async fn pump(
                     }
                     Some(Item::QueueEmpty(marker)) => {
                         let items = shared.take_queued(&user, Some(At::AfterBacklog));
-                        if !send_queued(&shared, &user, items, &mut sent, &tx).await {
+                        if !send_queued(&shared, &user, items, &mut sent, &tx).await
+                            || !send_group_queued(&shared, &user, At::AfterBacklog, &tx).await
+                        {
                             break;
                         }
                         backlog_done = true;
@@ -1475,7 +1828,15 @@ async fn pump(
                             break;
                         }
                     }
-                    Some(Item::GroupMessage(_)) | None => {
+                    Some(Item::GroupMessage(gm)) => {
+                        let Some(gm) = shared.admit_group(&user, gm) else {
+                            continue;
+                        };
+                        if tx.send(Ok(group_item(gm))).await.is_err() {
+                            break;
+                        }
+                    }
+                    None => {
                         if tx.send(Ok(resp)).await.is_err() {
                             break;
                         }
@@ -1593,7 +1954,12 @@ async fn serve(
         .add_service(MessageServiceServer::new(proxy.clone()))
         .add_service(ReportServiceServer::new(proxy.clone()))
         .add_service(AttachmentServiceServer::new(proxy.clone()))
-        .add_service(LinkServiceServer::new(proxy));
+        .add_service(LinkServiceServer::new(proxy.clone()))
+        .add_service(
+            GroupServiceServer::new(proxy)
+                .max_decoding_message_size(GROUP_MESSAGE_LIMIT)
+                .max_encoding_message_size(GROUP_MESSAGE_LIMIT),
+        );
     let serving =
         router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             let _ = graceful.wait_for(|stop| *stop).await;
@@ -1759,6 +2125,37 @@ impl World {
         u.ok(&self.liar, &["register", name])
             .expect("register through the proxy");
         u
+    }
+
+    /// Restarts the real server behind the proxy on the same port (same
+    /// data directory); the proxy reconnects on its next call.
+    pub fn restart_upstream(&mut self) {
+        self.liar
+            .upstream
+            .restart_same_port()
+            .expect("the server restarts");
+    }
+
+    /// Links a new device (home `name`) to `primary`'s account through the
+    /// lying server: `missive link` there, `missive devices add CODE` on the
+    /// primary. Returns the new device's user, once linked.
+    pub fn link_device(&self, primary: &crate::User, name: &str) -> crate::User {
+        let laptop = crate::User::new(self.root.path(), name);
+        let running = laptop
+            .spawn(&self.liar, &["link", "--wait", "60"])
+            .expect("missive link starts");
+        let code = running
+            .wait_for_line("link code: ", Duration::from_secs(30))
+            .expect("a link code");
+        let added = primary
+            .ok(&self.liar, &["devices", "add", &code])
+            .expect("devices add");
+        assert!(added.stdout.contains("linked device"), "{added:?}");
+        let r = running
+            .wait_timeout(Duration::from_secs(60))
+            .expect("missive link ends");
+        assert!(r.ok(), "{r:?}\n{}", self.liar.log());
+        laptop
     }
 
     /// A raw peer (hand-built client) registered through the lying server.

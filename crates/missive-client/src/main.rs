@@ -1177,8 +1177,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 Some(_) => {
                     return Err(ClientError::Group(
                         "with --group, give only the text: missive send --group NAME TEXT".into(),
-                    )
-                    .into());
+                    ));
                 }
                 None => username,
             })?;

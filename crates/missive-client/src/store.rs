@@ -454,7 +454,7 @@ pub struct HistoryEntry {
     pub attachment: Option<AttachmentInfo>,
     /// Set for a message or event of a group conversation; `contact` is
     /// then the author (ours for an outgoing message).
-    pub group: Option<HistoryGroup>,
+    pub group: Option<Box<HistoryGroup>>,
 }
 
 /// The group a history entry belongs to.
@@ -1296,7 +1296,8 @@ impl Db<'_> {
             .keys
             .open(sealed, &ad("group", &[tag]))
             .map_err(|e| self.err(format!("a stored group does not open: {e}")))?;
-        serde_json::from_slice(&json).map_err(|e| self.err(format!("a stored group does not parse: {e}")))
+        serde_json::from_slice(&json)
+            .map_err(|e| self.err(format!("a stored group does not parse: {e}")))
     }
 
     /// The record of the group with this id.
@@ -1304,7 +1305,9 @@ impl Db<'_> {
         let tag = self.group_tag(id);
         let sealed: Option<Vec<u8>> = self
             .conn
-            .query_row("SELECT sealed FROM groups WHERE tag = ?1", [&tag], |r| r.get(0))
+            .query_row("SELECT sealed FROM groups WHERE tag = ?1", [&tag], |r| {
+                r.get(0)
+            })
             .optional()
             .map_err(|e| self.err(e))?;
         sealed.map(|s| self.open_group(&tag, &s)).transpose()
@@ -1331,6 +1334,8 @@ impl Db<'_> {
 
     /// Stores a message or event of a group conversation; `shown` for what
     /// this device itself did.
+    // Each argument is one field of the record; a struct would only rename them.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn add_group_record(
         &self,
         group: GroupRef,
@@ -1374,7 +1379,9 @@ impl Db<'_> {
         let tag = self.keys.tag("mls", &[key]);
         let sealed: Option<Vec<u8>> = self
             .conn
-            .query_row("SELECT sealed FROM mls WHERE tag = ?1", [&tag], |r| r.get(0))
+            .query_row("SELECT sealed FROM mls WHERE tag = ?1", [&tag], |r| {
+                r.get(0)
+            })
             .optional()
             .map_err(|e| self.err(e))?;
         match sealed {
@@ -2175,13 +2182,13 @@ impl Db<'_> {
         {
             {
                 let group = match &rec.group {
-                    Some(g) => Some(HistoryGroup {
+                    Some(g) => Some(Box::new(HistoryGroup {
                         name: self
                             .group_name_of(&g.id)?
                             .unwrap_or_else(|| "(a group this device left)".to_owned()),
                         id: g.id.clone(),
                         event: g.event,
-                    }),
+                    })),
                     None => None,
                 };
                 Ok(HistoryEntry {

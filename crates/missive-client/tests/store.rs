@@ -239,19 +239,19 @@ fn schema_is_versioned_and_reopens() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
     drop(keyfile(&home, true));
-    assert_eq!(user_version(&home), 3);
+    assert_eq!(user_version(&home), 4);
     // A store from a newer missive is refused, not damaged.
     sql(&home, "PRAGMA user_version = 99");
     let err = Store::open_with(&home, false, &KeySource::KeyFile).unwrap_err();
     assert!(err.to_string().contains("newer"), "{err}");
-    sql(&home, "PRAGMA user_version = 3");
+    sql(&home, "PRAGMA user_version = 4");
     keyfile(&home, false);
 }
 
-/// Schema 2 (before the conversation features) becomes schema 3 in place:
+/// Schema 2 (before the conversation features) becomes schema 4 in place:
 /// its rows stay as they are and still open.
 #[test]
-fn schema_2_migrates_to_3_keeping_every_row() {
+fn schema_2_migrates_to_4_keeping_every_row() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
     let mut store = keyfile(&home, true);
@@ -269,14 +269,14 @@ fn schema_2_migrates_to_3_keeping_every_row() {
         })
         .unwrap();
     drop(store);
-    // Take away exactly what schema 3 added: this is schema 2's layout.
+    // Take away exactly what schemas 3 and 4 added: this is schema 2's layout.
     sql(
         &home,
-        "DROP INDEX messages_expiring; ALTER TABLE messages DROP COLUMN expiring; DROP TABLE conversations; PRAGMA user_version = 2;",
+        "DROP INDEX messages_expiring; ALTER TABLE messages DROP COLUMN expiring; DROP TABLE conversations; DROP TABLE mls; DROP TABLE groups; PRAGMA user_version = 2;",
     );
     assert_eq!(user_version(&home), 2);
     let store = keyfile(&home, false);
-    assert_eq!(user_version(&home), 3);
+    assert_eq!(user_version(&home), 4);
     let h = store.history("carol").unwrap();
     assert_eq!(h.len(), 1);
     assert_eq!(h[0].text, "written under schema 2");
@@ -298,6 +298,48 @@ fn schema_2_migrates_to_3_keeping_every_row() {
         )
         .unwrap();
     assert_eq!(tables, 1);
+}
+
+#[test]
+fn schema_3_migrates_to_4_keeping_every_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let mut store = keyfile(&home, true);
+    store
+        .write(|db| {
+            db.add_incoming(NewIncoming {
+                sender: "carol",
+                message_id: &[8u8; 16],
+                sealed: text("written under schema 3"),
+                sender_clock_ms: 1,
+                sender_clock_clamped: false,
+                server_ts_ms: 2,
+                quarantine_identity: None,
+            })
+        })
+        .unwrap();
+    drop(store);
+    // Take away exactly what schema 4 added (groups).
+    sql(
+        &home,
+        "DROP TABLE mls; DROP TABLE groups; PRAGMA user_version = 3;",
+    );
+    let store = keyfile(&home, false);
+    assert_eq!(user_version(&home), 4);
+    assert_eq!(
+        store.history("carol").unwrap()[0].text,
+        "written under schema 3"
+    );
+    drop(store);
+    let c = rusqlite::Connection::open(home.join("missive.db")).unwrap();
+    let tables: i64 = c
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name IN ('mls', 'groups')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(tables, 2);
 }
 
 fn user_version(home: &Path) -> i64 {
@@ -646,8 +688,8 @@ fn a_schema_1_store_is_migrated_not_broken() {
     let store = keyfile(&home, false);
     check_migrated(&store, &peer, &session);
     drop(store);
-    // Straight to today's schema (1 -> 2 -> 3 in one transaction).
-    assert_eq!(user_version(&home), 3);
+    // Straight to today's schema (1 -> 2 -> 3 -> 4 in one transaction).
+    assert_eq!(user_version(&home), 4);
     assert_eq!(
         any_file_contains(&home, b"bob"),
         None,

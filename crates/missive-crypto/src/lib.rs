@@ -19,6 +19,7 @@ mod error;
 pub mod franking;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod group;
 mod identity;
 pub mod link;
 mod pqxdh;

@@ -203,23 +203,14 @@ pub fn one_time_prekeys(
     Ok((x25519, kems))
 }
 
-/// Verifies both MACs of a report: the sender's commitment over the
-/// plaintext, and the server's tag over commitment, both accounts and
-/// usernames, timestamp and message id ([`crate::franking`]).
-#[allow(clippy::too_many_arguments)]
-pub fn report(
-    keys: &KeyRing,
+/// The sender's commitment over the reported plaintext (and file).
+fn reported_commitment(
     franking_key: &[u8],
     commitment: &[u8],
-    tag: &[u8],
     plaintext: &[u8],
-    sender: &str,
-    reporter_account: AccountId,
-    reporter: &str,
-    server_timestamp_ms: u64,
     message_id: &[u8],
     attachment: Option<&missive_proto::v1::AttachmentPointer>,
-) -> ApiResult<Verified> {
+) -> ApiResult<()> {
     let key = FrankingKey::from_bytes(franking_key)
         .map_err(|_| invalid("the franking key must be 32 bytes"))?;
     let committed = match attachment {
@@ -251,6 +242,55 @@ pub fn report(
             .and_then(|k| k.verify_commitment(&p.key_commitment))
             .map_err(|_| invalid("the reported file key does not match its key commitment"))?;
     }
+    Ok(())
+}
+
+/// Verifies both MACs of a report of a group message: the sender's
+/// commitment, and the server's tag with the group in place of the
+/// recipient ([`KeyRing::verify_group`]).
+#[allow(clippy::too_many_arguments)]
+pub fn report_group(
+    keys: &KeyRing,
+    franking_key: &[u8],
+    commitment: &[u8],
+    tag: &[u8],
+    plaintext: &[u8],
+    sender: &str,
+    group_id: &[u8],
+    server_timestamp_ms: u64,
+    message_id: &[u8],
+    attachment: Option<&missive_proto::v1::AttachmentPointer>,
+) -> ApiResult<Verified> {
+    reported_commitment(franking_key, commitment, plaintext, message_id, attachment)?;
+    keys.verify_group(
+        tag,
+        commitment,
+        sender,
+        group_id,
+        server_timestamp_ms,
+        message_id,
+    )
+    .map_err(|e| ApiError::InvalidArgument(e.to_string()))
+}
+
+/// Verifies both MACs of a report: the sender's commitment over the
+/// plaintext, and the server's tag over commitment, both accounts and
+/// usernames, timestamp and message id ([`crate::franking`]).
+#[allow(clippy::too_many_arguments)]
+pub fn report(
+    keys: &KeyRing,
+    franking_key: &[u8],
+    commitment: &[u8],
+    tag: &[u8],
+    plaintext: &[u8],
+    sender: &str,
+    reporter_account: AccountId,
+    reporter: &str,
+    server_timestamp_ms: u64,
+    message_id: &[u8],
+    attachment: Option<&missive_proto::v1::AttachmentPointer>,
+) -> ApiResult<Verified> {
+    reported_commitment(franking_key, commitment, plaintext, message_id, attachment)?;
     keys.verify(
         tag,
         commitment,

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use missive_proto::v1::DeviceMismatch;
+use missive_proto::v1::{DeviceMismatch, GroupEpoch};
 use prost::Message;
 use tonic::{Code, Status};
 
@@ -51,6 +51,12 @@ pub enum ApiError {
     /// The sender's device list is out of date.
     #[error("the recipient's devices have changed: fetch their bundles again and re-encrypt")]
     DeviceMismatch(DeviceMismatch),
+    /// A group write names another epoch than the group's at the server.
+    #[error(
+        "the group is at epoch {} at the server: process the messages you have not received yet, then retry",
+        .0.current_epoch
+    )]
+    GroupEpoch(GroupEpoch),
     /// A size or count limit.
     #[error("{0}")]
     ResourceExhausted(String),
@@ -94,6 +100,11 @@ impl From<ApiError> for Status {
                 Code::FailedPrecondition,
                 message,
                 mismatch.encode_to_vec().into(),
+            ),
+            ApiError::GroupEpoch(epoch) => Status::with_details(
+                Code::FailedPrecondition,
+                message,
+                epoch.encode_to_vec().into(),
             ),
             ApiError::ResourceExhausted(_) | ApiError::RateLimited { .. } => {
                 Status::resource_exhausted(message)

@@ -42,6 +42,37 @@ pub struct ExportDocument {
     /// the server still holds: at most 10 minutes each (no rendezvous id, no
     /// payloads).
     pub pending_links: Vec<ExportLink>,
+    /// Groups a device of this account receives (docs/LAWFUL_ACCESS.md,
+    /// "Groups"): the group id and delivery counts only; no member is named,
+    /// no content, no group name.
+    pub groups: Vec<ExportGroup>,
+}
+
+/// One group a device of the account receives.
+#[derive(Debug, Serialize)]
+pub struct ExportGroup {
+    /// The MLS group id the clients chose (16 random bytes), hex.
+    pub group_id: String,
+    /// Day the group was registered (UTC, `YYYY-MM-DD`).
+    pub created: String,
+    /// The account's devices receiving it, with the day each joined.
+    pub devices: Vec<ExportGroupDevice>,
+    /// How many devices receive the group in all (a count; no names).
+    pub receiving_devices: u64,
+    /// Group messages and Welcomes still stored for the group (not yet
+    /// acknowledged by every device they are for).
+    pub pending_messages: u64,
+    /// Their total size in bytes (ciphertext).
+    pub pending_bytes: u64,
+}
+
+/// One of the account's devices in a group.
+#[derive(Debug, Serialize)]
+pub struct ExportGroupDevice {
+    /// Device id.
+    pub device_id: u32,
+    /// Day it joined (the group's creation or the commit adding it).
+    pub joined: String,
 }
 
 /// A link mailbox whose HELLO the account posted.
@@ -89,6 +120,10 @@ pub struct ExportDevice {
     pub one_time_prekeys: u32,
     /// One-time ML-KEM prekeys left.
     pub one_time_kem_prekeys: u32,
+    /// One-time MLS KeyPackages left.
+    pub one_time_key_packages: u32,
+    /// Whether a last-resort KeyPackage is stored.
+    pub last_resort_key_package: bool,
 }
 
 /// A report about the account, as the reporter disclosed it.
@@ -129,6 +164,8 @@ pub fn document(export: AccountExport) -> ExportDocument {
                 pending_envelopes: d.pending_envelopes,
                 one_time_prekeys: d.prekeys.one_time,
                 one_time_kem_prekeys: d.prekeys.one_time_kem,
+                one_time_key_packages: d.key_packages.one_time,
+                last_resort_key_package: d.key_packages.has_last_resort,
             })
             .collect(),
         reports_about_account: export
@@ -160,6 +197,25 @@ pub fn document(export: AccountExport) -> ExportDocument {
                     LinkSlot::Reply => "reply",
                     LinkSlot::Finish => "finish",
                 },
+            })
+            .collect(),
+        groups: export
+            .groups
+            .into_iter()
+            .map(|g| ExportGroup {
+                group_id: hex::encode(&g.group_id),
+                created: iso_date(g.created_day),
+                devices: g
+                    .devices
+                    .into_iter()
+                    .map(|(device_id, day)| ExportGroupDevice {
+                        device_id,
+                        joined: iso_date(day),
+                    })
+                    .collect(),
+                receiving_devices: g.receiving_devices,
+                pending_messages: g.pending_messages,
+                pending_bytes: g.pending_bytes,
             })
             .collect(),
     }

@@ -145,6 +145,12 @@ fn field(account: AccountId, username: &str) -> String {
     format!("{account}:{username}")
 }
 
+/// The recipient field of a group message's tag: `"group:"` and the
+/// lowercase hex of the group id (`missive_crypto::group::franking_recipient`).
+pub fn group_field(group_id: &[u8]) -> String {
+    missive_crypto::group::franking_recipient(group_id)
+}
+
 /// The check value the database keeps for a key.
 pub fn check_value(key: &ServerFrankingKey) -> Vec<u8> {
     let mut hash = Sha256::new();
@@ -250,6 +256,69 @@ impl KeyRing {
             ));
         }
         tag
+    }
+
+    /// The tag for an accepted APPLICATION group message: as [`Self::tag`]
+    /// with the recipient field replaced by [`group_field`]`(group_id)`.
+    pub fn tag_group(
+        &self,
+        commitment: &[u8],
+        sender_account: AccountId,
+        sender: &str,
+        group_id: &[u8],
+        server_timestamp_ms: u64,
+        message_id: &[u8],
+    ) -> Vec<u8> {
+        let mut tag = Vec::with_capacity(TAG_LEN);
+        tag.extend_from_slice(&self.current.to_be_bytes());
+        tag.extend_from_slice(&sender_account.to_be_bytes());
+        if let Some(entry) = self.keys.get(&self.current) {
+            tag.extend_from_slice(&franking::server_tag(
+                &entry.key,
+                commitment,
+                &field(sender_account, sender),
+                &group_field(group_id),
+                server_timestamp_ms,
+                message_id,
+            ));
+        }
+        tag
+    }
+
+    /// Verifies a reported tag of a group message from `sender` in
+    /// `group_id`. Only tags with a key id: group tags never had another form.
+    pub fn verify_group(
+        &self,
+        tag: &[u8],
+        commitment: &[u8],
+        sender: &str,
+        group_id: &[u8],
+        server_timestamp_ms: u64,
+        message_id: &[u8],
+    ) -> Result<Verified, TagError> {
+        if tag.len() != TAG_LEN {
+            return Err(TagError::Length);
+        }
+        let (id, rest) = tag.split_at(4);
+        let (account, mac) = rest.split_at(8);
+        let key_id = u32::from_be_bytes(id.try_into().map_err(|_| TagError::Length)?);
+        let sender_account =
+            AccountId::from_be_bytes(account.try_into().map_err(|_| TagError::Length)?);
+        let entry = self.keys.get(&key_id).ok_or(TagError::UnknownKey(key_id))?;
+        franking::verify_server_tag(
+            &entry.key,
+            commitment,
+            &field(sender_account, sender),
+            &group_field(group_id),
+            server_timestamp_ms,
+            message_id,
+            mac,
+        )
+        .then_some(Verified {
+            key_id,
+            sender_account: Some(sender_account),
+        })
+        .ok_or(TagError::Mismatch)
     }
 
     /// Verifies a reported tag for a message from `sender` to the reporter.

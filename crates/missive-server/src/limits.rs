@@ -142,3 +142,29 @@ pub const MAX_LINK_REQUEST_BYTES: usize = MAX_LINK_FINISH_BYTES + 4096;
 /// Largest encoded response of `LinkService`: a mailbox with every slot full.
 pub const MAX_LINK_RESPONSE_BYTES: usize =
     LINK_OFFER_LEN + MAX_LINK_HELLO_BYTES + MAX_LINK_REPLY_BYTES + MAX_LINK_FINISH_BYTES + 4096;
+
+/// Groups (`GroupService`, docs/PROTOCOL.md "Groups"): one KeyPackage, bytes.
+pub const MAX_KEY_PACKAGE_BYTES: usize = 16 * 1024;
+/// KeyPackages per `UploadKeyPackages` call.
+pub const MAX_KEY_PACKAGES_PER_CALL: usize = 100;
+/// One-time KeyPackages stored per device.
+pub const MAX_KEY_PACKAGES_STORED: u32 = 200;
+/// Length of an MLS group id as the server accepts it.
+pub const GROUP_ID_LEN: usize = 16;
+/// One commit, bytes.
+pub const MAX_COMMIT_BYTES: usize = 1024 * 1024;
+/// One Welcome (it carries the ratchet tree), bytes.
+pub const MAX_WELCOME_BYTES: usize = 8 * 1024 * 1024;
+/// One application message or proposal, bytes (as an envelope).
+pub const MAX_GROUP_MESSAGE_BYTES: usize = MAX_ENVELOPE_BYTES;
+/// Devices a commit adds, and devices it removes.
+pub const MAX_COMMIT_DEVICES: usize = 1000;
+/// Group acknowledgements per `Acknowledge` call.
+pub const MAX_GROUP_ACKS_PER_CALL: usize = 1000;
+/// A `GroupService` request: a commit with its largest Welcome and 2000
+/// device addresses (each at most ~45 bytes on the wire).
+pub const MAX_GROUP_REQUEST_BYTES: usize = MAX_WELCOME_BYTES + MAX_COMMIT_BYTES + 256 * 1024;
+/// A `GroupService` answer: KeyPackages of every device of a user.
+pub const MAX_GROUP_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
+/// One `ReceiveResponse`: a Welcome with its group message fields.
+pub const MAX_RECEIVE_ITEM_BYTES: usize = MAX_WELCOME_BYTES + 64 * 1024;

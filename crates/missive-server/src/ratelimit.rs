@@ -171,6 +171,8 @@ pub struct Limiters {
     bundles_ip: DefaultKeyedRateLimiter<Source>,
     bundles_pair: DefaultKeyedRateLimiter<(AccountId, AccountId)>,
     bundles_target: DefaultKeyedRateLimiter<AccountId>,
+    key_packages_pair: DefaultKeyedRateLimiter<(AccountId, AccountId)>,
+    key_packages_target: DefaultKeyedRateLimiter<AccountId>,
     send_account: DefaultKeyedRateLimiter<AccountId>,
     send_ip: DefaultKeyedRateLimiter<Source>,
     attachment_account: DefaultKeyedRateLimiter<AccountId>,
@@ -209,6 +211,8 @@ impl Limiters {
             bundles_ip: limiter(rates.bundles_per_ip),
             bundles_pair: limiter(rates.bundles_per_pair),
             bundles_target: limiter(rates.bundles_per_target),
+            key_packages_pair: limiter(rates.bundles_per_pair),
+            key_packages_target: limiter(rates.bundles_per_target),
             send_account: limiter(rates.send_per_account),
             send_ip: limiter(rates.send_per_ip),
             attachment_account: limiter(rates.attachment_per_account),
@@ -257,6 +261,32 @@ impl Limiters {
             "for this account's bundles of that user",
         )?;
         Ok(match self.bundles_target.check_key(&target) {
+            Ok(_) => BundleAllowance::Consume,
+            Err(_) => BundleAllowance::WithoutOneTimeKeys,
+        })
+    }
+
+    /// A KeyPackage fetch (`GroupService.FetchKeyPackages`) by `requester`
+    /// from `source` for `target`: the per-account and per-source limits of
+    /// bundle fetches, and per-pair and per-target limits of the same rates
+    /// kept apart from the bundles' (a KeyPackage is not a prekey). Past the
+    /// target's limit last-resort KeyPackages are served instead.
+    pub fn key_packages(
+        &self,
+        requester: AccountId,
+        source: Option<Source>,
+        target: AccountId,
+    ) -> ApiResult<BundleAllowance> {
+        check(&self.bundles_account, &requester, "for this account")?;
+        if let Some(source) = source {
+            check(&self.bundles_ip, &source, "from this address")?;
+        }
+        check(
+            &self.key_packages_pair,
+            &(requester, target),
+            "for this account's KeyPackages of that user",
+        )?;
+        Ok(match self.key_packages_target.check_key(&target) {
             Ok(_) => BundleAllowance::Consume,
             Err(_) => BundleAllowance::WithoutOneTimeKeys,
         })

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use missive_proto::v1::account_service_server::AccountServiceServer;
 use missive_proto::v1::attachment_service_server::AttachmentServiceServer;
+use missive_proto::v1::group_service_server::GroupServiceServer;
 use missive_proto::v1::key_service_server::KeyServiceServer;
 use missive_proto::v1::link_service_server::LinkServiceServer;
 use missive_proto::v1::message_service_server::MessageServiceServer;
@@ -30,6 +31,7 @@ use crate::ratelimit::{Limiters, RateLimits};
 use crate::service::State;
 use crate::service::account::AccountApi;
 use crate::service::attachments::AttachmentApi;
+use crate::service::groups::GroupApi;
 use crate::service::keys::KeyApi;
 use crate::service::link::LinkApi;
 use crate::service::messages::{MessageApi, group_commit};
@@ -352,6 +354,7 @@ async fn serve(
         .set_serving::<AttachmentServiceServer<AttachmentApi>>()
         .await;
     health.set_serving::<LinkServiceServer<LinkApi>>().await;
+    health.set_serving::<GroupServiceServer<GroupApi>>().await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(missive_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -377,9 +380,10 @@ async fn serve(
                 .max_encoding_message_size(limits::MAX_RESPONSE_BYTES),
         )
         .add_service(
+            // A Receive item may be a Welcome of up to 8 MiB.
             MessageServiceServer::new(MessageApi::new(Arc::clone(&state)))
                 .max_decoding_message_size(limits::MAX_MESSAGE_REQUEST_BYTES)
-                .max_encoding_message_size(limits::MAX_RESPONSE_BYTES),
+                .max_encoding_message_size(limits::MAX_RECEIVE_ITEM_BYTES),
         )
         .add_service(
             ReportServiceServer::new(ReportApi::new(Arc::clone(&state)))
@@ -400,6 +404,12 @@ async fn serve(
             LinkServiceServer::new(LinkApi::new(Arc::clone(&state)))
                 .max_decoding_message_size(limits::MAX_LINK_REQUEST_BYTES)
                 .max_encoding_message_size(limits::MAX_LINK_RESPONSE_BYTES),
+        )
+        .add_service(
+            // A commit carries a Welcome of up to 8 MiB.
+            GroupServiceServer::new(GroupApi::new(Arc::clone(&state)))
+                .max_decoding_message_size(limits::MAX_GROUP_REQUEST_BYTES)
+                .max_encoding_message_size(limits::MAX_GROUP_RESPONSE_BYTES),
         );
     if let Some(hook) = hook {
         routes = hook(routes);

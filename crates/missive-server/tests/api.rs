@@ -98,6 +98,7 @@ async fn backlog(stream: &mut Streaming<ReceiveResponse>) -> Vec<Envelope> {
         match item.item.unwrap() {
             Item::Envelope(e) => out.push(e),
             Item::QueueEmpty(_) => return out,
+            Item::GroupMessage(g) => panic!("a group message in a 1:1 test: {g:?}"),
         }
     }
 }
@@ -198,6 +199,7 @@ async fn codes_for(user: &User, token: Option<&[u8]>) -> Vec<(&'static str, Code
                         token,
                         AcknowledgeRequest {
                             envelope_ids: vec![1],
+                            group_acks: Vec::new(),
                         },
                     ))
                     .await
@@ -608,6 +610,7 @@ async fn envelopes_are_private_idempotent_live_and_checked_against_devices() {
     eve.messages()
         .acknowledge(eve.req(AcknowledgeRequest {
             envelope_ids: vec![envelope.id],
+            group_acks: Vec::new(),
         }))
         .await
         .unwrap();
@@ -636,6 +639,7 @@ async fn envelopes_are_private_idempotent_live_and_checked_against_devices() {
     bob.messages()
         .acknowledge(bob.req(AcknowledgeRequest {
             envelope_ids: vec![envelope.id],
+            group_acks: Vec::new(),
         }))
         .await
         .unwrap();
@@ -768,6 +772,7 @@ async fn plaintext_never_reaches_the_data_directory() {
     bob.messages()
         .acknowledge(bob.req(AcknowledgeRequest {
             envelope_ids: vec![acked_id],
+            group_acks: Vec::new(),
         }))
         .await
         .unwrap();
@@ -841,6 +846,7 @@ async fn franking_reports_verify_and_tampered_ones_are_refused_and_exports_stay_
         franking_tag: envelope.franking_tag.clone(),
         reason: "spam".into(),
         attachment: None,
+        group_id: Vec::new(),
     };
     let mut tampered = Vec::new();
     let mut r = genuine.clone();

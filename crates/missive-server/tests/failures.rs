@@ -255,6 +255,7 @@ async fn on_a_full_disk_acknowledgements_work_and_writers_get_resource_exhausted
         match item.item.unwrap() {
             Item::Envelope(envelope) => ids.push(envelope.id),
             Item::QueueEmpty(_) => break,
+            Item::GroupMessage(_) => panic!("a group message in a 1:1 test"),
         }
     }
     assert_eq!(ids.len(), stored as usize);
@@ -262,6 +263,7 @@ async fn on_a_full_disk_acknowledgements_work_and_writers_get_resource_exhausted
         bob.messages()
             .acknowledge(bob.req(AcknowledgeRequest {
                 envelope_ids: chunk.to_vec(),
+                group_acks: Vec::new(),
             }))
             .await
             .unwrap_or_else(|s| panic!("an acknowledgement failed on the full disk: {s:?}"));

@@ -64,6 +64,7 @@ async fn open(user: &User) -> (Streaming<ReceiveResponse>, Vec<Envelope>) {
         match item.item {
             Some(Item::Envelope(e)) => backlog.push(e),
             Some(Item::QueueEmpty(_)) => return (stream, backlog),
+            Some(Item::GroupMessage(_)) => panic!("a group message in a 1:1 test"),
             None => panic!("empty item"),
         }
     }
@@ -147,6 +148,7 @@ async fn online_only_envelopes_reach_open_streams_and_leave_no_trace_in_the_stor
     bob.messages()
         .acknowledge(bob.req(AcknowledgeRequest {
             envelope_ids: vec![0],
+            group_acks: Vec::new(),
         }))
         .await
         .unwrap();

@@ -263,3 +263,19 @@ async fn two_nodes_racing_on_one_link_code_store_one_hello() {
     node_b.close().await;
     drop(schema);
 }
+
+/// Two "nodes" (two pools) commit to one group for the same epoch at once:
+/// exactly one commit is stored per epoch, and every seq is given once.
+#[tokio::test]
+async fn concurrent_group_commits_on_two_pools_store_exactly_one_per_epoch() {
+    let Some(schema) = services::PgSchema::create("group_race").await else {
+        return;
+    };
+    let url = schema.url();
+    let node_a = storage::open(&url, OpenMode::Serve).await.unwrap();
+    let node_b = storage::open(&url, OpenMode::Serve).await.unwrap();
+    suite::group_epoch_race(node_a.as_ref(), node_b.as_ref(), "race").await;
+    node_a.close().await;
+    node_b.close().await;
+    drop(schema);
+}

@@ -78,6 +78,7 @@ async fn receive(user: &User, sent: &Sent) -> Envelope {
             user.messages()
                 .acknowledge(user.req(AcknowledgeRequest {
                     envelope_ids: vec![envelope.id],
+                    group_acks: Vec::new(),
                 }))
                 .await
                 .unwrap();
@@ -97,6 +98,7 @@ fn report_of(envelope: &Envelope, sent: &Sent) -> ReportRequest {
         franking_tag: envelope.franking_tag.clone(),
         reason: "spam".into(),
         attachment: None,
+        group_id: Vec::new(),
     }
 }
 
@@ -312,6 +314,40 @@ async fn lawful_access_lists_exactly_what_the_export_and_the_database_hold() {
             rendezvous: vec![5; 32],
             slot: LinkSlot::Hello as i32,
             payload: b"sealed hello".to_vec(),
+        }))
+        .await
+        .unwrap();
+    // A group alice created and added bob to, with a message pending.
+    let groups = || {
+        group_service_client::GroupServiceClient::new(channel.clone())
+            .max_encoding_message_size(16 * 1024 * 1024)
+    };
+    groups()
+        .upload_key_packages(alice.req(UploadKeyPackagesRequest {
+            key_packages: vec![vec![1; 100]],
+            last_resort: vec![2; 100],
+        }))
+        .await
+        .unwrap();
+    let group_id = vec![0x6b; 16];
+    groups()
+        .create_group(alice.req(CreateGroupRequest {
+            group_id: group_id.clone(),
+        }))
+        .await
+        .unwrap();
+    groups()
+        .commit(alice.req(CommitRequest {
+            group_id: group_id.clone(),
+            epoch: 0,
+            message_id: vec![1; 16],
+            commit: vec![3; 50],
+            welcome: vec![4; 50],
+            added: vec![DeviceAddress {
+                username: "bob".into(),
+                device_id: 1,
+            }],
+            removed: Vec::new(),
         }))
         .await
         .unwrap();

@@ -247,3 +247,76 @@ async fn the_database_shrinks_after_a_mailbox_drains_and_is_private() {
     );
     store.close().await;
 }
+
+/// Two stores on one SQLite file (two processes' worth of connections)
+/// commit to one group for the same epoch at once: exactly one wins.
+#[tokio::test]
+async fn concurrent_group_commits_on_two_sqlite_stores_store_exactly_one_per_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("race.db").display());
+    let first = storage::open(&url, OpenMode::Serve).await.unwrap();
+    let second = storage::open(&url, OpenMode::Serve).await.unwrap();
+    suite::group_epoch_race(first.as_ref(), second.as_ref(), "race").await;
+    first.close().await;
+    second.close().await;
+}
+
+/// A group message is stored once, whatever the number of receivers: with
+/// 50 receiving devices the database grows by about one copy of it.
+#[tokio::test]
+async fn a_group_message_is_stored_once_for_all_its_receivers() {
+    use missive_server::storage::DeviceAddress;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("once.db");
+    let url = format!("sqlite://{}", path.display());
+    let store = storage::open(&url, OpenMode::Serve).await.unwrap();
+    let mut devices = Vec::new();
+    for n in 0..50 {
+        let account = store
+            .create_account(&suite::account(&format!("once-{n}"), 0, 0))
+            .await
+            .unwrap();
+        devices.push(DeviceAddress { account, device: 1 });
+    }
+    let group = [5u8; 16];
+    store
+        .create_group(&group, devices[0], 1, 20_000)
+        .await
+        .unwrap();
+    store
+        .commit_group(&suite::group_commit(
+            &group,
+            0,
+            devices[0],
+            1,
+            &devices[1..],
+            &[],
+        ))
+        .await
+        .unwrap();
+    let mut message = suite::group_message(&group, 1, devices[0], 2, 0, u64::MAX / 2);
+    // Incompressible filler, so the size says how many copies exist.
+    message.content = (0..200_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    store.purge_expired(10, 0).await.unwrap();
+    let before = std::fs::metadata(&path).unwrap().len();
+    store.store_group_message(&message).await.unwrap();
+    store.purge_expired(10, 0).await.unwrap();
+    let after = std::fs::metadata(&path).unwrap().len();
+    for device in &devices[1..] {
+        let pending = store
+            .pending_group_messages(*device, &group, 1, 10, 10)
+            .await
+            .unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].content, message.content);
+    }
+    let grown = after.saturating_sub(before);
+    assert!(
+        (190_000..2 * 200_000).contains(&grown),
+        "the database grew by {grown} bytes for one 200 kB message to 49 devices"
+    );
+    store.close().await;
+}

@@ -216,7 +216,10 @@ async fn two_nodes_share_postgres_and_nats_and_lose_nothing_when_one_dies() {
     // Acknowledged through B, they are gone for good: a fresh stream on B
     // (bob logs in again there) has an empty backlog.
     bob.messages()
-        .acknowledge(bob.req(AcknowledgeRequest { envelope_ids: ids }))
+        .acknowledge(bob.req(AcknowledgeRequest {
+            envelope_ids: ids,
+            group_acks: Vec::new(),
+        }))
         .await
         .unwrap();
     drop(stream);

@@ -31,12 +31,12 @@ use crate::store::Db;
 pub(crate) const CIPHERSUITE: Ciphersuite =
     Ciphersuite::MLS_256_XWING_CHACHA20POLY1305_SHA256_Ed25519;
 
-/// Group context extension holding the group's name (UTF-8), in RFC 9420's
-/// private-use range: only members read it.
-pub(crate) const GROUP_NAME_EXTENSION: u16 = 0xF3A1;
+// The group context extension holding the group's name (UTF-8), in RFC
+// 9420's private-use range: only members read it.
+use missive_crypto::group::GROUP_NAME_EXTENSION;
 
 /// Longest group name, bytes.
-pub(crate) const MAX_GROUP_NAME: usize = 64;
+pub(crate) const MAX_GROUP_NAME: usize = missive_crypto::group::MAX_GROUP_NAME_BYTES;
 
 /// Epochs whose secrets a member keeps after moving on, so that a message
 /// the server ordered before a commit this device made still decrypts.
@@ -113,28 +113,14 @@ impl std::fmt::Display for DeviceName {
     }
 }
 
-/// The credential identity: `u64 length ‖ username ‖ u32 device id`, all
-/// big-endian (docs/PROTOCOL.md, "Groups").
-pub(crate) fn credential_identity(username: &str, device_id: u32) -> Vec<u8> {
-    let mut out = Vec::with_capacity(8 + username.len() + 4);
-    out.extend_from_slice(&(username.len() as u64).to_be_bytes());
-    out.extend_from_slice(username.as_bytes());
-    out.extend_from_slice(&device_id.to_be_bytes());
-    out
-}
-
 /// Reads a credential back; `None` for anything that is not exactly one of
-/// ours with a valid username.
+/// ours (`missive_crypto::group::credential_identity`) with a valid username.
 pub(crate) fn parse_credential(credential: &Credential) -> Option<DeviceName> {
     if credential.credential_type() != CredentialType::Basic {
         return None;
     }
-    let bytes = credential.serialized_content();
-    let len = usize::try_from(u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
-    let name = bytes.get(8..8usize.checked_add(len)?)?;
-    let device = bytes.get(8 + len..)?;
-    let device_id = u32::from_be_bytes(device.try_into().ok()?);
-    let username = std::str::from_utf8(name).ok()?;
+    let (username, device_id) =
+        missive_crypto::group::parse_credential_identity(credential.serialized_content())?;
     if super::normalize_username(username).ok().as_deref() != Some(username) {
         return None;
     }
@@ -146,7 +132,10 @@ pub(crate) fn parse_credential(credential: &Credential) -> Option<DeviceName> {
 
 fn credential_with_key(username: &str, device_id: u32, key: &PublicIdentity) -> CredentialWithKey {
     CredentialWithKey {
-        credential: BasicCredential::new(credential_identity(username, device_id)).into(),
+        credential: BasicCredential::new(missive_crypto::group::credential_identity(
+            username, device_id,
+        ))
+        .into(),
         signature_key: key.signing_key().to_vec().into(),
     }
 }
@@ -298,7 +287,9 @@ pub(crate) fn check_key_package(
     let message = MlsMessageIn::tls_deserialize_exact(bytes)
         .map_err(|_| format!("the KeyPackage of {device} does not parse"))?;
     let MlsMessageBodyIn::KeyPackage(kp) = message.extract() else {
-        return Err(format!("what the server gave as {device}'s KeyPackage is not one"));
+        return Err(format!(
+            "what the server gave as {device}'s KeyPackage is not one"
+        ));
     };
     let kp = kp
         .validate(
@@ -387,6 +378,9 @@ pub(crate) struct OutgoingCommit {
     pub(crate) welcome: String,
     pub(crate) added: Vec<(String, u32)>,
     pub(crate) removed: Vec<(String, u32)>,
+    /// Those of `removed` that had left (their own proposal): no event.
+    #[serde(default)]
+    pub(crate) left: Vec<(String, u32)>,
 }
 
 fn outgoing(
@@ -395,10 +389,15 @@ fn outgoing(
     welcome: Option<&MlsMessageOut>,
     added: Vec<DeviceName>,
     removed: Vec<DeviceName>,
+    left: Vec<DeviceName>,
 ) -> std::result::Result<OutgoingCommit, String> {
-    let commit = commit.to_bytes().map_err(|e| err("cannot encode the commit", e))?;
+    let commit = commit
+        .to_bytes()
+        .map_err(|e| err("cannot encode the commit", e))?;
     let welcome = match welcome {
-        Some(w) => w.to_bytes().map_err(|e| err("cannot encode the Welcome", e))?,
+        Some(w) => w
+            .to_bytes()
+            .map_err(|e| err("cannot encode the Welcome", e))?,
         None => Vec::new(),
     };
     let message_id: [u8; 16] = rand::random();
@@ -407,8 +406,15 @@ fn outgoing(
         message_id: hex::encode(message_id),
         commit: hex::encode(commit),
         welcome: hex::encode(welcome),
-        added: added.into_iter().map(|d| (d.username, d.device_id)).collect(),
+        added: added
+            .into_iter()
+            .map(|d| (d.username, d.device_id))
+            .collect(),
         removed: removed
+            .into_iter()
+            .map(|d| (d.username, d.device_id))
+            .collect(),
+        left: left
             .into_iter()
             .map(|d| (d.username, d.device_id))
             .collect(),
@@ -460,6 +466,7 @@ pub(crate) fn stage_commit(
         .stage_commit(&provider)
         .map_err(|e| GroupRefusal::Refused(err("cannot make the commit", e)))?;
     let mut removed: Vec<DeviceName> = remove.to_vec();
+    let mut left = Vec::new();
     if let Some(staged) = group.pending_commit() {
         for r in staged.remove_proposals() {
             if let Some(Some(d)) = group
@@ -467,12 +474,13 @@ pub(crate) fn stage_commit(
                 .map(|m| parse_credential(&m.credential))
                 && !removed.contains(&d)
             {
+                left.push(d.clone());
                 removed.push(d);
             }
         }
     }
     let (commit, welcome, _) = bundle.into_messages();
-    outgoing(epoch, &commit, welcome.as_ref(), added, removed).map_err(GroupRefusal::Refused)
+    outgoing(epoch, &commit, welcome.as_ref(), added, removed, left).map_err(GroupRefusal::Refused)
 }
 
 /// The server took this device's pending commit: apply it.
@@ -559,9 +567,7 @@ pub(crate) enum Processed {
 }
 
 /// The epoch an `MLSMessage` claims, and its parsed form.
-pub(crate) fn parse_protocol_message(
-    bytes: &[u8],
-) -> std::result::Result<ProtocolMessage, String> {
+pub(crate) fn parse_protocol_message(bytes: &[u8]) -> std::result::Result<ProtocolMessage, String> {
     let message = MlsMessageIn::tls_deserialize_exact(bytes)
         .map_err(|_| "it is not an MLS message".to_owned())?;
     message
@@ -611,15 +617,24 @@ fn accounts_to_check_in(
 fn staged_leaves(staged: &StagedCommit) -> Vec<(Credential, Vec<u8>)> {
     let mut out = Vec::new();
     if let Some(leaf) = staged.update_path_leaf_node() {
-        out.push((leaf.credential().clone(), leaf.signature_key().as_slice().to_vec()));
+        out.push((
+            leaf.credential().clone(),
+            leaf.signature_key().as_slice().to_vec(),
+        ));
     }
     for add in staged.add_proposals() {
         let leaf = add.add_proposal().key_package().leaf_node();
-        out.push((leaf.credential().clone(), leaf.signature_key().as_slice().to_vec()));
+        out.push((
+            leaf.credential().clone(),
+            leaf.signature_key().as_slice().to_vec(),
+        ));
     }
     for update in staged.update_proposals() {
         let leaf = update.update_proposal().leaf_node();
-        out.push((leaf.credential().clone(), leaf.signature_key().as_slice().to_vec()));
+        out.push((
+            leaf.credential().clone(),
+            leaf.signature_key().as_slice().to_vec(),
+        ));
     }
     out
 }
@@ -668,10 +683,16 @@ pub(crate) fn process(
             }
             let added = staged
                 .add_proposals()
-                .filter_map(|a| parse_credential(a.add_proposal().key_package().leaf_node().credential()))
+                .filter_map(|a| {
+                    parse_credential(a.add_proposal().key_package().leaf_node().credential())
+                })
                 .collect();
+            // A member's own Remove (it left) was shown when it came.
             let removed = staged
                 .remove_proposals()
+                .filter(|r| {
+                    !matches!(r.sender(), Sender::Member(i) if *i == r.remove_proposal().removed())
+                })
                 .filter_map(|r| {
                     group
                         .member_at(r.remove_proposal().removed())
@@ -714,10 +735,11 @@ pub(crate) fn process(
         ProcessedMessageContent::ExternalJoinProposalMessage(_) => Err(GroupRefusal::Refused(
             "it is an external join proposal, which Missive groups do not take".into(),
         )),
-        ProcessedMessageContent::OwnPendingCommit
-        | ProcessedMessageContent::OwnPrivateMessage => Err(GroupRefusal::Refused(
-            "it is this device's own message, sent back to it".into(),
-        )),
+        ProcessedMessageContent::OwnPendingCommit | ProcessedMessageContent::OwnPrivateMessage => {
+            Err(GroupRefusal::Refused(
+                "it is this device's own message, sent back to it".into(),
+            ))
+        }
     }
 }
 
@@ -739,10 +761,7 @@ pub(crate) fn welcome_members(
     members
 }
 
-fn stage_welcome(
-    db: &Db<'_>,
-    bytes: &[u8],
-) -> std::result::Result<StagedWelcome, GroupRefusal> {
+fn stage_welcome(db: &Db<'_>, bytes: &[u8]) -> std::result::Result<StagedWelcome, GroupRefusal> {
     let provider = Provider::new(db)?;
     let message = MlsMessageIn::tls_deserialize_exact(bytes)
         .map_err(|_| GroupRefusal::Refused("it is not an MLS message".into()))?;
@@ -935,8 +954,10 @@ mod tests {
         with(&mut alice, |db, me| create(db, me, &id, "team")).unwrap();
         let kp = key_package(&mut bob);
         let kp = check_key_package(&kp, &name(&bob), bob.identity.public()).unwrap();
-        let commit = with(&mut alice, |db, me| stage_commit(db, me, &id, vec![(name(&bob), kp)], &[]))
-            .unwrap();
+        let commit = with(&mut alice, |db, me| {
+            stage_commit(db, me, &id, vec![(name(&bob), kp)], &[])
+        })
+        .unwrap();
         assert_eq!(commit.epoch, 0);
         assert_eq!(commit.added, vec![("bob".to_owned(), 1)]);
         with(&mut alice, |db, _| merge_own_commit(db, &id)).unwrap();
@@ -949,10 +970,17 @@ mod tests {
         assert_eq!(joined.name, "team");
         assert_eq!(joined.added_by, Some(name(&alice)));
 
-        let (epoch, wire) = with(&mut alice, |db, me| encrypt(db, me, &id, b"hi bob", &[7; 32])).unwrap();
+        let (epoch, wire) = with(&mut alice, |db, me| {
+            encrypt(db, me, &id, b"hi bob", &[7; 32])
+        })
+        .unwrap();
         assert_eq!(epoch, 1);
         match with(&mut bob, |db, _| process(db, "bob", &id, &wire)).unwrap() {
-            Processed::Application { sender, plaintext, aad } => {
+            Processed::Application {
+                sender,
+                plaintext,
+                aad,
+            } => {
                 assert_eq!(sender, name(&alice));
                 assert_eq!(plaintext, b"hi bob");
                 assert_eq!(aad, vec![7; 32]);
@@ -964,20 +992,29 @@ mod tests {
 
         let (_, wire) = with(&mut bob, |db, me| encrypt(db, me, &id, b"hi alice", &[])).unwrap();
         match with(&mut alice, |db, _| process(db, "alice", &id, &wire)).unwrap() {
-            Processed::Application { sender, plaintext, .. } => {
+            Processed::Application {
+                sender, plaintext, ..
+            } => {
                 assert_eq!(sender, name(&bob));
                 assert_eq!(plaintext, b"hi alice");
             }
             other => panic!("{other:?}"),
         }
 
-        let removal =
-            with(&mut alice, |db, me| stage_commit(db, me, &id, Vec::new(), &[name(&bob)])).unwrap();
+        let removal = with(&mut alice, |db, me| {
+            stage_commit(db, me, &id, Vec::new(), &[name(&bob)])
+        })
+        .unwrap();
         assert_eq!(removal.removed, vec![("bob".to_owned(), 1)]);
         with(&mut alice, |db, _| merge_own_commit(db, &id)).unwrap();
         let wire = hex::decode(&removal.commit).unwrap();
         match with(&mut bob, |db, _| process(db, "bob", &id, &wire)).unwrap() {
-            Processed::Commit { by, removed, self_removed, .. } => {
+            Processed::Commit {
+                by,
+                removed,
+                self_removed,
+                ..
+            } => {
                 assert_eq!(by, Some(name(&alice)));
                 assert_eq!(removed, vec![name(&bob)]);
                 assert!(self_removed);
@@ -1018,12 +1055,17 @@ mod tests {
         with(&mut ghost, |db, me| create(db, me, &ghost_id, "trap")).unwrap();
         let kp = key_package(&mut alice);
         let kp = check_key_package(&kp, &name(&alice), alice.identity.public()).unwrap();
-        let trap = with(&mut ghost, |db, me| stage_commit(db, me, &ghost_id, vec![(name(&alice), kp)], &[]))
-            .unwrap();
+        let trap = with(&mut ghost, |db, me| {
+            stage_commit(db, me, &ghost_id, vec![(name(&alice), kp)], &[])
+        })
+        .unwrap();
         let why = refused(with(&mut alice, |db, _| {
             join(db, "alice", &hex::decode(&trap.welcome).unwrap())
         }));
-        assert!(why.contains("device 7 of bob is not on bob's signed device list"), "{why}");
+        assert!(
+            why.contains("device 7 of bob is not on bob's signed device list"),
+            "{why}"
+        );
 
         // A real group of three; carol misses the commit adding... nothing:
         // alice's commit that removes bob is withheld from carol.
@@ -1033,7 +1075,10 @@ mod tests {
             .into_iter()
             .map(|d| {
                 let kp = key_package(d);
-                (name(d), check_key_package(&kp, &name(d), d.identity.public()).unwrap())
+                (
+                    name(d),
+                    check_key_package(&kp, &name(d), d.identity.public()).unwrap(),
+                )
             })
             .collect();
         let commit = with(&mut alice, |db, me| stage_commit(db, me, &id, kps, &[])).unwrap();
@@ -1041,10 +1086,15 @@ mod tests {
         let welcome = hex::decode(&commit.welcome).unwrap();
         with(&mut bob, |db, _| join(db, "bob", &welcome)).unwrap();
         with(&mut carol, |db, _| join(db, "carol", &welcome)).unwrap();
-        let removal =
-            with(&mut alice, |db, me| stage_commit(db, me, &id, Vec::new(), &[name(&bob)])).unwrap();
+        let removal = with(&mut alice, |db, me| {
+            stage_commit(db, me, &id, Vec::new(), &[name(&bob)])
+        })
+        .unwrap();
         with(&mut alice, |db, _| merge_own_commit(db, &id)).unwrap();
-        let (_, wire) = with(&mut alice, |db, me| encrypt(db, me, &id, b"bob is gone", &[])).unwrap();
+        let (_, wire) = with(&mut alice, |db, me| {
+            encrypt(db, me, &id, b"bob is gone", &[])
+        })
+        .unwrap();
         let why = refused(with(&mut carol, |db, _| process(db, "carol", &id, &wire)));
         assert!(why.contains("withheld"), "{why}");
         // Once carol gets the commit, she reads on.
@@ -1058,7 +1108,8 @@ mod tests {
 
     #[test]
     fn credentials_round_trip_and_reject_strays() {
-        let c: Credential = BasicCredential::new(credential_identity("alice", 3)).into();
+        let c: Credential =
+            BasicCredential::new(missive_crypto::group::credential_identity("alice", 3)).into();
         assert_eq!(
             parse_credential(&c),
             Some(DeviceName {
@@ -1070,12 +1121,12 @@ mod tests {
             Vec::new(),
             b"alice".to_vec(),
             {
-                let mut v = credential_identity("alice", 3);
+                let mut v = missive_crypto::group::credential_identity("alice", 3);
                 v.push(0);
                 v
             },
-            credential_identity("Alice", 3),
-            credential_identity("a", 3),
+            missive_crypto::group::credential_identity("Alice", 3),
+            missive_crypto::group::credential_identity("a", 3),
         ] {
             let c: Credential = BasicCredential::new(bad.clone()).into();
             assert_eq!(parse_credential(&c), None, "{bad:?}");

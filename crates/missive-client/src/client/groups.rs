@@ -21,12 +21,14 @@ use zeroize::Zeroizing;
 use crate::error::{ClientError, Result};
 use crate::limits::SEND_ATTEMPTS;
 use crate::store::{
-    Db, GroupRecord, GroupRef, GroupStatus, HistoryEntry, SealedMessage, group_conversation,
-    now_ms,
+    Db, GroupRecord, GroupRef, GroupStatus, HistoryEntry, SealedMessage, group_conversation, now_ms,
 };
 
 use super::group_state::{self, DeviceName, GroupRefusal, Me, Processed};
 use super::{Client, RecvEvent, Sent, normalize_username};
+
+/// The own device list version whose devices every group holds (meta).
+const META_GROUPS_SYNCED: &str = "groups_synced_list_version";
 
 /// KeyPackages kept on the server per device: refilled below the low mark.
 const KEY_PACKAGE_TARGET: usize = 20;
@@ -64,7 +66,13 @@ fn describe_commit(
     added: &[DeviceName],
     removed: &[DeviceName],
 ) -> Vec<String> {
-    let who = |u: &str| if u == me { "you".to_owned() } else { u.to_owned() };
+    let who = |u: &str| {
+        if u == me {
+            "you".to_owned()
+        } else {
+            u.to_owned()
+        }
+    };
     let by = by.map_or_else(|| "a member".to_owned(), |d| who(&d.username));
     let mut out = Vec::new();
     let mut seen = Vec::new();
@@ -197,8 +205,8 @@ impl Client {
                 device_id,
                 identity,
             };
-            let kps = group_state::new_key_packages(db, &me, fill, false)
-                .map_err(ClientError::Group)?;
+            let kps =
+                group_state::new_key_packages(db, &me, fill, false).map_err(ClientError::Group)?;
             let last = if need_last_resort {
                 group_state::new_key_packages(db, &me, 1, true)
                     .map_err(ClientError::Group)?
@@ -324,7 +332,12 @@ impl Client {
         let mut id = [0u8; 16];
         OsRng.fill_bytes(&mut id);
         let req = self
-            .authed(v1::CreateGroupRequest { group_id: id.to_vec() }, true)
+            .authed(
+                v1::CreateGroupRequest {
+                    group_id: id.to_vec(),
+                },
+                true,
+            )
             .await?;
         if let Err(s) = self.groups_client().await?.create_group(req).await {
             return Err(self.authed_err(&s));
@@ -347,11 +360,23 @@ impl Client {
                 pending_commit: None,
                 last_seq: 0,
             })?;
-            group_event(db, &id, &me_name, &format!("you created the group {name}"), true)
+            group_event(
+                db,
+                &id,
+                &me_name,
+                &format!("you created the group {name}"),
+                true,
+            )
         })?;
+        let only_us = accounts.is_empty();
         let mut adds = vec![self.username.clone()];
         adds.extend(accounts);
-        self.commit_change(&id, &adds, &[]).await?;
+        match self.commit_change(&id, &adds, &[]).await {
+            Ok(()) => {}
+            // A group of this device alone, for now.
+            Err(ClientError::Group(why)) if only_us && why.starts_with("no device of") => {}
+            Err(e) => return Err(e),
+        }
         self.group_summary(&id)
     }
 
@@ -361,7 +386,10 @@ impl Client {
         let member = normalize_username(member)?;
         let id = hex::decode(&rec.id).map_err(|e| ClientError::Group(e.to_string()))?;
         let present = self.group_members_of(&id)?;
-        if present.iter().any(|(_, d)| d.as_ref().is_some_and(|d| d.username == member)) {
+        if present
+            .iter()
+            .any(|(_, d)| d.as_ref().is_some_and(|d| d.username == member))
+        {
             return Err(ClientError::Group(format!("{member} is already in {name}")));
         }
         self.commit_change(&id, &[member], &[]).await
@@ -391,6 +419,12 @@ impl Client {
     /// Leaves the group `name`: the server stops delivering it to this
     /// device, and the next commit of a remaining member removes its leaf.
     pub async fn group_leave(&mut self, name: &str) -> Result<()> {
+        let rec = self.active_group_named(name)?;
+        let id = hex::decode(&rec.id).map_err(|e| ClientError::Group(e.to_string()))?;
+        // The proposal must be for the group's current epoch, or no member
+        // can commit it: process what is pending first.
+        self.settle_pending_commit(&id).await?;
+        self.catch_up().await?;
         let rec = self.active_group_named(name)?;
         let id = hex::decode(&rec.id).map_err(|e| ClientError::Group(e.to_string()))?;
         let me_name = self.username.clone();
@@ -531,7 +565,9 @@ impl Client {
         id: &[u8],
         pending: &group_state::OutgoingCommit,
     ) -> std::result::Result<(), CommitLost> {
-        let decode = |h: &str| hex::decode(h).map_err(|e| CommitLost::Other(ClientError::Group(e.to_string())));
+        let decode = |h: &str| {
+            hex::decode(h).map_err(|e| CommitLost::Other(ClientError::Group(e.to_string())))
+        };
         let address = |(username, device_id): &(String, u32)| v1::DeviceAddress {
             username: username.clone(),
             device_id: *device_id,
@@ -579,6 +615,7 @@ impl Client {
                 let removed: Vec<DeviceName> = pending
                     .removed
                     .iter()
+                    .filter(|r| !pending.left.contains(r))
                     .map(|(u, d)| DeviceName {
                         username: u.clone(),
                         device_id: *d,
@@ -606,13 +643,29 @@ impl Client {
     /// Makes a commit adding every device of `add` (accounts) and removing
     /// `remove`, and gets the server to order it, re-basing on a commit that
     /// won the epoch first.
-    async fn commit_change(&mut self, id: &[u8], add: &[String], remove: &[DeviceName]) -> Result<()> {
+    async fn commit_change(
+        &mut self,
+        id: &[u8],
+        add: &[String],
+        remove: &[DeviceName],
+    ) -> Result<()> {
         self.settle_pending_commit(id).await?;
+        let present: Vec<DeviceName> = self
+            .group_members_of(id)?
+            .into_iter()
+            .filter_map(|(_, d)| d)
+            .collect();
         let mut key_packages = Vec::new();
         for account in add {
-            key_packages.extend(self.key_packages_of(account).await?);
+            // Devices already in the group keep their leaf.
+            key_packages.extend(
+                self.key_packages_of(account)
+                    .await?
+                    .into_iter()
+                    .filter(|(d, _)| !present.contains(d)),
+            );
         }
-        if key_packages.is_empty() && remove.is_empty() && add.iter().any(|a| *a != self.username) {
+        if key_packages.is_empty() && remove.is_empty() && !add.is_empty() {
             return Err(ClientError::Group(format!(
                 "no device of {} can be added now (none has a KeyPackage on the server)",
                 add.join(", ")
@@ -629,7 +682,8 @@ impl Client {
                     device_id,
                     identity,
                 };
-                let pending = group_state::stage_commit(db, &me, id, kps, remove).map_err(refusal)?;
+                let pending =
+                    group_state::stage_commit(db, &me, id, kps, remove).map_err(refusal)?;
                 let mut rec = db
                     .group(id)?
                     .ok_or_else(|| ClientError::Group("the group is gone".into()))?;
@@ -645,7 +699,12 @@ impl Client {
                         clear_pending(db, id)
                     })?;
                     self.catch_up().await?;
-                    if self.store.db().group(id)?.is_none_or(|g| g.status != GroupStatus::Active) {
+                    if self
+                        .store
+                        .db()
+                        .group(id)?
+                        .is_none_or(|g| g.status != GroupStatus::Active)
+                    {
                         return Err(ClientError::Group(
                             "this device is no longer in the group".into(),
                         ));
@@ -811,8 +870,11 @@ impl Client {
         )))
     }
 
-    /// Acknowledges a group message.
+    /// Acknowledges a group message (and lets its processed mark be pruned
+    /// with the others).
     async fn ack_group(&mut self, id: &[u8], seq: u64) -> Result<()> {
+        self.acked
+            .push((group_conversation(id), 0, seq.to_be_bytes().to_vec()));
         let channel = self.channel().await?;
         let req = self
             .authed(
@@ -899,7 +961,8 @@ impl Client {
                         if j.id != id {
                             db.rollback_to_savepoint()?;
                             return Ok(Err(
-                                "the invitation is for another group than the server said".to_owned()
+                                "the invitation is for another group than the server said"
+                                    .to_owned(),
                             ));
                         }
                         db.release_savepoint()?;
@@ -937,13 +1000,13 @@ impl Client {
             self.ack_group(&id, gm.seq).await?;
             return Ok(events);
         }
-        let Some(rec) = known.filter(|g| g.status == GroupStatus::Active) else {
-            self.ack_group(&id, gm.seq).await?;
-            return Ok(events);
-        };
-        if gm.seq <= rec.last_seq {
-            // Replayed by the server, or already processed by another
-            // process on this home.
+        let conv = group_conversation(&id);
+        let seq_id = gm.seq.to_be_bytes();
+        if known.is_none_or(|g| g.status != GroupStatus::Active)
+            || self.store.db().is_processed(&conv, 0, &seq_id)?
+        {
+            // Replayed by the server, already processed by another process
+            // on this home, or for a group this device no longer follows.
             self.ack_group(&id, gm.seq).await?;
             return Ok(events);
         }
@@ -962,9 +1025,12 @@ impl Client {
             let Some(mut rec) = db.group(&id)? else {
                 return Ok(None);
             };
-            if gm_ref.seq <= rec.last_seq || rec.status != GroupStatus::Active {
+            if db.is_processed(&conv, 0, &seq_id)? || rec.status != GroupStatus::Active {
                 return Ok(None);
             }
+            // MLS refuses a replay by itself (its keys are gone); the mark
+            // spares the warning, and a second process the work.
+            db.mark_processed(&conv, 0, &seq_id)?;
             let before = group_state::load(db, &id)
                 .map(|g| accounts(&group_state::members(&g)))
                 .unwrap_or_default();
@@ -976,7 +1042,10 @@ impl Client {
                 Ok(p) => {
                     db.release_savepoint()?;
                     match store_processed(db, &me_name, &id, gm_ref, &before, p) {
-                        Ok(Stored { self_removed, leave }) => {
+                        Ok(Stored {
+                            self_removed,
+                            leave,
+                        }) => {
                             leave_proposal = leave;
                             if self_removed {
                                 rec.status = GroupStatus::Removed;
@@ -994,7 +1063,7 @@ impl Client {
                     refused = Some(why);
                 }
             }
-            rec.last_seq = gm_ref.seq;
+            rec.last_seq = rec.last_seq.max(gm_ref.seq);
             db.put_group(&rec)?;
             if rec.status == GroupStatus::Removed {
                 group_state::forget(db, &id).map_err(refusal)?;
@@ -1003,7 +1072,9 @@ impl Client {
         })?;
         if let Some((refused, leave_proposal, name)) = outcome {
             if let Some(why) = refused {
-                events.push(drop(format!("a message of the group {name} was refused: {why}")));
+                events.push(drop(format!(
+                    "a message of the group {name} was refused: {why}"
+                )));
             }
             if leave_proposal && self.should_commit_leave(&id)? {
                 // The lowest remaining leaf commits a member's departure.
@@ -1018,6 +1089,99 @@ impl Client {
         }
         self.ack_group(&id, gm.seq).await?;
         Ok(events)
+    }
+
+    /// Brings this account's devices in every group in line with its signed
+    /// device list: a linked device is added (once it has KeyPackages on the
+    /// server), a removed one removed. Done once per list version; returns
+    /// what it could not do.
+    pub async fn sync_own_devices(&mut self) -> Vec<String> {
+        let Ok(Some(list)) = self.own_device_list() else {
+            return Vec::new();
+        };
+        let version = list.version();
+        if self.store.get_meta_u64(META_GROUPS_SYNCED).ok().flatten() == Some(version) {
+            return Vec::new();
+        }
+        let listed: Vec<u32> = list
+            .unverified_list()
+            .devices
+            .iter()
+            .map(|d| d.device_id)
+            .collect();
+        let groups = match self.store.db().groups() {
+            Ok(g) => g,
+            Err(e) => return vec![e.brief()],
+        };
+        let mut notes = Vec::new();
+        let mut complete = true;
+        for rec in groups
+            .into_iter()
+            .filter(|g| g.status == GroupStatus::Active)
+        {
+            let Ok(id) = hex::decode(&rec.id) else {
+                continue;
+            };
+            let Ok(members) = self.group_members_of(&id) else {
+                continue;
+            };
+            let own: Vec<u32> = members
+                .iter()
+                .filter_map(|(_, d)| d.as_ref())
+                .filter(|d| d.username == self.username)
+                .map(|d| d.device_id)
+                .collect();
+            let missing = listed.iter().any(|d| !own.contains(d));
+            let gone: Vec<DeviceName> = own
+                .iter()
+                .filter(|d| !listed.contains(d))
+                .map(|d| DeviceName {
+                    username: self.username.clone(),
+                    device_id: *d,
+                })
+                .collect();
+            if !missing && gone.is_empty() {
+                continue;
+            }
+            let add = if missing {
+                vec![self.username.clone()]
+            } else {
+                Vec::new()
+            };
+            match self.commit_change(&id, &add, &gone).await {
+                Ok(()) => {}
+                // A new device that has no KeyPackage yet: next time.
+                Err(ClientError::Group(why)) if why.starts_with("no device of") => {
+                    complete = false;
+                }
+                Err(e) => {
+                    complete = false;
+                    notes.push(format!(
+                        "could not bring your devices in {} up to date: {}",
+                        rec.name,
+                        e.brief()
+                    ));
+                }
+            }
+            let still_missing = self
+                .group_members_of(&id)
+                .map(|m| {
+                    listed.iter().any(|l| {
+                        !m.iter().any(|(_, d)| {
+                            d.as_ref()
+                                .is_some_and(|d| d.username == self.username && d.device_id == *l)
+                        })
+                    })
+                })
+                .unwrap_or(true);
+            if still_missing {
+                complete = false;
+            }
+        }
+        if complete && let Err(e) = self.store.set_meta_u64(META_GROUPS_SYNCED, version) {
+            notes.push(e.brief());
+        }
+        notes
     }
 
     /// Whether this device is the one that commits pending departures: the
@@ -1110,7 +1274,9 @@ fn store_processed(
                 ));
             }
             if aad != gm.franking_commitment {
-                return Err("its franking commitment is not the one its sender authenticated".into());
+                return Err(
+                    "its franking commitment is not the one its sender authenticated".into(),
+                );
             }
             let (text, franking_key) =
                 super::check_content(&plaintext, &gm.message_id, &gm.franking_commitment)?;

@@ -472,6 +472,10 @@ impl Client {
             Ok(())
         })
         .await?;
+        // The removed device leaves every group at once.
+        for note in self.sync_own_devices().await {
+            self.notices.push(note);
+        }
         Ok(())
     }
 

@@ -487,7 +487,10 @@ impl StorageProvider<CURRENT_VERSION> for MlsStore<'_, '_> {
         self.delete(KEY_PACKAGE, &json(hash_ref)?)
     }
 
-    fn write_psk<PskId: traits::PskId<CURRENT_VERSION>, PskBundle: traits::PskBundle<CURRENT_VERSION>>(
+    fn write_psk<
+        PskId: traits::PskId<CURRENT_VERSION>,
+        PskBundle: traits::PskBundle<CURRENT_VERSION>,
+    >(
         &self,
         psk_id: &PskId,
         psk: &PskBundle,

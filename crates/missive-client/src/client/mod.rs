@@ -34,7 +34,7 @@ use crate::proto_conv;
 use crate::store::{HistoryEntry, PrekeyKind, Store, now_ms};
 
 mod devices;
-mod group_state;
+pub(crate) mod group_state;
 mod groups;
 mod history;
 mod link;
@@ -45,9 +45,9 @@ mod transport;
 mod trust;
 
 pub use devices::OwnDevice;
+pub(crate) use group_state::OutgoingCommit;
 pub use groups::{GroupMember, GroupSummary};
 pub use link::LinkedDevice;
-pub(crate) use group_state::OutgoingCommit;
 pub(crate) use receive::Refusal;
 pub use receive::check_content;
 pub use sessions::FORGE_COMMITMENT_ENV;

@@ -323,6 +323,11 @@ impl Client {
                 None => {}
             }
         }
+        // A device linked or removed: its groups follow (groups.rs).
+        for w in self.sync_own_devices().await {
+            sink(&RecvEvent::Warning(w));
+        }
+        self.deliver_unshown(&mut sink).await?;
         match self.maintain_prekeys().await {
             Ok(Some(w)) => sink(&RecvEvent::Warning(w)),
             Ok(None) => {}

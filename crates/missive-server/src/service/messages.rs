@@ -1,7 +1,7 @@
 //! `MessageService`: durable store-and-forward with group commit, streaming
 //! delivery and acknowledgement.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,8 +9,8 @@ use std::time::Duration;
 use missive_proto::v1::message_service_server::MessageService;
 use missive_proto::v1::receive_response::Item;
 use missive_proto::v1::{
-    AcknowledgeRequest, AcknowledgeResponse, DeviceMismatch, Envelope, EnvelopeType, QueueEmpty,
-    ReceiveRequest, ReceiveResponse, SendRequest, SendResponse,
+    AcknowledgeRequest, AcknowledgeResponse, DeviceMismatch, Envelope, EnvelopeType, GroupMessage,
+    QueueEmpty, ReceiveRequest, ReceiveResponse, SendRequest, SendResponse,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::Stream;
@@ -21,12 +21,13 @@ use super::{State, normalize_username};
 use crate::error::{ApiError, ApiResult};
 use crate::fanout::{FanOut, Subscription};
 use crate::limits::{
-    CATCH_UP_INTERVAL, FRANKING_COMMITMENT_LEN, GROUP_COMMIT_MAX, MAX_ACKS_PER_CALL,
-    MAX_ENVELOPE_BYTES, MAX_ENVELOPES_PER_SEND, MESSAGE_ID_LEN, RECEIVE_BUFFER, RECEIVE_PAGE,
+    CATCH_UP_INTERVAL, FRANKING_COMMITMENT_LEN, GROUP_COMMIT_MAX, GROUP_ID_LEN, MAX_ACKS_PER_CALL,
+    MAX_ENVELOPE_BYTES, MAX_ENVELOPES_PER_SEND, MAX_GROUP_ACKS_PER_CALL, MESSAGE_ID_LEN,
+    RECEIVE_BUFFER, RECEIVE_PAGE,
 };
 use crate::storage::{
     DeviceAddress, DeviceRecord, NewEnvelope, Principal, SendItem, SendOutcome, Storage,
-    StorageError, StoredEnvelope,
+    StorageError, StoredEnvelope, StoredGroupMessage,
 };
 use crate::{telemetry, time};
 
@@ -454,8 +455,96 @@ impl Outbox {
     }
 }
 
-/// Sends everything pending after `last`; `false` when the stream is over.
-async fn drain(state: &State, device: DeviceAddress, last: &mut u64, outbox: &Outbox) -> bool {
+/// The last seq a stream sent of each group.
+type GroupPositions = HashMap<Vec<u8>, u64>;
+
+fn group_message(stored: StoredGroupMessage) -> ReceiveResponse {
+    telemetry::delivered();
+    ReceiveResponse {
+        item: Some(Item::GroupMessage(GroupMessage {
+            group_id: stored.group_id,
+            seq: stored.seq,
+            kind: stored.kind,
+            epoch: stored.epoch,
+            sender: stored.sender,
+            sender_device: stored.sender_device,
+            content: stored.content,
+            message_id: stored.message_id,
+            server_timestamp_ms: stored.server_timestamp_ms,
+            franking_commitment: stored.franking_commitment,
+            franking_tag: stored.franking_tag,
+        })),
+    }
+}
+
+/// Sends the pending messages of every group the device receives that the
+/// stream has not sent yet, per group in seq order (a Welcome first);
+/// `false` when the stream is over. Group messages are never handed over:
+/// a stored one wakes its devices, whose streams read it here.
+async fn drain_groups(
+    state: &State,
+    device: DeviceAddress,
+    positions: &mut GroupPositions,
+    outbox: &Outbox,
+) -> bool {
+    let groups = match state.storage.receiving_groups(device).await {
+        Ok(groups) => groups,
+        Err(error) => {
+            let _ = outbox.send(Err(ApiError::from(error).into())).await;
+            return false;
+        }
+    };
+    // Groups left (or removed from) are forgotten: a later Welcome starts over.
+    positions.retain(|group, _| groups.binary_search(group).is_ok());
+    for group in groups {
+        loop {
+            let after = positions.get(&group).copied().unwrap_or(0);
+            let page = state
+                .storage
+                .pending_group_messages(device, &group, after, RECEIVE_PAGE, time::now_ms())
+                .await;
+            let page = match page {
+                Ok(page) => page,
+                Err(error) => {
+                    let _ = outbox.send(Err(ApiError::from(error).into())).await;
+                    return false;
+                }
+            };
+            let full = page.len() >= RECEIVE_PAGE as usize;
+            for stored in page {
+                positions.insert(group.clone(), stored.seq);
+                if outbox.send(Ok(group_message(stored))).await.is_err() {
+                    return false;
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+    }
+    true
+}
+
+/// Sends everything pending after `last`, then the groups' pending
+/// messages; `false` when the stream is over.
+async fn drain(
+    state: &State,
+    device: DeviceAddress,
+    last: &mut u64,
+    positions: &mut GroupPositions,
+    outbox: &Outbox,
+) -> bool {
+    drain_envelopes(state, device, last, outbox).await
+        && drain_groups(state, device, positions, outbox).await
+}
+
+/// Sends every envelope pending after `last`; `false` when the stream is over.
+async fn drain_envelopes(
+    state: &State,
+    device: DeviceAddress,
+    last: &mut u64,
+    outbox: &Outbox,
+) -> bool {
     loop {
         let started = std::time::Instant::now();
         let page = state
@@ -534,7 +623,8 @@ async fn deliver(state: Arc<State>, principal: Principal, outbox: Outbox) {
     // Subscribed first, then read: whatever is committed later is handed over
     // or woken (and duplicates of what the read returned are skipped by id).
     let mut last = 0;
-    if !drain(&state, device, &mut last, &outbox).await {
+    let mut positions = GroupPositions::new();
+    if !drain(&state, device, &mut last, &mut positions, &outbox).await {
         return;
     }
     let marker = ReceiveResponse {
@@ -609,7 +699,7 @@ async fn deliver(state: Arc<State>, principal: Principal, outbox: Outbox) {
             .map(Subscription::take)
             .unwrap_or_default();
         let delivered = if reread || handed.reread {
-            drain(&state, device, &mut last, &outbox).await
+            drain(&state, device, &mut last, &mut positions, &outbox).await
         } else {
             send_handed(handed.envelopes, &mut last, &outbox).await
         };
@@ -665,18 +755,41 @@ impl MessageService for MessageApi {
         request: Request<AcknowledgeRequest>,
     ) -> Result<Response<AcknowledgeResponse>, Status> {
         let principal = self.state.principal(&request).await?;
-        let ids = request.into_inner().envelope_ids;
+        let request = request.into_inner();
+        let ids = request.envelope_ids;
         if ids.len() > MAX_ACKS_PER_CALL {
             return Err(ApiError::InvalidArgument(format!(
                 "at most {MAX_ACKS_PER_CALL} envelope ids per acknowledgement"
             ))
             .into());
         }
-        self.state
-            .storage
-            .acknowledge(principal.address, &ids)
-            .await
-            .map_err(ApiError::from)?;
+        if request.group_acks.len() > MAX_GROUP_ACKS_PER_CALL {
+            return Err(ApiError::InvalidArgument(format!(
+                "at most {MAX_GROUP_ACKS_PER_CALL} group acknowledgements per call"
+            ))
+            .into());
+        }
+        if !ids.is_empty() {
+            self.state
+                .storage
+                .acknowledge(principal.address, &ids)
+                .await
+                .map_err(ApiError::from)?;
+        }
+        // Ids of the wrong length name no group: ignored like unknown ones.
+        let group_acks: Vec<(Vec<u8>, u64)> = request
+            .group_acks
+            .into_iter()
+            .filter(|a| a.group_id.len() == GROUP_ID_LEN)
+            .map(|a| (a.group_id, a.seq))
+            .collect();
+        if !group_acks.is_empty() {
+            self.state
+                .storage
+                .acknowledge_group(principal.address, &group_acks)
+                .await
+                .map_err(ApiError::from)?;
+        }
         Ok(Response::new(AcknowledgeResponse {}))
     }
 }

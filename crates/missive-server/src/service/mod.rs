@@ -7,6 +7,7 @@ pub mod attachments;
 pub mod cache;
 pub mod drain;
 pub mod expiry;
+pub mod groups;
 pub mod keys;
 pub mod link;
 pub mod messages;

@@ -9,7 +9,9 @@ use tonic::{Request, Response, Status};
 use super::{State, normalize_username};
 use crate::checks;
 use crate::error::{ApiError, ApiResult};
-use crate::limits::{MAX_REPORT_PLAINTEXT_BYTES, MAX_REPORT_REASON_CHARS, MESSAGE_ID_LEN};
+use crate::limits::{
+    GROUP_ID_LEN, MAX_REPORT_PLAINTEXT_BYTES, MAX_REPORT_REASON_CHARS, MESSAGE_ID_LEN,
+};
 use crate::storage::NewReport;
 use crate::time;
 
@@ -47,19 +49,38 @@ impl ReportApi {
         let text = String::from_utf8(request.plaintext.clone())
             .map_err(|_| invalid("the reported text is not UTF-8".into()))?;
         let sender = normalize_username(&request.sender)?;
-        let verified = checks::report(
-            &self.state.franking.get(),
-            &request.franking_key,
-            &request.franking_commitment,
-            &request.franking_tag,
-            &request.plaintext,
-            &sender,
-            reporter.address.account,
-            &reporter.username,
-            request.server_timestamp_ms,
-            &request.message_id,
-            request.attachment.as_ref(),
-        )?;
+        let verified = if request.group_id.is_empty() {
+            checks::report(
+                &self.state.franking.get(),
+                &request.franking_key,
+                &request.franking_commitment,
+                &request.franking_tag,
+                &request.plaintext,
+                &sender,
+                reporter.address.account,
+                &reporter.username,
+                request.server_timestamp_ms,
+                &request.message_id,
+                request.attachment.as_ref(),
+            )?
+        } else {
+            // A group message: the tag binds the group, not the reporter.
+            if request.group_id.len() != GROUP_ID_LEN {
+                return Err(invalid(format!("a group id is {GROUP_ID_LEN} bytes")));
+            }
+            checks::report_group(
+                &self.state.franking.get(),
+                &request.franking_key,
+                &request.franking_commitment,
+                &request.franking_tag,
+                &request.plaintext,
+                &sender,
+                &request.group_id,
+                request.server_timestamp_ms,
+                &request.message_id,
+                request.attachment.as_ref(),
+            )?
+        };
         // The tag binds the sender's account id. A tag from before key ids
         // binds only the name: it is attributed to the account holding the
         // name now only if that account existed on the day of the message.

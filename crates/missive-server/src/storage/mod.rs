@@ -11,6 +11,7 @@
 //!
 //! The backend-independent test suite is [`suite`]; every backend runs it.
 
+mod groups;
 pub mod postgres;
 mod reserve;
 pub mod sqlite;
@@ -299,6 +300,9 @@ pub struct PurgeCounts {
     pub credentials: u64,
     /// Expired link mailboxes.
     pub links: u64,
+    /// Group messages and Welcomes past their retention or acknowledged by
+    /// every device that gets them.
+    pub group_messages: u64,
 }
 
 /// A slot of a link mailbox (`LinkService`), in the order slots are posted.
@@ -592,6 +596,8 @@ pub struct DeviceExport {
     pub pending_envelopes: u64,
     /// One-time prekeys left.
     pub prekeys: PrekeyCounts,
+    /// KeyPackages held for the device.
+    pub key_packages: KeyPackageCounts,
 }
 
 /// Everything stored about an account (see `docs/LAWFUL_ACCESS.md`).
@@ -617,6 +623,217 @@ pub struct AccountExport {
     pub device_list_devices: Vec<u32>,
     /// Link mailboxes whose HELLO the account posted, by expiry.
     pub pending_links: Vec<LinkExport>,
+    /// Groups a device of the account receives, by group id.
+    pub groups: Vec<GroupExport>,
+}
+
+/// KeyPackages held for one device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeyPackageCounts {
+    /// One-time KeyPackages left.
+    pub one_time: u32,
+    /// Whether a last-resort KeyPackage is stored.
+    pub has_last_resort: bool,
+}
+
+/// One device's KeyPackage as handed out.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DeviceKeyPackage {
+    /// Device id.
+    pub device_id: u32,
+    /// As uploaded (opaque).
+    pub key_package: Vec<u8>,
+    /// The device's last-resort KeyPackage (not consumed).
+    pub is_last_resort: bool,
+}
+
+impl std::fmt::Debug for DeviceKeyPackage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceKeyPackage")
+            .field("device_id", &self.device_id)
+            .field("len", &self.key_package.len())
+            .field("is_last_resort", &self.is_last_resort)
+            .finish()
+    }
+}
+
+/// The answer to a KeyPackage fetch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyPackages {
+    /// One per device that has a KeyPackage, by device id.
+    pub key_packages: Vec<DeviceKeyPackage>,
+    /// Devices with none, ascending.
+    pub missing_devices: Vec<u32>,
+    /// The account's signed device list as published (empty: none).
+    pub signed_device_list: Vec<u8>,
+}
+
+/// What [`Storage::create_group`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupCreate {
+    /// Registered now.
+    Created {
+        /// Its creation time, ms since the epoch.
+        created_at_ms: u64,
+    },
+    /// The same device created it before (a retry); nothing changed.
+    Retried {
+        /// The first creation time.
+        created_at_ms: u64,
+    },
+    /// Another device holds the id.
+    Taken,
+}
+
+/// One group message to store (commit, proposal or application message).
+/// Content is opaque: `Debug` shows its length only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NewGroupMessage {
+    /// The 16-byte group id.
+    pub group_id: Vec<u8>,
+    /// The epoch it names.
+    pub epoch: u64,
+    /// `GroupMessageKind` as its integer.
+    pub kind: i32,
+    /// The sending device.
+    pub sender: DeviceAddress,
+    /// The sender's username (delivered in `GroupMessage.sender`).
+    pub sender_name: String,
+    /// Sender-chosen idempotency key, 16 bytes.
+    pub message_id: Vec<u8>,
+    /// The `MLSMessage`.
+    pub content: Vec<u8>,
+    /// Acceptance time (bound into the franking tag).
+    pub server_timestamp_ms: u64,
+    /// Franking commitment (APPLICATION only, else empty).
+    pub franking_commitment: Vec<u8>,
+    /// Server franking tag (APPLICATION only, else empty).
+    pub franking_tag: Vec<u8>,
+    /// When it is deleted, delivered or not.
+    pub expires_at_ms: u64,
+}
+
+impl std::fmt::Debug for NewGroupMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewGroupMessage")
+            .field("kind", &self.kind)
+            .field("epoch", &self.epoch)
+            .field("sender", &self.sender)
+            .field("content_len", &self.content.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A commit to store, with its Welcome and the membership it changes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewCommit {
+    /// The commit itself (kind COMMIT, `epoch` the one it was made in).
+    pub message: NewGroupMessage,
+    /// The Welcome for `added` (empty when `added` is).
+    pub welcome: Vec<u8>,
+    /// Devices the commit adds: they get the Welcome, then every later
+    /// group message.
+    pub added: Vec<DeviceAddress>,
+    /// Devices the commit removes: they get this commit and nothing after.
+    pub removed: Vec<DeviceAddress>,
+    /// Days since the epoch (the added devices' join day).
+    pub today: i64,
+}
+
+/// What a group write did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GroupWrite {
+    /// Stored now.
+    Stored {
+        /// Its position in the group.
+        seq: u64,
+        /// Acceptance time.
+        server_timestamp_ms: u64,
+        /// The group's epoch after the write.
+        epoch: u64,
+        /// The devices to wake (every device that gets it but the sender).
+        wake: Vec<DeviceAddress>,
+    },
+    /// Stored before by the same device with the same message id.
+    Duplicate {
+        /// Its position in the group.
+        seq: u64,
+        /// The first acceptance time.
+        server_timestamp_ms: u64,
+        /// For a commit the epoch after it; else the epoch it named.
+        epoch: u64,
+    },
+    /// The message names another epoch than the group's; nothing stored.
+    WrongEpoch {
+        /// The epoch the server holds.
+        current_epoch: u64,
+    },
+    /// No such group, or the sender's device does not receive it.
+    NotFound,
+}
+
+/// A pending group message or Welcome as delivered. Content is opaque:
+/// `Debug` shows its length only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredGroupMessage {
+    /// The group id.
+    pub group_id: Vec<u8>,
+    /// Position in the group (a Welcome: its commit's).
+    pub seq: u64,
+    /// `GroupMessageKind`.
+    pub kind: i32,
+    /// The epoch it names.
+    pub epoch: u64,
+    /// Sender username.
+    pub sender: String,
+    /// Sender device.
+    pub sender_device: u32,
+    /// The `MLSMessage`.
+    pub content: Vec<u8>,
+    /// Sender's message id.
+    pub message_id: Vec<u8>,
+    /// Acceptance time.
+    pub server_timestamp_ms: u64,
+    /// Franking commitment (APPLICATION only).
+    pub franking_commitment: Vec<u8>,
+    /// Server franking tag (APPLICATION only).
+    pub franking_tag: Vec<u8>,
+}
+
+impl std::fmt::Debug for StoredGroupMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredGroupMessage")
+            .field("seq", &self.seq)
+            .field("kind", &self.kind)
+            .field("epoch", &self.epoch)
+            .field("sender_device", &self.sender_device)
+            .field("content_len", &self.content.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// `GroupMessageKind::Commit` as stored.
+pub const COMMIT_KIND: i32 = 1;
+
+/// `GroupMessageKind::Welcome` as stored (welcomes live in their own table).
+pub const WELCOME_KIND: i32 = 4;
+
+/// One group in an account export: what delivery needs, no content, no
+/// other member named.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupExport {
+    /// The group id.
+    pub group_id: Vec<u8>,
+    /// The day the group was created (days since the epoch).
+    pub created_day: i64,
+    /// The account's devices receiving it, with the day each joined.
+    pub devices: Vec<(u32, i64)>,
+    /// How many devices receive it in all.
+    pub receiving_devices: u64,
+    /// Group messages and Welcomes stored for it (pending for some device).
+    pub pending_messages: u64,
+    /// Their total content size, bytes.
+    pub pending_bytes: u64,
 }
 
 /// What [`Storage::put_device_list`] did.
@@ -689,9 +906,80 @@ pub struct AccountRecord {
 /// Shorthand.
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
+/// The groups' share of a store (the KeyPackage directory and the MLS
+/// Delivery Service); every backend implements it with the same SQL
+/// (`storage/groups.rs`).
+#[async_trait]
+pub trait GroupStorage: Send + Sync {
+    /// Adds one-time KeyPackages for a device and, when given, replaces its
+    /// last-resort one. [`StorageError::QuotaExceeded`] beyond `max_stored`
+    /// one-time KeyPackages; nothing is stored then.
+    async fn upload_key_packages(
+        &self,
+        device: DeviceAddress,
+        key_packages: &[Vec<u8>],
+        last_resort: Option<&[u8]>,
+        max_stored: u32,
+    ) -> Result<KeyPackageCounts>;
+    /// KeyPackages held for a device.
+    async fn key_package_count(&self, device: DeviceAddress) -> Result<KeyPackageCounts>;
+    /// One KeyPackage per device of `username`, atomically consuming a
+    /// one-time KeyPackage of each device where one is left (unless
+    /// `consume` is false), else its last-resort one; devices with neither
+    /// are listed missing. `None` for an unknown user.
+    async fn take_key_packages(
+        &self,
+        username: &str,
+        consume: bool,
+    ) -> Result<Option<(AccountId, KeyPackages)>>;
+
+    /// Registers a group at epoch 0 with `creator` as its only receiving
+    /// device.
+    async fn create_group(
+        &self,
+        group_id: &[u8],
+        creator: DeviceAddress,
+        now_ms: u64,
+        today: i64,
+    ) -> Result<GroupCreate>;
+    /// Stores a commit atomically, compare-and-set on the epoch: only if
+    /// the group's epoch is the commit's (then epoch + 1), with a fresh seq,
+    /// its Welcome for the added devices and the membership changes. Of two
+    /// concurrent commits for one epoch exactly one is stored. Idempotent on
+    /// (sender device, message id). [`StorageError::NotFound`] when an added
+    /// device does not exist.
+    async fn commit_group(&self, commit: &NewCommit) -> Result<GroupWrite>;
+    /// Stores an application message or proposal for the current epoch
+    /// once, with a fresh seq. Idempotent on (sender device, message id).
+    async fn store_group_message(&self, message: &NewGroupMessage) -> Result<GroupWrite>;
+    /// Stores the sender's self-remove proposal (any epoch) and stops
+    /// delivering the group to its device, in one transaction. Idempotent.
+    async fn leave_group(&self, message: &NewGroupMessage) -> Result<GroupWrite>;
+    /// The groups `device` receives (removed devices until they acknowledged
+    /// their removal), by id.
+    async fn receiving_groups(&self, device: DeviceAddress) -> Result<Vec<Vec<u8>>>;
+    /// The pending messages of one group for `device` with seq above
+    /// `after_seq`, in seq order, its Welcome first, at most `limit`, none
+    /// expired at `now_ms` and none it sent itself.
+    async fn pending_group_messages(
+        &self,
+        device: DeviceAddress,
+        group_id: &[u8],
+        after_seq: u64,
+        limit: u32,
+        now_ms: u64,
+    ) -> Result<Vec<StoredGroupMessage>>;
+    /// Moves the device's cursor of each group to max(cursor, min(seq, the
+    /// group's last seq)); groups it does not receive are ignored. A removed
+    /// device's row goes once it acknowledged its removal; messages every
+    /// device that gets them acknowledged are deleted.
+    async fn acknowledge_group(&self, device: DeviceAddress, acks: &[(Vec<u8>, u64)])
+    -> Result<()>;
+}
+
 /// Everything the services need from a store.
 #[async_trait]
-pub trait Storage: Send + Sync + 'static {
+pub trait Storage: GroupStorage + Send + Sync + 'static {
     /// Records a fresh single-use challenge by its hash (see
     /// [`challenge_hash`]; the row names no one).
     async fn put_challenge(&self, challenge_hash: &[u8; 32], expires_at_ms: u64) -> Result<()>;

@@ -34,6 +34,16 @@ use super::{
 
 pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
+type Db = Postgres;
+type DbRow = PgRow;
+/// Group writes lock the group row: one epoch decision and one seq order
+/// per group across nodes.
+const FOR_UPDATE: &str = " FOR UPDATE";
+/// Concurrent KeyPackage fetches take different rows.
+const SKIP_LOCKED: &str = " FOR UPDATE SKIP LOCKED";
+super::groups::group_helpers!();
+super::groups::group_methods!(PostgresStorage);
+
 /// Connections per node. Sends use one at a time (group commit); the rest
 /// serve receive streams, logins and key fetches.
 const MAX_CONNECTIONS: u32 = 16;
@@ -165,6 +175,11 @@ impl PostgresStorage {
 
     async fn begin(&self) -> Result<Transaction<'static, Postgres>> {
         self.pool.begin().await.map_err(map_err)
+    }
+
+    /// A write transaction for the group methods.
+    async fn group_tx(&self) -> Result<Transaction<'static, Postgres>> {
+        self.begin().await
     }
 }
 
@@ -1115,11 +1130,13 @@ impl Storage for PostgresStorage {
             .await
             .map_err(map_err)?
             .rows_affected();
+        let group_messages = purge_groups(&mut tx, now_ms, envelope_cutoff_ms).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(PurgeCounts {
             envelopes,
             credentials: tokens + challenges,
             links,
+            group_messages,
         })
     }
 
@@ -1401,6 +1418,7 @@ impl Storage for PostgresStorage {
                 identity: get(&row, "identity")?,
                 pending_envelopes: u64_of(get(&row, "pending")?)?,
                 prekeys: counts(&mut tx, address).await?,
+                key_packages: key_package_counts(&mut tx, address).await?,
             });
         }
         let reports_against = sqlx::query(&format!(
@@ -1455,6 +1473,7 @@ impl Storage for PostgresStorage {
             })
         })
         .collect::<Result<Vec<_>>>()?;
+        let groups = group_exports(&mut tx, account_id).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(Some(AccountExport {
             username: get(&account, "username")?,
@@ -1467,6 +1486,7 @@ impl Storage for PostgresStorage {
             device_list_version,
             device_list_devices,
             pending_links,
+            groups,
         }))
     }
 

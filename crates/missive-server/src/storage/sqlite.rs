@@ -28,6 +28,14 @@ use super::{
 
 pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
+type Db = Sqlite;
+type DbRow = SqliteRow;
+/// Write transactions are `BEGIN IMMEDIATE`: no row locks to take.
+const FOR_UPDATE: &str = "";
+const SKIP_LOCKED: &str = "";
+super::groups::group_helpers!();
+super::groups::group_methods!(SqliteStorage);
+
 /// SQLite store.
 #[derive(Clone, Debug)]
 pub struct SqliteStorage {
@@ -179,6 +187,12 @@ impl SqliteStorage {
             Err(StorageError::Full) if self.reserve.release() => op().await,
             other => other,
         }
+    }
+
+    /// A write transaction for the group methods.
+    async fn group_tx(&self) -> Result<Transaction<'static, Sqlite>> {
+        self.growth()?;
+        self.write().await
     }
 
     async fn write(&self) -> Result<Transaction<'static, Sqlite>> {
@@ -942,6 +956,7 @@ impl Storage for SqliteStorage {
             .await
             .map_err(map_err)?
             .rows_affected();
+        let group_messages = purge_groups(&mut tx, now_ms, envelope_cutoff_ms).await?;
         tx.commit().await.map_err(map_err)?;
         // Free pages go back to the file system (auto_vacuum = INCREMENTAL),
         // so the file shrinks once mailboxes drain.
@@ -966,6 +981,7 @@ impl Storage for SqliteStorage {
             envelopes,
             credentials: tokens + challenges,
             links,
+            group_messages,
         })
     }
 
@@ -1272,6 +1288,7 @@ impl Storage for SqliteStorage {
                 identity: get(&row, "identity")?,
                 pending_envelopes: u64_of(pending)?,
                 prekeys: counts(&mut tx, address).await?,
+                key_packages: key_package_counts(&mut tx, address).await?,
             });
         }
         let reports_against = sqlx::query(&format!(
@@ -1326,6 +1343,7 @@ impl Storage for SqliteStorage {
             })
         })
         .collect::<Result<Vec<_>>>()?;
+        let groups = group_exports(&mut tx, account_id).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(Some(AccountExport {
             username: get(&account, "username")?,
@@ -1338,6 +1356,7 @@ impl Storage for SqliteStorage {
             device_list_version,
             device_list_devices,
             pending_links,
+            groups,
         }))
     }
 

@@ -82,6 +82,9 @@ pub async fn run_all(store: &dyn Storage) {
     device_lists(store).await;
     linked_devices(store).await;
     link_mailboxes(store).await;
+    key_packages(store).await;
+    groups(store).await;
+    group_epoch_race(store, store, "suite-race").await;
 }
 
 /// A linked device `device_id` of `account` with key `[key; 32]` and
@@ -1442,4 +1445,606 @@ pub async fn link_mailboxes(store: &dyn Storage) {
         }
         store.close_link(&race).await.unwrap();
     }
+}
+
+/// A group message from `sender` (kind APPLICATION) with content
+/// `[fill; len]`, expiring at `expires_at_ms`.
+pub fn group_message(
+    group_id: &[u8],
+    epoch: u64,
+    sender: DeviceAddress,
+    message_id: u8,
+    fill: u8,
+    expires_at_ms: u64,
+) -> NewGroupMessage {
+    NewGroupMessage {
+        group_id: group_id.to_vec(),
+        epoch,
+        kind: 3,
+        sender,
+        sender_name: "sender".into(),
+        message_id: vec![message_id; 16],
+        content: vec![fill; 100],
+        server_timestamp_ms: 1_000,
+        franking_commitment: vec![1; 32],
+        franking_tag: vec![2; 44],
+        expires_at_ms,
+    }
+}
+
+/// A commit by `sender` in `epoch` adding and removing devices.
+pub fn group_commit(
+    group_id: &[u8],
+    epoch: u64,
+    sender: DeviceAddress,
+    message_id: u8,
+    added: &[DeviceAddress],
+    removed: &[DeviceAddress],
+) -> NewCommit {
+    let mut message = group_message(group_id, epoch, sender, message_id, 0xC0, u64::MAX / 2);
+    message.kind = COMMIT_KIND;
+    message.franking_commitment.clear();
+    message.franking_tag.clear();
+    NewCommit {
+        message,
+        welcome: if added.is_empty() {
+            Vec::new()
+        } else {
+            vec![0x77; 300]
+        },
+        added: added.to_vec(),
+        removed: removed.to_vec(),
+        today: 20_005,
+    }
+}
+
+fn seq_of(write: &GroupWrite) -> u64 {
+    match write {
+        GroupWrite::Stored { seq, .. } | GroupWrite::Duplicate { seq, .. } => *seq,
+        other => panic!("not stored: {other:?}"),
+    }
+}
+
+/// `(seq, kind)` of what `device` has pending in `group`.
+async fn pending_of(
+    store: &dyn Storage,
+    device: DeviceAddress,
+    group: &[u8],
+    now: u64,
+) -> Vec<(u64, i32)> {
+    store
+        .pending_group_messages(device, group, 0, 100, now)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| (m.seq, m.kind))
+        .collect()
+}
+
+/// KeyPackages: one-time ones are handed out once each, oldest first, then
+/// the last-resort one (never consumed); a device with none is missing;
+/// the quota refuses a whole upload; the signed device list comes along.
+pub async fn key_packages(store: &dyn Storage) {
+    let account = store
+        .create_account(&self::account("suite-kp", 0, 0))
+        .await
+        .unwrap();
+    store.add_device(&linked(account, 2, 9, 0)).await.unwrap();
+    let one = DeviceAddress { account, device: 1 };
+    assert_eq!(
+        store.key_package_count(one).await.unwrap(),
+        KeyPackageCounts::default()
+    );
+    let counts = store
+        .upload_key_packages(one, &[vec![1; 50], vec![2; 50]], Some(&[9; 40]), 3)
+        .await
+        .unwrap();
+    assert_eq!(
+        counts,
+        KeyPackageCounts {
+            one_time: 2,
+            has_last_resort: true
+        }
+    );
+    // Past the quota: nothing stored, the last resort not replaced either.
+    let over = store
+        .upload_key_packages(one, &[vec![3; 50], vec![4; 50]], Some(&[8; 40]), 3)
+        .await;
+    assert!(matches!(over, Err(StorageError::QuotaExceeded)), "{over:?}");
+    assert_eq!(store.key_package_count(one).await.unwrap().one_time, 2);
+
+    let take = |consume| store.take_key_packages("suite-kp", consume);
+    let (id, first) = take(true).await.unwrap().unwrap();
+    assert_eq!(id, account);
+    assert_eq!(first.missing_devices, vec![2]);
+    assert_eq!(
+        first.key_packages,
+        vec![DeviceKeyPackage {
+            device_id: 1,
+            key_package: vec![1; 50],
+            is_last_resort: false
+        }]
+    );
+    let (_, listed) = store.device_list(account).await.unwrap().unwrap();
+    assert_eq!(first.signed_device_list, listed);
+    // Not consuming: the last-resort one, the one-time one stays.
+    let (_, spared) = take(false).await.unwrap().unwrap();
+    assert_eq!(spared.key_packages[0].key_package, vec![9; 40]);
+    assert!(spared.key_packages[0].is_last_resort);
+    assert_eq!(store.key_package_count(one).await.unwrap().one_time, 1);
+    let (_, second) = take(true).await.unwrap().unwrap();
+    assert_eq!(second.key_packages[0].key_package, vec![2; 50]);
+    // None left: the last-resort one, again and again.
+    for _ in 0..2 {
+        let (_, last) = take(true).await.unwrap().unwrap();
+        assert_eq!(
+            last.key_packages,
+            vec![DeviceKeyPackage {
+                device_id: 1,
+                key_package: vec![9; 40],
+                is_last_resort: true
+            }]
+        );
+    }
+    assert_eq!(
+        store.key_package_count(one).await.unwrap(),
+        KeyPackageCounts {
+            one_time: 0,
+            has_last_resort: true
+        }
+    );
+    // A new last resort replaces the old one.
+    store
+        .upload_key_packages(one, &[], Some(&[7; 40]), 3)
+        .await
+        .unwrap();
+    let (_, replaced) = take(true).await.unwrap().unwrap();
+    assert_eq!(replaced.key_packages[0].key_package, vec![7; 40]);
+    assert!(
+        store
+            .take_key_packages("nobody-kp", true)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let export = store.export_account("suite-kp").await.unwrap().unwrap();
+    assert_eq!(
+        export.devices[0].key_packages,
+        KeyPackageCounts {
+            one_time: 0,
+            has_last_resort: true
+        }
+    );
+}
+
+/// The Delivery Service: create, commit (epoch compare-and-set, idempotent,
+/// Welcome to the added devices only), one row per message whatever the
+/// number of receivers, delivery by cursor without the sender's own
+/// messages, acknowledgement (capped), deletion once every receiver
+/// acknowledged, a removed device gets its removal commit and nothing
+/// after, leaving, retention, and cleanup with a removed device.
+pub async fn groups(store: &dyn Storage) {
+    let mut accounts = Vec::new();
+    for name in ["suite-ga", "suite-gb", "suite-gc"] {
+        accounts.push(store.create_account(&account(name, 0, 0)).await.unwrap());
+    }
+    store
+        .add_device(&linked(accounts[0], 2, 9, 0))
+        .await
+        .unwrap();
+    let dev = |i: usize, device| DeviceAddress {
+        account: accounts[i],
+        device,
+    };
+    let (a, a2, b, c) = (dev(0, 1), dev(0, 2), dev(1, 1), dev(2, 1));
+    let group = [0x11u8; 16];
+    let never = u64::MAX / 2;
+    let now = 5_000;
+
+    // Create; a retry by the same device; the id is taken for another.
+    let created = store.create_group(&group, a, 1_234, 20_003).await.unwrap();
+    assert_eq!(
+        created,
+        GroupCreate::Created {
+            created_at_ms: 1_234
+        }
+    );
+    assert_eq!(
+        store.create_group(&group, a, 9_999, 20_004).await.unwrap(),
+        GroupCreate::Retried {
+            created_at_ms: 1_234
+        }
+    );
+    assert_eq!(
+        store.create_group(&group, b, 9_999, 20_004).await.unwrap(),
+        GroupCreate::Taken
+    );
+    assert_eq!(
+        store.receiving_groups(a).await.unwrap(),
+        vec![group.to_vec()]
+    );
+    assert!(store.receiving_groups(b).await.unwrap().is_empty());
+
+    // Unknown group, and a device that does not receive it: the same.
+    let stray = group_message(&[0x99; 16], 0, a, 1, 1, never);
+    assert_eq!(
+        store.store_group_message(&stray).await.unwrap(),
+        GroupWrite::NotFound
+    );
+    let outsider = group_message(&group, 0, b, 1, 1, never);
+    assert_eq!(
+        store.store_group_message(&outsider).await.unwrap(),
+        GroupWrite::NotFound
+    );
+    assert_eq!(
+        store
+            .commit_group(&group_commit(&group, 0, b, 1, &[b], &[]))
+            .await
+            .unwrap(),
+        GroupWrite::NotFound
+    );
+    // Adding a device that does not exist stores nothing.
+    let ghost = DeviceAddress {
+        account: accounts[1],
+        device: 9,
+    };
+    let refused = store
+        .commit_group(&group_commit(&group, 0, a, 1, &[ghost], &[]))
+        .await;
+    assert!(
+        matches!(refused, Err(StorageError::NotFound)),
+        "{refused:?}"
+    );
+
+    // a adds b and c: seq 1, epoch 1, the Welcome for b and c only.
+    let add = group_commit(&group, 0, a, 1, &[b, c], &[]);
+    let first = store.commit_group(&add).await.unwrap();
+    assert_eq!(
+        first,
+        GroupWrite::Stored {
+            seq: 1,
+            server_timestamp_ms: 1_000,
+            epoch: 1,
+            wake: {
+                let mut w = vec![b, c];
+                w.sort_by_key(|d| (d.account, d.device));
+                w
+            },
+        }
+    );
+    // A retry answers the same; another commit for epoch 0 loses.
+    let mut retry = add.clone();
+    retry.message.server_timestamp_ms = 2_000;
+    assert_eq!(
+        store.commit_group(&retry).await.unwrap(),
+        GroupWrite::Duplicate {
+            seq: 1,
+            server_timestamp_ms: 1_000,
+            epoch: 1
+        }
+    );
+    assert_eq!(
+        store
+            .commit_group(&group_commit(&group, 0, a, 2, &[], &[]))
+            .await
+            .unwrap(),
+        GroupWrite::WrongEpoch { current_epoch: 1 }
+    );
+    assert_eq!(pending_of(store, a, &group, now).await, vec![]);
+    assert_eq!(
+        pending_of(store, b, &group, now).await,
+        vec![(1, WELCOME_KIND)]
+    );
+    assert_eq!(
+        pending_of(store, c, &group, now).await,
+        vec![(1, WELCOME_KIND)]
+    );
+    assert!(store.receiving_groups(a2).await.unwrap().is_empty());
+    let welcome = store
+        .pending_group_messages(b, &group, 0, 10, now)
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(
+        (welcome.epoch, welcome.content.len(), welcome.sender_device),
+        (1, 300, 1)
+    );
+    assert!(welcome.franking_tag.is_empty());
+
+    // b writes in epoch 1 (epoch 0 is refused); a and c get it, b does not.
+    assert_eq!(
+        store
+            .store_group_message(&group_message(&group, 0, b, 2, 0xB0, never))
+            .await
+            .unwrap(),
+        GroupWrite::WrongEpoch { current_epoch: 1 }
+    );
+    let from_b = group_message(&group, 1, b, 2, 0xB0, never);
+    let stored = store.store_group_message(&from_b).await.unwrap();
+    assert_eq!(seq_of(&stored), 2);
+    let GroupWrite::Stored { wake, epoch, .. } = &stored else {
+        panic!("{stored:?}")
+    };
+    assert_eq!(*epoch, 1);
+    assert!(
+        wake.contains(&a) && wake.contains(&c) && !wake.contains(&b),
+        "{wake:?}"
+    );
+    assert_eq!(
+        store.store_group_message(&from_b).await.unwrap(),
+        GroupWrite::Duplicate {
+            seq: 2,
+            server_timestamp_ms: 1_000,
+            epoch: 1
+        }
+    );
+    assert_eq!(pending_of(store, a, &group, now).await, vec![(2, 3)]);
+    assert_eq!(
+        pending_of(store, b, &group, now).await,
+        vec![(1, WELCOME_KIND)]
+    );
+    assert_eq!(
+        pending_of(store, c, &group, now).await,
+        vec![(1, WELCOME_KIND), (2, 3)]
+    );
+    // Paging: after a seq, at most a limit.
+    let page = store
+        .pending_group_messages(c, &group, 1, 10, now)
+        .await
+        .unwrap();
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].content, vec![0xB0; 100]);
+    assert_eq!(
+        store
+            .pending_group_messages(c, &group, 0, 1, now)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // Stored once: the commit, its Welcome and b's message, for three
+    // receiving devices.
+    let held = |export: AccountExport| {
+        let g = export
+            .groups
+            .into_iter()
+            .find(|g| g.group_id == group)
+            .unwrap();
+        (g.pending_messages, g.pending_bytes, g.receiving_devices)
+    };
+    let export = store.export_account("suite-ga").await.unwrap().unwrap();
+    let g = &export.groups[0];
+    assert_eq!(g.devices, vec![(1, 20_003)]);
+    assert_eq!(g.created_day, 0);
+    assert_eq!(held(export), (3, 100 + 300 + 100, 3));
+
+    // Acknowledgements: capped at the last seq; a group not received and a
+    // lower seq change nothing.
+    store
+        .acknowledge_group(a, &[(group.to_vec(), 99), (vec![0x99; 16], 5)])
+        .await
+        .unwrap();
+    assert_eq!(pending_of(store, a, &group, now).await, vec![]);
+    store
+        .acknowledge_group(a, &[(group.to_vec(), 1)])
+        .await
+        .unwrap();
+    assert_eq!(pending_of(store, a, &group, now).await, vec![]);
+    store
+        .acknowledge_group(b, &[(group.to_vec(), 1)])
+        .await
+        .unwrap();
+    assert_eq!(pending_of(store, b, &group, now).await, vec![]);
+    store
+        .acknowledge_group(c, &[(group.to_vec(), 1)])
+        .await
+        .unwrap();
+    assert_eq!(pending_of(store, c, &group, now).await, vec![(2, 3)]);
+    // The commit and the Welcome are gone (no device still gets them); b's
+    // message waits for c.
+    let export = store.export_account("suite-ga").await.unwrap().unwrap();
+    assert_eq!(held(export), (1, 100, 3));
+    store
+        .acknowledge_group(c, &[(group.to_vec(), 2)])
+        .await
+        .unwrap();
+    let export = store.export_account("suite-ga").await.unwrap().unwrap();
+    assert_eq!(held(export), (0, 0, 3));
+
+    // a removes c: c gets that commit and nothing after it.
+    let remove = store
+        .commit_group(&group_commit(&group, 1, a, 3, &[], &[c]))
+        .await
+        .unwrap();
+    assert_eq!(seq_of(&remove), 3);
+    let GroupWrite::Stored { wake, epoch, .. } = &remove else {
+        panic!("{remove:?}")
+    };
+    assert_eq!(*epoch, 2);
+    assert!(wake.contains(&c) && wake.contains(&b), "{wake:?}");
+    assert_eq!(
+        store
+            .store_group_message(&group_message(&group, 2, c, 4, 1, never))
+            .await
+            .unwrap(),
+        GroupWrite::NotFound,
+        "a removed device still writes"
+    );
+    let after = store
+        .store_group_message(&group_message(&group, 2, b, 4, 0xB1, never))
+        .await
+        .unwrap();
+    assert_eq!(seq_of(&after), 4);
+    let GroupWrite::Stored { wake, .. } = &after else {
+        panic!("{after:?}")
+    };
+    assert!(!wake.contains(&c), "{wake:?}");
+    assert_eq!(
+        pending_of(store, c, &group, now).await,
+        vec![(3, COMMIT_KIND)]
+    );
+    assert_eq!(
+        store.receiving_groups(c).await.unwrap(),
+        vec![group.to_vec()]
+    );
+    store
+        .acknowledge_group(c, &[(group.to_vec(), 100)])
+        .await
+        .unwrap();
+    assert!(store.receiving_groups(c).await.unwrap().is_empty());
+    assert_eq!(pending_of(store, c, &group, now).await, vec![]);
+
+    // b leaves: its proposal is stored for a, b stops receiving at once; a
+    // retry answers the same.
+    let mut leave = group_message(&group, 1, b, 5, 0xBB, never);
+    leave.kind = 2;
+    let left = store.leave_group(&leave).await.unwrap();
+    assert_eq!(seq_of(&left), 5);
+    assert_eq!(seq_of(&store.leave_group(&leave).await.unwrap()), 5);
+    assert!(store.receiving_groups(b).await.unwrap().is_empty());
+    assert_eq!(
+        pending_of(store, a, &group, now).await,
+        vec![(4, 3), (5, 2)]
+    );
+    let mut again = leave.clone();
+    again.message_id = vec![6; 16];
+    assert_eq!(
+        store.leave_group(&again).await.unwrap(),
+        GroupWrite::NotFound
+    );
+
+    // Retention: an expired message is never delivered and the purge
+    // deletes it.
+    let short = store
+        .store_group_message(&group_message(&group, 2, a, 7, 0xA7, 0))
+        .await
+        .unwrap();
+    assert_eq!(seq_of(&short), 6);
+    let group2 = [0x22u8; 16];
+    store.create_group(&group2, a, 1_000, 20_003).await.unwrap();
+    store
+        .commit_group(&group_commit(&group2, 0, a, 1, &[b, a2], &[]))
+        .await
+        .unwrap();
+    let expiring = group_message(&group2, 1, a, 2, 0xA2, 10_000);
+    assert_eq!(
+        seq_of(&store.store_group_message(&expiring).await.unwrap()),
+        2
+    );
+    assert_eq!(
+        pending_of(store, b, &group2, 9_999).await,
+        vec![(1, WELCOME_KIND), (2, 3)]
+    );
+    assert_eq!(
+        pending_of(store, b, &group2, 10_000).await,
+        vec![(1, WELCOME_KIND)]
+    );
+    let purged = store.purge_expired(10_000, 0).await.unwrap();
+    assert!(purged.group_messages >= 1, "{purged:?}");
+    let export = store.export_account("suite-gb").await.unwrap().unwrap();
+    let g2 = export.groups.iter().find(|g| g.group_id == group2).unwrap();
+    assert_eq!((g2.pending_messages, g2.receiving_devices), (1, 3));
+    // The server's retention (the cutoff) applies too.
+    store.purge_expired(10_000, 2_000).await.unwrap();
+    let export = store.export_account("suite-gb").await.unwrap().unwrap();
+    let g2 = export.groups.iter().find(|g| g.group_id == group2).unwrap();
+    assert_eq!(g2.pending_messages, 0);
+
+    // a's device 2 leaves the account's device list: its member rows,
+    // Welcomes and KeyPackages go with it.
+    store
+        .upload_key_packages(a2, &[vec![5; 10]], Some(&[6; 10]), 200)
+        .await
+        .unwrap();
+    store
+        .commit_group(&group_commit(&group2, 1, a, 3, &[], &[]))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.receiving_groups(a2).await.unwrap(),
+        vec![group2.to_vec()]
+    );
+    let only_one = signed_device_list("suite-ga", 2, 0, &[1]);
+    assert_eq!(
+        store
+            .put_device_list(accounts[0], 2, &only_one)
+            .await
+            .unwrap(),
+        PutOutcome::Stored
+    );
+    assert!(store.receiving_groups(a2).await.unwrap().is_empty());
+    assert_eq!(
+        store.key_package_count(a2).await.unwrap(),
+        KeyPackageCounts::default()
+    );
+    let export = store.export_account("suite-gb").await.unwrap().unwrap();
+    let g2 = export.groups.iter().find(|g| g.group_id == group2).unwrap();
+    assert_eq!(g2.receiving_devices, 2);
+    // Deleting an account takes its member rows; a group nobody receives
+    // goes at the purge.
+    store.delete_account(accounts[1]).await.unwrap();
+    store.delete_account(accounts[0]).await.unwrap();
+    store.purge_expired(20_000, 0).await.unwrap();
+    assert_eq!(
+        store
+            .create_group(&group2, c, 30_000, 20_010)
+            .await
+            .unwrap(),
+        GroupCreate::Created {
+            created_at_ms: 30_000
+        },
+        "a group no device receives was kept"
+    );
+}
+
+/// Two commits for one epoch through two stores (two nodes) at once:
+/// exactly one is stored, the other learns the new epoch; ten times.
+pub async fn group_epoch_race(first: &dyn Storage, second: &dyn Storage, name: &str) {
+    let mut devices = Vec::new();
+    for suffix in ["a", "b"] {
+        let account = first
+            .create_account(&account(&format!("{name}-{suffix}"), 0, 0))
+            .await
+            .unwrap();
+        devices.push(DeviceAddress { account, device: 1 });
+    }
+    let (a, b) = (devices[0], devices[1]);
+    let group = [0x33u8; 16];
+    first.create_group(&group, a, 1, 20_000).await.unwrap();
+    first
+        .commit_group(&group_commit(&group, 0, a, 200, &[b], &[]))
+        .await
+        .unwrap();
+    for epoch in 1..=10u64 {
+        let id = u8::try_from(epoch).unwrap();
+        let from_a = group_commit(&group, epoch, a, id, &[], &[]);
+        let from_b = group_commit(&group, epoch, b, id, &[], &[]);
+        let (x, y) = tokio::join!(first.commit_group(&from_a), second.commit_group(&from_b));
+        let (x, y) = (x.unwrap(), y.unwrap());
+        let won = [&x, &y]
+            .iter()
+            .filter(|w| matches!(w, GroupWrite::Stored { .. }))
+            .count();
+        assert_eq!(won, 1, "epoch {epoch}: {x:?} / {y:?}");
+        let lost = [&x, &y]
+            .iter()
+            .filter(|w| {
+                **w == &GroupWrite::WrongEpoch {
+                    current_epoch: epoch + 1,
+                }
+            })
+            .count();
+        assert_eq!(lost, 1, "epoch {epoch}: {x:?} / {y:?}");
+    }
+    // Every seq once, in order: 1 (the add) and one per epoch.
+    let mut seen = std::collections::BTreeSet::new();
+    for device in [a, b] {
+        for (seq, _) in pending_of(second, device, &group, 2).await {
+            assert!(seen.insert(seq) || seq == 1, "seq {seq} twice");
+        }
+    }
+    seen.remove(&1);
+    let seen: Vec<u64> = seen.into_iter().collect();
+    assert_eq!(seen, (2..=11).collect::<Vec<_>>());
 }
