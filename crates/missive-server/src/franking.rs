@@ -242,6 +242,27 @@ impl KeyRing {
         server_timestamp_ms: u64,
         message_id: &[u8],
     ) -> Vec<u8> {
+        self.make_tag(
+            commitment,
+            sender_account,
+            sender,
+            &field(recipient_account, recipient),
+            server_timestamp_ms,
+            message_id,
+        )
+    }
+
+    /// `key_id ‖ sender_account ‖ MAC` under the current key, for the
+    /// recipient field `recipient`.
+    fn make_tag(
+        &self,
+        commitment: &[u8],
+        sender_account: AccountId,
+        sender: &str,
+        recipient: &str,
+        server_timestamp_ms: u64,
+        message_id: &[u8],
+    ) -> Vec<u8> {
         let mut tag = Vec::with_capacity(TAG_LEN);
         tag.extend_from_slice(&self.current.to_be_bytes());
         tag.extend_from_slice(&sender_account.to_be_bytes());
@@ -250,7 +271,7 @@ impl KeyRing {
                 &entry.key,
                 commitment,
                 &field(sender_account, sender),
-                &field(recipient_account, recipient),
+                recipient,
                 server_timestamp_ms,
                 message_id,
             ));
@@ -269,20 +290,14 @@ impl KeyRing {
         server_timestamp_ms: u64,
         message_id: &[u8],
     ) -> Vec<u8> {
-        let mut tag = Vec::with_capacity(TAG_LEN);
-        tag.extend_from_slice(&self.current.to_be_bytes());
-        tag.extend_from_slice(&sender_account.to_be_bytes());
-        if let Some(entry) = self.keys.get(&self.current) {
-            tag.extend_from_slice(&franking::server_tag(
-                &entry.key,
-                commitment,
-                &field(sender_account, sender),
-                &group_field(group_id),
-                server_timestamp_ms,
-                message_id,
-            ));
-        }
-        tag
+        self.make_tag(
+            commitment,
+            sender_account,
+            sender,
+            &group_field(group_id),
+            server_timestamp_ms,
+            message_id,
+        )
     }
 
     /// Verifies a reported tag of a group message from `sender` in
