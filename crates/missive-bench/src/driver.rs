@@ -191,6 +191,9 @@ pub(crate) struct Device {
     /// (first attempts only).
     envelopes_sent: AtomicU64,
     request_bytes: AtomicU64,
+    /// Device 1 of a registered account: the account key and the signed
+    /// device list it registered with (the group mode pins these).
+    account: Option<(PublicIdentity, SignedDeviceList)>,
 }
 
 /// A registered device's prekeys, for the register and add-device requests.
@@ -244,12 +247,18 @@ fn bearer(token: &[u8]) -> anyhow::Result<MetadataValue<tonic::metadata::Ascii>>
 }
 
 impl Device {
-    fn request<T>(&self, message: T) -> Request<T> {
+    pub(crate) fn request<T>(&self, message: T) -> Request<T> {
         let mut request = Request::new(message);
         request
             .metadata_mut()
             .insert(self.auth.0, self.auth.1.clone());
         request
+    }
+
+    /// A MessageService client on this device's connection taking items of
+    /// up to `max` bytes.
+    pub(crate) fn messages_client(&self, max: usize) -> MessageServiceClient<Channel> {
+        MessageServiceClient::new(self.channel.clone()).max_decoding_message_size(max)
     }
 
     fn messages(&self) -> MessageServiceClient<Channel> {
@@ -276,7 +285,28 @@ impl Device {
             resent: AtomicU64::new(0),
             envelopes_sent: AtomicU64::new(0),
             request_bytes: AtomicU64::new(0),
+            account: None,
         }
+    }
+
+    /// The account key and signed device list a device 1 registered with.
+    pub(crate) fn account(&self) -> Option<&(PublicIdentity, SignedDeviceList)> {
+        self.account.as_ref()
+    }
+
+    /// A copy of this relay device's identity key (its MLS signature key).
+    pub(crate) fn identity_copy(&self) -> anyhow::Result<IdentityKeyPair> {
+        let keys = self
+            .keys
+            .as_ref()
+            .context("a baseline device has no keys")?;
+        IdentityKeyPair::from_secret_bytes(&keys.identity.to_secret_bytes())
+            .map_err(|e| anyhow!("copying {}'s identity: {e}", self.label()))
+    }
+
+    /// The connection this device uses.
+    pub(crate) fn channel(&self) -> Channel {
+        self.channel.clone()
     }
 
     /// A baseline device: no account, named by a header.
@@ -377,13 +407,14 @@ impl Device {
             .session
             .context("registration returned no token")?
             .token;
-        let device = Device::new(
+        let mut device = Device::new(
             name,
             1,
             channel,
             ("authorization", bearer(&token)?),
             Some(keys),
         );
+        device.account = Some((account.public().clone(), signed_list));
         Ok((device, AccountKey { key: account, list }))
     }
 

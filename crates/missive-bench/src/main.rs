@@ -7,6 +7,7 @@
 mod attachment;
 mod baseline;
 mod driver;
+mod group;
 mod nodes;
 mod procstat;
 mod stats;
@@ -99,6 +100,18 @@ struct Args {
     /// load. Repeatable, or a comma-separated list; sizes run in the order given.
     #[arg(long = "attachment-size", value_name = "BYTES", value_delimiter = ',')]
     attachment_sizes: Vec<u64>,
+    /// Group mode (issue 14): an MLS group of N single-device accounts, each
+    /// a real client store with an open Receive stream; measures a message to
+    /// all members (streamed and decrypted), the server's bytes per group
+    /// message, and adding/removing one device (committer, receivers, sizes).
+    #[arg(long, value_name = "N")]
+    group_size: Option<usize>,
+    /// Group mode: application messages sent, one at a time.
+    #[arg(long, default_value_t = 20)]
+    group_messages: usize,
+    /// Group mode: add + remove rounds measured (one extra account each).
+    #[arg(long, default_value_t = 3)]
+    group_trials: usize,
     /// Print one JSON object as the last line.
     #[arg(long)]
     json: bool,
@@ -145,6 +158,9 @@ struct Target {
     ca: Certificate,
     /// The CA's PEM file (for the `missive` CLI in attachment mode).
     ca_path: PathBuf,
+    /// The SQLite file of the nodes started here (none with --database or
+    /// --server).
+    server_db: Option<PathBuf>,
     nodes: Vec<Node>,
     /// Certificate and key of node 0, reused by the baseline.
     tls: Option<(PathBuf, PathBuf)>,
@@ -160,6 +176,7 @@ async fn start_target(args: &Args) -> anyhow::Result<Target> {
             urls: vec![url.clone()],
             ca: Certificate::from_pem(ca),
             ca_path: ca_path.clone(),
+            server_db: None,
             nodes: Vec::new(),
             tls: None,
             _dir: None,
@@ -211,6 +228,7 @@ async fn start_target(args: &Args) -> anyhow::Result<Target> {
         urls: started.iter().map(|n| n.url.clone()).collect(),
         ca: Certificate::from_pem(ca),
         ca_path: node0.join("ca.pem"),
+        server_db: args.database.is_none().then(|| node0.join("server.db")),
         nodes: started,
         tls: Some((node0.join("server.pem"), node0.join("server.key"))),
         _dir: Some(dir),
@@ -234,6 +252,30 @@ async fn run(args: Args) -> anyhow::Result<()> {
             pid: target.nodes.first().map(Node::pid),
         };
         let outcome = attachment::run(&server, &args.attachment_sizes, args.json).await;
+        for node in target.nodes {
+            node.stop().await;
+        }
+        return outcome;
+    }
+    if let Some(size) = args.group_size {
+        if args.idle.is_some() || args.baseline || args.kill_node_every.is_some() {
+            bail!("--group-size cannot be combined with --idle, --baseline or --kill-node-every");
+        }
+        let target = start_target(&args).await?;
+        let outcome = group::run(
+            &target.urls,
+            &target.ca,
+            target.server_db.clone(),
+            &group::GroupArgs {
+                size,
+                messages: args.group_messages,
+                payload: args.payload,
+                trials: args.group_trials,
+                deadline: Duration::from_secs(args.deadline_secs),
+                json: args.json,
+            },
+        )
+        .await;
         for node in target.nodes {
             node.stop().await;
         }

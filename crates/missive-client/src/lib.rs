@@ -13,6 +13,8 @@ pub mod display;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+#[doc(hidden)]
+pub mod group_bench;
 pub mod limits;
 pub mod net;
 mod proto_conv;

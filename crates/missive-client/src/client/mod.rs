@@ -76,7 +76,7 @@ const META_ACCOUNT_PUBLIC: &str = "account_public";
 /// This device's own key.
 const META_DEVICE_KEY: &str = "device_key";
 /// Our account's newest signed device list, as published.
-const META_DEVICE_LIST: &str = "device_list";
+pub(crate) const META_DEVICE_LIST: &str = "device_list";
 const META_TOKEN: &str = "token";
 const META_TOKEN_EXPIRY: &str = "token_expires_at_ms";
 const META_SIGNED_ID: &str = "current_signed_prekey_id";
