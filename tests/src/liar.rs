@@ -668,13 +668,16 @@ impl Liar {
     }
 
     /// Stops holding back group messages for `user` and queues the held
-    /// ones (as real: acks forwarded). Returns how many.
-    pub fn release_group(&self, user: &str, at: At) -> usize {
+    /// ones in `order` (as real: acks forwarded). Returns how many.
+    pub fn release_group(&self, user: &str, at: At, order: Order) -> usize {
         self.settle(user);
         let n = {
             let mut s = self.script();
             s.group_withhold.remove(user);
-            let held = s.group_held.remove(user).unwrap_or_default();
+            let mut held = s.group_held.remove(user).unwrap_or_default();
+            if order == Order::Reversed {
+                held.reverse();
+            }
             let n = held.len();
             s.event(format!("release group messages for {user}: {n}"));
             let q = s.group_queued.entry(user.to_owned()).or_default();

@@ -480,3 +480,89 @@ fn chat_shows_files_and_saves_them_on_command() {
     chat.send("/quit\r");
     chat.wait_exit();
 }
+
+#[test]
+fn chat_shows_a_group_live_sends_to_it_and_shows_a_replay_once() {
+    use missive_e2e::liar::{At, World as LiarWorld};
+    use missive_proto::v1;
+    let w = LiarWorld::new();
+    let alice = w.user("alice");
+    let bob = w.user("bob");
+    let carol = w.user("carol");
+    let dave = w.user("dave");
+
+    // bob's chat is open on an empty list when the invitation arrives.
+    let mut chat = Pty::spawn(&bob, &w.liar, &["chat"], 24, 80);
+    chat.wait_text("connected");
+    alice
+        .ok(&w.liar, &["group", "create", "crew", "bob", "carol"])
+        .unwrap();
+    alice
+        .ok(&w.liar, &["send", "--group", "crew", "hello friends"])
+        .unwrap();
+    let scr = chat.wait_text("#crew (1)");
+    assert!(
+        !scr.contains("alice (1)"),
+        "not alice's 1:1 conversation:\n{scr}"
+    );
+    chat.send("\r");
+    chat.wait_text("alice: hello friends");
+    chat.wait_text("* alice added you to crew");
+
+    // What bob types goes to the group.
+    chat.send("hi from the chat\r");
+    chat.wait_text("bob: hi from the chat");
+    let at_carol = carol.ok(&w.liar, &["recv", "--json"]).unwrap();
+    let texts: Vec<String> = at_carol
+        .json_lines()
+        .unwrap()
+        .iter()
+        .filter(|v| v["group"].as_str() == Some("crew") && v["event"] == false)
+        .map(|v| {
+            format!(
+                "{}: {}",
+                v["from"].as_str().unwrap(),
+                v["text"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(texts, ["alice: hello friends", "bob: hi from the chat"]);
+
+    // A membership change appears live, in the group.
+    carol
+        .ok(&w.liar, &["group", "add", "crew", "dave"])
+        .unwrap();
+    chat.wait_text("* carol added dave");
+    dave.ok(&w.liar, &["recv"]).unwrap();
+    dave.ok(&w.liar, &["send", "--group", "crew", "dave here"])
+        .unwrap();
+    chat.wait_text("dave: dave here");
+
+    // The server replays alice's message to the open chat: shown once.
+    let replay = w
+        .liar
+        .group_deliveries("bob")
+        .into_iter()
+        .find(|d| d.message.kind == v1::GroupMessageKind::Application as i32)
+        .unwrap()
+        .message;
+    let before = w.liar.group_deliveries("bob").len();
+    w.liar.redeliver_group("bob", replay, At::AfterBacklog);
+    let start = Instant::now();
+    while w.liar.group_deliveries("bob").len() == before {
+        assert!(start.elapsed() < WAIT, "the replay never went out");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Delivered after the replay on the same stream: processed after it.
+    alice
+        .ok(&w.liar, &["send", "--group", "crew", "after the replay"])
+        .unwrap();
+    let scr = chat.wait_text("alice: after the replay");
+    assert_eq!(scr.matches("hello friends").count(), 1, "{scr}");
+
+    // Commands the group does not take yet say so and keep the input.
+    chat.send("/react x\r");
+    chat.wait_text("/react is not available in group conversations");
+    chat.send("\x03");
+    assert!(chat.wait_exit().success());
+}

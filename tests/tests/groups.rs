@@ -1,8 +1,9 @@
 //! Group conversations (MLS, RFC 9420) with the real binaries, through the
 //! lying server: create, talk, add, remove, leave; a member with two
 //! devices; two commits at once; a server restart; a report; and the
-//! server's lies (a ghost device's KeyPackage, a withheld commit, replays)
-//! refused or detected.
+//! server's lies (a ghost device's KeyPackage, a Welcome it forged with a
+//! ghost device, a withheld commit, replays) refused or detected; and two
+//! processes on one home.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use missive_e2e::liar::{At, World};
@@ -426,4 +427,290 @@ fn a_linked_device_joins_the_groups_and_a_removed_one_leaves_them() {
         .unwrap();
     let alice_row = info.iter().find(|v| v["username"] == "alice").unwrap();
     assert_eq!(alice_row["devices"], serde_json::json!([1]), "{info:?}");
+}
+
+/// What a server can build on its own: an MLS group whose only member is a
+/// device it made up, and a Welcome into it for someone's KeyPackage.
+mod forge {
+    use openmls::prelude::tls_codec::Deserialize as _;
+    use openmls::prelude::*;
+    use openmls_traits::signatures::{Signer, SignerError};
+    use openmls_traits::types::SignatureScheme;
+
+    const SUITE: Ciphersuite = Ciphersuite::MLS_256_XWING_CHACHA20POLY1305_SHA256_Ed25519;
+
+    struct Ghost(ed25519_dalek::SigningKey);
+
+    impl Signer for Ghost {
+        fn sign(&self, payload: &[u8]) -> Result<Vec<u8>, SignerError> {
+            use ed25519_dalek::Signer as _;
+            Ok(self.0.sign(payload).to_bytes().to_vec())
+        }
+
+        fn signature_scheme(&self) -> SignatureScheme {
+            SignatureScheme::ED25519
+        }
+    }
+
+    /// A Welcome into group `group_id`, made by `(username, device_id)`
+    /// with a key the server chose, for the holder of `key_package` (an
+    /// `MLSMessage` as the directory serves it).
+    pub(super) fn welcome(
+        username: &str,
+        device_id: u32,
+        key_package: &[u8],
+        group_id: &[u8],
+    ) -> Vec<u8> {
+        let provider = openmls_libcrux_crypto::Provider::new().unwrap();
+        let ghost = Ghost(ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng));
+        let me = CredentialWithKey {
+            credential: BasicCredential::new(missive_crypto::group::credential_identity(
+                username, device_id,
+            ))
+            .into(),
+            signature_key: ghost.0.verifying_key().to_bytes().to_vec().into(),
+        };
+        let message = MlsMessageIn::tls_deserialize_exact(key_package).unwrap();
+        let MlsMessageBodyIn::KeyPackage(kp) = message.extract() else {
+            panic!("not a KeyPackage");
+        };
+        let kp = kp
+            .validate(provider.crypto(), ProtocolVersion::Mls10)
+            .unwrap();
+        let mut group = MlsGroup::builder()
+            .with_group_id(GroupId::from_slice(group_id))
+            .ciphersuite(SUITE)
+            .with_capabilities(Capabilities::new(
+                None,
+                Some(&[SUITE]),
+                None,
+                None,
+                Some(&[CredentialType::Basic]),
+            ))
+            .use_ratchet_tree_extension(true)
+            .build(&provider, &ghost, me)
+            .unwrap();
+        let (_, welcome, _) = group.add_members(&provider, &ghost, &[kp]).unwrap();
+        welcome.to_bytes().unwrap()
+    }
+}
+
+#[test]
+fn a_welcome_the_server_forged_with_a_ghost_device_is_refused() {
+    use missive_proto::v1::group_service_client::GroupServiceClient;
+    let w = World::new();
+    let alice = w.user("alice");
+    let bob = w.user("bob");
+    let carol = w.user("carol");
+    alice
+        .ok(&w.liar, &["group", "create", "team", "bob", "carol"])
+        .unwrap();
+    carol.ok(&w.liar, &["recv"]).unwrap();
+    assert_eq!(members(&carol, &w, "team"), ["alice", "bob", "carol"]);
+    let listed = carol.ok(&w.liar, &["group", "list", "--json"]).unwrap();
+    let team_id = hex::decode(listed.json_lines().unwrap()[0]["id"].as_str().unwrap()).unwrap();
+
+    // The server takes carol's KeyPackages from its own directory.
+    let mut mallory = w.raw("mallory");
+    let fetched = mallory.block_on(|p| async move {
+        let req = p
+            .authed(v1::FetchKeyPackagesRequest {
+                username: "carol".into(),
+            })
+            .unwrap();
+        GroupServiceClient::new(p.channel())
+            .fetch_key_packages(req)
+            .await
+            .unwrap()
+            .into_inner()
+    });
+    let kp = fetched.key_packages[0].key_package.clone();
+
+    let invite = |sender: &str, device: u32, group_id: &[u8], seq: u64| v1::GroupMessage {
+        group_id: group_id.to_vec(),
+        seq,
+        kind: v1::GroupMessageKind::Welcome as i32,
+        epoch: 1,
+        sender: sender.into(),
+        sender_device: device,
+        content: forge::welcome(sender, device, &kp, group_id),
+        message_id: vec![seq as u8; 16],
+        server_timestamp_ms: missive_e2e::raw::now_ms(),
+        ..Default::default()
+    };
+    // A device of bob's that bob never linked; alice's own device id with
+    // a key that is not hers; and a ghost "joining" the group carol is in.
+    w.liar
+        .inject_group("carol", invite("bob", 7, &[0x11; 16], 1), At::AfterBacklog);
+    w.liar.inject_group(
+        "carol",
+        invite("alice", 1, &[0x22; 16], 1),
+        At::AfterBacklog,
+    );
+    w.liar
+        .inject_group("carol", invite("bob", 7, &team_id, 99), At::AfterBacklog);
+
+    let r = carol.ok(&w.liar, &["recv"]).unwrap();
+    assert!(
+        r.stderr.contains(
+            "a group invitation was refused: device 7 of bob is not on bob's signed device list"
+        ),
+        "{r:?}"
+    );
+    assert!(
+        r.stderr.contains(
+            "a group invitation was refused: device 1 of alice is not on alice's signed device list"
+        ),
+        "{r:?}"
+    );
+    let listed = carol.ok(&w.liar, &["group", "list", "--json"]).unwrap();
+    assert_eq!(listed.json_lines().unwrap().len(), 1, "{listed:?}");
+    assert_eq!(members(&carol, &w, "team"), ["alice", "bob", "carol"]);
+
+    // The group carol is in goes on as before.
+    alice
+        .ok(&w.liar, &["send", "--group", "team", "still just us"])
+        .unwrap();
+    assert_eq!(
+        texts(&group_lines(&carol, &w, "team")),
+        ["alice: still just us"]
+    );
+    assert_eq!(
+        texts(&group_lines(&bob, &w, "team")),
+        ["alice: still just us"]
+    );
+}
+
+#[test]
+fn two_processes_on_one_home_show_each_group_message_once_and_both_commits_land() {
+    let w = World::new();
+    let alice = w.user("alice");
+    let bob = w.user("bob");
+    let carol = w.user("carol");
+    let dave = w.user("dave");
+    alice
+        .ok(&w.liar, &["group", "create", "pair", "bob", "carol"])
+        .unwrap();
+    bob.ok(&w.liar, &["recv"]).unwrap();
+    let sent: Vec<String> = (1..=6).map(|i| format!("m{i}")).collect();
+    for m in &sent {
+        alice.ok(&w.liar, &["send", "--group", "pair", m]).unwrap();
+    }
+
+    // Two receivers and a sender on bob's one home, at once.
+    let (l, b) = (&w.liar, &bob);
+    let results = concurrently(vec![
+        Box::new(move || b.run(l, &["recv", "--json"]).unwrap()) as Job<'_, _>,
+        Box::new(move || b.run(l, &["recv", "--json"]).unwrap()),
+        Box::new(move || b.run(l, &["send", "--group", "pair", "from bob"]).unwrap()),
+    ]);
+    let mut shown = Vec::new();
+    for r in &results {
+        assert!(r.ok(), "{r:?}\n{}", w.liar.log());
+        for v in r.json_lines().unwrap_or_default() {
+            if v["group"].as_str() == Some("pair") && v["event"] == false {
+                shown.push(v["text"].as_str().unwrap().to_owned());
+            }
+        }
+    }
+    shown.sort();
+    assert_eq!(shown, sent, "each message shown once, by one of the two");
+    let history = bob
+        .ok(&w.liar, &["history", "--group", "pair", "--json"])
+        .unwrap();
+    let mut stored: Vec<String> = history
+        .json_lines()
+        .unwrap()
+        .iter()
+        .filter(|v| v["event"] == false)
+        .map(|v| v["text"].as_str().unwrap().to_owned())
+        .collect();
+    // In the order this home stored them (bob's own may come first).
+    stored.sort();
+    let mut want = sent.clone();
+    want.push("from bob".into());
+    want.sort();
+    assert_eq!(stored, want);
+
+    // Two membership changes from two processes of one device: one waits
+    // for or re-bases on the other; both land.
+    let results = concurrently(vec![
+        Box::new(move || b.run(l, &["group", "add", "pair", "dave"]).unwrap()) as Job<'_, _>,
+        Box::new(move || b.run(l, &["group", "remove", "pair", "carol"]).unwrap()),
+    ]);
+    for r in &results {
+        assert!(r.ok(), "{r:?}\n{}", w.liar.log());
+    }
+    for u in [&alice, &bob, &dave] {
+        let _ = group_lines(u, &w, "pair");
+        assert_eq!(
+            members(u, &w, "pair"),
+            ["alice", "bob", "dave"],
+            "{}",
+            w.liar.log()
+        );
+    }
+    alice
+        .ok(&w.liar, &["send", "--group", "pair", "after both"])
+        .unwrap();
+    assert_eq!(
+        texts(&group_lines(&dave, &w, "pair")),
+        ["alice: after both"]
+    );
+    let at_carol = group_lines(&carol, &w, "pair");
+    assert!(
+        !texts(&at_carol).contains(&"alice: after both".to_owned()),
+        "{at_carol:?}"
+    );
+}
+
+#[test]
+fn reordered_and_replayed_group_messages_show_once_each() {
+    use missive_e2e::liar::Order;
+    let w = World::new();
+    let alice = w.user("alice");
+    let bob = w.user("bob");
+    alice
+        .ok(&w.liar, &["group", "create", "order", "bob"])
+        .unwrap();
+    group_lines(&bob, &w, "order");
+
+    w.liar.withhold_group("bob", |m| {
+        m.kind == v1::GroupMessageKind::Application as i32
+    });
+    for t in ["r1", "r2", "r3"] {
+        alice.ok(&w.liar, &["send", "--group", "order", t]).unwrap();
+    }
+    assert!(texts(&group_lines(&bob, &w, "order")).is_empty());
+    // Last first, ahead of the server's own copies of the same three
+    // (bob never acknowledged them): each is shown once, as it came.
+    assert_eq!(
+        w.liar
+            .release_group("bob", At::BeforeBacklog, Order::Reversed),
+        3
+    );
+    assert_eq!(
+        texts(&group_lines(&bob, &w, "order")),
+        ["alice: r3", "alice: r2", "alice: r1"]
+    );
+    let again = w
+        .liar
+        .group_deliveries("bob")
+        .into_iter()
+        .find(|d| d.message.kind == v1::GroupMessageKind::Application as i32)
+        .unwrap()
+        .message;
+    w.liar.redeliver_group("bob", again, At::BeforeBacklog);
+    assert!(texts(&group_lines(&bob, &w, "order")).is_empty());
+    let history = bob
+        .ok(&w.liar, &["history", "--group", "order", "--json"])
+        .unwrap();
+    let shown: Vec<String> = history
+        .json_lines()
+        .unwrap()
+        .iter()
+        .filter(|v| v["event"] == false)
+        .map(|v| v["text"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(shown, ["r3", "r2", "r1"]);
 }

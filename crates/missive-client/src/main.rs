@@ -184,10 +184,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// The terminal messenger: the conversation list, or USERNAME's conversation.
+    /// The terminal messenger: the conversation list, or USERNAME's
+    /// conversation, or a group's (`--group NAME`).
     Chat {
         /// Open the conversation with this contact (else the list).
+        #[arg(conflicts_with = "group")]
         username: Option<String>,
+        /// Open this group's conversation.
+        #[arg(long, value_name = "NAME")]
+        group: Option<String>,
         /// Ring the terminal bell when a message arrives in another conversation.
         #[arg(long)]
         bell: bool,
@@ -1358,12 +1363,19 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 })
                 .await?;
         }
-        Command::Chat { username, bell } => {
+        Command::Chat {
+            username,
+            group,
+            bell,
+        } => {
             let mut client = open_client(&home, server)?;
-            let open = username
-                .map(|u| missive_client::client::normalize_username(&u))
-                .transpose()?
-                .map(missive_client::chat::ConversationId::Direct);
+            let open = match group {
+                Some(name) => Some(missive_client::chat::ConversationId::Group(name)),
+                None => username
+                    .map(|u| missive_client::client::normalize_username(&u))
+                    .transpose()?
+                    .map(missive_client::chat::ConversationId::Direct),
+            };
             missive_client::chat::run(&mut client, missive_client::chat::Options { open, bell })
                 .await?;
         }

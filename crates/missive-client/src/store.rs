@@ -468,6 +468,21 @@ pub struct HistoryGroup {
     pub event: bool,
 }
 
+/// Which stored state of a group a copy in memory is (see
+/// [`Db::mls_stamp`]): random values, so that a rolled-back write can never
+/// be mistaken for a later one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct MlsStamp {
+    generation: Option<Vec<u8>>,
+    version: Option<Vec<u8>>,
+}
+
+fn fresh_version() -> [u8; 16] {
+    let mut v = [0u8; 16];
+    OsRng.fill_bytes(&mut v);
+    v
+}
+
 /// Everything needed to report an incoming message.
 pub struct ReportMaterial {
     /// Sender.
@@ -780,6 +795,9 @@ pub struct Store {
     path: PathBuf,
     home: PathBuf,
     rolled_back: bool,
+    /// Groups' MLS state kept in memory between transactions (see
+    /// [`crate::client::group_state::GroupCache`]).
+    groups: crate::client::group_state::GroupCache,
 }
 
 impl std::fmt::Debug for Store {
@@ -944,6 +962,7 @@ impl Store {
             path,
             home: home.to_path_buf(),
             rolled_back: false,
+            groups: Default::default(),
         };
         let rekeyed = store.migrate(&key_path, rekey)?;
         if rekeyed {
@@ -1128,6 +1147,7 @@ impl Store {
             path: &self.path,
             home: &self.home,
             sessions_written: Cell::new(false),
+            mls: MlsWrites::new(Some(&self.groups)),
         }
     }
 
@@ -1146,6 +1166,7 @@ impl Store {
             path: &self.path,
             home: &self.home,
             sessions_written: Cell::new(false),
+            mls: MlsWrites::new(Some(&self.groups)),
         };
         let out = f(&db)?;
         if db.sessions_written.get() {
@@ -1221,7 +1242,38 @@ pub struct Db<'a> {
     path: &'a Path,
     home: &'a Path,
     sessions_written: Cell<bool>,
+    mls: MlsWrites<'a>,
 }
+
+/// What a transaction wrote of openmls's state, so that a group kept in
+/// memory is used only while the store still holds exactly its state.
+struct MlsWrites<'a> {
+    cache: Option<&'a crate::client::group_state::GroupCache>,
+    /// Values written or deleted so far.
+    count: Cell<u64>,
+    /// Inside [`Db::with_group_scope`]: the writes are that group's.
+    scoped: Cell<bool>,
+    /// A write outside any group's scope already renewed the generation.
+    renewed: Cell<bool>,
+}
+
+impl<'a> MlsWrites<'a> {
+    fn new(cache: Option<&'a crate::client::group_state::GroupCache>) -> Self {
+        MlsWrites {
+            cache,
+            count: Cell::new(0),
+            scoped: Cell::new(false),
+            renewed: Cell::new(false),
+        }
+    }
+}
+
+/// Meta key of the MLS generation: renewed by every write of openmls state
+/// that is not one group's own (a join, a KeyPackage, forgetting a group).
+const META_MLS_GENERATION: &str = "mls_generation";
+/// Key (in the `mls` table, beside openmls's own) of a group's version:
+/// renewed by every write of that group's state.
+const MLS_GROUP_VERSION: &[u8] = b"MissiveGroupVersion";
 
 impl Db<'_> {
     fn err(&self, e: impl std::fmt::Display) -> ClientError {
@@ -1244,6 +1296,8 @@ impl Db<'_> {
 
     /// Undoes what the scope wrote.
     pub fn rollback_to_savepoint(&self) -> Result<()> {
+        // The generation a write in the scope renewed is undone with it.
+        self.mls.renewed.set(false);
         self.conn
             .execute_batch("ROLLBACK TO scope; RELEASE scope")
             .map_err(|e| self.err(e))
@@ -1396,6 +1450,11 @@ impl Db<'_> {
 
     /// Seals and writes one value of openmls's state.
     pub(crate) fn mls_put(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.note_mls_write()?;
+        self.mls_put_raw(key, value)
+    }
+
+    fn mls_put_raw(&self, key: &[u8], value: &[u8]) -> Result<()> {
         let tag = self.keys.tag("mls", &[key]);
         let sealed = self.keys.seal(value, &ad("mls", &[&tag]));
         self.conn
@@ -1410,11 +1469,66 @@ impl Db<'_> {
     /// Deletes one value of openmls's state (overwritten on disk:
     /// `secure_delete`).
     pub(crate) fn mls_delete(&self, key: &[u8]) -> Result<()> {
+        self.note_mls_write()?;
         let tag = self.keys.tag("mls", &[key]);
         self.conn
             .execute("DELETE FROM mls WHERE tag = ?1", [&tag])
             .map(|_| ())
             .map_err(|e| self.err(e))
+    }
+
+    /// Counts a write of openmls state; one outside a group's scope renews
+    /// the generation at once, so every group kept in memory (by this
+    /// process or another) is read again from the store.
+    fn note_mls_write(&self) -> Result<()> {
+        self.mls.count.set(self.mls.count.get() + 1);
+        if !self.mls.scoped.get() && !self.mls.renewed.get() {
+            self.set_meta(META_MLS_GENERATION, &fresh_version())?;
+            self.mls.renewed.set(true);
+        }
+        Ok(())
+    }
+
+    /// What the store holds of group `id` now: (generation, version). A
+    /// group kept in memory under the same stamp is the stored state.
+    pub(crate) fn mls_stamp(&self, id: &[u8]) -> Result<MlsStamp> {
+        let generation = self.get_meta(META_MLS_GENERATION)?.map(|v| v.to_vec());
+        let version = self
+            .mls_get(&[MLS_GROUP_VERSION, id].concat())?
+            .map(|v| v.to_vec());
+        Ok(MlsStamp {
+            generation,
+            version,
+        })
+    }
+
+    /// The process's groups kept in memory (none while migrating).
+    pub(crate) fn group_cache(&self) -> Option<&crate::client::group_state::GroupCache> {
+        self.mls.cache
+    }
+
+    /// Runs `f`, which works on group `id` alone, and renews that group's
+    /// version if `f` wrote any of openmls's state — whether or not it
+    /// succeeded. Returns `f`'s result and the stamp after it.
+    pub(crate) fn with_group_scope<T>(
+        &self,
+        id: &[u8],
+        mut stamp: MlsStamp,
+        f: impl FnOnce() -> T,
+    ) -> Result<(T, MlsStamp)> {
+        let before = self.mls.count.get();
+        let outer = self.mls.scoped.replace(true);
+        let out = f();
+        self.mls.scoped.set(outer);
+        // A later write outside the scope must renew the generation again:
+        // the copy kept now is stamped with the current one.
+        self.mls.renewed.set(false);
+        if self.mls.count.get() != before {
+            let version = fresh_version();
+            self.mls_put_raw(&[MLS_GROUP_VERSION, id].concat(), &version)?;
+            stamp.version = Some(version.to_vec());
+        }
+        Ok((out, stamp))
     }
 
     // ---- meta ---------------------------------------------------------
@@ -2573,6 +2687,7 @@ fn migrate_v1(tx: &Connection, old: &Keys, new: &Keys, path: &Path, key_path: &P
         path,
         home: path.parent().unwrap_or(path),
         sessions_written: Cell::new(false),
+        mls: MlsWrites::new(None),
     };
     for (k, v) in &meta_plain {
         db.set_meta(k, v)?;

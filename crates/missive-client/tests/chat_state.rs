@@ -693,3 +693,89 @@ fn a_saved_file_says_where() {
         s.status()
     );
 }
+
+fn group_entry(seq: i64, author: &str, outgoing: bool, text: &str, event: bool) -> HistoryEntry {
+    HistoryEntry {
+        group: Some(Box::new(missive_client::store::HistoryGroup {
+            name: "crew".into(),
+            id: "00ff".into(),
+            event,
+        })),
+        ..entry(seq, author, outgoing, text)
+    }
+}
+
+#[test]
+fn group_messages_land_in_the_group_not_in_the_authors_conversation() {
+    let mut s = ChatState::new("alice", false);
+    s.add_conversation(
+        bob(),
+        Verification::Unverified,
+        &[entry(1, "bob", false, "1:1")],
+    );
+    let group = ConversationId::Group("crew".into());
+    s.add_conversation(
+        group.clone(),
+        Verification::Unverified,
+        &[group_entry(2, "alice", true, "bob added you to crew", true)],
+    );
+    s.apply(&RecvEvent::Message(group_entry(
+        3, "bob", false, "hi all", false,
+    )));
+    s.apply(&RecvEvent::Message(group_entry(
+        4,
+        "bob",
+        false,
+        "carol's new device joined",
+        true,
+    )));
+
+    let direct = s.conversation(&bob()).unwrap();
+    assert_eq!(direct.items.len(), 1, "{:?}", direct.items);
+    let g = s.conversation(&group).unwrap();
+    assert_eq!(g.unread, 1, "a membership event is not an unread message");
+    let shown = screen(&mut s);
+    assert!(shown.contains("#crew (1)"), "{shown}");
+
+    s.open(&group);
+    assert!(
+        s.take_read_due().is_empty(),
+        "groups send no read receipts yet"
+    );
+    let shown = screen(&mut s);
+    for line in [
+        "* bob added you to crew",
+        "hi all",
+        "* carol's new device joined",
+    ] {
+        assert!(shown.contains(line), "{line:?} missing:\n{shown}");
+    }
+}
+
+#[test]
+fn a_group_takes_text_and_says_what_it_does_not_take_yet() {
+    let mut s = ChatState::new("alice", false);
+    let group = ConversationId::Group("crew".into());
+    s.add_conversation(
+        group.clone(),
+        Verification::Unverified,
+        &[group_entry(1, "bob", false, "hello", false)],
+    );
+    s.open(&group);
+    // No typing indicator goes to a group.
+    for c in "hi".chars() {
+        assert_eq!(s.handle_key(key(KeyCode::Char(c))), None);
+    }
+    assert_eq!(
+        s.handle_key(key(KeyCode::Enter)),
+        Some(Action::Send(group.clone(), "hi".into()))
+    );
+    type_text(&mut s, "/react 👍");
+    assert_eq!(s.handle_key(key(KeyCode::Enter)), None);
+    let status = s.status().unwrap_or_default().to_owned();
+    assert!(
+        status.contains("/react is not available in group conversations"),
+        "{status}"
+    );
+    assert_eq!(s.input_text(), "/react 👍", "the input is kept");
+}

@@ -88,14 +88,48 @@ pub fn initial_state(client: &mut Client, opts: &Options) -> Result<ChatState> {
         state.add_conversation_items(id, verification, &seen);
         live.extend(fresh);
     }
+    let mut live_group = Vec::new();
+    for g in client.group_list()? {
+        let entries = client.group_history(&g.name)?;
+        let (fresh, seen): (Vec<_>, Vec<_>) = entries
+            .into_iter()
+            .partition(|e| unshown.iter().any(|u| u.seq == e.seq));
+        let verification = group_verification(client, &g.members)?;
+        state.add_conversation(ConversationId::Group(g.name), verification, &seen);
+        live_group.extend(fresh);
+    }
     if let Some(id) = &opts.open {
+        if let ConversationId::Group(name) = id
+            && !state.conversations().iter().any(|c| &c.id == id)
+        {
+            return Err(ClientError::Group(format!(
+                "no group is named {name} on this device (`missive group list` shows them)"
+            )));
+        }
         state.open(id);
     }
     live.sort_by_key(|ci| ci.entry.seq);
     for ci in &live {
         state.push_live_item(ci);
     }
+    live_group.sort_by_key(|e| e.seq);
+    for e in &live_group {
+        state.push_live(e);
+    }
     Ok(state)
+}
+
+/// A group is shown verified when every other member account is.
+fn group_verification(client: &Client, members: &[String]) -> Result<Verification> {
+    let mut all = true;
+    for m in members.iter().filter(|m| m.as_str() != client.username()) {
+        all &= client.verification(m)? == Some(Verification::Verified);
+    }
+    Ok(if all {
+        Verification::Verified
+    } else {
+        Verification::Unverified
+    })
 }
 
 fn now_ms() -> u64 {
@@ -136,9 +170,11 @@ async fn send_read(client: &mut Client, state: &mut ChatState) {
 async fn perform(client: &mut Client, state: &mut ChatState, action: &Action) {
     let outcome = match action {
         Action::Send(id, text) => {
-            let ConversationId::Direct(to) = id;
-            let outcome = client.send(to, text).await.map_err(|e| e.to_string());
-            state.sent(id, outcome);
+            let outcome = match id {
+                ConversationId::Direct(to) => client.send(to, text).await,
+                ConversationId::Group(name) => client.send_group(name, text).await,
+            };
+            state.sent(id, outcome.map_err(|e| e.to_string()));
             return;
         }
         Action::Typing(ConversationId::Direct(to), started) => {
@@ -146,39 +182,73 @@ async fn perform(client: &mut Client, state: &mut ChatState, action: &Action) {
             let _ = client.send_typing(to, *started).await;
             return;
         }
-        Action::Reply { to, target, text } => {
-            let ConversationId::Direct(name) = to;
-            match client.send_text(name, text, Some(target)).await {
-                Ok(sent) => show_sent(client, state, name, &sent.id),
-                Err(e) => Err(e.to_string()),
-            }
+        // The chat offers groups only text (state.rs refuses the rest).
+        Action::Typing(ConversationId::Group(_), _) => return,
+        Action::Reply {
+            to: ConversationId::Group(_),
+            ..
         }
-        Action::React { to, target, emoji } => {
-            let ConversationId::Direct(name) = to;
-            client
-                .react(name, target, emoji.as_deref())
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
+        | Action::React {
+            to: ConversationId::Group(_),
+            ..
         }
-        Action::Edit { to, target, text } => {
-            let ConversationId::Direct(name) = to;
-            client
-                .edit(name, target, text)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
+        | Action::Edit {
+            to: ConversationId::Group(_),
+            ..
         }
-        Action::Unsend { to, target } => {
-            let ConversationId::Direct(name) = to;
-            client
-                .unsend(name, target)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
+        | Action::Unsend {
+            to: ConversationId::Group(_),
+            ..
         }
-        Action::Save { to, target } => {
-            let ConversationId::Direct(name) = to;
+        | Action::Save {
+            to: ConversationId::Group(_),
+            ..
+        }
+        | Action::SendFile {
+            to: ConversationId::Group(_),
+            ..
+        }
+        | Action::Timer(ConversationId::Group(_), _) => {
+            Err("this is not available in group conversations yet".to_owned())
+        }
+        Action::Reply {
+            to: ConversationId::Direct(name),
+            target,
+            text,
+        } => match client.send_text(name, text, Some(target)).await {
+            Ok(sent) => show_sent(client, state, name, &sent.id),
+            Err(e) => Err(e.to_string()),
+        },
+        Action::React {
+            to: ConversationId::Direct(name),
+            target,
+            emoji,
+        } => client
+            .react(name, target, emoji.as_deref())
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        Action::Edit {
+            to: ConversationId::Direct(name),
+            target,
+            text,
+        } => client
+            .edit(name, target, text)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        Action::Unsend {
+            to: ConversationId::Direct(name),
+            target,
+        } => client
+            .unsend(name, target)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        Action::Save {
+            to: to @ ConversationId::Direct(name),
+            target,
+        } => {
             let dir = client
                 .attachment_dir()
                 .map(std::path::Path::to_path_buf)
@@ -187,8 +257,10 @@ async fn perform(client: &mut Client, state: &mut ChatState, action: &Action) {
             state.file_saved(to, target, outcome);
             return;
         }
-        Action::SendFile { to, path } => {
-            let ConversationId::Direct(name) = to;
+        Action::SendFile {
+            to: ConversationId::Direct(name),
+            path,
+        } => {
             let file = std::path::Path::new(path);
             match client.send_file(name, file, "").await {
                 Ok(sent) => show_sent(client, state, name, &sent.id),
@@ -329,8 +401,17 @@ async fn event_loop(
             }
             Event::Received(resp) => {
                 backoff.reset();
-                if let Some(v1::receive_response::Item::Envelope(env)) = resp.item {
-                    match client.process_envelope(env).await {
+                let processed = match resp.item {
+                    Some(v1::receive_response::Item::Envelope(env)) => {
+                        Some(client.process_envelope(env).await)
+                    }
+                    Some(v1::receive_response::Item::GroupMessage(gm)) => {
+                        Some(client.process_group_message(gm).await)
+                    }
+                    _ => None,
+                };
+                if let Some(processed) = processed {
+                    match processed {
                         Ok(events) => {
                             for ev in &events {
                                 state.apply(ev);
@@ -408,8 +489,10 @@ async fn event_loop(
 fn refresh_verification(client: &Client, state: &mut ChatState) -> Result<()> {
     let ids: Vec<ConversationId> = state.conversations().iter().map(|c| c.id.clone()).collect();
     for id in ids {
-        let ConversationId::Direct(name) = &id;
-        if let Some(v) = client.verification(name)? {
+        // A group's state is its members' (initial_state); not polled.
+        if let ConversationId::Direct(name) = &id
+            && let Some(v) = client.verification(name)?
+        {
             state.set_verification(&id, v);
         }
     }

@@ -16,24 +16,39 @@ pub const TYPING_RESEND_MS: u64 = 10_000;
 /// Characters of a quoted message shown above a reply.
 const QUOTE_CHARS: usize = 60;
 
-/// Which conversation. Groups will be a second variant (`missive chat
-/// --group NAME`); everything keyed by conversation already goes through
-/// this type.
+/// Which conversation: with one contact, or a group (`missive chat
+/// --group NAME`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ConversationId {
     /// A one-to-one conversation with this username.
     Direct(String),
+    /// A group conversation, by its name on this device.
+    Group(String),
 }
 
 impl ConversationId {
-    /// The name shown in the list and the title.
-    pub fn label(&self) -> &str {
+    /// The name shown in the list and the title: a group's starts with
+    /// `#`, which no username does, so the two never look alike.
+    pub fn label(&self) -> String {
         match self {
-            ConversationId::Direct(u) => u,
+            ConversationId::Direct(u) => u.clone(),
+            ConversationId::Group(name) => format!("#{}", crate::display::sanitize_line(name)),
+        }
+    }
+
+    /// The conversation a stored entry belongs to: its group's, or the
+    /// contact's.
+    pub fn of_entry(e: &HistoryEntry) -> Self {
+        match &e.group {
+            Some(g) => ConversationId::Group(g.name.clone()),
+            None => ConversationId::Direct(e.contact.clone()),
         }
     }
 }
+
+/// What a group conversation does not offer yet (only text is sent there).
+const NOT_IN_GROUPS: &str = "is not available in group conversations yet; only text is";
 
 /// Delivery state of one of our messages: sent, delivered or read.
 pub type DeliveryState = ReceiptState;
@@ -81,13 +96,9 @@ pub enum InlineEvent {
         /// New timer, seconds.
         secs: u64,
     },
-    /// A group's membership changed (hook for groups).
-    Membership {
-        /// Who.
-        member: String,
-        /// Joined (`true`) or left.
-        joined: bool,
-    },
+    /// A group's membership changed ("alice added carol", "carol's new
+    /// device joined"), as the group's history says it (escaped).
+    Membership(String),
 }
 
 impl InlineEvent {
@@ -108,13 +119,7 @@ impl InlineEvent {
             InlineEvent::Timer { by, secs } => {
                 format!("{by} set disappearing messages to {}", format_timer(*secs))
             }
-            InlineEvent::Membership { member, joined } => {
-                if *joined {
-                    format!("{member} joined")
-                } else {
-                    format!("{member} left")
-                }
-            }
+            InlineEvent::Membership(text) => text.clone(),
         }
     }
 }
@@ -196,6 +201,9 @@ impl FileItem {
 }
 
 /// One item of a conversation.
+// Nearly every item is a message: boxing them would cost an allocation each
+// to save a few bytes on the rare event.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Item {
     /// A message.
@@ -508,8 +516,9 @@ impl ChatState {
             && !c.unread_ids.is_empty()
         {
             let ids = std::mem::take(&mut c.unread_ids);
-            let ConversationId::Direct(name) = &c.id;
-            self.read_due.push((name.clone(), ids));
+            if let ConversationId::Direct(name) = &c.id {
+                self.read_due.push((name.clone(), ids));
+            }
         }
     }
 
@@ -552,14 +561,17 @@ impl ChatState {
     /// Adds a live message: to its conversation, counted unread (and the
     /// bell armed) unless that conversation is the one on screen.
     pub fn push_live(&mut self, e: &HistoryEntry) {
-        let id = ConversationId::Direct(e.contact.clone());
+        let id = ConversationId::of_entry(e);
         let watched = self.is_watched(&id);
         let me = self.me.clone();
-        let details = self
-            .details
-            .iter()
-            .position(|(from, mid, ..)| from == &e.contact && mid == &e.message_id)
-            .map(|i| self.details.remove(i));
+        let details = if e.group.is_some() {
+            None
+        } else {
+            self.details
+                .iter()
+                .position(|(from, mid, ..)| from == &e.contact && mid == &e.message_id)
+                .map(|i| self.details.remove(i))
+        };
         let now = self.now_ms;
         let c = self.conversation_mut(&id);
         push_entry(c, &me, e);
@@ -572,17 +584,20 @@ impl ChatState {
                 m.expires_at_ms = Some(now.saturating_add(secs.saturating_mul(1000)));
             }
         }
-        if !e.outgoing {
+        let event = e.group.as_ref().is_some_and(|g| g.event);
+        let theirs = !e.outgoing && !event;
+        if theirs {
             // A message ends the sender's typing indicator.
             c.typing_until_ms = 0;
-            if !e.quarantined {
+            // Groups have no read receipts (yet): nothing is due for them.
+            if !e.quarantined && e.group.is_none() {
                 c.unread_ids.push(e.message_id.clone());
             }
         }
-        if !watched && !e.outgoing {
+        if !watched && theirs {
             c.unread += 1;
         }
-        if !watched && !e.outgoing && self.bell {
+        if !watched && theirs && self.bell {
             self.ring = true;
         }
         if watched && let Some(i) = self.index_of(&id) {
@@ -595,7 +610,7 @@ impl ChatState {
     /// arrived while the chat was closed).
     pub fn push_live_item(&mut self, ci: &ConversationItem) {
         self.push_live(&ci.entry);
-        let c = self.conversation_mut(&ConversationId::Direct(ci.entry.contact.clone()));
+        let c = self.conversation_mut(&ConversationId::of_entry(&ci.entry));
         if let Some(Item::Message(m)) = c.items.last_mut() {
             item_details(m, ci);
         }
@@ -921,7 +936,8 @@ impl ChatState {
     /// again. Commands are not typing.
     fn typing_action(&mut self) -> Option<Action> {
         let c = self.current()?;
-        if c.verification == Verification::Changed {
+        // Typing indicators go to one contact; groups have none yet.
+        if c.verification == Verification::Changed || matches!(c.id, ConversationId::Group(_)) {
             return None;
         }
         let id = c.id.clone();
@@ -1039,6 +1055,13 @@ impl ChatState {
         };
         self.status = None;
         let to = self.current()?.id.clone();
+        if matches!(to, ConversationId::Group(_)) && !matches!(name, "quit" | "q" | "help") {
+            self.status = Some(format!(
+                "/{} {NOT_IN_GROUPS}",
+                crate::display::sanitize_line(name)
+            ));
+            return None;
+        }
         let need = |what: &str, s: &mut Option<String>| {
             *s = Some(format!("/{name} needs {what}; /help lists the commands"));
         };
@@ -1297,6 +1320,12 @@ impl ChatState {
 }
 
 fn push_entry(c: &mut Conversation, me: &str, e: &HistoryEntry) {
+    if e.group.as_ref().is_some_and(|g| g.event) {
+        let text = crate::display::sanitize_line(&e.text);
+        c.items.push(Item::Event(InlineEvent::Membership(text)));
+        c.last_activity_ms = c.last_activity_ms.max(e.server_ts_ms);
+        return;
+    }
     let author = if e.outgoing {
         me.to_owned()
     } else if e.quarantined {

@@ -103,7 +103,7 @@ pub(crate) fn conversation_rows(c: &Conversation, width: usize) -> Vec<Row> {
             }
             Item::Event(ev) => {
                 let style = Style::default().fg(Color::Magenta);
-                for text in wrap_line(&format!("* {}", ev.text(c.id.label())), width) {
+                for text in wrap_line(&format!("* {}", ev.text(&c.id.label())), width) {
                     out.push(Row { text, style });
                 }
             }

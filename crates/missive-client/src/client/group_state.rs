@@ -22,7 +22,7 @@ use openmls_traits::signatures::{Signer, SignerError};
 use openmls_traits::types::SignatureScheme;
 
 use super::mls_storage::{MlsStore, MlsStoreError};
-use crate::store::Db;
+use crate::store::{Db, MlsStamp};
 
 /// The groups' ciphersuite: X-Wing (ML-KEM-768 + X25519) for HPKE, so a
 /// recorded group is as safe from a future quantum computer as a recorded
@@ -321,7 +321,76 @@ fn group_id(id: &[u8]) -> GroupId {
     GroupId::from_slice(id)
 }
 
-/// Loads a group's MLS state.
+/// How many groups one process keeps in memory.
+const CACHED_GROUPS: usize = 4;
+
+/// Groups' MLS state kept in memory by this process between store
+/// transactions, each with the stamp of the stored state it is
+/// ([`Db::mls_stamp`]). Loading a group reads and parses its whole ratchet
+/// tree (≈ 1.5 KB per member with X-Wing keys); an application message
+/// needs none of it, so a long-running receiver keeps the group instead.
+/// A copy is used only while the store's stamp still matches: any write of
+/// the group's state (by this process or another on the home), any other
+/// write of openmls state, and any rolled-back write change the stamp.
+#[derive(Default)]
+pub(crate) struct GroupCache(std::sync::Mutex<Vec<(Vec<u8>, MlsStamp, MlsGroup)>>);
+
+impl GroupCache {
+    /// The copy of `id`, if it is the stored state; it leaves the cache
+    /// (a failed operation must not put it back).
+    fn take(&self, id: &[u8], stamp: &MlsStamp) -> Option<MlsGroup> {
+        let mut groups = self.0.lock().ok()?;
+        let i = groups.iter().position(|(gid, _, _)| gid == id)?;
+        let (_, kept, group) = groups.swap_remove(i);
+        (&kept == stamp).then_some(group)
+    }
+
+    fn put(&self, id: &[u8], stamp: MlsStamp, group: MlsGroup) {
+        if let Ok(mut groups) = self.0.lock() {
+            groups.retain(|(gid, _, _)| gid != id);
+            if groups.len() >= CACHED_GROUPS {
+                groups.remove(0);
+            }
+            groups.push((id.to_vec(), stamp, group));
+        }
+    }
+}
+
+/// Runs `f` on group `id`'s state: the copy in memory if it is the stored
+/// state, else loaded. After `f` succeeds the group is kept in memory; if
+/// it fails, whatever it changed in memory is dropped.
+fn with_group<T>(
+    db: &Db<'_>,
+    id: &[u8],
+    f: impl FnOnce(&Provider<'_, '_>, &mut MlsGroup) -> std::result::Result<T, GroupRefusal>,
+) -> std::result::Result<T, GroupRefusal> {
+    let stamp = db.mls_stamp(id)?;
+    let cache = db.group_cache();
+    let mut group = match cache.and_then(|c| c.take(id, &stamp)) {
+        Some(g) => g,
+        None => load(db, id)?,
+    };
+    let provider = Provider::new(db)?;
+    let (out, stamp) = db.with_group_scope(id, stamp, || f(&provider, &mut group))?;
+    if out.is_ok()
+        && let Some(c) = cache
+    {
+        c.put(id, stamp, group);
+    }
+    out
+}
+
+/// Reads group `id` (through the copy in memory when it is current).
+pub(crate) fn read<T>(
+    db: &Db<'_>,
+    id: &[u8],
+    f: impl FnOnce(&MlsGroup) -> T,
+) -> std::result::Result<T, GroupRefusal> {
+    with_group(db, id, |_, g| Ok(f(g)))
+}
+
+/// Loads a group's MLS state from the store (not through the copy in
+/// memory: for work that is rolled back).
 pub(crate) fn load(db: &Db<'_>, id: &[u8]) -> std::result::Result<MlsGroup, GroupRefusal> {
     let provider = Provider::new(db)?;
     MlsGroup::load(provider.storage(), &group_id(id))?
@@ -439,13 +508,23 @@ pub(crate) fn stage_commit(
     key_packages: Vec<(DeviceName, KeyPackage)>,
     remove: &[DeviceName],
 ) -> std::result::Result<OutgoingCommit, GroupRefusal> {
-    let provider = Provider::new(db)?;
-    let mut group = load(db, id)?;
+    with_group(db, id, |provider, group| {
+        stage_commit_in(provider, group, me, key_packages, remove)
+    })
+}
+
+fn stage_commit_in(
+    provider: &Provider<'_, '_>,
+    group: &mut MlsGroup,
+    me: &Me<'_>,
+    key_packages: Vec<(DeviceName, KeyPackage)>,
+    remove: &[DeviceName],
+) -> std::result::Result<OutgoingCommit, GroupRefusal> {
     if group.pending_commit().is_some() {
         group.clear_pending_commit(provider.storage())?;
     }
     let epoch = group.epoch().as_u64();
-    let leaves: Vec<LeafNodeIndex> = members(&group)
+    let leaves: Vec<LeafNodeIndex> = members(group)
         .into_iter()
         .filter(|(_, d)| d.as_ref().is_some_and(|d| remove.contains(d)))
         .map(|(i, _)| i)
@@ -463,7 +542,7 @@ pub(crate) fn stage_commit(
         .map_err(|e| GroupRefusal::Refused(err("cannot make the commit", e)))?
         .build(provider.rand(), provider.crypto(), &me.signer(), |_| true)
         .map_err(|e| GroupRefusal::Refused(err("cannot make the commit", e)))?
-        .stage_commit(&provider)
+        .stage_commit(provider)
         .map_err(|e| GroupRefusal::Refused(err("cannot make the commit", e)))?;
     let mut removed: Vec<DeviceName> = remove.to_vec();
     let mut left = Vec::new();
@@ -485,19 +564,19 @@ pub(crate) fn stage_commit(
 
 /// The server took this device's pending commit: apply it.
 pub(crate) fn merge_own_commit(db: &Db<'_>, id: &[u8]) -> std::result::Result<(), GroupRefusal> {
-    let provider = Provider::new(db)?;
-    let mut group = load(db, id)?;
-    group
-        .merge_pending_commit(&provider)
-        .map_err(|e| GroupRefusal::Refused(err("cannot apply our commit", e)))
+    with_group(db, id, |provider, group| {
+        group
+            .merge_pending_commit(provider)
+            .map_err(|e| GroupRefusal::Refused(err("cannot apply our commit", e)))
+    })
 }
 
 /// The server refused this device's pending commit (another won the epoch).
 pub(crate) fn discard_own_commit(db: &Db<'_>, id: &[u8]) -> std::result::Result<(), GroupRefusal> {
-    let provider = Provider::new(db)?;
-    let mut group = load(db, id)?;
-    group.clear_pending_commit(provider.storage())?;
-    Ok(())
+    with_group(db, id, |provider, group| {
+        group.clear_pending_commit(provider.storage())?;
+        Ok(())
+    })
 }
 
 /// Encrypts an application message; `aad` travels authenticated beside it
@@ -509,21 +588,21 @@ pub(crate) fn encrypt(
     plaintext: &[u8],
     aad: &[u8],
 ) -> std::result::Result<(u64, Vec<u8>), GroupRefusal> {
-    let provider = Provider::new(db)?;
-    let mut group = load(db, id)?;
-    if !group.is_active() {
-        return Err(GroupRefusal::Refused(
-            "this device is no longer a member of the group".into(),
-        ));
-    }
-    group.set_aad(aad.to_vec());
-    let message = group
-        .create_message(&provider, &me.signer(), plaintext)
-        .map_err(|e| GroupRefusal::Refused(err("cannot encrypt to the group", e)))?;
-    let bytes = message
-        .to_bytes()
-        .map_err(|e| GroupRefusal::Refused(err("cannot encode the message", e)))?;
-    Ok((group.epoch().as_u64(), bytes))
+    with_group(db, id, |provider, group| {
+        if !group.is_active() {
+            return Err(GroupRefusal::Refused(
+                "this device is no longer a member of the group".into(),
+            ));
+        }
+        group.set_aad(aad.to_vec());
+        let message = group
+            .create_message(provider, &me.signer(), plaintext)
+            .map_err(|e| GroupRefusal::Refused(err("cannot encrypt to the group", e)))?;
+        let bytes = message
+            .to_bytes()
+            .map_err(|e| GroupRefusal::Refused(err("cannot encode the message", e)))?;
+        Ok((group.epoch().as_u64(), bytes))
+    })
 }
 
 /// A leave proposal (a Remove of our own leaf) for the current epoch.
@@ -532,16 +611,16 @@ pub(crate) fn leave(
     me: &Me<'_>,
     id: &[u8],
 ) -> std::result::Result<(u64, Vec<u8>), GroupRefusal> {
-    let provider = Provider::new(db)?;
-    let mut group = load(db, id)?;
-    let epoch = group.epoch().as_u64();
-    let proposal = group
-        .leave_group(&provider, &me.signer())
-        .map_err(|e| GroupRefusal::Refused(err("cannot make the leave proposal", e)))?;
-    let bytes = proposal
-        .to_bytes()
-        .map_err(|e| GroupRefusal::Refused(err("cannot encode the proposal", e)))?;
-    Ok((epoch, bytes))
+    with_group(db, id, |provider, group| {
+        let epoch = group.epoch().as_u64();
+        let proposal = group
+            .leave_group(provider, &me.signer())
+            .map_err(|e| GroupRefusal::Refused(err("cannot make the leave proposal", e)))?;
+        let bytes = proposal
+            .to_bytes()
+            .map_err(|e| GroupRefusal::Refused(err("cannot encode the proposal", e)))?;
+        Ok((epoch, bytes))
+    })
 }
 
 /// What one processed group message did.
@@ -648,9 +727,20 @@ pub(crate) fn process(
     id: &[u8],
     bytes: &[u8],
 ) -> std::result::Result<Processed, GroupRefusal> {
-    let provider = Provider::new(db)?;
-    let mut group = load(db, id)?;
     let message = parse_protocol_message(bytes).map_err(GroupRefusal::Refused)?;
+    with_group(db, id, |provider, group| {
+        process_in(db, provider, group, me_name, id, message)
+    })
+}
+
+fn process_in(
+    db: &Db<'_>,
+    provider: &Provider<'_, '_>,
+    group: &mut MlsGroup,
+    me_name: &str,
+    id: &[u8],
+    message: ProtocolMessage,
+) -> std::result::Result<Processed, GroupRefusal> {
     if message.group_id().as_slice() != id {
         return Err(GroupRefusal::Refused(
             "it belongs to another group than the one the server filed it under".into(),
@@ -665,7 +755,7 @@ pub(crate) fn process(
         )));
     }
     let processed = group
-        .process_message(&provider, message)
+        .process_message(provider, message)
         .map_err(|e| GroupRefusal::Refused(err("it does not decrypt or verify", e)))?;
     let sender = parse_credential(processed.credential());
     let aad = processed.aad().to_vec();
@@ -701,7 +791,7 @@ pub(crate) fn process(
                 .collect();
             let self_removed = staged.self_removed();
             group
-                .merge_staged_commit(&provider, *staged)
+                .merge_staged_commit(provider, *staged)
                 .map_err(|e| GroupRefusal::Refused(err("it cannot be applied", e)))?;
             Ok(Processed::Commit {
                 by: sender,
@@ -937,6 +1027,97 @@ mod tests {
             Err(GroupRefusal::Refused(why)) => why,
             other => panic!("expected a refusal, got {other:?}"),
         }
+    }
+
+    /// A second handle on `d`'s home, as a second process would open it.
+    fn second_process(d: &Device) -> Device {
+        Device {
+            _dir: tempfile::tempdir().unwrap(),
+            store: Store::open_with(&d._dir.path().join("home"), false, &KeySource::KeyFile)
+                .unwrap(),
+            identity: IdentityKeyPair::from_secret_bytes(&d.identity.to_secret_bytes()).unwrap(),
+            username: d.username.clone(),
+            device_id: d.device_id,
+        }
+    }
+
+    /// Alice and Bob in group `id`, Bob joined.
+    fn pair(id: &[u8; 16]) -> (Device, Device) {
+        let mut alice = device("alice", 1);
+        let mut bob = device("bob", 1);
+        let alice_account = account(&[&alice]);
+        let bob_account = account(&[&bob]);
+        know(&mut alice, &alice_account, &[&bob_account]);
+        know(&mut bob, &bob_account, &[&alice_account]);
+        with(&mut alice, |db, me| create(db, me, id, "team")).unwrap();
+        let kp = key_package(&mut bob);
+        let kp = check_key_package(&kp, &name(&bob), bob.identity.public()).unwrap();
+        let commit = with(&mut alice, |db, me| {
+            stage_commit(db, me, id, vec![(name(&bob), kp)], &[])
+        })
+        .unwrap();
+        with(&mut alice, |db, _| merge_own_commit(db, id)).unwrap();
+        let welcome = hex::decode(&commit.welcome).unwrap();
+        with(&mut bob, |db, _| join(db, "bob", &welcome)).unwrap();
+        (alice, bob)
+    }
+
+    fn send(d: &mut Device, id: &[u8], text: &[u8]) -> Vec<u8> {
+        with(d, |db, me| encrypt(db, me, id, text, &[0; 32]))
+            .unwrap()
+            .1
+    }
+
+    fn read_text(d: &mut Device, id: &[u8], wire: &[u8]) -> std::result::Result<Vec<u8>, String> {
+        let name = d.username.clone();
+        match with(d, |db, _| process(db, &name, id, wire)) {
+            Ok(Processed::Application { plaintext, .. }) => Ok(plaintext),
+            Ok(other) => panic!("{other:?}"),
+            Err(GroupRefusal::Refused(why)) => Err(why),
+            Err(GroupRefusal::Local(e)) => panic!("{e}"),
+        }
+    }
+
+    /// The group a process keeps in memory is not used once another
+    /// process on the home changed the stored state: a stale copy would
+    /// bring back a deleted message key (receiving) or reuse one (sending).
+    #[test]
+    fn a_group_kept_in_memory_yields_to_another_process_and_to_rollbacks() {
+        let id = [5u8; 16];
+        let (mut alice, mut bob) = pair(&id);
+        let mut bob_too = second_process(&bob);
+        let m: Vec<Vec<u8>> = (1..=3u8)
+            .map(|i| send(&mut alice, &id, &[b'm', b'0' + i]))
+            .collect();
+        assert_eq!(read_text(&mut bob, &id, &m[0]).unwrap(), b"m1");
+        assert_eq!(read_text(&mut bob_too, &id, &m[1]).unwrap(), b"m2");
+        assert_eq!(read_text(&mut bob, &id, &m[2]).unwrap(), b"m3");
+        // m2's key is gone for both handles.
+        read_text(&mut bob, &id, &m[1]).unwrap_err();
+        read_text(&mut bob_too, &id, &m[1]).unwrap_err();
+
+        // Two senders on one home never reuse a message key.
+        let mut alice_too = second_process(&alice);
+        let a1 = send(&mut alice, &id, b"a1");
+        let a2 = send(&mut alice_too, &id, b"a2");
+        let a3 = send(&mut alice, &id, b"a3");
+        for (wire, text) in [(&a1, b"a1"), (&a2, b"a2"), (&a3, b"a3")] {
+            assert_eq!(read_text(&mut bob, &id, wire).unwrap(), text);
+        }
+
+        // A processed message whose transaction part is rolled back can be
+        // processed again: the copy in memory went with it.
+        let b1 = send(&mut alice, &id, b"b1");
+        let name = bob.username.clone();
+        with(&mut bob, |db, _| {
+            db.savepoint().unwrap();
+            assert!(matches!(
+                process(db, &name, &id, &b1),
+                Ok(Processed::Application { .. })
+            ));
+            db.rollback_to_savepoint().unwrap();
+        });
+        assert_eq!(read_text(&mut bob, &id, &b1).unwrap(), b"b1");
     }
 
     /// Alice makes a group with Bob; both read each other; a commit removing

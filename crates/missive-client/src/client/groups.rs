@@ -471,8 +471,7 @@ impl Client {
         id: &[u8],
     ) -> Result<Vec<(openmls::prelude::LeafNodeIndex, Option<DeviceName>)>> {
         let db = self.store.db();
-        let group = group_state::load(&db, id).map_err(refusal)?;
-        Ok(group_state::members(&group))
+        group_state::read(&db, id, group_state::members).map_err(refusal)
     }
 
     fn group_summary(&self, id: &[u8]) -> Result<GroupSummary> {
@@ -625,8 +624,8 @@ impl Client {
                     username: me_name.clone(),
                     device_id: 0,
                 };
-                let group = group_state::load(db, id).map_err(refusal)?;
-                let now_in = accounts(&group_state::members(&group));
+                let now_in = group_state::read(db, id, |g| accounts(&group_state::members(g)))
+                    .map_err(refusal)?;
                 let before: Vec<String> = now_in
                     .iter()
                     .filter(|u| !added.iter().any(|d| &d.username == *u) || **u == me_name)
@@ -916,11 +915,10 @@ impl Client {
     }
 
     /// Processes one group message the server delivered, stores what it
-    /// changes in one transaction, and acknowledges it.
-    pub(super) async fn process_group_message(
-        &mut self,
-        gm: v1::GroupMessage,
-    ) -> Result<Vec<RecvEvent>> {
+    /// changes in one transaction, and acknowledges it. Messages it stores
+    /// are shown by [`Client::take_unshown`]; the events are what went
+    /// wrong or needs saying.
+    pub async fn process_group_message(&mut self, gm: v1::GroupMessage) -> Result<Vec<RecvEvent>> {
         let mut events = Vec::new();
         let id = gm.group_id.clone();
         let kind = v1::GroupMessageKind::try_from(gm.kind).unwrap_or_default();
@@ -1031,9 +1029,13 @@ impl Client {
             // MLS refuses a replay by itself (its keys are gone); the mark
             // spares the warning, and a second process the work.
             db.mark_processed(&conv, 0, &seq_id)?;
-            let before = group_state::load(db, &id)
-                .map(|g| accounts(&group_state::members(&g)))
-                .unwrap_or_default();
+            // Only a commit is described against the members before it.
+            let before = if kind == v1::GroupMessageKind::Commit {
+                group_state::read(db, &id, |g| accounts(&group_state::members(g)))
+                    .unwrap_or_default()
+            } else {
+                Vec::new()
+            };
             db.savepoint()?;
             let result = group_state::process(db, &me_name, &id, &gm_ref.content);
             let mut refused = None;
@@ -1188,20 +1190,22 @@ impl Client {
     /// lowest leaf that is not leaving.
     fn should_commit_leave(&self, id: &[u8]) -> Result<bool> {
         let db = self.store.db();
-        let group = group_state::load(&db, id).map_err(refusal)?;
-        let leaving: Vec<openmls::prelude::LeafNodeIndex> = group
-            .pending_proposals()
-            .filter_map(|p| match p.proposal() {
-                openmls::prelude::Proposal::Remove(r) => Some(r.removed()),
-                _ => None,
-            })
-            .collect();
-        let first = group
-            .members()
-            .map(|m| m.index)
-            .filter(|i| !leaving.contains(i))
-            .min();
-        Ok(first == Some(group.own_leaf_index()))
+        group_state::read(&db, id, |group| {
+            let leaving: Vec<openmls::prelude::LeafNodeIndex> = group
+                .pending_proposals()
+                .filter_map(|p| match p.proposal() {
+                    openmls::prelude::Proposal::Remove(r) => Some(r.removed()),
+                    _ => None,
+                })
+                .collect();
+            let first = group
+                .members()
+                .map(|m| m.index)
+                .filter(|i| !leaving.contains(i))
+                .min();
+            first == Some(group.own_leaf_index())
+        })
+        .map_err(refusal)
     }
 }
 
