@@ -19,6 +19,7 @@ use openmls::prelude::*;
 use openmls_libcrux_crypto::CryptoProvider as LibcruxCrypto;
 use openmls_traits::OpenMlsProvider;
 use openmls_traits::signatures::{Signer, SignerError};
+use openmls_traits::storage::StorageProvider as _;
 use openmls_traits::types::SignatureScheme;
 
 use super::mls_storage::{MlsStore, MlsStoreError};
@@ -140,11 +141,17 @@ fn credential_with_key(username: &str, device_id: u32, key: &PublicIdentity) -> 
     }
 }
 
+/// What every leaf supports. `LastResort` must be listed, or a last-resort
+/// KeyPackage carries an extension its own leaf does not support and no one
+/// can add it.
 fn capabilities() -> Capabilities {
     Capabilities::new(
         None,
         Some(&[CIPHERSUITE]),
-        Some(&[ExtensionType::Unknown(GROUP_NAME_EXTENSION)]),
+        Some(&[
+            ExtensionType::Unknown(GROUP_NAME_EXTENSION),
+            ExtensionType::LastResort,
+        ]),
         None,
         Some(&[CredentialType::Basic]),
     )
@@ -276,6 +283,44 @@ pub(crate) fn new_key_packages(
     Ok(out)
 }
 
+/// The last-resort KeyPackages this device made, newest last: (made at ms,
+/// its hash reference).
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub(crate) struct LastResortKeys(pub(crate) Vec<(u64, Option<KeyPackageRef>)>);
+
+/// Makes a new last-resort KeyPackage (the server replaces its copy with
+/// it) and forgets the private keys of all but the one it replaces: a
+/// Welcome made from that one may still be on its way.
+pub(crate) fn rotate_last_resort(
+    db: &Db<'_>,
+    me: &Me<'_>,
+    kept: &mut LastResortKeys,
+    now_ms: u64,
+) -> std::result::Result<Vec<u8>, String> {
+    let provider = Provider::new(db).map_err(|e| format!("{e:?}"))?;
+    let bundle = KeyPackage::builder()
+        .leaf_node_capabilities(capabilities())
+        .mark_as_last_resort()
+        .build(CIPHERSUITE, &provider, &me.signer(), me.credential())
+        .map_err(|e| err("cannot make a KeyPackage", e))?;
+    let reference = bundle
+        .key_package()
+        .hash_ref(provider.crypto())
+        .map_err(|e| err("cannot name a KeyPackage", e))?;
+    while kept.0.len() > 1 {
+        if let (_, Some(old)) = kept.0.remove(0) {
+            provider
+                .storage()
+                .delete_key_package(&old)
+                .map_err(|e| e.0)?;
+        }
+    }
+    kept.0.push((now_ms, Some(reference)));
+    MlsMessageOut::from(bundle.key_package().clone())
+        .to_bytes()
+        .map_err(|e| err("cannot encode a KeyPackage", e))
+}
+
 /// Checks a fetched KeyPackage: it parses, its signature verifies, it is for
 /// our ciphersuite, and its leaf names `device` with the key the account's
 /// signed device list gives that device (`key`).
@@ -296,7 +341,13 @@ pub(crate) fn check_key_package(
             &LibcruxCrypto::new().map_err(|e| format!("no randomness: {e:?}"))?,
             ProtocolVersion::Mls10,
         )
-        .map_err(|_| format!("the KeyPackage of {device} is not validly signed"))?;
+        .map_err(|e| match e {
+            KeyPackageVerifyError::LifetimeError(_) => format!(
+                "the KeyPackage of {device} has expired or is not valid yet (that device has not \
+                 refreshed its KeyPackages for weeks, or a clock is wrong)"
+            ),
+            _ => format!("the KeyPackage of {device} is not validly signed"),
+        })?;
     if kp.ciphersuite() != CIPHERSUITE {
         return Err(format!(
             "the KeyPackage of {device} is for another ciphersuite"
@@ -1076,6 +1127,42 @@ mod tests {
             Err(GroupRefusal::Refused(why)) => Err(why),
             Err(GroupRefusal::Local(e)) => panic!("{e}"),
         }
+    }
+
+    /// A replaced last-resort KeyPackage still opens a Welcome (one may be
+    /// on its way); the one before it is forgotten for good.
+    #[test]
+    fn last_resort_key_packages_rotate_and_old_ones_are_forgotten() {
+        let mut alice = device("alice", 1);
+        let mut bob = device("bob", 1);
+        let alice_account = account(&[&alice]);
+        let bob_account = account(&[&bob]);
+        know(&mut alice, &alice_account, &[&bob_account]);
+        know(&mut bob, &bob_account, &[&alice_account]);
+        let mut kept = LastResortKeys::default();
+        let made: Vec<Vec<u8>> = (1..=3u64)
+            .map(|t| with(&mut bob, |db, me| rotate_last_resort(db, me, &mut kept, t)).unwrap())
+            .collect();
+        assert_eq!(kept.0.iter().map(|(t, _)| *t).collect::<Vec<_>>(), [2, 3]);
+
+        let welcome_from = |alice: &mut Device, gid: u8, kp: &[u8]| {
+            let id = [gid; 16];
+            with(alice, |db, me| create(db, me, &id, "g")).unwrap();
+            let kp = check_key_package(kp, &name(&bob), bob.identity.public()).unwrap();
+            let commit = with(alice, |db, me| {
+                stage_commit(db, me, &id, vec![(name(&bob), kp)], &[])
+            })
+            .unwrap();
+            hex::decode(&commit.welcome).unwrap()
+        };
+        let oldest = welcome_from(&mut alice, 1, &made[0]);
+        let previous = welcome_from(&mut alice, 2, &made[1]);
+        let newest = welcome_from(&mut alice, 3, &made[2]);
+        assert!(
+            refused(with(&mut bob, |db, _| join(db, "bob", &oldest))).contains("does not open")
+        );
+        with(&mut bob, |db, _| join(db, "bob", &previous)).unwrap();
+        with(&mut bob, |db, _| join(db, "bob", &newest)).unwrap();
     }
 
     /// The group a process keeps in memory is not used once another

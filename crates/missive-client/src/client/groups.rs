@@ -33,6 +33,11 @@ const META_GROUPS_SYNCED: &str = "groups_synced_list_version";
 /// KeyPackages kept on the server per device: refilled below the low mark.
 const KEY_PACKAGE_TARGET: usize = 20;
 const KEY_PACKAGE_LOW: u32 = 5;
+/// How often the last-resort KeyPackage is replaced (openmls makes them
+/// valid for 84 days; a KeyPackage past its lifetime cannot be added).
+const LAST_RESORT_ROTATE_MS: u64 = 28 * 24 * 3600 * 1000;
+/// The last-resort KeyPackages made ([`group_state::LastResortKeys`], JSON).
+const META_LAST_RESORT: &str = "last_resort_key_packages";
 
 /// A group as `missive group list` shows it.
 #[derive(Clone, Debug)]
@@ -191,11 +196,29 @@ impl Client {
             Ok(r) => r.into_inner(),
             Err(s) => return Err(self.authed_err(&s)),
         };
-        if count.one_time >= KEY_PACKAGE_LOW && count.has_last_resort {
+        let mut kept: group_state::LastResortKeys = match self.store.get_meta(META_LAST_RESORT)? {
+            Some(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
+            None => Default::default(),
+        };
+        let now = now_ms();
+        let rotate = match kept.0.last() {
+            Some((made, _)) => now.saturating_sub(*made) >= LAST_RESORT_ROTATE_MS,
+            // Made before rotation was kept track of: from now on.
+            None if count.has_last_resort => {
+                kept.0.push((now, None));
+                self.store.set_meta(
+                    META_LAST_RESORT,
+                    &serde_json::to_vec(&kept).unwrap_or_default(),
+                )?;
+                false
+            }
+            None => true,
+        };
+        let need_last_resort = !count.has_last_resort || rotate;
+        if count.one_time >= KEY_PACKAGE_LOW && !need_last_resort {
             return Ok(());
         }
         let fill = KEY_PACKAGE_TARGET.saturating_sub(count.one_time as usize);
-        let need_last_resort = !count.has_last_resort;
         let me_name = self.username.clone();
         let device_id = self.device_id;
         let identity = &self.identity;
@@ -208,10 +231,12 @@ impl Client {
             let kps =
                 group_state::new_key_packages(db, &me, fill, false).map_err(ClientError::Group)?;
             let last = if need_last_resort {
-                group_state::new_key_packages(db, &me, 1, true)
-                    .map_err(ClientError::Group)?
-                    .pop()
-                    .unwrap_or_default()
+                let last = group_state::rotate_last_resort(db, &me, &mut kept, now)
+                    .map_err(ClientError::Group)?;
+                let json =
+                    serde_json::to_vec(&kept).map_err(|e| ClientError::Group(e.to_string()))?;
+                db.set_meta(META_LAST_RESORT, &json)?;
+                last
             } else {
                 Vec::new()
             };
