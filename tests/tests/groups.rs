@@ -714,3 +714,35 @@ fn reordered_and_replayed_group_messages_show_once_each() {
         .collect();
     assert_eq!(shown, ["r3", "r2", "r1"]);
 }
+
+#[test]
+fn a_message_ordered_before_a_members_own_commit_is_still_read_by_it() {
+    let w = World::new();
+    let alice = w.user("alice");
+    let bob = w.user("bob");
+    let carol = w.user("carol");
+    alice
+        .ok(&w.liar, &["group", "create", "late", "bob"])
+        .unwrap();
+    group_lines(&bob, &w, "late");
+    // bob writes in the current epoch; alice, who has not received it,
+    // changes the group: the server orders bob's message first.
+    bob.ok(&w.liar, &["send", "--group", "late", "before your change"])
+        .unwrap();
+    alice
+        .ok(&w.liar, &["group", "add", "late", "carol"])
+        .unwrap();
+    let at_alice = group_lines(&alice, &w, "late");
+    assert_eq!(
+        texts(&at_alice),
+        ["bob: before your change"],
+        "{at_alice:?}"
+    );
+    assert_eq!(members(&alice, &w, "late"), ["alice", "bob", "carol"]);
+    // And the next epoch works for everyone.
+    alice
+        .ok(&w.liar, &["send", "--group", "late", "after"])
+        .unwrap();
+    assert_eq!(texts(&group_lines(&bob, &w, "late")), ["alice: after"]);
+    assert_eq!(texts(&group_lines(&carol, &w, "late")), ["alice: after"]);
+}

@@ -573,12 +573,15 @@ impl Client {
         let Some(pending) = self.store.db().group(id)?.and_then(|g| g.pending_commit) else {
             return Ok(());
         };
+        if pending.accepted_seq.is_some() {
+            self.catch_up().await?;
+            return self.merge_accepted_before(id, u64::MAX);
+        }
         match self.send_commit(id, &pending).await {
             Ok(()) => Ok(()),
-            Err(CommitLost::Epoch) => self.store.write(|db| {
-                group_state::discard_own_commit(db, id).map_err(refusal)?;
-                clear_pending(db, id)
-            }),
+            Err(CommitLost::Epoch) => self
+                .store
+                .write(|db| discard_pending(db, id, &pending.message_id)),
             Err(CommitLost::Other(e)) => Err(e),
         }
     }
@@ -617,51 +620,50 @@ impl Client {
             Err(s) if epoch_of(&s).is_some() => return Err(CommitLost::Epoch),
             Err(s) => return Err(CommitLost::Other(self.authed_err(&s))),
         };
-        let me_name = self.username.clone();
-        let pending = pending.clone();
+        let seq = resp.seq;
         self.store
             .write(|db| {
-                group_state::merge_own_commit(db, id).map_err(refusal)?;
                 let mut rec = db
                     .group(id)?
                     .ok_or_else(|| ClientError::Group("the group is gone".into()))?;
-                rec.pending_commit = None;
-                rec.last_seq = rec.last_seq.max(resp.seq);
-                db.put_group(&rec)?;
-                let added: Vec<DeviceName> = pending
-                    .added
-                    .iter()
-                    .map(|(u, d)| DeviceName {
-                        username: u.clone(),
-                        device_id: *d,
-                    })
-                    .collect();
-                let removed: Vec<DeviceName> = pending
-                    .removed
-                    .iter()
-                    .filter(|r| !pending.left.contains(r))
-                    .map(|(u, d)| DeviceName {
-                        username: u.clone(),
-                        device_id: *d,
-                    })
-                    .collect();
-                let me = DeviceName {
-                    username: me_name.clone(),
-                    device_id: 0,
-                };
-                let now_in = group_state::read(db, id, |g| accounts(&group_state::members(g)))
-                    .map_err(refusal)?;
-                let before: Vec<String> = now_in
-                    .iter()
-                    .filter(|u| !added.iter().any(|d| &d.username == *u) || **u == me_name)
-                    .cloned()
-                    .collect();
-                for text in describe_commit(&me_name, &before, Some(&me), &added, &removed) {
-                    group_event(db, id, &me_name, &text, true)?;
+                if let Some(p) = rec.pending_commit.as_mut() {
+                    p.accepted_seq = Some(seq);
                 }
-                Ok(())
+                db.put_group(&rec)
             })
-            .map_err(CommitLost::Other)
+            .map_err(CommitLost::Other)?;
+        self.merge_when_caught_up(id).await;
+        Ok(())
+    }
+
+    /// Applies this device's commit the server accepted, once the messages
+    /// ordered before it are processed: receives what is pending (a message
+    /// ordered after the commit merges it first, see
+    /// [`Client::merge_accepted_before`]) and merges it if none did. If the
+    /// server cannot be reached the commit stays accepted and unmerged until
+    /// the next receive.
+    async fn merge_when_caught_up(&mut self, id: &[u8]) {
+        if let Err(e) = self.catch_up().await {
+            self.notices.push(format!(
+                "the server took the group change; this device applies it on the next receive ({})",
+                e.brief()
+            ));
+            return;
+        }
+        if let Err(e) = self.merge_accepted_before(id, u64::MAX) {
+            self.notices.push(format!(
+                "could not apply the group change yet: {}",
+                e.brief()
+            ));
+        }
+    }
+
+    /// Merges this device's accepted commit if it was ordered before `seq`,
+    /// in one transaction (another process may have merged it already).
+    fn merge_accepted_before(&mut self, id: &[u8], seq: u64) -> Result<()> {
+        let me_name = self.username.clone();
+        self.store
+            .write(|db| merge_accepted_in(db, &me_name, id, seq).map(|_| ()))
     }
 
     /// Makes a commit adding every device of `add` (accounts) and removing
@@ -696,11 +698,20 @@ impl Client {
             )));
         }
         for attempt in 0..SEND_ATTEMPTS {
+            // Another process on this home may have a commit of its own in
+            // flight: it goes (or is dropped) first.
+            self.settle_pending_commit(id).await?;
             let me_name = self.username.clone();
             let device_id = self.device_id;
             let identity = &self.identity;
             let kps = key_packages.clone();
-            let pending = self.store.write(|db| {
+            let staged = self.store.write(|db| {
+                let mut rec = db
+                    .group(id)?
+                    .ok_or_else(|| ClientError::Group("the group is gone".into()))?;
+                if rec.pending_commit.is_some() {
+                    return Ok(None);
+                }
                 let me = Me {
                     username: &me_name,
                     device_id,
@@ -708,21 +719,24 @@ impl Client {
                 };
                 let pending =
                     group_state::stage_commit(db, &me, id, kps, remove).map_err(refusal)?;
-                let mut rec = db
-                    .group(id)?
-                    .ok_or_else(|| ClientError::Group("the group is gone".into()))?;
                 rec.pending_commit = Some(pending.clone());
                 db.put_group(&rec)?;
-                Ok(pending)
+                Ok(Some(pending))
             })?;
+            let Some(pending) = staged else {
+                continue;
+            };
             match self.send_commit(id, &pending).await {
                 Ok(()) => return Ok(()),
-                Err(CommitLost::Epoch) if attempt + 1 < SEND_ATTEMPTS => {
-                    self.store.write(|db| {
-                        group_state::discard_own_commit(db, id).map_err(refusal)?;
-                        clear_pending(db, id)
-                    })?;
+                Err(CommitLost::Epoch) => {
+                    self.store
+                        .write(|db| discard_pending(db, id, &pending.message_id))?;
+                    if attempt + 1 == SEND_ATTEMPTS {
+                        break;
+                    }
                     self.catch_up().await?;
+                    // Our other process's commit may be the one that won.
+                    self.merge_accepted_before(id, u64::MAX)?;
                     if self
                         .store
                         .db()
@@ -734,19 +748,12 @@ impl Client {
                         ));
                     }
                 }
-                Err(CommitLost::Epoch) => {
-                    self.store.write(|db| {
-                        group_state::discard_own_commit(db, id).map_err(refusal)?;
-                        clear_pending(db, id)
-                    })?;
-                    return Err(ClientError::Group(
-                        "other members kept changing the group; try again".into(),
-                    ));
-                }
                 Err(CommitLost::Other(e)) => return Err(e),
             }
         }
-        Ok(())
+        Err(ClientError::Group(
+            "other members kept changing the group; try again".into(),
+        ))
     }
 
     /// Receives what is pending (messages, group changes) without showing
@@ -1033,6 +1040,9 @@ impl Client {
             self.ack_group(&id, gm.seq).await?;
             return Ok(events);
         }
+        // A message ordered after this device's accepted commit is of the
+        // commit's new epoch: the commit goes first.
+        self.merge_accepted_before(&id, gm.seq)?;
         if kind == v1::GroupMessageKind::Commit {
             let accounts = self
                 .store
@@ -1239,6 +1249,64 @@ enum CommitLost {
     /// Another commit won the epoch.
     Epoch,
     Other(ClientError),
+}
+
+/// Merges this device's commit the server accepted, if it was ordered
+/// before `seq`, and shows what it changed. Returns whether it merged.
+fn merge_accepted_in(db: &Db<'_>, me_name: &str, id: &[u8], seq: u64) -> Result<bool> {
+    let Some(mut rec) = db.group(id)? else {
+        return Ok(false);
+    };
+    let Some(pending) = rec.pending_commit.clone() else {
+        return Ok(false);
+    };
+    let Some(accepted) = pending.accepted_seq.filter(|s| *s < seq) else {
+        return Ok(false);
+    };
+    group_state::merge_own_commit(db, id).map_err(refusal)?;
+    rec.pending_commit = None;
+    rec.last_seq = rec.last_seq.max(accepted);
+    db.put_group(&rec)?;
+    let device = |(u, d): &(String, u32)| DeviceName {
+        username: u.clone(),
+        device_id: *d,
+    };
+    let added: Vec<DeviceName> = pending.added.iter().map(device).collect();
+    let removed: Vec<DeviceName> = pending
+        .removed
+        .iter()
+        .filter(|r| !pending.left.contains(r))
+        .map(device)
+        .collect();
+    let me = DeviceName {
+        username: me_name.to_owned(),
+        device_id: 0,
+    };
+    let now_in =
+        group_state::read(db, id, |g| accounts(&group_state::members(g))).map_err(refusal)?;
+    let before: Vec<String> = now_in
+        .iter()
+        .filter(|u| !added.iter().any(|d| &d.username == *u) || *u == me_name)
+        .cloned()
+        .collect();
+    for text in describe_commit(me_name, &before, Some(&me), &added, &removed) {
+        group_event(db, id, me_name, &text, true)?;
+    }
+    Ok(true)
+}
+
+/// Drops the pending commit `message_id` (hex) the server refused, unless
+/// it is no longer the pending one (another process settled it).
+fn discard_pending(db: &Db<'_>, id: &[u8], message_id: &str) -> Result<()> {
+    let ours = db
+        .group(id)?
+        .and_then(|g| g.pending_commit)
+        .is_some_and(|p| p.message_id == message_id && p.accepted_seq.is_none());
+    if ours {
+        group_state::discard_own_commit(db, id).map_err(refusal)?;
+        clear_pending(db, id)?;
+    }
+    Ok(())
 }
 
 fn clear_pending(db: &Db<'_>, id: &[u8]) -> Result<()> {
