@@ -452,15 +452,15 @@ mod forge {
         }
     }
 
-    /// A Welcome into group `group_id`, made by `(username, device_id)`
-    /// with a key the server chose, for the holder of `key_package` (an
-    /// `MLSMessage` as the directory serves it).
-    pub(super) fn welcome(
+    /// A commit adding the holder of `key_package` (an `MLSMessage` as the
+    /// directory serves it) to group `group_id`, made by `(username,
+    /// device_id)` with a key the server chose, and its Welcome.
+    pub(super) fn add(
         username: &str,
         device_id: u32,
         key_package: &[u8],
         group_id: &[u8],
-    ) -> Vec<u8> {
+    ) -> (Vec<u8>, Vec<u8>) {
         let provider = openmls_libcrux_crypto::Provider::new().unwrap();
         let ghost = Ghost(ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng));
         let me = CredentialWithKey {
@@ -490,13 +490,13 @@ mod forge {
             .use_ratchet_tree_extension(true)
             .build(&provider, &ghost, me)
             .unwrap();
-        let (_, welcome, _) = group.add_members(&provider, &ghost, &[kp]).unwrap();
-        welcome.to_bytes().unwrap()
+        let (commit, welcome, _) = group.add_members(&provider, &ghost, &[kp]).unwrap();
+        (commit.to_bytes().unwrap(), welcome.to_bytes().unwrap())
     }
 }
 
 #[test]
-fn a_welcome_the_server_forged_with_a_ghost_device_is_refused() {
+fn a_welcome_or_commit_the_server_forged_with_a_ghost_device_is_refused() {
     use missive_proto::v1::group_service_client::GroupServiceClient;
     let w = World::new();
     let alice = w.user("alice");
@@ -533,7 +533,7 @@ fn a_welcome_the_server_forged_with_a_ghost_device_is_refused() {
         epoch: 1,
         sender: sender.into(),
         sender_device: device,
-        content: forge::welcome(sender, device, &kp, group_id),
+        content: forge::add(sender, device, &kp, group_id).1,
         message_id: vec![seq as u8; 16],
         server_timestamp_ms: missive_e2e::raw::now_ms(),
         ..Default::default()
@@ -550,7 +550,30 @@ fn a_welcome_the_server_forged_with_a_ghost_device_is_refused() {
     w.liar
         .inject_group("carol", invite("bob", 7, &team_id, 99), At::AfterBacklog);
 
+    // And a commit of the server's own into carol's group.
+    let (commit, _) = forge::add("bob", 7, &kp, &team_id);
+    w.liar.inject_group(
+        "carol",
+        v1::GroupMessage {
+            group_id: team_id.clone(),
+            seq: 100,
+            kind: v1::GroupMessageKind::Commit as i32,
+            epoch: 1,
+            sender: "bob".into(),
+            sender_device: 7,
+            content: commit,
+            message_id: vec![100; 16],
+            server_timestamp_ms: missive_e2e::raw::now_ms(),
+            ..Default::default()
+        },
+        At::AfterBacklog,
+    );
+
     let r = carol.ok(&w.liar, &["recv"]).unwrap();
+    assert!(
+        r.stderr.contains("a message of the group team was refused"),
+        "{r:?}"
+    );
     assert!(
         r.stderr.contains(
             "a group invitation was refused: device 7 of bob is not on bob's signed device list"

@@ -1502,6 +1502,14 @@ impl Db<'_> {
         })
     }
 
+    /// The stamp to keep a group under that was just written outside any
+    /// group's scope (a join): a later such write renews the generation
+    /// again.
+    pub(crate) fn mls_stamp_to_keep(&self, id: &[u8]) -> Result<MlsStamp> {
+        self.mls.renewed.set(false);
+        self.mls_stamp(id)
+    }
+
     /// The process's groups kept in memory (none while migrating).
     pub(crate) fn group_cache(&self) -> Option<&crate::client::group_state::GroupCache> {
         self.mls.cache

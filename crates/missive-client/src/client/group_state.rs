@@ -958,11 +958,12 @@ pub(crate) fn join(
         .into_group(&provider)
         .map_err(|e| GroupRefusal::Refused(err("it cannot be joined", e)))?;
     let name = group_name(&group).unwrap_or_else(|| "group".to_owned());
-    Ok(Joined {
-        id: group.group_id().as_slice().to_vec(),
-        name,
-        added_by,
-    })
+    let id = group.group_id().as_slice().to_vec();
+    // A receiver's first message need not read back the tree just written.
+    if let Some(cache) = db.group_cache() {
+        cache.put(&id, db.mls_stamp_to_keep(&id)?, group);
+    }
+    Ok(Joined { id, name, added_by })
 }
 
 /// Forgets a group's MLS state (after leaving or being removed).
