@@ -49,6 +49,17 @@ fn members(u: &User, w: &World, group: &str) -> Vec<String> {
         .collect()
 }
 
+/// `creator` makes the group `group` with `members`, who then receive (and
+/// so join it).
+fn group_with(w: &World, creator: &User, group: &str, members: &[&User]) {
+    let mut args = vec!["group", "create", group];
+    args.extend(members.iter().map(|m| m.name.as_str()));
+    creator.ok(&w.liar, &args).unwrap();
+    for m in members {
+        m.ok(&w.liar, &["recv"]).unwrap();
+    }
+}
+
 #[test]
 fn three_users_talk_add_a_fourth_remove_one_and_leave() {
     let w = World::new();
@@ -208,10 +219,7 @@ fn two_commits_at_once_resolve_to_one_epoch_and_lose_nothing() {
     let bob = w.user("bob");
     let carol = w.user("carol");
     let dave = w.user("dave");
-    alice
-        .ok(&w.liar, &["group", "create", "race", "bob"])
-        .unwrap();
-    group_lines(&bob, &w, "race");
+    group_with(&w, &alice, "race", &[&bob]);
     let (l, a, b) = (&w.liar, &alice, &bob);
     let results = concurrently(vec![
         Box::new(move || a.run(l, &["group", "add", "race", "carol"]).unwrap()) as Job<'_, _>,
@@ -391,10 +399,7 @@ fn a_linked_device_joins_the_groups_and_a_removed_one_leaves_them() {
     let w = World::new();
     let alice = w.user("alice");
     let bob = w.user("bob");
-    alice
-        .ok(&w.liar, &["group", "create", "home", "bob"])
-        .unwrap();
-    group_lines(&bob, &w, "home");
+    group_with(&w, &alice, "home", &[&bob]);
     let laptop = w.link_device(&alice, "alice-laptop");
     // The next time alice's phone runs, it adds the laptop to its groups.
     alice.ok(&w.liar, &["recv"]).unwrap();
@@ -502,10 +507,7 @@ fn a_welcome_or_commit_the_server_forged_with_a_ghost_device_is_refused() {
     let alice = w.user("alice");
     let bob = w.user("bob");
     let carol = w.user("carol");
-    alice
-        .ok(&w.liar, &["group", "create", "team", "bob", "carol"])
-        .unwrap();
-    carol.ok(&w.liar, &["recv"]).unwrap();
+    group_with(&w, &alice, "team", &[&bob, &carol]);
     assert_eq!(members(&carol, &w, "team"), ["alice", "bob", "carol"]);
     let listed = carol.ok(&w.liar, &["group", "list", "--json"]).unwrap();
     let team_id = hex::decode(listed.json_lines().unwrap()[0]["id"].as_str().unwrap()).unwrap();
@@ -611,10 +613,7 @@ fn two_processes_on_one_home_show_each_group_message_once_and_both_commits_land(
     let bob = w.user("bob");
     let carol = w.user("carol");
     let dave = w.user("dave");
-    alice
-        .ok(&w.liar, &["group", "create", "pair", "bob", "carol"])
-        .unwrap();
-    bob.ok(&w.liar, &["recv"]).unwrap();
+    group_with(&w, &alice, "pair", &[&bob, &carol]);
     let sent: Vec<String> = (1..=6).map(|i| format!("m{i}")).collect();
     for m in &sent {
         alice.ok(&w.liar, &["send", "--group", "pair", m]).unwrap();
@@ -693,10 +692,7 @@ fn reordered_and_replayed_group_messages_show_once_each() {
     let w = World::new();
     let alice = w.user("alice");
     let bob = w.user("bob");
-    alice
-        .ok(&w.liar, &["group", "create", "order", "bob"])
-        .unwrap();
-    group_lines(&bob, &w, "order");
+    group_with(&w, &alice, "order", &[&bob]);
 
     w.liar.withhold_group("bob", |m| {
         m.kind == v1::GroupMessageKind::Application as i32
@@ -744,10 +740,7 @@ fn a_message_ordered_before_a_members_own_commit_is_still_read_by_it() {
     let alice = w.user("alice");
     let bob = w.user("bob");
     let carol = w.user("carol");
-    alice
-        .ok(&w.liar, &["group", "create", "late", "bob"])
-        .unwrap();
-    group_lines(&bob, &w, "late");
+    group_with(&w, &alice, "late", &[&bob]);
     // bob writes in the current epoch; alice, who has not received it,
     // changes the group: the server orders bob's message first.
     bob.ok(&w.liar, &["send", "--group", "late", "before your change"])
