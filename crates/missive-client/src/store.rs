@@ -1506,6 +1506,10 @@ impl Db<'_> {
     /// group's scope (a join): a later such write renews the generation
     /// again.
     pub(crate) fn mls_stamp_to_keep(&self, id: &[u8]) -> Result<MlsStamp> {
+        // Renewed here, not only at the first such write of the
+        // transaction: a savepoint rolled back after this point must undo
+        // the stamp the copy is kept under.
+        self.set_meta(META_MLS_GENERATION, &fresh_version())?;
         self.mls.renewed.set(false);
         self.mls_stamp(id)
     }

@@ -574,8 +574,7 @@ impl Client {
             return Ok(());
         };
         if pending.accepted_seq.is_some() {
-            self.catch_up().await?;
-            return self.merge_accepted_before(id, u64::MAX);
+            return self.catch_up().await;
         }
         match self.send_commit(id, &pending).await {
             Ok(()) => Ok(()),
@@ -621,38 +620,41 @@ impl Client {
             Err(s) => return Err(CommitLost::Other(self.authed_err(&s))),
         };
         let seq = resp.seq;
-        self.store
+        let ours = self
+            .store
             .write(|db| {
                 let mut rec = db
                     .group(id)?
                     .ok_or_else(|| ClientError::Group("the group is gone".into()))?;
-                if let Some(p) = rec.pending_commit.as_mut() {
-                    p.accepted_seq = Some(seq);
-                }
-                db.put_group(&rec)
+                // A late answer: another process on this home may have
+                // settled this commit and staged the next one meanwhile.
+                let Some(p) = rec
+                    .pending_commit
+                    .as_mut()
+                    .filter(|p| p.message_id == pending.message_id && p.accepted_seq.is_none())
+                else {
+                    return Ok(false);
+                };
+                p.accepted_seq = Some(seq);
+                db.put_group(&rec)?;
+                Ok(true)
             })
             .map_err(CommitLost::Other)?;
-        self.merge_when_caught_up(id).await;
+        if ours {
+            self.merge_when_caught_up().await;
+        }
         Ok(())
     }
 
-    /// Applies this device's commit the server accepted, once the messages
-    /// ordered before it are processed: receives what is pending (a message
-    /// ordered after the commit merges it first, see
-    /// [`Client::merge_accepted_before`]) and merges it if none did. If the
-    /// server cannot be reached the commit stays accepted and unmerged until
-    /// the next receive.
-    async fn merge_when_caught_up(&mut self, id: &[u8]) {
+    /// Applies this device's commits the server accepted, once the messages
+    /// ordered before them are processed: receives what is pending (see
+    /// [`Client::catch_up`]). If the server cannot be reached, a commit
+    /// stays accepted and unmerged until this device has received what came
+    /// before it.
+    async fn merge_when_caught_up(&mut self) {
         if let Err(e) = self.catch_up().await {
             self.notices.push(format!(
-                "the server took the group change; this device applies it on the next receive ({})",
-                e.brief()
-            ));
-            return;
-        }
-        if let Err(e) = self.merge_accepted_before(id, u64::MAX) {
-            self.notices.push(format!(
-                "could not apply the group change yet: {}",
+                "the server took the group change; this device applies it once it has received what came before it ({})",
                 e.brief()
             ));
         }
@@ -663,7 +665,35 @@ impl Client {
     fn merge_accepted_before(&mut self, id: &[u8], seq: u64) -> Result<()> {
         let me_name = self.username.clone();
         self.store
-            .write(|db| merge_accepted_in(db, &me_name, id, seq).map(|_| ()))
+            .write(|db| merge_accepted_in(db, &me_name, id, seq, None).map(|_| ()))
+    }
+
+    /// The commits of this home the server accepted and that are not
+    /// merged yet: (group id, commit message id).
+    pub(super) fn accepted_commits(&self) -> Result<Vec<(Vec<u8>, String)>> {
+        let mut out = Vec::new();
+        for rec in self.store.db().groups()? {
+            if let Some(p) = rec.pending_commit.filter(|p| p.accepted_seq.is_some())
+                && let Ok(id) = hex::decode(&rec.id)
+            {
+                out.push((id, p.message_id));
+            }
+        }
+        Ok(out)
+    }
+
+    /// At the end of a backlog: merges the commits that were accepted
+    /// before the stream opened (`accepted`): every message ordered before
+    /// them has now been delivered. A commit accepted later may still have
+    /// messages before it on their way.
+    pub(super) fn merge_accepted(&mut self, accepted: &[(Vec<u8>, String)]) -> Result<()> {
+        let me_name = self.username.clone();
+        for (id, message_id) in accepted {
+            self.store.write(|db| {
+                merge_accepted_in(db, &me_name, id, u64::MAX, Some(message_id)).map(|_| ())
+            })?;
+        }
+        Ok(())
     }
 
     /// Makes a commit adding every device of `add` (accounts) and removing
@@ -734,9 +764,9 @@ impl Client {
                     if attempt + 1 == SEND_ATTEMPTS {
                         break;
                     }
+                    // Merges our other process's commit if it is the one
+                    // that won.
                     self.catch_up().await?;
-                    // Our other process's commit may be the one that won.
-                    self.merge_accepted_before(id, u64::MAX)?;
                     if self
                         .store
                         .db()
@@ -759,6 +789,7 @@ impl Client {
     /// Receives what is pending (messages, group changes) without showing
     /// anything: what arrives is stored for the next `recv`.
     pub(super) async fn catch_up(&mut self) -> Result<()> {
+        let accepted = self.accepted_commits()?;
         let mut stream = self.open_stream().await?;
         loop {
             let next = tokio::time::timeout(crate::limits::REQUEST_TIMEOUT, stream.message())
@@ -783,7 +814,9 @@ impl Client {
                             }
                         }
                     }
-                    Some(v1::receive_response::Item::QueueEmpty(_)) => return Ok(()),
+                    Some(v1::receive_response::Item::QueueEmpty(_)) => {
+                        return self.merge_accepted(&accepted);
+                    }
                     None => {}
                 },
                 Ok(None) => {
@@ -1251,13 +1284,24 @@ enum CommitLost {
     Other(ClientError),
 }
 
-/// Merges this device's commit the server accepted, if it was ordered
-/// before `seq`, and shows what it changed. Returns whether it merged.
-fn merge_accepted_in(db: &Db<'_>, me_name: &str, id: &[u8], seq: u64) -> Result<bool> {
+/// Merges this device's commit the server accepted (`only` that one, by
+/// message id), if it was ordered before `seq`, and shows what it changed.
+/// Returns whether it merged.
+fn merge_accepted_in(
+    db: &Db<'_>,
+    me_name: &str,
+    id: &[u8],
+    seq: u64,
+    only: Option<&str>,
+) -> Result<bool> {
     let Some(mut rec) = db.group(id)? else {
         return Ok(false);
     };
-    let Some(pending) = rec.pending_commit.clone() else {
+    let Some(pending) = rec
+        .pending_commit
+        .clone()
+        .filter(|p| only.is_none_or(|m| m == p.message_id))
+    else {
         return Ok(false);
     };
     let Some(accepted) = pending.accepted_seq.filter(|s| *s < seq) else {

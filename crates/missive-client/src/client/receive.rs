@@ -250,6 +250,9 @@ impl Client {
         for w in self.send_pending_receipts().await {
             sink(&RecvEvent::Warning(w));
         }
+        // Commits accepted before the stream opens merge once its backlog
+        // is in (groups.rs).
+        let accepted = self.accepted_commits()?;
         let mut stream = self.open_stream().await?;
         let deadline = wait.map(|w| tokio::time::Instant::now() + w);
         let mut backlog_done = false;
@@ -319,7 +322,10 @@ impl Client {
                     }
                     self.deliver_unshown(&mut sink).await?;
                 }
-                Some(v1::receive_response::Item::QueueEmpty(_)) => backlog_done = true,
+                Some(v1::receive_response::Item::QueueEmpty(_)) => {
+                    backlog_done = true;
+                    self.merge_accepted(&accepted)?;
+                }
                 None => {}
             }
         }
