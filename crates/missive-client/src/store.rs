@@ -1514,6 +1514,12 @@ impl Db<'_> {
         self.mls_stamp(id)
     }
 
+    /// Deletes a forgotten group's version row (the delete renews the
+    /// generation, like every write outside a group's scope).
+    pub(crate) fn forget_mls_version(&self, id: &[u8]) -> Result<()> {
+        self.mls_delete(&[MLS_GROUP_VERSION, id].concat())
+    }
+
     /// The process's groups kept in memory (none while migrating).
     pub(crate) fn group_cache(&self) -> Option<&crate::client::group_state::GroupCache> {
         self.mls.cache

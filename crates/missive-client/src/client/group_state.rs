@@ -972,6 +972,7 @@ pub(crate) fn forget(db: &Db<'_>, id: &[u8]) -> std::result::Result<(), GroupRef
     if let Some(mut group) = MlsGroup::load(provider.storage(), &group_id(id))? {
         group.delete(provider.storage())?;
     }
+    db.forget_mls_version(id)?;
     Ok(())
 }
 

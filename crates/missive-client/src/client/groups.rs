@@ -663,6 +663,18 @@ impl Client {
     /// Merges this device's accepted commit if it was ordered before `seq`,
     /// in one transaction (another process may have merged it already).
     fn merge_accepted_before(&mut self, id: &[u8], seq: u64) -> Result<()> {
+        // Read first: on the path of every group message, and nearly never
+        // anything to merge.
+        let due = self
+            .store
+            .db()
+            .group(id)?
+            .and_then(|g| g.pending_commit)
+            .and_then(|p| p.accepted_seq)
+            .is_some_and(|s| s < seq);
+        if !due {
+            return Ok(());
+        }
         let me_name = self.username.clone();
         self.store
             .write(|db| merge_accepted_in(db, &me_name, id, seq, None).map(|_| ()))
