@@ -90,8 +90,18 @@ struct Storage {
     page_bytes: u64,
     rows: u64,
     content: u64,
-    row_payload: u64,
+    /// The records of `group_messages` and of its indexes (dbstat's
+    /// `payload`: what SQLite stores of each row and index entry).
+    record_bytes: u64,
+    /// The bytes those b-trees use in their pages (`pgsize - unused`):
+    /// records, cell headers and pointers, page headers.
+    used_bytes: u64,
 }
+
+/// The b-trees holding group messages: the table (WITHOUT ROWID, so its
+/// key is its own) and its indexes.
+const GROUP_MESSAGE_TREES: &str = "('group_messages', 'group_messages_by_message_id', \
+     'group_messages_by_expiry')";
 
 fn read_storage(db: &Path) -> anyhow::Result<Storage> {
     let conn =
@@ -100,20 +110,27 @@ fn read_storage(db: &Path) -> anyhow::Result<Storage> {
     let pages: u64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
     let page_size: u64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
     let freelist: u64 = conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
-    let (rows, content, row_payload): (u64, u64, u64) = conn.query_row(
-        "SELECT count(*), coalesce(sum(length(content)), 0),
-                coalesce(sum(length(group_id) + 8 + 1 + 8 + length(CAST(sender AS BLOB)) + 8 + 8
-                    + length(message_id) + length(content) + 8 + length(franking_commitment)
-                    + length(franking_tag) + 8), 0)
-         FROM group_messages WHERE kind = 3",
+    let (rows, content): (u64, u64) = conn.query_row(
+        "SELECT count(*), coalesce(sum(length(content)), 0) FROM group_messages WHERE kind = 3",
         [],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
+    let (record_bytes, used_bytes): (u64, u64) = conn
+        .query_row(
+            &format!(
+                "SELECT coalesce(sum(payload), 0), coalesce(sum(pgsize - unused), 0) \
+                 FROM dbstat WHERE name IN {GROUP_MESSAGE_TREES}"
+            ),
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .context("reading dbstat (SQLite built with SQLITE_ENABLE_DBSTAT_VTAB)")?;
     Ok(Storage {
         page_bytes: (pages - freelist) * page_size,
         rows,
         content,
-        row_payload,
+        record_bytes,
+        used_bytes,
     })
 }
 
@@ -355,19 +372,23 @@ pub(crate) async fn run(
     let mut storage_json = serde_json::Value::Null;
     if let (Some(b), Some(a), Some(z)) = (&before, &after, &acked) {
         let rows = (a.rows - b.rows).max(1) as f64;
-        let pages_per_msg = (a.page_bytes as f64 - b.page_bytes as f64) / rows;
-        let content_per_msg = (a.content - b.content) as f64 / rows;
-        let payload_per_msg = (a.row_payload - b.row_payload) as f64 / rows;
+        let per_msg = |after: u64, before: u64| (after as f64 - before as f64) / rows;
+        let content_per_msg = per_msg(a.content, b.content);
+        let records_per_msg = per_msg(a.record_bytes, b.record_bytes);
+        let used_per_msg = per_msg(a.used_bytes, b.used_bytes);
+        let pages_per_msg = per_msg(a.page_bytes, b.page_bytes);
         println!(
-            "group {n}: server storage per group message: {content_per_msg:.0} B content, {payload_per_msg:.0} B row fields ({:.2} × ciphertext), {pages_per_msg:.0} B of used database pages (rows + indexes, {:.2} × ciphertext); one row per message for {} recipients; after every member acknowledged: {} rows left",
-            payload_per_msg / ct_mean,
+            "group {n}: server storage per group message: {content_per_msg:.0} B content; records (row + index entries) {records_per_msg:.1} B ({:.3} × ciphertext); used in their pages {used_per_msg:.1} B ({:.3} ×); whole database pages {pages_per_msg:.0} B ({:.2} ×); one row per message for {} recipients; after every member acknowledged: {} rows left",
+            records_per_msg / ct_mean,
+            used_per_msg / ct_mean,
             pages_per_msg / ct_mean,
             n - 1,
             z.rows,
         );
         storage_json = serde_json::json!({
             "content_bytes": content_per_msg,
-            "row_field_bytes": payload_per_msg,
+            "record_bytes": records_per_msg,
+            "used_page_bytes": used_per_msg,
             "page_bytes": pages_per_msg,
             "rows_after_ack": z.rows,
         });

@@ -24,6 +24,7 @@ pub mod fanout;
 pub mod franking;
 pub mod layers;
 pub mod limits;
+pub mod mls_frame;
 pub mod moderation;
 pub mod preflight;
 pub mod proxy;

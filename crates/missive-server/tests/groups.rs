@@ -109,10 +109,17 @@ fn application(
         epoch,
         message_id: random::<16>(),
         kind: GroupMessageKind::Application as i32,
-        content: content.to_vec(),
+        content: private_message(group_id, epoch, commitment, content),
         franking_commitment: commitment.to_vec(),
         retention_secs: 0,
     }
+}
+
+/// An application `PrivateMessage` whose header names `group_id` and
+/// `epoch` and carries `commitment`, around `body` (the server reads only
+/// the header).
+fn private_message(group_id: &[u8], epoch: u64, commitment: &[u8], body: &[u8]) -> Vec<u8> {
+    missive_server::mls_frame::private_message_for_tests(group_id, epoch, 1, commitment, body)
 }
 
 async fn open(dev: &Dev) -> Streaming<ReceiveResponse> {
@@ -272,6 +279,40 @@ async fn three_accounts_run_a_group_through_the_server() {
     let text = b"hello group";
     let mut request = application(&group, 1, &[0xB0; 120], &[]);
     request.franking_commitment = franking::commit(&key, &request.message_id, text).to_vec();
+    request.content = private_message(&group, 1, &request.franking_commitment, &[0xB0; 120]);
+    // The header must name the request's group and epoch and carry its
+    // commitment: the server reads the commitment back from it at delivery.
+    for (mutate, what) in [
+        (
+            (|r: &mut SendGroupMessageRequest| {
+                r.content = private_message(&random::<16>(), 1, &r.franking_commitment, b"x");
+            }) as fn(&mut SendGroupMessageRequest),
+            "another group",
+        ),
+        (
+            |r| r.content = private_message(&r.group_id, 2, &r.franking_commitment, b"x"),
+            "epoch 2",
+        ),
+        (
+            |r| r.content = private_message(&r.group_id, 1, &[7; 32], b"x"),
+            "authenticated data",
+        ),
+        (|r| r.content = vec![0xB0; 120], "not an MLS message"),
+    ] {
+        let mut bad = request.clone();
+        mutate(&mut bad);
+        let refused = bob
+            .groups()
+            .send_group_message(bob.req(bad))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument, "{what}");
+        assert!(
+            refused.message().contains(what),
+            "{what}: {}",
+            refused.message()
+        );
+    }
     let sent = bob
         .groups()
         .send_group_message(bob.req(request.clone()))
@@ -292,7 +333,8 @@ async fn three_accounts_run_a_group_through_the_server() {
             panic!("not a group message")
         };
         assert_eq!((m.seq, m.kind, m.sender.as_str()), (2, APPLICATION, "bob"));
-        assert_eq!(m.content, vec![0xB0; 120]);
+        assert_eq!(m.content, request.content);
+        assert_eq!(m.franking_commitment, request.franking_commitment);
         assert_eq!(m.franking_tag.len(), 44);
         assert_eq!(m.server_timestamp_ms, sent.server_timestamp_ms);
     }
@@ -472,7 +514,10 @@ async fn a_pending_group_message_and_an_8_mib_welcome_survive_a_restart() {
     let pending = backlog(&bob).await;
     assert_eq!(kinds(&pending), vec![(1, WELCOME), (2, APPLICATION)]);
     assert_eq!(pending[0].content.len(), 8 * 1024 * 1024);
-    assert_eq!(pending[1].content, b"kept");
+    assert_eq!(
+        pending[1].content,
+        private_message(&group, 1, &[1; 32], b"kept")
+    );
     ack(&bob, &group, 2).await;
     assert!(backlog(&bob).await.is_empty());
     // Leaving stops delivery at once; alice gets the proposal.
@@ -590,7 +635,10 @@ async fn a_group_message_wakes_a_stream_on_another_node() {
     let Item::GroupMessage(m) = item else {
         panic!("not a group message")
     };
-    assert_eq!((m.seq, m.content.as_slice()), (2, b"across".as_slice()));
+    assert_eq!(
+        (m.seq, m.content),
+        (2, private_message(&group, 1, &[1; 32], b"across"))
+    );
     node_a.shutdown().await.unwrap();
     node_b.shutdown().await.unwrap();
     drop(schema);

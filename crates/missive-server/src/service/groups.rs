@@ -26,6 +26,7 @@ use crate::limits::{
     MAX_GROUP_MESSAGE_BYTES, MAX_KEY_PACKAGE_BYTES, MAX_KEY_PACKAGES_PER_CALL,
     MAX_KEY_PACKAGES_STORED, MAX_WELCOME_BYTES, MESSAGE_ID_LEN,
 };
+use crate::mls_frame;
 use crate::ratelimit::BundleAllowance;
 use crate::storage::{
     AccountId, COMMIT_KIND, DeviceAddress, GroupCreate, GroupWrite, KeyPackageCounts, NewCommit,
@@ -71,6 +72,32 @@ fn check_content(content: &[u8], what: &str) -> ApiResult<()> {
             "a {what} holds at most {MAX_GROUP_MESSAGE_BYTES} bytes, not {}",
             content.len()
         )));
+    }
+    Ok(())
+}
+
+/// An application message's MLS header must name the request's group and
+/// epoch, and carry its franking commitment as authenticated data: the
+/// server reads the commitment back from the ciphertext at delivery.
+fn check_application_header(request: &SendGroupMessageRequest) -> ApiResult<()> {
+    let header = mls_frame::application_header(&request.content).map_err(|e| {
+        invalid(format!(
+            "an APPLICATION group message must be an MLS application PrivateMessage, but {e}"
+        ))
+    })?;
+    if header.group_id != request.group_id {
+        return Err(invalid("the message's MLS header names another group"));
+    }
+    if header.epoch != request.epoch {
+        return Err(invalid(format!(
+            "the message's MLS header names epoch {}, the request epoch {}",
+            header.epoch, request.epoch
+        )));
+    }
+    if header.authenticated_data != request.franking_commitment {
+        return Err(invalid(
+            "the franking commitment is not the message's MLS authenticated data",
+        ));
     }
     Ok(())
 }
@@ -215,9 +242,8 @@ impl GroupApi {
                 message_id: request.message_id,
                 content: request.commit,
                 server_timestamp_ms: now,
-                franking_commitment: Vec::new(),
-                franking_tag: Vec::new(),
                 expires_at_ms: self.expires_at(now, 0),
+                disappears_at_ms: None,
             },
             welcome: request.welcome,
             added,
@@ -276,24 +302,15 @@ impl GroupApi {
                 _ => return Err(invalid("the kind must be APPLICATION or PROPOSAL")),
             }
             check_content(&r.content, "group message")?;
+            if r.kind == GroupMessageKind::Application as i32 {
+                check_application_header(r)?;
+            }
         }
         self.send_limit(&principal, &request)?;
         let request = request.into_inner();
         let now = time::now_ms();
-        let application = request.kind == GroupMessageKind::Application as i32;
-        let (franking_commitment, franking_tag) = if application {
-            let tag = self.state.franking.get().tag_group(
-                &request.franking_commitment,
-                principal.address.account,
-                &principal.username,
-                &request.group_id,
-                now,
-                &request.message_id,
-            );
-            (request.franking_commitment, tag)
-        } else {
-            (Vec::new(), Vec::new())
-        };
+        // The franking tag is made at delivery (service::messages), from the
+        // stored row and the commitment in the ciphertext's header.
         let message = NewGroupMessage {
             group_id: request.group_id,
             epoch: request.epoch,
@@ -303,9 +320,9 @@ impl GroupApi {
             message_id: request.message_id,
             content: request.content,
             server_timestamp_ms: now,
-            franking_commitment,
-            franking_tag,
-            expires_at_ms: self.expires_at(now, request.retention_secs),
+            expires_at_ms: self.expires_at(now, 0),
+            disappears_at_ms: (request.retention_secs != 0)
+                .then(|| self.expires_at(now, request.retention_secs)),
         };
         let outcome = self.state.storage.store_group_message(&message).await?;
         self.stored(&outcome).await;
@@ -348,9 +365,8 @@ impl GroupApi {
             message_id: request.message_id,
             content: request.proposal,
             server_timestamp_ms: now,
-            franking_commitment: Vec::new(),
-            franking_tag: Vec::new(),
             expires_at_ms: self.expires_at(now, 0),
+            disappears_at_ms: None,
         };
         let outcome = self.state.storage.leave_group(&message).await?;
         self.stored(&outcome).await;

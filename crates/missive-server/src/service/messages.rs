@@ -10,7 +10,7 @@ use missive_proto::v1::message_service_server::MessageService;
 use missive_proto::v1::receive_response::Item;
 use missive_proto::v1::{
     AcknowledgeRequest, AcknowledgeResponse, DeviceMismatch, Envelope, EnvelopeType, GroupMessage,
-    QueueEmpty, ReceiveRequest, ReceiveResponse, SendRequest, SendResponse,
+    GroupMessageKind, QueueEmpty, ReceiveRequest, ReceiveResponse, SendRequest, SendResponse,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::Stream;
@@ -20,6 +20,7 @@ use tonic::{Request, Response, Status};
 use super::{State, normalize_username};
 use crate::error::{ApiError, ApiResult};
 use crate::fanout::{FanOut, Subscription};
+use crate::franking::KeyRing;
 use crate::limits::{
     CATCH_UP_INTERVAL, FRANKING_COMMITMENT_LEN, GROUP_COMMIT_MAX, GROUP_ID_LEN, MAX_ACKS_PER_CALL,
     MAX_ENVELOPE_BYTES, MAX_ENVELOPES_PER_SEND, MAX_GROUP_ACKS_PER_CALL, MESSAGE_ID_LEN,
@@ -29,7 +30,7 @@ use crate::storage::{
     DeviceAddress, DeviceRecord, NewEnvelope, Principal, SendItem, SendOutcome, Storage,
     StorageError, StoredEnvelope, StoredGroupMessage,
 };
-use crate::{telemetry, time};
+use crate::{mls_frame, telemetry, time};
 
 /// One send waiting for the group-commit writer.
 #[derive(Debug)]
@@ -458,8 +459,33 @@ impl Outbox {
 /// The last seq a stream sent of each group.
 type GroupPositions = HashMap<Vec<u8>, u64>;
 
-fn group_message(stored: StoredGroupMessage) -> ReceiveResponse {
+/// A stored group message as delivered. An application message's franking
+/// commitment is its MLS authenticated data, and its tag is made now from
+/// the stored fields (the MAC of docs/PROTOCOL.md, "Franking in groups", with
+/// the current key): neither is stored.
+fn group_message(franking: &KeyRing, stored: StoredGroupMessage) -> ReceiveResponse {
     telemetry::delivered();
+    let (franking_commitment, franking_tag) = if stored.kind == GroupMessageKind::Application as i32
+    {
+        // Checked when it was accepted; a row from before that check that
+        // does not parse goes out without them, and its members refuse it.
+        match mls_frame::application_header(&stored.content) {
+            Ok(header) => {
+                let tag = franking.tag_group(
+                    &header.authenticated_data,
+                    stored.sender_account,
+                    &stored.sender,
+                    &stored.group_id,
+                    stored.server_timestamp_ms,
+                    &stored.message_id,
+                );
+                (header.authenticated_data, tag)
+            }
+            Err(_) => (Vec::new(), Vec::new()),
+        }
+    } else {
+        (Vec::new(), Vec::new())
+    };
     ReceiveResponse {
         item: Some(Item::GroupMessage(GroupMessage {
             group_id: stored.group_id,
@@ -471,8 +497,8 @@ fn group_message(stored: StoredGroupMessage) -> ReceiveResponse {
             content: stored.content,
             message_id: stored.message_id,
             server_timestamp_ms: stored.server_timestamp_ms,
-            franking_commitment: stored.franking_commitment,
-            franking_tag: stored.franking_tag,
+            franking_commitment,
+            franking_tag,
         })),
     }
 }
@@ -511,9 +537,14 @@ async fn drain_groups(
                 }
             };
             let full = page.len() >= RECEIVE_PAGE as usize;
+            let franking = state.franking.get();
             for stored in page {
                 positions.insert(group.clone(), stored.seq);
-                if outbox.send(Ok(group_message(stored))).await.is_err() {
+                if outbox
+                    .send(Ok(group_message(&franking, stored)))
+                    .await
+                    .is_err()
+                {
                     return false;
                 }
             }

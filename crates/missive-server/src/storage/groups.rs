@@ -9,11 +9,15 @@
 //! and `group_methods!(Backend)` (the [`super::GroupStorage`] impl) at module
 //! level.
 //!
-//! Layout (migrations `sqlite/0009_groups.sql`, `postgres/0008_groups.sql`):
-//! a group row holds the epoch and the next seq; commits lock it (PostgreSQL
+//! Layout (migrations `sqlite/0009_groups.sql`, `postgres/0008_groups.sql`,
+//! then `*/…compact_group_messages.sql`): a group row holds the epoch, the
+//! next seq and the group's small `number`; commits lock it (PostgreSQL
 //! `FOR UPDATE`), so the epoch compare-and-set and the seq order are one
 //! decision per group. Each group message is one row whatever the number of
-//! receivers; a device's member row says which seqs it gets.
+//! receivers, keyed by (group number, seq), holding its ciphertext and a few
+//! integers: the franking commitment is read from the ciphertext and the tag
+//! made at delivery (`service::messages`), the sender's name comes from
+//! `accounts`. A device's member row says which seqs it gets.
 
 /// Free helpers over a backend's transaction type.
 macro_rules! group_helpers {
@@ -23,9 +27,10 @@ macro_rules! group_helpers {
         /// Deletes the group messages no device still gets (acknowledged by
         /// every receiving device, or nobody receives them) and Welcomes
         /// with no recipient left; `group` narrows it to one group.
-        const GROUP_GC_MESSAGES: &str = "DELETE FROM group_messages WHERE ($1 = 0 OR group_id = $2) \
-             AND NOT EXISTS (SELECT 1 FROM group_members gm \
-             WHERE gm.group_id = group_messages.group_id AND gm.cursor_seq < group_messages.seq \
+        const GROUP_GC_MESSAGES: &str = "DELETE FROM group_messages WHERE ($1 = 0 OR \
+             group_number = (SELECT number FROM mls_groups WHERE id = $2)) \
+             AND NOT EXISTS (SELECT 1 FROM group_members gm JOIN mls_groups g ON g.id = gm.group_id \
+             WHERE g.number = group_messages.group_number AND gm.cursor_seq < group_messages.seq \
              AND gm.joined_seq <= group_messages.seq \
              AND (gm.removed_at_seq IS NULL OR group_messages.seq <= gm.removed_at_seq) \
              AND NOT (gm.account_id = group_messages.sender_account \
@@ -33,6 +38,19 @@ macro_rules! group_helpers {
         const GROUP_GC_WELCOMES: &str = "DELETE FROM group_welcomes WHERE ($1 = 0 OR group_id = $2) \
              AND NOT EXISTS (SELECT 1 FROM group_welcome_recipients r \
              WHERE r.group_id = group_welcomes.group_id AND r.seq = group_welcomes.seq)";
+        /// Run before an account's row goes: its group messages still
+        /// waiting keep its username, which `accounts` no longer has.
+        const KEEP_SENDER_NAMES: &str = "UPDATE group_messages SET sender = \
+             (SELECT username FROM accounts WHERE id = $1) WHERE sender_account = $1 AND sender IS NULL";
+
+        /// Ends a write that stores nothing, with an explicit `ROLLBACK`:
+        /// dropping a sqlx transaction only queues it on the connection, which
+        /// until the pool hands it out again stays "idle in transaction" on
+        /// PostgreSQL, holding the group row's `FOR UPDATE` lock.
+        async fn store_nothing<T>(tx: GroupTx, outcome: T) -> Result<T> {
+            tx.rollback().await.map_err(map_err)?;
+            Ok(outcome)
+        }
 
         fn group_message_of(row: &DbRow, kind: Option<i32>) -> Result<super::StoredGroupMessage> {
             Ok(super::StoredGroupMessage {
@@ -44,12 +62,11 @@ macro_rules! group_helpers {
                 },
                 epoch: u64_of(get(row, "epoch")?)?,
                 sender: get(row, "sender")?,
+                sender_account: get(row, "sender_account")?,
                 sender_device: u32_of(get(row, "sender_device")?)?,
                 content: get(row, "content")?,
                 message_id: get(row, "message_id")?,
                 server_timestamp_ms: u64_of(get(row, "server_timestamp_ms")?)?,
-                franking_commitment: get(row, "franking_commitment")?,
-                franking_tag: get(row, "franking_tag")?,
             })
         }
 
@@ -79,29 +96,45 @@ macro_rules! group_helpers {
             })
         }
 
-        /// The group's epoch and next seq, locking its row.
-        async fn lock_group(tx: &mut GroupTx, group_id: &[u8]) -> Result<Option<(u64, u64)>> {
+        /// A group's row as a write sees it.
+        struct LockedGroup {
+            number: i64,
+            epoch: u64,
+            next_seq: u64,
+        }
+
+        /// The group's number, epoch and next seq, locking its row.
+        async fn lock_group(tx: &mut GroupTx, group_id: &[u8]) -> Result<Option<LockedGroup>> {
             let row = sqlx::query(&format!(
-                "SELECT epoch, next_seq FROM mls_groups WHERE id = $1{FOR_UPDATE}"
+                "SELECT number, epoch, next_seq FROM mls_groups WHERE id = $1{FOR_UPDATE}"
             ))
             .bind(group_id)
             .fetch_optional(&mut **tx)
             .await
             .map_err(map_err)?;
-            row.map(|r| Ok((u64_of(get(&r, "epoch")?)?, u64_of(get(&r, "next_seq")?)?)))
-                .transpose()
+            row.map(|r| {
+                Ok(LockedGroup {
+                    number: get(&r, "number")?,
+                    epoch: u64_of(get(&r, "epoch")?)?,
+                    next_seq: u64_of(get(&r, "next_seq")?)?,
+                })
+            })
+            .transpose()
         }
 
         /// A message this device stored before with this id: its answer.
         async fn group_duplicate(
             tx: &mut GroupTx,
+            group: &LockedGroup,
             message: &super::NewGroupMessage,
         ) -> Result<Option<super::GroupWrite>> {
+            // The index holds the id's first 8 bytes; the row, all 16.
             let row = sqlx::query(
                 "SELECT seq, kind, epoch, server_timestamp_ms FROM group_messages \
-                 WHERE group_id = $1 AND sender_account = $2 AND sender_device = $3 AND message_id = $4",
+                 WHERE group_number = $1 AND substr(message_id, 1, 8) = substr($4, 1, 8) \
+                 AND sender_account = $2 AND sender_device = $3 AND message_id = $4",
             )
-            .bind(&message.group_id)
+            .bind(group.number)
             .bind(message.sender.account)
             .bind(i64::from(message.sender.device))
             .bind(&message.message_id)
@@ -142,35 +175,33 @@ macro_rules! group_helpers {
         /// and `epoch`.
         async fn insert_group_message(
             tx: &mut GroupTx,
+            group: &LockedGroup,
             message: &super::NewGroupMessage,
-            seq: u64,
             epoch: u64,
         ) -> Result<()> {
+            let seq = group.next_seq;
             sqlx::query(
-                "INSERT INTO group_messages (group_id, seq, kind, epoch, sender, sender_account, \
-                 sender_device, message_id, content, server_timestamp_ms, franking_commitment, \
-                 franking_tag, expires_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                "INSERT INTO group_messages (group_number, seq, kind, epoch, sender_account, \
+                 sender_device, message_id, content, server_timestamp_ms, expires_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             )
-            .bind(&message.group_id)
+            .bind(group.number)
             .bind(int(seq))
             .bind(i64::from(message.kind))
             .bind(int(message.epoch))
-            .bind(&message.sender_name)
             .bind(message.sender.account)
             .bind(i64::from(message.sender.device))
             .bind(&message.message_id)
             .bind(&message.content)
             .bind(int(message.server_timestamp_ms))
-            .bind(&message.franking_commitment)
-            .bind(&message.franking_tag)
-            .bind(int(message.expires_at_ms))
+            .bind(message.disappears_at_ms.map(int))
             .execute(&mut **tx)
             .await
             .map_err(map_err)?;
-            sqlx::query("UPDATE mls_groups SET next_seq = $1, epoch = $2 WHERE id = $3")
+            sqlx::query("UPDATE mls_groups SET next_seq = $1, epoch = $2 WHERE number = $3")
                 .bind(int(seq.saturating_add(1)))
                 .bind(int(epoch))
-                .bind(&message.group_id)
+                .bind(group.number)
                 .execute(&mut **tx)
                 .await
                 .map_err(map_err)?;
@@ -232,13 +263,43 @@ macro_rules! group_helpers {
         /// removed devices whose removal commit is gone, what no device
         /// still gets, and groups no device receives.
         async fn purge_groups(tx: &mut GroupTx, now_ms: u64, cutoff_ms: u64) -> Result<u64> {
-            let mut removed = 0;
-            for table in ["group_messages", "group_welcomes"] {
-                removed += sqlx::query(&format!(
-                    "DELETE FROM {table} WHERE server_timestamp_ms < $1 OR expires_at_ms <= $2"
-                ))
-                .bind(int(cutoff_ms))
+            let mut removed = sqlx::query(
+                "DELETE FROM group_welcomes WHERE server_timestamp_ms < $1 OR expires_at_ms <= $2",
+            )
+            .bind(int(cutoff_ms))
+            .bind(int(now_ms))
+            .execute(&mut **tx)
+            .await
+            .map_err(map_err)?
+            .rows_affected();
+            // Messages a sender made disappear sooner (a partial index).
+            removed += sqlx::query("DELETE FROM group_messages WHERE expires_at_ms <= $1")
                 .bind(int(now_ms))
+                .execute(&mut **tx)
+                .await
+                .map_err(map_err)?
+                .rows_affected();
+            // Retention. A group's seqs are given in acceptance order, so its
+            // messages past retention are the lowest seqs: each group costs
+            // one look at its oldest message, and a group with expired ones
+            // a walk over those only (no index on the time).
+            let expiring: Vec<i64> = sqlx::query_scalar(
+                "SELECT g.number FROM mls_groups g WHERE (SELECT m.server_timestamp_ms \
+                 FROM group_messages m WHERE m.group_number = g.number ORDER BY m.seq LIMIT 1) < $1",
+            )
+            .bind(int(cutoff_ms))
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(map_err)?;
+            for number in expiring {
+                removed += sqlx::query(
+                    "DELETE FROM group_messages WHERE group_number = $1 AND seq < COALESCE(\
+                     (SELECT m.seq FROM group_messages m WHERE m.group_number = $1 \
+                     AND m.server_timestamp_ms >= $2 ORDER BY m.seq LIMIT 1), $3)",
+                )
+                .bind(number)
+                .bind(int(cutoff_ms))
+                .bind(i64::MAX)
                 .execute(&mut **tx)
                 .await
                 .map_err(map_err)?
@@ -246,7 +307,8 @@ macro_rules! group_helpers {
             }
             sqlx::query(
                 "DELETE FROM group_members WHERE removed_at_seq IS NOT NULL AND NOT EXISTS \
-                 (SELECT 1 FROM group_messages m WHERE m.group_id = group_members.group_id \
+                 (SELECT 1 FROM group_messages m JOIN mls_groups g ON g.number = m.group_number \
+                 WHERE g.id = group_members.group_id \
                  AND m.seq > group_members.cursor_seq AND m.seq <= group_members.removed_at_seq)",
             )
             .execute(&mut **tx)
@@ -310,10 +372,13 @@ macro_rules! group_helpers {
                         .await
                         .map_err(map_err)?;
                 let (mut pending, mut bytes) = (0, 0);
-                for table in ["group_messages", "group_welcomes"] {
+                for (table, column) in [
+                    ("group_messages", "group_number = (SELECT number FROM mls_groups WHERE id = $1)"),
+                    ("group_welcomes", "group_id = $1"),
+                ] {
                     let row = sqlx::query(&format!(
                         "SELECT COUNT(*) AS n, CAST(COALESCE(SUM(LENGTH(content)), 0) AS BIGINT) AS bytes \
-                         FROM {table} WHERE group_id = $1"
+                         FROM {table} WHERE {column}"
                     ))
                     .bind(&id)
                     .fetch_one(&mut **tx)
@@ -352,7 +417,7 @@ macro_rules! group_methods {
             let mut tx = self.group_tx().await?;
             let before = key_package_counts(&mut tx, device).await?;
             if u64::from(before.one_time) + key_packages.len() as u64 > u64::from(max_stored) {
-                return Err(StorageError::QuotaExceeded);
+                return store_nothing(tx, ()).await.and(Err(StorageError::QuotaExceeded));
             }
             for key_package in key_packages {
                 sqlx::query(
@@ -405,7 +470,7 @@ macro_rules! group_methods {
                     .await
                     .map_err(map_err)?
             else {
-                return Ok(None);
+                return store_nothing(tx, None).await;
             };
             let devices: Vec<i64> = sqlx::query_scalar(
                 "SELECT device_id FROM devices WHERE account_id = $1 ORDER BY device_id",
@@ -479,8 +544,11 @@ macro_rules! group_methods {
         ) -> Result<super::GroupCreate> {
             let mut tx = self.group_tx().await?;
             let inserted = sqlx::query(
-                "INSERT INTO mls_groups (id, epoch, creator_account, creator_device, created_at_ms, \
-                 next_seq) VALUES ($1, 0, $2, $3, $4, 1) ON CONFLICT (id) DO NOTHING",
+                &format!(
+                    "INSERT INTO mls_groups (id, epoch, creator_account, creator_device, \
+                     created_at_ms, next_seq, number) VALUES ($1, 0, $2, $3, $4, 1, {NEW_GROUP_NUMBER}) \
+                     ON CONFLICT (id) DO NOTHING"
+                ),
             )
             .bind(group_id)
             .bind(creator.account)
@@ -531,22 +599,24 @@ macro_rules! group_methods {
         async fn commit_group(&self, commit: &super::NewCommit) -> Result<super::GroupWrite> {
             let message = &commit.message;
             let mut tx = self.group_tx().await?;
-            let Some((epoch, seq)) = lock_group(&mut tx, &message.group_id).await? else {
-                return Ok(super::GroupWrite::NotFound);
+            let Some(group) = lock_group(&mut tx, &message.group_id).await? else {
+                return store_nothing(tx, super::GroupWrite::NotFound).await;
             };
-            if let Some(duplicate) = group_duplicate(&mut tx, message).await? {
-                return Ok(duplicate);
+            let (epoch, seq) = (group.epoch, group.next_seq);
+            if let Some(duplicate) = group_duplicate(&mut tx, &group, message).await? {
+                return store_nothing(tx, duplicate).await;
             }
             if group_member(&mut tx, &message.group_id, message.sender).await? != Some(None) {
-                return Ok(super::GroupWrite::NotFound);
+                return store_nothing(tx, super::GroupWrite::NotFound).await;
             }
             if message.epoch != epoch {
-                return Ok(super::GroupWrite::WrongEpoch {
+                let wrong = super::GroupWrite::WrongEpoch {
                     current_epoch: epoch,
-                });
+                };
+                return store_nothing(tx, wrong).await;
             }
             let next_epoch = epoch.saturating_add(1);
-            insert_group_message(&mut tx, message, seq, next_epoch).await?;
+            insert_group_message(&mut tx, &group, message, next_epoch).await?;
             for removed in &commit.removed {
                 sqlx::query(
                     "UPDATE group_members SET removed_at_seq = $1 WHERE group_id = $2 \
@@ -627,21 +697,23 @@ macro_rules! group_methods {
             message: &super::NewGroupMessage,
         ) -> Result<super::GroupWrite> {
             let mut tx = self.group_tx().await?;
-            let Some((epoch, seq)) = lock_group(&mut tx, &message.group_id).await? else {
-                return Ok(super::GroupWrite::NotFound);
+            let Some(group) = lock_group(&mut tx, &message.group_id).await? else {
+                return store_nothing(tx, super::GroupWrite::NotFound).await;
             };
-            if let Some(duplicate) = group_duplicate(&mut tx, message).await? {
-                return Ok(duplicate);
+            let (epoch, seq) = (group.epoch, group.next_seq);
+            if let Some(duplicate) = group_duplicate(&mut tx, &group, message).await? {
+                return store_nothing(tx, duplicate).await;
             }
             if group_member(&mut tx, &message.group_id, message.sender).await? != Some(None) {
-                return Ok(super::GroupWrite::NotFound);
+                return store_nothing(tx, super::GroupWrite::NotFound).await;
             }
             if message.epoch != epoch {
-                return Ok(super::GroupWrite::WrongEpoch {
+                let wrong = super::GroupWrite::WrongEpoch {
                     current_epoch: epoch,
-                });
+                };
+                return store_nothing(tx, wrong).await;
             }
-            insert_group_message(&mut tx, message, seq, epoch).await?;
+            insert_group_message(&mut tx, &group, message, epoch).await?;
             let wake = group_wake_list(&mut tx, &message.group_id, seq, message.sender).await?;
             tx.commit().await.map_err(map_err)?;
             Ok(super::GroupWrite::Stored {
@@ -655,19 +727,20 @@ macro_rules! group_methods {
         #[tracing::instrument(skip_all)]
         async fn leave_group(&self, message: &super::NewGroupMessage) -> Result<super::GroupWrite> {
             let mut tx = self.group_tx().await?;
-            let Some((epoch, seq)) = lock_group(&mut tx, &message.group_id).await? else {
-                return Ok(super::GroupWrite::NotFound);
+            let Some(group) = lock_group(&mut tx, &message.group_id).await? else {
+                return store_nothing(tx, super::GroupWrite::NotFound).await;
             };
-            if let Some(duplicate) = group_duplicate(&mut tx, message).await? {
-                return Ok(duplicate);
+            let (epoch, seq) = (group.epoch, group.next_seq);
+            if let Some(duplicate) = group_duplicate(&mut tx, &group, message).await? {
+                return store_nothing(tx, duplicate).await;
             }
             if group_member(&mut tx, &message.group_id, message.sender)
                 .await?
                 .is_none()
             {
-                return Ok(super::GroupWrite::NotFound);
+                return store_nothing(tx, super::GroupWrite::NotFound).await;
             }
-            insert_group_message(&mut tx, message, seq, epoch).await?;
+            insert_group_message(&mut tx, &group, message, epoch).await?;
             sqlx::query(
                 "DELETE FROM group_members WHERE group_id = $1 AND account_id = $2 AND device_id = $3",
             )
@@ -720,9 +793,8 @@ macro_rules! group_methods {
             now_ms: u64,
         ) -> Result<Vec<super::StoredGroupMessage>> {
             let welcomes = sqlx::query(
-                "SELECT w.group_id, w.seq, w.epoch, w.sender, w.sender_device, w.content, \
-                 w.message_id, w.server_timestamp_ms, w.message_id AS franking_commitment, \
-                 w.message_id AS franking_tag FROM group_welcome_recipients r \
+                "SELECT w.group_id, w.seq, w.epoch, w.sender, w.sender_account, w.sender_device, \
+                 w.content, w.message_id, w.server_timestamp_ms FROM group_welcome_recipients r \
                  JOIN group_welcomes w ON w.group_id = r.group_id AND w.seq = r.seq \
                  WHERE r.group_id = $1 AND r.account_id = $2 AND r.device_id = $3 AND r.seq > $4 \
                  AND w.expires_at_ms > $5 ORDER BY r.seq LIMIT $6",
@@ -737,15 +809,18 @@ macro_rules! group_methods {
             .await
             .map_err(map_err)?;
             let messages = sqlx::query(
-                "SELECT m.group_id, m.seq, m.kind, m.epoch, m.sender, m.sender_device, m.content, \
-                 m.message_id, m.server_timestamp_ms, m.franking_commitment, m.franking_tag \
-                 FROM group_messages m \
-                 JOIN group_members gm ON gm.group_id = m.group_id \
+                "SELECT g.id AS group_id, m.seq, m.kind, m.epoch, \
+                 COALESCE(m.sender, a.username, '') AS sender, m.sender_account, m.sender_device, \
+                 m.content, m.message_id, m.server_timestamp_ms \
+                 FROM group_members gm \
+                 JOIN mls_groups g ON g.id = gm.group_id \
+                 JOIN group_messages m ON m.group_number = g.number \
+                 LEFT JOIN accounts a ON a.id = m.sender_account \
                  WHERE gm.group_id = $1 AND gm.account_id = $2 AND gm.device_id = $3 \
                  AND m.seq > $4 AND m.seq > gm.cursor_seq AND m.seq >= gm.joined_seq \
                  AND (gm.removed_at_seq IS NULL OR m.seq <= gm.removed_at_seq) \
                  AND NOT (m.sender_account = $2 AND m.sender_device = $3) \
-                 AND m.expires_at_ms > $5 ORDER BY m.seq LIMIT $6",
+                 AND (m.expires_at_ms IS NULL OR m.expires_at_ms > $5) ORDER BY m.seq LIMIT $6",
             )
             .bind(group_id)
             .bind(device.account)
@@ -758,11 +833,7 @@ macro_rules! group_methods {
             .map_err(map_err)?;
             let mut pending = Vec::with_capacity(welcomes.len() + messages.len());
             for row in &welcomes {
-                let mut welcome = group_message_of(row, Some(super::WELCOME_KIND))?;
-                // Welcomes carry no franking fields (selected as filler).
-                welcome.franking_commitment.clear();
-                welcome.franking_tag.clear();
-                pending.push(welcome);
+                pending.push(group_message_of(row, Some(super::WELCOME_KIND))?);
             }
             for row in &messages {
                 pending.push(group_message_of(row, None)?);

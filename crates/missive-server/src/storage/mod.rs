@@ -705,12 +705,13 @@ pub struct NewGroupMessage {
     pub content: Vec<u8>,
     /// Acceptance time (bound into the franking tag).
     pub server_timestamp_ms: u64,
-    /// Franking commitment (APPLICATION only, else empty).
-    pub franking_commitment: Vec<u8>,
-    /// Server franking tag (APPLICATION only, else empty).
-    pub franking_tag: Vec<u8>,
-    /// When it is deleted, delivered or not.
+    /// When the server's retention ends (a commit's Welcome is kept until
+    /// then); a group message itself is deleted after the retention counted
+    /// from `server_timestamp_ms`.
     pub expires_at_ms: u64,
+    /// Set when its sender asked for less than the retention: when it is
+    /// deleted, delivered or not.
+    pub disappears_at_ms: Option<u64>,
 }
 
 impl std::fmt::Debug for NewGroupMessage {
@@ -786,6 +787,8 @@ pub struct StoredGroupMessage {
     pub epoch: u64,
     /// Sender username.
     pub sender: String,
+    /// Sender account (the franking tag binds it).
+    pub sender_account: AccountId,
     /// Sender device.
     pub sender_device: u32,
     /// The `MLSMessage`.
@@ -794,10 +797,6 @@ pub struct StoredGroupMessage {
     pub message_id: Vec<u8>,
     /// Acceptance time.
     pub server_timestamp_ms: u64,
-    /// Franking commitment (APPLICATION only).
-    pub franking_commitment: Vec<u8>,
-    /// Server franking tag (APPLICATION only).
-    pub franking_tag: Vec<u8>,
 }
 
 impl std::fmt::Debug for StoredGroupMessage {

@@ -41,6 +41,8 @@ type DbRow = PgRow;
 const FOR_UPDATE: &str = " FOR UPDATE";
 /// Concurrent KeyPackage fetches take different rows.
 const SKIP_LOCKED: &str = " FOR UPDATE SKIP LOCKED";
+/// A new group's number, from the column's sequence.
+const NEW_GROUP_NUMBER: &str = "nextval('mls_groups_number_seq')";
 super::groups::group_helpers!();
 super::groups::group_methods!(PostgresStorage);
 
@@ -550,15 +552,22 @@ impl Storage for PostgresStorage {
 
     #[tracing::instrument(skip_all)]
     async fn delete_account(&self, account: AccountId) -> Result<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query(KEEP_SENDER_NAMES)
+            .bind(account)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
         // Foreign keys cascade to devices, prekeys, tokens and envelopes.
         let done = sqlx::query("DELETE FROM accounts WHERE id = $1")
             .bind(account)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(map_err)?;
         if done.rows_affected() == 0 {
             return Err(StorageError::NotFound);
         }
+        tx.commit().await.map_err(map_err)?;
         Ok(())
     }
 

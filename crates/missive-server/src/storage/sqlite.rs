@@ -33,6 +33,9 @@ type DbRow = SqliteRow;
 /// Write transactions are `BEGIN IMMEDIATE`: no row locks to take.
 const FOR_UPDATE: &str = "";
 const SKIP_LOCKED: &str = "";
+/// A new group's number (writes are exclusive: `BEGIN IMMEDIATE`). A
+/// number is reused only after its group and, by cascade, its rows are gone.
+const NEW_GROUP_NUMBER: &str = "(SELECT COALESCE(MAX(number), 0) + 1 FROM mls_groups)";
 super::groups::group_helpers!();
 super::groups::group_methods!(SqliteStorage);
 
@@ -541,15 +544,22 @@ impl Storage for SqliteStorage {
     #[tracing::instrument(skip_all)]
     async fn delete_account(&self, account: AccountId) -> Result<()> {
         self.essential(move || async move {
+            let mut tx = self.write().await?;
+            sqlx::query(KEEP_SENDER_NAMES)
+                .bind(account)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
             // Foreign keys cascade to devices, prekeys, tokens and envelopes.
             let done = sqlx::query("DELETE FROM accounts WHERE id = ?")
                 .bind(account)
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await
                 .map_err(map_err)?;
             if done.rows_affected() == 0 {
                 return Err(StorageError::NotFound);
             }
+            tx.commit().await.map_err(map_err)?;
             Ok(())
         })
         .await

@@ -1466,9 +1466,8 @@ pub fn group_message(
         message_id: vec![message_id; 16],
         content: vec![fill; 100],
         server_timestamp_ms: 1_000,
-        franking_commitment: vec![1; 32],
-        franking_tag: vec![2; 44],
-        expires_at_ms,
+        expires_at_ms: u64::MAX / 2,
+        disappears_at_ms: (expires_at_ms != u64::MAX / 2).then_some(expires_at_ms),
     }
 }
 
@@ -1483,8 +1482,7 @@ pub fn group_commit(
 ) -> NewCommit {
     let mut message = group_message(group_id, epoch, sender, message_id, 0xC0, u64::MAX / 2);
     message.kind = COMMIT_KIND;
-    message.franking_commitment.clear();
-    message.franking_tag.clear();
+    message.disappears_at_ms = None;
     NewCommit {
         message,
         welcome: if added.is_empty() {
@@ -1749,7 +1747,10 @@ pub async fn groups(store: &dyn Storage) {
         (welcome.epoch, welcome.content.len(), welcome.sender_device),
         (1, 300, 1)
     );
-    assert!(welcome.franking_tag.is_empty());
+    assert_eq!(
+        (welcome.kind, welcome.sender_account),
+        (WELCOME_KIND, accounts[0])
+    );
 
     // b writes in epoch 1 (epoch 0 is refused); a and c get it, b does not.
     assert_eq!(
@@ -1981,9 +1982,32 @@ pub async fn groups(store: &dyn Storage) {
     let export = store.export_account("suite-gb").await.unwrap().unwrap();
     let g2 = export.groups.iter().find(|g| g.group_id == group2).unwrap();
     assert_eq!(g2.receiving_devices, 2);
+    // A message whose sender's account is deleted before it is delivered
+    // still names its sender.
+    let group3 = [0x44u8; 16];
+    store.create_group(&group3, c, 1_000, 20_003).await.unwrap();
+    store
+        .commit_group(&group_commit(&group3, 0, c, 1, &[b], &[]))
+        .await
+        .unwrap();
+    store
+        .store_group_message(&group_message(&group3, 1, b, 2, 0xB3, never))
+        .await
+        .unwrap();
     // Deleting an account takes its member rows; a group nobody receives
     // goes at the purge.
     store.delete_account(accounts[1]).await.unwrap();
+    let orphan = store
+        .pending_group_messages(c, &group3, 1, 10, now)
+        .await
+        .unwrap();
+    assert_eq!(
+        orphan
+            .iter()
+            .map(|m| (m.sender.as_str(), m.sender_account, m.content[0]))
+            .collect::<Vec<_>>(),
+        vec![("suite-gb", accounts[1], 0xB3)]
+    );
     store.delete_account(accounts[0]).await.unwrap();
     store.purge_expired(20_000, 0).await.unwrap();
     assert_eq!(
