@@ -112,6 +112,12 @@ struct Args {
     /// Group mode: add + remove rounds measured (one extra account each).
     #[arg(long, default_value_t = 3)]
     group_trials: usize,
+    /// Group mode: how many members decrypt at once (default: the cores).
+    /// Every member here shares this machine; a decrypt is CPU work and one
+    /// fsync of the member's store (`synchronous = FULL`), so more than the
+    /// cores overlaps the fsyncs, as members on their own devices would.
+    #[arg(long, value_name = "K")]
+    group_decrypt_threads: Option<usize>,
     /// Print one JSON object as the last line.
     #[arg(long)]
     json: bool,
@@ -273,6 +279,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 trials: args.group_trials,
                 deadline: Duration::from_secs(args.deadline_secs),
                 json: args.json,
+                decrypt_threads: args
+                    .group_decrypt_threads
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from)),
             },
         )
         .await;
