@@ -12,6 +12,8 @@
 -- * The table is WITHOUT ROWID, clustered on (group_number, seq), and the
 --   idempotency index holds the first 8 bytes of the message id (a lookup
 --   compares the whole id and the sender in the row).
+-- * `content` is the last column: a query that filters on a later column
+--   would otherwise read a large commit's overflow pages to reach it.
 ALTER TABLE mls_groups ADD COLUMN number INTEGER;
 UPDATE mls_groups SET number = rowid;
 CREATE UNIQUE INDEX mls_groups_by_number ON mls_groups (number);
@@ -24,18 +26,19 @@ CREATE TABLE group_messages_compact (
     sender_account      INTEGER NOT NULL,
     sender_device       INTEGER NOT NULL,
     message_id          BLOB    NOT NULL,
-    content             BLOB    NOT NULL,
     server_timestamp_ms INTEGER NOT NULL,
     expires_at_ms       INTEGER,
     sender              TEXT,
+    content             BLOB    NOT NULL,
     PRIMARY KEY (group_number, seq)
 ) WITHOUT ROWID;
 INSERT INTO group_messages_compact (group_number, seq, kind, epoch, sender_account,
-        sender_device, message_id, content, server_timestamp_ms, expires_at_ms, sender)
+        sender_device, message_id, server_timestamp_ms, expires_at_ms, sender, content)
     SELECT g.number, m.seq, m.kind, m.epoch, m.sender_account, m.sender_device, m.message_id,
-           m.content, m.server_timestamp_ms, m.expires_at_ms,
+           m.server_timestamp_ms, m.expires_at_ms,
            CASE WHEN EXISTS (SELECT 1 FROM accounts a WHERE a.id = m.sender_account)
-                THEN NULL ELSE m.sender END
+                THEN NULL ELSE m.sender END,
+           m.content
     FROM group_messages m JOIN mls_groups g ON g.id = m.group_id;
 DROP TABLE group_messages;
 ALTER TABLE group_messages_compact RENAME TO group_messages;

@@ -808,7 +808,10 @@ macro_rules! group_methods {
             .fetch_all(&self.pool)
             .await
             .map_err(map_err)?;
-            let messages = sqlx::query(
+            // One lower bound for the key range: given three, SQLite picks
+            // one, and from the cursor it would step over every large commit
+            // since (0.19 ms instead of 0.005 ms per wake-up at 1,000 members).
+            let messages = sqlx::query(&format!(
                 "SELECT g.id AS group_id, m.seq, m.kind, m.epoch, \
                  COALESCE(m.sender, a.username, '') AS sender, m.sender_account, m.sender_device, \
                  m.content, m.message_id, m.server_timestamp_ms \
@@ -817,11 +820,11 @@ macro_rules! group_methods {
                  JOIN group_messages m ON m.group_number = g.number \
                  LEFT JOIN accounts a ON a.id = m.sender_account \
                  WHERE gm.group_id = $1 AND gm.account_id = $2 AND gm.device_id = $3 \
-                 AND m.seq > $4 AND m.seq > gm.cursor_seq AND m.seq >= gm.joined_seq \
+                 AND m.seq > {GREATEST}($4, gm.cursor_seq, gm.joined_seq - 1) \
                  AND (gm.removed_at_seq IS NULL OR m.seq <= gm.removed_at_seq) \
                  AND NOT (m.sender_account = $2 AND m.sender_device = $3) \
-                 AND (m.expires_at_ms IS NULL OR m.expires_at_ms > $5) ORDER BY m.seq LIMIT $6",
-            )
+                 AND (m.expires_at_ms IS NULL OR m.expires_at_ms > $5) ORDER BY m.seq LIMIT $6"
+            ))
             .bind(group_id)
             .bind(device.account)
             .bind(i64::from(device.device))

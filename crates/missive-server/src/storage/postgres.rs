@@ -43,6 +43,8 @@ const FOR_UPDATE: &str = " FOR UPDATE";
 const SKIP_LOCKED: &str = " FOR UPDATE SKIP LOCKED";
 /// A new group's number, from the column's sequence.
 const NEW_GROUP_NUMBER: &str = "nextval('mls_groups_number_seq')";
+/// The largest of its arguments.
+const GREATEST: &str = "GREATEST";
 super::groups::group_helpers!();
 super::groups::group_methods!(PostgresStorage);
 

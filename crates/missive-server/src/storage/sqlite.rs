@@ -36,6 +36,8 @@ const SKIP_LOCKED: &str = "";
 /// A new group's number (writes are exclusive: `BEGIN IMMEDIATE`). A
 /// number is reused only after its group and, by cascade, its rows are gone.
 const NEW_GROUP_NUMBER: &str = "(SELECT COALESCE(MAX(number), 0) + 1 FROM mls_groups)";
+/// The largest of its arguments (SQLite's scalar `max`).
+const GREATEST: &str = "max";
 super::groups::group_helpers!();
 super::groups::group_methods!(SqliteStorage);
 
