@@ -311,6 +311,7 @@ impl GroupApi {
         let now = time::now_ms();
         // The franking tag is made at delivery (service::messages), from the
         // stored row and the commitment in the ciphertext's header.
+        let retention_ends = self.expires_at(now, 0);
         let message = NewGroupMessage {
             group_id: request.group_id,
             epoch: request.epoch,
@@ -320,9 +321,10 @@ impl GroupApi {
             message_id: request.message_id,
             content: request.content,
             server_timestamp_ms: now,
-            expires_at_ms: self.expires_at(now, 0),
-            disappears_at_ms: (request.retention_secs != 0)
-                .then(|| self.expires_at(now, request.retention_secs)),
+            expires_at_ms: retention_ends,
+            // Only a shorter end needs its own column (and index entry).
+            disappears_at_ms: Some(self.expires_at(now, request.retention_secs))
+                .filter(|&at| at < retention_ends),
         };
         let outcome = self.state.storage.store_group_message(&message).await?;
         self.stored(&outcome).await;
