@@ -75,9 +75,13 @@ fn a_linked_device_receives_sends_and_knows_the_contacts() {
     // Each listed with the day it joined, as the server recorded it.
     let listed = alice.ok(&w.liar, &["devices", "--json"]).unwrap();
     for d in listed.json_lines().unwrap() {
-        let day = d["linked_on"].as_str().unwrap_or_else(|| panic!("{d}"));
-        assert!(day.len() == 10 && day.starts_with("20"), "{d}");
+        for field in ["linked_on", "last_seen"] {
+            let day = d[field].as_str().unwrap_or_else(|| panic!("{d}"));
+            assert!(day.len() == 10 && day.starts_with("20"), "{d}");
+        }
     }
+    let plain = alice.ok(&w.liar, &["devices"]).unwrap().stdout;
+    assert_eq!(plain.matches("last seen 20").count(), 2, "{plain}");
     // The contact came along with its verification.
     let contacts = laptop.ok(&w.liar, &["contacts"]).unwrap();
     assert!(

@@ -211,7 +211,8 @@ enum Command {
     /// CODE` links a new device, `devices remove ID` unlinks one.
     Devices {
         /// One JSON object per line (`id`, `name`, `current`, `fingerprint`,
-        /// `linked_on`: the day it joined, as the server recorded it).
+        /// `linked_on` and `last_seen`: the day it joined and the last day it
+        /// was online, as the server recorded them).
         #[arg(long)]
         json: bool,
         #[command(subcommand)]
@@ -1277,15 +1278,17 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                             "current": d.current,
                             "fingerprint": d.fingerprint,
                             "linked_on": d.linked_on,
+                            "last_seen": d.last_seen,
                         })
                     );
                 } else {
                     let mark = if d.current { " (this device)" } else { "" };
                     out!(
-                        "{}\t{}{mark}\tlinked {}\t{}",
+                        "{}\t{}{mark}\tlinked {}\tlast seen {}\t{}",
                         d.id,
                         d.name,
                         d.linked_on.as_deref().unwrap_or("?"),
+                        d.last_seen.as_deref().unwrap_or("?"),
                         d.fingerprint.get(..16).unwrap_or(&d.fingerprint)
                     );
                 }

@@ -111,6 +111,9 @@ pub struct ExportDevice {
     pub device_id: u32,
     /// Day the device registered.
     pub registered: String,
+    /// Day the device last logged in or opened its stream (`None`: not seen
+    /// since the server began recording it).
+    pub last_seen_day: Option<String>,
     /// SHA-256 fingerprint of the device's own public key (protocol v2;
     /// the account key's for devices registered before device keys).
     pub identity_fingerprint: String,
@@ -160,6 +163,7 @@ pub fn document(export: AccountExport) -> ExportDocument {
             .map(|d| ExportDevice {
                 device_id: d.device_id,
                 registered: iso_date(d.created_day),
+                last_seen_day: (d.last_seen_day > 0).then(|| iso_date(d.last_seen_day)),
                 identity_fingerprint: crate::checks::fingerprint(&d.identity),
                 pending_envelopes: d.pending_envelopes,
                 one_time_prekeys: d.prekeys.one_time,

@@ -708,13 +708,14 @@ async fn a_recovering_device_publishes_its_list_with_add_device() {
         .as_millis() as u64
         / 86_400_000
         * 86_400_000;
-    let mut ids: Vec<(u32, u64)> = days
+    let mut ids: Vec<(u32, u64, u64)> = days
         .linked_days
         .iter()
-        .map(|d| (d.device_id, d.linked_at_ms))
+        .map(|d| (d.device_id, d.linked_at_ms, d.last_seen_at_ms))
         .collect();
     ids.sort_unstable();
-    assert_eq!(ids, [(1, today), (2, today)]);
+    // Both joined and logged in today.
+    assert_eq!(ids, [(1, today, today), (2, today, today)]);
     let bob = register(&channel, "bob", 0, 0).await;
     let theirs = bob
         .keys()

@@ -22,6 +22,10 @@ pub struct OwnDevice {
     /// The day it joined (`YYYY-MM-DD`, UTC), as the server recorded it (not
     /// signed: informative); `None` when the server did not say.
     pub linked_on: Option<String>,
+    /// The last day it logged in or opened its message stream (`YYYY-MM-DD`,
+    /// UTC), as the server recorded it (informative); `None` when the
+    /// server has no record.
+    pub last_seen: Option<String>,
 }
 
 impl Client {
@@ -57,8 +61,12 @@ impl Client {
                 fingerprint: d.identity.fingerprint().to_string(),
                 linked_on: days
                     .iter()
-                    .find(|(id, _)| *id == d.device_id)
-                    .map(|(_, ms)| super::rfc3339(*ms).chars().take(10).collect()),
+                    .find(|day| day.device_id == d.device_id)
+                    .map(|day| utc_day(day.linked_at_ms)),
+                last_seen: days
+                    .iter()
+                    .find(|day| day.device_id == d.device_id && day.last_seen_at_ms > 0)
+                    .map(|day| utc_day(day.last_seen_at_ms)),
             })
             .collect())
     }
@@ -94,12 +102,12 @@ impl Client {
         Ok(self.fetch_own(false).await?.0)
     }
 
-    /// [`Self::fetch_own_device_list`], with the server's record of the day
-    /// each device joined when `linked_days` (device id, ms).
+    /// [`Self::fetch_own_device_list`], with the server's record of the days
+    /// each device joined and was last seen when `linked_days`.
     async fn fetch_own(
         &mut self,
         linked_days: bool,
-    ) -> Result<(SignedDeviceList, Vec<(u32, u64)>)> {
+    ) -> Result<(SignedDeviceList, Vec<v1::DeviceLinkedDay>)> {
         let mut retried = false;
         let (list, days) = loop {
             let kept = self.own_device_list()?.map(|l| l.version());
@@ -117,11 +125,7 @@ impl Client {
                 Ok(r) => r.into_inner(),
                 Err(s) => return Err(self.authed_err(&s)),
             };
-            let days: Vec<(u32, u64)> = resp
-                .linked_days
-                .iter()
-                .map(|d| (d.device_id, d.linked_at_ms))
-                .collect();
+            let days = resp.linked_days;
             match self
                 .accept_own_list(&resp.signed_device_list)
                 .map(|l| (l, days))
@@ -153,4 +157,9 @@ impl Client {
         }
         Ok((list, days))
     }
+}
+
+/// `YYYY-MM-DD` of a time in ms (UTC).
+fn utc_day(ms: u64) -> String {
+    super::rfc3339(ms).chars().take(10).collect()
 }

@@ -349,15 +349,21 @@ impl KeyService for KeyApi {
         let linked_days = if request.with_linked_days && own {
             self.state
                 .storage
-                .device_created_days(&username)
+                .device_days(&username)
                 .await
                 .map_err(ApiError::from)?
                 .into_iter()
-                .map(|(device_id, day)| DeviceLinkedDay {
-                    device_id,
-                    linked_at_ms: u64::try_from(day)
-                        .unwrap_or(0)
-                        .saturating_mul(crate::storage::DAY_MS),
+                .map(|(device_id, linked, seen)| {
+                    let ms = |day: i64| {
+                        u64::try_from(day)
+                            .unwrap_or(0)
+                            .saturating_mul(crate::storage::DAY_MS)
+                    };
+                    DeviceLinkedDay {
+                        device_id,
+                        linked_at_ms: ms(linked),
+                        last_seen_at_ms: ms(seen),
+                    }
                 })
                 .collect()
         } else {

@@ -763,7 +763,7 @@ impl MessageService for MessageApi {
         match self
             .state
             .storage
-            .touch_last_seen(principal.address.account, time::day_of(time::now_ms()))
+            .touch_last_seen(principal.address, time::day_of(time::now_ms()))
             .await
         {
             Ok(()) => {}

@@ -590,6 +590,9 @@ pub struct DeviceExport {
     pub device_id: u32,
     /// Day the device registered (days since the epoch).
     pub created_day: i64,
+    /// Day the device last logged in or opened its stream (days since the
+    /// epoch; 0: not seen since the server began recording it).
+    pub last_seen_day: i64,
     /// The device key, `PublicIdentity::to_bytes()` (public).
     pub identity: Vec<u8>,
     /// Pending envelopes (a count only).
@@ -1015,8 +1018,8 @@ pub trait Storage: GroupStorage + Send + Sync + 'static {
     ) -> Result<()>;
     /// The principal of an unexpired token hash.
     async fn authenticate(&self, token_hash: &[u8; 32], now_ms: u64) -> Result<Option<Principal>>;
-    /// Marks the account seen on `today` (day granularity).
-    async fn touch_last_seen(&self, account: AccountId, today: i64) -> Result<()>;
+    /// Marks the device and its account seen on `today` (day granularity).
+    async fn touch_last_seen(&self, device: DeviceAddress, today: i64) -> Result<()>;
     /// Deletes the account, its devices, keys, tokens, pending envelopes,
     /// device list and the link mailboxes whose HELLO it posted.
     async fn delete_account(&self, account: AccountId) -> Result<()>;
@@ -1167,17 +1170,18 @@ pub trait Storage: GroupStorage + Send + Sync + 'static {
     /// account id, never by name).
     async fn export_account(&self, username: &str) -> Result<Option<AccountExport>>;
 
-    /// The day each registered device of `username` joined (days since the
-    /// epoch), for the account's own `missive devices`. Rarely called: read
-    /// from the export, which every backend implements.
-    async fn device_created_days(&self, username: &str) -> Result<Vec<(u32, i64)>> {
+    /// The day each registered device of `username` joined and the day it
+    /// was last seen (days since the epoch: device id, joined, last seen),
+    /// for the account's own `missive devices`. Rarely called: read from
+    /// the export, which every backend implements.
+    async fn device_days(&self, username: &str) -> Result<Vec<(u32, i64, i64)>> {
         Ok(self
             .export_account(username)
             .await?
             .map(|e| {
                 e.devices
                     .iter()
-                    .map(|d| (d.device_id, d.created_day))
+                    .map(|d| (d.device_id, d.created_day, d.last_seen_day))
                     .collect()
             })
             .unwrap_or_default())

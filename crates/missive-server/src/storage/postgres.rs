@@ -513,6 +513,15 @@ impl Storage for PostgresStorage {
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
+        sqlx::query(
+            "UPDATE devices SET last_seen_day = $1 WHERE account_id = $2 AND device_id = $3",
+        )
+        .bind(today)
+        .bind(device.account)
+        .bind(i64::from(device.device))
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
         tx.commit().await.map_err(map_err)
     }
 
@@ -542,13 +551,19 @@ impl Storage for PostgresStorage {
     }
 
     #[tracing::instrument(skip_all)]
-    async fn touch_last_seen(&self, account: AccountId, today: i64) -> Result<()> {
-        sqlx::query("UPDATE accounts SET last_seen_day = $1 WHERE id = $2 AND last_seen_day <> $1")
-            .bind(today)
-            .bind(account)
-            .execute(&self.pool)
-            .await
-            .map_err(map_err)?;
+    async fn touch_last_seen(&self, device: DeviceAddress, today: i64) -> Result<()> {
+        // One statement, so the two days can never disagree mid-way.
+        sqlx::query(
+            "WITH d AS (UPDATE devices SET last_seen_day = $1 \
+             WHERE account_id = $2 AND device_id = $3 AND last_seen_day <> $1) \
+             UPDATE accounts SET last_seen_day = $1 WHERE id = $2 AND last_seen_day <> $1",
+        )
+        .bind(today)
+        .bind(device.account)
+        .bind(i64::from(device.device))
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
         Ok(())
     }
 
@@ -1407,7 +1422,8 @@ impl Storage for PostgresStorage {
         };
         let account_id: i64 = get(&account, "id")?;
         let rows = sqlx::query(
-            "SELECT d.device_id AS device_id, d.created_day AS created_day, d.identity AS identity, \
+            "SELECT d.device_id AS device_id, d.created_day AS created_day, \
+             d.last_seen_day AS last_seen_day, d.identity AS identity, \
              (SELECT COUNT(*) FROM envelopes e WHERE e.recipient_account = d.account_id \
               AND e.recipient_device = d.device_id) AS pending \
              FROM devices d WHERE d.account_id = $1 ORDER BY d.device_id",
@@ -1426,6 +1442,7 @@ impl Storage for PostgresStorage {
             devices.push(DeviceExport {
                 device_id: device,
                 created_day: get(&row, "created_day")?,
+                last_seen_day: get(&row, "last_seen_day")?,
                 identity: get(&row, "identity")?,
                 pending_envelopes: u64_of(get(&row, "pending")?)?,
                 prekeys: counts(&mut tx, address).await?,

@@ -495,6 +495,13 @@ impl Storage for SqliteStorage {
                 .execute(&mut *tx)
                 .await
                 .map_err(map_err)?;
+            sqlx::query("UPDATE devices SET last_seen_day = ? WHERE account_id = ? AND device_id = ?")
+                .bind(today)
+                .bind(device.account)
+                .bind(i64::from(device.device))
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
             tx.commit().await.map_err(map_err)
         })
         .await
@@ -527,18 +534,30 @@ impl Storage for SqliteStorage {
     }
 
     #[tracing::instrument(skip_all)]
-    async fn touch_last_seen(&self, account: AccountId, today: i64) -> Result<()> {
+    async fn touch_last_seen(&self, device: DeviceAddress, today: i64) -> Result<()> {
         self.essential(move || async move {
+            let mut tx = self.write().await?;
             sqlx::query(
                 "UPDATE accounts SET last_seen_day = ? WHERE id = ? AND last_seen_day <> ?",
             )
             .bind(today)
-            .bind(account)
+            .bind(device.account)
             .bind(today)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(map_err)?;
-            Ok(())
+            sqlx::query(
+                "UPDATE devices SET last_seen_day = ? \
+                 WHERE account_id = ? AND device_id = ? AND last_seen_day <> ?",
+            )
+            .bind(today)
+            .bind(device.account)
+            .bind(i64::from(device.device))
+            .bind(today)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+            tx.commit().await.map_err(map_err)
         })
         .await
     }
@@ -1273,7 +1292,7 @@ impl Storage for SqliteStorage {
         };
         let account_id: i64 = get(&account, "id")?;
         let rows = sqlx::query(
-            "SELECT device_id, created_day, identity FROM devices WHERE account_id = ? ORDER BY device_id",
+            "SELECT device_id, created_day, last_seen_day, identity FROM devices WHERE account_id = ? ORDER BY device_id",
         )
         .bind(account_id)
         .fetch_all(&mut *tx)
@@ -1297,6 +1316,7 @@ impl Storage for SqliteStorage {
             devices.push(DeviceExport {
                 device_id: device,
                 created_day: get(&row, "created_day")?,
+                last_seen_day: get(&row, "last_seen_day")?,
                 identity: get(&row, "identity")?,
                 pending_envelopes: u64_of(pending)?,
                 prekeys: counts(&mut tx, address).await?,

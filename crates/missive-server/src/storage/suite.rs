@@ -400,6 +400,14 @@ pub async fn accounts_and_tokens(store: &dyn Storage) {
         account: id,
         device: 1,
     };
+    let seen = |e: &AccountExport| {
+        e.devices
+            .iter()
+            .find(|d| d.device_id == device.device)
+            .map(|d| d.last_seen_day)
+    };
+    let export = store.export_account("suite-a").await.unwrap().unwrap();
+    assert_eq!(seen(&export), Some(0), "seen before any login");
     // Valid until the start of day 3, whatever the time of login.
     store
         .insert_token(&[1; 32], device, 3, 20_001)
@@ -434,6 +442,17 @@ pub async fn accounts_and_tokens(store: &dyn Storage) {
     assert!(purged.credentials >= 1);
     let export = store.export_account("suite-a").await.unwrap().unwrap();
     assert_eq!((export.created_day, export.last_seen_day), (20_000, 20_001));
+    // The login's day is the device's too; a stream opened later moves both.
+    assert_eq!(seen(&export), Some(20_001));
+    store.touch_last_seen(device, 20_005).await.unwrap();
+    store.touch_last_seen(device, 20_005).await.unwrap();
+    let export = store.export_account("suite-a").await.unwrap().unwrap();
+    assert_eq!(
+        (export.last_seen_day, seen(&export)),
+        (20_005, Some(20_005))
+    );
+    let days = store.device_days("suite-a").await.unwrap();
+    assert!(days.contains(&(device.device, 20_000, 20_005)), "{days:?}");
 }
 
 /// Challenges are single-use and bound to username, purpose and time (by
