@@ -566,3 +566,67 @@ fn chat_shows_a_group_live_sends_to_it_and_shows_a_replay_once() {
     chat.send("\x03");
     assert!(chat.wait_exit().success());
 }
+
+/// Links a second device to `primary`'s account, in its own home.
+fn link_laptop(w: &World, primary: &User) -> User {
+    let laptop = User::new(w.root.path(), "alice-laptop");
+    let running = laptop.spawn(&w.server, &["link", "--wait", "60"]).unwrap();
+    let code = running.wait_for_line("link code: ", WAIT).unwrap();
+    primary.ok(&w.server, &["devices", "add", &code]).unwrap();
+    let r = running.wait_timeout(Duration::from_secs(60)).unwrap();
+    assert!(r.ok(), "{r:?}");
+    laptop
+}
+
+#[test]
+fn chat_follows_what_another_device_of_the_account_reads_and_does() {
+    let w = World::new();
+    let alice = w.user("alice");
+    let bob = w.user("bob");
+    bob.ok(&w.server, &["send", "alice", "before"]).unwrap();
+    alice.ok(&w.server, &["recv"]).unwrap();
+    let laptop = link_laptop(&w, &alice);
+    // The laptop tells bob nothing of what it reads; the phone still learns.
+    laptop
+        .ok(&w.server, &["settings", "read-receipts", "off"])
+        .unwrap();
+
+    // The phone's chat is on the list: bob's message is unread there.
+    let mut chat = Pty::spawn(&alice, &w.server, &["chat"], 24, 80);
+    chat.wait_text("Select a conversation");
+    chat.wait_text("connected");
+    bob.ok(&w.server, &["send", "alice", "hi alice"]).unwrap();
+    chat.wait_text("bob (1)");
+    // The laptop shows it: the phone's count clears.
+    let got = laptop.ok(&w.server, &["recv"]).unwrap();
+    assert!(got.stdout.contains("hi alice"), "{got:?}");
+    chat.wait_for("the unread count cleared", |_, s| !s.contains("bob (1)"));
+    // Bob was told "delivered", by both devices, and never "read".
+    bob.ok(&w.server, &["recv"]).unwrap();
+    let h = bob
+        .ok(&w.server, &["history", "alice", "--json"])
+        .unwrap()
+        .json_lines()
+        .unwrap();
+    let hi = h.iter().find(|v| v["text"] == "hi alice").unwrap();
+    assert_eq!(hi["receipt"], "delivered", "{h:?}");
+
+    // The laptop reacts and deletes in the conversation the phone has open.
+    chat.send("\r");
+    chat.wait_text("bob: hi alice");
+    let id = id_of(&laptop, &w.server, "bob", "hi alice");
+    laptop.ok(&w.server, &["react", "bob", &id, "🎉"]).unwrap();
+    chat.wait_text("🎉 alice");
+    laptop
+        .ok(&w.server, &["send", "bob", "from the laptop"])
+        .unwrap();
+    chat.wait_text("alice: from the laptop");
+    let mine = id_of(&laptop, &w.server, "bob", "from the laptop");
+    laptop.ok(&w.server, &["unsend", "bob", &mine]).unwrap();
+    chat.wait_for("the deletion", |_, s| !s.contains("alice: from the laptop"));
+
+    chat.send("\x1b");
+    chat.wait_text("q quit");
+    chat.send("q");
+    assert!(chat.wait_exit().success());
+}

@@ -500,6 +500,49 @@ pub enum ConversationEvent {
         /// Their ids.
         message_ids: Vec<Vec<u8>>,
     },
+    /// Another device of this account changed the conversation with
+    /// `contact` (its copy, protocol v2 fan-out).
+    FromOwnDevice {
+        /// The conversation.
+        contact: String,
+        /// What that device did.
+        change: OwnDeviceChange,
+    },
+}
+
+/// What another device of this account did in a conversation, as its copy
+/// says (`Content.sent_to`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OwnDeviceChange {
+    /// Set (Some) or removed (None) this account's reaction to a message.
+    Reaction {
+        /// The message.
+        target: Vec<u8>,
+        /// The emoji, or None when removed.
+        emoji: Option<String>,
+    },
+    /// Edited one of this account's messages.
+    Edited {
+        /// The message edited.
+        target: Vec<u8>,
+        /// Its new text.
+        text: String,
+    },
+    /// Deleted one of this account's messages for everyone.
+    Unsent {
+        /// The message.
+        target: Vec<u8>,
+    },
+    /// Changed the conversation's disappearing timer.
+    TimerChanged {
+        /// New timer, seconds (0: off).
+        expire_after_secs: u64,
+    },
+    /// Was shown the contact's messages: they are read on this account.
+    Read {
+        /// The contact's message ids (only those not read before).
+        message_ids: Vec<Vec<u8>>,
+    },
 }
 
 /// A message another one replies to, as this device has it.
@@ -544,6 +587,9 @@ pub struct ConversationItem {
     pub unsent: bool,
     /// For our messages: sent, delivered or read.
     pub receipt: Option<ReceiptState>,
+    /// For their messages: read on this account, here or on another of
+    /// its devices.
+    pub read: bool,
     /// When this copy disappears, ms.
     pub expires_at_ms: Option<u64>,
     /// Its disappearing timer, seconds (0: none).
@@ -626,16 +672,32 @@ fn their_message(
         .find(|(_, r)| !r.outgoing && !r.conv.is_event()))
 }
 
-/// Decrypted `plaintext` of `env` from `env.sender`: checks its franking
-/// commitment and applies it inside the caller's receive transaction.
-/// Stores the copy of a text another device of this account sent to
-/// `sent_to`, as sent by us, to be shown once (protocol v2 fan-out).
+/// The one outgoing record (a message, not an event) with id `id` in the
+/// conversation with `contact`, if any.
+fn our_message(
+    db: &Db<'_>,
+    contact: &str,
+    id: &[u8],
+) -> std::result::Result<Option<(i64, MessageRecord)>, Refusal> {
+    Ok(db
+        .find_messages(contact, id)?
+        .into_iter()
+        .find(|(_, r)| r.outgoing && !r.conv.is_event()))
+}
+
+/// Applies the copy another device of this account sent of what it sent
+/// to `sent_to` (protocol v2 fan-out), inside the caller's receive
+/// transaction: a text is stored as sent by us, to be shown once; a
+/// reaction, edit, deletion or timer change is applied as this account's
+/// own; a read receipt marks the contact's messages read here. Every copy
+/// is applied at most once.
 pub(crate) fn receive_own_copy(
     db: &Db<'_>,
     me: &str,
     env: &v1::Envelope,
     plaintext: &[u8],
     sent_to: &str,
+    out: &mut Received,
 ) -> std::result::Result<(), Refusal> {
     let commitment = env.franking_commitment.as_slice();
     let (body, _, _, attachment) = checked_content(plaintext, &env.message_id, commitment)?;
@@ -643,15 +705,22 @@ pub(crate) fn receive_own_copy(
         .ok()
         .filter(|p| p == sent_to && p != me)
         .ok_or("it comes from another device of this account but names no conversation")?;
-    let Body::Text(t) = body else {
-        return Err(
-            "another device of this account copied something that is not a text message".into(),
-        );
+    id16(&env.message_id, "message")?;
+    let t = match body {
+        Body::Text(t) => t,
+        other => {
+            if let Some(change) = apply_own_change(db, me, &peer, env, other)? {
+                out.events.push(ConversationEvent::FromOwnDevice {
+                    contact: peer,
+                    change,
+                });
+            }
+            return Ok(());
+        }
     };
     if t.body.len() > MAX_TEXT_BYTES || t.expire_after_secs > MAX_TIMER_SECS {
         return Err("its text or timer is out of bounds".into());
     }
-    id16(&env.message_id, "message")?;
     if !db.find_messages(&peer, &env.message_id)?.is_empty() {
         return Ok(());
     }
@@ -687,6 +756,150 @@ pub(crate) fn receive_own_copy(
         attachment.as_ref().map(AttachmentRecord::from_pointer),
     )?;
     Ok(())
+}
+
+/// A reaction, edit, deletion, timer change or read receipt another device
+/// of this account sent in the conversation with `peer`, applied here as
+/// that device applied it; None when there was nothing (left) to change.
+fn apply_own_change(
+    db: &Db<'_>,
+    me: &str,
+    peer: &str,
+    env: &v1::Envelope,
+    body: Body,
+) -> std::result::Result<Option<OwnDeviceChange>, Refusal> {
+    let server_ts = env.server_timestamp_ms.min(crate::client::MAX_RFC3339_MS);
+    let commitment = env.franking_commitment.as_slice();
+    match body {
+        Body::Reaction(r) => {
+            let target = r
+                .target
+                .as_ref()
+                .ok_or("it is a reaction without a target")?;
+            id16(&target.message_id, "reaction target")?;
+            if !r.emoji.is_empty() && !valid_emoji(&r.emoji) {
+                return Err("its reaction is not one emoji".into());
+            }
+            let ours = target.author == me;
+            if !ours && target.author != peer {
+                return Err("it reacts to a message of someone outside this conversation".into());
+            }
+            let found = db
+                .find_messages(peer, &target.message_id)?
+                .into_iter()
+                .find(|(_, rec)| rec.outgoing == ours && !rec.conv.is_event());
+            let Some((seq, mut rec)) = found.filter(|(_, rec)| !rec.conv.unsent) else {
+                return Ok(None);
+            };
+            let emoji = set_reaction(&mut rec.conv, me, &r.emoji, server_ts);
+            db.reseal_message(seq, &rec)?;
+            Ok(Some(OwnDeviceChange::Reaction {
+                target: target.message_id.clone(),
+                emoji,
+            }))
+        }
+        Body::Edit(e) => {
+            id16(&e.target_message_id, "edit target")?;
+            if e.body.trim().is_empty() || e.body.len() > MAX_TEXT_BYTES {
+                return Err("its edited text is empty or too long".into());
+            }
+            let found = our_message(db, peer, &e.target_message_id)?;
+            let Some((seq, mut rec)) = found.filter(|(_, rec)| !rec.conv.unsent) else {
+                return Ok(None);
+            };
+            if !within(EDIT_WINDOW_MS, rec.server_ts_ms, server_ts) {
+                return Err("it edits a message older than 24 hours".into());
+            }
+            let id = hex::encode(&env.message_id);
+            if rec.conv.edits.iter().any(|x| x.message_id == id) {
+                return Ok(None);
+            }
+            rec.conv.edits.push(EditRecord {
+                message_id: id,
+                text: e.body.clone(),
+                server_ts_ms: server_ts,
+                franking_key: String::new(),
+                commitment: hex::encode(commitment),
+                tag: String::new(),
+                sender_device: env.sender_device,
+            });
+            db.reseal_message(seq, &rec)?;
+            Ok(Some(OwnDeviceChange::Edited {
+                target: e.target_message_id,
+                text: e.body,
+            }))
+        }
+        Body::Unsend(u) => {
+            id16(&u.target_message_id, "unsend target")?;
+            let found = our_message(db, peer, &u.target_message_id)?;
+            let Some((seq, mut rec)) = found.filter(|(_, rec)| !rec.conv.unsent) else {
+                return Ok(None);
+            };
+            if !within(UNSEND_WINDOW_MS, rec.server_ts_ms, server_ts) {
+                return Err("it deletes a message older than 24 hours".into());
+            }
+            tombstone(&mut rec);
+            db.reseal_message(seq, &rec)?;
+            Ok(Some(OwnDeviceChange::Unsent {
+                target: u.target_message_id,
+            }))
+        }
+        Body::Timer(t) => {
+            if t.expire_after_secs > MAX_TIMER_SECS {
+                return Err("its disappearing timer is longer than 100 years".into());
+            }
+            if !db.find_messages(peer, &env.message_id)?.is_empty() {
+                return Ok(None);
+            }
+            set_timer_in(db, peer, t.expire_after_secs)?;
+            let (sender_clock_ms, _) = clamp_sender_clock(t.sent_at_ms, env.server_timestamp_ms);
+            let sealed = SealedMessage {
+                text: String::new(),
+                franking_key: String::new(),
+                commitment: hex::encode(commitment),
+                tag: String::new(),
+                sender_device: env.sender_device,
+            };
+            db.add_outgoing_with(
+                peer,
+                &env.message_id,
+                sealed,
+                sender_clock_ms,
+                server_ts,
+                ConvRecord {
+                    timer_event: Some(t.expire_after_secs),
+                    ..ConvRecord::default()
+                },
+                None,
+            )?;
+            Ok(Some(OwnDeviceChange::TimerChanged {
+                expire_after_secs: t.expire_after_secs,
+            }))
+        }
+        Body::Receipt(r) if receipt_kind(r.r#type) == Some("read") => {
+            if r.message_ids.len() > MAX_RECEIPT_IDS {
+                return Err(format!("it acknowledges more than {MAX_RECEIPT_IDS} messages").into());
+            }
+            let mut newly_read = Vec::new();
+            for id in r.message_ids {
+                id16(&id, "receipt")?;
+                if let Some((seq, mut rec)) = their_message(db, peer, &id)?
+                    && rec.conv.read_at_ms == 0
+                {
+                    rec.conv.read_at_ms = server_ts.max(1);
+                    db.reseal_message(seq, &rec)?;
+                    newly_read.push(id);
+                }
+            }
+            Ok((!newly_read.is_empty()).then_some(OwnDeviceChange::Read {
+                message_ids: newly_read,
+            }))
+        }
+        Body::Text(_) | Body::Receipt(_) | Body::Typing(_) => Err(
+            "another device of this account copied a delivery receipt or a typing indicator, which are never copied"
+                .into(),
+        ),
+    }
 }
 
 pub(crate) fn receive_content(
@@ -1226,6 +1439,7 @@ impl Client {
                 edit_history,
                 unsent: r.conv.unsent,
                 receipt,
+                read: !r.outgoing && r.conv.read_at_ms > 0,
                 expires_at_ms: (r.conv.expires_at_ms > 0).then_some(r.conv.expires_at_ms),
                 expire_after_secs: r.conv.expire_after_secs,
             });
@@ -1585,9 +1799,22 @@ impl Client {
     /// warnings (a receipt that could not be sent is not retried).
     pub async fn send_pending_receipts(&mut self) -> Vec<String> {
         let delivery = std::mem::take(&mut self.conv_state().delivery);
-        let read = std::mem::take(&mut self.conv_state().read);
+        let shown = std::mem::take(&mut self.conv_state().read);
         let read_on = self.read_receipts().unwrap_or(true);
-        let read_ids: std::collections::HashSet<&(String, Vec<u8>)> = read.iter().collect();
+        let read_ids: std::collections::HashSet<&(String, Vec<u8>)> = shown.iter().collect();
+        let mut warnings = Vec::new();
+        let marked = if shown.is_empty() {
+            Ok(Vec::new())
+        } else {
+            self.store_mut().write(|db| newly_read(db, &shown))
+        };
+        let read = match marked {
+            Ok(r) => r,
+            Err(e) => {
+                warnings.push(format!("could not note messages as read: {e}"));
+                shown.clone()
+            }
+        };
         let mut batches: Vec<(String, v1::receipt_message::Type, Vec<Vec<u8>>)> = Vec::new();
         let mut push = |c: &str, t: v1::receipt_message::Type, id: &[u8]| match batches
             .iter_mut()
@@ -1602,19 +1829,23 @@ impl Client {
                 push(c, v1::receipt_message::Type::Delivery, id);
             }
         }
-        if read_on {
-            for (c, id) in &read {
-                push(c, v1::receipt_message::Type::Read, id);
-            }
+        for (c, id) in &read {
+            push(c, v1::receipt_message::Type::Read, id);
         }
-        let mut warnings = Vec::new();
         for (contact, t, ids) in batches {
             let body = Body::Receipt(v1::ReceiptMessage {
                 r#type: t as i32,
                 message_ids: ids,
                 sent_at_ms: now_ms(),
             });
-            if let Err(e) = self.send_content(&contact, body).await {
+            // With read receipts off the contact learns nothing, but this
+            // account's other devices still learn what was read here.
+            let result = if read_on || t != v1::receipt_message::Type::Read {
+                self.send_content(&contact, body).await.map(|_| ())
+            } else {
+                self.send_to_own_devices(&contact, body).await
+            };
+            if let Err(e) = result {
                 warnings.push(format!("could not send a receipt to {contact}: {e}"));
             }
         }
@@ -1661,6 +1892,30 @@ impl Client {
         self.conv_state().emit();
         Ok(())
     }
+}
+
+/// Marks the contacts' messages just shown here as read on this account and
+/// returns those not read before: one another device already read was
+/// receipted by that device.
+fn newly_read(db: &Db<'_>, shown: &[(String, Vec<u8>)]) -> Result<Vec<(String, Vec<u8>)>> {
+    let now = now_ms();
+    let mut out = Vec::with_capacity(shown.len());
+    for (contact, id) in shown {
+        let found = db
+            .find_messages(contact, id)?
+            .into_iter()
+            .find(|(_, r)| !r.outgoing && !r.conv.is_event());
+        match found {
+            Some((_, rec)) if rec.conv.read_at_ms > 0 => {}
+            Some((seq, mut rec)) => {
+                rec.conv.read_at_ms = now.max(1);
+                db.reseal_message(seq, &rec)?;
+                out.push((contact.clone(), id.clone()));
+            }
+            None => out.push((contact.clone(), id.clone())),
+        }
+    }
+    Ok(out)
 }
 
 /// A franked body sent by `Client::send_content`.

@@ -9,7 +9,8 @@ use std::time::Duration;
 use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
 use missive_client::client::{RecvEvent, rfc3339};
 use missive_client::conversation::{
-    ConversationEvent, ConversationItem, Quoted, ReceiptState, format_timer, parse_timer,
+    ConversationEvent, ConversationItem, OwnDeviceChange, Quoted, ReceiptState, format_timer,
+    parse_timer,
 };
 use missive_client::display::{human_size, json_inert, sanitize_line, sanitize_text};
 use missive_client::store::{AttachmentInfo, HistoryEntry, HistoryGroup};
@@ -515,6 +516,9 @@ fn item_json(item: &ConversationItem, me: &str) -> serde_json::Value {
             item.receipt
                 .map_or(serde_json::Value::Null, |r| r.as_str().into()),
         );
+        if !m.outgoing {
+            o.insert("read".into(), item.read.into());
+        }
         o.insert(
             "disappears_after_secs".into(),
             item.expire_after_secs.into(),
@@ -658,6 +662,30 @@ fn event_json(ev: &ConversationEvent) -> Option<serde_json::Value> {
             contact,
             message_ids,
         } => serde_json::json!({"event": "expired", "contact": contact, "ids": hexes(message_ids)}),
+        ConversationEvent::FromOwnDevice { contact, change } => {
+            let mut v = match change {
+                OwnDeviceChange::Reaction { target, emoji } => {
+                    serde_json::json!({"event": "reaction", "target": hex::encode(target), "emoji": emoji})
+                }
+                OwnDeviceChange::Edited { target, text } => {
+                    serde_json::json!({"event": "edit", "target": hex::encode(target), "text": text})
+                }
+                OwnDeviceChange::Unsent { target } => {
+                    serde_json::json!({"event": "unsend", "target": hex::encode(target)})
+                }
+                OwnDeviceChange::TimerChanged { expire_after_secs } => {
+                    serde_json::json!({"event": "timer", "disappears_after_secs": expire_after_secs, "disappears_after": format_timer(*expire_after_secs)})
+                }
+                OwnDeviceChange::Read { message_ids } => {
+                    serde_json::json!({"event": "read", "ids": hexes(message_ids)})
+                }
+            };
+            if let Some(o) = v.as_object_mut() {
+                o.insert("own_device".into(), true.into());
+                o.insert("contact".into(), contact.as_str().into());
+            }
+            v
+        }
         ConversationEvent::MessageDetails { .. } => return None,
     })
 }
@@ -754,6 +782,42 @@ fn print_conversation_event(ev: &ConversationEvent, json: bool, style: Style, de
             message_ids.len(),
             sanitize_line(contact)
         ),
+        ConversationEvent::FromOwnDevice { contact, change } => {
+            let contact = sanitize_line(contact);
+            let what = match change {
+                OwnDeviceChange::Reaction {
+                    target,
+                    emoji: Some(e),
+                } => format!(
+                    "reacted {} to message {}",
+                    sanitize_line(e),
+                    short_id(target)
+                ),
+                OwnDeviceChange::Reaction {
+                    target,
+                    emoji: None,
+                } => format!("removed your reaction to message {}", short_id(target)),
+                OwnDeviceChange::Edited { target, text } => format!(
+                    "edited message {}: {}",
+                    short_id(target),
+                    sanitize_text(text, "    | ")
+                ),
+                OwnDeviceChange::Unsent { target } => {
+                    format!("deleted message {} for everyone", short_id(target))
+                }
+                OwnDeviceChange::TimerChanged {
+                    expire_after_secs: 0,
+                } => "turned disappearing messages off".to_owned(),
+                OwnDeviceChange::TimerChanged { expire_after_secs } => format!(
+                    "set disappearing messages to {}",
+                    format_timer(*expire_after_secs)
+                ),
+                OwnDeviceChange::Read { message_ids } => {
+                    format!("read {} message(s)", message_ids.len())
+                }
+            };
+            format!("your other device {what} in the conversation with {contact}")
+        }
         ConversationEvent::MessageDetails { .. } => return,
     };
     out!("{}", style.paint("2", &format!("* {line}")));
@@ -939,6 +1003,7 @@ fn print_event(ev: &RecvEvent, me: &str, json: bool, style: Style, details: &Det
                         edit_history: Vec::new(),
                         unsent: false,
                         receipt: None,
+                        read: false,
                         expires_at_ms: None,
                         expire_after_secs: secs,
                     };

@@ -6,7 +6,9 @@ use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use tui_textarea::TextArea;
 
 use crate::client::{RecvEvent, Verification};
-use crate::conversation::{ConversationEvent, ConversationItem, ReceiptState, format_timer};
+use crate::conversation::{
+    ConversationEvent, ConversationItem, OwnDeviceChange, ReceiptState, format_timer,
+};
 use crate::store::HistoryEntry;
 
 /// How long a typing indicator lasts without a refresh (Signal: 15 s).
@@ -708,6 +710,61 @@ impl ChatState {
                 c.items.retain(
                     |i| !matches!(i, Item::Message(m) if message_ids.contains(&m.message_id)),
                 );
+            }
+            ConversationEvent::FromOwnDevice { contact, change } => {
+                self.apply_own_device(contact, change);
+            }
+        }
+    }
+
+    /// What another device of this account did in the conversation with
+    /// `contact`, shown as this account's own.
+    fn apply_own_device(&mut self, contact: &str, change: &OwnDeviceChange) {
+        let id = ConversationId::Direct(contact.to_owned());
+        let me = crate::display::sanitize_line(&self.me);
+        match change {
+            OwnDeviceChange::Reaction { target, emoji } => {
+                let c = self.conversation_mut(&id);
+                if let Some(m) = c.message_mut(target, None) {
+                    m.reactions.retain(|(w, _)| w != &me);
+                    if let Some(e) = emoji {
+                        m.reactions.push((me, crate::display::sanitize_line(e)));
+                    }
+                }
+            }
+            OwnDeviceChange::Edited { target, text } => {
+                let c = self.conversation_mut(&id);
+                if let Some(m) = c.message_mut(target, Some(true)) {
+                    m.text = crate::display::sanitize_text(text, "");
+                    m.edited = true;
+                }
+            }
+            OwnDeviceChange::Unsent { target } => {
+                let c = self.conversation_mut(&id);
+                if let Some(m) = c.message_mut(target, Some(true)) {
+                    m.unsent = true;
+                    m.text.clear();
+                    m.reactions.clear();
+                }
+            }
+            OwnDeviceChange::TimerChanged { expire_after_secs } => {
+                self.timers.insert(id.clone(), *expire_after_secs);
+                self.push_event(
+                    &id,
+                    InlineEvent::Timer {
+                        by: me,
+                        secs: *expire_after_secs,
+                    },
+                );
+            }
+            OwnDeviceChange::Read { message_ids } => {
+                // Read on another device: no longer unread here, and no
+                // read receipt is due from this one.
+                let c = self.conversation_mut(&id);
+                let before = c.unread_ids.len();
+                c.unread_ids.retain(|m| !message_ids.contains(m));
+                let cleared = before - c.unread_ids.len();
+                c.unread = c.unread.saturating_sub(cleared);
             }
         }
     }

@@ -479,10 +479,20 @@ pub(super) fn receive_in(
                 };
                 let (session, pt, consumed) =
                     accept(db, identity, me, &sender_address, &msg, commitment)?;
-                let registration_id = db
-                    .session(sender, device, slot)?
+                let displaced = db.session(sender, device, slot)?;
+                let registration_id = displaced
+                    .as_ref()
                     .filter(|r| r.session.remote_identity() == &sender_identity)
                     .map_or(0, |r| r.registration_id);
+                // Both ends may have started a session at once (two devices
+                // of one account telling each other what they read, say):
+                // the one we started may already carry the peer's next
+                // messages, so it is kept to decrypt them, never to encrypt.
+                if slot == Slot::Current
+                    && let Some(old) = displaced
+                {
+                    db.put_session(sender, &old, Slot::Archived)?;
+                }
                 db.put_session(
                     sender,
                     &SessionRow {
@@ -530,7 +540,14 @@ pub(super) fn receive_in(
     }
     if sender == me.username {
         // A copy of what another device of this account sent.
-        return crate::conversation::receive_own_copy(db, &me.username, env, &plaintext, &sent_to);
+        return crate::conversation::receive_own_copy(
+            db,
+            &me.username,
+            env,
+            &plaintext,
+            &sent_to,
+            out,
+        );
     }
     if !sent_to.is_empty() {
         return Err("it claims to be a copy of a message this account sent, but it comes from another account".into());

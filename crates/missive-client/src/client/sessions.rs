@@ -41,6 +41,29 @@ struct Outgoing<'a> {
     retention_secs: u64,
 }
 
+/// Who a franked content goes to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Audience {
+    /// Every device of the recipient, then a copy to this account's others.
+    ContactAndOwnDevices,
+    /// Only the copy to this account's other devices.
+    OwnDevicesOnly,
+}
+
+/// What this account's other devices get a copy of (`Content.sent_to`):
+/// everything it sends that changes the conversation. Typing indicators
+/// are live only and delivery receipts say what each device learns itself.
+fn copied_to_own_devices(body: &v1::content::Body) -> bool {
+    use v1::content::Body;
+    match body {
+        Body::Text(_) | Body::Reaction(_) | Body::Edit(_) | Body::Unsend(_) | Body::Timer(_) => {
+            true
+        }
+        Body::Receipt(r) => r.r#type == v1::receipt_message::Type::Read as i32,
+        Body::Typing(_) => false,
+    }
+}
+
 /// Test hook: when `1`, `send` commits to a different text than it encrypts,
 /// as a malicious sender would (end-to-end test of the recipient's check).
 pub const FORGE_COMMITMENT_ENV: &str = "MISSIVE_TEST_FORGE_COMMITMENT";
@@ -165,6 +188,30 @@ impl Client {
         body: v1::content::Body,
         attachment: Option<&v1::AttachmentPointer>,
     ) -> Result<crate::conversation::SentContent> {
+        self.send_franked(recipient, body, attachment, Audience::ContactAndOwnDevices)
+            .await
+    }
+
+    /// Tells only this account's other devices what it did in the
+    /// conversation with `contact` (a read receipt with read receipts off:
+    /// the contact is told nothing, this account's devices still are).
+    pub(crate) async fn send_to_own_devices(
+        &mut self,
+        contact: &str,
+        body: v1::content::Body,
+    ) -> Result<()> {
+        self.send_franked(contact, body, None, Audience::OwnDevicesOnly)
+            .await
+            .map(|_| ())
+    }
+
+    async fn send_franked(
+        &mut self,
+        recipient: &str,
+        body: v1::content::Body,
+        attachment: Option<&v1::AttachmentPointer>,
+        audience: Audience,
+    ) -> Result<crate::conversation::SentContent> {
         let recipient = normalize_username(recipient)?;
         let franked =
             crate::conversation::franked_plaintext(&body).map_err(ClientError::Conversation)?;
@@ -180,7 +227,8 @@ impl Client {
             });
         }
         let mut update = DeviceUpdate::default();
-        if self.store.sessions(&recipient)?.is_empty() {
+        if audience == Audience::ContactAndOwnDevices && self.store.sessions(&recipient)?.is_empty()
+        {
             update.add = self.fetch_sessions(&recipient, 0).await?;
         }
 
@@ -221,20 +269,25 @@ impl Client {
             online_only,
             retention_secs,
         };
-        let server_timestamp_ms = self.deliver(&recipient, update, &message).await?;
-        // The sender's other devices show what it sent (texts and files).
-        if matches!(content.body, Some(v1::content::Body::Text(_))) {
+        let server_timestamp_ms = match audience {
+            Audience::ContactAndOwnDevices => self.deliver(&recipient, update, &message).await?,
+            Audience::OwnDevicesOnly => 0,
+        };
+        // The sender's other devices show what it sent and did.
+        if content.body.as_ref().is_some_and(copied_to_own_devices) {
             content.sent_to.clone_from(&recipient);
             let copy = Zeroizing::new(content.encode_to_vec());
             let message = Outgoing {
                 content: &copy,
                 ..message
             };
-            if let Err(e) = self.deliver_own_copy(&message).await {
-                self.notices.push(format!(
+            match (self.deliver_own_copy(&message).await, audience) {
+                (Ok(()), _) => {}
+                (Err(e), Audience::OwnDevicesOnly) => return Err(e),
+                (Err(e), Audience::ContactAndOwnDevices) => self.notices.push(format!(
                     "your other devices did not get a copy of this message: {}",
                     e.brief()
-                ));
+                )),
             }
         }
         Ok(crate::conversation::SentContent {
