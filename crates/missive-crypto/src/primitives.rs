@@ -8,14 +8,13 @@ use chacha20poly1305::aead::{Aead, AeadInPlace, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, KeyInit};
 use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
-use ml_kem::kem::{Decapsulate, DecapsulationKey, Encapsulate, EncapsulationKey};
-use ml_kem::{EncapsulateDeterministic, EncodedSizeUser, KemCore, MlKem768, MlKem768Params};
+use libcrux_ml_kem::mlkem768::{self, MlKem768Ciphertext, MlKem768PrivateKey, MlKem768PublicKey};
 use rand_core::{CryptoRng, RngCore};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use thiserror::Error;
 use x25519_dalek::{PublicKey, StaticSecret};
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 /// Length of X25519 keys and shared secrets.
 pub const X25519_LEN: usize = 32;
@@ -32,10 +31,61 @@ pub const KEM_CT_LEN: usize = 1088;
 /// ML-KEM-768 seed (d || z) length.
 pub const KEM_SEED_LEN: usize = 64;
 
-/// ML-KEM-768 decapsulation key.
-pub type KemDecapsulationKey = DecapsulationKey<MlKem768Params>;
-/// ML-KEM-768 encapsulation key.
-pub type KemEncapsulationKey = EncapsulationKey<MlKem768Params>;
+/// ML-KEM-768 expanded decapsulation key length (FIPS 203 `dk`).
+pub const KEM_DK_LEN: usize = 2400;
+
+/// ML-KEM-768 decapsulation key: the 2,400-byte expanded FIPS 203 key
+/// (`dk_PKE || ek || H(ek) || z`), wiped on drop.
+///
+/// libcrux (`libcrux-ml-kem`) never zeroizes its keys, so the bytes live in
+/// this type, which overwrites them (volatile writes, `zeroize`) when it is
+/// dropped; libcrux only ever borrows them (`decapsulate` takes
+/// `&MlKem768PrivateKey`). Not `Clone`, and `Debug` prints no bytes.
+pub struct KemDecapsulationKey {
+    key: MlKem768PrivateKey,
+}
+
+impl Zeroize for KemDecapsulationKey {
+    fn zeroize(&mut self) {
+        self.key[0..].zeroize();
+    }
+}
+
+impl Drop for KemDecapsulationKey {
+    fn drop(&mut self) {
+        self.zeroize();
+    }
+}
+
+impl ZeroizeOnDrop for KemDecapsulationKey {}
+
+impl std::fmt::Debug for KemDecapsulationKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KemDecapsulationKey(..)")
+    }
+}
+
+/// ML-KEM-768 encapsulation key, 1184 bytes, that passed the FIPS 203 §7.2
+/// modulus check (only [`kem_encapsulation_key`] and [`kem_keypair_from_seed`]
+/// make one).
+#[derive(Clone)]
+pub struct KemEncapsulationKey {
+    key: MlKem768PublicKey,
+}
+
+impl PartialEq for KemEncapsulationKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.key.as_slice() == other.key.as_slice()
+    }
+}
+
+impl Eq for KemEncapsulationKey {}
+
+impl std::fmt::Debug for KemEncapsulationKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KemEncapsulationKey(..)")
+    }
+}
 
 /// A primitive rejected its input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
@@ -297,69 +347,84 @@ pub fn ed25519_verify_with(
 
 /// Parses an ML-KEM-768 encapsulation key, with the FIPS 203 §7.2 modulus check.
 pub fn kem_encapsulation_key(bytes: &[u8]) -> Result<KemEncapsulationKey, PrimitiveError> {
-    let encoded: &ml_kem::Encoded<KemEncapsulationKey> =
-        bytes.try_into().map_err(|_| PrimitiveError::Length)?;
-    let key = KemEncapsulationKey::from_bytes(encoded);
-    // ByteDecode_12 reduces mod q, so a key with a coefficient >= q re-encodes differently.
-    if key.as_bytes().as_slice() != bytes {
+    let key = MlKem768PublicKey::try_from(bytes).map_err(|_| PrimitiveError::Length)?;
+    // libcrux's `encapsulate` does not check the key: `validate_public_key` is
+    // the §7.2 check (ByteDecode_12 then ByteEncode_12 must give the input back,
+    // i.e. no coefficient >= q).
+    if !mlkem768::validate_public_key(&key) {
         return Err(PrimitiveError::Kem);
     }
-    Ok(key)
+    Ok(KemEncapsulationKey { key })
 }
 
 /// ML-KEM-768 encapsulation with fresh randomness.
+///
+/// Draws `m` as one 32-byte `fill_bytes`, as RustCrypto `ml-kem` 0.2 did, so
+/// seeded generators give the same ciphertexts as before.
 pub fn kem_encapsulate<R: CryptoRng + RngCore>(
     key: &KemEncapsulationKey,
     rng: &mut R,
 ) -> Result<(Vec<u8>, Zeroizing<[u8; 32]>), PrimitiveError> {
-    let (ct, ss) = key.encapsulate(rng).map_err(|()| PrimitiveError::Kem)?;
-    Ok((ct.to_vec(), Zeroizing::new(ss.into())))
+    let mut m = Zeroizing::new([0u8; 32]);
+    rng.fill_bytes(&mut m[..]);
+    kem_encapsulate_deterministic(key, &m)
 }
 
 /// ML-KEM-768 encapsulation with explicit randomness `m` (for known-answer tests).
+///
+/// Infallible since the key was checked when parsed; the `Result` is kept
+/// for the callers.
 pub fn kem_encapsulate_deterministic(
     key: &KemEncapsulationKey,
     m: &[u8; 32],
 ) -> Result<(Vec<u8>, Zeroizing<[u8; 32]>), PrimitiveError> {
-    let (ct, ss) = key
-        .encapsulate_deterministic(&(*m).into())
-        .map_err(|()| PrimitiveError::Kem)?;
-    Ok((ct.to_vec(), Zeroizing::new(ss.into())))
+    // libcrux takes `m` by value: that argument copy is on its stack, not ours.
+    let (ct, mut ss) = mlkem768::encapsulate(&key.key, *m);
+    let out = Zeroizing::new(ss);
+    ss.zeroize();
+    Ok((ct.as_slice().to_vec(), out))
 }
 
 /// ML-KEM-768 key generation from the 64-byte seed d || z (FIPS 203 `ML-KEM.KeyGen_internal`).
 pub fn kem_keypair_from_seed(
     seed: &[u8; KEM_SEED_LEN],
 ) -> (Box<KemDecapsulationKey>, KemEncapsulationKey) {
-    let mut d = [0u8; 32];
-    let mut z = [0u8; 32];
-    d.copy_from_slice(&seed[..32]);
-    z.copy_from_slice(&seed[32..]);
-    let (dk, ek) = MlKem768::generate_deterministic(&d.into(), &z.into());
-    zeroize::Zeroize::zeroize(&mut d);
-    zeroize::Zeroize::zeroize(&mut z);
-    (Box::new(dk), ek)
+    // The zeroizing box first, so the private bytes are copied straight into it.
+    let mut dk = Box::new(KemDecapsulationKey {
+        key: MlKem768PrivateKey::default(),
+    });
+    // libcrux takes the seed by value and returns the key pair by value: the
+    // seed argument and any stack copy the compiler makes of the moved key
+    // pair are out of reach without `unsafe` (docs/THREAT_MODEL.md).
+    let (mut sk, pk) = mlkem768::generate_key_pair(*seed).into_parts();
+    dk.key[0..].copy_from_slice(sk.as_slice());
+    sk[0..].zeroize();
+    (dk, KemEncapsulationKey { key: pk })
 }
 
 /// The encoded form of an ML-KEM-768 encapsulation key.
 pub fn kem_encode_public(key: &KemEncapsulationKey) -> Vec<u8> {
-    key.as_bytes().to_vec()
+    key.key.as_slice().to_vec()
 }
 
 /// The expanded FIPS 203 encoding of a decapsulation key (for known-answer tests).
 pub fn kem_encode_secret(key: &KemDecapsulationKey) -> Zeroizing<Vec<u8>> {
-    Zeroizing::new(key.as_bytes().to_vec())
+    Zeroizing::new(key.key.as_slice().to_vec())
 }
 
 /// ML-KEM-768 decapsulation; rejects ciphertexts of the wrong length.
+///
+/// A wrong ciphertext of the right length gives the implicit-rejection
+/// secret (FIPS 203), not an error.
 pub fn kem_decapsulate(
     key: &KemDecapsulationKey,
     ciphertext: &[u8],
 ) -> Result<Zeroizing<[u8; 32]>, PrimitiveError> {
-    let ct: &ml_kem::Ciphertext<MlKem768> =
-        ciphertext.try_into().map_err(|_| PrimitiveError::Length)?;
-    let ss = key.decapsulate(ct).map_err(|()| PrimitiveError::Kem)?;
-    Ok(Zeroizing::new(ss.into()))
+    let ct = MlKem768Ciphertext::try_from(ciphertext).map_err(|_| PrimitiveError::Length)?;
+    let mut ss = mlkem768::decapsulate(&key.key, &ct);
+    let out = Zeroizing::new(ss);
+    ss.zeroize();
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -399,6 +464,32 @@ mod tests {
             kem_decapsulate(&dk, &[0u8; 5]),
             Err(PrimitiveError::Length)
         ));
+    }
+
+    #[test]
+    fn kem_decapsulation_key_wipes_and_hides() {
+        let (mut dk, _) = kem_keypair_from_seed(&[3u8; 64]);
+        assert_eq!(kem_encode_secret(&dk).len(), KEM_DK_LEN);
+        assert!(kem_encode_secret(&dk).iter().any(|&b| b != 0));
+        assert_eq!(format!("{dk:?}"), "KemDecapsulationKey(..)");
+        dk.zeroize();
+        assert!(kem_encode_secret(&dk).iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn kem_encapsulate_draws_one_32_byte_m() {
+        use rand_chacha::ChaCha20Rng;
+        use rand_core::SeedableRng;
+        let (dk, ek) = kem_keypair_from_seed(&[5u8; 64]);
+        let mut rng = ChaCha20Rng::from_seed([9u8; 32]);
+        let (ct, ss) = kem_encapsulate(&ek, &mut rng).unwrap();
+        let mut replay = ChaCha20Rng::from_seed([9u8; 32]);
+        let mut m = [0u8; 32];
+        replay.fill_bytes(&mut m);
+        let (ct2, ss2) = kem_encapsulate_deterministic(&ek, &m).unwrap();
+        assert_eq!((&ct, &ss[..]), (&ct2, &ss2[..]));
+        assert_eq!(rng.next_u64(), replay.next_u64());
+        assert_eq!(&kem_decapsulate(&dk, &ct2).unwrap()[..], &ss[..]);
     }
 
     #[test]
