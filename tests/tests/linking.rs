@@ -19,6 +19,7 @@ fn texts(u: &User, w: &World) -> Vec<String> {
         .json_lines()
         .unwrap()
         .iter()
+        .filter(|v| v.get("event").is_none())
         .map(|v| v["text"].as_str().unwrap().to_owned())
         .collect()
 }

@@ -61,7 +61,17 @@ fn the_other_device_follows_reactions_edits_deletions_timers_and_reads() {
     let bobs = sent_id(&bob.ok(&w.liar, &["send", "alice", "hi alice"]).unwrap());
     let got = ok_json(&laptop, &w, &["recv", "--json"]);
     assert_eq!(by_id(&got, &bobs)["text"], "hi alice");
-    alice.ok(&w.liar, &["recv"]).unwrap();
+    // The phone's backlog holds bob's message, then the laptop's read copy:
+    // it shows the message, learns it was read, and tells bob nothing more
+    // (the laptop's read receipt said it all).
+    let to_bob = w.liar.sends_to("bob").len();
+    let got = ok_json(&alice, &w, &["recv", "--json"]);
+    assert_eq!(by_id(&got, &bobs)["text"], "hi alice");
+    let read = own_events(&got, "read");
+    assert_eq!(read.len(), 1, "{got:#?}");
+    assert_eq!(read[0]["ids"], serde_json::json!([bobs]));
+    assert_eq!(read[0]["contact"], "bob");
+    assert_eq!(w.liar.sends_to("bob").len(), to_bob, "a second receipt");
 
     // The phone acts in the conversation with bob.
     let mine = sent_id(&alice.ok(&w.liar, &["send", "bob", "hello bob"]).unwrap());
@@ -133,9 +143,6 @@ fn the_other_device_follows_reactions_edits_deletions_timers_and_reads() {
     let h = ok_json(&laptop, &w, &["history", "bob", "--json"]);
     assert_eq!(h.iter().filter(|x| x["event"] == "timer").count(), 1);
 
-    // The phone showed bob's message and has it read (the laptop's read
-    // copy came after and changed nothing there; the chat test shows a read
-    // copy clearing an unread count).
     let h = ok_json(&alice, &w, &["history", "bob", "--json"]);
     assert_eq!(by_id(&h, &bobs)["read"], true, "{h:#?}");
     bob.ok(&w.liar, &["recv"]).unwrap();

@@ -616,6 +616,8 @@ pub(crate) struct ConvState {
     pub(crate) events: Vec<ConversationEvent>,
     pub(crate) delivery: Vec<(String, Vec<u8>)>,
     pub(crate) read: Vec<(String, Vec<u8>)>,
+    /// `recv` is taking a stream's backlog: receipts wait for its end.
+    pub(crate) hold_receipts: bool,
     hook: Option<Hook>,
 }
 
@@ -1855,7 +1857,11 @@ impl Client {
     /// After an envelope was stored and acknowledged: delivery receipts,
     /// expiries, and the conversation events to the hook.
     pub(crate) async fn after_envelope(&mut self) -> Vec<String> {
-        let warnings = self.send_pending_receipts().await;
+        let warnings = if self.conv_state().hold_receipts {
+            Vec::new()
+        } else {
+            self.send_pending_receipts().await
+        };
         match purge_expired(self.store_mut()) {
             Ok(ev) => self.conv_state().events.extend(ev),
             Err(e) => {

@@ -239,6 +239,20 @@ impl Client {
     pub async fn recv(
         &mut self,
         wait: Option<Duration>,
+        sink: impl FnMut(&RecvEvent),
+    ) -> Result<()> {
+        let result = self.recv_until(wait, sink).await;
+        self.conv.hold_receipts = false;
+        result
+    }
+
+    /// [`Client::recv`]. While a stream's backlog comes in, receipts are
+    /// held and go once it is in: batched, and a read copy from another of
+    /// this account's devices later in the backlog spares the contact a
+    /// second receipt.
+    async fn recv_until(
+        &mut self,
+        wait: Option<Duration>,
         mut sink: impl FnMut(&RecvEvent),
     ) -> Result<()> {
         if self.was_rolled_back() {
@@ -256,6 +270,7 @@ impl Client {
         let mut stream = self.open_stream().await?;
         let deadline = wait.map(|w| tokio::time::Instant::now() + w);
         let mut backlog_done = false;
+        self.conv.hold_receipts = true;
         let mut backoff = crate::chat::Backoff::new();
         loop {
             let next = if !backlog_done {
@@ -301,6 +316,7 @@ impl Client {
                     Some(s) => {
                         stream = s;
                         backlog_done = false;
+                        self.conv.hold_receipts = true;
                         continue;
                     }
                     None => break,
@@ -312,8 +328,10 @@ impl Client {
                         sink(&ev);
                     }
                     self.deliver_unshown(&mut sink).await?;
-                    for w in self.send_pending_receipts().await {
-                        sink(&RecvEvent::Warning(w));
+                    if backlog_done {
+                        for w in self.send_pending_receipts().await {
+                            sink(&RecvEvent::Warning(w));
+                        }
                     }
                 }
                 Some(v1::receive_response::Item::GroupMessage(gm)) => {
@@ -324,7 +342,11 @@ impl Client {
                 }
                 Some(v1::receive_response::Item::QueueEmpty(_)) => {
                     backlog_done = true;
+                    self.conv.hold_receipts = false;
                     self.merge_accepted(&accepted)?;
+                    for w in self.send_pending_receipts().await {
+                        sink(&RecvEvent::Warning(w));
+                    }
                 }
                 None => {}
             }
@@ -334,6 +356,10 @@ impl Client {
             sink(&RecvEvent::Warning(w));
         }
         self.deliver_unshown(&mut sink).await?;
+        self.conv.hold_receipts = false;
+        for w in self.send_pending_receipts().await {
+            sink(&RecvEvent::Warning(w));
+        }
         match self.maintain_prekeys().await {
             Ok(Some(w)) => sink(&RecvEvent::Warning(w)),
             Ok(None) => {}
